@@ -1,0 +1,74 @@
+//! CSV export: a node's children, or the overview tables in long format.
+
+use std::fmt::Write as _;
+
+use crate::engine::{Expansion, Overview};
+use crate::path::Comp;
+
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `step,value` for every child, then the bias and the residual rows.
+pub fn expansion_csv(ex: &Expansion) -> String {
+    let mut out = String::from("path,step,value\n");
+    let p = quote(&ex.path);
+    for c in &ex.children {
+        let _ = writeln!(out, "{p},{},{}", quote(&c.step), c.value);
+    }
+    let _ = writeln!(out, "{p},bias,{}", ex.bias);
+    let _ = writeln!(out, "{p},(residual),{}", ex.residual);
+    let _ = writeln!(out, "{p},(value),{}", ex.value);
+    out
+}
+
+/// All overview tables: `table,layer,head,src_pos,src_comp,value` (empty where n/a).
+pub fn overview_csv(ov: &Overview, labels: &[String]) -> String {
+    let mut out = String::from("table,layer,head,src_pos,src_comp,value\n");
+    let _ = writeln!(out, "target,,,,,{}", ov.target_value);
+    for (c, v) in ov.components.data.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "components,,,,{},{v}",
+            labels.get(c).map_or("", String::as_str)
+        );
+    }
+    let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
+    let (p_n, c_n) = (ov.head_breakdown.shape[2], ov.head_breakdown.shape[3]);
+    for l in 0..l_n {
+        let _ = writeln!(out, "attn_bias,{l},,,,{}", ov.attn_bias.data[l]);
+        for h in 0..h_n {
+            let _ = writeln!(out, "head_dla,{l},{h},,,{}", ov.head_dla.at(&[l, h]));
+        }
+    }
+    for l in 0..l_n {
+        for h in 0..h_n {
+            for p in 0..p_n {
+                for c in 0..Comp::Attn(l).index().min(c_n) {
+                    let _ = writeln!(
+                        out,
+                        "head_breakdown,{l},{h},{p},{},{}",
+                        labels.get(c).map_or("", String::as_str),
+                        ov.head_breakdown.at(&[l, h, p, c])
+                    );
+                }
+            }
+        }
+    }
+    for l in 0..l_n {
+        for c in 0..=Comp::Attn(l).index().min(c_n - 1) {
+            let _ = writeln!(
+                out,
+                "mlp_breakdown,{l},,,{},{}",
+                labels.get(c).map_or("", String::as_str),
+                ov.mlp_breakdown.at(&[l, c])
+            );
+        }
+        let _ = writeln!(out, "mlp_bias,{l},,,,{}", ov.mlp_bias.data[l]);
+    }
+    out
+}

@@ -1,0 +1,229 @@
+//! Completeness is a test: at every node, value = Σ children + remainder.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::{Reference, TL_FIXTURES, load_model};
+use rdla_attrib::{Comp, Engine, MlpMode, Path, Step, Target};
+use rdla_model::Device;
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn relative_residual(ex: &rdla_attrib::Expansion) -> f64 {
+    let scale: f64 = f64::from(ex.value.abs())
+        + f64::from(ex.bias.abs())
+        + ex.children
+            .iter()
+            .map(|c| f64::from(c.value.abs()))
+            .sum::<f64>();
+    f64::from(ex.residual.abs()) / scale.max(1e-12)
+}
+
+#[test]
+fn two_hundred_random_paths_to_depth_five_add_up() {
+    for (fi, name) in TL_FIXTURES.iter().enumerate() {
+        let r = Reference::load(name);
+        let model = load_model(name, &Device::flex());
+        let cache = model.run(&r.token_ids()).unwrap();
+        for target in [
+            Target::Logit {
+                answer: r.u32("answer_id"),
+            },
+            Target::Diff {
+                answer: r.u32("answer_id"),
+                foil: r.u32("foil_id"),
+            },
+        ] {
+            let engine = Engine::new(&model, &cache, target, MlpMode::FrozenGate).unwrap();
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (fi as u64 + 1));
+            let mut checked = 0;
+            let mut max_depth = 0;
+            for _ in 0..200 {
+                let mut path = Path::root();
+                for _ in 0..=5 {
+                    let ex = engine.expand(&path).unwrap();
+                    if ex.leaf {
+                        break;
+                    }
+                    let rel = relative_residual(&ex);
+                    assert!(
+                        rel <= 1e-5,
+                        "{name}: `{path}` residual {} (relative {rel:.2e})",
+                        ex.residual
+                    );
+                    checked += 1;
+                    max_depth = max_depth.max(path.depth());
+                    if path.depth() == 5 || ex.children.is_empty() {
+                        break;
+                    }
+                    // prefer non-leaf children so walks go deep
+                    let deep: Vec<_> = ex
+                        .children
+                        .iter()
+                        .filter(|c| {
+                            !matches!(
+                                c.parsed,
+                                Step::Comp(Comp::Embed | Comp::Pos)
+                                    | Step::Source {
+                                        comp: Comp::Embed | Comp::Pos,
+                                        ..
+                                    }
+                            )
+                        })
+                        .collect();
+                    let pick = if deep.is_empty() || rng.below(8) == 0 {
+                        &ex.children[rng.below(ex.children.len())]
+                    } else {
+                        deep[rng.below(deep.len())]
+                    };
+                    path = path.child(pick.parsed);
+                }
+            }
+            assert!(checked >= 400, "{name}: only {checked} nodes checked");
+            assert_eq!(max_depth, 5, "{name}: walks never reached depth 5");
+        }
+    }
+}
+
+#[test]
+fn overview_levels_agree_with_each_other_and_with_expansions() {
+    for name in TL_FIXTURES {
+        let r = Reference::load(name);
+        let model = load_model(name, &Device::flex());
+        let cache = model.run(&r.token_ids()).unwrap();
+        let engine = Engine::new(
+            &model,
+            &cache,
+            Target::Logit {
+                answer: r.u32("answer_id"),
+            },
+            MlpMode::FrozenGate,
+        )
+        .unwrap();
+        let ov = engine.overview().unwrap();
+        let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
+        // root: Σ components = target value
+        let total: f32 = ov.components.data.iter().sum();
+        assert!(
+            (total - ov.target_value).abs() < 1e-4,
+            "{name}: root {total} vs {}",
+            ov.target_value
+        );
+        for l in 0..l_n {
+            // heads + bias = the attention layer's component value
+            let heads: f32 = (0..h_n).map(|h| ov.head_dla.at(&[l, h])).sum();
+            let attn = ov.components.data[Comp::Attn(l).index()];
+            assert!(
+                (heads + ov.attn_bias.data[l] - attn).abs() < 1e-4,
+                "{name}: L{l}.attn"
+            );
+            // MLP breakdown + bias = the MLP's component value
+            let mlp: f32 = (0..ov.mlp_breakdown.shape[1])
+                .map(|c| ov.mlp_breakdown.at(&[l, c]))
+                .sum();
+            let m = ov.components.data[Comp::Mlp(l).index()];
+            assert!(
+                (mlp + ov.mlp_bias.data[l] - m).abs() < 1e-4,
+                "{name}: L{l}.mlp"
+            );
+            // the overview's head breakdown is what expanding the head gives
+            for h in 0..h_n {
+                let ex = engine
+                    .expand(&Path::parse(&format!("L{l}.attn/H{h}")).unwrap())
+                    .unwrap();
+                for c in &ex.children {
+                    if let Step::Source { pos, comp } = c.parsed {
+                        let o = ov.head_breakdown.at(&[l, h, pos, comp.index()]);
+                        assert!(
+                            (o - c.value).abs() < 1e-5,
+                            "{name}: L{l}.attn/H{h}/{}",
+                            c.step
+                        );
+                    }
+                }
+                assert!((ex.value - ov.head_dla.at(&[l, h])).abs() < 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn gradient_mode_reports_its_residual() {
+    let r = Reference::load("gpt2_tied");
+    let model = load_model("gpt2_tied", &Device::flex());
+    let cache = model.run(&r.token_ids()).unwrap();
+    let engine = Engine::new(
+        &model,
+        &cache,
+        Target::Logit {
+            answer: r.u32("answer_id"),
+        },
+        MlpMode::Gradient,
+    )
+    .unwrap();
+    let n = model.config.n_layers;
+    let mut nonzero = 0;
+    for l in 0..n {
+        let ex = engine
+            .expand(&Path::parse(&format!("L{l}.mlp")).unwrap())
+            .unwrap();
+        let sum: f32 = ex.children.iter().map(|c| c.value).sum();
+        assert!((ex.value - sum - ex.bias - ex.residual).abs() < 1e-4);
+        if ex.residual.abs() > 1e-3 {
+            nonzero += 1;
+        }
+    }
+    assert!(
+        nonzero > 0,
+        "the gradient linearisation should not be exact"
+    );
+}
+
+#[test]
+fn bad_paths_name_the_step_and_the_choices() {
+    let r = Reference::load("gptneo_local");
+    let model = load_model("gptneo_local", &Device::flex());
+    let cache = model.run(&r.token_ids()).unwrap();
+    let engine = Engine::new(
+        &model,
+        &cache,
+        Target::Logit {
+            answer: r.u32("answer_id"),
+        },
+        MlpMode::FrozenGate,
+    )
+    .unwrap();
+    let msg = |p: &str| engine.expand_str(p).unwrap_err().to_string();
+    let m = msg("L9.attn");
+    assert!(m.contains("step 1") && m.contains("L3.mlp"), "{m}");
+    let m = msg("L1.attn/H7");
+    assert!(m.contains("step 2") && m.contains("H3"), "{m}");
+    // layer 1 is local with window 4: from the last position (14) only 11..=14 are visible
+    let m = msg("L1.attn/H0/2:embed");
+    assert!(m.contains("11..=14"), "{m}");
+    // sources must be upstream of the head's layer
+    let m = msg("L1.attn/H0/13:L1.attn");
+    assert!(m.contains("L0.mlp"), "{m}");
+    let m = msg("L2.mlp/L2.mlp");
+    assert!(m.contains("step 2"), "{m}");
+    let m = msg("L0.attn/H0/14:embed/H1");
+    assert!(m.contains("leaf"), "{m}");
+    assert!(engine.expand_str("L2.attn//H1").is_err());
+    // a bias child is a leaf whose value is its parent's remainder
+    let parent = engine.expand_str("L2.attn").unwrap();
+    let b = engine.expand_str("L2.attn/bias").unwrap();
+    assert!((b.value - parent.bias).abs() < 1e-6 && b.leaf);
+}

@@ -1,0 +1,107 @@
+//! Attribution against an independent reference computed from TransformerLens 2.18's cache
+//! (`tests/fixtures/generate.py`).
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::{Reference, TL_FIXTURES, load_model, max_abs_diff};
+use rdla_attrib::{Engine, MlpMode, Path, Target};
+use rdla_model::{Device, Model};
+
+const TOL: f32 = 1e-4;
+
+fn check_overview(name: &str, model: &Model, r: &Reference, target: Target, suffix: &str) -> f32 {
+    let cache = model.run(&r.token_ids()).unwrap();
+    let engine = Engine::new(model, &cache, target, MlpMode::FrozenGate).unwrap();
+    let ov = engine.overview().unwrap();
+    let mut worst = 0.0f32;
+    let mut check = |what: &str, ours: &[f32], key: &str| {
+        let theirs = r.tensor(&format!("{key}{suffix}"));
+        let e = max_abs_diff(ours, &theirs);
+        assert!(
+            e <= TOL,
+            "{name}: {what}{suffix} differs from the TransformerLens reference by {e}"
+        );
+        worst = worst.max(e);
+    };
+    check("component DLA", &ov.components.data, "component_dla");
+    check("head DLA", &ov.head_dla.data, "head_dla");
+    check("attention bias", &ov.attn_bias.data, "attn_bias_dla");
+    assert_eq!(
+        ov.head_breakdown.shape,
+        r.shape(&format!("head_breakdown{suffix}"))
+    );
+    check("head breakdown", &ov.head_breakdown.data, "head_breakdown");
+    check("MLP breakdown", &ov.mlp_breakdown.data, "mlp_breakdown");
+    check("MLP bias", &ov.mlp_bias.data, "mlp_bias");
+    let tv = r.json[format!("target_value{suffix}")].as_f64().unwrap() as f32;
+    assert!(
+        (ov.target_value - tv).abs() <= TOL,
+        "{name}: target value {} vs {tv}",
+        ov.target_value
+    );
+    worst
+}
+
+fn check_fixture(name: &str, device: &Device) -> f32 {
+    let r = Reference::load(name);
+    let model = load_model(name, device);
+    let answer = r.u32("answer_id");
+    let foil = r.u32("foil_id");
+    let a = check_overview(name, &model, &r, Target::Logit { answer }, "");
+    let b = check_overview(name, &model, &r, Target::Diff { answer, foil }, "_diff");
+
+    // recorded expansions, depth 0..4, including heads at earlier destinations and MLPs at
+    // earlier positions
+    let cache = model.run(&r.token_ids()).unwrap();
+    let engine = Engine::new(
+        &model,
+        &cache,
+        Target::Logit { answer },
+        MlpMode::FrozenGate,
+    )
+    .unwrap();
+    let mut worst = a.max(b);
+    let expansions = r.json["expansions"].as_array().unwrap();
+    let mut depth2 = 0;
+    for ex in expansions {
+        let path = ex["path"].as_str().unwrap();
+        let ours = engine.expand(&Path::parse(path).unwrap()).unwrap();
+        if Path::parse(path).unwrap().depth() >= 2 {
+            depth2 += 1;
+        }
+        let val = |v: &serde_json::Value| v.as_f64().unwrap() as f32;
+        let mut e = (ours.value - val(&ex["value"]))
+            .abs()
+            .max((ours.bias - val(&ex["bias"])).abs());
+        let theirs = ex["children"].as_array().unwrap();
+        let steps: Vec<&str> = theirs.iter().map(|c| c["step"].as_str().unwrap()).collect();
+        let our_steps: Vec<&str> = ours.children.iter().map(|c| c.step.as_str()).collect();
+        assert_eq!(our_steps, steps, "{name}: children of `{path}`");
+        for (o, t) in ours.children.iter().zip(theirs) {
+            e = e.max((o.value - val(&t["value"])).abs());
+        }
+        assert!(e <= TOL, "{name}: expansion of `{path}` differs by {e}");
+        worst = worst.max(e);
+    }
+    assert!(depth2 >= 2, "{name}: needs at least two depth-2 expansions");
+    eprintln!("{name}: attribution max abs error vs TransformerLens {worst:.3e}");
+    worst
+}
+
+#[test]
+fn cpu_attribution_matches_transformer_lens() {
+    for name in TL_FIXTURES {
+        check_fixture(name, &Device::flex());
+    }
+}
+
+#[test]
+fn wgpu_attribution_matches_transformer_lens() {
+    if let Some(dev) = common::wgpu_device() {
+        for name in TL_FIXTURES {
+            check_fixture(name, &dev);
+        }
+    }
+}

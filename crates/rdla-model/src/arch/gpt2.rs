@@ -1,0 +1,71 @@
+//! GPT-2 (`GPT2LMHeadModel`). Conv1D weights are stored input-major (`[in, out]`).
+//!
+//! | HF key (optionally prefixed `transformer.`) | shape | TL weight |
+//! |---|---|---|
+//! | `wte.weight` | `[V, d]` | `W_E` (and `W_U = W_E^T` when tied) |
+//! | `wpe.weight` | `[n_ctx, d]` | `W_pos` |
+//! | `h.{l}.ln_1.{weight,bias}` | `[d]` | `ln1` (folded) |
+//! | `h.{l}.attn.c_attn.weight` | `[d, 3d]` | `W_Q | W_K | W_V`, columns `(head, d_head)` |
+//! | `h.{l}.attn.c_attn.bias` | `[3d]` | `b_Q | b_K | b_V` |
+//! | `h.{l}.attn.c_proj.weight` | `[d, d]` | `W_O` rows `(head, d_head)` |
+//! | `h.{l}.attn.c_proj.bias` | `[d]` | `b_O` |
+//! | `h.{l}.ln_2.{weight,bias}` | `[d]` | `ln2` (folded) |
+//! | `h.{l}.mlp.c_fc.{weight,bias}` | `[d, d_mlp]`, `[d_mlp]` | `W_in`, `b_in` |
+//! | `h.{l}.mlp.c_proj.{weight,bias}` | `[d_mlp, d]`, `[d]` | `W_out`, `b_out` |
+//! | `ln_f.{weight,bias}` | `[d]` | `ln_final` (folded) |
+//! | `lm_head.weight` (untied only) | `[V, d]` | `W_U^T`; `b_U = 0` |
+//!
+//! Buffers `h.{l}.attn.bias` / `masked_bias` (causal masks) are ignored.
+//! Reference: TransformerLens `pretrained/weight_conversions/gpt2.py`.
+
+use super::{CanonLayer, Canonical, Keys, bias_heads, heads_from_in_major, reshape};
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::weights::HostTensor;
+
+pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
+    let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
+    let w_e = k.get("wte.weight", &[v, d])?;
+    let w_pos = k.get("wpe.weight", &[cfg.n_ctx, d])?;
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let p = format!("h.{l}");
+        let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
+        let c_attn = k.get(&format!("{p}.attn.c_attn.weight"), &[d, 3 * d])?;
+        let c_attn_b = k.get(&format!("{p}.attn.c_attn.bias"), &[3 * d])?;
+        let c_proj = k.get(&format!("{p}.attn.c_proj.weight"), &[d, d])?;
+        let b_o = k.get(&format!("{p}.attn.c_proj.bias"), &[d])?;
+        let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
+        let w_in = k.get(&format!("{p}.mlp.c_fc.weight"), &[d, dm])?;
+        let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
+        let w_out = k.get(&format!("{p}.mlp.c_proj.weight"), &[dm, d])?;
+        let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
+        layers.push(CanonLayer {
+            ln1: Some(ln1),
+            w_q: heads_from_in_major(&c_attn, 0, h, dh),
+            w_k: heads_from_in_major(&c_attn, d, h, dh),
+            w_v: heads_from_in_major(&c_attn, 2 * d, h, dh),
+            b_q: bias_heads(&c_attn_b.data, 0, h, dh),
+            b_k: bias_heads(&c_attn_b.data, d, h, dh),
+            b_v: bias_heads(&c_attn_b.data, 2 * d, h, dh),
+            // rows of c_proj are (head, d_head): the memory layout of [H, dh, d] already
+            w_o: reshape(c_proj, vec![h, dh, d]),
+            b_o,
+            ln2: Some(ln2),
+            w_in,
+            b_in,
+            w_out,
+            b_out,
+        });
+    }
+    let ln_f = k.layer_norm("ln_f", d)?;
+    let w_u = k.unembed(cfg, &w_e)?;
+    Ok(Canonical {
+        w_e,
+        w_pos,
+        layers,
+        ln_f: Some(ln_f),
+        w_u,
+        b_u: HostTensor::zeros(vec![v]),
+    })
+}

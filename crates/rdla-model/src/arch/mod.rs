@@ -1,0 +1,209 @@
+//! Per-architecture key tables: each module maps a Hugging Face checkpoint onto the
+//! TransformerLens weight layout ([`Canonical`]), the one place tied weights are handled.
+
+pub mod gpt2;
+pub mod gpt_neo;
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::weights::{HostTensor, LoadProgress, ProgressFn, WeightStore};
+
+/// LayerNorm parameters (before folding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormParams {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// One block in TransformerLens layout.
+///
+/// Shapes: `w_q/w_k/w_v [H, d_model, d_head]`, `b_q/b_k/b_v [H, d_head]`,
+/// `w_o [H, d_head, d_model]`, `b_o [d_model]`, `w_in [d_model, d_mlp]`, `b_in [d_mlp]`,
+/// `w_out [d_mlp, d_model]`, `b_out [d_model]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanonLayer {
+    pub ln1: Option<LayerNormParams>,
+    pub w_q: HostTensor,
+    pub b_q: HostTensor,
+    pub w_k: HostTensor,
+    pub b_k: HostTensor,
+    pub w_v: HostTensor,
+    pub b_v: HostTensor,
+    pub w_o: HostTensor,
+    pub b_o: HostTensor,
+    pub ln2: Option<LayerNormParams>,
+    pub w_in: HostTensor,
+    pub b_in: HostTensor,
+    pub w_out: HostTensor,
+    pub b_out: HostTensor,
+}
+
+/// A whole model in TransformerLens layout: `w_e [V, d]`, `w_pos [n_ctx, d]`,
+/// `w_u [d, V]`, `b_u [V]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canonical {
+    pub w_e: HostTensor,
+    pub w_pos: HostTensor,
+    pub layers: Vec<CanonLayer>,
+    pub ln_f: Option<LayerNormParams>,
+    pub w_u: HostTensor,
+    pub b_u: HostTensor,
+}
+
+/// Read the checkpoint in `store` for `cfg`'s architecture.
+pub fn load_canonical(
+    cfg: &ModelConfig,
+    store: &WeightStore,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Canonical> {
+    let mut keys = Keys::new(store, progress);
+    let canon = match cfg.architecture {
+        Architecture::Gpt2 => gpt2::load(cfg, &mut keys)?,
+        Architecture::GptNeo => gpt_neo::load(cfg, &mut keys)?,
+    };
+    keys.finish()?;
+    Ok(canon)
+}
+
+/// Tensor lookup with the optional `transformer.` prefix, shape checks and progress.
+pub struct Keys<'a, 'p> {
+    store: &'a WeightStore,
+    progress: &'a mut ProgressFn<'p>,
+    done: u64,
+    total: u64,
+}
+
+impl<'a, 'p> Keys<'a, 'p> {
+    fn new(store: &'a WeightStore, progress: &'a mut ProgressFn<'p>) -> Self {
+        let total = store.keys().map(|k| store.nbytes(k)).sum();
+        Self {
+            store,
+            progress,
+            done: 0,
+            total,
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.done = self.total;
+        self.report()
+    }
+
+    fn report(&mut self) -> Result<()> {
+        let go_on = (self.progress)(LoadProgress {
+            bytes_done: self.done.min(self.total),
+            bytes_total: self.total,
+        });
+        if go_on {
+            Ok(())
+        } else {
+            Err(ModelError::Cancelled)
+        }
+    }
+
+    fn candidates(name: &str) -> Vec<String> {
+        vec![format!("transformer.{name}"), name.to_string()]
+    }
+
+    /// The stored key for `name`, if any spelling of it exists.
+    pub fn find(&self, name: &str) -> Option<String> {
+        Self::candidates(name)
+            .into_iter()
+            .find(|k| self.store.contains(k))
+    }
+
+    /// Read `name` and check its shape.
+    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let key = self.find(name).ok_or_else(|| ModelError::MissingTensor {
+            key: name.to_string(),
+            tried: Self::candidates(name),
+        })?;
+        let actual = self.store.shape(&key).unwrap_or_default();
+        if actual != shape {
+            return Err(ModelError::WrongShape {
+                key,
+                expected: shape.to_vec(),
+                actual: actual.to_vec(),
+            });
+        }
+        let t = self.store.read_f32(&key)?;
+        self.done += self.store.nbytes(&key);
+        self.report()?;
+        Ok(t)
+    }
+
+    pub fn layer_norm(&mut self, prefix: &str, d: usize) -> Result<LayerNormParams> {
+        Ok(LayerNormParams {
+            w: self.get(&format!("{prefix}.weight"), &[d])?.data,
+            b: self.get(&format!("{prefix}.bias"), &[d])?.data,
+        })
+    }
+
+    /// The unembedding `[d, V]`: `lm_head.weight` transposed, or the tied `wte`.
+    pub fn unembed(&mut self, cfg: &ModelConfig, w_e: &HostTensor) -> Result<HostTensor> {
+        let (d, v) = (cfg.d_model, cfg.d_vocab);
+        // lm_head lives outside `transformer.`; an untied model must have it.
+        let lm = if self.store.contains("lm_head.weight") {
+            Some(self.get("lm_head.weight", &[v, d])?)
+        } else if !cfg.tie_word_embeddings {
+            return Err(ModelError::MissingTensor {
+                key: "lm_head.weight".into(),
+                tried: vec!["lm_head.weight".into()],
+            });
+        } else {
+            None
+        };
+        let src = lm.as_ref().unwrap_or(w_e);
+        Ok(transpose(src))
+    }
+}
+
+/// `[r, c] -> [c, r]`.
+pub fn transpose(t: &HostTensor) -> HostTensor {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let mut out = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = t.data[i * c + j];
+        }
+    }
+    HostTensor::new(vec![c, r], out)
+}
+
+/// Columns `[off, off + H·dh)` of an `[d, cols]` matrix (Conv1D, input-major) as `[H, d, dh]`.
+pub fn heads_from_in_major(w: &HostTensor, off: usize, h: usize, dh: usize) -> HostTensor {
+    let (d, cols) = (w.shape[0], w.shape[1]);
+    let mut out = vec![0.0; h * d * dh];
+    for hh in 0..h {
+        for m in 0..d {
+            for k in 0..dh {
+                out[(hh * d + m) * dh + k] = w.data[m * cols + off + hh * dh + k];
+            }
+        }
+    }
+    HostTensor::new(vec![h, d, dh], out)
+}
+
+/// An `nn.Linear` weight `[H·dh, d]` (output-major) as `[H, d, dh]`.
+pub fn heads_from_out_major(w: &HostTensor, h: usize, dh: usize) -> HostTensor {
+    let d = w.shape[1];
+    let mut out = vec![0.0; h * d * dh];
+    for hh in 0..h {
+        for k in 0..dh {
+            for m in 0..d {
+                out[(hh * d + m) * dh + k] = w.data[(hh * dh + k) * d + m];
+            }
+        }
+    }
+    HostTensor::new(vec![h, d, dh], out)
+}
+
+/// A slice of a bias vector as `[H, dh]`.
+pub fn bias_heads(b: &[f32], off: usize, h: usize, dh: usize) -> HostTensor {
+    HostTensor::new(vec![h, dh], b[off..off + h * dh].to_vec())
+}
+
+/// Reinterpret with a new shape (same element count).
+pub fn reshape(t: HostTensor, shape: Vec<usize>) -> HostTensor {
+    HostTensor::new(shape, t.data)
+}

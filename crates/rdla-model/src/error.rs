@@ -1,0 +1,92 @@
+//! Typed errors for loading and running a model.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while opening a model directory or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a model directory (or a file inside one): it does not exist")]
+    NotFound(PathBuf),
+    #[error("{dir}: no config.json found")]
+    NoConfig { dir: PathBuf },
+    #[error("{path}: invalid config.json: {source}")]
+    ConfigJson {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config.json: missing required field `{field}` for model_type `{model_type}`")]
+    MissingConfigField {
+        field: &'static str,
+        model_type: String,
+    },
+    #[error("config.json: invalid value for `{field}`: {reason}")]
+    InvalidConfigField { field: &'static str, reason: String },
+    #[error(
+        "unsupported architecture: model_type `{model_type}` (architectures {architectures:?}); \
+         rdla supports gpt2 (GPT2LMHeadModel) and gpt_neo (GPTNeoForCausalLM)"
+    )]
+    UnknownArchitecture {
+        model_type: String,
+        architectures: Vec<String>,
+    },
+    #[error(
+        "{dir}: no weights found (expected model.safetensors, sharded model-*.safetensors with model.safetensors.index.json, or pytorch_model.bin)"
+    )]
+    NoWeights { dir: PathBuf },
+    #[error("{path}: corrupt or truncated safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: cannot read PyTorch checkpoint: {reason}")]
+    Pytorch { path: PathBuf, reason: String },
+    #[error("{path}: invalid shard index: {reason}")]
+    ShardIndex { path: PathBuf, reason: String },
+    #[error("weights: missing tensor `{key}` (looked for {tried:?})")]
+    MissingTensor { key: String, tried: Vec<String> },
+    #[error("weights: tensor `{key}` has shape {actual:?}, expected {expected:?}")]
+    WrongShape {
+        key: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("weights: tensor `{key}` has unsupported dtype {dtype}")]
+    UnsupportedDtype { key: String, dtype: String },
+    #[error("weights: tensor `{key}` contains non-finite values")]
+    NonFinite { key: String },
+    #[error("{dir}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)")]
+    NoTokenizer { dir: PathBuf },
+    #[error("{path}: cannot load tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("tokenizer error: {0}")]
+    Encode(String),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error(
+        "the prompt is {len} tokens long (BOS included) but the model's context is {n_ctx} tokens"
+    )]
+    PromptTooLong { len: usize, n_ctx: usize },
+    #[error("token id {id} is outside the model's vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error(
+        "no BOS token: config.json has no bos_token_id and the tokenizer has no <|endoftext|>; use --no-bos"
+    )]
+    NoBos,
+    #[error("`{text}` is not a single token: it tokenizes as {pieces}")]
+    NotOneToken { text: String, pieces: String },
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("loading was cancelled")]
+    Cancelled,
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ModelError {
+    let path = path.into();
+    move |source| ModelError::Io { path, source }
+}

@@ -1,0 +1,22 @@
+//! rdla's model layer: Hugging Face checkpoints (GPT-2, GPT-Neo) loaded into Burn with
+//! TransformerLens weight processing, and a forward pass that caches what exact direct
+//! logit attribution needs. No GUI dependency.
+
+pub mod act;
+pub mod arch;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod process;
+pub mod tokenizer;
+pub mod weights;
+
+pub use burn::tensor::{Device, Tensor};
+pub use config::{Activation, Architecture, AttnSpan, ModelConfig};
+pub use device::{DeviceChoice, DeviceInfo, select_device};
+pub use error::{ModelError, Result};
+pub use model::{Cache, Model, to_vec};
+pub use process::Processing;
+pub use tokenizer::Tokenizer;
+pub use weights::{HostTensor, LoadProgress, WeightStore};

@@ -1,0 +1,141 @@
+//! Tokenization through the `tokenizers` crate: `tokenizer.json`, or GPT-2's
+//! `vocab.json` + `merges.txt` (byte-level BPE, as `GPT2Tokenizer` builds it).
+
+use std::path::Path;
+
+use tokenizers::Tokenizer as HfTokenizer;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+
+use crate::error::{ModelError, Result};
+
+/// GPT-2's end-of-text token, used as BOS by TransformerLens for GPT-2 and GPT-Neo.
+pub const ENDOFTEXT: &str = "<|endoftext|>";
+
+/// A tokenizer plus the BOS convention of the model it belongs to.
+pub struct Tokenizer {
+    inner: HfTokenizer,
+    /// BOS id, if the model has one.
+    pub bos_id: Option<u32>,
+    /// Which files it came from (for the UI).
+    pub source: String,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("source", &self.source)
+            .field("bos_id", &self.bos_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Load from a model directory; `config_bos` is `config.json`'s `bos_token_id`.
+    pub fn from_dir(dir: &Path, config_bos: Option<u32>) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.json");
+        let merges = dir.join("merges.txt");
+        let (inner, source) = if json.is_file() {
+            let t = HfTokenizer::from_file(&json).map_err(|e| ModelError::Tokenizer {
+                path: json.clone(),
+                reason: e.to_string(),
+            })?;
+            (t, "tokenizer.json".to_string())
+        } else if vocab.is_file() && merges.is_file() {
+            (
+                Self::gpt2_bpe(&vocab, &merges)?,
+                "vocab.json + merges.txt".to_string(),
+            )
+        } else {
+            return Err(ModelError::NoTokenizer {
+                dir: dir.to_path_buf(),
+            });
+        };
+        let bos_id = config_bos.or_else(|| inner.token_to_id(ENDOFTEXT));
+        Ok(Self {
+            inner,
+            bos_id,
+            source,
+        })
+    }
+
+    /// Build GPT-2's byte-level BPE from `vocab.json` + `merges.txt`.
+    fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<HfTokenizer> {
+        let err = |reason: String| ModelError::Tokenizer {
+            path: vocab.to_path_buf(),
+            reason,
+        };
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let mut t = HfTokenizer::new(bpe);
+        t.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        t.with_decoder(Some(ByteLevelDecoder::default()));
+        if t.token_to_id(ENDOFTEXT).is_some() {
+            t.add_special_tokens(&[tokenizers::AddedToken::from(ENDOFTEXT, true)]);
+        }
+        Ok(t)
+    }
+
+    /// Token ids of `text`, without BOS.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a prompt, with BOS prepended when `bos` is set.
+    pub fn encode_prompt(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        let mut ids = Vec::new();
+        if bos {
+            ids.push(self.bos_id.ok_or(ModelError::NoBos)?);
+        }
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// The text of one token, as TransformerLens' `to_str_tokens` shows it.
+    pub fn token_str(&self, id: u32) -> String {
+        self.inner
+            .decode(&[id], false)
+            .ok()
+            .or_else(|| self.inner.id_to_token(id))
+            .unwrap_or_else(|| format!("<{id}>"))
+    }
+
+    /// The id of `text`, which must be exactly one token.
+    pub fn single_token(&self, text: &str) -> Result<u32> {
+        if let Some(id) = self.inner.token_to_id(text)
+            && text == ENDOFTEXT
+        {
+            return Ok(id);
+        }
+        let ids = self.encode(text)?;
+        if ids.len() == 1 {
+            return Ok(ids[0]);
+        }
+        let pieces = if ids.is_empty() {
+            "no tokens".to_string()
+        } else {
+            ids.iter()
+                .map(|&id| format!("{:?} ({id})", self.token_str(id)))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        Err(ModelError::NotOneToken {
+            text: text.to_string(),
+            pieces,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

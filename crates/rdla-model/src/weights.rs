@@ -1,0 +1,366 @@
+//! Reading checkpoint tensors as `f32`, whatever the file format: `model.safetensors`,
+//! sharded safetensors with `model.safetensors.index.json`, or `pytorch_model.bin`.
+//! Files are opened read-only (safetensors are memory-mapped); nothing is ever written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ModelError, Result, io_err};
+
+/// A dense row-major `f32` tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    pub fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Self {
+            shape,
+            data: vec![0.0; n],
+        }
+    }
+}
+
+/// Loading progress reported to a callback: bytes of tensor data read so far and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadProgress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Progress callback; returning `false` cancels the load.
+pub type ProgressFn<'a> = dyn FnMut(LoadProgress) -> bool + 'a;
+
+#[derive(Debug, Clone)]
+enum Location {
+    Safetensors {
+        file: usize,
+        dtype: safetensors::Dtype,
+        start: usize,
+        end: usize,
+    },
+    Pytorch {
+        dtype: pytorch_reader::DType,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    shape: Vec<usize>,
+    loc: Location,
+    nbytes: u64,
+}
+
+/// An open checkpoint: the tensor index, and the mapped files behind it.
+pub struct WeightStore {
+    /// What was opened, for messages.
+    pub description: String,
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    torch: HashMap<String, pytorch_reader::Tensor>,
+    torch_path: PathBuf,
+    entries: BTreeMap<String, Entry>,
+    /// Every file that makes up the checkpoint.
+    pub paths: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for WeightStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightStore")
+            .field("description", &self.description)
+            .field("tensors", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Memory-map a file read-only.
+#[allow(unsafe_code)] // memory-mapping is the only way to read multi-GB checkpoints without copying them
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = File::open(path).map_err(io_err(path))?;
+    // SAFETY: the map is read-only and private to this process; a checkpoint file being
+    // truncated by another process while rdla runs is outside what we can guard against,
+    // the same contract every safetensors reader has.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))
+}
+
+fn sf_dtype_size(dtype: safetensors::Dtype) -> Option<usize> {
+    use safetensors::Dtype as D;
+    match dtype {
+        D::F32 => Some(4),
+        D::F16 | D::BF16 => Some(2),
+        D::F64 => Some(8),
+        _ => None,
+    }
+}
+
+impl WeightStore {
+    /// Find and open the weights in a model directory.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let bin = dir.join("pytorch_model.bin");
+        if single.is_file() {
+            Self::open_safetensors(vec![single])
+        } else if index.is_file() {
+            Self::open_sharded(&index)
+        } else if bin.is_file() {
+            Self::open_pytorch(&bin)
+        } else {
+            Err(ModelError::NoWeights {
+                dir: dir.to_path_buf(),
+            })
+        }
+    }
+
+    fn open_sharded(index: &Path) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let text = std::fs::read_to_string(index).map_err(io_err(index))?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| ModelError::ShardIndex {
+            path: index.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<String> = idx.weight_map.values().cloned().collect();
+        shards.sort();
+        shards.dedup();
+        if shards.is_empty() {
+            return Err(ModelError::ShardIndex {
+                path: index.to_path_buf(),
+                reason: "weight_map is empty".into(),
+            });
+        }
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        for p in &paths {
+            if !p.is_file() {
+                return Err(ModelError::ShardIndex {
+                    path: index.to_path_buf(),
+                    reason: format!("shard {} is missing", p.display()),
+                });
+            }
+        }
+        let mut store = Self::open_safetensors(paths)?;
+        for (key, shard) in &idx.weight_map {
+            if !store.entries.contains_key(key) {
+                return Err(ModelError::ShardIndex {
+                    path: index.to_path_buf(),
+                    reason: format!("`{key}` is listed in {shard} but not stored there"),
+                });
+            }
+        }
+        store.description = format!("{} safetensors shards", store.files.len());
+        Ok(store)
+    }
+
+    /// Open one or more safetensors files as one store.
+    pub fn open_safetensors(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let map = map_file(path)?;
+            let bad = |reason: String| ModelError::Safetensors {
+                path: path.clone(),
+                reason,
+            };
+            // `deserialize` validates the header against the buffer: a truncated file fails here.
+            safetensors::SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
+            let (header_len, meta) =
+                safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+            let base = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                entries.insert(
+                    name.clone(),
+                    Entry {
+                        shape: info.shape.clone(),
+                        loc: Location::Safetensors {
+                            file: i,
+                            dtype: info.dtype,
+                            start: base + s,
+                            end: base + e,
+                        },
+                        nbytes: (e - s) as u64,
+                    },
+                );
+            }
+            files.push((path.clone(), map));
+        }
+        Ok(Self {
+            description: "model.safetensors".into(),
+            files,
+            torch: HashMap::new(),
+            torch_path: PathBuf::new(),
+            entries,
+            paths,
+        })
+    }
+
+    /// Open a PyTorch zip/pickle checkpoint.
+    pub fn open_pytorch(path: &Path) -> Result<Self> {
+        let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| ModelError::Pytorch {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let torch = reader.into_tensors();
+        let mut entries = BTreeMap::new();
+        for (name, t) in &torch {
+            entries.insert(
+                name.clone(),
+                Entry {
+                    shape: t.shape().to_vec(),
+                    loc: Location::Pytorch { dtype: t.dtype() },
+                    nbytes: t.byte_len() as u64,
+                },
+            );
+        }
+        Ok(Self {
+            description: "pytorch_model.bin".into(),
+            files: Vec::new(),
+            torch,
+            torch_path: path.to_path_buf(),
+            entries,
+            paths: vec![path.to_path_buf()],
+        })
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.entries.get(key).map(|e| e.shape.as_slice())
+    }
+
+    /// Bytes of tensor data behind `key`.
+    pub fn nbytes(&self, key: &str) -> u64 {
+        self.entries.get(key).map_or(0, |e| e.nbytes)
+    }
+
+    /// Read one tensor, converting it to `f32`.
+    pub fn read_f32(&self, key: &str) -> Result<HostTensor> {
+        let entry = self
+            .entries
+            .get(key)
+            .ok_or_else(|| ModelError::MissingTensor {
+                key: key.to_string(),
+                tried: vec![key.to_string()],
+            })?;
+        let n: usize = entry.shape.iter().product();
+        let data = match &entry.loc {
+            Location::Safetensors {
+                file,
+                dtype,
+                start,
+                end,
+            } => {
+                let (path, map) = &self.files[*file];
+                let size = sf_dtype_size(*dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                    key: key.to_string(),
+                    dtype: format!("{dtype:?}"),
+                })?;
+                let bytes = map
+                    .get(*start..*end)
+                    .ok_or_else(|| ModelError::Safetensors {
+                        path: path.clone(),
+                        reason: format!("tensor `{key}` lies outside the file"),
+                    })?;
+                if bytes.len() != n * size {
+                    return Err(ModelError::Safetensors {
+                        path: path.clone(),
+                        reason: format!(
+                            "tensor `{key}` has {} bytes for {n} elements",
+                            bytes.len()
+                        ),
+                    });
+                }
+                use safetensors::Dtype as D;
+                convert(
+                    bytes,
+                    match dtype {
+                        D::F32 => SrcType::F32,
+                        D::F16 => SrcType::F16,
+                        D::BF16 => SrcType::Bf16,
+                        _ => SrcType::F64,
+                    },
+                )
+            }
+            Location::Pytorch { dtype } => {
+                let t = self
+                    .torch
+                    .get(key)
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        key: key.to_string(),
+                        tried: vec![key.to_string()],
+                    })?;
+                let bytes = t.read().map_err(|e| ModelError::Pytorch {
+                    path: self.torch_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                use pytorch_reader::DType as D;
+                let src = match dtype {
+                    D::F32 => SrcType::F32,
+                    D::F16 => SrcType::F16,
+                    D::BF16 => SrcType::Bf16,
+                    D::F64 => SrcType::F64,
+                    other => {
+                        return Err(ModelError::UnsupportedDtype {
+                            key: key.to_string(),
+                            dtype: format!("{other:?}"),
+                        });
+                    }
+                };
+                convert(&bytes, src)
+            }
+        };
+        if data.iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite {
+                key: key.to_string(),
+            });
+        }
+        Ok(HostTensor::new(entry.shape.clone(), data))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum SrcType {
+    F32,
+    F16,
+    Bf16,
+    F64,
+}
+
+/// Little-endian bytes to `f32` (the checkpoint formats are little-endian).
+fn convert(bytes: &[u8], src: SrcType) -> Vec<f32> {
+    match src {
+        SrcType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        SrcType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        SrcType::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        SrcType::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+    }
+}

@@ -1,0 +1,211 @@
+//! The forward pass and its cache against TransformerLens 2.18 on the same weights.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::{Reference, TL_FIXTURES, fixture, load_model, max_abs_diff};
+use rdla_model::{Device, Model, Processing, to_vec};
+
+const TOL: f32 = 1e-4;
+
+fn slice<const D: usize>(t: rdla_model::Tensor<D>) -> Vec<f32> {
+    to_vec(t).unwrap()
+}
+
+/// Compare every cached quantity; returns the max abs error.
+fn check_fixture(name: &str, device: &Device) -> f32 {
+    let r = Reference::load(name);
+    let model = load_model(name, device);
+    let ids = model
+        .tokenizer
+        .encode_prompt(&r.str("prompt"), true)
+        .unwrap();
+    assert_eq!(
+        ids,
+        r.token_ids(),
+        "{name}: token ids differ from the Python tokenizer's"
+    );
+    let cache = model.run(&ids).unwrap();
+    let cfg = &model.config;
+    let (p, d) = (ids.len(), cfg.d_model);
+    let mut worst = 0.0f32;
+    let mut check = |what: &str, ours: Vec<f32>, theirs: Vec<f32>| {
+        let e = max_abs_diff(&ours, &theirs);
+        assert!(
+            e <= TOL,
+            "{name}: {what} differs from TransformerLens by {e}"
+        );
+        worst = worst.max(e);
+    };
+
+    check(
+        "logits",
+        slice(model.all_logits(&cache)),
+        r.tensor("tl_logits"),
+    );
+    let comps = slice(cache.components.clone());
+    let comp = |c: usize| comps[c * p * d..(c + 1) * p * d].to_vec();
+    check("embed", comp(0), r.tensor("embed"));
+    check("pos", comp(1), r.tensor("pos"));
+    let s1 = slice(cache.ln1_scale.clone());
+    let s2 = slice(cache.ln2_scale.clone());
+    let pats = slice(cache.patterns.clone());
+    let pres = slice(cache.mlp_pre.clone());
+    let (h, dm) = (cfg.n_heads, cfg.d_mlp);
+    for l in 0..cfg.n_layers {
+        check(
+            &format!("attn_out.{l}"),
+            comp(2 + 2 * l),
+            r.tensor(&format!("attn_out.{l}")),
+        );
+        check(
+            &format!("mlp_out.{l}"),
+            comp(3 + 2 * l),
+            r.tensor(&format!("mlp_out.{l}")),
+        );
+        check(
+            &format!("ln1_scale.{l}"),
+            s1[l * p..(l + 1) * p].to_vec(),
+            r.tensor(&format!("ln1_scale.{l}")),
+        );
+        check(
+            &format!("ln2_scale.{l}"),
+            s2[l * p..(l + 1) * p].to_vec(),
+            r.tensor(&format!("ln2_scale.{l}")),
+        );
+        check(
+            &format!("pattern.{l}"),
+            pats[l * h * p * p..(l + 1) * h * p * p].to_vec(),
+            r.tensor(&format!("pattern.{l}")),
+        );
+        check(
+            &format!("mlp_pre.{l}"),
+            pres[l * p * dm..(l + 1) * p * dm].to_vec(),
+            r.tensor(&format!("mlp_pre.{l}")),
+        );
+    }
+    check(
+        "ln_final_scale",
+        slice(cache.final_scale.clone()),
+        r.tensor("ln_final_scale"),
+    );
+    // last-position logits from the forward pass itself
+    let v = cfg.d_vocab;
+    let tl = r.tensor("tl_logits");
+    check(
+        "last_logits",
+        slice(cache.last_logits.clone()),
+        tl[(p - 1) * v..].to_vec(),
+    );
+
+    // processed weights against TransformerLens' state dict
+    let w = &model.weights;
+    check("W_E", slice(w.w_e.clone()), r.tensor("tl.embed.W_E"));
+    check(
+        "W_pos",
+        slice(w.w_pos.clone()),
+        r.tensor("tl.pos_embed.W_pos"),
+    );
+    check("W_U", slice(w.w_u.clone()), r.tensor("tl.unembed.W_U"));
+    check("b_U", slice(w.b_u.clone()), r.tensor("tl.unembed.b_U"));
+    let per_layer = |t: Vec<f32>, l: usize| {
+        let n = t.len() / cfg.n_layers;
+        t[l * n..(l + 1) * n].to_vec()
+    };
+    for l in 0..cfg.n_layers {
+        for (ours, key) in [
+            (&w.w_q, "attn.W_Q"),
+            (&w.w_k, "attn.W_K"),
+            (&w.w_v, "attn.W_V"),
+            (&w.w_o, "attn.W_O"),
+        ] {
+            check(
+                key,
+                per_layer(slice(ours.clone()), l),
+                r.tensor(&format!("tl.blocks.{l}.{key}")),
+            );
+        }
+        for (ours, key) in [
+            (&w.b_q, "attn.b_Q"),
+            (&w.b_k, "attn.b_K"),
+            (&w.b_v, "attn.b_V"),
+        ] {
+            check(
+                key,
+                per_layer(slice(ours.clone()), l),
+                r.tensor(&format!("tl.blocks.{l}.{key}")),
+            );
+        }
+        for (ours, key) in [(&w.w_in, "mlp.W_in"), (&w.w_out, "mlp.W_out")] {
+            check(
+                key,
+                per_layer(slice(ours.clone()), l),
+                r.tensor(&format!("tl.blocks.{l}.{key}")),
+            );
+        }
+        for (ours, key) in [
+            (&w.b_o, "attn.b_O"),
+            (&w.b_in, "mlp.b_in"),
+            (&w.b_out, "mlp.b_out"),
+        ] {
+            check(
+                key,
+                per_layer(slice(ours.clone()), l),
+                r.tensor(&format!("tl.blocks.{l}.{key}")),
+            );
+        }
+    }
+    eprintln!("{name}: max abs error vs TransformerLens {worst:.3e}");
+    worst
+}
+
+#[test]
+fn cpu_matches_transformer_lens() {
+    for name in TL_FIXTURES {
+        check_fixture(name, &Device::flex());
+    }
+}
+
+#[test]
+fn wgpu_matches_transformer_lens() {
+    if let Some(dev) = common::wgpu_device() {
+        for name in TL_FIXTURES {
+            check_fixture(name, &dev);
+        }
+    }
+}
+
+/// Without processing the model computes exactly what Hugging Face computes.
+#[test]
+fn unprocessed_matches_hugging_face() {
+    for name in TL_FIXTURES {
+        let r = Reference::load(name);
+        let model = Model::load(
+            &fixture(name),
+            &Device::flex(),
+            Processing::none(),
+            &mut |_| true,
+        )
+        .unwrap();
+        let cache = model.run(&r.token_ids()).unwrap();
+        let e = max_abs_diff(&slice(model.all_logits(&cache)), &r.tensor("hf_logits"));
+        eprintln!("{name}: max abs error vs HF (unprocessed) {e:.3e}");
+        assert!(e <= TOL, "{name}: unprocessed logits differ from HF by {e}");
+    }
+}
+
+#[test]
+fn processing_is_reported() {
+    let model = load_model("gpt2_tied", &Device::flex());
+    assert_eq!(
+        model.processing.applied(),
+        [
+            "fold_ln",
+            "center_writing_weights",
+            "center_unembed",
+            "fold_value_biases"
+        ]
+    );
+    assert!(model.weights.ln1.is_none() && model.weights.ln_f.is_none());
+}

@@ -1,0 +1,274 @@
+//! `rdla attribute` end to end: the JSON contract, exports, and clear errors.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn rdla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rdla"))
+        .args(args)
+        .env("RDLA_SKIP_WGPU", "1")
+        .output()
+        .unwrap()
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+const LIST: &str = "1. Get some apples.\n2. Get some oranges.\n";
+
+#[test]
+fn list_prompt_json_on_gpt_neo() {
+    let dir = fixture("gptneo_local");
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        LIST,
+        "--answer",
+        "3",
+        "--device",
+        "cpu",
+        "--path",
+        "L3.attn/H1",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = reference("gptneo_local");
+    assert_eq!(j["token_ids"], r["token_ids"]);
+    assert_eq!(j["token_strs"], r["token_strs"]);
+    assert_eq!(j["answer_id"], r["answer_id"]);
+    assert!(j["foil_id"].is_null());
+    let tv = j["target_value"].as_f64().unwrap();
+    assert!((tv - r["target_value"].as_f64().unwrap()).abs() < 1e-4);
+    let top = j["top_predictions"].as_array().unwrap();
+    assert_eq!(top.len(), 10);
+    for k in ["id", "token", "logit", "prob"] {
+        assert!(top[0].get(k).is_some(), "top_predictions lacks {k}");
+    }
+    let probs: Vec<f64> = top.iter().map(|p| p["prob"].as_f64().unwrap()).collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]));
+    let labels = j["component_labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 2 + 2 * 4);
+    assert_eq!(j["components"].as_array().unwrap().len(), labels.len());
+    assert!(j["unembed_bias"].is_number());
+    assert_eq!(j["head_dla"].as_array().unwrap().len(), 4);
+    let hb = &j["head_breakdown"];
+    assert_eq!(hb.as_array().unwrap().len(), 4);
+    assert_eq!(hb[0].as_array().unwrap().len(), 4);
+    assert_eq!(hb[0][0].as_array().unwrap().len(), 15);
+    assert_eq!(hb[0][0][0].as_array().unwrap().len(), labels.len());
+    assert_eq!(j["mlp_breakdown"].as_array().unwrap().len(), 4);
+    assert_eq!(j["mlp_bias"].as_array().unwrap().len(), 4);
+    let node = &j["node"];
+    assert_eq!(node["path"], "L3.attn/H1");
+    let children = node["children"].as_array().unwrap();
+    // local layer (window 4): 4 visible sources × 8 upstream components
+    assert_eq!(children.len(), 4 * 8);
+    let sum: f64 = children.iter().map(|c| c["value"].as_f64().unwrap()).sum();
+    let residual = node["value"].as_f64().unwrap() - sum - node["bias"].as_f64().unwrap();
+    assert!((residual - node["residual"].as_f64().unwrap()).abs() < 1e-5);
+    assert!(residual.abs() < 1e-5);
+    for k in ["load", "forward", "attribution"] {
+        assert!(j["timings_ms"][k].as_f64().unwrap() >= 0.0);
+    }
+}
+
+#[test]
+fn logit_difference_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (json, csv, png) = (
+        tmp.path().join("a.json"),
+        tmp.path().join("a.csv"),
+        tmp.path().join("a.png"),
+    );
+    let r = reference("gpt2_untied");
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        fixture("gpt2_untied").to_str().unwrap(),
+        "--prompt",
+        r["prompt"].as_str().unwrap(),
+        "--answer",
+        r["answer"].as_str().unwrap(),
+        "--foil",
+        r["foil"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--path",
+        "L2.attn/H1",
+        "--json",
+        json.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--png",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["foil_id"], r["foil_id"]);
+    let tv = j["target_value"].as_f64().unwrap();
+    assert!((tv - r["target_value_diff"].as_f64().unwrap()).abs() < 1e-4);
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert!(csv.starts_with("path,step,value\n"));
+    assert!(csv.contains("L2.attn/H1,0:embed,"));
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > 400 && img.height() > 200);
+
+    // overview CSV and root PNG without --path
+    let csv2 = tmp.path().join("o.csv");
+    let png2 = tmp.path().join("o.png");
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        fixture("gpt2_tied").to_str().unwrap(),
+        "--prompt",
+        "Get some apples.",
+        "--answer",
+        ".",
+        "--device",
+        "cpu",
+        "--csv",
+        csv2.to_str().unwrap(),
+        "--png",
+        png2.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv2 = std::fs::read_to_string(&csv2).unwrap();
+    assert!(csv2.contains("head_breakdown,2,3,"));
+    assert!(image::open(&png2).is_ok());
+    // the human summary went to stdout
+    assert!(String::from_utf8_lossy(&out.stdout).contains("top predictions"));
+}
+
+fn expect_error(args: &[&str], needle: &str) {
+    let out = rdla(args);
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "stderr for {args:?} lacks {needle:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("\"token_ids\"")
+    );
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = fixture("gptneo_local");
+    let m = dir.to_str().unwrap();
+    let base = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["attribute", "--model", m, "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&'static str], needle: &str| {
+        let v = base(extra);
+        let args: Vec<&str> = v.iter().map(String::as_str).collect();
+        expect_error(&args, needle);
+    };
+    run(
+        &["--prompt", LIST, "--answer", "3", "--path", "L3.attn/H9"],
+        "step 2",
+    );
+    run(
+        &["--prompt", LIST, "--answer", "3", "--path", "L3.atn"],
+        "not a step",
+    );
+    run(
+        &["--prompt", LIST, "--answer", " Get some"],
+        "is not a single token",
+    );
+    run(&["--prompt", "", "--answer", "3"], "empty");
+    let long = "Get some apples. ".repeat(40);
+    let long: &'static str = Box::leak(long.into_boxed_str());
+    run(&["--prompt", long, "--answer", "3"], "context");
+    run(
+        &["--prompt", LIST, "--answer", "3", "--foil", "apples and"],
+        "--foil",
+    );
+    expect_error(
+        &[
+            "attribute",
+            "--model",
+            "/no/such/model",
+            "--prompt",
+            "x",
+            "--answer",
+            "x",
+            "--device",
+            "cpu",
+        ],
+        "/no/such/model",
+    );
+    expect_error(
+        &[
+            "attribute",
+            "--model",
+            m,
+            "--prompt",
+            "x",
+            "--answer",
+            "x",
+            "--device",
+            "tpu",
+        ],
+        "tpu",
+    );
+}
+
+#[test]
+fn refuses_to_overwrite_model_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture("gpt2_tied")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let weights = tmp.path().join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "Get some apples.",
+        "--answer",
+        ".",
+        "--device",
+        "cpu",
+        "--json",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
+    assert_eq!(before, std::fs::read(&weights).unwrap());
+}
