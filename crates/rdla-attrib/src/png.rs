@@ -86,8 +86,8 @@ fn blit(img: &mut RgbImage, mask: &GrayImage, x: i32, y: i32, color: [u8; 3]) {
         }
         let p = img.get_pixel_mut(px as u32, py as u32);
         let t = f32::from(*a) / 255.0;
-        for i in 0..3 {
-            p.0[i] = (f32::from(p.0[i]) * (1.0 - t) + f32::from(color[i]) * t) as u8;
+        for (ch, &c) in p.0.iter_mut().zip(&color) {
+            *ch = (f32::from(*ch) * (1.0 - t) + f32::from(c) * t) as u8;
         }
     }
 }
