@@ -374,8 +374,9 @@ impl<'a> Engine<'a> {
         self.model.config.attn_spans[l].allows(q, p)
     }
 
-    /// Per-head outputs of layer `l` at `q` read out along `r`, recomputed as the forward
-    /// pass does (`z = A·(LN1(x) W_V + b_V)`, `z W_O · r`): `[H]`.
+    /// Per-head outputs of layer `l` at `q` read out along `r`: `z = A·(LN1(x) W_V + b_V)`,
+    /// `z W_O · r`, `[H]`. Computed as `(A·LN1(x)) W_V + (ΣA) b_V`: the pattern row is applied
+    /// before `W_V`, so only one position's worth of values is formed, not `[H, P, dh]`.
     fn head_values(&self, l: usize, q: usize, r: &Tensor<1>) -> Tensor<1> {
         let w = &self.model.weights;
         let resid = self
@@ -387,10 +388,11 @@ impl<'a> Engine<'a> {
             .squeeze_dim::<2>(0); // [P, d]
         let s1 = Self::layer2(&self.cache.ln1_scale, l).unsqueeze_dim::<2>(1); // [P, 1]
         let xn = center(resid) / s1;
-        let v = xn.unsqueeze_dim::<3>(0).matmul(Self::layer4(&w.w_v, l))
-            + Self::layer3(&w.b_v, l).unsqueeze_dim::<3>(1); // [H, P, dh]
         let a = self.pattern_row(l, q).unsqueeze_dim::<3>(1); // [H, 1, P]
-        let z = a.matmul(v); // [H, 1, dh]
+        let a_sum = a.clone().sum_dim(2); // [H, 1, 1]
+        let ax = a.matmul(xn.unsqueeze_dim::<3>(0)); // [H, 1, d]
+        let z = ax.matmul(Self::layer4(&w.w_v, l))
+            + Self::layer3(&w.b_v, l).unsqueeze_dim::<3>(1) * a_sum; // [H, 1, dh]
         let wo_r =
             Self::layer4(&w.w_o, l).matmul(r.clone().unsqueeze_dim::<2>(1).unsqueeze_dim::<3>(0)); // [H, dh, 1]
         let h = self.model.config.n_heads;

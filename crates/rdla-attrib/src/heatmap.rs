@@ -242,6 +242,9 @@ pub fn node_heatmap(
                 .iter()
                 .map(|c| Some(path.child(c.parsed)))
                 .collect();
+            hm.cols.push("bias".into());
+            hm.values.push(Some(ex.bias));
+            hm.targets.push(Some(path.child(Step::Bias)));
         }
         NodeKind::Root
         | NodeKind::Component {

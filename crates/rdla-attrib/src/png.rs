@@ -8,7 +8,8 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 
 use crate::heatmap::{ColorMap, Heatmap};
 
-static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+/// DejaVu Sans, also the GUI's fallback font (wide Unicode coverage).
+pub static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 #[derive(Debug, thiserror::Error)]
 pub enum PngError {

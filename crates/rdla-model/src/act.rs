@@ -18,11 +18,17 @@ pub const GATE_EPS: f32 = 1e-6;
 /// `act(z)`, elementwise.
 pub fn apply<const D: usize>(act: Activation, z: Tensor<D>) -> Tensor<D> {
     match act {
-        // HF NewGELUActivation: 0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))
+        // HF NewGELUActivation: 0.5 x (1 + tanh(u)), u = sqrt(2/π) (x + 0.044715 x³),
+        // computed as x · σ(2u) (the same function; one exp per element instead of tanh,
+        // and x³ by multiplication instead of powf).
         Activation::GeluNew => {
-            let inner =
-                (z.clone() + z.clone().powi_scalar(3).mul_scalar(GELU_K)).mul_scalar(GELU_C);
-            (inner.tanh().add_scalar(1.0) * z).mul_scalar(0.5)
+            let two_u = z
+                .clone()
+                .square()
+                .mul_scalar(2.0 * GELU_C * GELU_K)
+                .add_scalar(2.0 * GELU_C)
+                * z.clone();
+            sigmoid(two_u) * z
         }
         // torch.nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2))
         Activation::Gelu => {

@@ -5,6 +5,7 @@
 pub mod act;
 pub mod arch;
 pub mod config;
+pub mod default_model;
 pub mod device;
 pub mod error;
 pub mod model;

@@ -13,9 +13,14 @@ use crate::process::{self, Processing};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
-/// Masked attention scores (TransformerLens uses -inf; a large finite value keeps every
-/// backend NaN-free and gives the same softmax).
+/// Masked attention scores on GPU backends (TransformerLens uses -inf; a large finite value
+/// keeps every backend NaN-free — shaders may assume no infinities — and gives the same
+/// softmax).
 const MASK_VALUE: f32 = -1.0e30;
+/// Masked attention scores on the CPU backend: `exp(-inf)` is an exact, fast 0, whereas
+/// `exp(-1e30)` takes libm's underflow slow path (a third of the forward pass at 512 tokens).
+/// Every row keeps its diagonal, so no row is all `-inf`.
+const MASK_VALUE_CPU: f32 = f32::NEG_INFINITY;
 
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
 #[derive(Debug, Clone)]
@@ -55,67 +60,138 @@ pub struct Weights {
     pub b_u: Tensor<1>,
 }
 
-fn upload<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+/// Move a host tensor onto the device (zero-copy on the CPU backend).
+fn upload<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.data, t.shape), device)
 }
 
-fn upload_stacked<const D: usize>(parts: Vec<&HostTensor>, device: &Device) -> Tensor<D> {
-    let mut shape = vec![parts.len()];
-    shape.extend(parts.first().map(|p| p.shape.clone()).unwrap_or_default());
-    let data: Vec<f32> = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
-    Tensor::from_data(TensorData::new(data, shape), device)
+/// One weight stacked over layers, filled one block at a time.
+#[derive(Debug, Default)]
+struct Stack {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl Stack {
+    fn push(&mut self, shape: &[usize], data: &[f32], n_layers: usize) {
+        if self.data.is_empty() {
+            self.data.reserve_exact(n_layers * data.len());
+            self.shape = shape.to_vec();
+        }
+        self.data.extend_from_slice(data);
+    }
+
+    fn push_t(&mut self, t: &HostTensor, n_layers: usize) {
+        self.push(&t.shape, &t.data, n_layers);
+    }
+
+    fn upload<const D: usize>(self, n_layers: usize, device: &Device) -> Tensor<D> {
+        let mut shape = vec![n_layers];
+        shape.extend(self.shape);
+        Tensor::from_data(TensorData::new(self.data, shape), device)
+    }
+}
+
+/// Host buffers for every stacked block weight. Blocks arrive one at a time (already
+/// processed) and are appended, so loading never holds more than one extra block.
+#[derive(Debug, Default)]
+struct LayerStacks {
+    n_layers: usize,
+    count: usize,
+    w_q: Stack,
+    w_k: Stack,
+    w_v: Stack,
+    b_q: Stack,
+    b_k: Stack,
+    b_v: Stack,
+    w_o: Stack,
+    b_o: Stack,
+    w_in: Stack,
+    b_in: Stack,
+    w_out: Stack,
+    b_out: Stack,
+    /// LayerNorm weights and biases (only when not folded).
+    ln1: Option<(Stack, Stack)>,
+    ln2: Option<(Stack, Stack)>,
+}
+
+impl LayerStacks {
+    fn new(n_layers: usize) -> Self {
+        Self {
+            n_layers,
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, l: &arch::CanonLayer) {
+        let n = self.n_layers;
+        for (stack, t) in [
+            (&mut self.w_q, &l.w_q),
+            (&mut self.w_k, &l.w_k),
+            (&mut self.w_v, &l.w_v),
+            (&mut self.b_q, &l.b_q),
+            (&mut self.b_k, &l.b_k),
+            (&mut self.b_v, &l.b_v),
+            (&mut self.w_o, &l.w_o),
+            (&mut self.b_o, &l.b_o),
+            (&mut self.w_in, &l.w_in),
+            (&mut self.b_in, &l.b_in),
+            (&mut self.w_out, &l.w_out),
+            (&mut self.b_out, &l.b_out),
+        ] {
+            stack.push_t(t, n);
+        }
+        for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
+            if let Some(ln) = src {
+                let (w, b) = dst.get_or_insert_with(Default::default);
+                w.push(&[ln.w.len()], &ln.w, n);
+                b.push(&[ln.b.len()], &ln.b, n);
+            }
+        }
+        self.count += 1;
+    }
 }
 
 impl Weights {
-    fn upload(c: &Canonical, device: &Device) -> Self {
-        let layers = &c.layers;
-        let stack2 = |f: &dyn Fn(&arch::CanonLayer) -> &HostTensor| -> Tensor<2> {
-            upload_stacked(layers.iter().map(f).collect(), device)
-        };
-        let stack3 = |f: &dyn Fn(&arch::CanonLayer) -> &HostTensor| -> Tensor<3> {
-            upload_stacked(layers.iter().map(f).collect(), device)
-        };
-        let stack4 = |f: &dyn Fn(&arch::CanonLayer) -> &HostTensor| -> Tensor<4> {
-            upload_stacked(layers.iter().map(f).collect(), device)
-        };
-        let ln_stack = |get: &dyn Fn(&arch::CanonLayer) -> Option<&arch::LayerNormParams>| {
-            let lns: Option<Vec<_>> = layers.iter().map(get).collect();
-            lns.map(|lns| {
-                let d = lns.first().map_or(0, |l| l.w.len());
-                let w: Vec<f32> = lns.iter().flat_map(|l| l.w.iter().copied()).collect();
-                let b: Vec<f32> = lns.iter().flat_map(|l| l.b.iter().copied()).collect();
-                (
-                    Tensor::from_data(TensorData::new(w, [lns.len(), d]), device),
-                    Tensor::from_data(TensorData::new(b, [lns.len(), d]), device),
-                )
-            })
-        };
+    /// Upload the processed model-wide tensors and the stacked blocks.
+    fn upload(c: Canonical, stacks: LayerStacks, device: &Device) -> Self {
+        let n = stacks.n_layers;
+        let ln =
+            |p: Option<(Stack, Stack)>| p.map(|(w, b)| (w.upload(n, device), b.upload(n, device)));
+        let Canonical {
+            w_e,
+            w_pos,
+            ln_f,
+            w_u,
+            b_u,
+            ..
+        } = c;
         Self {
-            w_e: upload(&c.w_e, device),
-            w_pos: upload(&c.w_pos, device),
-            ln1: ln_stack(&|l| l.ln1.as_ref()),
-            ln2: ln_stack(&|l| l.ln2.as_ref()),
-            ln_f: c.ln_f.as_ref().map(|ln| {
+            w_e: upload(w_e, device),
+            w_pos: upload(w_pos, device),
+            ln1: ln(stacks.ln1),
+            ln2: ln(stacks.ln2),
+            ln_f: ln_f.map(|ln| {
                 let d = ln.w.len();
                 (
-                    Tensor::from_data(TensorData::new(ln.w.clone(), [d]), device),
-                    Tensor::from_data(TensorData::new(ln.b.clone(), [d]), device),
+                    Tensor::from_data(TensorData::new(ln.w, [d]), device),
+                    Tensor::from_data(TensorData::new(ln.b, [d]), device),
                 )
             }),
-            w_q: stack4(&|l| &l.w_q),
-            w_k: stack4(&|l| &l.w_k),
-            w_v: stack4(&|l| &l.w_v),
-            b_q: stack3(&|l| &l.b_q),
-            b_k: stack3(&|l| &l.b_k),
-            b_v: stack3(&|l| &l.b_v),
-            w_o: stack4(&|l| &l.w_o),
-            b_o: stack2(&|l| &l.b_o),
-            w_in: stack3(&|l| &l.w_in),
-            b_in: stack2(&|l| &l.b_in),
-            w_out: stack3(&|l| &l.w_out),
-            b_out: stack2(&|l| &l.b_out),
-            w_u: upload(&c.w_u, device),
-            b_u: upload(&c.b_u, device),
+            w_q: stacks.w_q.upload(n, device),
+            w_k: stacks.w_k.upload(n, device),
+            w_v: stacks.w_v.upload(n, device),
+            b_q: stacks.b_q.upload(n, device),
+            b_k: stacks.b_k.upload(n, device),
+            b_v: stacks.b_v.upload(n, device),
+            w_o: stacks.w_o.upload(n, device),
+            b_o: stacks.b_o.upload(n, device),
+            w_in: stacks.w_in.upload(n, device),
+            b_in: stacks.b_in.upload(n, device),
+            w_out: stacks.w_out.upload(n, device),
+            b_out: stacks.b_out.upload(n, device),
+            w_u: upload(w_u, device),
+            b_u: upload(b_u, device),
         }
     }
 }
@@ -233,9 +309,17 @@ impl Model {
         processing: Processing,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Self> {
-        let mut canon = arch::load_canonical(&config, store, progress)?;
-        process::process(&mut canon, processing);
-        let weights = Weights::upload(&canon, device);
+        // Stream: each block is processed and packed as soon as it is read, so the host holds
+        // the packed model plus one block, never a second full copy.
+        let mut stacks = LayerStacks::new(config.n_layers);
+        let mut canon = arch::load_streaming(&config, store, progress, &mut |mut layer| {
+            process::process_layer(&mut layer, processing);
+            stacks.push(&layer);
+            Ok(())
+        })?;
+        process::process_globals(&mut canon, processing);
+        debug_assert_eq!(stacks.count, config.n_layers);
+        let weights = Weights::upload(canon, stacks, device);
         Ok(Self {
             name: display_name(dir),
             dir: dir.to_path_buf(),
@@ -305,21 +389,37 @@ impl Model {
     }
 
     /// The forward pass over `ids` (BOS included if wanted), caching what attribution needs.
+    ///
+    /// Cached activations are written into preallocated tensors as each layer finishes (in
+    /// place on the CPU backend), rather than collected per layer and stacked at the end,
+    /// which would hold two copies of the cache at once.
     pub fn run(&self, ids: &[u32]) -> Result<Cache> {
         self.check_tokens(ids)?;
         let cfg = &self.config;
         let w = &self.weights;
+        let dev = &self.device;
         let (n, h, dh, d) = (ids.len(), cfg.n_heads, cfg.d_head, cfg.d_model);
+        let (n_l, n_c) = (cfg.n_layers, cfg.n_components());
+        let mask_value = if *dev == Device::flex() {
+            MASK_VALUE_CPU
+        } else {
+            MASK_VALUE
+        };
         let id_data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let id_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(id_data, [n]), &self.device);
+        let id_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(id_data, [n]), dev);
 
         let embed = w.w_e.clone().select(0, id_t); // [P, d]
         let pos = w.w_pos.clone().narrow(0, 0, n); // [P, d]
         let mut x = embed.clone() + pos.clone();
-        let mut comps = vec![embed, pos];
-        let (mut s1s, mut s2s, mut pats, mut pres) = (vec![], vec![], vec![], vec![]);
+        let mut comps = Tensor::<3>::empty([n_c, n, d], dev)
+            .slice_assign([0..1, 0..n, 0..d], embed.unsqueeze_dim::<3>(0))
+            .slice_assign([1..2, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
+        let mut s1s = Tensor::<2>::empty([n_l, n], dev);
+        let mut s2s = Tensor::<2>::empty([n_l, n], dev);
+        let mut pats = Tensor::<4>::empty([n_l, h, n, n], dev);
+        let mut pres = Tensor::<3>::empty([n_l, n, cfg.d_mlp], dev);
 
-        for l in 0..cfg.n_layers {
+        for l in 0..n_l {
             let layer = |t: &Tensor<4>| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
             let layer3 = |t: &Tensor<3>| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
             let layer2 = |t: &Tensor<2>| t.clone().narrow(0, l, 1); // [1, ·]
@@ -335,26 +435,26 @@ impl Model {
                 .mask(cfg.attn_spans[l], n)
                 .unsqueeze_dim::<3>(0)
                 .expand([h, n, n]);
-            let pattern = softmax(scores.mask_fill(mask, MASK_VALUE), 2); // [H, P, P]
+            let pattern = softmax(scores.mask_fill(mask, mask_value), 2); // [H, P, P]
             let z = pattern.clone().matmul(v); // [H, P, dh]
             let z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
             let attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
             let resid_mid = x + attn_out.clone();
+            let c = 2 + 2 * l;
+            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
+            pats = pats.slice_assign([l..l + 1, 0..h, 0..n, 0..n], pattern.unsqueeze_dim::<4>(0));
+            s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
 
             // MLP
             let (xn2, s2) = self.layer_norm(resid_mid.clone(), Self::layer_ln(&w.ln2, l));
             let pre = xn2.matmul(layer3(&w.w_in)) + layer2(&w.b_in); // [P, d_mlp]
             let post = act::apply(cfg.act, pre.clone());
+            pres = pres.slice_assign([l..l + 1, 0..n, 0..cfg.d_mlp], pre.unsqueeze_dim::<3>(0));
             let mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
             x = resid_mid + mlp_out.clone();
-
-            comps.push(attn_out);
-            comps.push(mlp_out);
-            s1s.push(s1);
-            s2s.push(s2);
-            pats.push(pattern);
-            pres.push(pre);
+            comps = comps.slice_assign([c + 1..c + 2, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
+            s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
         }
 
         let (xf, sf) = self.layer_norm(x, w.ln_f.clone());
@@ -364,12 +464,12 @@ impl Model {
 
         Ok(Cache {
             token_ids: ids.to_vec(),
-            components: Tensor::stack(comps, 0),
-            ln1_scale: Tensor::stack(s1s, 0),
-            ln2_scale: Tensor::stack(s2s, 0),
+            components: comps,
+            ln1_scale: s1s,
+            ln2_scale: s2s,
             final_scale: sf,
-            patterns: Tensor::stack(pats, 0),
-            mlp_pre: Tensor::stack(pres, 0),
+            patterns: pats,
+            mlp_pre: pres,
             last_logits,
         })
     }

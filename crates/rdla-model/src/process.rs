@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::arch::{Canonical, LayerNormParams};
+use crate::arch::{CanonLayer, Canonical, LayerNormParams};
 use crate::weights::HostTensor;
 
 /// Which processing steps to apply. Defaults match TransformerLens `from_pretrained`.
@@ -61,53 +61,20 @@ impl Processing {
 
 /// Apply `p` to `w` in place. As in TransformerLens, centring writing weights is only done
 /// when LayerNorm is folded (it relies on the following LN discarding the mean).
+///
+/// Every step touches each block's own tensors only, so this equals [`process_layer`] on each
+/// block followed by [`process_globals`] (what the streaming loader does, one block at a time).
 pub fn process(w: &mut Canonical, p: Processing) {
-    if p.fold_ln {
-        fold_layer_norm(w);
-    }
-    if p.center_writing_weights && p.fold_ln {
-        center_writing_weights(w);
-    }
-    if p.center_unembed {
-        center_unembed(w);
-    }
-    if p.fold_value_biases {
-        fold_value_biases(w);
-    }
-}
-
-/// `W[.., m, k]`: fold `ln` into a reading matrix whose `d_model` axis is `m` (of size d), with
-/// `outer` leading slices and `inner` trailing columns. `b[outer, inner] += Σ_m W·ln.b`;
-/// `W *= ln.w`; then centre `W` over `m`.
-fn fold_into_reader(wt: &mut HostTensor, b: &mut HostTensor, ln: &LayerNormParams, center: bool) {
-    let d = ln.w.len();
-    let inner = *wt.shape.last().unwrap_or(&1);
-    let outer = wt.data.len() / (d * inner);
-    for o in 0..outer {
-        for k in 0..inner {
-            let mut acc = 0.0f64;
-            for m in 0..d {
-                acc += f64::from(wt.data[(o * d + m) * inner + k]) * f64::from(ln.b[m]);
-            }
-            b.data[o * inner + k] += acc as f32;
-            let mut mean = 0.0f64;
-            for m in 0..d {
-                let x = &mut wt.data[(o * d + m) * inner + k];
-                *x *= ln.w[m];
-                mean += f64::from(*x);
-            }
-            if center {
-                let mean = (mean / d as f64) as f32;
-                for m in 0..d {
-                    wt.data[(o * d + m) * inner + k] -= mean;
-                }
-            }
-        }
-    }
-}
-
-fn fold_layer_norm(w: &mut Canonical) {
     for layer in &mut w.layers {
+        process_layer(layer, p);
+    }
+    process_globals(w, p);
+}
+
+/// The per-block part of [`process`]: fold `ln1`/`ln2`, centre `W_O`, `b_O`, `W_out`, `b_out`,
+/// fold `b_V` into `b_O`.
+pub fn process_layer(layer: &mut CanonLayer, p: Processing) {
+    if p.fold_ln {
         if let Some(ln1) = layer.ln1.take() {
             fold_into_reader(&mut layer.w_q, &mut layer.b_q, &ln1, true);
             fold_into_reader(&mut layer.w_k, &mut layer.b_k, &ln1, true);
@@ -117,8 +84,67 @@ fn fold_layer_norm(w: &mut Canonical) {
             fold_into_reader(&mut layer.w_in, &mut layer.b_in, &ln2, true);
         }
     }
-    if let Some(lnf) = w.ln_f.take() {
+    if p.center_writing_weights && p.fold_ln {
+        center_rows(&mut layer.w_o);
+        center_rows(&mut layer.b_o);
+        center_rows(&mut layer.w_out);
+        center_rows(&mut layer.b_out);
+    }
+    if p.fold_value_biases {
+        fold_value_biases(layer);
+    }
+}
+
+/// The model-wide part of [`process`] (`w.layers` is not touched): fold `ln_final` into
+/// `W_U`, centre `W_E` and `W_pos`, centre the unembedding.
+pub fn process_globals(w: &mut Canonical, p: Processing) {
+    if p.fold_ln
+        && let Some(lnf) = w.ln_f.take()
+    {
         fold_into_reader(&mut w.w_u, &mut w.b_u, &lnf, true);
+    }
+    if p.center_writing_weights && p.fold_ln {
+        center_rows(&mut w.w_e);
+        center_rows(&mut w.w_pos);
+    }
+    if p.center_unembed {
+        // W_U [d, V]: centre each row over the vocabulary; b_U likewise.
+        center_rows(&mut w.w_u);
+        center_rows(&mut w.b_u);
+    }
+}
+
+/// `W[.., m, k]`: fold `ln` into a reading matrix whose `d_model` axis is `m` (of size d), with
+/// `outer` leading slices and `inner` trailing columns. `b[outer, inner] += Σ_m W·ln.b`;
+/// `W *= ln.w`; then centre `W` over `m`. Sums are in `f64`, over `m` in order; the loops run
+/// along contiguous rows (`k` innermost) so a `[d, V]` unembedding streams through memory.
+fn fold_into_reader(wt: &mut HostTensor, b: &mut HostTensor, ln: &LayerNormParams, center: bool) {
+    let d = ln.w.len();
+    let inner = *wt.shape.last().unwrap_or(&1);
+    let outer = wt.data.len() / (d * inner);
+    let mut bias = vec![0.0f64; inner];
+    let mut mean = vec![0.0f64; inner];
+    for o in 0..outer {
+        bias.iter_mut().for_each(|x| *x = 0.0);
+        mean.iter_mut().for_each(|x| *x = 0.0);
+        let slab = &mut wt.data[o * d * inner..(o + 1) * d * inner];
+        for (m, row) in slab.chunks_exact_mut(inner).enumerate() {
+            let (lw, lb) = (ln.w[m], f64::from(ln.b[m]));
+            for ((x, acc), mu) in row.iter_mut().zip(&mut bias).zip(&mut mean) {
+                *acc += f64::from(*x) * lb;
+                *x *= lw;
+                *mu += f64::from(*x);
+            }
+        }
+        for (bk, acc) in b.data[o * inner..(o + 1) * inner].iter_mut().zip(&bias) {
+            *bk += *acc as f32;
+        }
+        if center {
+            let mean: Vec<f32> = mean.iter().map(|&s| (s / d as f64) as f32).collect();
+            for row in slab.chunks_exact_mut(inner) {
+                row.iter_mut().zip(&mean).for_each(|(x, mu)| *x -= mu);
+            }
+        }
     }
 }
 
@@ -131,36 +157,21 @@ fn center_rows(t: &mut HostTensor) {
     }
 }
 
-fn center_writing_weights(w: &mut Canonical) {
-    center_rows(&mut w.w_e);
-    center_rows(&mut w.w_pos);
-    for layer in &mut w.layers {
-        center_rows(&mut layer.w_o);
-        center_rows(&mut layer.b_o);
-        center_rows(&mut layer.w_out);
-        center_rows(&mut layer.b_out);
-    }
-}
-
-fn center_unembed(w: &mut Canonical) {
-    // W_U [d, V]: centre each row over the vocabulary; b_U likewise.
-    center_rows(&mut w.w_u);
-    center_rows(&mut w.b_u);
-}
-
-fn fold_value_biases(w: &mut Canonical) {
-    for layer in &mut w.layers {
-        let (h, dh, d) = (layer.w_o.shape[0], layer.w_o.shape[1], layer.w_o.shape[2]);
-        for m in 0..d {
-            let mut acc = 0.0f64;
-            for hh in 0..h {
-                for k in 0..dh {
-                    acc += f64::from(layer.b_v.data[hh * dh + k])
-                        * f64::from(layer.w_o.data[(hh * dh + k) * d + m]);
-                }
-            }
-            layer.b_o.data[m] += acc as f32;
+/// `b_O += Σ_h b_V[h] W_O[h]`, then `b_V = 0`.
+fn fold_value_biases(layer: &mut CanonLayer) {
+    let (h, dh, d) = (layer.w_o.shape[0], layer.w_o.shape[1], layer.w_o.shape[2]);
+    let mut acc = vec![0.0f64; d];
+    for hh in 0..h {
+        for k in 0..dh {
+            let bv = f64::from(layer.b_v.data[hh * dh + k]);
+            let row = &layer.w_o.data[(hh * dh + k) * d..(hh * dh + k + 1) * d];
+            acc.iter_mut()
+                .zip(row)
+                .for_each(|(a, &w)| *a += bv * f64::from(w));
         }
-        layer.b_v.data.iter_mut().for_each(|x| *x = 0.0);
     }
+    for (bo, a) in layer.b_o.data.iter_mut().zip(&acc) {
+        *bo += *a as f32;
+    }
+    layer.b_v.data.iter_mut().for_each(|x| *x = 0.0);
 }

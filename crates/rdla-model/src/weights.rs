@@ -1,10 +1,14 @@
 //! Reading checkpoint tensors as `f32`, whatever the file format: `model.safetensors`,
 //! sharded safetensors with `model.safetensors.index.json`, or `pytorch_model.bin`.
-//! Files are opened read-only (safetensors are memory-mapped); nothing is ever written.
+//! Files are opened read-only; nothing is ever written. A safetensors file is memory-mapped
+//! to validate its header, and tensor data is read in chunks with positioned reads, so the
+//! file's pages never count towards the process's resident memory (only the `f32` copy does).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{ModelError, Result, io_err};
 
@@ -60,11 +64,20 @@ struct Entry {
     nbytes: u64,
 }
 
-/// An open checkpoint: the tensor index, and the mapped files behind it.
+/// Bytes read per chunk when converting tensor data.
+const READ_CHUNK: usize = 4 << 20;
+
+/// One safetensors file: its path, and a handle for positioned reads.
+struct SfFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// An open checkpoint: the tensor index, and the files behind it.
 pub struct WeightStore {
     /// What was opened, for messages.
     pub description: String,
-    files: Vec<(PathBuf, memmap2::Mmap)>,
+    files: Vec<SfFile>,
     torch: HashMap<String, pytorch_reader::Tensor>,
     torch_path: PathBuf,
     entries: BTreeMap<String, Entry>,
@@ -91,14 +104,45 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))
 }
 
-fn sf_dtype_size(dtype: safetensors::Dtype) -> Option<usize> {
+fn safetensors_src(dtype: safetensors::Dtype) -> Option<SrcType> {
     use safetensors::Dtype as D;
     match dtype {
-        D::F32 => Some(4),
-        D::F16 | D::BF16 => Some(2),
-        D::F64 => Some(8),
+        D::F32 => Some(SrcType::F32),
+        D::F16 => Some(SrcType::F16),
+        D::BF16 => Some(SrcType::Bf16),
+        D::F64 => Some(SrcType::F64),
         _ => None,
     }
+}
+
+/// Read bytes `[start, end)` of a safetensors file in chunks, converting to `f32` as it goes.
+fn read_converted(
+    sf: &SfFile,
+    start: usize,
+    end: usize,
+    src: SrcType,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let io = |source| ModelError::Io {
+        path: sf.path.clone(),
+        source,
+    };
+    let mut out = Vec::with_capacity(n);
+    let chunk = READ_CHUNK - READ_CHUNK % src.size();
+    let mut buf = vec![0u8; chunk.min(end - start)];
+    let mut file = sf
+        .file
+        .lock()
+        .map_err(|_| ModelError::Device("weight file lock poisoned".into()))?;
+    file.seek(SeekFrom::Start(start as u64)).map_err(io)?;
+    let mut off = start;
+    while off < end {
+        let len = chunk.min(end - off);
+        file.read_exact(&mut buf[..len]).map_err(io)?;
+        convert_into(&buf[..len], src, &mut out);
+        off += len;
+    }
+    Ok(out)
 }
 
 impl WeightStore {
@@ -168,6 +212,7 @@ impl WeightStore {
         let mut entries = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
             let map = map_file(path)?;
+            // the header is validated on the map; the data pages are never touched through it
             let bad = |reason: String| ModelError::Safetensors {
                 path: path.clone(),
                 reason,
@@ -193,7 +238,12 @@ impl WeightStore {
                     },
                 );
             }
-            files.push((path.clone(), map));
+            drop(map);
+            let file = File::open(path).map_err(io_err(path))?;
+            files.push(SfFile {
+                path: path.clone(),
+                file: Mutex::new(file),
+            });
         }
         Ok(Self {
             description: "model.safetensors".into(),
@@ -267,36 +317,22 @@ impl WeightStore {
                 start,
                 end,
             } => {
-                let (path, map) = &self.files[*file];
-                let size = sf_dtype_size(*dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                let sf = &self.files[*file];
+                let src = safetensors_src(*dtype).ok_or_else(|| ModelError::UnsupportedDtype {
                     key: key.to_string(),
                     dtype: format!("{dtype:?}"),
                 })?;
-                let bytes = map
-                    .get(*start..*end)
-                    .ok_or_else(|| ModelError::Safetensors {
-                        path: path.clone(),
-                        reason: format!("tensor `{key}` lies outside the file"),
-                    })?;
-                if bytes.len() != n * size {
+                let size = src.size();
+                if end - start != n * size {
                     return Err(ModelError::Safetensors {
-                        path: path.clone(),
+                        path: sf.path.clone(),
                         reason: format!(
                             "tensor `{key}` has {} bytes for {n} elements",
-                            bytes.len()
+                            end - start
                         ),
                     });
                 }
-                use safetensors::Dtype as D;
-                convert(
-                    bytes,
-                    match dtype {
-                        D::F32 => SrcType::F32,
-                        D::F16 => SrcType::F16,
-                        D::BF16 => SrcType::Bf16,
-                        _ => SrcType::F64,
-                    },
-                )
+                read_converted(sf, *start, *end, src, n)?
             }
             Location::Pytorch { dtype } => {
                 let t = self
@@ -323,7 +359,9 @@ impl WeightStore {
                         });
                     }
                 };
-                convert(&bytes, src)
+                let mut out = Vec::with_capacity(n);
+                convert_into(&bytes, src, &mut out);
+                out
             }
         };
         if data.iter().any(|v| !v.is_finite()) {
@@ -343,24 +381,38 @@ enum SrcType {
     F64,
 }
 
-/// Little-endian bytes to `f32` (the checkpoint formats are little-endian).
-fn convert(bytes: &[u8], src: SrcType) -> Vec<f32> {
+impl SrcType {
+    fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+            Self::F64 => 8,
+        }
+    }
+}
+
+/// Append little-endian bytes as `f32` (the checkpoint formats are little-endian).
+fn convert_into(bytes: &[u8], src: SrcType, out: &mut Vec<f32>) {
     match src {
-        SrcType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        SrcType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        SrcType::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        SrcType::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
+        SrcType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        SrcType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        SrcType::Bf16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        SrcType::F64 => {
+            out.extend(bytes.chunks_exact(8).map(|c| {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }))
+        }
     }
 }

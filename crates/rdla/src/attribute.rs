@@ -80,9 +80,17 @@ fn check_output(out: &FsPath, model: &Model) -> anyhow::Result<()> {
 pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let (device, info) = select_device(a.device)?;
-    let model_path = rdla_app::resolve_model_path(&a.model)?;
-    let model = Model::load(&model_path, &device, Processing::default(), &mut |_| true)
-        .with_context(|| format!("cannot load model {}", a.model))?;
+    let model = if a.model == rdla_model::default_model::SPEC {
+        Model::load_default(&device, Processing::default(), &mut |_| true)
+    } else {
+        Model::load(
+            FsPath::new(&a.model),
+            &device,
+            Processing::default(),
+            &mut |_| true,
+        )
+    }
+    .with_context(|| format!("cannot load model {}", a.model))?;
     let load = ms(t_load);
 
     let tok = &model.tokenizer;

@@ -1,5 +1,7 @@
-//! `rdla bench`: generate a GPT-2-small-shaped random checkpoint (not committed) and time
-//! load, forward, the overview and a depth-2 drill-down at several prompt lengths.
+//! `rdla bench`: generate a random checkpoint of a given shape (GPT-2 or GPT-Neo; never
+//! committed) and time load + processing, the cached forward pass, the overview and a
+//! depth-2 drill-down at several prompt lengths. `bench/compare.sh` runs it side by side
+//! with TransformerLens on the same folder (`--dir`, `--generate-only`, `--existing`).
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -13,23 +15,54 @@ use rdla_model::{Model, Processing, select_device, to_vec};
 /// A tokenizer to ship with the generated checkpoint (the ids are what is benchmarked).
 static TOKENIZER_JSON: &str = include_str!("../../../tests/fixtures/gpt2_tied/tokenizer.json");
 
+/// Which architecture to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchArch {
+    /// `GPT2LMHeadModel` (default shape: GPT-2 small, 12,12,768,50257).
+    Gpt2,
+    /// `GPTNeoForCausalLM`, alternating global/local attention, tied embeddings
+    /// (default shape: TinyStories-Instruct-1M, 8,16,64,50257).
+    GptNeo,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// Architecture of the generated checkpoint.
+    #[arg(long, value_enum, default_value = "gpt2")]
+    pub arch: BenchArch,
+    /// Shape: n_layer,n_head,n_embd,vocab (default: GPT-2 small, or TinyStories-1M for gpt-neo).
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// GPT-Neo local attention window.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
     /// Prompt lengths (tokens, BOS included).
     #[arg(long, value_delimiter = ',', default_value = "16,128,512")]
     pub lengths: Vec<usize>,
-    /// Timed repetitions per measurement (the median is reported).
+    /// Timed repetitions per measurement (the median is reported, after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Timed loads (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub load_reps: usize,
     /// Compute device.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// Where to generate the checkpoint (a temporary folder by default).
+    /// Where to generate the checkpoint (a temporary folder, removed afterwards, by default).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Shape: n_layer,n_head,n_embd,vocab.
-    #[arg(long, default_value = "12,12,768,50257")]
-    pub shape: String,
+    /// Only write the checkpoint to --dir and exit.
+    #[arg(long, requires = "dir")]
+    pub generate_only: bool,
+    /// Benchmark the checkpoint already in --dir instead of generating one.
+    #[arg(long, requires = "dir", conflicts_with = "generate_only")]
+    pub existing: bool,
+    /// Target token id (the answer whose logit is attributed).
+    #[arg(long, default_value_t = 1)]
+    pub answer_id: u32,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// xorshift64* + Box–Muller: deterministic normal samples without a dependency.
@@ -47,6 +80,65 @@ impl Rng {
     }
 }
 
+/// Random tensors in file order, written as one f32 `model.safetensors`.
+struct Writer {
+    rng: Rng,
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+}
+
+impl Writer {
+    fn new() -> Self {
+        Self {
+            rng: Rng(0x5EED_0000_0000_0001),
+            tensors: Vec::new(),
+        }
+    }
+
+    /// A tensor with entries `mean + std·N(0,1)`.
+    fn add(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) {
+        let n: usize = shape.iter().product();
+        let mut bytes = Vec::with_capacity(n * 4);
+        for _ in 0..n {
+            bytes.extend_from_slice(&(mean + std * self.rng.normal()).to_le_bytes());
+        }
+        self.tensors.push((name.into(), shape.to_vec(), bytes));
+    }
+
+    /// LayerNorm weight ~ 1 ± 0.1 and bias ~ ±0.1 (every parameter random).
+    fn layer_norm(&mut self, prefix: &str, d: usize) {
+        self.add(format!("{prefix}.weight"), &[d], 1.0, 0.1);
+        self.add(format!("{prefix}.bias"), &[d], 0.0, 0.1);
+    }
+
+    fn write(
+        self,
+        dir: &FsPath,
+        config: &serde_json::Value,
+        extra: HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let views = self
+            .tensors
+            .iter()
+            .map(|(k, s, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map(|v| (k.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        safetensors::serialize_to_file(views, Some(extra), &dir.join("model.safetensors"))?;
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(config)?,
+        )?;
+        std::fs::write(dir.join("tokenizer.json"), TOKENIZER_JSON)?;
+        Ok(())
+    }
+}
+
+fn format_pt() -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "pt".to_string())])
+}
+
 /// Write a random GPT-2 checkpoint (every parameter random, LN and biases included).
 pub fn generate_gpt2(
     dir: &FsPath,
@@ -56,112 +148,100 @@ pub fn generate_gpt2(
     vocab: usize,
     n_ctx: usize,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut rng = Rng(0x5EED_0000_0000_0001);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut add = |name: String, shape: Vec<usize>, mean: f32, std: f32, rng: &mut Rng| {
-        let n = shape.iter().product();
-        let data = (0..n).map(|_| mean + std * rng.normal()).collect();
-        tensors.push((name, shape, data));
-    };
-    let w = 0.02;
-    add(
-        "transformer.wte.weight".into(),
-        vec![vocab, d],
-        0.0,
-        w,
-        &mut rng,
-    );
-    add(
-        "transformer.wpe.weight".into(),
-        vec![n_ctx, d],
-        0.0,
-        0.01,
-        &mut rng,
-    );
+    let mut w = Writer::new();
+    let s = 0.02;
+    w.add("transformer.wte.weight", &[vocab, d], 0.0, s);
+    w.add("transformer.wpe.weight", &[n_ctx, d], 0.0, 0.01);
     for l in 0..n_layer {
         let p = format!("transformer.h.{l}");
-        add(format!("{p}.ln_1.weight"), vec![d], 1.0, 0.1, &mut rng);
-        add(format!("{p}.ln_1.bias"), vec![d], 0.0, 0.1, &mut rng);
-        add(
-            format!("{p}.attn.c_attn.weight"),
-            vec![d, 3 * d],
-            0.0,
-            w,
-            &mut rng,
-        );
-        add(
-            format!("{p}.attn.c_attn.bias"),
-            vec![3 * d],
-            0.0,
-            0.1,
-            &mut rng,
-        );
-        add(
-            format!("{p}.attn.c_proj.weight"),
-            vec![d, d],
-            0.0,
-            w,
-            &mut rng,
-        );
-        add(format!("{p}.attn.c_proj.bias"), vec![d], 0.0, 0.1, &mut rng);
-        add(format!("{p}.ln_2.weight"), vec![d], 1.0, 0.1, &mut rng);
-        add(format!("{p}.ln_2.bias"), vec![d], 0.0, 0.1, &mut rng);
-        add(
-            format!("{p}.mlp.c_fc.weight"),
-            vec![d, 4 * d],
-            0.0,
-            w,
-            &mut rng,
-        );
-        add(
-            format!("{p}.mlp.c_fc.bias"),
-            vec![4 * d],
-            0.0,
-            0.1,
-            &mut rng,
-        );
-        add(
-            format!("{p}.mlp.c_proj.weight"),
-            vec![4 * d, d],
-            0.0,
-            w,
-            &mut rng,
-        );
-        add(format!("{p}.mlp.c_proj.bias"), vec![d], 0.0, 0.1, &mut rng);
+        w.layer_norm(&format!("{p}.ln_1"), d);
+        w.add(format!("{p}.attn.c_attn.weight"), &[d, 3 * d], 0.0, s);
+        w.add(format!("{p}.attn.c_attn.bias"), &[3 * d], 0.0, 0.1);
+        w.add(format!("{p}.attn.c_proj.weight"), &[d, d], 0.0, s);
+        w.add(format!("{p}.attn.c_proj.bias"), &[d], 0.0, 0.1);
+        w.layer_norm(&format!("{p}.ln_2"), d);
+        w.add(format!("{p}.mlp.c_fc.weight"), &[d, 4 * d], 0.0, s);
+        w.add(format!("{p}.mlp.c_fc.bias"), &[4 * d], 0.0, 0.1);
+        w.add(format!("{p}.mlp.c_proj.weight"), &[4 * d, d], 0.0, s);
+        w.add(format!("{p}.mlp.c_proj.bias"), &[d], 0.0, 0.1);
     }
-    add(
-        "transformer.ln_f.weight".into(),
-        vec![d],
-        1.0,
-        0.1,
-        &mut rng,
-    );
-    add("transformer.ln_f.bias".into(), vec![d], 0.0, 0.1, &mut rng);
-    let bytes: HashMap<String, Vec<u8>> = tensors
-        .iter()
-        .map(|(k, _, v)| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views = tensors
-        .iter()
-        .map(|(k, s, _)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), &bytes[k])
-                .map(|v| (k.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    w.layer_norm("transformer.ln_f", d);
     let config = serde_json::json!({
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
         "n_layer": n_layer, "n_head": n_head, "n_embd": d, "n_positions": n_ctx, "n_ctx": n_ctx,
         "vocab_size": vocab, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "bos_token_id": 0, "eos_token_id": 0, "tie_word_embeddings": true, "torch_dtype": "float32"
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    std::fs::write(dir.join("tokenizer.json"), TOKENIZER_JSON)?;
-    Ok(())
+    w.write(dir, &config, format_pt())
+}
+
+/// Write a random GPT-Neo checkpoint shaped like `roneneldan/TinyStories-Instruct-1M`:
+/// separate q/k/v without bias, layers alternating global/local (`window`), tied embeddings.
+pub fn generate_gpt_neo(
+    dir: &FsPath,
+    n_layer: usize,
+    n_head: usize,
+    d: usize,
+    vocab: usize,
+    n_ctx: usize,
+    window: usize,
+) -> anyhow::Result<()> {
+    let mut w = Writer::new();
+    // GPT-Neo does not scale q·k by 1/sqrt(d_head): keep q/k small so patterns stay soft.
+    let s = 0.02;
+    let qk = 0.5 / (d as f32).sqrt();
+    w.add("transformer.wte.weight", &[vocab, d], 0.0, s);
+    w.add("transformer.wpe.weight", &[n_ctx, d], 0.0, 0.01);
+    for l in 0..n_layer {
+        let p = format!("transformer.h.{l}");
+        let a = format!("{p}.attn.attention");
+        w.layer_norm(&format!("{p}.ln_1"), d);
+        w.add(format!("{a}.q_proj.weight"), &[d, d], 0.0, qk);
+        w.add(format!("{a}.k_proj.weight"), &[d, d], 0.0, qk);
+        w.add(
+            format!("{a}.v_proj.weight"),
+            &[d, d],
+            0.0,
+            1.0 / (d as f32).sqrt(),
+        );
+        w.add(
+            format!("{a}.out_proj.weight"),
+            &[d, d],
+            0.0,
+            1.0 / (d as f32).sqrt(),
+        );
+        w.add(format!("{a}.out_proj.bias"), &[d], 0.0, 0.1);
+        w.layer_norm(&format!("{p}.ln_2"), d);
+        w.add(
+            format!("{p}.mlp.c_fc.weight"),
+            &[4 * d, d],
+            0.0,
+            1.0 / (d as f32).sqrt(),
+        );
+        w.add(format!("{p}.mlp.c_fc.bias"), &[4 * d], 0.0, 0.1);
+        w.add(
+            format!("{p}.mlp.c_proj.weight"),
+            &[d, 4 * d],
+            0.0,
+            0.5 / (d as f32).sqrt(),
+        );
+        w.add(format!("{p}.mlp.c_proj.bias"), &[d], 0.0, 0.1);
+    }
+    w.layer_norm("transformer.ln_f", d);
+    let layers: Vec<&str> = (0..n_layer)
+        .map(|l| if l % 2 == 0 { "global" } else { "local" })
+        .collect();
+    let config = serde_json::json!({
+        "model_type": "gpt_neo", "architectures": ["GPTNeoForCausalLM"],
+        "num_layers": n_layer, "num_heads": n_head, "hidden_size": d,
+        "max_position_embeddings": n_ctx, "vocab_size": vocab, "window_size": window,
+        "attention_types": [[["global", "local"], n_layer.div_ceil(2)]],
+        "attention_layers": layers, "intermediate_size": null,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "attention_dropout": 0.0, "embed_dropout": 0.0, "resid_dropout": 0.0,
+        "bos_token_id": 0, "eos_token_id": 0, "tie_word_embeddings": true, "torch_dtype": "float32"
+    });
+    w.write(dir, &config, format_pt())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,9 +260,23 @@ fn time_ms<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::
     Ok(median(v))
 }
 
-pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
-    let shape: Vec<usize> = a
-        .shape
+/// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn parse_shape(a: &BenchArgs) -> anyhow::Result<[usize; 4]> {
+    let text = a.shape.clone().unwrap_or_else(|| {
+        match a.arch {
+            BenchArch::Gpt2 => "12,12,768,50257",
+            BenchArch::GptNeo => "8,16,64,50257",
+        }
+        .to_string()
+    });
+    let shape: Vec<usize> = text
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()
@@ -190,7 +284,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let [n_layer, n_head, d, vocab] = shape[..] else {
         anyhow::bail!("--shape must have 4 numbers");
     };
-    let n_ctx = a.lengths.iter().copied().max().unwrap_or(16).max(1024);
+    anyhow::ensure!(
+        n_layer > 0 && n_head > 0 && d % n_head == 0 && vocab > 1,
+        "--shape: need n_layer > 0, n_embd divisible by n_head, vocab > 1"
+    );
+    Ok([n_layer, n_head, d, vocab])
+}
+
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let tmp;
     let dir = match &a.dir {
         Some(d) => d.clone(),
@@ -199,24 +300,61 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             tmp
         }
     };
-    let t = Instant::now();
-    generate_gpt2(&dir, n_layer, n_head, d, vocab, n_ctx)?;
-    eprintln!(
-        "generated {} in {:.1}s",
-        dir.display(),
-        t.elapsed().as_secs_f64()
-    );
+    if !a.existing {
+        let [n_layer, n_head, d, vocab] = parse_shape(a)?;
+        let max_len = a.lengths.iter().copied().max().unwrap_or(16);
+        let t = Instant::now();
+        match a.arch {
+            BenchArch::Gpt2 => generate_gpt2(&dir, n_layer, n_head, d, vocab, max_len.max(1024))?,
+            BenchArch::GptNeo => {
+                generate_gpt_neo(&dir, n_layer, n_head, d, vocab, max_len.max(2048), a.window)?
+            }
+        }
+        eprintln!(
+            "generated {} in {:.1}s",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        if a.generate_only {
+            return Ok(());
+        }
+    }
+    let result = bench_dir(a, &dir);
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
 
+fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     let (device, info) = select_device(a.device)?;
-    let t = Instant::now();
-    let model = Model::load(&dir, &device, Processing::default(), &mut |_| true)?;
-    let _ = to_vec(model.weights.b_u.clone())?;
-    let load = t.elapsed().as_secs_f64() * 1e3;
-    println!("# rdla bench: GPT-2 shape {n_layer}L {n_head}H d{d} V{vocab} on {info}");
+    let weight_bytes = std::fs::metadata(dir.join("model.safetensors"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let mut loads = Vec::new();
+    let mut model = None;
+    for _ in 0..a.load_reps.max(1) {
+        drop(model.take());
+        let t = Instant::now();
+        let m = Model::load(dir, &device, Processing::default(), &mut |_| true)?;
+        let _ = to_vec(m.weights.b_u.clone())?;
+        loads.push(t.elapsed().as_secs_f64() * 1e3);
+        model = Some(m);
+    }
+    let model = model.context("no model loaded")?;
+    let rss_after_load = peak_rss_mib();
+    let load = median(loads.clone());
+    let cfg = &model.config;
+    let (n_layer, n_head, d, vocab) = (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab);
+    println!(
+        "# rdla bench: {} {n_layer}L {n_head}H d{d} V{vocab} on {info}",
+        cfg.architecture.hf_name()
+    );
     println!("load + processing: {load:.0} ms");
     println!("| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) |");
     println!("|---:|---:|---:|---:|");
     let mut rng = Rng(42);
+    let mut rows = Vec::new();
     for &p in &a.lengths {
         let ids: Vec<u32> = std::iter::once(0)
             .chain((1..p).map(|_| 1 + (rng.next_f64() * (vocab - 1) as f64) as u32))
@@ -230,21 +368,42 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let engine = Engine::new(
             &model,
             &cache,
-            Target::Logit { answer: 1 },
+            Target::Logit {
+                answer: a.answer_id,
+            },
             MlpMode::FrozenGate,
         )?;
         let ov = time_ms(a.reps, || Ok(engine.overview()?))?;
-        let path = Path::parse(&format!(
+        let path_text = format!(
             "L{}.attn/H0/{}:L{}.attn",
             n_layer - 1,
             p.saturating_sub(2),
             n_layer / 2
-        ))?;
+        );
+        let path = Path::parse(&path_text)?;
         let drill = time_ms(a.reps, || Ok(engine.expand(&path)?))?;
         println!("| {p} | {fwd:.1} | {ov:.1} | {drill:.2} |");
+        rows.push(serde_json::json!({
+            "tokens": p, "forward_ms": fwd, "overview_ms": ov, "drill_ms": drill,
+            "drill_path": path_text,
+        }));
     }
-    if a.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+    if let Some(file) = &a.json {
+        let out = serde_json::json!({
+            "impl": "rdla",
+            "device": info.to_string(),
+            "architecture": cfg.architecture.hf_name(),
+            "shape": [n_layer, n_head, d, vocab],
+            "weight_bytes": weight_bytes,
+            "threads": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            "load_ms": load,
+            "load_ms_all": loads,
+            "peak_rss_after_load_mib": rss_after_load,
+            "peak_rss_mib": peak_rss_mib(),
+            "lengths": rows,
+        });
+        std::fs::write(file, serde_json::to_string_pretty(&out)? + "\n")
+            .with_context(|| format!("{}: cannot write JSON", file.display()))?;
     }
     Ok(())
 }

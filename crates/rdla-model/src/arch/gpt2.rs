@@ -18,16 +18,19 @@
 //! Buffers `h.{l}.attn.bias` / `masked_bias` (causal masks) are ignored.
 //! Reference: TransformerLens `pretrained/weight_conversions/gpt2.py`.
 
-use super::{CanonLayer, Canonical, Keys, bias_heads, heads_from_in_major, reshape};
+use super::{CanonLayer, Canonical, Keys, LayerSink, bias_heads, heads_from_in_major, reshape};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::weights::HostTensor;
 
-pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
+pub fn load(
+    cfg: &ModelConfig,
+    k: &mut Keys<'_, '_>,
+    sink: &mut LayerSink<'_>,
+) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
     let w_pos = k.get("wpe.weight", &[cfg.n_ctx, d])?;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let p = format!("h.{l}");
         let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
@@ -40,7 +43,7 @@ pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
         let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
         let w_out = k.get(&format!("{p}.mlp.c_proj.weight"), &[dm, d])?;
         let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
-        layers.push(CanonLayer {
+        sink(CanonLayer {
             ln1: Some(ln1),
             w_q: heads_from_in_major(&c_attn, 0, h, dh),
             w_k: heads_from_in_major(&c_attn, d, h, dh),
@@ -56,14 +59,14 @@ pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
             b_in,
             w_out,
             b_out,
-        });
+        })?;
     }
     let ln_f = k.layer_norm("ln_f", d)?;
     let w_u = k.unembed(cfg, &w_e)?;
     Ok(Canonical {
         w_e,
         w_pos,
-        layers,
+        layers: Vec::new(),
         ln_f: Some(ln_f),
         w_u,
         b_u: HostTensor::zeros(vec![v]),

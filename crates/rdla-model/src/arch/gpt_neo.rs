@@ -17,16 +17,19 @@
 //! Buffers `attn.attention.bias` / `masked_bias` are ignored.
 //! Reference: TransformerLens `pretrained/weight_conversions/neo.py`.
 
-use super::{CanonLayer, Canonical, Keys, heads_from_out_major, reshape, transpose};
+use super::{CanonLayer, Canonical, Keys, LayerSink, heads_from_out_major, reshape, transpose};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::weights::HostTensor;
 
-pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
+pub fn load(
+    cfg: &ModelConfig,
+    k: &mut Keys<'_, '_>,
+    sink: &mut LayerSink<'_>,
+) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
     let w_pos = k.get("wpe.weight", &[cfg.n_ctx, d])?;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let p = format!("h.{l}");
         let a = format!("{p}.attn.attention");
@@ -41,7 +44,7 @@ pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
         let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
         let proj = k.get(&format!("{p}.mlp.c_proj.weight"), &[d, dm])?;
         let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
-        layers.push(CanonLayer {
+        sink(CanonLayer {
             ln1: Some(ln1),
             w_q: heads_from_out_major(&q, h, dh),
             w_k: heads_from_out_major(&kk, h, dh),
@@ -57,14 +60,14 @@ pub fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>) -> Result<Canonical> {
             b_in,
             w_out: transpose(&proj),
             b_out,
-        });
+        })?;
     }
     let ln_f = k.layer_norm("ln_f", d)?;
     let w_u = k.unembed(cfg, &w_e)?;
     Ok(Canonical {
         w_e,
         w_pos,
-        layers,
+        layers: Vec::new(),
         ln_f: Some(ln_f),
         w_u,
         b_u: HostTensor::zeros(vec![v]),

@@ -50,16 +50,37 @@ pub struct Canonical {
     pub b_u: HostTensor,
 }
 
+/// Receives each block, in layer order, as soon as it has been read.
+pub type LayerSink<'a> = dyn FnMut(CanonLayer) -> Result<()> + 'a;
+
 /// Read the checkpoint in `store` for `cfg`'s architecture.
 pub fn load_canonical(
     cfg: &ModelConfig,
     store: &WeightStore,
     progress: &mut ProgressFn<'_>,
 ) -> Result<Canonical> {
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    let mut canon = load_streaming(cfg, store, progress, &mut |layer| {
+        layers.push(layer);
+        Ok(())
+    })?;
+    canon.layers = layers;
+    Ok(canon)
+}
+
+/// Read the checkpoint, handing each block to `sink` as soon as it is read (so a caller can
+/// process and pack one block at a time instead of holding two copies of the model). The
+/// returned [`Canonical`] holds everything but the blocks (`layers` is empty).
+pub fn load_streaming(
+    cfg: &ModelConfig,
+    store: &WeightStore,
+    progress: &mut ProgressFn<'_>,
+    sink: &mut LayerSink<'_>,
+) -> Result<Canonical> {
     let mut keys = Keys::new(store, progress);
     let canon = match cfg.architecture {
-        Architecture::Gpt2 => gpt2::load(cfg, &mut keys)?,
-        Architecture::GptNeo => gpt_neo::load(cfg, &mut keys)?,
+        Architecture::Gpt2 => gpt2::load(cfg, &mut keys, sink)?,
+        Architecture::GptNeo => gpt_neo::load(cfg, &mut keys, sink)?,
     };
     keys.finish()?;
     Ok(canon)
@@ -158,13 +179,18 @@ impl<'a, 'p> Keys<'a, 'p> {
     }
 }
 
-/// `[r, c] -> [c, r]`.
+/// `[r, c] -> [c, r]`, in cache-sized tiles (a `[V, d]` embedding is large).
 pub fn transpose(t: &HostTensor) -> HostTensor {
+    const TILE: usize = 32;
     let (r, c) = (t.shape[0], t.shape[1]);
     let mut out = vec![0.0; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = t.data[i * c + j];
+    for i0 in (0..r).step_by(TILE) {
+        for j0 in (0..c).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(r) {
+                for j in j0..(j0 + TILE).min(c) {
+                    out[j * r + i] = t.data[i * c + j];
+                }
+            }
         }
     }
     HostTensor::new(vec![c, r], out)

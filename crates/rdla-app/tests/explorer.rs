@@ -1,0 +1,170 @@
+//! The real app, driven through egui_kittest by accessibility label.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use rdla_app::{RdlaApp, ScriptedDialogs, StartOptions, create_app};
+
+fn harness(export_dir: PathBuf, opts: StartOptions) -> Harness<'static, RdlaApp> {
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .build_eframe(move |cc| {
+            create_app(
+                cc,
+                &opts,
+                Box::new(ScriptedDialogs {
+                    model: None,
+                    save_dir: Some(export_dir.clone()),
+                }),
+            )
+        });
+    settle(&mut h);
+    h
+}
+
+/// Move the pointer onto the widget, then click it (egui hit-tests with the pointer's
+/// previous position, so a first click without a hover can land elsewhere), then settle.
+fn click(h: &mut Harness<'_, RdlaApp>, label: &str) {
+    h.get_by_label(label).hover();
+    h.step();
+    h.get_by_label(label).click();
+    settle(h);
+}
+
+/// Step until the worker has answered everything.
+fn settle(h: &mut Harness<'_, RdlaApp>) {
+    for _ in 0..3000 {
+        h.step();
+        if h.state().is_idle() {
+            h.step();
+            h.step();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the app did not settle; status: {}", h.state().status);
+}
+
+#[test]
+fn starts_on_the_default_model_and_drills_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    {
+        let app = h.state();
+        assert!(app.load_error.is_none(), "{:?}", app.load_error);
+        assert!(app.compute_error.is_none(), "{:?}", app.compute_error);
+        assert!(app.computed.is_some());
+        assert!(app.current_path().is_root());
+        assert_eq!(app.settings.answer, "3");
+    }
+    let n_layers = h.state().model.as_ref().unwrap().n_layers;
+    let last = n_layers - 1;
+
+    // root view → click a head
+    let head = format!("L{last}.attn/H0");
+    click(&mut h, &head);
+    assert_eq!(h.state().current_path().to_string(), head);
+    h.get_by_label(&format!("crumb {head}"));
+    let hm = h.state().current_heatmap().unwrap();
+    assert_eq!(hm.row_title, "source component");
+    assert_eq!(
+        hm.n_cols(),
+        h.state().computed.as_ref().unwrap().tokens.ids.len()
+    );
+
+    // head view → an attention component at the previous position → its heads
+    let p = hm.n_cols() - 2;
+    let comp = format!("{head}/{p}:L0.attn");
+    click(&mut h, &comp);
+    assert_eq!(h.state().current_path().to_string(), comp);
+    h.get_by_label(&format!("{comp}/H1"));
+    h.get_by_label(&format!("crumb {comp}"));
+
+    // depth 3 → back up with the keyboard
+    h.key_press(egui::Key::Backspace);
+    settle(&mut h);
+    assert_eq!(h.state().current_path().to_string(), head);
+    // history: back and forward
+    click(&mut h, "Back");
+    assert_eq!(h.state().current_path().to_string(), comp);
+    click(&mut h, "crumb root");
+    assert!(h.state().current_path().is_root());
+
+    // arrows + Enter drill into the selected cell
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    h.key_press(egui::Key::Enter);
+    settle(&mut h);
+    assert_eq!(h.state().current_path().to_string(), "L0.attn/H1");
+}
+
+#[test]
+fn exports_a_png_at_the_expected_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    click(&mut h, "L0.attn/H1");
+    assert_eq!(h.state().current_path().to_string(), "L0.attn/H1");
+    click(&mut h, "Export PNG…");
+    let out = tmp.path().join("rdla-view.png");
+    assert!(out.is_file(), "status: {}", h.state().status);
+    let img = image::open(&out).unwrap();
+    let hm = h.state().current_heatmap().unwrap();
+    let expected = rdla_attrib::png::render(
+        &hm,
+        rdla_attrib::png::PngOptions {
+            scale: 2.0,
+            colormap: h.state().settings.colormap,
+        },
+    )
+    .unwrap();
+    assert_eq!((img.width(), img.height()), expected.dimensions());
+    assert!(img.width() >= 800);
+
+    click(&mut h, "Export CSV…");
+    let csv = std::fs::read_to_string(tmp.path().join("rdla-view.csv")).unwrap();
+    assert!(
+        csv.starts_with("path,step,value\n") && csv.contains("L0.attn/H1,0:embed,"),
+        "{}",
+        &csv[..csv.len().min(300)]
+    );
+}
+
+#[test]
+fn a_broken_model_shows_an_error_and_keeps_the_previous_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    let bad = tmp.path().join("broken");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    let field = h.get_by_label("Model path");
+    field.focus();
+    field.type_text(bad.to_str().unwrap());
+    h.step();
+    h.key_press(egui::Key::Enter);
+    settle(&mut h);
+    let app = h.state();
+    let err = app.load_error.as_deref().unwrap_or_default();
+    assert!(err.contains("mamba"), "{err}");
+    assert!(
+        app.model.is_some() && app.computed.is_some(),
+        "the previous model must stay usable"
+    );
+}
+
+#[test]
+fn a_multi_token_answer_is_rejected_with_its_pieces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = StartOptions {
+        model: None,
+        prompt: None,
+        answer: Some(" Get some".into()),
+    };
+    let h = harness(tmp.path().to_path_buf(), opts);
+    let err = h.state().compute_error.clone().unwrap_or_default();
+    assert!(err.contains("not a single token"), "{err}");
+    // the prompt still tokenised and the top predictions are there to pick from
+    h.get_by_label("Top next tokens");
+}
