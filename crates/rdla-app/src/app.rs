@@ -307,16 +307,7 @@ impl RdlaApp {
         let computed = self.computed.as_ref()?;
         let model = self.model.as_ref()?;
         let path = self.nav.current();
-        let title = format!(
-            "{} · {} · {}",
-            model.name,
-            if path.is_root() {
-                "root".into()
-            } else {
-                path.to_string()
-            },
-            self.target_label()
-        );
+        let title = rdla_attrib::heatmap::view_title(&model.name, &path, &self.target_label());
         if path.is_root() {
             let mut hm = root_heatmap(&computed.overview, &title);
             hm.subtitle = format!("{} · {}", printable(&self.settings.prompt), hm.subtitle);

@@ -27,6 +27,22 @@ fn c32(c: [u8; 3]) -> Color32 {
     Color32::from_rgb(c[0], c[1], c[2])
 }
 
+/// The value written inside a cell, white on strong colours.
+fn value_text(painter: &egui::Painter, cell: Rect, v: f32, range: f32) {
+    let color = if v.abs() > 0.6 * range {
+        Color32::WHITE
+    } else {
+        Color32::from_gray(30)
+    };
+    painter.text(
+        cell.center(),
+        Align2::CENTER_CENTER,
+        format!("{v:.2}"),
+        FontId::proportional(10.0),
+        color,
+    );
+}
+
 impl HeatmapView<'_> {
     pub fn show(self, ui: &mut Ui) -> HeatmapResponse {
         let hm = self.hm;
@@ -143,18 +159,7 @@ impl HeatmapView<'_> {
                     c32(self.colormap.color(v, range)),
                 );
                 if cell_w >= 40.0 && cell_h >= 14.0 {
-                    let dark = v.abs() > 0.6 * range;
-                    painter.text(
-                        cr.center(),
-                        Align2::CENTER_CENTER,
-                        format!("{v:.2}"),
-                        FontId::proportional(10.0),
-                        if dark {
-                            Color32::WHITE
-                        } else {
-                            Color32::from_gray(30)
-                        },
-                    );
+                    value_text(&painter, cr, v, range);
                 }
                 let target = hm.target(r, c);
                 let resp = ui.interact(
@@ -245,18 +250,7 @@ impl HeatmapView<'_> {
             );
             painter.rect_filled(cr.shrink(0.5), 0.0, c32(self.colormap.color(*s, col_max)));
             if cell_w >= 40.0 && cell_h >= 14.0 {
-                let dark = s.abs() > 0.6 * col_max;
-                painter.text(
-                    cr.center(),
-                    Align2::CENTER_CENTER,
-                    format!("{s:.2}"),
-                    FontId::proportional(10.0),
-                    if dark {
-                        Color32::WHITE
-                    } else {
-                        Color32::from_gray(30)
-                    },
-                );
+                value_text(&painter, cr, *s, col_max);
             }
             let resp = ui.interact(cr, id.with(("colsum", c)), Sense::hover());
             resp.on_hover_text(format!("sum over {} = {s:+.5}", hm.cols[c]));

@@ -142,6 +142,16 @@ pub fn printable(t: &str) -> String {
         .replace(' ', "·")
 }
 
+/// The title of a view: model, path (or `root`), target.
+pub fn view_title(model: &str, path: &Path, target: &str) -> String {
+    let where_ = if path.is_root() {
+        "root".to_string()
+    } else {
+        path.to_string()
+    };
+    format!("{model} · {where_} · {target}")
+}
+
 /// The root view: rows = layers; columns = heads, the attention bias, the MLP.
 pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
     let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);

@@ -148,23 +148,15 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         },
     };
 
-    let title = format!(
-        "{} · {} · {}",
-        model.name,
-        if path.is_root() {
-            "root".to_string()
-        } else {
-            path.to_string()
-        },
-        match target {
-            Target::Logit { .. } => format!("logit {:?}", tok.token_str(answer)),
-            Target::Diff { foil, .. } => format!(
-                "logit {:?} − {:?}",
-                tok.token_str(answer),
-                tok.token_str(foil)
-            ),
-        }
-    );
+    let target_label = match target {
+        Target::Logit { .. } => format!("logit {:?}", tok.token_str(answer)),
+        Target::Diff { foil, .. } => format!(
+            "logit {:?} − {:?}",
+            tok.token_str(answer),
+            tok.token_str(foil)
+        ),
+    };
+    let title = rdla_attrib::heatmap::view_title(&model.name, &path, &target_label);
     if let Some(png) = &a.png {
         check_output(png, &model)?;
         let hm = match &report.node {
