@@ -8,6 +8,7 @@ pub mod config;
 pub mod default_model;
 pub mod device;
 pub mod error;
+mod fused;
 pub mod model;
 pub mod process;
 pub mod tokenizer;

@@ -9,18 +9,15 @@ use crate::act;
 use crate::arch::{self, Canonical};
 use crate::config::{AttnSpan, ModelConfig, RawConfig};
 use crate::error::{ModelError, Result, io_err};
+use crate::fused;
 use crate::process::{self, Processing};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
 /// Masked attention scores on GPU backends (TransformerLens uses -inf; a large finite value
 /// keeps every backend NaN-free — shaders may assume no infinities — and gives the same
-/// softmax).
+/// softmax). The CPU path (`fused::attention_pattern`) skips masked keys instead.
 const MASK_VALUE: f32 = -1.0e30;
-/// Masked attention scores on the CPU backend: `exp(-inf)` is an exact, fast 0, whereas
-/// `exp(-1e30)` takes libm's underflow slow path (a third of the forward pass at 512 tokens).
-/// Every row keeps its diagonal, so no row is all `-inf`.
-const MASK_VALUE_CPU: f32 = f32::NEG_INFINITY;
 
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
 #[derive(Debug, Clone)]
@@ -400,11 +397,9 @@ impl Model {
         let dev = &self.device;
         let (n, h, dh, d) = (ids.len(), cfg.n_heads, cfg.d_head, cfg.d_model);
         let (n_l, n_c) = (cfg.n_layers, cfg.n_components());
-        let mask_value = if *dev == Device::flex() {
-            MASK_VALUE_CPU
-        } else {
-            MASK_VALUE
-        };
+        // On the CPU backend the attention softmax and the MLP activation run as fused,
+        // in-place, multi-threaded kernels over the host buffers (see `fused`).
+        let cpu = *dev == Device::flex();
         let id_data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let id_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(id_data, [n]), dev);
 
@@ -430,12 +425,21 @@ impl Model {
             let q = xh.clone().matmul(layer(&w.w_q)) + layer3(&w.b_q).unsqueeze_dim::<3>(1); // [H, P, dh]
             let k = xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1);
             let v = xh.matmul(layer(&w.w_v)) + layer3(&w.b_v).unsqueeze_dim::<3>(1);
-            let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(cfg.attn_scale); // [H, P, P]
-            let mask = self
-                .mask(cfg.attn_spans[l], n)
-                .unsqueeze_dim::<3>(0)
-                .expand([h, n, n]);
-            let pattern = softmax(scores.mask_fill(mask, mask_value), 2); // [H, P, P]
+            let scores = q.matmul(k.swap_dims(1, 2)); // [H, P, P]
+            let pattern = if cpu {
+                fused::attention_pattern(scores, cfg.attn_scale, cfg.attn_spans[l], dev)?
+            } else {
+                let mask = self
+                    .mask(cfg.attn_spans[l], n)
+                    .unsqueeze_dim::<3>(0)
+                    .expand([h, n, n]);
+                softmax(
+                    scores
+                        .mul_scalar(cfg.attn_scale)
+                        .mask_fill(mask, MASK_VALUE),
+                    2,
+                )
+            }; // [H, P, P]
             let z = pattern.clone().matmul(v); // [H, P, dh]
             let z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
@@ -449,8 +453,15 @@ impl Model {
             // MLP
             let (xn2, s2) = self.layer_norm(resid_mid.clone(), Self::layer_ln(&w.ln2, l));
             let pre = xn2.matmul(layer3(&w.w_in)) + layer2(&w.b_in); // [P, d_mlp]
-            let post = act::apply(cfg.act, pre.clone());
-            pres = pres.slice_assign([l..l + 1, 0..n, 0..cfg.d_mlp], pre.unsqueeze_dim::<3>(0));
+            pres = pres.slice_assign(
+                [l..l + 1, 0..n, 0..cfg.d_mlp],
+                pre.clone().unsqueeze_dim::<3>(0),
+            );
+            let post = if cpu && fused::has_activation(cfg.act) {
+                fused::activation(pre, cfg.act, dev)?
+            } else {
+                act::apply(cfg.act, pre)
+            };
             let mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
             x = resid_mid + mlp_out.clone();
             comps = comps.slice_assign([c + 1..c + 2, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));

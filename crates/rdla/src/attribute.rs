@@ -189,8 +189,11 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         Some(file) => {
             let p = FsPath::new(file);
             check_output(p, &model)?;
-            std::fs::write(p, serde_json::to_string(&report.to_json())?)
-                .with_context(|| format!("{file}: cannot write JSON"))?;
+            // streamed: the report is never held as one string as well as a JSON tree
+            let cannot = || format!("{file}: cannot write JSON");
+            let mut w = std::io::BufWriter::new(std::fs::File::create(p).with_context(cannot)?);
+            serde_json::to_writer(&mut w, &report.to_json()).with_context(cannot)?;
+            w.flush().with_context(cannot)?;
         }
         None => print_summary(&report, &model, &path),
     }

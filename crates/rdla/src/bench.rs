@@ -249,7 +249,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_ms<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+/// Median and minimum wall time in ms over `reps` runs after one warm-up.
+fn time_ms<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, f64)> {
     f()?; // warm-up
     let mut v = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
@@ -257,7 +258,8 @@ fn time_ms<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(median(v))
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok((median(v), min))
 }
 
 /// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
@@ -344,6 +346,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     let model = model.context("no model loaded")?;
     let rss_after_load = peak_rss_mib();
     let load = median(loads.clone());
+    let load_min = loads.iter().copied().fold(f64::INFINITY, f64::min);
     let cfg = &model.config;
     let (n_layer, n_head, d, vocab) = (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab);
     println!(
@@ -359,7 +362,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         let ids: Vec<u32> = std::iter::once(0)
             .chain((1..p).map(|_| 1 + (rng.next_f64() * (vocab - 1) as f64) as u32))
             .collect();
-        let fwd = time_ms(a.reps, || {
+        let (fwd, fwd_min) = time_ms(a.reps, || {
             let c = model.run(&ids)?;
             to_vec(c.last_logits)?;
             Ok(())
@@ -373,7 +376,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             },
             MlpMode::FrozenGate,
         )?;
-        let ov = time_ms(a.reps, || Ok(engine.overview()?))?;
+        let (ov, ov_min) = time_ms(a.reps, || Ok(engine.overview()?))?;
         let path_text = format!(
             "L{}.attn/H0/{}:L{}.attn",
             n_layer - 1,
@@ -381,10 +384,11 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             n_layer / 2
         );
         let path = Path::parse(&path_text)?;
-        let drill = time_ms(a.reps, || Ok(engine.expand(&path)?))?;
+        let (drill, drill_min) = time_ms(a.reps, || Ok(engine.expand(&path)?))?;
         println!("| {p} | {fwd:.1} | {ov:.1} | {drill:.2} |");
         rows.push(serde_json::json!({
             "tokens": p, "forward_ms": fwd, "overview_ms": ov, "drill_ms": drill,
+            "forward_min_ms": fwd_min, "overview_min_ms": ov_min, "drill_min_ms": drill_min,
             "drill_path": path_text,
         }));
     }
@@ -397,6 +401,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "weight_bytes": weight_bytes,
             "threads": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             "load_ms": load,
+            "load_min_ms": load_min,
             "load_ms_all": loads,
             "peak_rss_after_load_mib": rss_after_load,
             "peak_rss_mib": peak_rss_mib(),
