@@ -92,20 +92,28 @@ impl Report<'_> {
             "target_value": o.target_value,
             "top_predictions": self.top,
             "component_labels": self.model.component_labels(),
-            "components": o.components.to_json(),
             "unembed_bias": self.unembed_bias(),
-            "head_dla": o.head_dla.to_json(),
-            "head_breakdown": o.head_breakdown.to_json(),
-            "attn_bias": o.attn_bias.to_json(),
-            "mlp_breakdown": o.mlp_breakdown.to_json(),
-            "mlp_bias": o.mlp_bias.to_json(),
             "timings_ms": self.timings,
         });
-        if let (Some(node), Some(map)) = (&self.node, v.as_object_mut()) {
-            map.insert(
-                "node".into(),
-                serde_json::to_value(node).unwrap_or(Value::Null),
-            );
+        if let Some(map) = v.as_object_mut() {
+            // inserted, not written inside `json!` (which would serialise a second copy of
+            // each tree; `head_breakdown` is the largest thing in the process after the model)
+            for (key, array) in [
+                ("components", &o.components),
+                ("head_dla", &o.head_dla),
+                ("head_breakdown", &o.head_breakdown),
+                ("attn_bias", &o.attn_bias),
+                ("mlp_breakdown", &o.mlp_breakdown),
+                ("mlp_bias", &o.mlp_bias),
+            ] {
+                map.insert(key.into(), array.to_json());
+            }
+            if let Some(node) = &self.node {
+                map.insert(
+                    "node".into(),
+                    serde_json::to_value(node).unwrap_or(Value::Null),
+                );
+            }
         }
         v
     }

@@ -16,7 +16,7 @@ use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
 /// Masked attention scores on GPU backends (TransformerLens uses -inf; a large finite value
 /// keeps every backend NaN-free — shaders may assume no infinities — and gives the same
-/// softmax). The CPU path (`fused::attention_pattern`) skips masked keys instead.
+/// softmax). The CPU path (`fused::attention_pattern_into`) skips masked keys instead.
 const MASK_VALUE: f32 = -1.0e30;
 
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
@@ -426,28 +426,41 @@ impl Model {
             let k = xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1);
             let v = xh.matmul(layer(&w.w_v)) + layer3(&w.b_v).unsqueeze_dim::<3>(1);
             let scores = q.matmul(k.swap_dims(1, 2)); // [H, P, P]
+            // the pattern goes straight into the cache; `pattern` is layer `l` of it
             let pattern = if cpu {
-                fused::attention_pattern(scores, cfg.attn_scale, cfg.attn_spans[l], dev)?
+                pats = fused::attention_pattern_into(
+                    scores,
+                    cfg.attn_scale,
+                    cfg.attn_spans[l],
+                    pats,
+                    l,
+                    dev,
+                )?;
+                layer(&pats)
             } else {
                 let mask = self
                     .mask(cfg.attn_spans[l], n)
                     .unsqueeze_dim::<3>(0)
                     .expand([h, n, n]);
-                softmax(
+                let pattern = softmax(
                     scores
                         .mul_scalar(cfg.attn_scale)
                         .mask_fill(mask, MASK_VALUE),
                     2,
-                )
+                );
+                pats = pats.slice_assign(
+                    [l..l + 1, 0..h, 0..n, 0..n],
+                    pattern.clone().unsqueeze_dim::<4>(0),
+                );
+                pattern
             }; // [H, P, P]
-            let z = pattern.clone().matmul(v); // [H, P, dh]
+            let z = pattern.matmul(v); // [H, P, dh]
             let z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
             let attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
             let resid_mid = x + attn_out.clone();
             let c = 2 + 2 * l;
             comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
-            pats = pats.slice_assign([l..l + 1, 0..h, 0..n, 0..n], pattern.unsqueeze_dim::<4>(0));
             s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
 
             // MLP

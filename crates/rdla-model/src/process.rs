@@ -96,22 +96,38 @@ pub fn process_layer(layer: &mut CanonLayer, p: Processing) {
 }
 
 /// The model-wide part of [`process`] (`w.layers` is not touched): fold `ln_final` into
-/// `W_U`, centre `W_E` and `W_pos`, centre the unembedding.
+/// `W_U`, centre `W_E` and `W_pos`, centre the unembedding. The unembedding and the
+/// embeddings are independent, so they are processed on two threads.
 pub fn process_globals(w: &mut Canonical, p: Processing) {
-    if p.fold_ln
-        && let Some(lnf) = w.ln_f.take()
-    {
-        fold_into_reader(&mut w.w_u, &mut w.b_u, &lnf, true);
-    }
-    if p.center_writing_weights && p.fold_ln {
-        center_rows(&mut w.w_e);
-        center_rows(&mut w.w_pos);
-    }
-    if p.center_unembed {
-        // W_U [d, V]: centre each row over the vocabulary; b_U likewise.
-        center_rows(&mut w.w_u);
-        center_rows(&mut w.b_u);
-    }
+    let Canonical {
+        w_e,
+        w_pos,
+        ln_f,
+        w_u,
+        b_u,
+        ..
+    } = w;
+    let lnf = if p.fold_ln { ln_f.take() } else { None };
+    let mut unembed = move || {
+        if let Some(lnf) = &lnf {
+            fold_into_reader(w_u, b_u, lnf, true);
+        }
+        if p.center_unembed {
+            // W_U [d, V]: centre each row over the vocabulary; b_U likewise.
+            center_rows(w_u);
+            center_rows(b_u);
+        }
+    };
+    let embed = move || {
+        if p.center_writing_weights && p.fold_ln {
+            center_rows(w_e);
+            center_rows(w_pos);
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(embed);
+        unembed();
+    });
 }
 
 /// `W[.., m, k]`: fold `ln` into a reading matrix whose `d_model` axis is `m` (of size d), with

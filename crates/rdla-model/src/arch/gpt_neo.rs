@@ -30,40 +30,43 @@ pub fn load(
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
     let w_pos = k.get("wpe.weight", &[cfg.n_ctx, d])?;
-    for l in 0..cfg.n_layers {
-        let p = format!("h.{l}");
-        let a = format!("{p}.attn.attention");
-        let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
-        let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
-        let kk = k.get(&format!("{a}.k_proj.weight"), &[h * dh, d])?;
-        let vv = k.get(&format!("{a}.v_proj.weight"), &[h * dh, d])?;
-        let o = k.get(&format!("{a}.out_proj.weight"), &[d, h * dh])?;
-        let b_o = k.get(&format!("{a}.out_proj.bias"), &[d])?;
-        let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
-        let fc = k.get(&format!("{p}.mlp.c_fc.weight"), &[dm, d])?;
-        let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
-        let proj = k.get(&format!("{p}.mlp.c_proj.weight"), &[d, dm])?;
-        let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
-        sink(CanonLayer {
-            ln1: Some(ln1),
-            w_q: heads_from_out_major(&q, h, dh),
-            w_k: heads_from_out_major(&kk, h, dh),
-            w_v: heads_from_out_major(&vv, h, dh),
-            b_q: HostTensor::zeros(vec![h, dh]),
-            b_k: HostTensor::zeros(vec![h, dh]),
-            b_v: HostTensor::zeros(vec![h, dh]),
-            // out_proj is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
-            w_o: reshape(transpose(&o), vec![h, dh, d]),
-            b_o,
-            ln2: Some(ln2),
-            w_in: transpose(&fc),
-            b_in,
-            w_out: transpose(&proj),
-            b_out,
-        })?;
-    }
+    // the blocks are read while a tied unembedding is transposed on another thread
+    let w_u = k.unembed_while(cfg, &w_e, |k| {
+        for l in 0..cfg.n_layers {
+            let p = format!("h.{l}");
+            let a = format!("{p}.attn.attention");
+            let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
+            let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
+            let kk = k.get(&format!("{a}.k_proj.weight"), &[h * dh, d])?;
+            let vv = k.get(&format!("{a}.v_proj.weight"), &[h * dh, d])?;
+            let o = k.get(&format!("{a}.out_proj.weight"), &[d, h * dh])?;
+            let b_o = k.get(&format!("{a}.out_proj.bias"), &[d])?;
+            let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
+            let fc = k.get(&format!("{p}.mlp.c_fc.weight"), &[dm, d])?;
+            let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
+            let proj = k.get(&format!("{p}.mlp.c_proj.weight"), &[d, dm])?;
+            let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
+            sink(CanonLayer {
+                ln1: Some(ln1),
+                w_q: heads_from_out_major(&q, h, dh),
+                w_k: heads_from_out_major(&kk, h, dh),
+                w_v: heads_from_out_major(&vv, h, dh),
+                b_q: HostTensor::zeros(vec![h, dh]),
+                b_k: HostTensor::zeros(vec![h, dh]),
+                b_v: HostTensor::zeros(vec![h, dh]),
+                // out_proj is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
+                w_o: reshape(transpose(&o), vec![h, dh, d]),
+                b_o,
+                ln2: Some(ln2),
+                w_in: transpose(&fc),
+                b_in,
+                w_out: transpose(&proj),
+                b_out,
+            })?;
+        }
+        Ok(())
+    })?;
     let ln_f = k.layer_norm("ln_f", d)?;
-    let w_u = k.unembed(cfg, &w_e)?;
     Ok(Canonical {
         w_e,
         w_pos,

@@ -160,6 +160,29 @@ impl<'a, 'p> Keys<'a, 'p> {
         })
     }
 
+    /// Run `blocks` (which reads the blocks) and return the unembedding `[d, V]`. For a tied
+    /// model the transpose of `w_e` — the largest single host operation of a load — runs on a
+    /// second thread meanwhile.
+    pub fn unembed_while(
+        &mut self,
+        cfg: &ModelConfig,
+        w_e: &HostTensor,
+        blocks: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<HostTensor> {
+        if !cfg.tie_word_embeddings || self.store.contains("lm_head.weight") {
+            blocks(self)?;
+            return self.unembed(cfg, w_e);
+        }
+        std::thread::scope(|s| {
+            let transposer = s.spawn(|| transpose(w_e));
+            let read = blocks(self);
+            let w_u = transposer
+                .join()
+                .map_err(|_| ModelError::Device("the unembedding transpose panicked".into()))?;
+            read.map(|()| w_u)
+        })
+    }
+
     /// The unembedding `[d, V]`: `lm_head.weight` transposed, or the tied `wte`.
     pub fn unembed(&mut self, cfg: &ModelConfig, w_e: &HostTensor) -> Result<HostTensor> {
         let (d, v) = (cfg.d_model, cfg.d_vocab);
