@@ -6,8 +6,17 @@ use std::path::PathBuf;
 
 use rdla_model::{Device, Model, Processing, WeightStore};
 
-/// The three TransformerLens reference fixtures.
-pub const TL_FIXTURES: [&str; 3] = ["gpt2_tied", "gpt2_untied", "gptneo_local"];
+/// The TransformerLens reference fixtures: `generate.py` (GPT-2, GPT-Neo) and
+/// `generate_families.py` (GPT-NeoX, Llama, Qwen2, Mistral).
+pub const TL_FIXTURES: [&str; 7] = [
+    "gpt2_tied",
+    "gpt2_untied",
+    "gptneo_local",
+    "neox_parallel",
+    "llama_gqa",
+    "qwen2",
+    "mistral",
+];
 
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")

@@ -318,7 +318,7 @@ impl RdlaApp {
             &node.expansion,
             &path,
             &self.tokens.strs,
-            model.n_layers,
+            computed.overview.layout,
             &title,
         );
         hm.subtitle = format!("{} · {}", printable(&self.settings.prompt), hm.subtitle);
@@ -362,10 +362,7 @@ impl RdlaApp {
         let computed = self.computed.as_ref().ok_or("nothing to export yet")?;
         let here = self.nav.current();
         let text = if here.is_root() {
-            let labels: Vec<String> = (0..computed.overview.components.data.len())
-                .map(|i| rdla_attrib::Comp::from_index(i).to_string())
-                .collect();
-            rdla_attrib::csv::overview_csv(&computed.overview, &labels)
+            rdla_attrib::csv::overview_csv(&computed.overview)
         } else {
             let node = self.nodes.get(&here).ok_or("the view is still computing")?;
             rdla_attrib::csv::expansion_csv(&node.expansion)

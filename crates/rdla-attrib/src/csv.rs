@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use crate::engine::{Expansion, Overview};
-use crate::path::Comp;
 
 fn quote(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -27,7 +26,8 @@ pub fn expansion_csv(ex: &Expansion) -> String {
 }
 
 /// All overview tables: `table,layer,head,src_pos,src_comp,value` (empty where n/a).
-pub fn overview_csv(ov: &Overview, labels: &[String]) -> String {
+pub fn overview_csv(ov: &Overview) -> String {
+    let labels = ov.layout.labels();
     let mut out = String::from("table,layer,head,src_pos,src_comp,value\n");
     let _ = writeln!(out, "target,,,,,{}", ov.target_value);
     for (c, v) in ov.components.data.iter().enumerate() {
@@ -48,7 +48,7 @@ pub fn overview_csv(ov: &Overview, labels: &[String]) -> String {
     for l in 0..l_n {
         for h in 0..h_n {
             for p in 0..p_n {
-                for c in 0..Comp::Attn(l).index().min(c_n) {
+                for c in 0..ov.layout.pre(l).min(c_n) {
                     let _ = writeln!(
                         out,
                         "head_breakdown,{l},{h},{p},{},{}",
@@ -60,7 +60,7 @@ pub fn overview_csv(ov: &Overview, labels: &[String]) -> String {
         }
     }
     for l in 0..l_n {
-        for c in 0..=Comp::Attn(l).index().min(c_n - 1) {
+        for c in 0..ov.layout.mid(l).min(c_n) {
             let _ = writeln!(
                 out,
                 "mlp_breakdown,{l},,,{},{}",

@@ -5,10 +5,11 @@
 //! all of its children, on the model's device, with a single read-back.
 
 use burn::tensor::{Tensor, TensorData};
+use rdla_model::config::Norm;
 use rdla_model::{Cache, Model, ModelError, act, to_vec};
 use serde::Serialize;
 
-use crate::path::{Comp, Path, PathSyntaxError, Step};
+use crate::path::{Comp, Layout, Path, PathSyntaxError, Step};
 
 /// What is attributed: a logit, or a logit difference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -164,6 +165,9 @@ pub struct Expansion {
 /// The vectorised overview at the last position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Overview {
+    /// Which component each index of the component axes is.
+    #[serde(skip)]
+    pub layout: Layout,
     pub target_value: f32,
     /// Root children `[C]`.
     pub components: Array,
@@ -201,10 +205,26 @@ fn rows_dot(m: Tensor<2>, r: Tensor<1>) -> Tensor<1> {
     m.matmul(r.unsqueeze_dim::<2>(1)).squeeze_dim::<1>(1)
 }
 
-/// `C(v) = v − mean(v)` over the last axis.
+/// `C(v) = v − mean(v)` over the last axis (LayerNorm models).
 fn center<const D: usize>(v: Tensor<D>) -> Tensor<D> {
     let mean = v.clone().mean_dim(D - 1);
     v - mean
+}
+
+/// `[.., KV, ..]` → `[.., H, ..]` along axis `AXIS` of a 3-D tensor, each key/value head
+/// repeated for the `group` query heads that read it (TransformerLens `repeat_interleave`).
+fn repeat_kv3(t: Tensor<3>, axis: usize, group: usize) -> Tensor<3> {
+    if group == 1 {
+        return t;
+    }
+    let mut dims = t.dims().to_vec();
+    let mut wide: Vec<usize> = dims.clone();
+    wide.insert(axis + 1, group);
+    let out = t
+        .unsqueeze_dim::<4>(axis + 1)
+        .expand::<4, _>([wide[0], wide[1], wide[2], wide[3]]);
+    dims[axis] *= group;
+    out.reshape([dims[0], dims[1], dims[2]])
 }
 
 /// The attribution engine for one forward pass and one target.
@@ -214,6 +234,7 @@ pub struct Engine<'a> {
     target: Target,
     mode: MlpMode,
     last: usize,
+    layout: Layout,
     /// `C(u) / s_final[P-1]`.
     r_root: Tensor<1>,
 }
@@ -241,15 +262,35 @@ impl<'a> Engine<'a> {
         let last = cache.n_pos() - 1;
         let u = Self::unembed_direction(model, target);
         let s = cache.final_scale.clone().narrow(0, last, 1);
-        let r_root = center(u) / s;
-        Ok(Self {
+        let mut engine = Self {
             model,
             cache,
             target,
             mode,
             last,
-            r_root,
-        })
+            layout: Layout::of(&model.config),
+            r_root: u.clone(),
+        };
+        engine.r_root = engine.c(u) / s;
+        Ok(engine)
+    }
+
+    /// `C(v)`: centring over the last axis for LayerNorm models, the identity for RMSNorm.
+    fn c<const D: usize>(&self, v: Tensor<D>) -> Tensor<D> {
+        match self.model.config.norm {
+            Norm::LayerNorm => center(v),
+            Norm::RmsNorm => v,
+        }
+    }
+
+    /// The component layout of this model.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.model.config.kv_group()
     }
 
     fn unembed_direction(model: &Model, target: Target) -> Tensor<1> {
@@ -275,12 +316,8 @@ impl<'a> Engine<'a> {
         self.mode
     }
 
-    fn n_layers(&self) -> usize {
-        self.model.config.n_layers
-    }
-
     fn n_comps(&self) -> usize {
-        self.model.config.n_components()
+        self.layout.n()
     }
 
     /// Root value: `logit(answer) − b_U[answer]` (or the difference), from the real logits.
@@ -313,11 +350,28 @@ impl<'a> Engine<'a> {
             .squeeze_dim::<2>(1)
     }
 
+    /// The factor `g` on the linear path of the MLPs at `z` (`[L or 1, d_mlp]`): the frozen
+    /// gate `act(z)/z` (or `act'(z)`), or for a gated MLP `act(z_gate)` itself.
     fn gate(&self, z: Tensor<2>) -> Tensor<2> {
-        match self.mode {
-            MlpMode::FrozenGate => act::frozen_gate(self.model.config.act, z),
-            MlpMode::Gradient => act::derivative(self.model.config.act, z),
+        let a = self.model.config.act;
+        match (self.model.config.gated_mlp, self.mode) {
+            (true, _) => act::apply(a, z),
+            (false, MlpMode::FrozenGate) => act::frozen_gate(a, z),
+            (false, MlpMode::Gradient) => act::derivative(a, z),
         }
+    }
+
+    /// In gradient mode a gated MLP also passes gradient through its gate:
+    /// `act'(z_gate) ⊙ z_linear` (`[L or 1, d_mlp]`) on the `W_gate` path; `None` otherwise.
+    fn gate_path(
+        &self,
+        z: Tensor<2>,
+        lin: impl FnOnce() -> Option<Tensor<2>>,
+    ) -> Option<Tensor<2>> {
+        if !(self.model.config.gated_mlp && self.mode == MlpMode::Gradient) {
+            return None;
+        }
+        lin().map(|lin| act::derivative(self.model.config.act, z) * lin)
     }
 
     fn layer4(t: &Tensor<4>, l: usize) -> Tensor<3> {
@@ -341,20 +395,39 @@ impl<'a> Engine<'a> {
         (wout_r, g)
     }
 
-    /// Readout of the inputs of MLP `l` at `q`: `C(W_in (g ⊙ W_out r)) / s2[l, q]`.
+    /// Readout of the inputs of MLP `l` at `q`: `C(W_in (g ⊙ W_out r)) / s2[l, q]` (plus
+    /// `W_gate (act'(z_gate) ⊙ z_lin ⊙ W_out r)` for a gated MLP in gradient mode).
     fn mlp_readout(&self, l: usize, q: usize, r: &Tensor<1>) -> Tensor<1> {
+        let w = &self.model.weights;
         let (wout_r, g) = self.mlp_parts(l, q, r);
-        let w_in = Self::layer3(&self.model.weights.w_in, l); // [d, d_mlp]
+        let w_in = Self::layer3(&w.w_in, l); // [d, d_mlp]
         let s2 = Self::layer2(&self.cache.ln2_scale, l).narrow(0, q, 1);
-        center(rows_dot(w_in, g * wout_r)) / s2
+        let mut read = rows_dot(w_in, g * wout_r.clone());
+        let z = Self::layer3(&self.cache.mlp_pre, l).narrow(0, q, 1);
+        let lin = || {
+            self.cache
+                .mlp_pre_linear
+                .as_ref()
+                .map(|t| Self::layer3(t, l).narrow(0, q, 1))
+        };
+        if let (Some(gp), Some(w_gate)) = (self.gate_path(z, lin), &w.w_gate) {
+            read = read + rows_dot(Self::layer3(w_gate, l), gp.squeeze_dim::<1>(0) * wout_r);
+        }
+        self.c(read) / s2
     }
 
-    /// `C(W_V[l,h] W_O[l,h] r)` `[d]`.
+    /// `W_V[l, kv(h)]` `[d, dh]`.
+    fn w_v_of(&self, l: usize, h: usize) -> Tensor<2> {
+        Self::layer4(&self.model.weights.w_v, l)
+            .narrow(0, h / self.group(), 1)
+            .squeeze_dim::<2>(0)
+    }
+
+    /// `C(W_V[l,kv(h)] W_O[l,h] r)` `[d]`.
     fn ov_readout(&self, l: usize, h: usize, r: &Tensor<1>) -> Tensor<1> {
         let w = &self.model.weights;
         let w_o = Self::layer4(&w.w_o, l).narrow(0, h, 1).squeeze_dim::<2>(0); // [dh, d]
-        let w_v = Self::layer4(&w.w_v, l).narrow(0, h, 1).squeeze_dim::<2>(0); // [d, dh]
-        center(rows_dot(w_v, rows_dot(w_o, r.clone())))
+        self.c(rows_dot(self.w_v_of(l, h), rows_dot(w_o, r.clone())))
     }
 
     /// `A[l, :, q, :]` as `[H, P]`.
@@ -379,23 +452,25 @@ impl<'a> Engine<'a> {
     /// before `W_V`, so only one position's worth of values is formed, not `[H, P, dh]`.
     fn head_values(&self, l: usize, q: usize, r: &Tensor<1>) -> Tensor<1> {
         let w = &self.model.weights;
+        let cfg = &self.model.config;
+        let (h, kv, d, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head);
         let resid = self
             .cache
             .components
             .clone()
-            .narrow(0, 0, Comp::Attn(l).index())
+            .narrow(0, 0, self.layout.pre(l))
             .sum_dim(0)
             .squeeze_dim::<2>(0); // [P, d]
         let s1 = Self::layer2(&self.cache.ln1_scale, l).unsqueeze_dim::<2>(1); // [P, 1]
-        let xn = center(resid) / s1;
+        let xn = self.c(resid) / s1;
         let a = self.pattern_row(l, q).unsqueeze_dim::<3>(1); // [H, 1, P]
         let a_sum = a.clone().sum_dim(2); // [H, 1, 1]
-        let ax = a.matmul(xn.unsqueeze_dim::<3>(0)); // [H, 1, d]
-        let z = ax.matmul(Self::layer4(&w.w_v, l))
-            + Self::layer3(&w.b_v, l).unsqueeze_dim::<3>(1) * a_sum; // [H, 1, dh]
+        // query heads grouped by the key/value head they read: [KV, g, d] x [KV, d, dh]
+        let ax = a.matmul(xn.unsqueeze_dim::<3>(0)).reshape([kv, h / kv, d]);
+        let z = ax.matmul(Self::layer4(&w.w_v, l)).reshape([h, 1, dh])
+            + repeat_kv3(Self::layer3(&w.b_v, l).unsqueeze_dim::<3>(1), 0, h / kv) * a_sum; // [H, 1, dh]
         let wo_r =
             Self::layer4(&w.w_o, l).matmul(r.clone().unsqueeze_dim::<2>(1).unsqueeze_dim::<3>(0)); // [H, dh, 1]
-        let h = self.model.config.n_heads;
         z.matmul(wo_r).reshape([h])
     }
 
@@ -406,7 +481,8 @@ impl<'a> Engine<'a> {
                 &self.model.device,
             ),
             Kind::Comp(c) => rows_dot(
-                self.comp_rows(c.index()).narrow(0, node.pos, 1),
+                self.comp_rows(self.layout.index(*c).unwrap_or(0))
+                    .narrow(0, node.pos, 1),
                 node.readout.clone(),
             ),
             Kind::Head { layer, head } => self
@@ -440,7 +516,7 @@ impl<'a> Engine<'a> {
                 let w_o = Self::layer4(&w.w_o, *layer)
                     .narrow(0, *head, 1)
                     .squeeze_dim::<2>(0);
-                let b_v = Self::layer3(&w.b_v, *layer).narrow(0, *head, 1); // [1, dh]
+                let b_v = Self::layer3(&w.b_v, *layer).narrow(0, *head / self.group(), 1); // [1, dh]
                 let a_sum = self.pattern_row(*layer, node.pos).narrow(0, *head, 1).sum();
                 rows_dot(b_v, rows_dot(w_o, r)) * a_sum
             }
@@ -453,12 +529,12 @@ impl<'a> Engine<'a> {
         match &node.kind {
             Kind::Root => {
                 let n = self.n_comps();
-                let steps = (0..n).map(|i| Step::Comp(Comp::from_index(i))).collect();
+                let steps = (0..n).map(|i| Step::Comp(self.layout.comp(i))).collect();
                 (steps, Some(rows_dot(self.comps_at(n, node.pos), r)))
             }
             Kind::Comp(Comp::Mlp(l)) => {
-                let n = Comp::Attn(*l).index() + 1;
-                let steps = (0..n).map(|i| Step::Comp(Comp::from_index(i))).collect();
+                let n = self.layout.mid(*l);
+                let steps = (0..n).map(|i| Step::Comp(self.layout.comp(i))).collect();
                 let r2 = self.mlp_readout(*l, node.pos, &r);
                 (steps, Some(rows_dot(self.comps_at(n, node.pos), r2)))
             }
@@ -468,7 +544,7 @@ impl<'a> Engine<'a> {
             }
             Kind::Head { layer, head } => {
                 let (l, q) = (*layer, node.pos);
-                let n = Comp::Attn(l).index();
+                let n = self.layout.pre(l);
                 let p_all = self.cache.n_pos();
                 let w = self.ov_readout(l, *head, &r); // [d]
                 let a = self.pattern_row(l, q).narrow(0, *head, 1); // [1, P]
@@ -480,12 +556,13 @@ impl<'a> Engine<'a> {
                 let positions: Vec<usize> = (0..=q).filter(|&p| self.allowed(l, q, p)).collect();
                 let first = positions.first().copied().unwrap_or(0);
                 let count = positions.len();
+                let layout = self.layout;
                 let steps = positions
                     .iter()
                     .flat_map(|&p| {
                         (0..n).map(move |c| Step::Source {
                             pos: p,
-                            comp: Comp::from_index(c),
+                            comp: layout.comp(c),
                         })
                     })
                     .collect();
@@ -507,27 +584,17 @@ impl<'a> Engine<'a> {
     }
 
     fn valid_here(&self, node: &Node) -> String {
-        let comps = |n: usize| {
-            let last = Comp::from_index(n - 1);
-            if n <= 3 {
-                (0..n)
-                    .map(|i| Comp::from_index(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            } else {
-                format!("embed, pos, L0.attn … {last}")
-            }
-        };
+        let comps = |n: usize| self.layout.describe_prefix(n);
         match &node.kind {
             Kind::Root => comps(self.n_comps()),
-            Kind::Comp(Comp::Mlp(l)) => format!("{}, bias", comps(Comp::Attn(*l).index() + 1)),
+            Kind::Comp(Comp::Mlp(l)) => format!("{}, bias", comps(self.layout.mid(*l))),
             Kind::Comp(Comp::Attn(_)) => {
                 format!("H0 … H{}, bias", self.model.config.n_heads - 1)
             }
             Kind::Head { layer, .. } => {
                 let q = node.pos;
                 let first = (0..=q).find(|&p| self.allowed(*layer, q, p)).unwrap_or(0);
-                let n = Comp::Attn(*layer).index();
+                let n = self.layout.pre(*layer);
                 format!(
                     "{{p}}:{{component}} with p in {first}..={q} and component in {}, or bias",
                     comps(n)
@@ -549,16 +616,16 @@ impl<'a> Engine<'a> {
 
     fn step(&self, node: &Node, step: Step) -> Option<Node> {
         let r = &node.readout;
-        let n_layers = self.n_layers();
+        let idx = |c: Comp| self.layout.index(c);
         match (&node.kind, step) {
-            (Kind::Root, Step::Comp(c)) if c.index() < self.n_comps() && comp_ok(c, n_layers) => {
-                Some(Node {
-                    kind: Kind::Comp(c),
-                    pos: node.pos,
-                    readout: r.clone(),
-                })
-            }
-            (Kind::Comp(Comp::Mlp(l)), Step::Comp(c)) if c.index() <= Comp::Attn(*l).index() => {
+            (Kind::Root, Step::Comp(c)) if idx(c).is_some() => Some(Node {
+                kind: Kind::Comp(c),
+                pos: node.pos,
+                readout: r.clone(),
+            }),
+            (Kind::Comp(Comp::Mlp(l)), Step::Comp(c))
+                if idx(c).is_some_and(|i| i < self.layout.mid(*l)) =>
+            {
                 Some(Node {
                     kind: Kind::Comp(c),
                     pos: node.pos,
@@ -575,7 +642,7 @@ impl<'a> Engine<'a> {
             (Kind::Head { layer, head }, Step::Source { pos, comp })
                 if pos < self.cache.n_pos()
                     && self.allowed(*layer, node.pos, pos)
-                    && comp.index() < Comp::Attn(*layer).index() =>
+                    && idx(comp).is_some_and(|i| i < self.layout.pre(*layer)) =>
             {
                 let (l, q) = (*layer, node.pos);
                 let a = self
@@ -685,6 +752,8 @@ impl<'a> Engine<'a> {
             self.n_comps(),
             self.cache.n_pos(),
         );
+        let (kv, dh) = (cfg.n_kv_heads, cfg.d_head);
+        let g_n = h_n / kv;
         let q = self.last;
         let dev = &self.model.device;
         let r = self.r_root.clone();
@@ -695,16 +764,24 @@ impl<'a> Engine<'a> {
         let components = rows_dot(comps_q.clone(), r.clone()); // [C]
         let attn_bias = rows_dot(w.b_o.clone(), r.clone()); // [L]
 
-        // heads: readout into each head's value input, C(W_V W_O r): [L, H, d]
+        // heads: readout into each head's value input, C(W_V[kv(h)] W_O[h] r): [L, H, d];
+        // query heads grouped by the key/value head they read: [L, KV, d, dh] x [L, KV, dh, g]
         let wo_r = w
             .w_o
             .clone()
-            .matmul(r_col.clone().unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0)); // [L, H, dh, 1]
-        let ov = center(w.w_v.clone().matmul(wo_r.clone()).squeeze_dim::<3>(3)); // [L, H, d]
+            .matmul(r_col.clone().unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0)) // [L, H, dh, 1]
+            .reshape([l_n, kv, g_n, dh])
+            .swap_dims(2, 3); // [L, KV, dh, g]
+        let ov = self.c(w
+            .w_v
+            .clone()
+            .matmul(wo_r.clone()) // [L, KV, d, g]
+            .swap_dims(2, 3)
+            .reshape([l_n, h_n, d])); // [L, H, d]
         let head_bias = w
             .b_v
             .clone()
-            .unsqueeze_dim::<4>(2)
+            .unsqueeze_dim::<4>(2) // [L, KV, 1, dh]
             .matmul(wo_r)
             .reshape([l_n, h_n]); // [L, H]
         // [C·P, d] x [d, L·H] -> [C, P, L, H] -> [L, H, P, C]
@@ -724,8 +801,9 @@ impl<'a> Engine<'a> {
             .squeeze_dim::<3>(2); // [L, H, P]
         let s1 = self.cache.ln1_scale.clone().unsqueeze_dim::<3>(1); // [L, 1, P]
         let weight = (a_q.clone() / s1).unsqueeze_dim::<4>(3); // [L, H, P, 1]
+        let layout = self.layout;
         let upstream: Vec<f32> = (0..l_n)
-            .flat_map(|l| (0..c_n).map(move |c| if c < Comp::Attn(l).index() { 1.0 } else { 0.0 }))
+            .flat_map(|l| (0..c_n).map(move |c| if c < layout.pre(l) { 1.0 } else { 0.0 }))
             .collect();
         let up = Tensor::<2>::from_data(TensorData::new(upstream, [l_n, c_n]), dev)
             .unsqueeze_dim::<3>(1)
@@ -752,17 +830,30 @@ impl<'a> Engine<'a> {
             .clone()
             .narrow(1, q, 1)
             .squeeze_dim::<2>(1); // [L, d_mlp]
-        let g = self.gate(z);
+        let g = self.gate(z.clone());
         let gw = g.clone() * wout_r.clone();
         let s2 = self.cache.ln2_scale.clone().narrow(1, q, 1); // [L, 1]
-        let r_mlp = center(
-            w.w_in
-                .clone()
-                .matmul(gw.unsqueeze_dim::<3>(2))
-                .squeeze_dim::<2>(2),
-        ) / s2; // [L, d]
+        let mut read = w
+            .w_in
+            .clone()
+            .matmul(gw.unsqueeze_dim::<3>(2))
+            .squeeze_dim::<2>(2); // [L, d]
+        let lin = || {
+            self.cache
+                .mlp_pre_linear
+                .as_ref()
+                .map(|t| t.clone().narrow(1, q, 1).squeeze_dim::<2>(1))
+        };
+        if let (Some(gp), Some(w_gate)) = (self.gate_path(z, lin), &w.w_gate) {
+            read = read
+                + w_gate
+                    .clone()
+                    .matmul((gp * wout_r.clone()).unsqueeze_dim::<3>(2))
+                    .squeeze_dim::<2>(2);
+        }
+        let r_mlp = self.c(read) / s2; // [L, d]
         let mlp_up: Vec<f32> = (0..l_n)
-            .flat_map(|l| (0..c_n).map(move |c| if c <= Comp::Attn(l).index() { 1.0 } else { 0.0 }))
+            .flat_map(|l| (0..c_n).map(move |c| if c < layout.mid(l) { 1.0 } else { 0.0 }))
             .collect();
         let mlp_up = Tensor::<2>::from_data(TensorData::new(mlp_up, [l_n, c_n]), dev);
         let mlp_breakdown = r_mlp.matmul(comps_q.transpose()) * mlp_up; // [L, C]
@@ -798,6 +889,7 @@ impl<'a> Engine<'a> {
             a
         };
         Ok(Overview {
+            layout: self.layout,
             target_value: self.root_value()?,
             components: take(0, vec![c_n]),
             attn_bias: take(1, vec![l_n]),
@@ -807,12 +899,5 @@ impl<'a> Engine<'a> {
             mlp_breakdown: take(5, vec![l_n, c_n]),
             mlp_bias: take(6, vec![l_n]),
         })
-    }
-}
-
-fn comp_ok(c: Comp, n_layers: usize) -> bool {
-    match c {
-        Comp::Embed | Comp::Pos => true,
-        Comp::Attn(l) | Comp::Mlp(l) => l < n_layers,
     }
 }

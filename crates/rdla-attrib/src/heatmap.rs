@@ -2,7 +2,7 @@
 //! values (absent cells are `None`), the path each cell leads to, and the colour maps.
 
 use crate::engine::{Expansion, NodeKind, Overview};
-use crate::path::{Comp, Path, Step};
+use crate::path::{Comp, Layout, Path, Step};
 
 /// A labelled grid of attribution values.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,15 +168,22 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         }
         values.push(Some(ov.attn_bias.data[l]));
         targets.push(Some(attn.child(Step::Bias)));
-        values.push(Some(ov.components.data[Comp::Mlp(l).index()]));
+        values.push(ov.layout.index(Comp::Mlp(l)).map(|i| ov.components.data[i]));
         targets.push(Some(Path::root().child(Step::Comp(Comp::Mlp(l)))));
     }
     Heatmap {
         title: title.to_string(),
-        subtitle: format!(
-            "target {:.4} = embed {:.4} + pos {:.4} + Σ cells",
-            ov.target_value, ov.components.data[0], ov.components.data[1]
-        ),
+        subtitle: if ov.layout.has_pos {
+            format!(
+                "target {:.4} = embed {:.4} + pos {:.4} + Σ cells",
+                ov.target_value, ov.components.data[0], ov.components.data[1]
+            )
+        } else {
+            format!(
+                "target {:.4} = embed {:.4} + Σ cells",
+                ov.target_value, ov.components.data[0]
+            )
+        },
         row_title: "layer".into(),
         col_title: "head".into(),
         rows: (0..l_n).map(|l| format!("L{l}")).collect(),
@@ -197,7 +204,7 @@ pub fn node_heatmap(
     ex: &Expansion,
     path: &Path,
     token_strs: &[String],
-    n_layers: usize,
+    layout: Layout,
     title: &str,
 ) -> Heatmap {
     let subtitle = format!(
@@ -219,10 +226,10 @@ pub fn node_heatmap(
     };
     match ex.kind {
         NodeKind::Head { layer, .. } => {
-            let n_c = Comp::Attn(layer).index();
+            let n_c = layout.pre(layer);
             hm.row_title = "source component".into();
             hm.col_title = "source position".into();
-            hm.rows = (0..n_c).map(|c| Comp::from_index(c).to_string()).collect();
+            hm.rows = (0..n_c).map(|c| layout.comp(c).to_string()).collect();
             hm.cols = position_labels(
                 &token_strs[..=ex.position.min(token_strs.len().saturating_sub(1))],
             );
@@ -232,8 +239,9 @@ pub fn node_heatmap(
             for ch in &ex.children {
                 if let Step::Source { pos, comp } = ch.parsed
                     && pos < n_p
+                    && let Some(c) = layout.index(comp)
                 {
-                    let i = comp.index() * n_p + pos;
+                    let i = c * n_p + pos;
                     hm.values[i] = Some(ch.value);
                     hm.targets[i] = Some(path.child(ch.parsed));
                 }
@@ -262,9 +270,14 @@ pub fn node_heatmap(
         } => {
             hm.row_title = "layer".into();
             hm.col_title = "component".into();
-            hm.cols = vec!["attn (embed)".into(), "mlp (pos)".into()];
-            hm.rows = std::iter::once("embed·pos".to_string())
-                .chain((0..n_layers).map(|l| format!("L{l}")))
+            let (first_row, mlp_col) = if layout.has_pos {
+                ("embed·pos", "mlp (pos)")
+            } else {
+                ("embed", "mlp")
+            };
+            hm.cols = vec!["attn (embed)".into(), mlp_col.into()];
+            hm.rows = std::iter::once(first_row.to_string())
+                .chain((0..layout.n_layers).map(|l| format!("L{l}")))
                 .collect();
             let n = hm.rows.len() * 2;
             hm.values = vec![None; n];

@@ -10,5 +10,5 @@ pub mod report;
 
 pub use engine::{AttribError, Child, Engine, Expansion, MlpMode, NodeKind, Overview, Target};
 pub use heatmap::{ColorMap, Heatmap, node_heatmap, root_heatmap};
-pub use path::{Comp, Path, Step};
+pub use path::{Comp, Layout, Path, Step};
 pub use report::{Prediction, Report, Timings, top_predictions};

@@ -125,7 +125,7 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
         for l in 0..l_n {
             // heads + bias = the attention layer's component value
             let heads: f32 = (0..h_n).map(|h| ov.head_dla.at(&[l, h])).sum();
-            let attn = ov.components.data[Comp::Attn(l).index()];
+            let attn = ov.components.data[ov.layout.index(Comp::Attn(l)).unwrap()];
             assert!(
                 (heads + ov.attn_bias.data[l] - attn).abs() < 1e-4,
                 "{name}: L{l}.attn"
@@ -134,7 +134,7 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
             let mlp: f32 = (0..ov.mlp_breakdown.shape[1])
                 .map(|c| ov.mlp_breakdown.at(&[l, c]))
                 .sum();
-            let m = ov.components.data[Comp::Mlp(l).index()];
+            let m = ov.components.data[ov.layout.index(Comp::Mlp(l)).unwrap()];
             assert!(
                 (mlp + ov.mlp_bias.data[l] - m).abs() < 1e-4,
                 "{name}: L{l}.mlp"
@@ -146,7 +146,9 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
                     .unwrap();
                 for c in &ex.children {
                     if let Step::Source { pos, comp } = c.parsed {
-                        let o = ov.head_breakdown.at(&[l, h, pos, comp.index()]);
+                        let o = ov
+                            .head_breakdown
+                            .at(&[l, h, pos, ov.layout.index(comp).unwrap()]);
                         assert!(
                             (o - c.value).abs() < 1e-5,
                             "{name}: L{l}.attn/H{h}/{}",
@@ -162,8 +164,15 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
 
 #[test]
 fn gradient_mode_reports_its_residual() {
-    let r = Reference::load("gpt2_tied");
-    let model = load_model("gpt2_tied", &Device::flex());
+    // plain GELU, SwiGLU (gate path included) and a parallel-residual model
+    for name in ["gpt2_tied", "llama_gqa", "neox_parallel"] {
+        gradient_mode_residual(name);
+    }
+}
+
+fn gradient_mode_residual(name: &str) {
+    let r = Reference::load(name);
+    let model = load_model(name, &Device::flex());
     let cache = model.run(&r.token_ids()).unwrap();
     let engine = Engine::new(
         &model,
@@ -188,8 +197,38 @@ fn gradient_mode_reports_its_residual() {
     }
     assert!(
         nonzero > 0,
-        "the gradient linearisation should not be exact"
+        "{name}: the gradient linearisation should not be exact"
     );
+}
+
+#[test]
+fn rotary_and_parallel_models_have_their_own_children() {
+    let r = Reference::load("neox_parallel");
+    let model = load_model("neox_parallel", &Device::flex());
+    let cache = model.run(&r.token_ids()).unwrap();
+    let target = Target::Logit {
+        answer: r.u32("answer_id"),
+    };
+    let engine = Engine::new(&model, &cache, target, MlpMode::FrozenGate).unwrap();
+    let steps = |p: &str| -> Vec<String> {
+        engine
+            .expand_str(p)
+            .unwrap()
+            .children
+            .into_iter()
+            .map(|c| c.step)
+            .collect()
+    };
+    // no learned positions: no `pos` anywhere
+    assert_eq!(steps("")[..3], ["embed", "L0.attn", "L0.mlp"]);
+    let m = engine.expand_str("pos").unwrap_err().to_string();
+    assert!(m.contains("step 1") && m.contains("embed, L0.attn"), "{m}");
+    // parallel residual: an MLP reads resid_pre, not its own layer's attention
+    assert_eq!(steps("L1.mlp"), ["embed", "L0.attn", "L0.mlp"]);
+    assert!(engine.expand_str("L1.mlp/L1.attn").is_err());
+    let q = cache.n_pos() - 1;
+    assert!(steps("L1.attn/H0").contains(&format!("{q}:L0.mlp")));
+    assert!(engine.expand_str(&format!("L1.attn/H0/{q}:pos")).is_err());
 }
 
 #[test]

@@ -30,7 +30,9 @@ pub enum ModelError {
     InvalidConfigField { field: &'static str, reason: String },
     #[error(
         "unsupported architecture: model_type `{model_type}` (architectures {architectures:?}); \
-         rdla supports gpt2 (GPT2LMHeadModel) and gpt_neo (GPTNeoForCausalLM)"
+         rdla supports gpt2 (GPT2LMHeadModel), gpt_neo (GPTNeoForCausalLM), gpt_neox \
+         (GPTNeoXForCausalLM), llama (LlamaForCausalLM), qwen2 (Qwen2ForCausalLM) and mistral \
+         (MistralForCausalLM)"
     )]
     UnknownArchitecture {
         model_type: String,

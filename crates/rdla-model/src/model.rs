@@ -7,7 +7,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::act;
 use crate::arch::{self, Canonical};
-use crate::config::{AttnSpan, ModelConfig, RawConfig};
+use crate::config::{AttnSpan, ModelConfig, Norm, RawConfig};
 use crate::error::{ModelError, Result, io_err};
 use crate::fused;
 use crate::process::{self, Processing};
@@ -24,8 +24,8 @@ const MASK_VALUE: f32 = -1.0e30;
 pub struct Weights {
     /// `[V, d]`
     pub w_e: Tensor<2>,
-    /// `[n_ctx, d]`
-    pub w_pos: Tensor<2>,
+    /// `[n_ctx, d]` (learned positions only)
+    pub w_pos: Option<Tensor<2>>,
     /// LayerNorm weight and bias `[L, d]` each, present only when not folded.
     pub ln1: Option<(Tensor<2>, Tensor<2>)>,
     pub ln2: Option<(Tensor<2>, Tensor<2>)>,
@@ -33,18 +33,22 @@ pub struct Weights {
     pub ln_f: Option<(Tensor<1>, Tensor<1>)>,
     /// `[L, H, d, dh]`
     pub w_q: Tensor<4>,
+    /// `[L, KV, d, dh]` (KV = H without grouped-query attention)
     pub w_k: Tensor<4>,
     pub w_v: Tensor<4>,
     /// `[L, H, dh]`
     pub b_q: Tensor<3>,
+    /// `[L, KV, dh]`
     pub b_k: Tensor<3>,
     pub b_v: Tensor<3>,
     /// `[L, H, dh, d]`
     pub w_o: Tensor<4>,
     /// `[L, d]`
     pub b_o: Tensor<2>,
-    /// `[L, d, d_mlp]`
+    /// `[L, d, d_mlp]` (the linear path of a gated MLP)
     pub w_in: Tensor<3>,
+    /// `[L, d, d_mlp]`, gated MLPs only
+    pub w_gate: Option<Tensor<3>>,
     /// `[L, d_mlp]`
     pub b_in: Tensor<2>,
     /// `[L, d_mlp, d]`
@@ -105,6 +109,7 @@ struct LayerStacks {
     b_o: Stack,
     w_in: Stack,
     b_in: Stack,
+    w_gate: Option<Stack>,
     w_out: Stack,
     b_out: Stack,
     /// LayerNorm weights and biases (only when not folded).
@@ -138,6 +143,9 @@ impl LayerStacks {
         ] {
             stack.push_t(t, n);
         }
+        if let Some(g) = &l.w_gate {
+            self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
+        }
         for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
             if let Some(ln) = src {
                 let (w, b) = dst.get_or_insert_with(Default::default);
@@ -165,7 +173,7 @@ impl Weights {
         } = c;
         Self {
             w_e: upload(w_e, device),
-            w_pos: upload(w_pos, device),
+            w_pos: w_pos.map(|t| upload(t, device)),
             ln1: ln(stacks.ln1),
             ln2: ln(stacks.ln2),
             ln_f: ln_f.map(|ln| {
@@ -185,6 +193,7 @@ impl Weights {
             b_o: stacks.b_o.upload(n, device),
             w_in: stacks.w_in.upload(n, device),
             b_in: stacks.b_in.upload(n, device),
+            w_gate: stacks.w_gate.map(|g| g.upload(n, device)),
             w_out: stacks.w_out.upload(n, device),
             b_out: stacks.b_out.upload(n, device),
             w_u: upload(w_u, device),
@@ -213,17 +222,20 @@ pub struct Model {
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub token_ids: Vec<u32>,
-    /// Residual components `[C, P, d]` in the order `embed, pos, L0.attn, L0.mlp, …`
-    /// (`L{l}.attn` includes `b_O`, `L{l}.mlp` includes `b_out`).
+    /// Residual components `[C, P, d]` in the order `embed, pos, L0.attn, L0.mlp, …` (no
+    /// `pos` with rotary positions; `L{l}.attn` includes `b_O`, `L{l}.mlp` includes `b_out`).
     pub components: Tensor<3>,
-    /// Frozen LayerNorm scales `sqrt(var + eps)`: `[L, P]`, `[L, P]`, `[P]`.
+    /// Frozen norm scales `sqrt(var + eps)` (RMSNorm: `sqrt(mean(x²) + eps)`): `[L, P]`,
+    /// `[L, P]`, `[P]`. `ln2` reads `resid_mid`, or `resid_pre` with a parallel residual.
     pub ln1_scale: Tensor<2>,
     pub ln2_scale: Tensor<2>,
     pub final_scale: Tensor<1>,
     /// Attention patterns `[L, H, P(dest), P(src)]`.
     pub patterns: Tensor<4>,
-    /// MLP pre-activations `[L, P, d_mlp]`.
+    /// MLP pre-activations `[L, P, d_mlp]` (the gate's, in a gated MLP).
     pub mlp_pre: Tensor<3>,
+    /// The linear path's pre-activations `x W_in + b_in` `[L, P, d_mlp]` (gated MLPs only).
+    pub mlp_pre_linear: Option<Tensor<3>>,
     /// Logits at the last position `[V]`.
     pub last_logits: Tensor<1>,
 }
@@ -308,13 +320,15 @@ impl Model {
     ) -> Result<Self> {
         // Stream: each block is processed and packed as soon as it is read, so the host holds
         // the packed model plus one block, never a second full copy.
+        let processing = processing.for_config(&config);
+        let norm = config.norm;
         let mut stacks = LayerStacks::new(config.n_layers);
         let mut canon = arch::load_streaming(&config, store, progress, &mut |mut layer| {
-            process::process_layer(&mut layer, processing);
+            process::process_layer(&mut layer, processing, norm);
             stacks.push(&layer);
             Ok(())
         })?;
-        process::process_globals(&mut canon, processing);
+        process::process_globals(&mut canon, processing, norm);
         debug_assert_eq!(stacks.count, config.n_layers);
         let weights = Weights::upload(canon, stacks, device);
         Ok(Self {
@@ -355,14 +369,18 @@ impl Model {
         Tensor::from_data(TensorData::new(data, [n, n]), &self.device)
     }
 
-    /// LayerNorm with the scale exposed: returns `(normalised x, scale [P])`. `x: [P, d]`.
-    /// Reference: TransformerLens `LayerNormPre` / `LayerNorm` (population variance).
+    /// LayerNorm (or RMSNorm) with the scale exposed: returns `(normalised x, scale [P])`.
+    /// `x: [P, d]`. Reference: TransformerLens `LayerNormPre` / `LayerNorm` (population
+    /// variance), `RMSNormPre` / `RMSNorm`.
     fn layer_norm(
         &self,
         x: Tensor<2>,
         wb: Option<(Tensor<1>, Tensor<1>)>,
     ) -> (Tensor<2>, Tensor<1>) {
-        let xc = x.clone() - x.mean_dim(1);
+        let xc = match self.config.norm {
+            Norm::LayerNorm => x.clone() - x.mean_dim(1),
+            Norm::RmsNorm => x,
+        };
         let scale = xc
             .clone()
             .square()
@@ -395,24 +413,57 @@ impl Model {
         let cfg = &self.config;
         let w = &self.weights;
         let dev = &self.device;
-        let (n, h, dh, d) = (ids.len(), cfg.n_heads, cfg.d_head, cfg.d_model);
-        let (n_l, n_c) = (cfg.n_layers, cfg.n_components());
+        let (n, h, kv, dh, d) = (
+            ids.len(),
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.d_head,
+            cfg.d_model,
+        );
+        let (n_l, n_c, dm) = (cfg.n_layers, cfg.n_components(), cfg.d_mlp);
         // On the CPU backend the attention softmax and the MLP activation run as fused,
         // in-place, multi-threaded kernels over the host buffers (see `fused`).
         let cpu = *dev == Device::flex();
         let id_data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let id_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(id_data, [n]), dev);
+        let rotary = cfg.rotary().map(|r| {
+            let (cos, sin) = r.tables(n);
+            let half = r.dim / 2;
+            let t = |v: Vec<f32>| {
+                Tensor::<2>::from_data(TensorData::new(v, [n, half]), dev).unsqueeze_dim::<3>(0)
+            };
+            (r.dim, t(cos), t(sin))
+        });
+        let rotate = |x: Tensor<3>| match &rotary {
+            None => x,
+            Some((dim, cos, sin)) => apply_rotary(x, *dim, cos, sin),
+        };
+        // key/value heads repeated for their query heads (grouped-query attention)
+        let repeat_kv = |x: Tensor<3>| {
+            if kv == h {
+                x
+            } else {
+                x.unsqueeze_dim::<4>(1)
+                    .expand([kv, h / kv, n, dh])
+                    .reshape([h, n, dh])
+            }
+        };
 
         let embed = w.w_e.clone().select(0, id_t); // [P, d]
-        let pos = w.w_pos.clone().narrow(0, 0, n); // [P, d]
-        let mut x = embed.clone() + pos.clone();
         let mut comps = Tensor::<3>::empty([n_c, n, d], dev)
-            .slice_assign([0..1, 0..n, 0..d], embed.unsqueeze_dim::<3>(0))
-            .slice_assign([1..2, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
+            .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
+        let mut x = embed;
+        if let Some(w_pos) = &w.w_pos {
+            let pos = w_pos.clone().narrow(0, 0, n); // [P, d]
+            x = x + pos.clone();
+            comps = comps.slice_assign([1..2, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
+        }
+        let first_layer_comp = n_c - 2 * n_l;
         let mut s1s = Tensor::<2>::empty([n_l, n], dev);
         let mut s2s = Tensor::<2>::empty([n_l, n], dev);
         let mut pats = Tensor::<4>::empty([n_l, h, n, n], dev);
-        let mut pres = Tensor::<3>::empty([n_l, n, cfg.d_mlp], dev);
+        let mut pres = Tensor::<3>::empty([n_l, n, dm], dev);
+        let mut lins = cfg.gated_mlp.then(|| Tensor::<3>::empty([n_l, n, dm], dev));
 
         for l in 0..n_l {
             let layer = |t: &Tensor<4>| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
@@ -423,8 +474,9 @@ impl Model {
             let (xn, s1) = self.layer_norm(x.clone(), Self::layer_ln(&w.ln1, l));
             let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
             let q = xh.clone().matmul(layer(&w.w_q)) + layer3(&w.b_q).unsqueeze_dim::<3>(1); // [H, P, dh]
-            let k = xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1);
+            let k = xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1); // [KV, P, dh]
             let v = xh.matmul(layer(&w.w_v)) + layer3(&w.b_v).unsqueeze_dim::<3>(1);
+            let (q, k, v) = (rotate(q), repeat_kv(rotate(k)), repeat_kv(v));
             let scores = q.matmul(k.swap_dims(1, 2)); // [H, P, P]
             // the pattern goes straight into the cache; `pattern` is layer `l` of it
             let pattern = if cpu {
@@ -458,22 +510,39 @@ impl Model {
             let z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
             let attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
-            let resid_mid = x + attn_out.clone();
-            let c = 2 + 2 * l;
+            let resid_mid = x.clone() + attn_out.clone();
+            let c = first_layer_comp + 2 * l;
             comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
             s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
 
-            // MLP
-            let (xn2, s2) = self.layer_norm(resid_mid.clone(), Self::layer_ln(&w.ln2, l));
-            let pre = xn2.matmul(layer3(&w.w_in)) + layer2(&w.b_in); // [P, d_mlp]
-            pres = pres.slice_assign(
-                [l..l + 1, 0..n, 0..cfg.d_mlp],
-                pre.clone().unsqueeze_dim::<3>(0),
-            );
-            let post = if cpu && fused::has_activation(cfg.act) {
+            // MLP: reads resid_mid, or resid_pre with a parallel residual
+            let mlp_in = if cfg.parallel_residual {
+                x
+            } else {
+                resid_mid.clone()
+            };
+            let (xn2, s2) = self.layer_norm(mlp_in, Self::layer_ln(&w.ln2, l));
+            let lin = xn2.clone().matmul(layer3(&w.w_in)) + layer2(&w.b_in); // [P, d_mlp]
+            let pre = match &w.w_gate {
+                Some(w_gate) => xn2.matmul(layer3(w_gate)),
+                None => lin.clone(),
+            };
+            pres = pres.slice_assign([l..l + 1, 0..n, 0..dm], pre.clone().unsqueeze_dim::<3>(0));
+            let act = if cpu && fused::has_activation(cfg.act) {
                 fused::activation(pre, cfg.act, dev)?
             } else {
                 act::apply(cfg.act, pre)
+            };
+            let post = match lins.take() {
+                Some(all) => {
+                    lins =
+                        Some(all.slice_assign(
+                            [l..l + 1, 0..n, 0..dm],
+                            lin.clone().unsqueeze_dim::<3>(0),
+                        ));
+                    act * lin
+                }
+                None => act,
             };
             let mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
             x = resid_mid + mlp_out.clone();
@@ -494,6 +563,7 @@ impl Model {
             final_scale: sf,
             patterns: pats,
             mlp_pre: pres,
+            mlp_pre_linear: lins,
             last_logits,
         })
     }
@@ -501,7 +571,10 @@ impl Model {
     /// Logits at every position `[P, V]` from a cache (the forward computes only the last).
     pub fn all_logits(&self, cache: &Cache) -> Tensor<2> {
         let resid = cache.components.clone().sum_dim(0).squeeze_dim::<2>(0); // [P, d]
-        let xc = resid.clone() - resid.mean_dim(1);
+        let xc = match self.config.norm {
+            Norm::LayerNorm => resid.clone() - resid.mean_dim(1),
+            Norm::RmsNorm => resid,
+        };
         let mut xn = xc / cache.final_scale.clone().unsqueeze_dim::<2>(1);
         if let Some((w, b)) = &self.weights.ln_f {
             xn = xn * w.clone().unsqueeze_dim::<2>(0) + b.clone().unsqueeze_dim::<2>(0);
@@ -509,14 +582,34 @@ impl Model {
         xn.matmul(self.weights.w_u.clone()) + self.weights.b_u.clone().unsqueeze_dim::<2>(0)
     }
 
-    /// Component labels in cache order: `embed, pos, L0.attn, L0.mlp, …`.
+    /// Component labels in cache order: `embed, pos, L0.attn, L0.mlp, …` (no `pos` with
+    /// rotary positions).
     pub fn component_labels(&self) -> Vec<String> {
-        let mut v = vec!["embed".to_string(), "pos".to_string()];
+        let mut v = vec!["embed".to_string()];
+        if self.config.has_pos() {
+            v.push("pos".to_string());
+        }
         for l in 0..self.config.n_layers {
             v.push(format!("L{l}.attn"));
             v.push(format!("L{l}.mlp"));
         }
         v
+    }
+}
+
+/// Rotary embedding (`rotate_half` layout) on the first `dim` channels of `x [heads, P, dh]`:
+/// pairs `(i, i + dim/2)` are rotated by `cos`/`sin` `[1, P, dim/2]`.
+fn apply_rotary(x: Tensor<3>, dim: usize, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
+    let dh = x.dims()[2];
+    let half = dim / 2;
+    let x1 = x.clone().narrow(2, 0, half);
+    let x2 = x.clone().narrow(2, half, half);
+    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let r2 = x2 * cos.clone() + x1 * sin.clone();
+    if dim < dh {
+        Tensor::cat(vec![r1, r2, x.narrow(2, dim, dh - dim)], 2)
+    } else {
+        Tensor::cat(vec![r1, r2], 2)
     }
 }
 

@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use crate::arch::{CanonLayer, Canonical, LayerNormParams};
+use crate::config::{ModelConfig, Norm};
 use crate::weights::HostTensor;
 
 /// Which processing steps to apply. Defaults match TransformerLens `from_pretrained`.
@@ -40,6 +41,17 @@ impl Processing {
         }
     }
 
+    /// What TransformerLens 2.18 applies to a model of `cfg`'s family when asked for `self`:
+    /// writing weights are not centred in RMSNorm models (nothing removes the mean again).
+    pub fn for_config(self, cfg: &ModelConfig) -> Self {
+        Self {
+            center_writing_weights: self.center_writing_weights
+                && self.fold_ln
+                && cfg.norm == Norm::LayerNorm,
+            ..self
+        }
+    }
+
     /// The names of the steps applied, in TransformerLens' spelling.
     pub fn applied(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -64,27 +76,35 @@ impl Processing {
 ///
 /// Every step touches each block's own tensors only, so this equals [`process_layer`] on each
 /// block followed by [`process_globals`] (what the streaming loader does, one block at a time).
-pub fn process(w: &mut Canonical, p: Processing) {
+/// `norm` is the model's normalisation: a LayerNorm fold also centres the reading weights
+/// (TransformerLens `fold_layer_norm(center_weights=True)`), an RMSNorm fold does not.
+pub fn process(w: &mut Canonical, p: Processing, norm: Norm) {
     for layer in &mut w.layers {
-        process_layer(layer, p);
+        process_layer(layer, p, norm);
     }
-    process_globals(w, p);
+    process_globals(w, p, norm);
 }
 
 /// The per-block part of [`process`]: fold `ln1`/`ln2`, centre `W_O`, `b_O`, `W_out`, `b_out`,
 /// fold `b_V` into `b_O`.
-pub fn process_layer(layer: &mut CanonLayer, p: Processing) {
+pub fn process_layer(layer: &mut CanonLayer, p: Processing, norm: Norm) {
+    let center = norm == Norm::LayerNorm;
     if p.fold_ln {
         if let Some(ln1) = layer.ln1.take() {
-            fold_into_reader(&mut layer.w_q, &mut layer.b_q, &ln1, true);
-            fold_into_reader(&mut layer.w_k, &mut layer.b_k, &ln1, true);
-            fold_into_reader(&mut layer.w_v, &mut layer.b_v, &ln1, true);
+            fold_into_reader(&mut layer.w_q, &mut layer.b_q, &ln1, center);
+            fold_into_reader(&mut layer.w_k, &mut layer.b_k, &ln1, center);
+            fold_into_reader(&mut layer.w_v, &mut layer.b_v, &ln1, center);
         }
         if let Some(ln2) = layer.ln2.take() {
-            fold_into_reader(&mut layer.w_in, &mut layer.b_in, &ln2, true);
+            fold_into_reader(&mut layer.w_in, &mut layer.b_in, &ln2, center);
+            if let Some(w_gate) = &mut layer.w_gate {
+                // no gate bias: fold into a scratch one (all-zero for RMSNorm, whose bias is 0)
+                let mut b = HostTensor::zeros(vec![w_gate.shape[1]]);
+                fold_into_reader(w_gate, &mut b, &ln2, center);
+            }
         }
     }
-    if p.center_writing_weights && p.fold_ln {
+    if p.center_writing_weights && p.fold_ln && center {
         center_rows(&mut layer.w_o);
         center_rows(&mut layer.b_o);
         center_rows(&mut layer.w_out);
@@ -98,7 +118,8 @@ pub fn process_layer(layer: &mut CanonLayer, p: Processing) {
 /// The model-wide part of [`process`] (`w.layers` is not touched): fold `ln_final` into
 /// `W_U`, centre `W_E` and `W_pos`, centre the unembedding. The unembedding and the
 /// embeddings are independent, so they are processed on two threads.
-pub fn process_globals(w: &mut Canonical, p: Processing) {
+pub fn process_globals(w: &mut Canonical, p: Processing, norm: Norm) {
+    let center = norm == Norm::LayerNorm;
     let Canonical {
         w_e,
         w_pos,
@@ -110,7 +131,7 @@ pub fn process_globals(w: &mut Canonical, p: Processing) {
     let lnf = if p.fold_ln { ln_f.take() } else { None };
     let mut unembed = move || {
         if let Some(lnf) = &lnf {
-            fold_into_reader(w_u, b_u, lnf, true);
+            fold_into_reader(w_u, b_u, lnf, center);
         }
         if p.center_unembed {
             // W_U [d, V]: centre each row over the vocabulary; b_U likewise.
@@ -119,9 +140,11 @@ pub fn process_globals(w: &mut Canonical, p: Processing) {
         }
     };
     let embed = move || {
-        if p.center_writing_weights && p.fold_ln {
+        if p.center_writing_weights && p.fold_ln && center {
             center_rows(w_e);
-            center_rows(w_pos);
+            if let Some(w_pos) = w_pos {
+                center_rows(w_pos);
+            }
         }
     };
     std::thread::scope(|s| {
@@ -173,13 +196,15 @@ fn center_rows(t: &mut HostTensor) {
     }
 }
 
-/// `b_O += Σ_h b_V[h] W_O[h]`, then `b_V = 0`.
+/// `b_O += Σ_h b_V[kv(h)] W_O[h]`, then `b_V = 0` (with grouped-query attention query head
+/// `h` reads value head `kv(h) = h / (H / KV)`).
 fn fold_value_biases(layer: &mut CanonLayer) {
     let (h, dh, d) = (layer.w_o.shape[0], layer.w_o.shape[1], layer.w_o.shape[2]);
+    let group = h / layer.b_v.shape[0].max(1);
     let mut acc = vec![0.0f64; d];
     for hh in 0..h {
         for k in 0..dh {
-            let bv = f64::from(layer.b_v.data[hh * dh + k]);
+            let bv = f64::from(layer.b_v.data[(hh / group) * dh + k]);
             let row = &layer.w_o.data[(hh * dh + k) * d..(hh * dh + k + 1) * d];
             acc.iter_mut()
                 .zip(row)

@@ -264,3 +264,38 @@ fn loading_never_writes_model_files() {
     m.run(&ids).unwrap();
     assert_eq!(before, snapshot());
 }
+
+#[test]
+fn unsupported_rope_scaling_and_bad_head_counts() {
+    let tmp = copy_fixture("llama_gqa");
+    edit_config(tmp.path(), |c| {
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+        );
+    });
+    let err = load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("yarn") && err.contains("llama3"), "{err}");
+
+    let tmp = copy_fixture("llama_gqa");
+    edit_config(tmp.path(), |c| {
+        c.insert("num_key_value_heads".into(), 3.into());
+    });
+    let err = load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("num_key_value_heads"), "{err}");
+}
+
+#[test]
+fn llama_checkpoint_missing_a_projection() {
+    let tmp = copy_fixture("qwen2");
+    rewrite_weights(tmp.path(), |t| {
+        t.remove("model.layers.1.self_attn.k_proj.weight");
+    });
+    let err = load(tmp.path()).unwrap_err();
+    assert!(matches!(err, ModelError::MissingTensor { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("model.layers.1.self_attn.k_proj.weight"),
+        "{err}"
+    );
+}

@@ -152,3 +152,42 @@ fn a_file_inside_the_folder_opens_the_folder() {
         assert_eq!(m.name, "gpt2_tied");
     }
 }
+
+/// A Llama-family checkpoint stored in bf16 (the usual dtype of these families) computes in
+/// f32 on exactly the values of the f32 fixture (every value is bf16-representable).
+#[test]
+fn bf16_llama_checkpoint_equals_the_f32_one() {
+    assert_eq!(canonical("llama_gqa_bf16"), canonical("llama_gqa"));
+    let cfg = read_config(&fixture("llama_gqa_bf16")).unwrap();
+    assert_eq!(cfg.dtype, "bfloat16");
+}
+
+/// Both `config.json` spellings: classic top-level `rope_theta` / `rope_scaling`
+/// (llama_gqa) and transformers ≥ 5 `rope_parameters` + `dtype` (qwen2).
+#[test]
+fn both_config_spellings_give_the_rotary_parameters() {
+    let llama = read_config(&fixture("llama_gqa")).unwrap();
+    let r = llama.rotary().unwrap();
+    assert_eq!(r.describe, "theta 500000, llama3 ×8");
+    // transformers' _compute_llama3_parameters on these settings (reference.json records it)
+    let want = [
+        0.576_056_36,
+        0.004_700_753_8,
+        1.767_766_8e-4,
+        6.647_869_7e-6,
+    ];
+    for (got, want) in r.inv_freq.iter().zip(want) {
+        assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+    }
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("qwen2").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(raw.get("rope_theta").is_none() && raw.get("rope_parameters").is_some());
+    let qwen = read_config(&fixture("qwen2")).unwrap();
+    assert_eq!(qwen.rotary().unwrap().describe, "theta 1000000");
+    assert_eq!((qwen.n_heads, qwen.n_kv_heads), (4, 2));
+    let neox = read_config(&fixture("neox_parallel")).unwrap();
+    assert_eq!(neox.rotary().unwrap().dim, neox.d_head / 2);
+    assert!(neox.parallel_residual && !neox.has_pos());
+}

@@ -47,7 +47,11 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
     let comps = slice(cache.components.clone());
     let comp = |c: usize| comps[c * p * d..(c + 1) * p * d].to_vec();
     check("embed", comp(0), r.tensor("embed"));
-    check("pos", comp(1), r.tensor("pos"));
+    assert_eq!(cfg.has_pos(), r.has("pos"), "{name}: pos component");
+    if cfg.has_pos() {
+        check("pos", comp(1), r.tensor("pos"));
+    }
+    let first = cfg.n_components() - 2 * cfg.n_layers;
     let s1 = slice(cache.ln1_scale.clone());
     let s2 = slice(cache.ln2_scale.clone());
     let pats = slice(cache.patterns.clone());
@@ -56,12 +60,12 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
     for l in 0..cfg.n_layers {
         check(
             &format!("attn_out.{l}"),
-            comp(2 + 2 * l),
+            comp(first + 2 * l),
             r.tensor(&format!("attn_out.{l}")),
         );
         check(
             &format!("mlp_out.{l}"),
-            comp(3 + 2 * l),
+            comp(first + 1 + 2 * l),
             r.tensor(&format!("mlp_out.{l}")),
         );
         check(
@@ -84,6 +88,17 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             pres[l * p * dm..(l + 1) * p * dm].to_vec(),
             r.tensor(&format!("mlp_pre.{l}")),
         );
+        assert_eq!(
+            cache.mlp_pre_linear.is_some(),
+            r.has(&format!("mlp_pre_linear.{l}"))
+        );
+        if let Some(lin) = &cache.mlp_pre_linear {
+            check(
+                &format!("mlp_pre_linear.{l}"),
+                slice(lin.clone())[l * p * dm..(l + 1) * p * dm].to_vec(),
+                r.tensor(&format!("mlp_pre_linear.{l}")),
+            );
+        }
     }
     check(
         "ln_final_scale",
@@ -102,16 +117,30 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
     // processed weights against TransformerLens' state dict
     let w = &model.weights;
     check("W_E", slice(w.w_e.clone()), r.tensor("tl.embed.W_E"));
-    check(
-        "W_pos",
-        slice(w.w_pos.clone()),
-        r.tensor("tl.pos_embed.W_pos"),
-    );
+    if let Some(w_pos) = &w.w_pos {
+        check(
+            "W_pos",
+            slice(w_pos.clone()),
+            r.tensor("tl.pos_embed.W_pos"),
+        );
+    }
     check("W_U", slice(w.w_u.clone()), r.tensor("tl.unembed.W_U"));
     check("b_U", slice(w.b_u.clone()), r.tensor("tl.unembed.b_U"));
     let per_layer = |t: Vec<f32>, l: usize| {
         let n = t.len() / cfg.n_layers;
         t[l * n..(l + 1) * n].to_vec()
+    };
+    // TransformerLens stores grouped key/value weights as `_W_K` (`n_kv` heads)
+    let tl_key = |l: usize, key: &str| {
+        let plain = format!("tl.blocks.{l}.{key}");
+        if r.has(&plain) {
+            plain
+        } else {
+            format!(
+                "tl.blocks.{l}.{}",
+                key.replace(".W_", "._W_").replace(".b_", "._b_")
+            )
+        }
     };
     for l in 0..cfg.n_layers {
         for (ours, key) in [
@@ -123,7 +152,7 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             check(
                 key,
                 per_layer(slice(ours.clone()), l),
-                r.tensor(&format!("tl.blocks.{l}.{key}")),
+                r.tensor(&tl_key(l, key)),
             );
         }
         for (ours, key) in [
@@ -134,14 +163,14 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             check(
                 key,
                 per_layer(slice(ours.clone()), l),
-                r.tensor(&format!("tl.blocks.{l}.{key}")),
+                r.tensor(&tl_key(l, key)),
             );
         }
         for (ours, key) in [(&w.w_in, "mlp.W_in"), (&w.w_out, "mlp.W_out")] {
             check(
                 key,
                 per_layer(slice(ours.clone()), l),
-                r.tensor(&format!("tl.blocks.{l}.{key}")),
+                r.tensor(&tl_key(l, key)),
             );
         }
         for (ours, key) in [
@@ -152,7 +181,18 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             check(
                 key,
                 per_layer(slice(ours.clone()), l),
-                r.tensor(&format!("tl.blocks.{l}.{key}")),
+                r.tensor(&tl_key(l, key)),
+            );
+        }
+        assert_eq!(
+            w.w_gate.is_some(),
+            r.has(&format!("tl.blocks.{l}.mlp.W_gate"))
+        );
+        if let Some(g) = &w.w_gate {
+            check(
+                "mlp.W_gate",
+                per_layer(slice(g.clone()), l),
+                r.tensor(&format!("tl.blocks.{l}.mlp.W_gate")),
             );
         }
     }
@@ -208,4 +248,43 @@ fn processing_is_reported() {
         ]
     );
     assert!(model.weights.ln1.is_none() && model.weights.ln_f.is_none());
+}
+
+/// Rotary embeddings pinned against Hugging Face's own logits at positions past 64 (the
+/// llama3-scaled fixture runs to position 86; all positions are compared).
+#[test]
+fn rotary_matches_hugging_face_past_position_64() {
+    let r = Reference::load("llama_gqa");
+    assert!(r.token_ids().len() > 80);
+    let model = Model::load(
+        &fixture("llama_gqa"),
+        &Device::flex(),
+        Processing::none(),
+        &mut |_| true,
+    )
+    .unwrap();
+    let cache = model.run(&r.token_ids()).unwrap();
+    let ours = slice(model.all_logits(&cache));
+    let hf = r.tensor("hf_logits");
+    let v = model.config.d_vocab;
+    let late = max_abs_diff(&ours[64 * v..], &hf[64 * v..]);
+    assert!(late <= TOL, "positions 64.. differ from HF by {late}");
+}
+
+/// Grouped-query attention: query heads sharing a key/value head are still distinct heads
+/// (their own patterns and W_O); each matches TransformerLens per query head.
+#[test]
+fn grouped_query_heads_are_counted_per_query_head() {
+    for name in ["llama_gqa", "qwen2", "mistral"] {
+        let model = load_model(name, &Device::flex());
+        let cfg = &model.config;
+        assert!(cfg.n_kv_heads < cfg.n_heads, "{name}: not a GQA fixture");
+        let r = Reference::load(name);
+        let cache = model.run(&r.token_ids()).unwrap();
+        assert_eq!(cache.patterns.dims()[1], cfg.n_heads);
+        let dla = r.tensor("head_dla");
+        // heads 0 and 1 read the same key/value head but contribute differently
+        assert!(cfg.kv_group() >= 2);
+        assert!((dla[0] - dla[1]).abs() > 1e-4, "{name}: {dla:?}");
+    }
 }

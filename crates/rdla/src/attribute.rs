@@ -164,7 +164,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
                 ex,
                 &path,
                 &report.token_strs(),
-                model.config.n_layers,
+                report.overview.layout,
                 &title,
             ),
             _ => root_heatmap(&report.overview, &title),
@@ -175,7 +175,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         check_output(csv, &model)?;
         let text = match &report.node {
             Some(ex) => rdla_attrib::csv::expansion_csv(ex),
-            None => rdla_attrib::csv::overview_csv(&report.overview, &model.component_labels()),
+            None => rdla_attrib::csv::overview_csv(&report.overview),
         };
         std::fs::write(csv, text)
             .with_context(|| format!("{}: cannot write CSV", csv.display()))?;

@@ -1,5 +1,5 @@
-//! `rdla bench`: generate a random checkpoint of a given shape (GPT-2 or GPT-Neo; never
-//! committed) and time load + processing, the cached forward pass, the overview and a
+//! `rdla bench`: generate a random checkpoint of a given shape (GPT-2, GPT-Neo or Llama;
+//! never committed) and time load + processing, the cached forward pass, the overview and a
 //! depth-2 drill-down at several prompt lengths. `bench/compare.sh` runs it side by side
 //! with TransformerLens on the same folder (`--dir`, `--generate-only`, `--existing`).
 
@@ -23,6 +23,9 @@ pub enum BenchArch {
     /// `GPTNeoForCausalLM`, alternating global/local attention, tied embeddings
     /// (default shape: TinyStories-Instruct-1M, 8,16,64,50257).
     GptNeo,
+    /// `LlamaForCausalLM` in bf16 (default shape: Llama-3.2-1B, 16,32,2048,128256 with 8
+    /// key/value heads, d_mlp 8192, tied embeddings, llama3 rope scaling).
+    Llama,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +39,9 @@ pub struct BenchArgs {
     /// GPT-Neo local attention window.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
+    /// Llama key/value heads (grouped-query attention).
+    #[arg(long, default_value_t = 8)]
+    pub kv_heads: usize,
     /// Prompt lengths (tokens, BOS included).
     #[arg(long, value_delimiter = ',', default_value = "16,128,512")]
     pub lengths: Vec<usize>,
@@ -80,9 +86,16 @@ impl Rng {
     }
 }
 
-/// Random tensors in file order, written as one f32 `model.safetensors`.
+/// `f32` → `bf16` bits, rounding to nearest even (as `torch.Tensor.bfloat16()`).
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Random tensors in file order, written as one `model.safetensors` (f32, or bf16).
 struct Writer {
     rng: Rng,
+    bf16: bool,
     tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
 }
 
@@ -90,6 +103,7 @@ impl Writer {
     fn new() -> Self {
         Self {
             rng: Rng(0x5EED_0000_0000_0001),
+            bf16: false,
             tensors: Vec::new(),
         }
     }
@@ -97,9 +111,14 @@ impl Writer {
     /// A tensor with entries `mean + std·N(0,1)`.
     fn add(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) {
         let n: usize = shape.iter().product();
-        let mut bytes = Vec::with_capacity(n * 4);
+        let mut bytes = Vec::with_capacity(n * if self.bf16 { 2 } else { 4 });
         for _ in 0..n {
-            bytes.extend_from_slice(&(mean + std * self.rng.normal()).to_le_bytes());
+            let x = mean + std * self.rng.normal();
+            if self.bf16 {
+                bytes.extend_from_slice(&bf16_bits(x).to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
         }
         self.tensors.push((name.into(), shape.to_vec(), bytes));
     }
@@ -117,12 +136,16 @@ impl Writer {
         extra: HashMap<String, String>,
     ) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
+        let dtype = if self.bf16 {
+            safetensors::Dtype::BF16
+        } else {
+            safetensors::Dtype::F32
+        };
         let views = self
             .tensors
             .iter()
             .map(|(k, s, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (k.clone(), v))
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b).map(|v| (k.clone(), v))
             })
             .collect::<Result<Vec<_>, _>>()?;
         safetensors::serialize_to_file(views, Some(extra), &dir.join("model.safetensors"))?;
@@ -244,6 +267,64 @@ pub fn generate_gpt_neo(
     w.write(dir, &config, format_pt())
 }
 
+/// Write a random Llama checkpoint in bf16 shaped like `meta-llama/Llama-3.2-1B`: RMSNorm,
+/// grouped-query attention (`kv_heads`), SwiGLU with `d_mlp = 4·d`, tied embeddings,
+/// `rope_theta` 500000 with llama3 scaling.
+pub fn generate_llama(
+    dir: &FsPath,
+    n_layer: usize,
+    n_head: usize,
+    kv_heads: usize,
+    d: usize,
+    vocab: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kv_heads > 0 && n_head.is_multiple_of(kv_heads),
+        "--kv-heads must divide the number of heads"
+    );
+    let mut w = Writer::new();
+    w.bf16 = true;
+    let (dh, dm) = (d / n_head, 4 * d);
+    let s = 1.0 / (d as f32).sqrt();
+    w.add("model.embed_tokens.weight", &[vocab, d], 0.0, 0.02);
+    for l in 0..n_layer {
+        let p = format!("model.layers.{l}");
+        let a = format!("{p}.self_attn");
+        w.add(format!("{p}.input_layernorm.weight"), &[d], 1.0, 0.1);
+        w.add(format!("{a}.q_proj.weight"), &[n_head * dh, d], 0.0, s);
+        w.add(format!("{a}.k_proj.weight"), &[kv_heads * dh, d], 0.0, s);
+        w.add(format!("{a}.v_proj.weight"), &[kv_heads * dh, d], 0.0, s);
+        w.add(format!("{a}.o_proj.weight"), &[d, n_head * dh], 0.0, s);
+        w.add(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[d],
+            1.0,
+            0.1,
+        );
+        w.add(format!("{p}.mlp.gate_proj.weight"), &[dm, d], 0.0, s);
+        w.add(format!("{p}.mlp.up_proj.weight"), &[dm, d], 0.0, s);
+        w.add(
+            format!("{p}.mlp.down_proj.weight"),
+            &[d, dm],
+            0.0,
+            0.5 / (dm as f32).sqrt(),
+        );
+    }
+    w.add("model.norm.weight", &[d], 1.0, 0.1);
+    let config = serde_json::json!({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "num_hidden_layers": n_layer, "num_attention_heads": n_head,
+        "num_key_value_heads": kv_heads, "hidden_size": d, "head_dim": dh,
+        "intermediate_size": dm, "max_position_embeddings": 131072, "vocab_size": vocab,
+        "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "attention_bias": false, "mlp_bias": false, "tie_word_embeddings": true,
+        "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16"
+    });
+    w.write(dir, &config, format_pt())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -275,6 +356,7 @@ fn parse_shape(a: &BenchArgs) -> anyhow::Result<[usize; 4]> {
         match a.arch {
             BenchArch::Gpt2 => "12,12,768,50257",
             BenchArch::GptNeo => "8,16,64,50257",
+            BenchArch::Llama => "16,32,2048,128256",
         }
         .to_string()
     });
@@ -311,6 +393,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             BenchArch::GptNeo => {
                 generate_gpt_neo(&dir, n_layer, n_head, d, vocab, max_len.max(2048), a.window)?
             }
+            BenchArch::Llama => generate_llama(&dir, n_layer, n_head, a.kv_heads, d, vocab)?,
         }
         eprintln!(
             "generated {} in {:.1}s",

@@ -272,3 +272,57 @@ fn refuses_to_overwrite_model_files() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
     assert_eq!(before, std::fs::read(&weights).unwrap());
 }
+
+/// A rotary, grouped-query model through the CLI: no `pos` in the labels or the arrays,
+/// heads counted per query head, processing as TransformerLens applies it to RMSNorm models.
+#[test]
+fn mistral_json_has_no_pos_and_per_query_heads() {
+    let dir = fixture("mistral");
+    let r = reference("mistral");
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        r["prompt"].as_str().unwrap(),
+        "--answer",
+        r["answer"].as_str().unwrap(),
+        "--foil",
+        r["foil"].as_str().unwrap(),
+        "--path",
+        "L2.mlp",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["component_labels"], r["component_labels"]);
+    assert_eq!(j["component_labels"][1], "L0.attn");
+    let (l, h, p, c) = (3, 4, r["n_pos"].as_u64().unwrap() as usize, 7);
+    let hb = j["head_breakdown"].as_array().unwrap();
+    assert_eq!(hb.len(), l);
+    assert_eq!(hb[0].as_array().unwrap().len(), h);
+    assert_eq!(hb[0][0].as_array().unwrap().len(), p);
+    assert_eq!(hb[0][0][0].as_array().unwrap().len(), c);
+    assert_eq!(j["head_dla"][0].as_array().unwrap().len(), h);
+    let tv = j["target_value"].as_f64().unwrap();
+    assert!((tv - r["target_value_diff"].as_f64().unwrap()).abs() < 1e-4);
+    let applied: Vec<&str> = j["processing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        !applied.contains(&"center_writing_weights") && applied.contains(&"fold_ln"),
+        "{}",
+        j["processing"]
+    );
+    // the MLP reads resid_mid (sequential): its children end with its own layer's attention
+    let kids = j["node"]["children"].as_array().unwrap();
+    assert_eq!(kids.last().unwrap()["step"], "L2.attn");
+}

@@ -30,7 +30,7 @@ pub fn load(
 ) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
-    let w_pos = k.get("wpe.weight", &[cfg.n_ctx, d])?;
+    let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);
     // the blocks are read while a tied unembedding is transposed on another thread
     let w_u = k.unembed_while(cfg, &w_e, |k| {
         for l in 0..cfg.n_layers {
@@ -59,6 +59,7 @@ pub fn load(
                 ln2: Some(ln2),
                 w_in,
                 b_in,
+                w_gate: None,
                 w_out,
                 b_out,
             })?;

@@ -29,7 +29,7 @@ pub fn load(
 ) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
-    let w_pos = k.get("wpe.weight", &[cfg.n_ctx, d])?;
+    let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);
     // the blocks are read while a tied unembedding is transposed on another thread
     let w_u = k.unembed_while(cfg, &w_e, |k| {
         for l in 0..cfg.n_layers {
@@ -60,6 +60,7 @@ pub fn load(
                 ln2: Some(ln2),
                 w_in: transpose(&fc),
                 b_in,
+                w_gate: None,
                 w_out: transpose(&proj),
                 b_out,
             })?;

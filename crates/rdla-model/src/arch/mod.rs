@@ -3,12 +3,14 @@
 
 pub mod gpt2;
 pub mod gpt_neo;
+pub mod gpt_neox;
+pub mod llama;
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::{HostTensor, LoadProgress, ProgressFn, WeightStore};
 
-/// LayerNorm parameters (before folding).
+/// LayerNorm (or RMSNorm, with `b` all zero) parameters, before folding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerNormParams {
     pub w: Vec<f32>,
@@ -17,8 +19,10 @@ pub struct LayerNormParams {
 
 /// One block in TransformerLens layout.
 ///
-/// Shapes: `w_q/w_k/w_v [H, d_model, d_head]`, `b_q/b_k/b_v [H, d_head]`,
-/// `w_o [H, d_head, d_model]`, `b_o [d_model]`, `w_in [d_model, d_mlp]`, `b_in [d_mlp]`,
+/// Shapes: `w_q [H, d_model, d_head]`, `w_k/w_v [KV, d_model, d_head]` (KV = H without
+/// grouped-query attention), `b_q [H, d_head]`, `b_k/b_v [KV, d_head]`,
+/// `w_o [H, d_head, d_model]`, `b_o [d_model]`, `w_in [d_model, d_mlp]` (the linear path of
+/// a gated MLP), `b_in [d_mlp]`, `w_gate [d_model, d_mlp]` (gated MLPs only),
 /// `w_out [d_mlp, d_model]`, `b_out [d_model]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanonLayer {
@@ -34,16 +38,17 @@ pub struct CanonLayer {
     pub ln2: Option<LayerNormParams>,
     pub w_in: HostTensor,
     pub b_in: HostTensor,
+    pub w_gate: Option<HostTensor>,
     pub w_out: HostTensor,
     pub b_out: HostTensor,
 }
 
-/// A whole model in TransformerLens layout: `w_e [V, d]`, `w_pos [n_ctx, d]`,
-/// `w_u [d, V]`, `b_u [V]`.
+/// A whole model in TransformerLens layout: `w_e [V, d]`, `w_pos [n_ctx, d]` (learned
+/// positions only), `w_u [d, V]`, `b_u [V]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Canonical {
     pub w_e: HostTensor,
-    pub w_pos: HostTensor,
+    pub w_pos: Option<HostTensor>,
     pub layers: Vec<CanonLayer>,
     pub ln_f: Option<LayerNormParams>,
     pub w_u: HostTensor,
@@ -77,31 +82,53 @@ pub fn load_streaming(
     progress: &mut ProgressFn<'_>,
     sink: &mut LayerSink<'_>,
 ) -> Result<Canonical> {
-    let mut keys = Keys::new(store, progress);
+    let (prefix, lm_head) = match cfg.architecture {
+        Architecture::Gpt2 | Architecture::GptNeo => ("transformer.", "lm_head.weight"),
+        Architecture::GptNeoX => ("gpt_neox.", "embed_out.weight"),
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+            ("model.", "lm_head.weight")
+        }
+    };
+    let mut keys = Keys::new(store, progress, prefix, lm_head);
     let canon = match cfg.architecture {
         Architecture::Gpt2 => gpt2::load(cfg, &mut keys, sink)?,
         Architecture::GptNeo => gpt_neo::load(cfg, &mut keys, sink)?,
+        Architecture::GptNeoX => gpt_neox::load(cfg, &mut keys, sink)?,
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+            llama::load(cfg, &mut keys, sink)?
+        }
     };
     keys.finish()?;
     Ok(canon)
 }
 
-/// Tensor lookup with the optional `transformer.` prefix, shape checks and progress.
+/// Tensor lookup with the architecture's optional prefix (`transformer.`, `gpt_neox.`,
+/// `model.`), shape checks and progress.
 pub struct Keys<'a, 'p> {
     store: &'a WeightStore,
     progress: &'a mut ProgressFn<'p>,
     done: u64,
     total: u64,
+    prefix: &'static str,
+    /// The untied unembedding's key (outside the prefix).
+    lm_head: &'static str,
 }
 
 impl<'a, 'p> Keys<'a, 'p> {
-    fn new(store: &'a WeightStore, progress: &'a mut ProgressFn<'p>) -> Self {
+    fn new(
+        store: &'a WeightStore,
+        progress: &'a mut ProgressFn<'p>,
+        prefix: &'static str,
+        lm_head: &'static str,
+    ) -> Self {
         let total = store.keys().map(|k| store.nbytes(k)).sum();
         Self {
             store,
             progress,
             done: 0,
             total,
+            prefix,
+            lm_head,
         }
     }
 
@@ -122,22 +149,27 @@ impl<'a, 'p> Keys<'a, 'p> {
         }
     }
 
-    fn candidates(name: &str) -> Vec<String> {
-        vec![format!("transformer.{name}"), name.to_string()]
+    fn candidates(&self, name: &str) -> Vec<String> {
+        vec![format!("{}{name}", self.prefix), name.to_string()]
     }
 
     /// The stored key for `name`, if any spelling of it exists.
     pub fn find(&self, name: &str) -> Option<String> {
-        Self::candidates(name)
+        self.candidates(name)
             .into_iter()
             .find(|k| self.store.contains(k))
+    }
+
+    /// Whether any spelling of `name` is stored.
+    pub fn has(&self, name: &str) -> bool {
+        self.find(name).is_some()
     }
 
     /// Read `name` and check its shape.
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let key = self.find(name).ok_or_else(|| ModelError::MissingTensor {
             key: name.to_string(),
-            tried: Self::candidates(name),
+            tried: self.candidates(name),
         })?;
         let actual = self.store.shape(&key).unwrap_or_default();
         if actual != shape {
@@ -160,6 +192,23 @@ impl<'a, 'p> Keys<'a, 'p> {
         })
     }
 
+    /// An RMSNorm: its weight, and a zero bias.
+    pub fn rms_norm(&mut self, prefix: &str, d: usize) -> Result<LayerNormParams> {
+        Ok(LayerNormParams {
+            w: self.get(&format!("{prefix}.weight"), &[d])?.data,
+            b: vec![0.0; d],
+        })
+    }
+
+    /// `name` if stored, else zeros of `shape` (an optional bias).
+    pub fn get_or_zeros(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        if self.has(name) {
+            self.get(name, shape)
+        } else {
+            Ok(HostTensor::zeros(shape.to_vec()))
+        }
+    }
+
     /// Run `blocks` (which reads the blocks) and return the unembedding `[d, V]`. For a tied
     /// model the transpose of `w_e` — the largest single host operation of a load — runs on a
     /// second thread meanwhile.
@@ -169,7 +218,7 @@ impl<'a, 'p> Keys<'a, 'p> {
         w_e: &HostTensor,
         blocks: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<HostTensor> {
-        if !cfg.tie_word_embeddings || self.store.contains("lm_head.weight") {
+        if !cfg.tie_word_embeddings || self.store.contains(self.lm_head) {
             blocks(self)?;
             return self.unembed(cfg, w_e);
         }
@@ -183,16 +232,17 @@ impl<'a, 'p> Keys<'a, 'p> {
         })
     }
 
-    /// The unembedding `[d, V]`: `lm_head.weight` transposed, or the tied `wte`.
+    /// The unembedding `[d, V]`: `lm_head.weight` (`embed_out.weight`) transposed, or the
+    /// tied embedding.
     pub fn unembed(&mut self, cfg: &ModelConfig, w_e: &HostTensor) -> Result<HostTensor> {
         let (d, v) = (cfg.d_model, cfg.d_vocab);
-        // lm_head lives outside `transformer.`; an untied model must have it.
-        let lm = if self.store.contains("lm_head.weight") {
-            Some(self.get("lm_head.weight", &[v, d])?)
+        // lm_head lives outside the prefix; an untied model must have it.
+        let lm = if self.store.contains(self.lm_head) {
+            Some(self.get(self.lm_head, &[v, d])?)
         } else if !cfg.tie_word_embeddings {
             return Err(ModelError::MissingTensor {
-                key: "lm_head.weight".into(),
-                tried: vec!["lm_head.weight".into()],
+                key: self.lm_head.into(),
+                tried: vec![self.lm_head.into()],
             });
         } else {
             None
