@@ -168,3 +168,59 @@ fn a_multi_token_answer_is_rejected_with_its_pieces() {
     // the prompt still tokenised and the top predictions are there to pick from
     h.get_by_label("Top next tokens");
 }
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A rotary, grouped-query, parallel-residual model (GPT-NeoX) and a Llama-family one: the
+/// views are labelled with the model's own components (no `pos`) and heads per query head.
+#[test]
+fn rotary_models_show_their_own_components() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = StartOptions {
+        model: Some(fixture("neox_parallel")),
+        prompt: Some("When Mary and John went to the store, Mary gave a book to".into()),
+        answer: Some(" John".into()),
+    };
+    let mut h = harness(tmp.path().to_path_buf(), opts);
+    {
+        let app = h.state();
+        assert!(app.load_error.is_none(), "{:?}", app.load_error);
+        assert!(app.compute_error.is_none(), "{:?}", app.compute_error);
+        let hm = app.current_heatmap().unwrap();
+        assert_eq!(hm.rows, ["L0", "L1", "L2"]);
+        assert!(!hm.subtitle.contains("pos"), "{}", hm.subtitle);
+    }
+    // a parallel-residual MLP reads resid_pre: no cell for its own layer's attention
+    click(&mut h, "L1.mlp");
+    let hm = h.state().current_heatmap().unwrap();
+    assert_eq!(hm.rows, ["embed", "L0"]);
+    assert!(
+        hm.targets
+            .iter()
+            .flatten()
+            .all(|p| !p.to_string().contains("pos"))
+    );
+    h.get_by_label("L1.mlp/L0.attn");
+    click(&mut h, "crumb root");
+
+    // Llama family with grouped-query attention: four query heads, two key/value heads
+    let opts = StartOptions {
+        model: Some(fixture("llama_gqa")),
+        prompt: Some("1. Get some apples.\n2. Get some oranges.\n".into()),
+        answer: Some("3".into()),
+    };
+    let mut h = harness(tmp.path().to_path_buf(), opts);
+    let app = h.state();
+    assert!(app.load_error.is_none(), "{:?}", app.load_error);
+    let hm = app.current_heatmap().unwrap();
+    assert_eq!(hm.cols, ["H0", "H1", "H2", "H3", "attn bias", "MLP"]);
+    click(&mut h, "L2.attn/H3");
+    let hm = h.state().current_heatmap().unwrap();
+    assert_eq!(hm.rows, ["embed", "L0.attn", "L0.mlp", "L1.attn", "L1.mlp"]);
+}
