@@ -776,10 +776,12 @@ impl RdlaApp {
             return;
         };
         let root = computed.root.clone();
-        let (embed, pos) = (
-            computed.overview.components.data[0],
-            computed.overview.components.data[1],
-        );
+        let ov = &computed.overview;
+        let embed = ov.components.data[0];
+        let pos = ov
+            .layout
+            .index(rdla_attrib::Comp::Pos)
+            .map(|i| ov.components.data[i]);
         let root_value = root.value;
         let here = self.nav.current();
         // breadcrumbs + navigation
@@ -864,8 +866,9 @@ impl RdlaApp {
             }),
         );
         if here.is_root() {
+            let pos = pos.map(|p| format!(" · pos {p:+.4}")).unwrap_or_default();
             ui.label(format!(
-                "embed {embed:+.4} · pos {pos:+.4} · shares of the target ({root_value:+.4}) on hover"
+                "embed {embed:+.4}{pos} · shares of the target ({root_value:+.4}) on hover"
             ));
         }
         let leaf = !here.is_root() && self.nodes.get(&here).is_some_and(|n| n.expansion.leaf);

@@ -61,11 +61,12 @@ impl HeatmapView<'_> {
                 .size()
                 .x
         };
+        // row labels, the "col sum" label of the sums row and the attention strip's label
         let row_w = hm
             .rows
             .iter()
             .map(|r| width_of(r))
-            .fold(0.0, f32::max)
+            .fold(width_of("col sum").max(width_of("attention")), f32::max)
             .min(180.0)
             + 8.0;
         let col_h = hm
