@@ -633,9 +633,19 @@ impl RdlaApp {
             ui.label(dev);
             ui.separator();
             if let Some(m) = &self.model {
+                let kv = if m.n_kv_heads < m.n_heads {
+                    format!(" ({} KV)", m.n_kv_heads)
+                } else {
+                    String::new()
+                };
                 ui.label(format!(
-                    "{} · {} · {}L {}H d{}",
+                    "{} · {} · {}L {}H{kv} d{}",
                     m.name, m.architecture, m.n_layers, m.n_heads, m.d_model
+                ))
+                .on_hover_text(format!(
+                    "{}\nweight processing: {}",
+                    m.details,
+                    m.processing.join(", ")
                 ));
                 ui.separator();
             }

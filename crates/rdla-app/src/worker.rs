@@ -59,7 +59,11 @@ pub struct ModelInfo {
     pub architecture: &'static str,
     pub n_layers: usize,
     pub n_heads: usize,
+    /// Key/value heads (fewer than `n_heads` with grouped-query attention).
+    pub n_kv_heads: usize,
     pub d_model: usize,
+    /// Norm, positions, residual and MLP kind, for the status bar's tooltip.
+    pub details: String,
     pub n_ctx: usize,
     pub d_vocab: usize,
     pub processing: Vec<&'static str>,
@@ -323,7 +327,9 @@ impl Worker {
                     architecture: c.architecture.hf_name(),
                     n_layers: c.n_layers,
                     n_heads: c.n_heads,
+                    n_kv_heads: c.n_kv_heads,
                     d_model: c.d_model,
+                    details: describe_config(c),
                     n_ctx: c.n_ctx,
                     d_vocab: c.d_vocab,
                     processing: m.processing.applied(),
@@ -487,4 +493,39 @@ impl Worker {
             }),
         }
     }
+}
+
+/// One line on what kind of transformer a config describes.
+fn describe_config(c: &rdla_model::ModelConfig) -> String {
+    use rdla_model::config::{Norm, Positional};
+    let norm = match c.norm {
+        Norm::LayerNorm => "LayerNorm",
+        Norm::RmsNorm => "RMSNorm",
+    };
+    let pos = match &c.positional {
+        Positional::Learned => "learned positions".to_string(),
+        Positional::Rotary(r) => format!("rotary ({})", r.describe),
+    };
+    let resid = if c.parallel_residual {
+        "parallel residual"
+    } else {
+        "sequential residual"
+    };
+    let mlp = if c.gated_mlp {
+        format!("gated MLP ({:?}) ×{}", c.act, c.d_mlp)
+    } else {
+        format!("MLP ({:?}) ×{}", c.act, c.d_mlp)
+    };
+    let heads = if c.n_kv_heads < c.n_heads {
+        format!(
+            "{} query heads sharing {} key/value heads",
+            c.n_heads, c.n_kv_heads
+        )
+    } else {
+        format!("{} heads", c.n_heads)
+    };
+    format!(
+        "{norm} · {pos} · {resid} · {heads} of {} · {mlp} · context {} · vocabulary {} · stored as {}",
+        c.d_head, c.n_ctx, c.d_vocab, c.dtype
+    )
 }

@@ -218,6 +218,15 @@ fn rotary_models_show_their_own_components() {
     let mut h = harness(tmp.path().to_path_buf(), opts);
     let app = h.state();
     assert!(app.load_error.is_none(), "{:?}", app.load_error);
+    let m = app.model.as_ref().unwrap();
+    assert_eq!((m.n_heads, m.n_kv_heads), (4, 2));
+    assert!(
+        m.details.contains("RMSNorm") && m.details.contains("llama3"),
+        "{}",
+        m.details
+    );
+    assert!(!m.processing.contains(&"center_writing_weights"));
+    h.get_by_label("llama_gqa · LlamaForCausalLM · 3L 4H (2 KV) d32");
     let hm = app.current_heatmap().unwrap();
     assert_eq!(hm.cols, ["H0", "H1", "H2", "H3", "attn bias", "MLP"]);
     click(&mut h, "L2.attn/H3");
