@@ -266,3 +266,50 @@ fn bad_paths_name_the_step_and_the_choices() {
     let b = engine.expand_str("L2.attn/bias").unwrap();
     assert!((b.value - parent.bias).abs() < 1e-6 && b.leaf);
 }
+
+/// Without `fold_value_biases`, Qwen2's value biases stay per key/value head: every head's
+/// remainder is `b_V[kv(h)] W_O[h] · r` (times its attention mass), heads still add up, and the
+/// attention layer's total equals the folded model's.
+#[test]
+fn unfolded_grouped_value_biases_add_up() {
+    let r = Reference::load("qwen2");
+    let folded = load_model("qwen2", &Device::flex());
+    let unfolded = rdla_model::Model::load(
+        &common::fixture("qwen2"),
+        &Device::flex(),
+        rdla_model::Processing {
+            fold_value_biases: false,
+            ..rdla_model::Processing::default()
+        },
+        &mut |_| true,
+    )
+    .unwrap();
+    assert!(unfolded.config.n_kv_heads < unfolded.config.n_heads);
+    let target = Target::Logit {
+        answer: r.u32("answer_id"),
+    };
+    let ids = r.token_ids();
+    let (cf, cu) = (folded.run(&ids).unwrap(), unfolded.run(&ids).unwrap());
+    let ef = Engine::new(&folded, &cf, target, MlpMode::FrozenGate).unwrap();
+    let eu = Engine::new(&unfolded, &cu, target, MlpMode::FrozenGate).unwrap();
+    let (of, ou) = (ef.overview().unwrap(), eu.overview().unwrap());
+    assert!(
+        ou.head_bias.data.iter().any(|b| b.abs() > 1e-3),
+        "no value bias to test"
+    );
+    for l in 0..unfolded.config.n_layers {
+        let total = |ov: &rdla_attrib::Overview| {
+            (0..ov.head_dla.shape[1])
+                .map(|h| ov.head_dla.at(&[l, h]))
+                .sum::<f32>()
+                + ov.attn_bias.data[l]
+        };
+        assert!((total(&of) - total(&ou)).abs() < 1e-4, "L{l}");
+        for h in 0..unfolded.config.n_heads {
+            let ex = eu.expand_str(&format!("L{l}.attn/H{h}")).unwrap();
+            assert!(relative_residual(&ex) < 1e-5, "L{l}.H{h}: {}", ex.residual);
+            assert!((ex.bias - ou.head_bias.at(&[l, h])).abs() < 1e-5);
+            assert!((ex.value - ou.head_dla.at(&[l, h])).abs() < 1e-4);
+        }
+    }
+}
