@@ -911,28 +911,51 @@ impl RdlaApp {
                 }
             }
             if is_head {
-                self.position_bars(ui, &hm);
+                self.position_bars(ui, &hm, resp.grid_left, resp.grid_width);
             }
         });
     }
 
-    /// Contribution by source position (column sums) as an egui_plot bar chart.
-    fn position_bars(&self, ui: &mut Ui, hm: &Heatmap) {
+    /// Contribution by source position (column sums) as an egui_plot bar chart whose bars sit
+    /// under the heatmap's columns: the plot area spans exactly the grid (`grid_left`,
+    /// `grid_width` from the heatmap widget), its y axis in the row-label margin.
+    fn position_bars(&self, ui: &mut Ui, hm: &Heatmap, grid_left: f32, grid_width: f32) {
         use egui_plot::{Bar, BarChart, Plot};
-        let bars: Vec<Bar> = hm
-            .col_sums()
+        let n = hm.n_cols();
+        let sums = hm.col_sums();
+        let max = sums.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let bars: Vec<Bar> = sums
             .iter()
             .enumerate()
-            .map(|(p, v)| Bar::new(p as f64, f64::from(*v)).name(&hm.cols[p]))
+            .map(|(p, v)| {
+                // the heatmap's colours, at full strength so small bars stay visible
+                let [r, g, b] = self.settings.colormap.color(v.signum() * max, max);
+                Bar::new(p as f64, f64::from(*v))
+                    .width(0.8)
+                    .fill(egui::Color32::from_rgb(r, g, b))
+                    .name(&hm.cols[p])
+            })
             .collect();
-        ui.label("contribution by source position");
-        Plot::new("by-position")
-            .height(120.0)
-            .allow_scroll(false)
-            .allow_zoom(false)
-            .show(ui, |plot| {
-                plot.bar_chart(BarChart::new("Σ over components", bars))
-            });
+        ui.label("contribution by source position (Σ over components, under each column)");
+        let axis_w = grid_left.max(1.0);
+        ui.horizontal(|ui| {
+            ui.spacing_mut().item_spacing.x = 0.0;
+            Plot::new("by-position")
+                .width(axis_w + grid_width)
+                .height(120.0)
+                .y_axis_min_width(axis_w)
+                .default_x_bounds(-0.5, n as f64 - 0.5)
+                .set_margin_fraction(egui::Vec2::new(0.0, 0.1))
+                .show_x(false)
+                .allow_drag(false)
+                .allow_scroll(false)
+                .allow_zoom(false)
+                .allow_boxed_zoom(false)
+                .allow_double_click_reset(false)
+                .show(ui, |plot| {
+                    plot.bar_chart(BarChart::new("Σ over components", bars))
+                });
+        });
     }
 
     fn leaf_details(&self, ui: &mut Ui, here: &Path) {

@@ -7,10 +7,14 @@ use egui::{Align2, Color32, FontId, Pos2, Rect, Role, Sense, Stroke, StrokeKind,
 use rdla_attrib::{ColorMap, Heatmap};
 
 /// What happened in the widget this frame.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct HeatmapResponse {
     pub clicked: Option<(usize, usize)>,
     pub hovered: Option<(usize, usize)>,
+    /// Where the grid's columns start, from the widget's left edge, and their total width
+    /// (so a chart below can line up with the columns).
+    pub grid_left: f32,
+    pub grid_width: f32,
 }
 
 pub struct HeatmapView<'a> {
@@ -90,6 +94,8 @@ impl HeatmapView<'_> {
         );
         let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
         let origin = Pos2::new(rect.left() + row_w, rect.top() + col_h + strip_h);
+        out.grid_left = row_w;
+        out.grid_width = grid_w;
         let range = hm.max_abs();
         let cell_rect = |r: usize, c: usize| {
             Rect::from_min_size(
