@@ -197,7 +197,8 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
 ///
 /// - head: rows = source components, columns = source positions;
 /// - attention layer: one row of heads;
-/// - root / MLP (a residual): rows = `embed·pos`, `L0`, `L1`, …; columns = attn, mlp
+/// - root / MLP (a residual): rows = `embed·pos` (`embed` without learned positions), `L0`,
+///   `L1`, …; columns = attn, mlp
 ///   (`embed` and `pos` sit in the first row);
 /// - a leaf: a single cell.
 pub fn node_heatmap(

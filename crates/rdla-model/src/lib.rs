@@ -1,6 +1,6 @@
-//! rdla's model layer: Hugging Face checkpoints (GPT-2, GPT-Neo) loaded into Burn with
-//! TransformerLens weight processing, and a forward pass that caches what exact direct
-//! logit attribution needs. No GUI dependency.
+//! rdla's model layer: Hugging Face checkpoints (GPT-2, GPT-Neo, GPT-NeoX, Llama, Qwen2, Mistral)
+//! loaded into Burn with TransformerLens weight processing, and a forward pass that caches
+//! what exact direct logit attribution needs. No GUI dependency.
 
 pub mod act;
 pub mod arch;
