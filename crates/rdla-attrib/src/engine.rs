@@ -211,22 +211,6 @@ fn center<const D: usize>(v: Tensor<D>) -> Tensor<D> {
     v - mean
 }
 
-/// `[.., KV, ..]` → `[.., H, ..]` along axis `AXIS` of a 3-D tensor, each key/value head
-/// repeated for the `group` query heads that read it (TransformerLens `repeat_interleave`).
-fn repeat_kv3(t: Tensor<3>, axis: usize, group: usize) -> Tensor<3> {
-    if group == 1 {
-        return t;
-    }
-    let mut dims = t.dims().to_vec();
-    let mut wide: Vec<usize> = dims.clone();
-    wide.insert(axis + 1, group);
-    let out = t
-        .unsqueeze_dim::<4>(axis + 1)
-        .expand::<4, _>([wide[0], wide[1], wide[2], wide[3]]);
-    dims[axis] *= group;
-    out.reshape([dims[0], dims[1], dims[2]])
-}
-
 /// The attribution engine for one forward pass and one target.
 pub struct Engine<'a> {
     model: &'a Model,
@@ -447,28 +431,17 @@ impl<'a> Engine<'a> {
         self.model.config.attn_spans[l].allows(q, p)
     }
 
-    /// Per-head outputs of layer `l` at `q` read out along `r`: `z = A·(LN1(x) W_V + b_V)`,
-    /// `z W_O · r`, `[H]`. Computed as `(A·LN1(x)) W_V + (ΣA) b_V`: the pattern row is applied
-    /// before `W_V`, so only one position's worth of values is formed, not `[H, P, dh]`.
+    /// Per-head outputs of layer `l` at `q` read out along `r`: `z W_O · r`, `[H]`, from the
+    /// forward pass's `z = A·(LN1(x) W_V + b_V)` (query heads). Independent of the children
+    /// (which come from the residual components through the pattern and the OV readout), so
+    /// `value − Σ children − bias` really checks the decomposition.
     fn head_values(&self, l: usize, q: usize, r: &Tensor<1>) -> Tensor<1> {
         let w = &self.model.weights;
         let cfg = &self.model.config;
-        let (h, kv, d, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head);
-        let resid = self
-            .cache
-            .components
-            .clone()
-            .narrow(0, 0, self.layout.pre(l))
-            .sum_dim(0)
-            .squeeze_dim::<2>(0); // [P, d]
-        let s1 = Self::layer2(&self.cache.ln1_scale, l).unsqueeze_dim::<2>(1); // [P, 1]
-        let xn = self.c(resid) / s1;
-        let a = self.pattern_row(l, q).unsqueeze_dim::<3>(1); // [H, 1, P]
-        let a_sum = a.clone().sum_dim(2); // [H, 1, 1]
-        // query heads grouped by the key/value head they read: [KV, g, d] x [KV, d, dh]
-        let ax = a.matmul(xn.unsqueeze_dim::<3>(0)).reshape([kv, h / kv, d]);
-        let z = ax.matmul(Self::layer4(&w.w_v, l)).reshape([h, 1, dh])
-            + repeat_kv3(Self::layer3(&w.b_v, l).unsqueeze_dim::<3>(1), 0, h / kv) * a_sum; // [H, 1, dh]
+        let (h, dh) = (cfg.n_heads, cfg.d_head);
+        let z = Self::layer3(&self.cache.z, l)
+            .narrow(0, q, 1)
+            .reshape([h, 1, dh]); // [H, 1, dh]
         let wo_r =
             Self::layer4(&w.w_o, l).matmul(r.clone().unsqueeze_dim::<2>(1).unsqueeze_dim::<3>(0)); // [H, dh, 1]
         z.matmul(wo_r).reshape([h])

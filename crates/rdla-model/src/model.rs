@@ -232,6 +232,9 @@ pub struct Cache {
     pub final_scale: Tensor<1>,
     /// Attention patterns `[L, H, P(dest), P(src)]`.
     pub patterns: Tensor<4>,
+    /// Per-head attention results before `W_O`, `z = A · (LN1(x) W_V + b_V)`:
+    /// `[L, P, H·d_head]` (TransformerLens `hook_z`, query heads).
+    pub z: Tensor<3>,
     /// MLP pre-activations `[L, P, d_mlp]` (the gate's, in a gated MLP).
     pub mlp_pre: Tensor<3>,
     /// The linear path's pre-activations `x W_in + b_in` `[L, P, d_mlp]` (gated MLPs only).
@@ -462,6 +465,7 @@ impl Model {
         let mut s1s = Tensor::<2>::empty([n_l, n], dev);
         let mut s2s = Tensor::<2>::empty([n_l, n], dev);
         let mut pats = Tensor::<4>::empty([n_l, h, n, n], dev);
+        let mut zs = Tensor::<3>::empty([n_l, n, h * dh], dev);
         let mut pres = Tensor::<3>::empty([n_l, n, dm], dev);
         let mut lins = cfg.gated_mlp.then(|| Tensor::<3>::empty([n_l, n, dm], dev));
 
@@ -508,6 +512,10 @@ impl Model {
             }; // [H, P, P]
             let z = pattern.matmul(v); // [H, P, dh]
             let z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
+            zs = zs.slice_assign(
+                [l..l + 1, 0..n, 0..h * dh],
+                z_flat.clone().unsqueeze_dim::<3>(0),
+            );
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
             let attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
             let resid_mid = x.clone() + attn_out.clone();
@@ -562,6 +570,7 @@ impl Model {
             ln2_scale: s2s,
             final_scale: sf,
             patterns: pats,
+            z: zs,
             mlp_pre: pres,
             mlp_pre_linear: lins,
             last_logits,
