@@ -21,7 +21,6 @@
 use super::{CanonLayer, Canonical, Keys, LayerSink, bias_heads, heads_from_in_major, reshape};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::weights::HostTensor;
 
 pub fn load(
     cfg: &ModelConfig,
@@ -67,12 +66,5 @@ pub fn load(
         Ok(())
     })?;
     let ln_f = k.layer_norm("ln_f", d)?;
-    Ok(Canonical {
-        w_e,
-        w_pos,
-        layers: Vec::new(),
-        ln_f: Some(ln_f),
-        w_u,
-        b_u: HostTensor::zeros(vec![v]),
-    })
+    Ok(Canonical::without_blocks(w_e, w_pos, ln_f, w_u))
 }

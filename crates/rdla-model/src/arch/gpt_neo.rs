@@ -68,12 +68,5 @@ pub fn load(
         Ok(())
     })?;
     let ln_f = k.layer_norm("ln_f", d)?;
-    Ok(Canonical {
-        w_e,
-        w_pos,
-        layers: Vec::new(),
-        ln_f: Some(ln_f),
-        w_u,
-        b_u: HostTensor::zeros(vec![v]),
-    })
+    Ok(Canonical::without_blocks(w_e, w_pos, ln_f, w_u))
 }

@@ -79,12 +79,5 @@ pub fn load(
         Ok(())
     })?;
     let ln_f = k.rms_norm("norm", d)?;
-    Ok(Canonical {
-        w_e,
-        w_pos: None,
-        layers: Vec::new(),
-        ln_f: Some(ln_f),
-        w_u,
-        b_u: HostTensor::zeros(vec![v]),
-    })
+    Ok(Canonical::without_blocks(w_e, None, ln_f, w_u))
 }

@@ -55,6 +55,27 @@ pub struct Canonical {
     pub b_u: HostTensor,
 }
 
+impl Canonical {
+    /// The model-wide tensors of a checkpoint without an unembedding bias (every supported
+    /// family: `b_U = 0` before processing); the blocks go to the streaming sink instead.
+    pub fn without_blocks(
+        w_e: HostTensor,
+        w_pos: Option<HostTensor>,
+        ln_f: LayerNormParams,
+        w_u: HostTensor,
+    ) -> Self {
+        let v = w_u.shape[1];
+        Self {
+            w_e,
+            w_pos,
+            layers: Vec::new(),
+            ln_f: Some(ln_f),
+            w_u,
+            b_u: HostTensor::zeros(vec![v]),
+        }
+    }
+}
+
 /// Receives each block, in layer order, as soon as it has been read.
 pub type LayerSink<'a> = dyn FnMut(CanonLayer) -> Result<()> + 'a;
 
