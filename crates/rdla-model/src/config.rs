@@ -85,8 +85,6 @@ pub struct Rotary {
     /// The frequency of each pair `[dim/2]`, scaling applied (kept in f64: angles are
     /// formed in f64 and only `cos`/`sin` are rounded to f32).
     pub inv_freq: Vec<f64>,
-    /// Multiplier on cos and sin (1 except for scaled rope types that define one).
-    pub attention_scaling: f32,
     /// Human-readable description (`theta 500000, llama3 ×32`).
     pub describe: String,
 }
@@ -100,12 +98,11 @@ impl Rotary {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
-        let scale = f64::from(self.attention_scaling);
         for p in 0..n {
             for &f in &self.inv_freq {
                 let (s, c) = (p as f64 * f).sin_cos();
-                cos.push((c * scale) as f32);
-                sin.push((s * scale) as f32);
+                cos.push(c as f32);
+                sin.push(s as f32);
             }
         }
         (cos, sin)
@@ -651,7 +648,6 @@ impl RawConfig {
         Ok(Rotary {
             dim,
             inv_freq: inv,
-            attention_scaling: 1.0,
             describe,
         })
     }
