@@ -4,12 +4,13 @@
 
 pub mod app;
 pub mod dialogs;
-pub mod heatmap_view;
 pub mod hf_cache;
+pub mod panels;
 pub mod settings;
+pub mod state;
+pub mod theme;
 pub mod worker;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rdla_model::device::{DeviceChoice, share_wgpu};
@@ -17,8 +18,10 @@ use rdla_model::{Device, DeviceInfo};
 
 pub use app::RdlaApp;
 pub use dialogs::{DialogResult, Dialogs, RfdDialogs, ScriptedDialogs};
+pub use rdla_session::ModelSource;
 pub use settings::Settings;
-pub use worker::{ModelSource, WorkerHandle};
+pub use state::{Action, AppState};
+pub use worker::WorkerHandle;
 
 /// What `rdla` / `rdla explore` was started with.
 #[derive(Debug, Clone, Default)]
@@ -30,13 +33,7 @@ pub struct StartOptions {
 
 impl StartOptions {
     fn source(&self) -> Option<ModelSource> {
-        self.model.as_ref().map(|m| {
-            if m == rdla_model::default_model::SPEC {
-                ModelSource::Default
-            } else {
-                ModelSource::Path(PathBuf::from(m))
-            }
-        })
+        self.model.as_deref().map(ModelSource::parse)
     }
 }
 
@@ -121,7 +118,7 @@ pub fn install_fonts(ctx: &egui::Context) {
     let mut fonts = egui::FontDefinitions::default();
     fonts.font_data.insert(
         "dejavu".into(),
-        Arc::new(egui::FontData::from_static(rdla_attrib::png::FONT_BYTES)),
+        Arc::new(egui::FontData::from_static(rdla_session::png::FONT_BYTES)),
     );
     for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
         fonts
@@ -152,9 +149,15 @@ pub fn create_app(
     install_fonts(&cc.egui_ctx);
     let (device, info) = device_for(cc.wgpu_render_state.as_ref());
     let ctx = cc.egui_ctx.clone();
-    let worker = WorkerHandle::spawn(device, info.clone(), move || ctx.request_repaint());
     let source = opts.source().unwrap_or(ModelSource::Default);
-    RdlaApp::new(settings, worker, info, dialogs, source)
+    RdlaApp::new(
+        settings,
+        device,
+        info,
+        move || ctx.request_repaint(),
+        dialogs,
+        source,
+    )
 }
 
 /// Open the explorer window.

@@ -1,9 +1,8 @@
 //! What the explorer remembers between runs (serialised through eframe's storage).
 
-use rdla_attrib::{ColorMap, MlpMode};
+use rdla_attrib::MlpMode;
+use rdla_session::{ColorMap, ModelSource};
 use serde::{Deserialize, Serialize};
-
-use crate::worker::ModelSource;
 
 /// The default prompt and answer: the embedded model's story.
 pub const DEFAULT_PROMPT: &str = "1. Get some apples.\n2. Get some oranges.\n";

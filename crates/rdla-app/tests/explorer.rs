@@ -45,7 +45,7 @@ fn settle(h: &mut Harness<'_, RdlaApp>) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("the app did not settle; status: {}", h.state().status);
+    panic!("the app did not settle; status: {}", h.state().state.status);
 }
 
 #[test]
@@ -54,13 +54,17 @@ fn starts_on_the_default_model_and_drills_down() {
     let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
     {
         let app = h.state();
-        assert!(app.load_error.is_none(), "{:?}", app.load_error);
-        assert!(app.compute_error.is_none(), "{:?}", app.compute_error);
-        assert!(app.computed.is_some());
+        assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
+        assert!(
+            app.state.compute_error.is_none(),
+            "{:?}",
+            app.state.compute_error
+        );
+        assert!(app.state.computed.is_some());
         assert!(app.current_path().is_root());
         assert_eq!(app.settings.answer, "3");
     }
-    let n_layers = h.state().model.as_ref().unwrap().n_layers;
+    let n_layers = h.state().state.model.as_ref().unwrap().n_layers;
     let last = n_layers - 1;
 
     // root view → click a head
@@ -68,11 +72,11 @@ fn starts_on_the_default_model_and_drills_down() {
     click(&mut h, &head);
     assert_eq!(h.state().current_path().to_string(), head);
     h.get_by_label(&format!("crumb {head}"));
-    let hm = h.state().current_heatmap().unwrap();
+    let hm = h.state().current_view().unwrap().heatmap.clone();
     assert_eq!(hm.row_title, "source component");
     assert_eq!(
         hm.n_cols(),
-        h.state().computed.as_ref().unwrap().tokens.ids.len()
+        h.state().state.computed.as_ref().unwrap().tokens.ids.len()
     );
 
     // head view → an attention component at the previous position → its heads
@@ -108,13 +112,20 @@ fn exports_a_png_at_the_expected_size() {
     click(&mut h, "L0.attn/H1");
     assert_eq!(h.state().current_path().to_string(), "L0.attn/H1");
     click(&mut h, "Export PNG…");
-    let out = tmp.path().join("rdla-view.png");
-    assert!(out.is_file(), "status: {}", h.state().status);
+    let out = exported(tmp.path(), "png");
+    assert!(
+        out.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains("L0.attn_H1"),
+        "the file name names the view: {}",
+        out.display()
+    );
     let img = image::open(&out).unwrap();
-    let hm = h.state().current_heatmap().unwrap();
-    let expected = rdla_attrib::png::render(
+    let hm = h.state().current_view().unwrap().heatmap.clone();
+    let expected = rdla_session::png::render(
         &hm,
-        rdla_attrib::png::PngOptions {
+        rdla_session::png::PngOptions {
             scale: 2.0,
             colormap: h.state().settings.colormap,
         },
@@ -124,7 +135,7 @@ fn exports_a_png_at_the_expected_size() {
     assert!(img.width() >= 800);
 
     click(&mut h, "Export CSV…");
-    let csv = std::fs::read_to_string(tmp.path().join("rdla-view.csv")).unwrap();
+    let csv = std::fs::read_to_string(exported(tmp.path(), "csv")).unwrap();
     assert!(
         csv.starts_with("path,step,value\n") && csv.contains("L0.attn/H1,0:embed,"),
         "{}",
@@ -146,10 +157,10 @@ fn a_broken_model_shows_an_error_and_keeps_the_previous_one() {
     h.key_press(egui::Key::Enter);
     settle(&mut h);
     let app = h.state();
-    let err = app.load_error.as_deref().unwrap_or_default();
+    let err = app.state.load_error.as_deref().unwrap_or_default();
     assert!(err.contains("mamba"), "{err}");
     assert!(
-        app.model.is_some() && app.computed.is_some(),
+        app.state.model.is_some() && app.state.computed.is_some(),
         "the previous model must stay usable"
     );
 }
@@ -163,10 +174,21 @@ fn a_multi_token_answer_is_rejected_with_its_pieces() {
         answer: Some(" Get some".into()),
     };
     let h = harness(tmp.path().to_path_buf(), opts);
-    let err = h.state().compute_error.clone().unwrap_or_default();
+    let err = h.state().state.compute_error.clone().unwrap_or_default();
     assert!(err.contains("not a single token"), "{err}");
     // the prompt still tokenised and the top predictions are there to pick from
     h.get_by_label("Top next tokens");
+}
+
+/// The one file with extension `ext` an export wrote into `dir`.
+fn exported(dir: &std::path::Path, ext: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    assert_eq!(found.len(), 1, "exports in {}: {found:?}", dir.display());
+    found.into_iter().next().unwrap()
 }
 
 fn fixture(name: &str) -> String {
@@ -190,15 +212,19 @@ fn rotary_models_show_their_own_components() {
     let mut h = harness(tmp.path().to_path_buf(), opts);
     {
         let app = h.state();
-        assert!(app.load_error.is_none(), "{:?}", app.load_error);
-        assert!(app.compute_error.is_none(), "{:?}", app.compute_error);
-        let hm = app.current_heatmap().unwrap();
+        assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
+        assert!(
+            app.state.compute_error.is_none(),
+            "{:?}",
+            app.state.compute_error
+        );
+        let hm = app.current_view().unwrap().heatmap.clone();
         assert_eq!(hm.rows, ["L0", "L1", "L2"]);
         assert!(!hm.subtitle.contains("pos"), "{}", hm.subtitle);
     }
     // a parallel-residual MLP reads resid_pre: no cell for its own layer's attention
     click(&mut h, "L1.mlp");
-    let hm = h.state().current_heatmap().unwrap();
+    let hm = h.state().current_view().unwrap().heatmap.clone();
     assert_eq!(hm.rows, ["embed", "L0"]);
     assert!(
         hm.targets
@@ -217,8 +243,8 @@ fn rotary_models_show_their_own_components() {
     };
     let mut h = harness(tmp.path().to_path_buf(), opts);
     let app = h.state();
-    assert!(app.load_error.is_none(), "{:?}", app.load_error);
-    let m = app.model.as_ref().unwrap();
+    assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
+    let m = app.state.model.as_ref().unwrap();
     assert_eq!((m.n_heads, m.n_kv_heads), (4, 2));
     assert!(
         m.details.contains("RMSNorm") && m.details.contains("llama3"),
@@ -227,9 +253,9 @@ fn rotary_models_show_their_own_components() {
     );
     assert!(!m.processing.contains(&"center_writing_weights"));
     h.get_by_label("llama_gqa · LlamaForCausalLM · 3L 4H (2 KV) d32");
-    let hm = app.current_heatmap().unwrap();
+    let hm = app.current_view().unwrap().heatmap.clone();
     assert_eq!(hm.cols, ["H0", "H1", "H2", "H3", "attn bias", "MLP"]);
     click(&mut h, "L2.attn/H3");
-    let hm = h.state().current_heatmap().unwrap();
+    let hm = h.state().current_view().unwrap().heatmap.clone();
     assert_eq!(hm.rows, ["embed", "L0.attn", "L0.mlp", "L1.attn", "L1.mlp"]);
 }

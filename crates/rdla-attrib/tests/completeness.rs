@@ -1,8 +1,7 @@
 //! Completeness is a test: at every node, value = Σ children + remainder.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use rdla_testutil as common;
 
 use common::{Reference, TL_FIXTURES, load_model};
 use rdla_attrib::{Comp, Engine, MlpMode, Path, Step, Target};

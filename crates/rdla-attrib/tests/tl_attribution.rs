@@ -2,8 +2,7 @@
 //! (`tests/fixtures/generate.py`).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use rdla_testutil as common;
 
 use common::{Reference, TL_FIXTURES, load_model, max_abs_diff};
 use rdla_attrib::{Engine, MlpMode, Path, Target};
@@ -23,7 +22,7 @@ fn check_overview(name: &str, model: &Model, r: &Reference, target: Target, suff
             e <= TOL,
             "{name}: {what}{suffix} differs from the TransformerLens reference by {e}"
         );
-        worst = worst.max(e);
+        worst = common::worse(worst, e);
     };
     check("component DLA", &ov.components.data, "component_dla");
     check("head DLA", &ov.head_dla.data, "head_dla");
@@ -62,7 +61,7 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         MlpMode::FrozenGate,
     )
     .unwrap();
-    let mut worst = a.max(b);
+    let mut worst = common::worse(a, b);
     let expansions = r.json["expansions"].as_array().unwrap();
     let mut depth2 = 0;
     for ex in expansions {
@@ -72,18 +71,19 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             depth2 += 1;
         }
         let val = |v: &serde_json::Value| v.as_f64().unwrap() as f32;
-        let mut e = (ours.value - val(&ex["value"]))
-            .abs()
-            .max((ours.bias - val(&ex["bias"])).abs());
+        let mut e = common::max_abs_diff(
+            &[ours.value, ours.bias],
+            &[val(&ex["value"]), val(&ex["bias"])],
+        );
         let theirs = ex["children"].as_array().unwrap();
         let steps: Vec<&str> = theirs.iter().map(|c| c["step"].as_str().unwrap()).collect();
         let our_steps: Vec<&str> = ours.children.iter().map(|c| c.step.as_str()).collect();
         assert_eq!(our_steps, steps, "{name}: children of `{path}`");
-        for (o, t) in ours.children.iter().zip(theirs) {
-            e = e.max((o.value - val(&t["value"])).abs());
-        }
+        let ours_v: Vec<f32> = ours.children.iter().map(|c| c.value).collect();
+        let theirs_v: Vec<f32> = theirs.iter().map(|t| val(&t["value"])).collect();
+        e = common::worse(e, common::max_abs_diff(&ours_v, &theirs_v));
         assert!(e <= TOL, "{name}: expansion of `{path}` differs by {e}");
-        worst = worst.max(e);
+        worst = common::worse(worst, e);
     }
     assert!(depth2 >= 2, "{name}: needs at least two depth-2 expansions");
     eprintln!("{name}: attribution max abs error vs TransformerLens {worst:.3e}");
@@ -99,7 +99,7 @@ fn cpu_attribution_matches_transformer_lens() {
 
 #[test]
 fn wgpu_attribution_matches_transformer_lens() {
-    if let Some(dev) = common::wgpu_device() {
+    if let Some(dev) = common::wgpu_device(module_path!()) {
         for name in TL_FIXTURES {
             check_fixture(name, &dev);
         }

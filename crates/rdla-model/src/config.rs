@@ -1,71 +1,16 @@
-//! `config.json`: a permissive serde view of what Hugging Face writes, converted into a
-//! validated [`ModelConfig`] with every default resolved.
+//! The validated model configuration, and the parts of `config.json` every family shares.
+//!
+//! Each family reads its own spelling of `config.json` (`arch/<family>.rs`, a permissive serde
+//! struct with `Option` fields) and converts it into a [`ModelConfig`] with every default
+//! resolved; [`from_value`] picks the family from `model_type` / `architectures` through the
+//! registry in [`crate::arch`]. The shared pieces (dtype and BOS fields, rotary parameters,
+//! bounds checks) live here.
 
 use serde::Deserialize;
 
+use crate::arch::{self, Family};
 use crate::error::{ModelError, Result};
-
-/// The architectures rdla can load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Architecture {
-    /// `GPT2LMHeadModel`: Conv1D weights, fused `c_attn`.
-    Gpt2,
-    /// `GPTNeoForCausalLM`: separate q/k/v, no attention scaling, local attention layers.
-    GptNeo,
-    /// `GPTNeoXForCausalLM` (Pythia): fused head-interleaved `query_key_value`, partial
-    /// rotary embeddings, parallel residual.
-    GptNeoX,
-    /// `LlamaForCausalLM` (Llama 2/3, SmolLM): RMSNorm, RoPE, SwiGLU, grouped-query attention.
-    Llama,
-    /// `Qwen2ForCausalLM`: the Llama layout with q/k/v biases.
-    Qwen2,
-    /// `MistralForCausalLM`: the Llama layout, optional sliding window.
-    Mistral,
-}
-
-impl Architecture {
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Self::Gpt2 => "GPT2LMHeadModel",
-            Self::GptNeo => "GPTNeoForCausalLM",
-            Self::GptNeoX => "GPTNeoXForCausalLM",
-            Self::Llama => "LlamaForCausalLM",
-            Self::Qwen2 => "Qwen2ForCausalLM",
-            Self::Mistral => "MistralForCausalLM",
-        }
-    }
-
-    /// The Llama-family layout (RMSNorm, RoPE, SwiGLU, GQA).
-    pub fn is_llama_like(self) -> bool {
-        matches!(self, Self::Llama | Self::Qwen2 | Self::Mistral)
-    }
-
-    /// `model_type` → architecture.
-    fn from_model_type(t: &str) -> Option<Self> {
-        Some(match t {
-            "gpt2" => Self::Gpt2,
-            "gpt_neo" => Self::GptNeo,
-            "gpt_neox" => Self::GptNeoX,
-            "llama" => Self::Llama,
-            "qwen2" => Self::Qwen2,
-            "mistral" => Self::Mistral,
-            _ => return None,
-        })
-    }
-
-    /// An `architectures` entry → architecture.
-    fn from_class(c: &str) -> Option<Self> {
-        Some(match c {
-            "GPT2LMHeadModel" | "GPT2Model" => Self::Gpt2,
-            "GPTNeoForCausalLM" | "GPTNeoModel" => Self::GptNeo,
-            "GPTNeoXForCausalLM" | "GPTNeoXModel" => Self::GptNeoX,
-            "LlamaForCausalLM" | "LlamaModel" => Self::Llama,
-            "Qwen2ForCausalLM" | "Qwen2Model" => Self::Qwen2,
-            "MistralForCausalLM" | "MistralModel" => Self::Mistral,
-            _ => return None,
-        })
-    }
-}
+use crate::layout::Layout;
 
 /// The normalisation layers of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -131,7 +76,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn parse(name: &str) -> Result<Self> {
+    pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluNew,
             "gelu" => Self::Gelu,
@@ -177,7 +122,8 @@ impl AttnSpan {
 /// A validated model configuration: no `Option` left where a default exists.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelConfig {
-    pub architecture: Architecture,
+    /// The family the checkpoint belongs to (its entry in [`crate::arch::FAMILIES`]).
+    pub family: &'static Family,
     pub n_layers: usize,
     pub n_heads: usize,
     /// Key/value heads (`< n_heads` with grouped-query attention; query head `h` reads
@@ -206,10 +152,45 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Number of residual components: `embed`, `pos` (learned positions only), then attn
-    /// and mlp per layer.
-    pub fn n_components(&self) -> usize {
-        usize::from(self.has_pos()) + 1 + 2 * self.n_layers
+    /// The fields every family fills the same way, with the defaults most families share
+    /// (learned positions, LayerNorm, global attention, `1/sqrt(d_head)` query scale, a plain
+    /// MLP, a sequential residual); a family overrides what differs with struct-update syntax.
+    /// `tie_default` is the family's `tie_word_embeddings` when the config does not say.
+    pub fn base(
+        family: &'static Family,
+        d: Dims,
+        c: &Common,
+        tie_default: bool,
+        act: Activation,
+        ln_eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            family,
+            n_layers: d.n_layers,
+            n_heads: d.n_heads,
+            n_kv_heads: d.n_kv_heads,
+            d_model: d.d_model,
+            d_head: d.d_head,
+            d_mlp: d.d_mlp,
+            n_ctx: d.n_ctx,
+            d_vocab: c.vocab()?,
+            act,
+            ln_eps,
+            attn_scale: 1.0 / (d.d_head as f32).sqrt(),
+            attn_spans: vec![AttnSpan::Global; d.n_layers],
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(tie_default),
+            bos_token_id: c.bos(),
+            dtype: c.dtype(),
+            norm: Norm::LayerNorm,
+            positional: Positional::Learned,
+            parallel_residual: false,
+            gated_mlp: false,
+        })
+    }
+
+    /// The component axis of this model (DESIGN.md §1.2).
+    pub fn layout(&self) -> Layout {
+        Layout::of(self)
     }
 
     /// Whether there is a learned positional embedding (a `pos` component).
@@ -231,55 +212,12 @@ impl ModelConfig {
     }
 }
 
-/// `config.json` as written by transformers, every field optional.
+/// The fields of `config.json` every family reads the same way.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct RawConfig {
+pub struct Common {
     pub model_type: Option<String>,
     pub architectures: Option<Vec<String>>,
-    // GPT-2 spelling
-    pub n_layer: Option<usize>,
-    pub n_head: Option<usize>,
-    pub n_embd: Option<usize>,
-    pub n_positions: Option<usize>,
-    pub n_ctx: Option<usize>,
-    pub n_inner: Option<usize>,
-    pub activation_function: Option<String>,
-    pub layer_norm_epsilon: Option<f64>,
-    pub scale_attn_weights: Option<bool>,
-    pub scale_attn_by_inverse_layer_idx: Option<bool>,
-    // GPT-Neo spelling
-    pub num_layers: Option<usize>,
-    pub num_heads: Option<usize>,
-    pub hidden_size: Option<usize>,
-    pub max_position_embeddings: Option<usize>,
-    pub intermediate_size: Option<usize>,
-    pub window_size: Option<usize>,
-    pub attention_types: Option<serde_json::Value>,
-    pub attention_layers: Option<Vec<String>>,
-    // GPT-NeoX / Llama spelling
-    pub num_hidden_layers: Option<usize>,
-    pub num_attention_heads: Option<usize>,
-    pub num_key_value_heads: Option<usize>,
-    pub head_dim: Option<usize>,
-    pub hidden_act: Option<String>,
-    pub layer_norm_eps: Option<f64>,
-    pub rms_norm_eps: Option<f64>,
-    pub rotary_pct: Option<f64>,
-    pub rotary_emb_base: Option<f64>,
-    pub partial_rotary_factor: Option<f64>,
-    pub rope_theta: Option<f64>,
-    pub rope_scaling: Option<serde_json::Value>,
-    /// transformers ≥ 5: `{"rope_type", "rope_theta", "factor", …}`.
-    pub rope_parameters: Option<serde_json::Value>,
-    pub use_parallel_residual: Option<bool>,
-    pub attention_bias: Option<bool>,
-    pub mlp_bias: Option<bool>,
-    pub sliding_window: Option<usize>,
-    pub use_sliding_window: Option<bool>,
-    pub max_window_layers: Option<usize>,
-    pub layer_types: Option<Vec<String>>,
-    // shared
     pub vocab_size: Option<usize>,
     pub bos_token_id: Option<serde_json::Value>,
     pub tie_word_embeddings: Option<bool>,
@@ -287,50 +225,17 @@ pub struct RawConfig {
     pub dtype: Option<String>,
 }
 
-fn req<T>(v: Option<T>, field: &'static str, model_type: &str) -> Result<T> {
-    v.ok_or_else(|| ModelError::MissingConfigField {
-        field,
-        model_type: model_type.to_string(),
-    })
-}
-
-fn positive(v: usize, field: &'static str) -> Result<usize> {
-    if v == 0 {
-        return Err(ModelError::InvalidConfigField {
-            field,
-            reason: "must be positive".into(),
-        });
-    }
-    Ok(v)
-}
-
-impl RawConfig {
-    pub fn from_json(text: &str) -> serde_json::Result<Self> {
-        serde_json::from_str(text)
+impl Common {
+    /// `dtype` (transformers ≥ 5) or `torch_dtype` (classic), `float32` when absent.
+    pub fn dtype(&self) -> String {
+        self.dtype
+            .clone()
+            .or_else(|| self.torch_dtype.clone())
+            .unwrap_or_else(|| "float32".into())
     }
 
-    fn architecture(&self) -> Result<Architecture> {
-        let archs = self.architectures.clone().unwrap_or_default();
-        let model_type = self.model_type.clone().unwrap_or_default();
-        if let Some(a) = Architecture::from_model_type(&model_type) {
-            return Ok(a);
-        }
-        if model_type.is_empty()
-            && let Some(a) = archs.iter().find_map(|a| Architecture::from_class(a))
-        {
-            return Ok(a);
-        }
-        Err(ModelError::UnknownArchitecture {
-            model_type: if model_type.is_empty() {
-                "<missing>".into()
-            } else {
-                model_type
-            },
-            architectures: archs,
-        })
-    }
-
-    fn bos(&self) -> Option<u32> {
+    /// `bos_token_id` (a number, or the first of a list).
+    pub fn bos(&self) -> Option<u32> {
         match &self.bos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
             Some(serde_json::Value::Array(a)) => a
@@ -341,251 +246,156 @@ impl RawConfig {
         }
     }
 
-    /// Resolve every default and check the values are usable.
-    pub fn into_config(self) -> Result<ModelConfig> {
-        let architecture = self.architecture()?;
-        let mt = self.model_type.clone().unwrap_or_else(|| "gpt2".into());
-        let dtype = self
-            .dtype
-            .clone()
-            .or_else(|| self.torch_dtype.clone())
-            .unwrap_or_else(|| "float32".into());
-        let bos_token_id = self.bos();
-        if matches!(architecture, Architecture::GptNeoX) || architecture.is_llama_like() {
-            return self.rotary_config(architecture, &mt, dtype, bos_token_id);
-        }
-        let (n_layers, n_heads, d_model, n_ctx, d_mlp, act, ln_eps, scale_by_dh, spans, tie) =
-            match architecture {
-                Architecture::Gpt2 => {
-                    let n_layers = positive(req(self.n_layer, "n_layer", &mt)?, "n_layer")?;
-                    let n_heads = positive(req(self.n_head, "n_head", &mt)?, "n_head")?;
-                    let d_model = positive(req(self.n_embd, "n_embd", &mt)?, "n_embd")?;
-                    let n_ctx = positive(
-                        req(self.n_positions.or(self.n_ctx), "n_positions", &mt)?,
-                        "n_positions",
-                    )?;
-                    if self.scale_attn_by_inverse_layer_idx == Some(true) {
-                        return Err(ModelError::InvalidConfigField {
-                            field: "scale_attn_by_inverse_layer_idx",
-                            reason: "true is not supported".into(),
-                        });
-                    }
-                    (
-                        n_layers,
-                        n_heads,
-                        d_model,
-                        n_ctx,
-                        self.n_inner.unwrap_or(4 * d_model),
-                        Activation::parse(
-                            self.activation_function.as_deref().unwrap_or("gelu_new"),
-                        )?,
-                        self.layer_norm_epsilon.unwrap_or(1e-5),
-                        self.scale_attn_weights.unwrap_or(true),
-                        vec![AttnSpan::Global; n_layers],
-                        self.tie_word_embeddings.unwrap_or(true),
-                    )
-                }
-                Architecture::GptNeo => {
-                    let n_layers =
-                        positive(req(self.num_layers, "num_layers", &mt)?, "num_layers")?;
-                    let n_heads = positive(req(self.num_heads, "num_heads", &mt)?, "num_heads")?;
-                    let d_model =
-                        positive(req(self.hidden_size, "hidden_size", &mt)?, "hidden_size")?;
-                    let n_ctx = positive(
-                        req(self.max_position_embeddings, "max_position_embeddings", &mt)?,
-                        "max_position_embeddings",
-                    )?;
-                    let window = self.window_size.unwrap_or(256);
-                    let kinds = self.neo_attention_layers(n_layers)?;
-                    let spans = kinds
-                        .iter()
-                        .map(|k| match k.as_str() {
-                            "global" => Ok(AttnSpan::Global),
-                            "local" => Ok(AttnSpan::Local(positive(window, "window_size")?)),
-                            other => Err(ModelError::InvalidConfigField {
-                                field: "attention_types",
-                                reason: format!("unknown attention type `{other}`"),
-                            }),
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    (
-                        n_layers,
-                        n_heads,
-                        d_model,
-                        n_ctx,
-                        self.intermediate_size.unwrap_or(4 * d_model),
-                        Activation::parse(
-                            self.activation_function.as_deref().unwrap_or("gelu_new"),
-                        )?,
-                        self.layer_norm_epsilon.unwrap_or(1e-5),
-                        false,
-                        spans,
-                        self.tie_word_embeddings.unwrap_or(true),
-                    )
-                }
-                _ => unreachable!("rotary families return above"),
-            };
-        if d_model % n_heads != 0 {
-            return Err(ModelError::InvalidConfigField {
-                field: "n_head",
-                reason: format!("d_model {d_model} is not divisible by {n_heads} heads"),
-            });
-        }
-        let d_head = d_model / n_heads;
-        let d_vocab = positive(req(self.vocab_size, "vocab_size", &mt)?, "vocab_size")?;
-        Ok(ModelConfig {
-            architecture,
-            n_layers,
-            n_heads,
-            d_model,
-            d_head,
-            d_mlp: positive(d_mlp, "n_inner")?,
-            n_ctx,
-            d_vocab,
-            act,
-            ln_eps,
-            attn_scale: if scale_by_dh {
-                1.0 / (d_head as f32).sqrt()
-            } else {
-                1.0
-            },
-            attn_spans: spans,
-            tie_word_embeddings: tie,
-            bos_token_id,
-            dtype,
-            n_kv_heads: n_heads,
-            norm: Norm::LayerNorm,
-            positional: Positional::Learned,
-            parallel_residual: false,
-            gated_mlp: false,
-        })
+    pub fn model_type(&self) -> &str {
+        self.model_type.as_deref().unwrap_or("")
     }
 
-    /// GPT-NeoX and the Llama family: rotary positions, `num_*` spelling.
-    fn rotary_config(
-        &self,
-        architecture: Architecture,
-        mt: &str,
-        dtype: String,
-        bos_token_id: Option<u32>,
-    ) -> Result<ModelConfig> {
-        let neox = architecture == Architecture::GptNeoX;
-        let n_layers = positive(
-            req(self.num_hidden_layers, "num_hidden_layers", mt)?,
-            "num_hidden_layers",
-        )?;
-        let n_heads = positive(
-            req(self.num_attention_heads, "num_attention_heads", mt)?,
-            "num_attention_heads",
-        )?;
-        let d_model = positive(req(self.hidden_size, "hidden_size", mt)?, "hidden_size")?;
-        let n_kv_heads = positive(
-            self.num_key_value_heads.unwrap_or(n_heads),
-            "num_key_value_heads",
-        )?;
-        if n_heads % n_kv_heads != 0 {
-            return Err(ModelError::InvalidConfigField {
-                field: "num_key_value_heads",
-                reason: format!("{n_heads} attention heads are not a multiple of {n_kv_heads}"),
-            });
-        }
-        let d_head = match self.head_dim {
-            Some(dh) => positive(dh, "head_dim")?,
-            None if d_model % n_heads == 0 => d_model / n_heads,
-            None => {
-                return Err(ModelError::InvalidConfigField {
-                    field: "num_attention_heads",
-                    reason: format!(
-                        "hidden_size {d_model} is not divisible by {n_heads} heads and there is no head_dim"
-                    ),
-                });
-            }
-        };
-        let n_ctx = positive(
-            req(self.max_position_embeddings, "max_position_embeddings", mt)?,
-            "max_position_embeddings",
-        )?;
-        let d_mlp = positive(
-            req(self.intermediate_size, "intermediate_size", mt)?,
-            "intermediate_size",
-        )?;
-        let act = Activation::parse(self.hidden_act.as_deref().unwrap_or(if neox {
-            "gelu"
+    /// The vocabulary size, required and bounded.
+    pub fn vocab(&self) -> Result<usize> {
+        bounded(
+            req(self.vocab_size, "vocab_size", self.model_type())?,
+            "vocab_size",
+            MAX_VOCAB,
+        )
+    }
+}
+
+/// Upper bounds on the sizes a config may declare. They are far above any published model and
+/// are checked before anything is allocated from them; the checkpoint's own tensor shapes are
+/// checked against the config afterwards.
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_D_MODEL: usize = 65_536;
+pub const MAX_D_HEAD: usize = 4096;
+pub const MAX_D_MLP: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_CTX: usize = 1 << 24;
+
+/// A required field, or the error naming it.
+pub fn req<T>(v: Option<T>, field: &'static str, model_type: &str) -> Result<T> {
+    v.ok_or_else(|| ModelError::MissingConfigField {
+        field,
+        model_type: if model_type.is_empty() {
+            "<missing>".into()
         } else {
-            "silu"
-        }))?;
-        let rotary = self.rope(neox, d_head)?;
-        let attn_spans = self.rotary_spans(architecture, n_layers)?;
-        if self.mlp_bias == Some(true) {
-            return Err(ModelError::InvalidConfigField {
-                field: "mlp_bias",
-                reason: "MLP biases in a gated MLP are not supported".into(),
-            });
-        }
-        Ok(ModelConfig {
-            architecture,
-            n_layers,
-            n_heads,
-            n_kv_heads,
-            d_model,
-            d_head,
-            d_mlp,
-            n_ctx,
-            d_vocab: positive(req(self.vocab_size, "vocab_size", mt)?, "vocab_size")?,
-            act,
-            ln_eps: if neox {
-                self.layer_norm_eps.unwrap_or(1e-5)
-            } else {
-                self.rms_norm_eps.unwrap_or(1e-6)
-            },
-            attn_scale: 1.0 / (d_head as f32).sqrt(),
-            attn_spans,
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            bos_token_id,
-            dtype,
-            norm: if neox { Norm::LayerNorm } else { Norm::RmsNorm },
-            positional: Positional::Rotary(rotary),
-            parallel_residual: neox && self.use_parallel_residual.unwrap_or(true),
-            gated_mlp: !neox,
+            model_type.to_string()
+        },
+    })
+}
+
+/// `v` in `1..=max`, or an error naming the field.
+pub fn bounded(v: usize, field: &'static str, max: usize) -> Result<usize> {
+    if v == 0 {
+        return Err(ModelError::InvalidConfigField {
+            field,
+            reason: "must be positive".into(),
+        });
+    }
+    if v > max {
+        return Err(ModelError::InvalidConfigField {
+            field,
+            reason: format!("{v} is larger than any model rdla can load (at most {max})"),
+        });
+    }
+    Ok(v)
+}
+
+/// A norm epsilon: finite and positive.
+pub fn epsilon(v: f64, field: &'static str) -> Result<f64> {
+    if v.is_finite() && v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(ModelError::InvalidConfigField {
+            field,
+            reason: format!("{v} is not a usable epsilon (expected 0 < eps < 1)"),
         })
     }
+}
 
-    /// Whether q/k/v (and for GPT-NeoX the output projection) carry biases.
-    pub fn attention_biases(&self, architecture: Architecture) -> bool {
-        match architecture {
-            Architecture::GptNeoX => self.attention_bias.unwrap_or(true),
-            Architecture::Qwen2 => true,
-            _ => self.attention_bias.unwrap_or(false),
+/// `d_head` from an explicit `head_dim`, or `d_model / n_heads`.
+pub fn head_dim(
+    explicit: Option<usize>,
+    d_model: usize,
+    n_heads: usize,
+    heads_field: &'static str,
+) -> Result<usize> {
+    match explicit {
+        Some(dh) => bounded(dh, "head_dim", MAX_D_HEAD),
+        None if d_model.is_multiple_of(n_heads) => {
+            bounded(d_model / n_heads, "head_dim", MAX_D_HEAD)
         }
+        None => Err(ModelError::InvalidConfigField {
+            field: heads_field,
+            reason: format!(
+                "hidden size {d_model} is not divisible by {n_heads} heads and there is no head_dim"
+            ),
+        }),
     }
+}
 
+/// Key/value heads: a divisor of the query heads.
+pub fn kv_heads(n_kv: Option<usize>, n_heads: usize) -> Result<usize> {
+    let kv = bounded(n_kv.unwrap_or(n_heads), "num_key_value_heads", MAX_HEADS)?;
+    if !n_heads.is_multiple_of(kv) {
+        return Err(ModelError::InvalidConfigField {
+            field: "num_key_value_heads",
+            reason: format!("{n_heads} attention heads are not a multiple of {kv}"),
+        });
+    }
+    Ok(kv)
+}
+
+/// Rotary parameters in either spelling: classic top-level `rope_theta` / `rope_scaling` /
+/// `rotary_pct` / `rotary_emb_base` / `partial_rotary_factor`, or transformers ≥ 5
+/// `rope_parameters`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RopeFields {
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<serde_json::Value>,
+    pub rope_parameters: Option<serde_json::Value>,
+    pub rotary_pct: Option<f64>,
+    pub rotary_emb_base: Option<f64>,
+    pub partial_rotary_factor: Option<f64>,
+}
+
+impl RopeFields {
     /// A field of `rope_parameters` (transformers ≥ 5), else of `rope_scaling`.
-    fn rope_field(&self, key: &str) -> Option<&serde_json::Value> {
+    fn field(&self, key: &str) -> Option<&serde_json::Value> {
         [&self.rope_parameters, &self.rope_scaling]
             .into_iter()
             .flatten()
             .find_map(|v| v.get(key))
     }
 
-    fn rope(&self, neox: bool, d_head: usize) -> Result<Rotary> {
+    fn num(&self, key: &str) -> Option<f64> {
+        self.field(key).and_then(serde_json::Value::as_f64)
+    }
+
+    /// The rotary embedding of a `d_head`-channel head; `default_partial` is the family's
+    /// rotated fraction when the config does not say.
+    pub fn rotary(&self, d_head: usize, default_partial: f64) -> Result<Rotary> {
         let bad = |reason: String| ModelError::InvalidConfigField {
             field: "rope_scaling",
             reason,
         };
-        let num = |key: &str| self.rope_field(key).and_then(serde_json::Value::as_f64);
-        let theta = num("rope_theta")
+        let theta = self
+            .num("rope_theta")
             .or(self.rope_theta)
             .or(self.rotary_emb_base)
             .unwrap_or(10_000.0);
-        let partial = num("partial_rotary_factor")
+        let partial = self
+            .num("partial_rotary_factor")
             .or(self.partial_rotary_factor)
             .or(self.rotary_pct)
-            .unwrap_or(if neox { 0.25 } else { 1.0 });
-        if !(theta > 0.0 && partial > 0.0 && partial <= 1.0) {
+            .unwrap_or(default_partial);
+        // a base below 1 (or absurdly large) makes every angle degenerate
+        if !(theta.is_finite() && (1.0..=1e12).contains(&theta) && partial > 0.0 && partial <= 1.0)
+        {
             return Err(ModelError::InvalidConfigField {
                 field: "rope_theta",
                 reason: format!(
-                    "rope_theta {theta} / partial rotary factor {partial} out of range"
+                    "rope_theta {theta} / partial rotary factor {partial} out of range (1 ≤ theta ≤ 1e12, 0 < factor ≤ 1)"
                 ),
             });
         }
@@ -601,13 +411,21 @@ impl RawConfig {
             .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64))
             .collect();
         let kind = self
-            .rope_field("rope_type")
-            .or_else(|| self.rope_field("type"))
+            .field("rope_type")
+            .or_else(|| self.field("type"))
             .and_then(serde_json::Value::as_str)
             .unwrap_or("default")
             .to_string();
-        let factor =
-            || num("factor").ok_or_else(|| bad(format!("rope type `{kind}` needs `factor`")));
+        let factor = || {
+            let f = self
+                .num("factor")
+                .ok_or_else(|| bad(format!("rope type `{kind}` needs `factor`")))?;
+            if f.is_finite() && f >= 1.0 {
+                Ok(f)
+            } else {
+                Err(bad(format!("rope factor {f} is not ≥ 1")))
+            }
+        };
         let mut describe = format!("theta {theta}");
         if dim < d_head {
             describe.push_str(&format!(", {dim} of {d_head} channels"));
@@ -622,10 +440,16 @@ impl RawConfig {
             "llama3" => {
                 // transformers `_compute_llama3_parameters`
                 let f = factor()?;
-                let low = num("low_freq_factor").unwrap_or(1.0);
-                let high = num("high_freq_factor").unwrap_or(4.0);
-                let old = num("original_max_position_embeddings")
+                let low = self.num("low_freq_factor").unwrap_or(1.0);
+                let high = self.num("high_freq_factor").unwrap_or(4.0);
+                let old = self
+                    .num("original_max_position_embeddings")
                     .ok_or_else(|| bad("llama3 needs original_max_position_embeddings".into()))?;
+                if !(low.is_finite() && high.is_finite() && high > low && old > 0.0) {
+                    return Err(bad(format!(
+                        "llama3 frequency factors low {low} / high {high} / original context {old} out of range"
+                    )));
+                }
                 let (low_wl, high_wl) = (old / low, old / high);
                 for x in &mut inv {
                     let wavelen = 2.0 * std::f64::consts::PI / *x;
@@ -651,108 +475,93 @@ impl RawConfig {
             describe,
         })
     }
+}
 
-    /// Per-layer spans: Mistral's `sliding_window`, Qwen2's `layer_types` /
-    /// `use_sliding_window` + `max_window_layers`; otherwise global.
-    fn rotary_spans(&self, arch: Architecture, n_layers: usize) -> Result<Vec<AttnSpan>> {
-        let window = || {
-            self.sliding_window
-                .filter(|&w| w > 0)
-                .ok_or(ModelError::InvalidConfigField {
-                    field: "sliding_window",
-                    reason: "sliding attention needs a positive sliding_window".into(),
-                })
-        };
-        match arch {
-            Architecture::Mistral => Ok(vec![
-                match self.sliding_window {
-                    Some(w) if w > 0 => AttnSpan::Local(w),
-                    _ => AttnSpan::Global,
-                };
-                n_layers
-            ]),
-            Architecture::Qwen2 => {
-                if let Some(types) = &self.layer_types {
-                    if types.len() != n_layers {
-                        return Err(ModelError::InvalidConfigField {
-                            field: "layer_types",
-                            reason: format!("{} entries for {n_layers} layers", types.len()),
-                        });
-                    }
-                    return types
-                        .iter()
-                        .map(|t| match t.as_str() {
-                            "full_attention" => Ok(AttnSpan::Global),
-                            "sliding_attention" => Ok(AttnSpan::Local(window()?)),
-                            other => Err(ModelError::InvalidConfigField {
-                                field: "layer_types",
-                                reason: format!("unknown layer type `{other}`"),
-                            }),
-                        })
-                        .collect();
-                }
-                if self.use_sliding_window == Some(true) {
-                    let w = window()?;
-                    let from = self.max_window_layers.unwrap_or(n_layers);
-                    return Ok((0..n_layers)
-                        .map(|l| {
-                            if l >= from {
-                                AttnSpan::Local(w)
-                            } else {
-                                AttnSpan::Global
-                            }
-                        })
-                        .collect());
-                }
-                Ok(vec![AttnSpan::Global; n_layers])
-            }
-            _ => Ok(vec![AttnSpan::Global; n_layers]),
-        }
+/// Validate a parsed `config.json` (or the equivalent built from GGUF metadata): the family is
+/// chosen by `model_type` (or, when that is absent, by an `architectures` entry) and converts
+/// the rest.
+pub fn from_value(value: &serde_json::Value) -> Result<ModelConfig> {
+    let common = Common::deserialize(value).map_err(|e| ModelError::InvalidConfigField {
+        field: "config.json",
+        reason: e.to_string(),
+    })?;
+    let family = arch::detect(common.model_type(), common.architectures.as_deref())?;
+    (family.config)(value)
+}
+
+/// Deserialize a family's raw config struct, naming the field that has the wrong type.
+pub fn raw<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T> {
+    T::deserialize(value).map_err(|e| ModelError::InvalidConfigField {
+        field: "config.json",
+        reason: e.to_string(),
+    })
+}
+
+/// The sizes in the `num_*` spelling most families share (GPT-NeoX, Llama and its relatives).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HfDims {
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub max_position_embeddings: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub hidden_act: Option<String>,
+}
+
+/// [`HfDims`] resolved and bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_model: usize,
+    pub d_head: usize,
+    pub n_ctx: usize,
+    pub d_mlp: usize,
+}
+
+impl HfDims {
+    pub fn resolve(&self, model_type: &str) -> Result<Dims> {
+        let mt = model_type;
+        let n_layers = bounded(
+            req(self.num_hidden_layers, "num_hidden_layers", mt)?,
+            "num_hidden_layers",
+            MAX_LAYERS,
+        )?;
+        let n_heads = bounded(
+            req(self.num_attention_heads, "num_attention_heads", mt)?,
+            "num_attention_heads",
+            MAX_HEADS,
+        )?;
+        let d_model = bounded(
+            req(self.hidden_size, "hidden_size", mt)?,
+            "hidden_size",
+            MAX_D_MODEL,
+        )?;
+        Ok(Dims {
+            n_layers,
+            n_heads,
+            n_kv_heads: kv_heads(self.num_key_value_heads, n_heads)?,
+            d_model,
+            d_head: head_dim(self.head_dim, d_model, n_heads, "num_attention_heads")?,
+            n_ctx: bounded(
+                req(self.max_position_embeddings, "max_position_embeddings", mt)?,
+                "max_position_embeddings",
+                MAX_CTX,
+            )?,
+            d_mlp: bounded(
+                req(self.intermediate_size, "intermediate_size", mt)?,
+                "intermediate_size",
+                MAX_D_MLP,
+            )?,
+        })
     }
 
-    /// GPT-Neo's per-layer attention kinds: `attention_layers` if written out, else the
-    /// expansion of `attention_types` (`[[["global","local"], 4]]`).
-    fn neo_attention_layers(&self, n_layers: usize) -> Result<Vec<String>> {
-        let bad = |reason: String| ModelError::InvalidConfigField {
-            field: "attention_types",
-            reason,
-        };
-        let layers = if let Some(l) = &self.attention_layers {
-            l.clone()
-        } else if let Some(types) = &self.attention_types {
-            let mut out = Vec::new();
-            let groups = types.as_array().ok_or_else(|| bad("not a list".into()))?;
-            for g in groups {
-                let pair = g
-                    .as_array()
-                    .filter(|p| p.len() == 2)
-                    .ok_or_else(|| bad(format!("expected [[kinds], repeat], got {g}")))?;
-                let kinds = pair[0]
-                    .as_array()
-                    .ok_or_else(|| bad(format!("expected a list of kinds, got {}", pair[0])))?;
-                let times = pair[1]
-                    .as_u64()
-                    .ok_or_else(|| bad(format!("expected a repeat count, got {}", pair[1])))?;
-                for _ in 0..times {
-                    for k in kinds {
-                        out.push(
-                            k.as_str()
-                                .ok_or_else(|| bad(format!("expected a string, got {k}")))?
-                                .to_string(),
-                        );
-                    }
-                }
-            }
-            out
-        } else {
-            vec!["global".to_string(); n_layers]
-        };
-        if layers.len() != n_layers {
-            return Err(bad(format!(
-                "describes {} layers but num_layers is {n_layers}",
-                layers.len()
-            )));
-        }
-        Ok(layers)
+    /// `hidden_act`, or the family's default.
+    pub fn act(&self, default: &str) -> Result<Activation> {
+        Activation::parse(self.hidden_act.as_deref().unwrap_or(default))
     }
 }

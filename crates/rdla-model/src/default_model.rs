@@ -49,7 +49,18 @@ fn cache_root() -> PathBuf {
         .join("rdla")
 }
 
+/// Whether `dir` holds every embedded file at its full size.
+fn complete(dir: &std::path::Path) -> bool {
+    FILES.iter().all(|(name, bytes)| {
+        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() == bytes.len() as u64)
+    })
+}
+
 /// Write the embedded files to the cache (once per content hash) and return the folder.
+///
+/// The files are written into a private temporary folder and renamed into place in one step,
+/// so a reader never sees a half-written folder. When several processes start at once, one
+/// rename wins; the others find a complete folder and use it (they never delete it).
 pub fn materialize() -> Result<PathBuf> {
     let hash = FILES
         .iter()
@@ -57,22 +68,37 @@ pub fn materialize() -> Result<PathBuf> {
             fnv1a(bytes, fnv1a(name.as_bytes(), h))
         });
     let dir = cache_root().join(format!("default-model-{hash:016x}"));
-    let complete = FILES.iter().all(|(name, bytes)| {
-        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() == bytes.len() as u64)
-    });
-    if !complete {
-        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    if complete(&dir) {
+        return Ok(dir);
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.with_extension(format!("tmp-{}-{nonce}", std::process::id()));
+    let write = || -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         for (name, bytes) in FILES {
             std::fs::write(tmp.join(name), bytes).map_err(io_err(tmp.join(name)))?;
         }
-        if std::fs::rename(&tmp, &dir).is_err() {
-            // another process won the race, or an incomplete folder is in the way
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
-        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    Ok(dir)
+    let mut result = std::fs::rename(&tmp, &dir);
+    if result.is_err() && !complete(&dir) {
+        // an incomplete folder from an interrupted older version is in the way
+        let _ = std::fs::remove_dir_all(&dir);
+        result = std::fs::rename(&tmp, &dir);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    match result {
+        Ok(()) => Ok(dir),
+        // another process won the race
+        Err(_) if complete(&dir) => Ok(dir),
+        Err(e) => Err(io_err(&dir)(e)),
+    }
 }
 
 impl Model {
@@ -86,14 +112,5 @@ impl Model {
         let mut m = Self::load(&dir, device, processing, progress)?;
         m.name = NAME.to_string();
         Ok(m)
-    }
-}
-
-/// Resolve a `--model` argument: [`SPEC`] selects the embedded model.
-pub fn resolve(spec: &str) -> Result<PathBuf> {
-    if spec == SPEC {
-        materialize()
-    } else {
-        Ok(PathBuf::from(spec))
     }
 }

@@ -30,13 +30,12 @@ pub enum ModelError {
     InvalidConfigField { field: &'static str, reason: String },
     #[error(
         "unsupported architecture: model_type `{model_type}` (architectures {architectures:?}); \
-         rdla supports gpt2 (GPT2LMHeadModel), gpt_neo (GPTNeoForCausalLM), gpt_neox \
-         (GPTNeoXForCausalLM), llama (LlamaForCausalLM), qwen2 (Qwen2ForCausalLM) and mistral \
-         (MistralForCausalLM)"
+         rdla supports {supported}"
     )]
     UnknownArchitecture {
         model_type: String,
         architectures: Vec<String>,
+        supported: String,
     },
     #[error(
         "{dir}: no weights found (expected model.safetensors, sharded model-*.safetensors with model.safetensors.index.json, or pytorch_model.bin)"

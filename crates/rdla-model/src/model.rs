@@ -7,9 +7,10 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::act;
 use crate::arch::{self, Canonical};
-use crate::config::{AttnSpan, ModelConfig, Norm, RawConfig};
+use crate::config::{self, AttnSpan, ModelConfig, Norm};
 use crate::error::{ModelError, Result, io_err};
 use crate::fused;
+use crate::layout::{Comp, Layout};
 use crate::process::{self, Processing};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
@@ -216,12 +217,17 @@ pub struct Model {
     pub name: String,
     /// Which weight files were read.
     pub weights_source: String,
+    /// What rdla must never write into: the model's folder (or its file, for a single-file
+    /// model).
+    pub protected: Vec<PathBuf>,
 }
 
 /// Everything the attribution needs from one forward pass, at every position.
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub token_ids: Vec<u32>,
+    /// The component axis of `components`.
+    pub layout: Layout,
     /// Residual components `[C, P, d]` in the order `embed, pos, L0.attn, L0.mlp, …` (no
     /// `pos` with rotary positions; `L{l}.attn` includes `b_O`, `L{l}.mlp` includes `b_out`).
     pub components: Tensor<3>,
@@ -271,9 +277,9 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
         });
     }
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    RawConfig::from_json(&text)
-        .map_err(|source| ModelError::ConfigJson { path, source })?
-        .into_config()
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::ConfigJson { path, source })?;
+    config::from_value(&value)
 }
 
 fn display_name(dir: &Path) -> String {
@@ -338,6 +344,7 @@ impl Model {
             name: display_name(dir),
             dir: dir.to_path_buf(),
             weights_source: store.description.clone(),
+            protected: vec![dir.to_path_buf()],
             config,
             processing,
             tokenizer,
@@ -423,7 +430,8 @@ impl Model {
             cfg.d_head,
             cfg.d_model,
         );
-        let (n_l, n_c, dm) = (cfg.n_layers, cfg.n_components(), cfg.d_mlp);
+        let layout = cfg.layout();
+        let (n_l, n_c, dm) = (cfg.n_layers, layout.n(), cfg.d_mlp);
         // On the CPU backend the attention softmax and the MLP activation run as fused,
         // in-place, multi-threaded kernels over the host buffers (see `fused`).
         let cpu = *dev == Device::flex();
@@ -456,12 +464,11 @@ impl Model {
         let mut comps = Tensor::<3>::empty([n_c, n, d], dev)
             .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
         let mut x = embed;
-        if let Some(w_pos) = &w.w_pos {
+        if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
             let pos = w_pos.clone().narrow(0, 0, n); // [P, d]
             x = x + pos.clone();
-            comps = comps.slice_assign([1..2, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
+            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
         }
-        let first_layer_comp = n_c - 2 * n_l;
         let mut s1s = Tensor::<2>::empty([n_l, n], dev);
         let mut s2s = Tensor::<2>::empty([n_l, n], dev);
         let mut pats = Tensor::<4>::empty([n_l, h, n, n], dev);
@@ -519,7 +526,7 @@ impl Model {
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
             let attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
             let resid_mid = x.clone() + attn_out.clone();
-            let c = first_layer_comp + 2 * l;
+            let c = layout.attn(l);
             comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
             s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
 
@@ -554,7 +561,8 @@ impl Model {
             };
             let mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
             x = resid_mid + mlp_out.clone();
-            comps = comps.slice_assign([c + 1..c + 2, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
+            let c = layout.mlp(l);
+            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
             s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
         }
 
@@ -565,6 +573,7 @@ impl Model {
 
         Ok(Cache {
             token_ids: ids.to_vec(),
+            layout,
             components: comps,
             ln1_scale: s1s,
             ln2_scale: s2s,
@@ -589,20 +598,6 @@ impl Model {
             xn = xn * w.clone().unsqueeze_dim::<2>(0) + b.clone().unsqueeze_dim::<2>(0);
         }
         xn.matmul(self.weights.w_u.clone()) + self.weights.b_u.clone().unsqueeze_dim::<2>(0)
-    }
-
-    /// Component labels in cache order: `embed, pos, L0.attn, L0.mlp, …` (no `pos` with
-    /// rotary positions).
-    pub fn component_labels(&self) -> Vec<String> {
-        let mut v = vec!["embed".to_string()];
-        if self.config.has_pos() {
-            v.push("pos".to_string());
-        }
-        for l in 0..self.config.n_layers {
-            v.push(format!("L{l}.attn"));
-            v.push(format!("L{l}.mlp"));
-        }
-        v
     }
 }
 

@@ -32,6 +32,34 @@ impl HostTensor {
             data: vec![0.0; n],
         }
     }
+
+    /// Element at a full multi-index.
+    pub fn at(&self, idx: &[usize]) -> f32 {
+        let mut flat = 0;
+        for (i, &n) in idx.iter().zip(&self.shape) {
+            flat = flat * n + i;
+        }
+        self.data[flat]
+    }
+
+    /// Nested JSON arrays.
+    pub fn to_json(&self) -> serde_json::Value {
+        fn rec(shape: &[usize], data: &[f32]) -> serde_json::Value {
+            if shape.len() <= 1 {
+                return serde_json::Value::from(
+                    data.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                );
+            }
+            let stride: usize = shape[1..].iter().product();
+            serde_json::Value::Array(
+                data.chunks(stride.max(1))
+                    .take(shape[0])
+                    .map(|c| rec(&shape[1..], c))
+                    .collect(),
+            )
+        }
+        rec(&self.shape, &self.data)
+    }
 }
 
 /// Loading progress reported to a callback: bytes of tensor data read so far and in all.

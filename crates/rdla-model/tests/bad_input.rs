@@ -1,8 +1,7 @@
 //! Bad input gives a typed error with a clear message, never a panic.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use rdla_testutil as common;
 
 use std::collections::HashMap;
 use std::path::Path;

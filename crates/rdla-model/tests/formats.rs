@@ -1,8 +1,7 @@
 //! Every weight format and both tokenizer formats load to identical tensors / ids.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use rdla_testutil as common;
 
 use common::fixture;
 use rdla_model::arch::{Canonical, load_canonical};

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::{Expansion, Overview};
+use rdla_attrib::{Expansion, Overview};
 
 fn quote(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {

@@ -1,11 +1,10 @@
 //! The one heatmap renderer: a [`Heatmap`] to a PNG with a title, axis labels (token text,
 //! component names) and a colour bar. Text is rasterised with `ab_glyph` (DejaVu Sans).
 
-use std::path::Path as FsPath;
-
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
+use crate::geometry::{Fit, Geometry, LABEL_PT, Rect, SUBTITLE_PT, TITLE_PT, VALUE_PT};
 use crate::heatmap::{ColorMap, Heatmap};
 
 /// DejaVu Sans, also the GUI's fallback font (wide Unicode coverage).
@@ -15,9 +14,8 @@ pub static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.
 pub enum PngError {
     #[error("font: {0}")]
     Font(String),
-    #[error("{path}: cannot write PNG: {source}")]
-    Write {
-        path: String,
+    #[error("cannot encode PNG: {source}")]
+    Encode {
         #[source]
         source: image::ImageError,
     },
@@ -40,11 +38,12 @@ impl Default for PngOptions {
     }
 }
 
-fn font() -> Result<FontRef<'static>, PngError> {
+pub fn font() -> Result<FontRef<'static>, PngError> {
     FontRef::try_from_slice(FONT_BYTES).map_err(|e| PngError::Font(e.to_string()))
 }
 
-fn text_width(font: &FontRef<'_>, px: f32, text: &str) -> f32 {
+/// The width of `text` at `px` pixels (points at scale 1).
+pub fn text_width(font: &FontRef<'_>, px: f32, text: &str) -> f32 {
     let f = font.as_scaled(PxScale::from(px));
     text.chars().map(|c| f.h_advance(f.glyph_id(c))).sum()
 }
@@ -102,7 +101,7 @@ fn fill(img: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, c: [u8; 3]) {
 }
 
 /// Shorten a label to at most `max` characters.
-fn clip(s: &str, max: usize) -> String {
+pub fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {
@@ -112,188 +111,305 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// Render `hm` to an image.
-pub fn render(hm: &Heatmap, opts: PngOptions) -> Result<RgbImage, PngError> {
-    let font = font()?;
-    let s = opts.scale.max(0.5);
-    let (n_r, n_c) = (hm.n_rows().max(1), hm.n_cols().max(1));
-    let label_px = 11.0 * s;
-    let title_px = 16.0 * s;
-    let sub_px = 12.0 * s;
-    // cell size: square, within a sensible overall width
-    let cell = ((1400.0 * s) / n_c as f32)
-        .clamp(3.0 * s, 44.0 * s)
-        .min((900.0 * s) / n_r as f32)
-        .max(3.0 * s);
-    let cell_u = cell.round().max(1.0) as u32;
-    let row_labels: Vec<String> = hm.rows.iter().map(|r| clip(r, 24)).collect();
-    let col_labels: Vec<String> = hm.cols.iter().map(|c| clip(c, 20)).collect();
-    let row_w = row_labels
-        .iter()
-        .map(|l| text_width(&font, label_px, l))
-        .fold(0.0, f32::max) as u32
-        + (8.0 * s) as u32;
-    let col_h = col_labels
-        .iter()
-        .map(|l| text_width(&font, label_px, l))
-        .fold(0.0, f32::max) as u32
-        + (8.0 * s) as u32;
-    let line = (label_px * 1.3) as u32;
-    // show every k-th label when cells are smaller than a text line
-    let step_c = ((label_px * 1.2) / cell).ceil().max(1.0) as usize;
-    let step_r = step_c;
+/// The logical size (points) the PNG lays a heatmap out in before scaling.
+pub const PNG_FIT: (f32, f32) = (1400.0, 900.0);
 
-    let margin = (12.0 * s) as u32;
-    let header = (title_px * 1.4 + sub_px * 1.4) as u32 + margin + line; // + axis title line
-    let grid_x = margin + line + row_w;
-    let grid_y = header + col_h;
-    let grid_w = cell_u * n_c as u32;
-    let grid_h = cell_u * n_r as u32;
-    let bar_w = (16.0 * s) as u32;
-    let bar_gap = (24.0 * s) as u32;
-    let tick_w = text_width(&font, label_px, "-0.0000e+00") as u32 + margin;
-    let title_w =
-        text_width(&font, title_px, &hm.title).max(text_width(&font, sub_px, &hm.subtitle)) as u32;
-    let width = (grid_x + grid_w + bar_gap + bar_w + tick_w).max(title_w + 2 * margin);
-    let height = (grid_y + grid_h + margin + line).max(header + (200.0 * s) as u32);
-
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let ink = [20, 20, 20];
-    blit(
-        &mut img,
-        &rasterize(&font, title_px, &hm.title),
-        margin as i32,
-        margin as i32 / 2,
-        ink,
-    );
-    blit(
-        &mut img,
-        &rasterize(&font, sub_px, &hm.subtitle),
-        margin as i32,
-        (margin / 2) as i32 + (title_px * 1.4) as i32,
-        [70, 70, 70],
-    );
-
-    // axis titles
-    if !hm.col_title.is_empty() {
-        let m = rasterize(&font, label_px, &hm.col_title);
-        blit(
-            &mut img,
-            &m,
-            (grid_x + grid_w / 2) as i32 - m.width() as i32 / 2,
-            (header - line) as i32,
-            ink,
-        );
-    }
-    if !hm.row_title.is_empty() {
-        let m = image::imageops::rotate270(&rasterize(&font, label_px, &hm.row_title));
-        blit(
-            &mut img,
-            &m,
-            margin as i32 / 2,
-            (grid_y + grid_h / 2) as i32 - m.height() as i32 / 2,
-            ink,
-        );
-    }
-
-    let range = hm.max_abs();
-    for r in 0..hm.n_rows() {
-        for c in 0..hm.n_cols() {
-            let (x, y) = (grid_x + c as u32 * cell_u, grid_y + r as u32 * cell_u);
-            match hm.get(r, c) {
-                Some(v) => fill(
-                    &mut img,
-                    x,
-                    y,
-                    cell_u,
-                    cell_u,
-                    opts.colormap.color(v, range),
-                ),
-                None => fill(&mut img, x, y, cell_u, cell_u, [225, 225, 225]),
-            }
-            if let Some(v) = hm.get(r, c)
-                && cell >= 40.0 * s
-            {
-                let txt = format!("{v:.2}");
-                let m = rasterize(&font, 9.0 * s, &txt);
-                let col = if v.abs() > 0.6 * range {
-                    [255, 255, 255]
-                } else {
-                    ink
-                };
-                blit(
-                    &mut img,
-                    &m,
-                    (x + cell_u / 2) as i32 - m.width() as i32 / 2,
-                    (y + cell_u / 2) as i32 - m.height() as i32 / 2,
-                    col,
-                );
-            }
-        }
-    }
-    for (r, l) in row_labels.iter().enumerate() {
-        if r % step_r != 0 {
-            continue;
-        }
-        let m = rasterize(&font, label_px, l);
-        let y = grid_y as i32 + (r as u32 * cell_u + cell_u / 2) as i32 - m.height() as i32 / 2;
-        blit(
-            &mut img,
-            &m,
-            (grid_x - m.width() - (4.0 * s) as u32) as i32,
-            y,
-            ink,
-        );
-    }
-    for (c, l) in col_labels.iter().enumerate() {
-        if c % step_c != 0 {
-            continue;
-        }
-        let m = image::imageops::rotate270(&rasterize(&font, label_px, l));
-        let x = grid_x as i32 + (c as u32 * cell_u + cell_u / 2) as i32 - m.width() as i32 / 2;
-        blit(
-            &mut img,
-            &m,
-            x,
-            (grid_y - m.height() - (4.0 * s) as u32) as i32,
-            ink,
-        );
-    }
-
-    // colour bar: top = +range, bottom = -range
-    let bar_x = grid_x + grid_w + bar_gap;
-    let bar_h = grid_h.max((160.0 * s) as u32);
-    for i in 0..bar_h {
-        let v = range * (1.0 - 2.0 * i as f32 / (bar_h.max(2) - 1) as f32);
-        fill(
-            &mut img,
-            bar_x,
-            grid_y + i,
-            bar_w,
-            1,
-            opts.colormap.color(v, range),
-        );
-    }
-    for (frac, v) in [(0.0, range), (0.5, 0.0), (1.0, -range)] {
-        let m = rasterize(&font, label_px, &format!("{v:+.3}"));
-        let y = grid_y as i32 + (frac * bar_h as f32) as i32 - m.height() as i32 / 2;
-        blit(
-            &mut img,
-            &m,
-            (bar_x + bar_w + (4.0 * s) as u32) as i32,
-            y,
-            ink,
-        );
-    }
-    Ok(img)
+/// An image being drawn: logical coordinates (points) scaled to pixels.
+struct Canvas<'f> {
+    img: RgbImage,
+    font: FontRef<'f>,
+    scale: f32,
 }
 
-/// Render and write `hm` as a PNG.
-pub fn write_png(hm: &Heatmap, path: &FsPath, opts: PngOptions) -> Result<(u32, u32), PngError> {
+/// Ink colours of the PNG.
+const INK: [u8; 3] = [20, 20, 20];
+const WEAK: [u8; 3] = [70, 70, 70];
+const WHITE: [u8; 3] = [255, 255, 255];
+const MISSING: [u8; 3] = [225, 225, 225];
+const AXIS: [u8; 3] = [150, 150, 150];
+
+impl Canvas<'_> {
+    fn px(&self, v: f32) -> i32 {
+        (v * self.scale).round() as i32
+    }
+
+    fn rect(&mut self, r: Rect, c: [u8; 3]) {
+        let (x0, y0) = (self.px(r.x).max(0) as u32, self.px(r.y).max(0) as u32);
+        let (x1, y1) = (
+            self.px(r.right()).max(0) as u32,
+            self.px(r.bottom()).max(0) as u32,
+        );
+        fill(
+            &mut self.img,
+            x0,
+            y0,
+            x1.saturating_sub(x0).max(1),
+            y1.saturating_sub(y0).max(1),
+            c,
+        );
+    }
+
+    /// Text at `(x, y)`, placed by `anchor` (0 = left/top, 0.5 = centre, 1 = right/bottom on
+    /// each axis); `rotated` runs it bottom to top.
+    fn text(
+        &mut self,
+        t: &str,
+        pt: f32,
+        (x, y): (f32, f32),
+        anchor: (f32, f32),
+        c: [u8; 3],
+        rotated: bool,
+    ) {
+        let mut m = rasterize(&self.font, pt * self.scale, t);
+        if rotated {
+            m = image::imageops::rotate270(&m);
+        }
+        let (w, h) = (m.width() as f32, m.height() as f32);
+        let (ax, ay) = anchor;
+        blit(
+            &mut self.img,
+            &m,
+            (x * self.scale - ax * w) as i32,
+            (y * self.scale - ay * h) as i32,
+            c,
+        );
+    }
+
+    fn label(&mut self, t: &str, at: (f32, f32), anchor: (f32, f32)) {
+        self.text(t, LABEL_PT, at, anchor, INK, false);
+    }
+
+    /// A value printed inside a cell, white on strong colours.
+    fn value(&mut self, cell: Rect, v: f32, range: f32) {
+        let c = if v.abs() > 0.6 * range { WHITE } else { INK };
+        self.text(
+            &format!("{v:.2}"),
+            VALUE_PT,
+            cell.center(),
+            (0.5, 0.5),
+            c,
+            false,
+        );
+    }
+}
+
+/// Render `hm` to an image, laid out by the same [`Geometry`] as the window.
+pub fn render(hm: &Heatmap, opts: PngOptions) -> Result<RgbImage, PngError> {
+    let font = font()?;
+    let scale = opts.scale.max(0.5);
+    let measure = |t: &str, pt: f32| text_width(&font, pt, t);
+    let g = Geometry::new(
+        hm,
+        Fit {
+            width: PNG_FIT.0,
+            height: PNG_FIT.1,
+            header: true,
+        },
+        &measure,
+    );
+    let (width, height) = (
+        ((g.size.0 * scale).round() as u32).max(1),
+        ((g.size.1 * scale).round() as u32).max(1),
+    );
+    let mut cv = Canvas {
+        img: RgbImage::from_pixel(width, height, Rgb(WHITE)),
+        font,
+        scale,
+    };
+    let cm = opts.colormap;
+    cv.header(hm, &g);
+    cv.cells(hm, &g, cm);
+    cv.strip(hm, &g);
+    let col_sums = cv.sums(hm, &g, cm);
+    cv.bars(&g, &col_sums, cm);
+    cv.colour_bar(hm, &g, cm);
+    Ok(cv.img)
+}
+
+impl Canvas<'_> {
+    /// Title, subtitle and the axis titles.
+    fn header(&mut self, hm: &Heatmap, g: &Geometry) {
+        if let (Some(t), Some(st)) = (g.title, g.subtitle) {
+            self.text(&hm.title, TITLE_PT, (t.x, t.y), (0.0, 0.0), INK, false);
+            self.text(
+                &hm.subtitle,
+                SUBTITLE_PT,
+                (st.x, st.y),
+                (0.0, 0.0),
+                WEAK,
+                false,
+            );
+        }
+        if !hm.col_title.is_empty() {
+            self.label(
+                &hm.col_title,
+                (g.col_title.center().0, g.col_title.y),
+                (0.5, 0.0),
+            );
+        }
+        if !hm.row_title.is_empty() {
+            self.text(
+                &hm.row_title,
+                LABEL_PT,
+                g.row_title.center(),
+                (0.5, 0.5),
+                INK,
+                true,
+            );
+        }
+    }
+
+    /// The grid and its row and column labels.
+    fn cells(&mut self, hm: &Heatmap, g: &Geometry, cm: ColorMap) {
+        let range = hm.max_abs();
+        for r in 0..hm.n_rows() {
+            for c in 0..hm.n_cols() {
+                let cell = g.cell_rect(r, c);
+                match hm.get(r, c) {
+                    Some(v) => {
+                        self.rect(cell, cm.color(v, range));
+                        if g.values_fit() {
+                            self.value(cell, v, range);
+                        }
+                    }
+                    None => self.rect(cell, MISSING),
+                }
+            }
+        }
+        let label_right = g.row_labels.right();
+        for (r, l) in hm.rows.iter().enumerate().step_by(g.row_step) {
+            let (_, cy) = g.cell_rect(r, 0).center();
+            self.label(&clip(l, 24), (label_right, cy), (1.0, 0.5));
+        }
+        let labels_bottom = g.strip.map_or(g.grid.y, |st| st.y) - 4.0;
+        for (c, l) in hm.cols.iter().enumerate().step_by(g.col_step) {
+            let (cx, _) = g.cell_rect(0, c).center();
+            self.text(
+                &clip(l, 20),
+                LABEL_PT,
+                (cx, labels_bottom),
+                (0.5, 1.0),
+                INK,
+                true,
+            );
+        }
+    }
+
+    /// The attention strip above the columns.
+    fn strip(&mut self, hm: &Heatmap, g: &Geometry) {
+        let (Some((label, values)), Some(strip)) = (&hm.strip, g.strip) else {
+            return;
+        };
+        for (c, &a) in values.iter().enumerate().take(hm.n_cols()) {
+            if let Some(sr) = g.strip_rect(c) {
+                self.rect(sr, strip_color(a));
+            }
+        }
+        self.label(label, (g.row_labels.right(), strip.center().1), (1.0, 0.5));
+    }
+
+    /// Row sums beside the grid and the column-sums row under it; returns the column sums.
+    fn sums(&mut self, hm: &Heatmap, g: &Geometry, cm: ColorMap) -> Vec<f32> {
+        let heading = g.row_sums_heading;
+        self.label("row sum", (heading.x, heading.bottom() - 2.0), (0.0, 1.0));
+        for (r, v) in hm.row_sums().iter().enumerate().step_by(g.row_step) {
+            let (_, cy) = g.cell_rect(r, 0).center();
+            self.label(&format!("{v:+.3}"), (g.row_sums.x, cy), (0.0, 0.5));
+        }
+        let col_sums = hm.col_sums();
+        let col_max = crate::heatmap::max_abs(col_sums.iter().copied());
+        self.label(
+            "col sum",
+            (g.row_labels.right(), g.col_sums.center().1),
+            (1.0, 0.5),
+        );
+        for (c, v) in col_sums.iter().enumerate() {
+            let cell = g.col_sum_rect(c);
+            self.rect(cell, cm.color(*v, col_max));
+            if g.values_fit() {
+                self.value(cell, *v, col_max);
+            }
+        }
+        col_sums
+    }
+
+    /// The column sums as bars under the columns (head views).
+    fn bars(&mut self, g: &Geometry, col_sums: &[f32], cm: ColorMap) {
+        let Some(b) = g.bars else {
+            return;
+        };
+        let col_max = crate::heatmap::max_abs(col_sums.iter().copied());
+        self.rect(Rect::new(b.x, b.y + b.h / 2.0, b.w, 0.0), AXIS);
+        for (c, v) in col_sums.iter().enumerate() {
+            if let Some(br) = g.bar_rect(c, *v, col_max) {
+                self.rect(br, cm.color(v.signum() * col_max, col_max));
+            }
+        }
+        let right = g.row_labels.right();
+        self.label(&format!("{col_max:+.3}"), (right, b.y), (1.0, 0.0));
+        self.label(
+            &format!("{:+.3}", -col_max),
+            (right, b.bottom()),
+            (1.0, 1.0),
+        );
+        if let Some(cap) = g.bars_caption {
+            self.text(
+                BARS_CAPTION,
+                LABEL_PT,
+                (cap.x, cap.y),
+                (0.0, 0.0),
+                WEAK,
+                false,
+            );
+        }
+    }
+
+    /// The colour bar (top = +range, bottom = −range), its ticks and the units.
+    fn colour_bar(&mut self, hm: &Heatmap, g: &Geometry, cm: ColorMap) {
+        let range = hm.max_abs();
+        let bar = g.colour_bar;
+        let steps = (bar.h * self.scale).max(2.0) as usize;
+        for i in 0..steps {
+            let v = range * (1.0 - 2.0 * i as f32 / (steps - 1) as f32);
+            let y = bar.y + bar.h * i as f32 / steps as f32;
+            self.rect(
+                Rect::new(bar.x, y, bar.w, bar.h / steps as f32),
+                cm.color(v, range),
+            );
+        }
+        for (frac, v) in [(0.0, range), (0.5, 0.0), (1.0, -range)] {
+            self.label(
+                &format!("{v:+.3}"),
+                (bar.right() + 3.0, bar.y + frac * bar.h),
+                (0.0, 0.5),
+            );
+        }
+        self.text(
+            &hm.units,
+            LABEL_PT,
+            (bar.x, bar.bottom() + 4.0),
+            (0.0, 0.0),
+            WEAK,
+            false,
+        );
+    }
+}
+
+/// The caption under the bars.
+pub const BARS_CAPTION: &str = "contribution by source position (Σ over the column)";
+
+/// The colour of an attention weight `a ∈ [0, 1]` in the strip: white to blue.
+pub fn strip_color(a: f32) -> [u8; 3] {
+    let v = (255.0 * (1.0 - a.clamp(0.0, 1.0))) as u8;
+    [v, v, 255]
+}
+
+/// Render `hm` and encode it as PNG bytes.
+pub fn encode_png(hm: &Heatmap, opts: PngOptions) -> Result<(Vec<u8>, (u32, u32)), PngError> {
     let img = render(hm, opts)?;
-    img.save(path).map_err(|source| PngError::Write {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(img.dimensions())
+    let dims = img.dimensions();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|source| PngError::Encode { source })?;
+    Ok((out.into_inner(), dims))
 }

@@ -1,6 +1,8 @@
-//! Shared helpers for the integration tests: fixture locations and reference data written by
-//! `tests/fixtures/generate.py` (TransformerLens 2.18 on small random checkpoints).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test support: each crate uses a subset
+//! Shared helpers for the integration tests (a dev-dependency of every crate that has them):
+//! fixture locations, the reference data written by `tests/fixtures/generate*.py`
+//! (TransformerLens 2.18 on small random checkpoints), NaN-aware comparisons, and the wgpu
+//! device with its skip accounting.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed read is a failed test
 
 use std::path::PathBuf;
 
@@ -81,28 +83,76 @@ pub fn load_model(name: &str, device: &Device) -> Model {
         .unwrap_or_else(|e| panic!("load {name}: {e}"))
 }
 
+/// The largest `|a − b|`; NaN as soon as either side has a NaN (or an infinity on one side
+/// only), so that `assert!(err <= tol)` fails on it.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    let mut worst = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        let e = (x - y).abs();
+        if e.is_nan() || (x.is_infinite() && x == y) {
+            return f32::NAN;
+        }
+        worst = worse(worst, e);
+    }
+    worst
 }
 
-/// The wgpu device if an adapter (lavapipe included) exists, else `None` (the test then
-/// says it was skipped).
-pub fn wgpu_device() -> Option<Device> {
-    if std::env::var_os("RDLA_SKIP_WGPU").is_some() {
-        eprintln!("wgpu: skipped (RDLA_SKIP_WGPU set)");
-        return None;
+/// The larger of two errors, NaN if either is NaN (unlike `f32::max`, which drops NaN).
+pub fn worse(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if b > a {
+        b
+    } else {
+        a
     }
-    match rdla_model::select_device(rdla_model::DeviceChoice::Gpu) {
-        Ok((d, info)) => {
-            eprintln!("wgpu: running on {info}");
+}
+
+/// Whether wgpu tests were asked to run: CI sets `RDLA_REQUIRE_WGPU=1`, and then a missing
+/// adapter is a failure, not a skip.
+pub fn wgpu_required() -> bool {
+    std::env::var_os("RDLA_REQUIRE_WGPU").is_some_and(|v| v == "1")
+}
+
+/// The wgpu device if an adapter (lavapipe included) exists. Without one the test is skipped
+/// — visibly: the skip is printed and recorded in `$RDLA_WGPU_LOG` when set (CI counts the
+/// lines) — unless [`wgpu_required`], when it panics.
+pub fn wgpu_device(test: &str) -> Option<Device> {
+    let record = |what: &str| {
+        if let Some(log) = std::env::var_os("RDLA_WGPU_LOG") {
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let _ = writeln!(f, "{what} {test}");
+            }
+        }
+    };
+    let skip = if std::env::var_os("RDLA_SKIP_WGPU").is_some() {
+        Err("RDLA_SKIP_WGPU set".to_string())
+    } else {
+        rdla_model::select_device(rdla_model::DeviceChoice::Gpu)
+            .map(|(d, info)| {
+                eprintln!("wgpu: {test} running on {info}");
+                d
+            })
+            .map_err(|e| e.to_string())
+    };
+    match skip {
+        Ok(d) => {
+            record("ran");
             Some(d)
         }
-        Err(e) => {
-            eprintln!("wgpu: skipped ({e})");
+        Err(why) => {
+            assert!(
+                !wgpu_required(),
+                "{test}: RDLA_REQUIRE_WGPU=1 but no wgpu device: {why}"
+            );
+            eprintln!("wgpu: {test} SKIPPED ({why})");
+            record("skipped");
             None
         }
     }

@@ -54,6 +54,8 @@ struct Args {
     log_every: usize,
 }
 
+/// The training run, start to finish (data, model, optimiser, loop, export, plot, record);
+/// long because it is a script: each step runs once, in order, and reads best in one place.
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let defaults = TrainConfig::default();

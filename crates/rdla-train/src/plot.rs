@@ -121,6 +121,9 @@ pub fn ema(xs: &[f32], beta: f64) -> Vec<f32> {
 
 /// Render per-step losses (raw, light; smoothed, dark) with axes, ticks and labels, and
 /// optionally `(step, accuracy in [0, 1])` points on a right-hand 0–100 % axis.
+///
+/// Long because a plot is drawn in one pass over its parts (frame, grid, ticks, curves,
+/// legend) that share the same coordinate transforms.
 pub fn render_loss_curve(
     losses: &[f32],
     accuracy: &[(usize, f64)],

@@ -12,8 +12,14 @@ use rdla_attrib::{Engine, MlpMode, Path, Target};
 use rdla_model::device::DeviceChoice;
 use rdla_model::{Model, Processing, select_device, to_vec};
 
-/// A tokenizer to ship with the generated checkpoint (the ids are what is benchmarked).
-static TOKENIZER_JSON: &str = include_str!("../../../tests/fixtures/gpt2_tied/tokenizer.json");
+/// A tokenizer to ship with the generated checkpoint (the ids are what is benchmarked): the
+/// embedded default model's, already in the binary.
+fn tokenizer_json() -> &'static [u8] {
+    rdla_model::default_model::FILES
+        .iter()
+        .find(|(name, _)| *name == "tokenizer.json")
+        .map_or(&[][..], |(_, bytes)| bytes)
+}
 
 /// Which architecture to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,7 +159,7 @@ impl Writer {
             dir.join("config.json"),
             serde_json::to_string_pretty(config)?,
         )?;
-        std::fs::write(dir.join("tokenizer.json"), TOKENIZER_JSON)?;
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json())?;
         Ok(())
     }
 }
@@ -434,7 +440,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     let (n_layer, n_head, d, vocab) = (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab);
     println!(
         "# rdla bench: {} {n_layer}L {n_head}H d{d} V{vocab} on {info}",
-        cfg.architecture.hf_name()
+        cfg.family.hf_class()
     );
     println!("load + processing: {load:.0} ms");
     println!("| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) |");
@@ -479,7 +485,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "impl": "rdla",
             "device": info.to_string(),
-            "architecture": cfg.architecture.hf_name(),
+            "architecture": cfg.family.hf_class(),
             "shape": [n_layer, n_head, d, vocab],
             "weight_bytes": weight_bytes,
             "threads": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

@@ -1,4 +1,6 @@
-//! `rdla`: the explorer (no arguments) and the headless `attribute` command (DESIGN.md §3).
+//! `rdla`: the explorer (no arguments) and the headless commands (DESIGN.md §3). Each command
+//! is a thin adapter over `rdla-session`: it parses arguments and prints what the session
+//! returns.
 
 mod attribute;
 mod bench;
@@ -73,11 +75,24 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `rdla attribute … | head`: the reader went away; nothing more to say
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether an error is (caused by) a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn explore(args: ExploreArgs) -> anyhow::Result<()> {

@@ -1,20 +1,24 @@
-//! The heatmap widget: a painter grid with labelled rows and columns, marginal sums, an
-//! optional attention-pattern strip, a colour bar, hover tooltips and one accessible, clickable
-//! region per cell (labelled with the path it leads to).
+//! The heatmap widget: draws a [`Heatmap`] into the rectangles of the shared
+//! [`Geometry`] (the same layout the PNG export uses): labels, the attention strip, the grid,
+//! marginal sums, the bars under the columns and the colour bar; hover tooltips; one
+//! accessible, clickable region per cell, labelled with the path it leads to.
 
 use egui::epaint::TextShape;
-use egui::{Align2, Color32, FontId, Pos2, Rect, Role, Sense, Stroke, StrokeKind, Ui, Vec2};
-use rdla_attrib::{ColorMap, Heatmap};
+use egui::{
+    Align2, Color32, FontId, Painter, Pos2, Rect, Role, Sense, Stroke, StrokeKind, Ui, Vec2,
+};
+use rdla_session::geometry::{self, Fit, Geometry, LABEL_PT, VALUE_PT};
+use rdla_session::heatmap::max_abs;
+use rdla_session::png::{BARS_CAPTION, clip, strip_color};
+use rdla_session::{ColorMap, Heatmap};
+
+use crate::theme;
 
 /// What happened in the widget this frame.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct HeatmapResponse {
     pub clicked: Option<(usize, usize)>,
     pub hovered: Option<(usize, usize)>,
-    /// Where the grid's columns start, from the widget's left edge, and their total width
-    /// (so a chart below can line up with the columns).
-    pub grid_left: f32,
-    pub grid_width: f32,
 }
 
 pub struct HeatmapView<'a> {
@@ -23,251 +27,252 @@ pub struct HeatmapView<'a> {
     pub selected: Option<(usize, usize)>,
     /// Value of the node the cells are children of ("share of parent").
     pub parent_value: f32,
-    /// Attention pattern over the columns (head views).
-    pub pattern: Option<&'a [f32]>,
 }
 
-fn c32(c: [u8; 3]) -> Color32 {
-    Color32::from_rgb(c[0], c[1], c[2])
+/// Drawing state of one frame: the painter, the layout and where it sits on screen.
+struct Pen<'p> {
+    painter: &'p Painter,
+    g: Geometry,
+    origin: Pos2,
+    text_color: Color32,
+    weak: Color32,
+    font: FontId,
 }
 
-/// The value written inside a cell, white on strong colours.
-fn value_text(painter: &egui::Painter, cell: Rect, v: f32, range: f32) {
-    let color = if v.abs() > 0.6 * range {
-        Color32::WHITE
-    } else {
-        Color32::from_gray(30)
-    };
-    painter.text(
-        cell.center(),
-        Align2::CENTER_CENTER,
-        format!("{v:.2}"),
-        FontId::proportional(10.0),
-        color,
-    );
+impl Pen<'_> {
+    fn rect(&self, r: geometry::Rect) -> Rect {
+        Rect::from_min_size(self.origin + Vec2::new(r.x, r.y), Vec2::new(r.w, r.h))
+    }
+
+    fn text(&self, pos: Pos2, anchor: Align2, s: &str) {
+        self.painter
+            .text(pos, anchor, s, self.font.clone(), self.text_color);
+    }
+
+    /// Where row labels end (right-aligned there).
+    fn label_right(&self) -> f32 {
+        self.origin.x + self.g.row_labels.right()
+    }
+
+    fn fill(&self, r: Rect, c: [u8; 3]) {
+        self.painter.rect_filled(r, 0.0, theme::rgb(c));
+    }
 }
 
 impl HeatmapView<'_> {
     pub fn show(self, ui: &mut Ui) -> HeatmapResponse {
         let hm = self.hm;
-        let (n_r, n_c) = (hm.n_rows(), hm.n_cols());
         let mut out = HeatmapResponse::default();
-        if n_r == 0 || n_c == 0 {
+        if hm.n_rows() == 0 || hm.n_cols() == 0 {
             ui.label("(nothing to show)");
             return out;
         }
-        let font = FontId::proportional(11.0);
         let text_color = ui.visuals().text_color();
         let painter = ui.painter().clone();
-        let width_of = |s: &str| {
+        let measure = |s: &str, pt: f32| {
             painter
-                .layout_no_wrap(s.to_string(), font.clone(), text_color)
+                .layout_no_wrap(s.to_string(), FontId::proportional(pt), text_color)
                 .size()
                 .x
         };
-        // row labels, the "col sum" label of the sums row and the attention strip's label
-        let row_w = hm
-            .rows
-            .iter()
-            .map(|r| width_of(r))
-            .fold(width_of("col sum").max(width_of("attention")), f32::max)
-            .min(180.0)
-            + 8.0;
-        let col_h = hm
-            .cols
-            .iter()
-            .map(|c| width_of(c))
-            .fold(0.0, f32::max)
-            .min(140.0)
-            + 8.0;
-        let sums_w = 58.0;
-        let bar_w = 70.0;
         let avail = ui.available_size();
-        let cell_w = ((avail.x - row_w - sums_w - bar_w - 16.0) / n_c as f32).clamp(4.0, 56.0);
-        let strip_h = if self.pattern.is_some() { 16.0 } else { 0.0 };
-        let cell_h = ((avail.y - col_h - strip_h - 40.0) / (n_r as f32 + 1.0)).clamp(4.0, 30.0);
-        let grid_w = cell_w * n_c as f32;
-        let grid_h = cell_h * n_r as f32;
-        let size = Vec2::new(
-            row_w + grid_w + sums_w + bar_w,
-            col_h + strip_h + grid_h + cell_h + 8.0,
+        let g = Geometry::new(
+            hm,
+            Fit {
+                width: avail.x,
+                height: avail.y,
+                header: false,
+            },
+            &measure,
         );
-        let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
-        let origin = Pos2::new(rect.left() + row_w, rect.top() + col_h + strip_h);
-        out.grid_left = row_w;
-        out.grid_width = grid_w;
-        let range = hm.max_abs();
-        let cell_rect = |r: usize, c: usize| {
-            Rect::from_min_size(
-                Pos2::new(origin.x + c as f32 * cell_w, origin.y + r as f32 * cell_h),
-                Vec2::new(cell_w, cell_h),
-            )
+        let (area, _) = ui.allocate_exact_size(Vec2::new(g.size.0, g.size.1), Sense::hover());
+        let pen = Pen {
+            painter: &painter,
+            g,
+            origin: area.min,
+            text_color,
+            weak: ui.visuals().weak_text_color(),
+            font: FontId::proportional(LABEL_PT),
         };
+        self.labels(&pen);
+        self.strip(&pen);
+        self.cells(ui, &pen, &mut out);
+        let col_sums = self.sums(ui, &pen);
+        self.bars(&pen, &col_sums);
+        self.colour_bar(&pen);
+        out
+    }
 
-        // column labels (rotated), thinned when cells are narrow
-        let step_c = ((12.0 / cell_w).ceil() as usize).max(1);
-        for (c, label) in hm.cols.iter().enumerate() {
-            if c % step_c != 0 {
-                continue;
-            }
-            let g = painter.layout_no_wrap(label.clone(), font.clone(), text_color);
-            let x = origin.x + (c as f32 + 0.5) * cell_w - g.size().y / 2.0;
-            let y = rect.top() + col_h - 4.0;
-            painter.add(
-                TextShape::new(Pos2::new(x, y), g, text_color)
-                    .with_angle(-std::f32::consts::FRAC_PI_2),
+    /// Axis titles, column labels (rotated) and row labels.
+    fn labels(&self, pen: &Pen<'_>) {
+        let (hm, g) = (self.hm, &pen.g);
+        if !hm.col_title.is_empty() {
+            pen.text(
+                pen.rect(g.col_title).center_top(),
+                Align2::CENTER_TOP,
+                &hm.col_title,
             );
         }
-        let step_r = ((11.0 / cell_h).ceil() as usize).max(1);
-        for (r, label) in hm.rows.iter().enumerate() {
-            if r % step_r != 0 {
-                continue;
-            }
-            painter.text(
-                Pos2::new(origin.x - 4.0, origin.y + (r as f32 + 0.5) * cell_h),
+        let labels_bottom = pen.origin.y + g.strip.map_or(g.grid.y, |s| s.y) - 4.0;
+        for (c, label) in hm.cols.iter().enumerate().step_by(g.col_step) {
+            let galley =
+                pen.painter
+                    .layout_no_wrap(clip(label, 20), pen.font.clone(), pen.text_color);
+            let cx = pen.rect(g.cell_rect(0, c)).center().x;
+            pen.painter.add(
+                TextShape::new(
+                    Pos2::new(cx - galley.size().y / 2.0, labels_bottom),
+                    galley,
+                    pen.text_color,
+                )
+                .with_angle(-std::f32::consts::FRAC_PI_2),
+            );
+        }
+        for (r, label) in hm.rows.iter().enumerate().step_by(g.row_step) {
+            let cy = pen.rect(g.cell_rect(r, 0)).center().y;
+            pen.text(
+                Pos2::new(pen.label_right(), cy),
                 Align2::RIGHT_CENTER,
-                label,
-                font.clone(),
-                text_color,
+                &clip(label, 24),
             );
         }
+    }
 
-        // attention pattern strip
-        if let Some(p) = self.pattern {
-            painter.text(
-                Pos2::new(origin.x - 4.0, origin.y - strip_h / 2.0 - 1.0),
-                Align2::RIGHT_CENTER,
-                "attention",
-                font.clone(),
-                text_color,
-            );
-            for (c, &a) in p.iter().enumerate().take(n_c) {
-                let r = Rect::from_min_size(
-                    Pos2::new(origin.x + c as f32 * cell_w, origin.y - strip_h),
-                    Vec2::new(cell_w, strip_h - 2.0),
-                );
-                let v = (255.0 * (1.0 - a.clamp(0.0, 1.0))) as u8;
-                painter.rect_filled(r, 0.0, Color32::from_rgb(v, v, 255));
+    /// The attention strip above the columns.
+    fn strip(&self, pen: &Pen<'_>) {
+        let (Some((label, values)), Some(strip)) = (&self.hm.strip, pen.g.strip) else {
+            return;
+        };
+        let cy = pen.rect(strip).center().y;
+        pen.text(
+            Pos2::new(pen.label_right(), cy),
+            Align2::RIGHT_CENTER,
+            label,
+        );
+        for (c, &a) in values.iter().enumerate().take(self.hm.n_cols()) {
+            if let Some(sr) = pen.g.strip_rect(c) {
+                pen.fill(pen.rect(sr), strip_color(a));
             }
         }
+    }
 
-        // cells
-        let id = ui.scope_id().with(("heatmap", &hm.title, n_r, n_c));
-        for r in 0..n_r {
-            for c in 0..n_c {
-                let cr = cell_rect(r, c);
+    /// The grid: coloured cells, values when they fit, the selection, interaction.
+    fn cells(&self, ui: &Ui, pen: &Pen<'_>, out: &mut HeatmapResponse) {
+        let (hm, g) = (self.hm, &pen.g);
+        let range = hm.max_abs();
+        let id = ui
+            .scope_id()
+            .with(("heatmap", &hm.title, hm.n_rows(), hm.n_cols()));
+        for r in 0..hm.n_rows() {
+            for c in 0..hm.n_cols() {
+                let cr = pen.rect(g.cell_rect(r, c));
                 let Some(v) = hm.get(r, c) else {
-                    painter.rect_filled(cr.shrink(0.5), 0.0, ui.visuals().faint_bg_color);
+                    pen.painter
+                        .rect_filled(cr.shrink(0.5), 0.0, ui.visuals().faint_bg_color);
                     continue;
                 };
-                painter.rect_filled(
-                    cr.shrink(if cell_w > 6.0 { 0.5 } else { 0.0 }),
-                    0.0,
-                    c32(self.colormap.color(v, range)),
-                );
-                if cell_w >= 40.0 && cell_h >= 14.0 {
-                    value_text(&painter, cr, v, range);
+                let shrink = if g.cell.0 > 6.0 { 0.5 } else { 0.0 };
+                pen.fill(cr.shrink(shrink), self.colormap.color(v, range));
+                if g.values_fit() {
+                    value_text(pen.painter, cr, v, range);
                 }
-                let target = hm.target(r, c);
-                let resp = ui.interact(
-                    cr,
-                    id.with((r, c)),
-                    if target.is_some() {
-                        Sense::click()
-                    } else {
-                        Sense::hover()
-                    },
-                );
-                let label = target.map_or_else(
-                    || format!("{} {}", hm.rows[r], hm.cols[c]),
-                    ToString::to_string,
-                );
-                resp.widget_info(|| {
-                    egui::WidgetInfo::labeled(Role::Button, target.is_some(), &label)
-                });
-                if resp.hovered() {
-                    out.hovered = Some((r, c));
-                    painter.rect_stroke(cr, 0.0, Stroke::new(1.5, text_color), StrokeKind::Inside);
-                }
-                if resp.clicked() {
-                    out.clicked = Some((r, c));
-                }
-                let share = if self.parent_value.abs() > 0.0 {
-                    100.0 * v / self.parent_value
-                } else {
-                    f32::NAN
-                };
-                resp.on_hover_ui(|ui| {
-                    ui.label(format!("{}: {}", hm.row_title, hm.rows[r]));
-                    ui.label(format!("{}: {}", hm.col_title, hm.cols[c]));
-                    ui.label(format!("value {v:+.5}"));
-                    ui.label(format!("share of parent {share:.1}%"));
-                    if let Some(t) = target {
-                        ui.label(format!("click: {t}"));
-                    }
-                });
+                self.cell_interaction(ui, id, (r, c), cr, v, out);
             }
         }
         if let Some((r, c)) = self.selected
-            && r < n_r
-            && c < n_c
+            && r < hm.n_rows()
+            && c < hm.n_cols()
         {
-            painter.rect_stroke(
-                cell_rect(r, c),
+            pen.painter.rect_stroke(
+                pen.rect(g.cell_rect(r, c)),
                 0.0,
-                Stroke::new(2.5, Color32::from_rgb(255, 170, 0)),
+                Stroke::new(2.5, theme::SELECTION),
                 StrokeKind::Outside,
             );
         }
+    }
 
-        // marginal sums
-        let sums_x = origin.x + grid_w + 4.0;
-        painter.text(
-            Pos2::new(sums_x, origin.y - 2.0),
+    /// Row sums beside the grid and the column-sums row under it; returns the column sums.
+    fn sums(&self, ui: &Ui, pen: &Pen<'_>) -> Vec<f32> {
+        let (hm, g) = (self.hm, &pen.g);
+        pen.text(
+            pen.rect(g.row_sums_heading).left_bottom(),
             Align2::LEFT_BOTTOM,
             "row sum",
-            font.clone(),
-            text_color,
         );
-        for (r, s) in hm.row_sums().iter().enumerate() {
-            if r % step_r == 0 {
-                painter.text(
-                    Pos2::new(sums_x, origin.y + (r as f32 + 0.5) * cell_h),
-                    Align2::LEFT_CENTER,
-                    format!("{s:+.3}"),
-                    font.clone(),
-                    text_color,
+        let sums_x = pen.origin.x + g.row_sums.x;
+        for (r, s) in hm.row_sums().iter().enumerate().step_by(g.row_step) {
+            let cy = pen.rect(g.cell_rect(r, 0)).center().y;
+            pen.text(
+                Pos2::new(sums_x, cy),
+                Align2::LEFT_CENTER,
+                &format!("{s:+.3}"),
+            );
+        }
+        let col_sums = hm.col_sums();
+        let col_max = max_abs(col_sums.iter().copied());
+        let sy = pen.rect(g.col_sums).center().y;
+        pen.text(
+            Pos2::new(pen.label_right(), sy),
+            Align2::RIGHT_CENTER,
+            "col sum",
+        );
+        let id = ui.scope_id().with(("colsums", &hm.title));
+        for (c, s) in col_sums.iter().enumerate() {
+            let cr = pen.rect(g.col_sum_rect(c));
+            pen.fill(cr.shrink(0.5), self.colormap.color(*s, col_max));
+            if g.values_fit() {
+                value_text(pen.painter, cr, *s, col_max);
+            }
+            ui.interact(cr, id.with(c), Sense::hover())
+                .on_hover_text(format!("sum over {} = {s:+.5}", hm.cols[c]));
+        }
+        col_sums
+    }
+
+    /// The column sums as bars under the columns (head views).
+    fn bars(&self, pen: &Pen<'_>, col_sums: &[f32]) {
+        let Some(b) = pen.g.bars else {
+            return;
+        };
+        let col_max = max_abs(col_sums.iter().copied());
+        let br = pen.rect(b);
+        pen.painter
+            .hline(br.x_range(), br.center().y, Stroke::new(1.0, theme::AXIS));
+        for (c, v) in col_sums.iter().enumerate() {
+            if let Some(bar) = pen.g.bar_rect(c, *v, col_max) {
+                pen.fill(
+                    pen.rect(bar),
+                    self.colormap.color(v.signum() * col_max, col_max),
                 );
             }
         }
-        let sums_y = origin.y + grid_h + 2.0;
-        painter.text(
-            Pos2::new(origin.x - 4.0, sums_y + cell_h / 2.0),
-            Align2::RIGHT_CENTER,
-            "col sum",
-            font.clone(),
-            text_color,
+        let right = pen.label_right();
+        pen.text(
+            Pos2::new(right, br.top()),
+            Align2::RIGHT_TOP,
+            &format!("{col_max:+.3}"),
         );
-        let col_sums = hm.col_sums();
-        let col_max = col_sums.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        for (c, s) in col_sums.iter().enumerate() {
-            let cr = Rect::from_min_size(
-                Pos2::new(origin.x + c as f32 * cell_w, sums_y),
-                Vec2::new(cell_w, cell_h),
+        pen.text(
+            Pos2::new(right, br.bottom()),
+            Align2::RIGHT_BOTTOM,
+            &format!("{:+.3}", -col_max),
+        );
+        if let Some(c) = pen.g.bars_caption {
+            pen.painter.text(
+                pen.rect(c).left_top(),
+                Align2::LEFT_TOP,
+                BARS_CAPTION,
+                pen.font.clone(),
+                pen.weak,
             );
-            painter.rect_filled(cr.shrink(0.5), 0.0, c32(self.colormap.color(*s, col_max)));
-            if cell_w >= 40.0 && cell_h >= 14.0 {
-                value_text(&painter, cr, *s, col_max);
-            }
-            let resp = ui.interact(cr, id.with(("colsum", c)), Sense::hover());
-            resp.on_hover_text(format!("sum over {} = {s:+.5}", hm.cols[c]));
         }
+    }
 
-        // colour bar
-        let bar = Rect::from_min_size(
-            Pos2::new(sums_x + sums_w, origin.y),
-            Vec2::new(14.0, grid_h.max(80.0)),
-        );
+    /// The colour bar, its ticks and the units.
+    fn colour_bar(&self, pen: &Pen<'_>) {
+        let range = self.hm.max_abs();
+        let bar = pen.rect(pen.g.colour_bar);
         let steps = 64;
         for i in 0..steps {
             let v = range * (1.0 - 2.0 * i as f32 / (steps - 1) as f32);
@@ -278,17 +283,91 @@ impl HeatmapView<'_> {
                 ),
                 Vec2::new(bar.width(), bar.height() / steps as f32 + 0.5),
             );
-            painter.rect_filled(r, 0.0, c32(self.colormap.color(v, range)));
+            pen.fill(r, self.colormap.color(v, range));
         }
         for (frac, v) in [(0.0, range), (0.5, 0.0), (1.0, -range)] {
-            painter.text(
+            pen.text(
                 Pos2::new(bar.right() + 3.0, bar.top() + frac * bar.height()),
                 Align2::LEFT_CENTER,
-                format!("{v:+.3}"),
-                font.clone(),
-                text_color,
+                &format!("{v:+.3}"),
             );
         }
-        out
+        pen.painter.text(
+            Pos2::new(bar.left(), bar.bottom() + 4.0),
+            Align2::LEFT_TOP,
+            &self.hm.units,
+            pen.font.clone(),
+            pen.weak,
+        );
     }
+
+    /// The cell's clickable, accessible region and its tooltip.
+    fn cell_interaction(
+        &self,
+        ui: &Ui,
+        id: egui::Id,
+        (r, c): (usize, usize),
+        cr: Rect,
+        v: f32,
+        out: &mut HeatmapResponse,
+    ) {
+        let hm = self.hm;
+        let target = hm.target(r, c);
+        let resp = ui.interact(
+            cr,
+            id.with((r, c)),
+            if target.is_some() {
+                Sense::click()
+            } else {
+                Sense::hover()
+            },
+        );
+        let label = target.map_or_else(
+            || format!("{} {}", hm.rows[r], hm.cols[c]),
+            ToString::to_string,
+        );
+        resp.widget_info(|| egui::WidgetInfo::labeled(Role::Button, target.is_some(), &label));
+        if resp.hovered() {
+            out.hovered = Some((r, c));
+            ui.painter().rect_stroke(
+                cr,
+                0.0,
+                Stroke::new(1.5, ui.visuals().text_color()),
+                StrokeKind::Inside,
+            );
+        }
+        if resp.clicked() {
+            out.clicked = Some((r, c));
+        }
+        let share = if self.parent_value.abs() > 0.0 {
+            format!("{:.1}%", 100.0 * v / self.parent_value)
+        } else {
+            "— (the parent is 0)".into()
+        };
+        resp.on_hover_ui(|ui| {
+            ui.label(format!("{}: {}", hm.row_title, hm.rows[r]));
+            ui.label(format!("{}: {}", hm.col_title, hm.cols[c]));
+            ui.label(format!("value {v:+.5} ({})", hm.units));
+            ui.label(format!("share of parent {share}"));
+            if let Some(t) = target {
+                ui.label(format!("click: {t}"));
+            }
+        });
+    }
+}
+
+/// The value written inside a cell, white on strong colours.
+fn value_text(painter: &Painter, cell: Rect, v: f32, range: f32) {
+    let color = if v.abs() > 0.6 * range {
+        theme::ON_STRONG
+    } else {
+        theme::ON_PALE
+    };
+    painter.text(
+        cell.center(),
+        Align2::CENTER_CENTER,
+        format!("{v:.2}"),
+        FontId::proportional(VALUE_PT),
+        color,
+    );
 }

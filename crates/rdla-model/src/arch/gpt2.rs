@@ -18,15 +18,103 @@
 //! Buffers `h.{l}.attn.bias` / `masked_bias` (causal masks) are ignored.
 //! Reference: TransformerLens `pretrained/weight_conversions/gpt2.py`.
 
-use super::{CanonLayer, Canonical, Keys, LayerSink, bias_heads, heads_from_in_major, reshape};
-use crate::config::ModelConfig;
-use crate::error::Result;
+use serde::Deserialize;
 
-pub fn load(
-    cfg: &ModelConfig,
-    k: &mut Keys<'_, '_>,
-    sink: &mut LayerSink<'_>,
-) -> Result<Canonical> {
+use super::{
+    CanonLayer, Canonical, Family, Keys, LayerSink, bias_heads, heads_from_in_major, reshape,
+};
+use crate::config::{
+    self, Activation, Common, Dims, MAX_CTX, MAX_D_MLP, MAX_D_MODEL, MAX_HEADS, MAX_LAYERS,
+    ModelConfig, bounded, epsilon, req,
+};
+use crate::error::{ModelError, Result};
+
+pub static FAMILY: Family = Family {
+    model_types: &["gpt2"],
+    classes: &["GPT2LMHeadModel", "GPT2Model"],
+    prefix: "transformer.",
+    lm_head: "lm_head.weight",
+    config,
+    load,
+};
+
+/// GPT-2's `config.json` spelling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_embd: Option<usize>,
+    n_positions: Option<usize>,
+    n_ctx: Option<usize>,
+    n_inner: Option<usize>,
+    activation_function: Option<String>,
+    layer_norm_epsilon: Option<f64>,
+    scale_attn_weights: Option<bool>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+}
+
+fn config(json: &serde_json::Value) -> Result<ModelConfig> {
+    let c: Common = config::raw(json)?;
+    let r: Raw = config::raw(json)?;
+    let mt = "gpt2";
+    let n_layers = bounded(req(r.n_layer, "n_layer", mt)?, "n_layer", MAX_LAYERS)?;
+    let n_heads = bounded(req(r.n_head, "n_head", mt)?, "n_head", MAX_HEADS)?;
+    let d_model = bounded(req(r.n_embd, "n_embd", mt)?, "n_embd", MAX_D_MODEL)?;
+    let n_ctx = bounded(
+        req(r.n_positions.or(r.n_ctx), "n_positions", mt)?,
+        "n_positions",
+        MAX_CTX,
+    )?;
+    if r.scale_attn_by_inverse_layer_idx == Some(true) {
+        return Err(ModelError::InvalidConfigField {
+            field: "scale_attn_by_inverse_layer_idx",
+            reason: "true is not supported".into(),
+        });
+    }
+    let dims = Dims {
+        n_layers,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_model,
+        d_head: learned_head_dim(d_model, n_heads, "n_head")?,
+        n_ctx,
+        d_mlp: bounded(r.n_inner.unwrap_or(4 * d_model), "n_inner", MAX_D_MLP)?,
+    };
+    let base = ModelConfig::base(
+        &FAMILY,
+        dims,
+        &c,
+        true,
+        Activation::parse(r.activation_function.as_deref().unwrap_or("gelu_new"))?,
+        epsilon(r.layer_norm_epsilon.unwrap_or(1e-5), "layer_norm_epsilon")?,
+    )?;
+    Ok(ModelConfig {
+        attn_scale: if r.scale_attn_weights.unwrap_or(true) {
+            base.attn_scale
+        } else {
+            1.0
+        },
+        ..base
+    })
+}
+
+/// `d_model / n_heads` for the learned-position families, which have no `head_dim`.
+pub(super) fn learned_head_dim(
+    d_model: usize,
+    n_heads: usize,
+    field: &'static str,
+) -> Result<usize> {
+    if !d_model.is_multiple_of(n_heads) {
+        return Err(ModelError::InvalidConfigField {
+            field,
+            reason: format!("d_model {d_model} is not divisible by {n_heads} heads"),
+        });
+    }
+    Ok(d_model / n_heads)
+}
+
+fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
     let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);

@@ -17,16 +17,158 @@
 //! Buffers `attn.attention.bias` / `masked_bias` are ignored.
 //! Reference: TransformerLens `pretrained/weight_conversions/neo.py`.
 
-use super::{CanonLayer, Canonical, Keys, LayerSink, heads_from_out_major, reshape, transpose};
-use crate::config::ModelConfig;
-use crate::error::Result;
+use serde::Deserialize;
+
+use super::gpt2::learned_head_dim;
+use super::{
+    CanonLayer, Canonical, Family, Keys, LayerSink, heads_from_out_major, reshape, transpose,
+};
+use crate::config::{
+    self, Activation, AttnSpan, Common, Dims, MAX_CTX, MAX_D_MLP, MAX_D_MODEL, MAX_HEADS,
+    MAX_LAYERS, ModelConfig, bounded, epsilon, req,
+};
+use crate::error::{ModelError, Result};
 use crate::weights::HostTensor;
 
-pub fn load(
-    cfg: &ModelConfig,
-    k: &mut Keys<'_, '_>,
-    sink: &mut LayerSink<'_>,
-) -> Result<Canonical> {
+pub static FAMILY: Family = Family {
+    model_types: &["gpt_neo"],
+    classes: &["GPTNeoForCausalLM", "GPTNeoModel"],
+    prefix: "transformer.",
+    lm_head: "lm_head.weight",
+    config,
+    load,
+};
+
+/// GPT-Neo's `config.json` spelling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    num_layers: Option<usize>,
+    num_heads: Option<usize>,
+    hidden_size: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    intermediate_size: Option<usize>,
+    window_size: Option<usize>,
+    attention_types: Option<serde_json::Value>,
+    attention_layers: Option<Vec<String>>,
+    activation_function: Option<String>,
+    layer_norm_epsilon: Option<f64>,
+}
+
+fn config(json: &serde_json::Value) -> Result<ModelConfig> {
+    let c: Common = config::raw(json)?;
+    let r: Raw = config::raw(json)?;
+    let mt = "gpt_neo";
+    let n_layers = bounded(
+        req(r.num_layers, "num_layers", mt)?,
+        "num_layers",
+        MAX_LAYERS,
+    )?;
+    let n_heads = bounded(req(r.num_heads, "num_heads", mt)?, "num_heads", MAX_HEADS)?;
+    let d_model = bounded(
+        req(r.hidden_size, "hidden_size", mt)?,
+        "hidden_size",
+        MAX_D_MODEL,
+    )?;
+    let n_ctx = bounded(
+        req(r.max_position_embeddings, "max_position_embeddings", mt)?,
+        "max_position_embeddings",
+        MAX_CTX,
+    )?;
+    let window = r.window_size.unwrap_or(256);
+    let attn_spans = attention_layers(&r, n_layers)?
+        .iter()
+        .map(|k| match k.as_str() {
+            "global" => Ok(AttnSpan::Global),
+            "local" => Ok(AttnSpan::Local(bounded(window, "window_size", MAX_CTX)?)),
+            other => Err(ModelError::InvalidConfigField {
+                field: "attention_types",
+                reason: format!("unknown attention type `{other}`"),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dims = Dims {
+        n_layers,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_model,
+        d_head: learned_head_dim(d_model, n_heads, "num_heads")?,
+        n_ctx,
+        // `intermediate_size: null` means 4·hidden
+        d_mlp: bounded(
+            r.intermediate_size.unwrap_or(4 * d_model),
+            "intermediate_size",
+            MAX_D_MLP,
+        )?,
+    };
+    Ok(ModelConfig {
+        // GPT-Neo does not scale q·k by 1/sqrt(d_head)
+        attn_scale: 1.0,
+        attn_spans,
+        ..ModelConfig::base(
+            &FAMILY,
+            dims,
+            &c,
+            true,
+            Activation::parse(r.activation_function.as_deref().unwrap_or("gelu_new"))?,
+            epsilon(r.layer_norm_epsilon.unwrap_or(1e-5), "layer_norm_epsilon")?,
+        )?
+    })
+}
+
+/// The per-layer attention kinds: `attention_layers` if written out, else the expansion of
+/// `attention_types` (`[[["global","local"], 4]]`), else all global. The expansion is bounded
+/// by `n_layers` before it is built, so a huge repeat count cannot allocate.
+fn attention_layers(r: &Raw, n_layers: usize) -> Result<Vec<String>> {
+    let bad = |reason: String| ModelError::InvalidConfigField {
+        field: "attention_types",
+        reason,
+    };
+    let mismatch = |n: u128| bad(format!("describes {n} layers but num_layers is {n_layers}"));
+    let layers = if let Some(l) = &r.attention_layers {
+        l.clone()
+    } else if let Some(types) = &r.attention_types {
+        let groups = types.as_array().ok_or_else(|| bad("not a list".into()))?;
+        let mut parsed = Vec::new();
+        let mut total: u128 = 0;
+        for g in groups {
+            let pair = g
+                .as_array()
+                .filter(|p| p.len() == 2)
+                .ok_or_else(|| bad(format!("expected [[kinds], repeat], got {g}")))?;
+            let kinds = pair[0]
+                .as_array()
+                .ok_or_else(|| bad(format!("expected a list of kinds, got {}", pair[0])))?
+                .iter()
+                .map(|k| {
+                    k.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("expected a string, got {k}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let times = pair[1]
+                .as_u64()
+                .ok_or_else(|| bad(format!("expected a repeat count, got {}", pair[1])))?;
+            total += u128::from(times) * kinds.len() as u128;
+            parsed.push((kinds, times));
+        }
+        if total != n_layers as u128 {
+            return Err(mismatch(total));
+        }
+        parsed
+            .into_iter()
+            .flat_map(|(kinds, times)| (0..times).flat_map(move |_| kinds.clone()))
+            .collect()
+    } else {
+        vec!["global".to_string(); n_layers]
+    };
+    if layers.len() != n_layers {
+        return Err(mismatch(layers.len() as u128));
+    }
+    Ok(layers)
+}
+
+fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("wte.weight", &[v, d])?;
     let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);

@@ -18,10 +18,50 @@
 //! Buffers (`attention.bias`, `masked_bias`, `rotary_emb.inv_freq`) are ignored.
 //! Reference: TransformerLens `pretrained/weight_conversions/neox.py`.
 
-use super::{CanonLayer, Canonical, Keys, LayerSink, reshape, transpose};
-use crate::config::ModelConfig;
+use serde::Deserialize;
+
+use super::{CanonLayer, Canonical, Family, Keys, LayerSink, reshape, transpose};
+use crate::config::{self, Common, HfDims, ModelConfig, Positional, RopeFields, epsilon};
 use crate::error::Result;
 use crate::weights::HostTensor;
+
+pub static FAMILY: Family = Family {
+    model_types: &["gpt_neox"],
+    classes: &["GPTNeoXForCausalLM", "GPTNeoXModel"],
+    prefix: "gpt_neox.",
+    lm_head: "embed_out.weight",
+    config,
+    load,
+};
+
+/// GPT-NeoX's own `config.json` fields (sizes and rotary parameters are shared).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    layer_norm_eps: Option<f64>,
+    use_parallel_residual: Option<bool>,
+}
+
+fn config(json: &serde_json::Value) -> Result<ModelConfig> {
+    let c: Common = config::raw(json)?;
+    let r: Raw = config::raw(json)?;
+    let dims: HfDims = config::raw(json)?;
+    let rope: RopeFields = config::raw(json)?;
+    let d = dims.resolve("gpt_neox")?;
+    Ok(ModelConfig {
+        // rotary_pct defaults to 0.25 in GPTNeoXConfig
+        positional: Positional::Rotary(rope.rotary(d.d_head, 0.25)?),
+        parallel_residual: r.use_parallel_residual.unwrap_or(true),
+        ..ModelConfig::base(
+            &FAMILY,
+            d,
+            &c,
+            false,
+            dims.act("gelu")?,
+            epsilon(r.layer_norm_eps.unwrap_or(1e-5), "layer_norm_eps")?,
+        )?
+    })
+}
 
 /// The q (`j = 0`), k (1) or v (2) part of the fused `[H·3·dh, d]` projection, as `[H, d, dh]`,
 /// and its bias as `[H, dh]`.
@@ -50,11 +90,7 @@ fn split_qkv(
     )
 }
 
-pub fn load(
-    cfg: &ModelConfig,
-    k: &mut Keys<'_, '_>,
-    sink: &mut LayerSink<'_>,
-) -> Result<Canonical> {
+fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let w_e = k.get("embed_in.weight", &[v, d])?;
     let w_u = k.unembed_while(cfg, &w_e, |k| {

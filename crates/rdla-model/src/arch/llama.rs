@@ -21,16 +21,158 @@
 //! otherwise. Reference: TransformerLens `pretrained/weight_conversions/llama.py`, `qwen2.py`,
 //! `mistral.py`.
 
-use super::{CanonLayer, Canonical, Keys, LayerSink, heads_from_out_major, reshape, transpose};
-use crate::config::ModelConfig;
-use crate::error::Result;
+use serde::Deserialize;
+
+use super::{
+    CanonLayer, Canonical, Family, Keys, LayerSink, heads_from_out_major, reshape, transpose,
+};
+use crate::config::{
+    self, AttnSpan, Common, HfDims, MAX_CTX, ModelConfig, Norm, Positional, RopeFields, bounded,
+    epsilon,
+};
+use crate::error::{ModelError, Result};
 use crate::weights::HostTensor;
 
-pub fn load(
-    cfg: &ModelConfig,
-    k: &mut Keys<'_, '_>,
-    sink: &mut LayerSink<'_>,
-) -> Result<Canonical> {
+/// A member of the family: its names and its config conversion; the layout is shared.
+const fn member(
+    model_types: &'static [&'static str],
+    classes: &'static [&'static str],
+    config: fn(&serde_json::Value) -> Result<ModelConfig>,
+) -> Family {
+    Family {
+        model_types,
+        classes,
+        prefix: "model.",
+        lm_head: "lm_head.weight",
+        config,
+        load,
+    }
+}
+
+pub static LLAMA: Family = member(
+    &["llama"],
+    &["LlamaForCausalLM", "LlamaModel"],
+    llama_config,
+);
+pub static QWEN2: Family = member(
+    &["qwen2"],
+    &["Qwen2ForCausalLM", "Qwen2Model"],
+    qwen2_config,
+);
+pub static MISTRAL: Family = member(
+    &["mistral"],
+    &["MistralForCausalLM", "MistralModel"],
+    mistral_config,
+);
+
+/// The Llama family's own `config.json` fields (sizes and rotary parameters are shared).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    rms_norm_eps: Option<f64>,
+    mlp_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+}
+
+impl Raw {
+    fn window(&self) -> Result<usize> {
+        bounded(self.sliding_window.unwrap_or(0), "sliding_window", MAX_CTX)
+    }
+}
+
+/// The layout every member of the family shares; `spans` gives the per-layer attention spans.
+fn llama_like(
+    json: &serde_json::Value,
+    family: &'static Family,
+    spans: fn(&Raw, usize) -> Result<Vec<AttnSpan>>,
+) -> Result<ModelConfig> {
+    let c: Common = config::raw(json)?;
+    let r: Raw = config::raw(json)?;
+    let dims: HfDims = config::raw(json)?;
+    let rope: RopeFields = config::raw(json)?;
+    let d = dims.resolve(family.model_types[0])?;
+    if r.mlp_bias == Some(true) {
+        return Err(ModelError::InvalidConfigField {
+            field: "mlp_bias",
+            reason: "MLP biases in a gated MLP are not supported".into(),
+        });
+    }
+    Ok(ModelConfig {
+        attn_spans: spans(&r, d.n_layers)?,
+        norm: Norm::RmsNorm,
+        positional: Positional::Rotary(rope.rotary(d.d_head, 1.0)?),
+        gated_mlp: true,
+        ..ModelConfig::base(
+            family,
+            d,
+            &c,
+            false,
+            dims.act("silu")?,
+            epsilon(r.rms_norm_eps.unwrap_or(1e-6), "rms_norm_eps")?,
+        )?
+    })
+}
+
+fn llama_config(json: &serde_json::Value) -> Result<ModelConfig> {
+    llama_like(json, &LLAMA, |_, n| Ok(vec![AttnSpan::Global; n]))
+}
+
+/// Mistral: `sliding_window` (when set) is a local window on every layer.
+fn mistral_config(json: &serde_json::Value) -> Result<ModelConfig> {
+    llama_like(json, &MISTRAL, |r, n| {
+        Ok(vec![
+            match r.sliding_window {
+                Some(w) if w > 0 => AttnSpan::Local(bounded(w, "sliding_window", MAX_CTX)?),
+                _ => AttnSpan::Global,
+            };
+            n
+        ])
+    })
+}
+
+/// Qwen2: `layer_types`, else `use_sliding_window` from `max_window_layers` on.
+fn qwen2_config(json: &serde_json::Value) -> Result<ModelConfig> {
+    llama_like(json, &QWEN2, |r, n_layers| {
+        if let Some(types) = &r.layer_types {
+            if types.len() != n_layers {
+                return Err(ModelError::InvalidConfigField {
+                    field: "layer_types",
+                    reason: format!("{} entries for {n_layers} layers", types.len()),
+                });
+            }
+            return types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "full_attention" => Ok(AttnSpan::Global),
+                    "sliding_attention" => Ok(AttnSpan::Local(r.window()?)),
+                    other => Err(ModelError::InvalidConfigField {
+                        field: "layer_types",
+                        reason: format!("unknown layer type `{other}`"),
+                    }),
+                })
+                .collect();
+        }
+        if r.use_sliding_window == Some(true) {
+            let w = r.window()?;
+            let from = r.max_window_layers.unwrap_or(n_layers);
+            return Ok((0..n_layers)
+                .map(|l| {
+                    if l >= from {
+                        AttnSpan::Local(w)
+                    } else {
+                        AttnSpan::Global
+                    }
+                })
+                .collect());
+        }
+        Ok(vec![AttnSpan::Global; n_layers])
+    })
+}
+
+fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
     let (d, h, kv, dh, dm, v) = (
         cfg.d_model,
         cfg.n_heads,

@@ -1,12 +1,16 @@
-//! Per-architecture key tables: each module maps a Hugging Face checkpoint onto the
-//! TransformerLens weight layout ([`Canonical`]), the one place tied weights are handled.
+//! The model families. Each module is one family (or a few that share a layout): its
+//! `config.json` spelling and conversion into a [`ModelConfig`], its key table mapping a Hugging
+//! Face checkpoint onto the TransformerLens weight layout ([`Canonical`]), its key prefix and HF
+//! class names, gathered in one [`Family`] value. [`FAMILIES`] is the registry: detection by
+//! `model_type` / `architectures`, the "supported families" message and dispatch all read it.
+//! Adding a family is one new module and one line here.
 
 pub mod gpt2;
 pub mod gpt_neo;
 pub mod gpt_neox;
 pub mod llama;
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{HostTensor, LoadProgress, ProgressFn, WeightStore};
 
@@ -79,6 +83,92 @@ impl Canonical {
 /// Receives each block, in layer order, as soon as it has been read.
 pub type LayerSink<'a> = dyn FnMut(CanonLayer) -> Result<()> + 'a;
 
+/// One model family: how to read its config and its checkpoint.
+pub struct Family {
+    /// `model_type` values in `config.json`.
+    pub model_types: &'static [&'static str],
+    /// HF classes in `architectures` (the first is the name shown to users).
+    pub classes: &'static [&'static str],
+    /// Prefix of the block and embedding keys (`transformer.`, `model.`, …); keys are also
+    /// found without it.
+    pub prefix: &'static str,
+    /// Key of an untied unembedding (outside the prefix).
+    pub lm_head: &'static str,
+    /// `config.json` → validated config.
+    pub config: fn(&serde_json::Value) -> Result<ModelConfig>,
+    /// The key table: read the checkpoint, handing each block to the sink.
+    pub load: fn(&ModelConfig, &mut Keys<'_, '_>, &mut LayerSink<'_>) -> Result<Canonical>,
+}
+
+impl Family {
+    /// The HF class name (`LlamaForCausalLM`).
+    pub fn hf_class(&self) -> &'static str {
+        self.classes.first().copied().unwrap_or("?")
+    }
+}
+
+impl std::fmt::Debug for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.hf_class())
+    }
+}
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Self) -> bool {
+        self.hf_class() == other.hf_class()
+    }
+}
+
+impl serde::Serialize for Family {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.hf_class())
+    }
+}
+
+/// Every family rdla can load.
+pub static FAMILIES: &[&Family] = &[
+    &gpt2::FAMILY,
+    &gpt_neo::FAMILY,
+    &gpt_neox::FAMILY,
+    &llama::LLAMA,
+    &llama::QWEN2,
+    &llama::MISTRAL,
+];
+
+/// `model_type` (or, when it is absent, an `architectures` entry) → family.
+pub fn detect(model_type: &str, architectures: Option<&[String]>) -> Result<&'static Family> {
+    let archs = architectures.unwrap_or_default();
+    let found = if model_type.is_empty() {
+        FAMILIES
+            .iter()
+            .find(|f| archs.iter().any(|a| f.classes.contains(&a.as_str())))
+    } else {
+        FAMILIES
+            .iter()
+            .find(|f| f.model_types.contains(&model_type))
+    };
+    found
+        .copied()
+        .ok_or_else(|| ModelError::UnknownArchitecture {
+            model_type: if model_type.is_empty() {
+                "<missing>".into()
+            } else {
+                model_type.to_string()
+            },
+            architectures: archs.to_vec(),
+            supported: supported(),
+        })
+}
+
+/// "gpt2 (GPT2LMHeadModel), …" for error messages.
+pub fn supported() -> String {
+    FAMILIES
+        .iter()
+        .map(|f| format!("{} ({})", f.model_types.join("/"), f.hf_class()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Read the checkpoint in `store` for `cfg`'s architecture.
 pub fn load_canonical(
     cfg: &ModelConfig,
@@ -103,22 +193,9 @@ pub fn load_streaming(
     progress: &mut ProgressFn<'_>,
     sink: &mut LayerSink<'_>,
 ) -> Result<Canonical> {
-    let (prefix, lm_head) = match cfg.architecture {
-        Architecture::Gpt2 | Architecture::GptNeo => ("transformer.", "lm_head.weight"),
-        Architecture::GptNeoX => ("gpt_neox.", "embed_out.weight"),
-        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
-            ("model.", "lm_head.weight")
-        }
-    };
-    let mut keys = Keys::new(store, progress, prefix, lm_head);
-    let canon = match cfg.architecture {
-        Architecture::Gpt2 => gpt2::load(cfg, &mut keys, sink)?,
-        Architecture::GptNeo => gpt_neo::load(cfg, &mut keys, sink)?,
-        Architecture::GptNeoX => gpt_neox::load(cfg, &mut keys, sink)?,
-        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
-            llama::load(cfg, &mut keys, sink)?
-        }
-    };
+    let family = cfg.family;
+    let mut keys = Keys::new(store, progress, family.prefix, family.lm_head);
+    let canon = (family.load)(cfg, &mut keys, sink)?;
     keys.finish()?;
     Ok(canon)
 }

@@ -1,0 +1,173 @@
+//! The top bar: opening models (dialog, recent, Hugging Face cache, a typed path), exports,
+//! the colour map; the load progress and the load-error banner under it.
+
+use std::path::PathBuf;
+
+use egui::{RichText, Ui};
+use rdla_session::{ColorMap, ModelSource};
+
+use crate::dialogs::{DialogResult, Dialogs};
+use crate::hf_cache::{self, CachedModel};
+use crate::settings::Settings;
+use crate::state::{Action, AppState};
+use crate::theme;
+
+/// The top bar's own state: the models found in the Hugging Face cache and the path field.
+#[derive(Debug, Default)]
+pub struct TopBar {
+    pub hf_models: Vec<CachedModel>,
+    pub path_text: String,
+}
+
+impl TopBar {
+    pub fn new() -> Self {
+        Self {
+            hf_models: hf_cache::hub_dir()
+                .map(|h| hf_cache::scan(&h))
+                .unwrap_or_default(),
+            path_text: String::new(),
+        }
+    }
+
+    pub fn show(
+        &mut self,
+        ui: &mut Ui,
+        state: &AppState,
+        settings: &mut Settings,
+        dialogs: &mut dyn Dialogs,
+        actions: &mut Vec<Action>,
+    ) {
+        ui.horizontal_wrapped(|ui| {
+            if ui
+                .button("Open model…")
+                .on_hover_text("Pick a model folder")
+                .clicked()
+            {
+                match dialogs.pick_model() {
+                    DialogResult::Picked(p) => actions.push(Action::Open(ModelSource::Path(p))),
+                    DialogResult::Cancelled => {}
+                    DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
+                }
+            }
+            ui.menu_button("Recent", |ui| {
+                if settings.recent.is_empty() {
+                    ui.label("(none yet)");
+                }
+                for s in &settings.recent {
+                    if ui.button(s.to_string()).clicked() {
+                        actions.push(Action::Open(s.clone()));
+                        ui.close();
+                    }
+                }
+                ui.separator();
+                if ui.button("Default model").clicked() {
+                    actions.push(Action::Open(ModelSource::Default));
+                    ui.close();
+                }
+            });
+            ui.menu_button("Hugging Face cache", |ui| {
+                if self.hf_models.is_empty() {
+                    ui.label(format!(
+                        "no models in {}",
+                        hf_cache::hub_dir()
+                            .map_or_else(|| "the HF cache".into(), |p| p.display().to_string())
+                    ));
+                }
+                for m in &self.hf_models {
+                    if ui
+                        .button(&m.repo)
+                        .on_hover_text(m.dir.display().to_string())
+                        .clicked()
+                    {
+                        actions.push(Action::Open(ModelSource::Path(m.dir.clone())));
+                        ui.close();
+                    }
+                }
+            });
+            let r = ui.add(
+                egui::TextEdit::singleline(&mut self.path_text)
+                    .hint_text("or type a model path")
+                    .desired_width(220.0),
+            );
+            r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::TextInput, true, "Model path"));
+            if r.lost_focus()
+                && ui.input(|i| i.key_pressed(egui::Key::Enter))
+                && !self.path_text.trim().is_empty()
+            {
+                actions.push(Action::Open(ModelSource::Path(PathBuf::from(
+                    self.path_text.trim(),
+                ))));
+            }
+            ui.separator();
+            if ui.button("Export PNG…").clicked() {
+                actions.push(Action::ExportPng);
+            }
+            if ui.button("Export CSV…").clicked() {
+                actions.push(Action::ExportCsv);
+            }
+            if ui.button("Copy path").clicked() {
+                actions.push(Action::CopyPath);
+            }
+            ui.separator();
+            egui::ComboBox::from_label("Colours")
+                .selected_text(settings.colormap.label())
+                .show_ui(ui, |ui| {
+                    for cm in [ColorMap::BlueWhiteRed, ColorMap::RedYellowGreen] {
+                        ui.selectable_value(&mut settings.colormap, cm, cm.label());
+                    }
+                });
+        });
+        loading_row(ui, state, actions);
+        error_banner(ui, state, actions);
+    }
+}
+
+/// The load in progress: a progress bar in bytes and a Cancel button.
+fn loading_row(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    if let Some(l) = &state.loading {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("Loading {}", l.source));
+            let frac = if l.total > 0 {
+                l.done as f32 / l.total as f32
+            } else {
+                0.0
+            };
+            ui.add(
+                egui::ProgressBar::new(frac)
+                    .desired_width(260.0)
+                    .text(format!(
+                        "{:.1} / {:.1} MB",
+                        l.done as f64 / 1e6,
+                        l.total as f64 / 1e6
+                    )),
+            );
+            if ui.button("Cancel").clicked() {
+                actions.push(Action::CancelLoad);
+            }
+        });
+    }
+}
+
+/// A model that failed to load: why, and that the previous one is still there.
+fn error_banner(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    if let Some(e) = &state.load_error {
+        egui::Frame::new()
+            .fill(theme::ERROR_BANNER)
+            .inner_margin(6.0)
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(e).color(egui::Color32::WHITE));
+                    if ui.button("Dismiss").clicked() {
+                        actions.push(Action::DismissLoadError);
+                    }
+                });
+                if state.model.is_some() {
+                    ui.label(
+                        RichText::new("The previous model is still loaded.")
+                            .color(egui::Color32::LIGHT_GRAY),
+                    );
+                }
+            });
+    }
+}

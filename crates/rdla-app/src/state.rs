@@ -1,0 +1,516 @@
+//! The explorer's runtime state — the loaded model, the computation ids, the node views and the
+//! navigation — and the one place it changes: [`AppState::apply`] for worker events and
+//! [`AppState::act`] for what the user asked for. Both return the commands to send to the
+//! worker, so the whole flow is testable without egui or a worker.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdla_attrib::Path;
+use rdla_session::{Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Tokens};
+
+use crate::settings::Settings;
+use crate::worker::{Command, Event};
+
+/// Debounce between an edit and the recomputation it triggers.
+pub const DEBOUNCE: Duration = Duration::from_millis(350);
+
+/// Something the user asked for. Panels push these; the frame applies them at its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Open(ModelSource),
+    CancelLoad,
+    Navigate(Path),
+    Back,
+    Forward,
+    Up,
+    Select(Option<(usize, usize)>),
+    SetAnswer(String),
+    /// The prompt, target or mode was edited: recompute after [`DEBOUNCE`].
+    Edited,
+    /// Recompute now.
+    Recompute,
+    ExportPng,
+    ExportCsv,
+    CopyPath,
+    DismissLoadError,
+    /// Show a message in the status bar.
+    Status(String),
+}
+
+/// A load in progress.
+#[derive(Debug, Clone)]
+pub struct Loading {
+    pub source: ModelSource,
+    pub id: u64,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Browser-style history of visited paths.
+#[derive(Debug, Clone)]
+pub struct Nav {
+    history: Vec<Path>,
+    index: usize,
+}
+
+impl Default for Nav {
+    fn default() -> Self {
+        Self {
+            history: vec![Path::root()],
+            index: 0,
+        }
+    }
+}
+
+impl Nav {
+    pub fn current(&self) -> Path {
+        self.history.get(self.index).cloned().unwrap_or_default()
+    }
+
+    pub fn can_back(&self) -> bool {
+        self.index > 0
+    }
+
+    pub fn can_forward(&self) -> bool {
+        self.index + 1 < self.history.len()
+    }
+
+    fn go(&mut self, p: Path) {
+        if self.current() == p {
+            return;
+        }
+        self.history.truncate(self.index + 1);
+        self.history.push(p);
+        self.index = self.history.len() - 1;
+    }
+
+    fn back(&mut self) -> bool {
+        let ok = self.can_back();
+        if ok {
+            self.index -= 1;
+        }
+        ok
+    }
+
+    fn forward(&mut self) -> bool {
+        let ok = self.can_forward();
+        if ok {
+            self.index += 1;
+        }
+        ok
+    }
+}
+
+/// Everything the explorer knows at run time (the persisted part is [`Settings`]).
+#[derive(Debug, Default)]
+pub struct AppState {
+    next_id: u64,
+    pub model: Option<ModelInfo>,
+    pub loading: Option<Loading>,
+    pub load_error: Option<String>,
+    compute_id: u64,
+    pub computing: bool,
+    pub dirty_since: Option<Instant>,
+    pub computed: Option<Computed>,
+    pub compute_error: Option<String>,
+    pub tokens: Tokens,
+    pub top: Vec<Prediction>,
+    pub nav: Nav,
+    /// Views of the current computation, by path (the root's included): built once by the
+    /// worker, drawn every frame.
+    pub views: HashMap<Path, NodeView>,
+    pending: HashSet<Path>,
+    pub selected: Option<(usize, usize)>,
+    pub expand_error: Option<String>,
+    pub status: String,
+    pub last_ms: Option<f64>,
+}
+
+impl AppState {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Whether the worker has nothing outstanding (for tests and the spinner).
+    pub fn is_idle(&self) -> bool {
+        self.loading.is_none()
+            && !self.computing
+            && self.pending.is_empty()
+            && self.dirty_since.is_none()
+    }
+
+    pub fn current_path(&self) -> Path {
+        self.nav.current()
+    }
+
+    /// The view at the current path, when it is ready.
+    pub fn current_view(&self) -> Option<&NodeView> {
+        self.views.get(&self.nav.current())
+    }
+
+    /// Value of a node, when known: from its own view, or as a child in its parent's.
+    pub fn value_of(&self, path: &Path) -> Option<f32> {
+        if let Some(v) = self.views.get(path) {
+            return Some(v.expansion.value);
+        }
+        let step = path.steps().last()?.to_string();
+        self.views
+            .get(&path.parent())?
+            .expansion
+            .children
+            .iter()
+            .find(|c| c.step == step)
+            .map(|c| c.value)
+    }
+
+    /// The source of the loaded model (or of the one loading).
+    pub fn source(&self) -> Option<ModelSource> {
+        self.loading
+            .as_ref()
+            .map(|l| l.source.clone())
+            .or_else(|| self.model.as_ref().map(|m| m.source.clone()))
+    }
+
+    /// Start loading `source`.
+    pub fn open(&mut self, source: ModelSource) -> Command {
+        let id = self.id();
+        self.loading = Some(Loading {
+            source: source.clone(),
+            id,
+            done: 0,
+            total: 0,
+        });
+        self.load_error = None;
+        Command::Load { source, id }
+    }
+
+    fn compute(&mut self, settings: &Settings) -> Vec<Command> {
+        self.dirty_since = None;
+        if self.model.is_none() {
+            return Vec::new();
+        }
+        let id = self.id();
+        self.compute_id = id;
+        self.computing = true;
+        let request = Request {
+            prompt: settings.prompt.clone(),
+            answer: settings.answer.clone(),
+            foil: Some(settings.foil.clone()).filter(|f| !f.is_empty()),
+            bos: settings.bos,
+            mlp_mode: settings.mlp_mode,
+        };
+        vec![Command::Compute { request, id }]
+    }
+
+    /// Ask for the view at `path` unless it is there or on its way.
+    fn expand(&mut self, path: &Path) -> Vec<Command> {
+        if self.computed.is_none()
+            || self.views.contains_key(path)
+            || !self.pending.insert(path.clone())
+        {
+            return Vec::new();
+        }
+        vec![Command::Expand {
+            path: path.clone(),
+            id: self.compute_id,
+        }]
+    }
+
+    /// Apply what the user asked for; returns the commands for the worker. Exports, the
+    /// clipboard and load cancelling are the frame's business (they need egui or dialogs).
+    pub fn act(&mut self, action: Action, settings: &mut Settings) -> Vec<Command> {
+        match action {
+            Action::Open(source) => vec![self.open(source)],
+            Action::Navigate(p) => {
+                self.selected = None;
+                let cmds = self.expand(&p);
+                self.nav.go(p);
+                cmds
+            }
+            Action::Back | Action::Forward => {
+                let moved = if action == Action::Back {
+                    self.nav.back()
+                } else {
+                    self.nav.forward()
+                };
+                if !moved {
+                    return Vec::new();
+                }
+                self.selected = None;
+                let here = self.nav.current();
+                self.expand(&here)
+            }
+            Action::Up => {
+                let here = self.nav.current();
+                if here.is_root() {
+                    return Vec::new();
+                }
+                self.act(Action::Navigate(here.parent()), settings)
+            }
+            Action::Select(cell) => {
+                self.selected = cell;
+                Vec::new()
+            }
+            Action::SetAnswer(a) => {
+                settings.answer = a;
+                self.compute(settings)
+            }
+            Action::Edited => {
+                self.dirty_since = Some(Instant::now());
+                Vec::new()
+            }
+            Action::Recompute => self.compute(settings),
+            Action::DismissLoadError => {
+                self.load_error = None;
+                Vec::new()
+            }
+            Action::Status(s) => {
+                self.status = s;
+                Vec::new()
+            }
+            Action::CancelLoad | Action::ExportPng | Action::ExportCsv | Action::CopyPath => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Recompute when the debounce after the last edit has passed; returns how long to wait
+    /// otherwise.
+    pub fn tick(&mut self, settings: &Settings) -> (Vec<Command>, Option<Duration>) {
+        match self.dirty_since {
+            Some(t) => {
+                let left = DEBOUNCE.saturating_sub(t.elapsed());
+                if left.is_zero() {
+                    (self.compute(settings), None)
+                } else {
+                    (Vec::new(), Some(left))
+                }
+            }
+            None => (Vec::new(), None),
+        }
+    }
+
+    /// Apply a worker event; returns the commands it triggers.
+    pub fn apply(&mut self, event: Event, settings: &mut Settings) -> Vec<Command> {
+        match event {
+            Event::LoadProgress { id, done, total } => {
+                if let Some(l) = self.loading.as_mut().filter(|l| l.id == id) {
+                    l.done = done;
+                    l.total = total;
+                }
+                Vec::new()
+            }
+            Event::Loaded { id, info } => {
+                if self.loading.as_ref().is_none_or(|l| l.id != id) {
+                    return Vec::new();
+                }
+                self.loading = None;
+                settings.remember(&info.source);
+                self.status = format!("loaded {} in {:.0} ms", info.name, info.load_ms);
+                self.model = Some(info);
+                self.computed = None;
+                self.views.clear();
+                self.pending.clear();
+                self.nav = Nav::default();
+                self.compute(settings)
+            }
+            Event::LoadFailed { id, source, error } => {
+                if self.loading.as_ref().is_some_and(|l| l.id == id) {
+                    self.loading = None;
+                    self.load_error = Some(format!("Could not open {source}:\n{error}"));
+                }
+                Vec::new()
+            }
+            Event::Computed { id, result, root } => {
+                if id != self.compute_id {
+                    return Vec::new();
+                }
+                self.computing = false;
+                self.compute_error = None;
+                self.tokens = result.tokens.clone();
+                self.top = result.top.clone();
+                self.last_ms = Some(result.forward_ms + result.attribution_ms);
+                self.views.clear();
+                self.pending.clear();
+                self.views.insert(Path::root(), *root);
+                self.computed = Some(*result);
+                // keep the place in the tree if it still exists (else the expansion fails
+                // and the view goes back to the root)
+                let here = self.nav.current();
+                self.expand(&here)
+            }
+            Event::ComputeFailed {
+                id,
+                error,
+                tokens,
+                top,
+            } => {
+                if id == self.compute_id {
+                    self.computing = false;
+                    self.compute_error = Some(error);
+                    if let Some(t) = tokens {
+                        self.tokens = t;
+                    }
+                    self.top = top;
+                    self.computed = None;
+                    self.views.clear();
+                    self.pending.clear();
+                }
+                Vec::new()
+            }
+            Event::Expanded { id, view } => {
+                if id == self.compute_id {
+                    self.pending.remove(&view.path);
+                    self.last_ms = Some(view.ms);
+                    self.expand_error = None;
+                    self.views.insert(view.path.clone(), *view);
+                }
+                Vec::new()
+            }
+            Event::ExpandFailed { id, path, error } => {
+                if id == self.compute_id {
+                    self.pending.remove(&path);
+                    self.expand_error = Some(error);
+                    if self.nav.current() == path {
+                        self.nav.go(Path::root());
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The worker died (its channel closed): forget what was in flight and say so. The frame
+    /// restarts the worker and reloads the model.
+    pub fn worker_died(&mut self) {
+        self.computing = false;
+        self.pending.clear();
+        self.loading = None;
+        self.computed = None;
+        self.views.clear();
+        self.status = "the compute worker stopped unexpectedly and was restarted".into();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            source: ModelSource::Default,
+            name: "m".into(),
+            architecture: "GPT2LMHeadModel",
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 4,
+            d_model: 8,
+            details: String::new(),
+            n_ctx: 16,
+            d_vocab: 10,
+            processing: Vec::new(),
+            weights: String::new(),
+            protected: Vec::new(),
+            load_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn load_then_compute_then_navigate() {
+        let mut s = AppState::default();
+        let mut settings = Settings::default();
+        let Command::Load { id, .. } = s.open(ModelSource::Default) else {
+            panic!("expected a load");
+        };
+        assert!(!s.is_idle());
+        // a stale load answer is ignored
+        assert!(
+            s.apply(
+                Event::Loaded {
+                    id: id + 7,
+                    info: info()
+                },
+                &mut settings
+            )
+            .is_empty()
+        );
+        let cmds = s.apply(Event::Loaded { id, info: info() }, &mut settings);
+        assert!(matches!(cmds.as_slice(), [Command::Compute { .. }]));
+        assert_eq!(settings.recent, vec![ModelSource::Default]);
+        assert!(s.computing && !s.is_idle());
+
+        // navigation before anything is computed asks for nothing
+        assert!(
+            s.act(
+                Action::Navigate(Path::parse("L0.attn").unwrap()),
+                &mut settings
+            )
+            .is_empty()
+        );
+        assert_eq!(s.current_path().to_string(), "L0.attn");
+        assert!(s.act(Action::Back, &mut settings).is_empty());
+        assert!(s.current_path().is_root());
+        assert!(s.nav.can_forward());
+        s.act(Action::Forward, &mut settings);
+        assert_eq!(s.current_path().to_string(), "L0.attn");
+        s.act(Action::Up, &mut settings);
+        assert!(s.current_path().is_root());
+
+        // an edit debounces; the tick after the debounce recomputes
+        s.act(Action::Edited, &mut settings);
+        let (cmds, wait) = s.tick(&settings);
+        assert!(cmds.is_empty() && wait.is_some());
+        s.dirty_since = Some(Instant::now() - DEBOUNCE);
+        let (cmds, _) = s.tick(&settings);
+        assert!(matches!(cmds.as_slice(), [Command::Compute { .. }]));
+
+        // a failed computation keeps the tokens it got
+        let Command::Compute { id, .. } = &cmds[0] else {
+            unreachable!()
+        };
+        s.apply(
+            Event::ComputeFailed {
+                id: *id,
+                error: "answer: not one token".into(),
+                tokens: Some(Tokens {
+                    ids: vec![0, 1],
+                    strs: vec!["a".into(), "b".into()],
+                    has_bos: true,
+                }),
+                top: Vec::new(),
+            },
+            &mut settings,
+        );
+        assert!(s.is_idle());
+        assert_eq!(s.tokens.ids, [0, 1]);
+        assert!(s.compute_error.as_deref().unwrap().contains("answer"));
+    }
+
+    #[test]
+    fn a_failed_load_keeps_the_previous_model() {
+        let mut s = AppState::default();
+        let mut settings = Settings::default();
+        let Command::Load { id, .. } = s.open(ModelSource::Default) else {
+            panic!()
+        };
+        s.apply(Event::Loaded { id, info: info() }, &mut settings);
+        let Command::Load { id, .. } = s.open(ModelSource::Path("/x".into())) else {
+            panic!()
+        };
+        s.apply(
+            Event::LoadFailed {
+                id,
+                source: ModelSource::Path("/x".into()),
+                error: "no config.json".into(),
+            },
+            &mut settings,
+        );
+        assert!(s.model.is_some());
+        assert!(s.load_error.as_deref().unwrap().contains("/x"));
+        assert!(s.loading.is_none());
+    }
+}

@@ -1,0 +1,181 @@
+//! Exact recursive direct logit attribution (DESIGN.md §1.3).
+//!
+//! Every node is a linear readout: something at a position, read along a vector `r`; its
+//! value is `x · r`. Expanding a node is one batched tensor expression over all of its
+//! children, on the model's device, with a single read-back.
+//!
+//! The engine is split by role:
+//! - [`types`]: what is attributed, errors, what an expansion and the overview return;
+//! - [`readout`]: the readout formulas, each written once and batched over a range of layers
+//!   (a single node is a batch of one layer);
+//! - [`node`] and `nodes/`: the node kinds (one module each): their path steps, children,
+//!   values and remainders;
+//! - [`expand`]: walking a path and expanding the node it names;
+//! - [`overview`]: the whole tree's first levels at the last position, in one pass.
+
+mod expand;
+mod node;
+mod nodes;
+mod overview;
+mod readout;
+pub mod types;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use rdla_model::config::Norm;
+use rdla_model::{Cache, Layout, Model};
+
+pub use types::{
+    Array, AttribError, Child, CompLabel, Expansion, MlpMode, NodeKind, Overview, Result, Target,
+};
+
+/// `m [n, d] · r [d] -> [n]`.
+fn rows_dot(m: Tensor<2>, r: Tensor<1>) -> Tensor<1> {
+    m.matmul(r.unsqueeze_dim::<2>(1)).squeeze_dim::<1>(1)
+}
+
+/// `C(v) = v − mean(v)` over the last axis (LayerNorm models).
+fn center<const D: usize>(v: Tensor<D>) -> Tensor<D> {
+    let mean = v.clone().mean_dim(D - 1);
+    v - mean
+}
+
+/// The attribution engine for one forward pass and one target.
+pub struct Engine<'a> {
+    model: &'a Model,
+    cache: &'a Cache,
+    target: Target,
+    mode: MlpMode,
+    last: usize,
+    layout: Layout,
+    /// `C(u) / s_final[P-1]`.
+    r_root: Tensor<1>,
+}
+
+impl std::fmt::Debug for Engine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("target", &self.target)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(model: &'a Model, cache: &'a Cache, target: Target, mode: MlpMode) -> Result<Self> {
+        if !model.processing.fold_ln {
+            return Err(AttribError::NotFolded);
+        }
+        let vocab = model.config.d_vocab;
+        for id in [Some(target.answer()), target.foil()].into_iter().flatten() {
+            if id as usize >= vocab {
+                return Err(AttribError::BadTarget { id, vocab });
+            }
+        }
+        let last = cache.n_pos() - 1;
+        let u = Self::unembed_direction(model, target);
+        let s = cache.final_scale.clone().narrow(0, last, 1);
+        let mut engine = Self {
+            model,
+            cache,
+            target,
+            mode,
+            last,
+            layout: cache.layout,
+            r_root: u.clone(),
+        };
+        engine.r_root = engine.c(u) / s;
+        Ok(engine)
+    }
+
+    /// `C(v)`: centring over the last axis for LayerNorm models, the identity for RMSNorm.
+    fn c<const D: usize>(&self, v: Tensor<D>) -> Tensor<D> {
+        match self.model.config.norm {
+            Norm::LayerNorm => center(v),
+            Norm::RmsNorm => v,
+        }
+    }
+
+    /// The component layout of this model.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    pub fn mode(&self) -> MlpMode {
+        self.mode
+    }
+
+    fn n_pos(&self) -> usize {
+        self.cache.n_pos()
+    }
+
+    fn device(&self) -> &burn::tensor::Device {
+        &self.model.device
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.model.config.kv_group()
+    }
+
+    fn unembed_direction(model: &Model, target: Target) -> Tensor<1> {
+        let col = |id: u32| {
+            model
+                .weights
+                .w_u
+                .clone()
+                .narrow(1, id as usize, 1)
+                .squeeze_dim::<1>(1)
+        };
+        match target {
+            Target::Logit { answer } => col(answer),
+            Target::Diff { answer, foil } => col(answer) - col(foil),
+        }
+    }
+
+    /// Root value `logit(answer) − b_U[answer]` (or the difference) from the real logits,
+    /// on the device: `[1]`.
+    fn root_value_tensor(&self) -> Tensor<1> {
+        let at = |t: &Tensor<1>, id: u32| {
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(vec![i64::from(id)], [1]),
+                self.device(),
+            );
+            t.clone().select(0, idx)
+        };
+        let v = |id: u32| at(&self.cache.last_logits, id) - at(&self.model.weights.b_u, id);
+        match self.target {
+            Target::Logit { answer } => v(answer),
+            Target::Diff { answer, foil } => v(answer) - v(foil),
+        }
+    }
+
+    /// Root value: `logit(answer) − b_U[answer]` (or the difference), from the real logits.
+    pub fn root_value(&self) -> Result<f32> {
+        let v = rdla_model::to_vec(self.root_value_tensor())?;
+        v.first().copied().ok_or(AttribError::Empty)
+    }
+
+    /// The attention pattern of head `(l, h)` at destination `q`, over all sources.
+    pub fn head_pattern(&self, l: usize, h: usize, q: usize) -> Result<Vec<f32>> {
+        let row = self
+            .pattern_rows(l..l + 1, q)
+            .narrow(1, h, 1)
+            .reshape([self.n_pos()]);
+        Ok(rdla_model::to_vec(row)?)
+    }
+
+    /// Which source positions attention layer `l` can see from `q`.
+    fn allowed(&self, l: usize, q: usize, p: usize) -> bool {
+        self.model.config.attn_spans[l].allows(q, p)
+    }
+
+    /// The contiguous range of positions layer `l` sees from `q`: `(first, count)`.
+    fn visible(&self, l: usize, q: usize) -> (usize, usize) {
+        let first = (0..=q).find(|&p| self.allowed(l, q, p)).unwrap_or(q);
+        (first, q + 1 - first)
+    }
+}

@@ -1,0 +1,97 @@
+//! One attention head at a destination position `q`. Its value is its own output read along
+//! `r` (from the forward pass's `z`); its children are its sources `{p}:{component}`: every
+//! component of `resid_pre` at every visible position `p`, read through the head's OV circuit
+//! and the frozen pattern, `r' = A[q,p] · C(W_V W_O r) / s1[p]`; its remainder is the value
+//! bias `Σ_p A[q,p] b_V W_O · r` (0 after folding).
+
+use burn::tensor::Tensor;
+
+use crate::engine::Engine;
+use crate::engine::node::{Children, Kind, Node};
+use crate::engine::readout::layers;
+use crate::path::Step;
+
+/// The head's OV readout `C(W_V W_O r)` `[1, 1, d]` and value bias per unit attention `[1, 1]`.
+fn ov(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> (Tensor<3>, Tensor<2>) {
+    let (ov, bias) = eng.ov_readouts(&(l..l + 1), node.readout.clone().unsqueeze_dim(0));
+    (ov.narrow(1, h, 1), bias.narrow(1, h, 1))
+}
+
+/// The head's pattern row `[1, 1, P]`.
+fn pattern(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> Tensor<3> {
+    eng.pattern_rows(l..l + 1, node.pos).narrow(1, h, 1)
+}
+
+pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> Tensor<1> {
+    eng.head_values(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
+        .narrow(1, h, 1)
+        .reshape([1])
+}
+
+pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node, id: (usize, usize)) -> Tensor<1> {
+    let (_, bias) = ov(eng, node, id);
+    bias.reshape([1]) * pattern(eng, node, id).sum()
+}
+
+pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, id: (usize, usize)) -> Children {
+    let l = id.0;
+    let (first, count) = eng.visible(l, node.pos);
+    let n = eng.layout.pre(l);
+    let (ov, _) = ov(eng, node, id);
+    let vals = eng
+        .source_values(&(l..l + 1), ov, pattern(eng, node, id)) // [1, 1, P, C]
+        .reshape([eng.n_pos(), eng.layout.n()])
+        .narrow(0, first, count)
+        .narrow(1, 0, n)
+        .reshape([count * n]);
+    let layout = eng.layout;
+    Children {
+        steps: (first..first + count)
+            .flat_map(|p| {
+                (0..n).map(move |c| Step::Source {
+                    pos: p,
+                    comp: layout.comp(c),
+                })
+            })
+            .collect(),
+        values: Some(vals),
+    }
+}
+
+pub(in crate::engine) fn step(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: (usize, usize),
+    step: Step,
+) -> Option<Node> {
+    let Step::Source { pos, comp } = step else {
+        return None;
+    };
+    let l = id.0;
+    let up = eng
+        .layout
+        .index(comp)
+        .is_some_and(|i| i < eng.layout.pre(l));
+    if !(pos < eng.n_pos() && eng.allowed(l, node.pos, pos) && up) {
+        return None;
+    }
+    let (ov, _) = ov(eng, node, id);
+    let a = pattern(eng, node, id).narrow(2, pos, 1).reshape([1]);
+    let s = layers(&eng.cache.ln1_scale, &(l..l + 1))
+        .narrow(1, pos, 1)
+        .reshape([1]);
+    Some(Node {
+        kind: Kind::Comp(comp),
+        pos,
+        readout: ov.reshape([eng.model.config.d_model]) * a / s,
+    })
+}
+
+pub(in crate::engine) fn valid(eng: &Engine<'_>, node: &Node, l: usize) -> String {
+    let (first, _) = eng.visible(l, node.pos);
+    format!(
+        "{{p}}:{{component}} with p in {first}..={} and component in {}, or bias",
+        node.pos,
+        eng.layout.describe_prefix(eng.layout.pre(l))
+    )
+}

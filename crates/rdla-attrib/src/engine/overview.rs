@@ -1,0 +1,86 @@
+//! The overview: the tree's first levels at the last position, for every layer and head at
+//! once (DESIGN.md §1.3): the `[layer, head, src_pos, src_comp]` head breakdown whose sums over
+//! trailing axes give every higher level, the MLP breakdown and the remainders. It calls the
+//! same readout formulas as a single node's expansion, batched over all layers.
+
+use burn::tensor::Tensor;
+
+use super::{Array, AttribError, Engine, Overview, Result};
+
+impl Engine<'_> {
+    /// The whole overview at the last position, vectorised over layers and heads, with one
+    /// read-back.
+    pub fn overview(&self) -> Result<Overview> {
+        let cfg = &self.model.config;
+        let w = &self.model.weights;
+        let (l_n, h_n, d, c_n, p_n) = (
+            cfg.n_layers,
+            cfg.n_heads,
+            cfg.d_model,
+            self.layout.n(),
+            self.n_pos(),
+        );
+        let q = self.last;
+        let ls = 0..l_n;
+        let r = self.r_root.clone();
+        let r_all = r.clone().unsqueeze_dim::<2>(0).expand([l_n, d]); // [L, d]
+
+        // root children
+        let components = super::rows_dot(self.comps_at(c_n, q), r.clone()); // [C]
+        let attn_bias = super::rows_dot(w.b_o.clone(), r); // [L]
+
+        // heads
+        let (ov, bias_per_unit) = self.ov_readouts(&ls, r_all.clone()); // [L, H, d], [L, H]
+        let a_q = self.pattern_rows(ls.clone(), q); // [L, H, P]
+        let head_breakdown = self.source_values(&ls, ov, a_q.clone()); // [L, H, P, C]
+        let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [L, H]
+        let head_dla = head_breakdown
+            .clone()
+            .sum_dim(3)
+            .sum_dim(2)
+            .reshape([l_n, h_n])
+            + head_bias.clone();
+
+        // MLPs at q
+        let r_mlp = self.mlp_readouts(&ls, q, r_all.clone()); // [L, d]
+        let mlp_breakdown = self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&ls); // [L, C]
+        let mlp_bias = self.mlp_biases(&ls, q, r_all); // [L]
+
+        let parts = [
+            (components, vec![c_n]),
+            (attn_bias, vec![l_n]),
+            (head_dla.reshape([l_n * h_n]), vec![l_n, h_n]),
+            (head_bias.reshape([l_n * h_n]), vec![l_n, h_n]),
+            (
+                head_breakdown.reshape([l_n * h_n * p_n * c_n]),
+                vec![l_n, h_n, p_n, c_n],
+            ),
+            (mlp_breakdown.reshape([l_n * c_n]), vec![l_n, c_n]),
+            (mlp_bias, vec![l_n]),
+        ];
+        let shapes: Vec<Vec<usize>> = parts.iter().map(|(_, s)| s.clone()).collect();
+        let flat = rdla_model::to_vec(Tensor::cat(parts.into_iter().map(|(t, _)| t).collect(), 0))?;
+        let mut off = 0;
+        let mut arrays = shapes.into_iter().map(|shape| {
+            let n: usize = shape.iter().product();
+            let a = flat
+                .get(off..off + n)
+                .map(|s| Array::new(shape, s.to_vec()))
+                .ok_or(AttribError::Empty);
+            off += n;
+            a
+        });
+        let mut next = || arrays.next().unwrap_or(Err(AttribError::Empty));
+        Ok(Overview {
+            layout: self.layout,
+            target_value: self.root_value()?,
+            components: next()?,
+            attn_bias: next()?,
+            head_dla: next()?,
+            head_bias: next()?,
+            head_breakdown: next()?,
+            mlp_breakdown: next()?,
+            mlp_bias: next()?,
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! The readout formulas of DESIGN.md §1.3, each written once, batched over a contiguous range
+//! of layers `ls` with one readout vector per layer (`r: [Lb, d]`). The overview calls them on
+//! every layer at once; a single node is a batch of one layer. Shapes are written beside each
+//! step (`Lb` layers in the batch, `H` query heads, `KV` key/value heads, `g = H/KV`).
+
+use std::ops::Range;
+
+use burn::tensor::{Tensor, TensorData};
+use rdla_model::act;
+
+use super::{Engine, MlpMode};
+
+/// Layers `ls` of a tensor stacked over layers.
+pub(super) fn layers<const D: usize>(t: &Tensor<D>, ls: &Range<usize>) -> Tensor<D> {
+    t.clone().narrow(0, ls.start, ls.len())
+}
+
+impl Engine<'_> {
+    /// `W_O[l,h] r_l`, grouped by key/value head: `[Lb, KV, dh, g]`.
+    fn wo_r(&self, ls: &Range<usize>, r: Tensor<2>) -> Tensor<4> {
+        let cfg = &self.model.config;
+        let (lb, d) = (ls.len(), cfg.d_model);
+        let (kv, dh) = (cfg.n_kv_heads, cfg.d_head);
+        layers(&self.model.weights.w_o, ls)
+            .matmul(r.reshape([lb, 1, d, 1])) // [Lb, H, dh, 1]
+            .reshape([lb, kv, self.group(), dh])
+            .swap_dims(2, 3)
+    }
+
+    /// The OV readout of every head: `C(W_V[l,h'] W_O[l,h] r_l)` `[Lb, H, d]`, and the value
+    /// bias per unit of attention `b_V[l,h'] W_O[l,h] · r_l` `[Lb, H]` (0 after folding).
+    /// Query heads are grouped by the key/value head they read, so no weight is repeated.
+    pub(super) fn ov_readouts(&self, ls: &Range<usize>, r: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
+        let cfg = &self.model.config;
+        let (lb, h, d) = (ls.len(), cfg.n_heads, cfg.d_model);
+        let w = &self.model.weights;
+        let wo_r = self.wo_r(ls, r); // [Lb, KV, dh, g]
+        let ov = self.c(layers(&w.w_v, ls)
+            .matmul(wo_r.clone()) // [Lb, KV, d, g]
+            .swap_dims(2, 3)
+            .reshape([lb, h, d]));
+        let bias = layers(&w.b_v, ls)
+            .unsqueeze_dim::<4>(2) // [Lb, KV, 1, dh]
+            .matmul(wo_r)
+            .reshape([lb, h]);
+        (ov, bias)
+    }
+
+    /// Each head's own value `z_h W_O[h] · r` at `q`, from the forward pass's `z` (TL
+    /// `hook_z`): `[Lb, H]`. Independent of the children (which come from the residual
+    /// components through the pattern and the OV readout), so `value − Σ children − bias`
+    /// really checks the decomposition.
+    pub(super) fn head_values(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
+        let cfg = &self.model.config;
+        let (lb, h, d, dh) = (ls.len(), cfg.n_heads, cfg.d_model, cfg.d_head);
+        let z = layers(&self.cache.z, ls)
+            .narrow(1, q, 1)
+            .reshape([lb, h, 1, dh]);
+        let wo_r = layers(&self.model.weights.w_o, ls).matmul(r.reshape([lb, 1, d, 1])); // [Lb, H, dh, 1]
+        z.matmul(wo_r).reshape([lb, h])
+    }
+
+    /// The attention pattern rows `A[l, :, q, :]`: `[Lb, H, P]`.
+    pub(super) fn pattern_rows(&self, ls: Range<usize>, q: usize) -> Tensor<3> {
+        layers(&self.cache.patterns, &ls)
+            .narrow(2, q, 1)
+            .squeeze_dim::<3>(2)
+    }
+
+    /// The values of the sources `(p, c)` of heads, `x_c[p] · A[l,h,q,p] · ov[l,h] / s1[l,p]`,
+    /// given their OV readouts `ov [Lb, Hb, d]` and pattern rows `a [Lb, Hb, P]` (`Hb` heads
+    /// per layer: all of them, or one): `[Lb, Hb, P, C]`, zero for components that are not
+    /// upstream of the layer.
+    pub(super) fn source_values(
+        &self,
+        ls: &Range<usize>,
+        ov: Tensor<3>,
+        a: Tensor<3>,
+    ) -> Tensor<4> {
+        let [lb, hb, d] = ov.dims();
+        let (c_n, p_n) = (self.layout.n(), self.n_pos());
+        // [C·P, d] x [d, Lb·Hb] -> [C, P, Lb, Hb] -> [Lb, Hb, P, C]
+        let raw = self
+            .cache
+            .components
+            .clone()
+            .reshape([c_n * p_n, d])
+            .matmul(ov.reshape([lb * hb, d]).transpose())
+            .reshape([c_n, p_n, lb, hb])
+            .permute([2, 3, 1, 0]);
+        let s1 = layers(&self.cache.ln1_scale, ls).unsqueeze_dim::<3>(1); // [Lb, 1, P]
+        let weight = (a / s1).unsqueeze_dim::<4>(3); // [Lb, Hb, P, 1]
+        raw * weight
+            * self
+                .upstream_mask(ls, |lay, l| lay.pre(l))
+                .unsqueeze_dim::<4>(1)
+    }
+
+    /// `[Lb, 1, C]`: 1 where component `c` is among the first `n(layout, l)` (upstream of the
+    /// layer), else 0.
+    fn upstream_mask(
+        &self,
+        ls: &Range<usize>,
+        n: impl Fn(&rdla_model::Layout, usize) -> usize,
+    ) -> Tensor<3> {
+        let c_n = self.layout.n();
+        let lay = self.layout;
+        let mask: Vec<f32> = ls
+            .clone()
+            .flat_map(|l| {
+                let up = n(&lay, l);
+                (0..c_n).map(move |c| if c < up { 1.0 } else { 0.0 })
+            })
+            .collect();
+        Tensor::<2>::from_data(TensorData::new(mask, [ls.len(), c_n]), self.device())
+            .unsqueeze_dim::<3>(1)
+    }
+
+    /// `[Lb, C]` mask of the components each MLP reads (`resid_mid`, or `resid_pre` in
+    /// parallel-residual models).
+    pub(super) fn mlp_input_mask(&self, ls: &Range<usize>) -> Tensor<2> {
+        self.upstream_mask(ls, |lay, l| lay.mid(l))
+            .squeeze_dim::<2>(1)
+    }
+
+    /// Components `0..n` at position `pos` read along one readout per row of `r [Lb, d]`:
+    /// `[Lb, n]`.
+    pub(super) fn comp_values(&self, n: usize, pos: usize, r: Tensor<2>) -> Tensor<2> {
+        r.matmul(self.comps_at(n, pos).transpose())
+    }
+
+    /// Components `0..n` at position `pos`: `[n, d]`.
+    pub(super) fn comps_at(&self, n: usize, pos: usize) -> Tensor<2> {
+        self.cache
+            .components
+            .clone()
+            .narrow(0, 0, n)
+            .narrow(1, pos, 1)
+            .squeeze_dim::<2>(1)
+    }
+
+    /// The factor `g` on the linear path of MLPs at their pre-activations `z [Lb, d_mlp]`: the
+    /// frozen gate `act(z)/z` (or `act'(z)` in gradient mode), or for a gated MLP `act(z_gate)`.
+    fn gate(&self, z: Tensor<2>) -> Tensor<2> {
+        let a = self.model.config.act;
+        match (self.model.config.gated_mlp, self.mode) {
+            (true, _) => act::apply(a, z),
+            (false, MlpMode::FrozenGate) => act::frozen_gate(a, z),
+            (false, MlpMode::Gradient) => act::derivative(a, z),
+        }
+    }
+
+    /// What every MLP formula needs at `q`: `W_out r` `[Lb, d_mlp]`, the gate `g` `[Lb, d_mlp]`
+    /// and the pre-activation `z` `[Lb, d_mlp]`.
+    fn mlp_parts(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+        let [lb, d] = r.dims();
+        let wout_r = layers(&self.model.weights.w_out, ls)
+            .matmul(r.reshape([lb, d, 1]))
+            .squeeze_dim::<2>(2); // [Lb, d_mlp]
+        let z = layers(&self.cache.mlp_pre, ls)
+            .narrow(1, q, 1)
+            .squeeze_dim::<2>(1); // [Lb, d_mlp]
+        let g = self.gate(z.clone());
+        (wout_r, g, z)
+    }
+
+    /// The readout of the inputs of MLPs `ls` at `q`: `C(W_in (g ⊙ W_out r)) / s2[l, q]`, plus,
+    /// for a gated MLP in gradient mode, the gate path
+    /// `W_gate (act'(z_gate) ⊙ z_linear ⊙ W_out r)`: `[Lb, d]`.
+    pub(super) fn mlp_readouts(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
+        let w = &self.model.weights;
+        let (wout_r, g, z) = self.mlp_parts(ls, q, r);
+        let gw = g * wout_r.clone();
+        let mut read = layers(&w.w_in, ls)
+            .matmul(gw.unsqueeze_dim::<3>(2))
+            .squeeze_dim::<2>(2); // [Lb, d]
+        if self.model.config.gated_mlp
+            && self.mode == MlpMode::Gradient
+            && let (Some(lin), Some(w_gate)) = (&self.cache.mlp_pre_linear, &w.w_gate)
+        {
+            let lin = layers(lin, ls).narrow(1, q, 1).squeeze_dim::<2>(1);
+            let gp = act::derivative(self.model.config.act, z) * lin;
+            read = read
+                + layers(w_gate, ls)
+                    .matmul((gp * wout_r).unsqueeze_dim::<3>(2))
+                    .squeeze_dim::<2>(2);
+        }
+        let s2 = layers(&self.cache.ln2_scale, ls).narrow(1, q, 1); // [Lb, 1]
+        self.c(read) / s2
+    }
+
+    /// The remainder of MLPs `ls` at `q`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`.
+    pub(super) fn mlp_biases(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<1> {
+        let w = &self.model.weights;
+        let [lb, d] = r.dims();
+        let (wout_r, g, _) = self.mlp_parts(ls, q, r.clone());
+        let b_out = layers(&w.b_out, ls)
+            .unsqueeze_dim::<3>(1)
+            .matmul(r.reshape([lb, d, 1]))
+            .reshape([lb]);
+        (g * layers(&w.b_in, ls) * wout_r)
+            .sum_dim(1)
+            .squeeze_dim::<1>(1)
+            + b_out
+    }
+}

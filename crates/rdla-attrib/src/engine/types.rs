@@ -1,0 +1,167 @@
+//! The engine's public types: what is attributed, how MLPs are linearised, errors, and what an
+//! expansion or the overview returns.
+
+use rdla_model::ModelError;
+use serde::Serialize;
+
+use crate::path::{Comp, Layout, PathSyntaxError, Step};
+
+/// What is attributed: a logit, or a logit difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Target {
+    Logit { answer: u32 },
+    Diff { answer: u32, foil: u32 },
+}
+
+impl Target {
+    pub fn answer(self) -> u32 {
+        match self {
+            Self::Logit { answer } | Self::Diff { answer, .. } => answer,
+        }
+    }
+
+    pub fn foil(self) -> Option<u32> {
+        match self {
+            Self::Logit { .. } => None,
+            Self::Diff { foil, .. } => Some(foil),
+        }
+    }
+}
+
+/// How an MLP is linearised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpMode {
+    /// `g = act(z)/z`: exact, every node adds up.
+    #[default]
+    FrozenGate,
+    /// `g = act'(z)`: a gradient approximation, not complete; its residual is reported.
+    Gradient,
+}
+
+impl MlpMode {
+    /// The JSON spelling (`frozen_gate`, `gradient`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FrozenGate => "frozen_gate",
+            Self::Gradient => "gradient",
+        }
+    }
+}
+
+impl std::str::FromStr for MlpMode {
+    type Err = String;
+    /// The command-line spelling (`frozen-gate`, `gradient`); the JSON one is accepted too.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "frozen-gate" | "frozen_gate" => Ok(Self::FrozenGate),
+            "gradient" => Ok(Self::Gradient),
+            other => Err(format!(
+                "unknown MLP mode `{other}` (expected frozen-gate or gradient)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttribError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Syntax(#[from] PathSyntaxError),
+    #[error(
+        "bad path `{path}`: step {index} `{step}` is not a child of {parent}; valid here: {valid}"
+    )]
+    InvalidStep {
+        path: String,
+        index: usize,
+        step: String,
+        parent: String,
+        valid: String,
+    },
+    #[error(
+        "attribution needs LayerNorm folded into the weights (fold_ln); this model was loaded without it"
+    )]
+    NotFolded,
+    #[error("target token id {id} is outside the vocabulary of {vocab}")]
+    BadTarget { id: u32, vocab: usize },
+    #[error("a read-back from the device returned no values")]
+    Empty,
+}
+
+pub type Result<T, E = AttribError> = std::result::Result<T, E>;
+
+/// A dense host array with its shape (row-major): the overview's tables.
+pub use rdla_model::HostTensor as Array;
+
+/// What kind of node a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NodeKind {
+    /// The target logit at the last position.
+    Root,
+    /// A residual component at a position: an attention layer, an MLP, or a leaf.
+    Component { comp: CompLabel },
+    /// One attention head at a destination position.
+    Head { layer: usize, head: usize },
+    /// The remainder child of its parent.
+    Bias,
+}
+
+/// A component, serialised as its label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompLabel(pub Comp);
+
+impl Serialize for CompLabel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+/// One child of an expanded node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Child {
+    pub step: String,
+    pub value: f32,
+    #[serde(skip)]
+    pub parsed: Step,
+}
+
+/// An expanded node: its value, its children, and what does not add up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Expansion {
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: NodeKind,
+    /// Position the node sits at (destination position for heads).
+    pub position: usize,
+    pub value: f32,
+    pub children: Vec<Child>,
+    pub bias: f32,
+    /// `value − Σ children − bias`. Float error for exact nodes; the approximation error in
+    /// gradient MLP mode; the whole value for a leaf (nothing to expand).
+    pub residual: f32,
+    pub leaf: bool,
+}
+
+/// The vectorised overview at the last position (exported through `Array::to_json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overview {
+    /// Which component each index of the component axes is.
+    pub layout: Layout,
+    pub target_value: f32,
+    /// Root children `[C]`.
+    pub components: Array,
+    /// `b_O[l]·r`: `[L]`.
+    pub attn_bias: Array,
+    /// `[L, H]` = Σ over (src_pos, src_comp) of `head_breakdown` + `head_bias`.
+    pub head_dla: Array,
+    /// `b_V[h] W_O[h]·r` (0 after fold_value_biases): `[L, H]`.
+    pub head_bias: Array,
+    /// `[L, H, P, C]`, zero for components not upstream of the layer.
+    pub head_breakdown: Array,
+    /// `[L, C]`, zero for components not upstream of `resid_mid`.
+    pub mlp_breakdown: Array,
+    /// `[L]`.
+    pub mlp_bias: Array,
+}

@@ -1,0 +1,44 @@
+//! Typed errors of the session layer.
+
+use std::path::PathBuf;
+
+use rdla_attrib::AttribError;
+use rdla_model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Attrib(#[from] AttribError),
+    #[error(transparent)]
+    Syntax(#[from] rdla_attrib::path::PathSyntaxError),
+    #[error(transparent)]
+    Png(#[from] crate::png::PngError),
+    /// The answer or the foil is not one token (`which` names it).
+    #[error("{which}: {error}")]
+    Token {
+        which: &'static str,
+        error: ModelError,
+    },
+    #[error(
+        "the foil {token:?} is the answer itself: a logit difference with itself is 0 by definition"
+    )]
+    SameFoil { token: String },
+    #[error("refusing to write {}: it is inside the model ({}), and rdla never writes there; choose another place", path.display(), model.display())]
+    OutputInModel { path: PathBuf, model: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{what} is not a finite number: the model overflows on this input (or its weights are broken)"
+    )]
+    NonFinite { what: String },
+    #[error("nothing has been computed yet")]
+    NotComputed,
+}
+
+pub type Result<T, E = SessionError> = std::result::Result<T, E>;

@@ -1,0 +1,98 @@
+//! What the UI and the exports show about a loaded model.
+
+use rdla_model::Model;
+
+use crate::session::ModelSource;
+
+/// A loaded model, as the UI sees it.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub source: ModelSource,
+    pub name: String,
+    pub architecture: &'static str,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Key/value heads (fewer than `n_heads` with grouped-query attention).
+    pub n_kv_heads: usize,
+    pub d_model: usize,
+    /// Norm, positions, residual and MLP kind, for the status bar's tooltip.
+    pub details: String,
+    pub n_ctx: usize,
+    pub d_vocab: usize,
+    pub processing: Vec<&'static str>,
+    /// Which weight files were read.
+    pub weights: String,
+    /// What exports must never be written into (the model's folder, or its file).
+    pub protected: Vec<std::path::PathBuf>,
+    pub load_ms: f64,
+}
+
+impl ModelInfo {
+    pub fn of(m: &Model, source: &ModelSource, load_ms: f64) -> Self {
+        let c = &m.config;
+        Self {
+            source: source.clone(),
+            name: m.name.clone(),
+            architecture: c.family.hf_class(),
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            d_model: c.d_model,
+            details: describe_config(c),
+            n_ctx: c.n_ctx,
+            d_vocab: c.d_vocab,
+            processing: m.processing.applied(),
+            weights: m.weights_source.clone(),
+            protected: m.protected.clone(),
+            load_ms,
+        }
+    }
+
+    /// `name · LlamaForCausalLM · 3L 4H (2 KV) d32`.
+    pub fn summary(&self) -> String {
+        let kv = if self.n_kv_heads < self.n_heads {
+            format!(" ({} KV)", self.n_kv_heads)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} · {} · {}L {}H{kv} d{}",
+            self.name, self.architecture, self.n_layers, self.n_heads, self.d_model
+        )
+    }
+}
+
+/// One line on what kind of transformer a config describes.
+fn describe_config(c: &rdla_model::ModelConfig) -> String {
+    use rdla_model::config::{Norm, Positional};
+    let norm = match c.norm {
+        Norm::LayerNorm => "LayerNorm",
+        Norm::RmsNorm => "RMSNorm",
+    };
+    let pos = match &c.positional {
+        Positional::Learned => "learned positions".to_string(),
+        Positional::Rotary(r) => format!("rotary ({})", r.describe),
+    };
+    let resid = if c.parallel_residual {
+        "parallel residual"
+    } else {
+        "sequential residual"
+    };
+    let mlp = if c.gated_mlp {
+        format!("gated MLP ({:?}) ×{}", c.act, c.d_mlp)
+    } else {
+        format!("MLP ({:?}) ×{}", c.act, c.d_mlp)
+    };
+    let heads = if c.n_kv_heads < c.n_heads {
+        format!(
+            "{} query heads sharing {} key/value heads",
+            c.n_heads, c.n_kv_heads
+        )
+    } else {
+        format!("{} heads", c.n_heads)
+    };
+    format!(
+        "{norm} · {pos} · {resid} · {heads} of {} · {mlp} · context {} · vocabulary {} · stored as {}",
+        c.d_head, c.n_ctx, c.d_vocab, c.dtype
+    )
+}

@@ -1,0 +1,21 @@
+//! rdla's session layer: everything between the compute core and a front-end. Open a model
+//! (source, progress, cancel) → compute a request (prompt, answer, foil, MLP mode, BOS) →
+//! expand a path → the view of a node (heatmap, title) → exports (JSON, CSV, PNG) written
+//! safely. The CLI and the GUI worker are thin adapters around [`Session`]. No GUI dependency.
+
+pub mod csv;
+pub mod error;
+pub mod geometry;
+pub mod heatmap;
+pub mod info;
+pub mod output;
+pub mod png;
+pub mod report;
+pub mod session;
+pub mod view;
+
+pub use error::{Result, SessionError};
+pub use heatmap::{ColorMap, Heatmap};
+pub use info::ModelInfo;
+pub use report::{Prediction, Timings, top_predictions};
+pub use session::{ComputeFailure, Computed, ModelSource, NodeView, Request, Session, Tokens, ms};

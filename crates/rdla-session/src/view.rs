@@ -1,0 +1,198 @@
+//! What the user looks at: the heatmap of a node (its rows, columns, values and where each
+//! cell leads), built once per node and computation and shared by the window, `--png` and
+//! the CSV/JSON exports.
+
+use rdla_attrib::engine::CompLabel;
+use rdla_attrib::{Comp, Expansion, Layout, NodeKind, Overview, Path, Step};
+
+use crate::heatmap::{Heatmap, printable};
+
+/// The unit of attribution values.
+pub const LOGIT_UNITS: &str = "logit units";
+
+/// Token labels `"{p}:{token}"` for column headers.
+pub fn position_labels(token_strs: &[String]) -> Vec<String> {
+    token_strs
+        .iter()
+        .enumerate()
+        .map(|(p, t)| format!("{p}:{}", printable(t)))
+        .collect()
+}
+
+/// The title of a view: model, path (or `root`), target.
+pub fn view_title(model: &str, path: &Path, target: &str) -> String {
+    let where_ = if path.is_root() {
+        "root".to_string()
+    } else {
+        path.to_string()
+    };
+    format!("{model} · {where_} · {target}")
+}
+
+/// The root view: rows = layers; columns = heads, the attention bias, the MLP.
+pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
+    let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
+    let mut cols: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
+    cols.push("attn bias".into());
+    cols.push("MLP".into());
+    let mut values = Vec::new();
+    let mut targets = Vec::new();
+    for l in 0..l_n {
+        let attn = Path::root().child(Step::Comp(Comp::Attn(l)));
+        for h in 0..h_n {
+            values.push(Some(ov.head_dla.at(&[l, h])));
+            targets.push(Some(attn.child(Step::Head(h))));
+        }
+        values.push(Some(ov.attn_bias.data[l]));
+        targets.push(Some(attn.child(Step::Bias)));
+        values.push(ov.layout.index(Comp::Mlp(l)).map(|i| ov.components.data[i]));
+        targets.push(Some(Path::root().child(Step::Comp(Comp::Mlp(l)))));
+    }
+    Heatmap {
+        title: title.to_string(),
+        strip: None,
+        column_bars: false,
+        units: LOGIT_UNITS.into(),
+        subtitle: if ov.layout.has_pos {
+            format!(
+                "target {:.4} = embed {:.4} + pos {:.4} + Σ cells",
+                ov.target_value, ov.components.data[0], ov.components.data[1]
+            )
+        } else {
+            format!(
+                "target {:.4} = embed {:.4} + Σ cells",
+                ov.target_value, ov.components.data[0]
+            )
+        },
+        row_title: "layer".into(),
+        col_title: "head".into(),
+        rows: (0..l_n).map(|l| format!("L{l}")).collect(),
+        cols,
+        values,
+        targets,
+    }
+}
+
+/// The heatmap of one expanded node.
+///
+/// - head: rows = source components, columns = source positions;
+/// - attention layer: one row of heads;
+/// - root / MLP (a residual): rows = `embed·pos` (`embed` without learned positions), `L0`,
+///   `L1`, …; columns = attn, mlp
+///   (`embed` and `pos` sit in the first row);
+/// - a leaf: a single cell.
+pub fn node_heatmap(
+    ex: &Expansion,
+    path: &Path,
+    token_strs: &[String],
+    layout: Layout,
+    title: &str,
+) -> Heatmap {
+    let subtitle = format!(
+        "value {:.4} = Σ children {:.4} + bias {:.4} (Δ {:.2e})",
+        ex.value,
+        ex.value - ex.bias - ex.residual,
+        ex.bias,
+        ex.residual
+    );
+    let mut hm = Heatmap {
+        title: title.to_string(),
+        subtitle,
+        strip: None,
+        column_bars: false,
+        units: LOGIT_UNITS.into(),
+        row_title: String::new(),
+        col_title: String::new(),
+        rows: Vec::new(),
+        cols: Vec::new(),
+        values: Vec::new(),
+        targets: Vec::new(),
+    };
+    match ex.kind {
+        NodeKind::Head { layer, .. } => {
+            let n_c = layout.pre(layer);
+            hm.row_title = "source component".into();
+            hm.col_title = "source position".into();
+            hm.rows = (0..n_c).map(|c| layout.comp(c).to_string()).collect();
+            hm.cols = position_labels(
+                &token_strs[..=ex.position.min(token_strs.len().saturating_sub(1))],
+            );
+            let n_p = hm.cols.len();
+            hm.values = vec![None; n_c * n_p];
+            hm.targets = vec![None; n_c * n_p];
+            hm.column_bars = true;
+            for ch in &ex.children {
+                if let Step::Source { pos, comp } = ch.parsed
+                    && pos < n_p
+                    && let Some(c) = layout.index(comp)
+                {
+                    let i = c * n_p + pos;
+                    hm.values[i] = Some(ch.value);
+                    hm.targets[i] = Some(path.child(ch.parsed));
+                }
+            }
+        }
+        NodeKind::Component {
+            comp: CompLabel(Comp::Attn(_)),
+        } => {
+            hm.row_title = "layer".into();
+            hm.col_title = "head".into();
+            hm.rows = vec![format!("@{}", ex.position)];
+            hm.cols = ex.children.iter().map(|c| c.step.clone()).collect();
+            hm.values = ex.children.iter().map(|c| Some(c.value)).collect();
+            hm.targets = ex
+                .children
+                .iter()
+                .map(|c| Some(path.child(c.parsed)))
+                .collect();
+            hm.cols.push("bias".into());
+            hm.values.push(Some(ex.bias));
+            hm.targets.push(Some(path.child(Step::Bias)));
+        }
+        NodeKind::Root
+        | NodeKind::Component {
+            comp: CompLabel(Comp::Mlp(_)),
+        } => {
+            hm.row_title = "layer".into();
+            hm.col_title = "component".into();
+            let (first_row, mlp_col) = if layout.has_pos {
+                ("embed·pos", "mlp (pos)")
+            } else {
+                ("embed", "mlp")
+            };
+            hm.cols = vec!["attn (embed)".into(), mlp_col.into()];
+            hm.rows = std::iter::once(first_row.to_string())
+                .chain((0..layout.n_layers).map(|l| format!("L{l}")))
+                .collect();
+            let n = hm.rows.len() * 2;
+            hm.values = vec![None; n];
+            hm.targets = vec![None; n];
+            for ch in &ex.children {
+                if let Step::Comp(c) = ch.parsed {
+                    let i = match c {
+                        Comp::Embed => 0,
+                        Comp::Pos => 1,
+                        Comp::Attn(l) => 2 * (l + 1),
+                        Comp::Mlp(l) => 2 * (l + 1) + 1,
+                    };
+                    hm.values[i] = Some(ch.value);
+                    hm.targets[i] = Some(path.child(ch.parsed));
+                }
+            }
+            // drop layers that are entirely absent (downstream of an MLP)
+            while hm.rows.len() > 1 && hm.values[hm.values.len() - 2..].iter().all(Option::is_none)
+            {
+                hm.rows.pop();
+                hm.values.truncate(hm.values.len() - 2);
+                hm.targets.truncate(hm.targets.len() - 2);
+            }
+        }
+        NodeKind::Component { .. } | NodeKind::Bias => {
+            hm.rows = vec![ex.path.clone()];
+            hm.cols = vec![format!("@{}", ex.position)];
+            hm.values = vec![Some(ex.value)];
+            hm.targets = vec![None];
+        }
+    }
+    hm
+}
