@@ -167,6 +167,14 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Sub-block `j`'s effective scale and min in a Q4_K/Q5_K block: `(d * sc, dmin * m)`,
+/// the `d1`/`m1` (or `d2`/`m2`) of the reference.
+#[inline]
+fn sub_block_scale_min(j: usize, scales: &[u8], d: f32, min: f32) -> (f32, f32) {
+    let (sc, m) = scale_min_k4(j, scales);
+    (d * f32::from(sc), min * f32::from(m))
+}
+
 /// `block_q4_K { ggml_half d, dmin; uint8_t scales[12]; uint8_t qs[128]; }`.
 fn q4_k(b: &[u8], out: &mut Vec<f32>) {
     let d = f16(b, 0);
@@ -174,12 +182,8 @@ fn q4_k(b: &[u8], out: &mut Vec<f32>) {
     let scales = &b[4..16];
     let qs = &b[16..144];
     for (j, q) in qs.chunks_exact(32).enumerate() {
-        let (sc, m) = scale_min_k4(2 * j, scales);
-        let d1 = d * f32::from(sc);
-        let m1 = min * f32::from(m);
-        let (sc, m) = scale_min_k4(2 * j + 1, scales);
-        let d2 = d * f32::from(sc);
-        let m2 = min * f32::from(m);
+        let (d1, m1) = sub_block_scale_min(2 * j, scales, d, min);
+        let (d2, m2) = sub_block_scale_min(2 * j + 1, scales, d, min);
         out.extend(q.iter().map(|&v| d1 * f32::from(v & 0x0F) - m1));
         out.extend(q.iter().map(|&v| d2 * f32::from(v >> 4) - m2));
     }
@@ -195,12 +199,8 @@ fn q5_k(b: &[u8], out: &mut Vec<f32>) {
     for (j, ql) in qs.chunks_exact(32).enumerate() {
         let u1 = 1u8 << (2 * j);
         let u2 = 2u8 << (2 * j);
-        let (sc, m) = scale_min_k4(2 * j, scales);
-        let d1 = d * f32::from(sc);
-        let m1 = min * f32::from(m);
-        let (sc, m) = scale_min_k4(2 * j + 1, scales);
-        let d2 = d * f32::from(sc);
-        let m2 = min * f32::from(m);
+        let (d1, m1) = sub_block_scale_min(2 * j, scales, d, min);
+        let (d2, m2) = sub_block_scale_min(2 * j + 1, scales, d, min);
         out.extend(ql.iter().zip(qh).map(|(&l, &h)| {
             let hi = if h & u1 != 0 { 16 } else { 0 };
             d1 * f32::from((l & 0x0F) + hi) - m1

@@ -36,7 +36,7 @@
 //!
 //! [`GgufFile::hf_config`], [`GgufFile::hf_tensors`] / [`GgufFile::read_hf`] and
 //! [`GgufFile::tokenizer_json`] undo what llama.cpp's `convert_hf_to_gguf.py` did, per
-//! architecture (`llama`, `qwen2`, `qwen3`, `gpt2`, `gptneox`; see `hf.rs`):
+//! architecture (`llama`, `qwen2`, `qwen3`, `gpt2`, `gptneox`; see `hf/`):
 //! tensor renaming, the Q/K row permutation of Llama-family rotary attention, GPT-2's Conv1D
 //! transposition and GPT-NeoX's fused-QKV reordering; hyper-parameters from `{arch}.*` keys;
 //! and the tokenizer rebuilt from `tokenizer.ggml.*`.
@@ -45,6 +45,7 @@ mod dequant;
 mod error;
 mod hf;
 mod meta;
+mod parse;
 mod tokenizer;
 mod types;
 
@@ -230,30 +231,45 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
-    pub(crate) fn get_str(&self, key: &str) -> Result<&str> {
-        let v = self
-            .metadata
-            .get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.to_string()))?;
-        v.as_str().ok_or_else(|| GgufError::WrongType {
+    /// The value at `key` as `conv` reads it: `None` when the key is absent,
+    /// [`GgufError::WrongType`] (wanting `expected`) when `conv` does not accept the value.
+    pub(crate) fn get_as<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &'static str,
+        conv: impl FnOnce(&'a MetaValue) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let Some(v) = self.metadata.get(key) else {
+            return Ok(None);
+        };
+        conv(v).map(Some).ok_or_else(|| GgufError::WrongType {
             key: key.to_string(),
-            expected: "string",
+            expected,
             found: v.type_name(),
         })
+    }
+
+    /// A required string.
+    pub(crate) fn get_str(&self, key: &str) -> Result<&str> {
+        self.get_as(key, "string", MetaValue::as_str)?
+            .ok_or_else(|| GgufError::MissingKey(key.to_string()))
+    }
+
+    /// An optional number (an `f32` widened through its shortest decimal form).
+    pub(crate) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get_as(key, "number", MetaValue::as_f64)
+    }
+
+    /// An optional bool.
+    pub(crate) fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get_as(key, "bool", MetaValue::as_bool)
     }
 
     /// A one-line description of how the weights are stored, e.g.
     /// `Q4_K_M (Q4_K ×112, Q6_K ×14, F32 ×61)`: the `general.file_type` name when the file
     /// has one, then the tensor count per type, most common first.
     pub fn quantization_summary(&self) -> String {
-        let mut counts: Vec<(GgmlType, usize)> = Vec::new();
-        for t in &self.tensors {
-            match counts.iter_mut().find(|(ty, _)| *ty == t.ggml_type) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((t.ggml_type, 1)),
-            }
-        }
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.id().cmp(&b.0.id())));
+        let counts = count_by_type(&self.tensors);
         let detail = counts
             .iter()
             .map(|(ty, n)| format!("{ty} ×{n}"))
@@ -269,14 +285,7 @@ impl GgufFile {
                 .unwrap_or_else(|| format!("file type {ft}")),
             None => {
                 // No declared file type: name the most common type among matrices.
-                let mut mats: Vec<(GgmlType, usize)> = Vec::new();
-                for t in self.tensors.iter().filter(|t| t.dims.len() >= 2) {
-                    match mats.iter_mut().find(|(ty, _)| *ty == t.ggml_type) {
-                        Some((_, n)) => *n += 1,
-                        None => mats.push((t.ggml_type, 1)),
-                    }
-                }
-                mats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.id().cmp(&b.0.id())));
+                let mats = count_by_type(self.tensors.iter().filter(|t| t.dims.len() >= 2));
                 match mats.first() {
                     Some((ty, _)) => format!("mostly {ty}"),
                     None => "no matrices".to_string(),
@@ -289,25 +298,17 @@ impl GgufFile {
     /// The raw bytes of a tensor.
     pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
         let bytes = self.backing.bytes();
-        let len = bytes.len() as u64;
-        let range = usize::try_from(t.data.start).ok()..usize::try_from(t.data.end).ok();
-        match range {
-            Range {
-                start: Some(s),
-                end: Some(e),
-            } if s <= e => bytes.get(s..e).ok_or(GgufError::TensorOutOfBounds {
+        let start = usize::try_from(t.data.start).ok();
+        let end = usize::try_from(t.data.end).ok();
+        start
+            .zip(end)
+            .and_then(|(s, e)| bytes.get(s..e))
+            .ok_or_else(|| GgufError::TensorOutOfBounds {
                 tensor: t.name.clone(),
                 start: t.data.start,
                 end: t.data.end,
-                len,
-            }),
-            _ => Err(GgufError::TensorOutOfBounds {
-                tensor: t.name.clone(),
-                start: t.data.start,
-                end: t.data.end,
-                len,
-            }),
-        }
+                len: bytes.len() as u64,
+            })
     }
 
     /// Dequantise a tensor to `f32`, in GGUF element order (row-major over the PyTorch
@@ -340,353 +341,15 @@ impl GgufFile {
     }
 }
 
-mod parse {
-    //! The header parser. Every read goes through [`Cursor`], which checks the bytes are
-    //! there before touching them; every count is checked against the bytes left before
-    //! anything is allocated for it.
-
-    use super::*;
-
-    pub(super) struct Header {
-        pub version: u32,
-        pub alignment: u64,
-        pub data_start: u64,
-        pub metadata: BTreeMap<String, MetaValue>,
-        pub tensors: Vec<TensorInfo>,
-    }
-
-    struct Cursor<'a> {
-        buf: &'a [u8],
-        pos: usize,
-    }
-
-    impl<'a> Cursor<'a> {
-        fn remaining(&self) -> u64 {
-            (self.buf.len() - self.pos) as u64
-        }
-
-        fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
-            if n > self.remaining() {
-                return Err(GgufError::Truncated {
-                    what: what(),
-                    offset: self.pos as u64,
-                    needed: n,
-                    len: self.buf.len() as u64,
-                });
-            }
-            let s = &self.buf[self.pos..self.pos + n as usize];
-            self.pos += n as usize;
-            Ok(s)
-        }
-
-        fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N]> {
-            let s = self.take(N as u64, what)?;
-            let mut a = [0u8; N];
-            a.copy_from_slice(s);
-            Ok(a)
-        }
-
-        fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32> {
-            self.array::<4>(what).map(u32::from_le_bytes)
-        }
-
-        fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64> {
-            self.array::<8>(what).map(u64::from_le_bytes)
-        }
-
-        fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
-            let at = self.pos as u64;
-            let len = self.u64(what)?;
-            if len > self.remaining() {
-                return Err(GgufError::AbsurdCount {
-                    what: format!("length of {} (string at offset {at})", what()),
-                    count: len,
-                    len: self.buf.len() as u64,
-                });
-            }
-            let bytes = self.take(len, what)?;
-            String::from_utf8(bytes.to_vec()).map_err(|_| {
-                GgufError::Corrupt(format!(
-                    "{} (string at offset {at}) is not valid UTF-8",
-                    what()
-                ))
-            })
+/// How many of `tensors` there are of each type, most common first (ties by type id).
+fn count_by_type<'a>(tensors: impl IntoIterator<Item = &'a TensorInfo>) -> Vec<(GgmlType, usize)> {
+    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+    for t in tensors {
+        match counts.iter_mut().find(|(ty, _)| *ty == t.ggml_type) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((t.ggml_type, 1)),
         }
     }
-
-    pub(super) fn checked_n_elements(dims: &[u64]) -> Option<u64> {
-        dims.iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= i64::MAX as u64)
-    }
-
-    fn scalar(c: &mut Cursor<'_>, ty: u32, what: &dyn Fn() -> String) -> Result<MetaValue> {
-        Ok(match ty {
-            0 => MetaValue::U8(c.array::<1>(what)?[0]),
-            1 => MetaValue::I8(i8::from_le_bytes(c.array::<1>(what)?)),
-            2 => MetaValue::U16(u16::from_le_bytes(c.array::<2>(what)?)),
-            3 => MetaValue::I16(i16::from_le_bytes(c.array::<2>(what)?)),
-            4 => MetaValue::U32(c.u32(what)?),
-            5 => MetaValue::I32(i32::from_le_bytes(c.array::<4>(what)?)),
-            6 => MetaValue::F32(f32::from_le_bytes(c.array::<4>(what)?)),
-            7 => MetaValue::Bool(c.array::<1>(what)?[0] != 0),
-            8 => MetaValue::String(c.string(what)?),
-            10 => MetaValue::U64(c.u64(what)?),
-            11 => MetaValue::I64(i64::from_le_bytes(c.array::<8>(what)?)),
-            12 => MetaValue::F64(f64::from_le_bytes(c.array::<8>(what)?)),
-            _ => unreachable_type(ty)?,
-        })
-    }
-
-    fn unreachable_type(ty: u32) -> Result<MetaValue> {
-        Err(GgufError::Corrupt(format!(
-            "value type {ty} where a scalar was expected"
-        )))
-    }
-
-    fn array(c: &mut Cursor<'_>, key: &str, total: u64) -> Result<MetaArray> {
-        let what = || format!("array `{key}`");
-        let elem = c.u32(&what)?;
-        let count = c.u64(&what)?;
-        if elem == 9 {
-            return Err(GgufError::Corrupt(format!(
-                "metadata key `{key}`: nested arrays are not supported"
-            )));
-        }
-        let min = meta::min_encoded_size(elem).ok_or_else(|| GgufError::UnknownValueType {
-            key: key.to_string(),
-            type_id: elem,
-        })?;
-        if count.checked_mul(min).is_none_or(|b| b > c.remaining()) {
-            return Err(GgufError::AbsurdCount {
-                what: format!(
-                    "length of array `{key}` (of {})",
-                    meta::value_type_name(elem)
-                ),
-                count,
-                len: total,
-            });
-        }
-        // `count` is now bounded by the bytes left in the file.
-        let n = count as usize;
-        macro_rules! fixed {
-            ($variant:ident, $t:ty, $size:expr) => {{
-                let bytes = c.take(count * $size, &what)?;
-                MetaArray::$variant(
-                    bytes
-                        .chunks_exact($size)
-                        .map(|ch| {
-                            let mut a = [0u8; $size];
-                            a.copy_from_slice(ch);
-                            <$t>::from_le_bytes(a)
-                        })
-                        .collect(),
-                )
-            }};
-        }
-        Ok(match elem {
-            0 => MetaArray::U8(c.take(count, &what)?.to_vec()),
-            1 => fixed!(I8, i8, 1),
-            2 => fixed!(U16, u16, 2),
-            3 => fixed!(I16, i16, 2),
-            4 => fixed!(U32, u32, 4),
-            5 => fixed!(I32, i32, 4),
-            6 => fixed!(F32, f32, 4),
-            7 => MetaArray::Bool(c.take(count, &what)?.iter().map(|&b| b != 0).collect()),
-            8 => {
-                // Grown as the strings are actually read: a claimed count alone never
-                // reserves more than a little memory.
-                let mut v = Vec::with_capacity(n.min(4096));
-                for i in 0..n {
-                    v.push(c.string(&|| format!("element {i} of array `{key}`"))?);
-                }
-                MetaArray::String(v)
-            }
-            10 => fixed!(U64, u64, 8),
-            11 => fixed!(I64, i64, 8),
-            12 => fixed!(F64, f64, 8),
-            _ => {
-                return Err(GgufError::UnknownValueType {
-                    key: key.to_string(),
-                    type_id: elem,
-                });
-            }
-        })
-    }
-
-    pub(super) fn parse(buf: &[u8]) -> Result<Header> {
-        let total = buf.len() as u64;
-        let mut c = Cursor { buf, pos: 0 };
-        let magic = c.array::<4>(&|| "the magic number".to_string())?;
-        if &magic != b"GGUF" {
-            return Err(GgufError::BadMagic { found: magic });
-        }
-        let version = c.u32(&|| "the version".to_string())?;
-        if version & 0xFFFF == 0 && version != 0 {
-            return Err(GgufError::BigEndian { raw: version });
-        }
-        if version != 2 && version != 3 {
-            return Err(GgufError::UnsupportedVersion(version));
-        }
-        let n_tensors = c.u64(&|| "the tensor count".to_string())?;
-        let n_kv = c.u64(&|| "the metadata count".to_string())?;
-        // Each key/value pair takes at least 13 bytes (key length, type, 1-byte value), each
-        // tensor info at least 24 (name length, n_dims, type, offset).
-        if n_kv.checked_mul(13).is_none_or(|b| b > c.remaining()) {
-            return Err(GgufError::AbsurdCount {
-                what: "metadata count".to_string(),
-                count: n_kv,
-                len: total,
-            });
-        }
-        if n_tensors.checked_mul(24).is_none_or(|b| b > c.remaining()) {
-            return Err(GgufError::AbsurdCount {
-                what: "tensor count".to_string(),
-                count: n_tensors,
-                len: total,
-            });
-        }
-
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = c.string(&|| format!("key of metadata entry {i}"))?;
-            let ty = c.u32(&|| format!("type of metadata `{key}`"))?;
-            let value = match ty {
-                9 => MetaValue::Array(array(&mut c, &key, total)?),
-                0..=8 | 10..=12 => scalar(&mut c, ty, &|| format!("value of metadata `{key}`"))?,
-                _ => return Err(GgufError::UnknownValueType { key, type_id: ty }),
-            };
-            if metadata.contains_key(&key) {
-                return Err(GgufError::DuplicateKey(key));
-            }
-            metadata.insert(key, value);
-        }
-
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a.is_power_of_two() => a,
-                Some(a) => {
-                    return Err(GgufError::BadValue {
-                        key: "general.alignment".to_string(),
-                        reason: format!("{a} is not a power of two"),
-                    });
-                }
-                None => {
-                    return Err(GgufError::WrongType {
-                        key: "general.alignment".to_string(),
-                        expected: "unsigned integer",
-                        found: v.type_name(),
-                    });
-                }
-            },
-        };
-
-        struct RawInfo {
-            name: String,
-            dims: Vec<u64>,
-            ty: GgmlType,
-            offset: u64,
-            n_bytes: u64,
-        }
-        let mut raw = Vec::new();
-        let mut names = std::collections::HashSet::new();
-        for i in 0..n_tensors {
-            let name = c.string(&|| format!("name of tensor {i}"))?;
-            let what = || format!("info of tensor `{name}`");
-            let n_dims = c.u32(&what)?;
-            if n_dims > MAX_DIMS {
-                return Err(GgufError::BadDims {
-                    tensor: name,
-                    dims: vec![],
-                    reason: format!("{n_dims} dimensions (at most {MAX_DIMS})"),
-                });
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(c.u64(&what)?);
-            }
-            let type_id = c.u32(&what)?;
-            let offset = c.u64(&what)?;
-            let ty = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-                tensor: name.clone(),
-                type_id,
-            })?;
-            let Some(n) = checked_n_elements(&dims) else {
-                return Err(GgufError::BadDims {
-                    tensor: name,
-                    dims,
-                    reason: "the number of elements overflows".to_string(),
-                });
-            };
-            let (block_elems, block_bytes) = ty.block_layout();
-            if dims
-                .first()
-                .is_some_and(|&ne0| ne0 % block_elems as u64 != 0)
-            {
-                return Err(GgufError::BadDims {
-                    tensor: name,
-                    dims,
-                    reason: format!(
-                        "the row length is not a multiple of the {ty} block size {block_elems}"
-                    ),
-                });
-            }
-            let Some(n_bytes) = (n / block_elems as u64).checked_mul(block_bytes as u64) else {
-                return Err(GgufError::BadDims {
-                    tensor: name,
-                    dims,
-                    reason: "the size in bytes overflows".to_string(),
-                });
-            };
-            if offset % alignment != 0 {
-                return Err(GgufError::Misaligned {
-                    tensor: name,
-                    offset,
-                    alignment,
-                });
-            }
-            if !names.insert(name.clone()) {
-                return Err(GgufError::DuplicateTensor(name));
-            }
-            raw.push(RawInfo {
-                name,
-                dims,
-                ty,
-                offset,
-                n_bytes,
-            });
-        }
-
-        let header_end = c.pos as u64;
-        let data_start = header_end.div_ceil(alignment) * alignment;
-        let mut tensors = Vec::with_capacity(raw.len());
-        for r in raw {
-            let start = data_start.checked_add(r.offset);
-            let end = start.and_then(|s| s.checked_add(r.n_bytes));
-            match (start, end) {
-                (Some(start), Some(end)) if end <= total => tensors.push(TensorInfo {
-                    name: r.name,
-                    dims: r.dims,
-                    ggml_type: r.ty,
-                    data: start..end,
-                }),
-                _ => {
-                    return Err(GgufError::TensorOutOfBounds {
-                        tensor: r.name,
-                        start: start.unwrap_or(u64::MAX),
-                        end: end.unwrap_or(u64::MAX),
-                        len: total,
-                    });
-                }
-            }
-        }
-        Ok(Header {
-            version,
-            alignment,
-            data_start,
-            metadata,
-            tensors,
-        })
-    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.id().cmp(&b.0.id())));
+    counts
 }

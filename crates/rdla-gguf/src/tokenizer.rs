@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::GgufFile;
 use crate::error::{GgufError, Result};
+use crate::meta::MetaValue;
 
 const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -103,16 +104,32 @@ struct Vocab<'a> {
     scores: Option<Vec<f32>>,
 }
 
+/// The special token ids and flags both tokenizer kinds use.
+struct Specials {
+    bos: Option<usize>,
+    eos: Option<usize>,
+    unk: Option<usize>,
+    add_eos: bool,
+}
+
+/// The parts in which the two tokenizer kinds differ; [`assemble`] makes the rest.
+struct Pipeline {
+    normalizer: Value,
+    pre_tokenizer: Value,
+    post_processor: Value,
+    decoder: Value,
+    unk: Option<usize>,
+    /// SentencePiece: unknown pieces fused and spelled by their bytes.
+    byte_fallback: bool,
+    ignore_merges: bool,
+    merges: Vec<Value>,
+}
+
 impl GgufFile {
     fn opt_token_id(&self, key: &str, n_vocab: usize) -> Result<Option<usize>> {
-        let Some(v) = self.get(key) else {
+        let Some(id) = self.get_as(key, "unsigned integer", MetaValue::as_u64)? else {
             return Ok(None);
         };
-        let id = v.as_u64().ok_or_else(|| GgufError::WrongType {
-            key: key.to_string(),
-            expected: "unsigned integer",
-            found: v.type_name(),
-        })?;
         match usize::try_from(id) {
             Ok(id) if id < n_vocab => Ok(Some(id)),
             _ => Err(GgufError::BadValue {
@@ -122,15 +139,12 @@ impl GgufFile {
         }
     }
 
-    fn tok_bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| GgufError::WrongType {
-                key: key.to_string(),
-                expected: "bool",
-                found: v.type_name(),
-            }),
-        }
+    /// A required array of strings.
+    fn string_array(&self, key: &str) -> Result<&[String]> {
+        self.get(key)
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.as_strings())
+            .ok_or_else(|| GgufError::MissingKey(format!("{key} (array of strings)")))
     }
 
     /// A `tokenizer.json` (the `tokenizers` crate's format) equivalent to the file's
@@ -138,13 +152,33 @@ impl GgufFile {
     /// tokens, so it gives the same token ids as the model's Hugging Face tokenizer.
     pub fn tokenizer_json(&self) -> Result<String> {
         let model = self.get_str("tokenizer.ggml.model")?;
-        let tokens = self
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .and_then(|a| a.as_strings())
-            .ok_or_else(|| {
-                GgufError::MissingKey("tokenizer.ggml.tokens (array of strings)".into())
-            })?;
+        let vocab = self.vocab()?;
+        let n = vocab.tokens.len();
+        let specials = Specials {
+            bos: self.opt_token_id("tokenizer.ggml.bos_token_id", n)?,
+            eos: self.opt_token_id("tokenizer.ggml.eos_token_id", n)?,
+            unk: self.opt_token_id("tokenizer.ggml.unknown_token_id", n)?,
+            add_eos: self
+                .opt_bool("tokenizer.ggml.add_eos_token")?
+                .unwrap_or(false),
+        };
+        let pipeline = match model {
+            "gpt2" => self.byte_level_bpe(&vocab, &specials)?,
+            "llama" => self.sentencepiece_bpe(&vocab, &specials)?,
+            other => {
+                return Err(GgufError::Tokenizer(format!(
+                    "tokenizer model `{other}` (tokenizer.ggml.model) is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece)"
+                )));
+            }
+        };
+        let value = assemble(&vocab, pipeline);
+        serde_json::to_string(&value).map_err(|e| GgufError::Tokenizer(e.to_string()))
+    }
+
+    /// `tokenizer.ggml.tokens`, with `token_type` and `scores` when present (each checked to
+    /// have one entry per token).
+    fn vocab(&self) -> Result<Vocab<'_>> {
+        let tokens = self.string_array("tokenizer.ggml.tokens")?;
         let n = tokens.len();
         let arr = |key: &str| self.get(key).and_then(|v| v.as_array());
         let types = arr("tokenizer.ggml.token_type").and_then(|a| a.to_i64_vec());
@@ -160,142 +194,91 @@ impl GgufFile {
                 });
             }
         }
-        let vocab = Vocab {
+        Ok(Vocab {
             tokens,
             types,
             scores,
+        })
+    }
+
+    /// `tokenizer.ggml.model = "gpt2"`: byte-level BPE, pre-tokenized as
+    /// `tokenizer.ggml.pre` says.
+    fn byte_level_bpe(&self, vocab: &Vocab<'_>, sp: &Specials) -> Result<Pipeline> {
+        let pre_name = match self.get("tokenizer.ggml.pre") {
+            Some(v) => v.as_str().unwrap_or("").to_string(),
+            // Files from before llama.cpp recorded pre-tokenizers: GPT-2 style
+            // architectures used GPT-2's.
+            None if matches!(self.architecture()?, "gpt2" | "gptneox") => "gpt-2".into(),
+            None => "default".into(),
         };
-        let bos = self.opt_token_id("tokenizer.ggml.bos_token_id", n)?;
-        let eos = self.opt_token_id("tokenizer.ggml.eos_token_id", n)?;
-        let unk = self.opt_token_id("tokenizer.ggml.unknown_token_id", n)?;
-        let add_eos = self
-            .tok_bool("tokenizer.ggml.add_eos_token")?
-            .unwrap_or(false);
-        let value = match model {
-            "gpt2" => {
-                let pre_name = match self.get("tokenizer.ggml.pre") {
-                    Some(v) => v.as_str().unwrap_or("").to_string(),
-                    // Files from before llama.cpp recorded pre-tokenizers: GPT-2 style
-                    // architectures used GPT-2's.
-                    None if matches!(self.architecture()?, "gpt2" | "gptneox") => "gpt-2".into(),
-                    None => "default".into(),
-                };
-                let pre = pre_family(&pre_name).ok_or_else(|| {
-                    GgufError::Tokenizer(format!(
-                        "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported; \
-                         supported: gpt-2, llama-bpe (Llama 3), qwen2, smollm, starcoder, gpt-4o and their aliases"
-                    ))
-                })?;
-                let add_bos = self
-                    .tok_bool("tokenizer.ggml.add_bos_token")?
-                    .unwrap_or(pre == Pre::Llama3);
-                let merges = self.bpe_merges()?;
-                let (normalizer, pre_tok, ignore_merges) = pre_tokenizer(pre);
-                let post = post_processor(
-                    &vocab,
-                    bos.filter(|_| add_bos),
-                    eos.filter(|_| add_eos),
-                    true,
-                )?;
-                json!({
-                    "version": "1.0",
-                    "truncation": null,
-                    "padding": null,
-                    "added_tokens": added_tokens(&vocab),
-                    "normalizer": normalizer,
-                    "pre_tokenizer": pre_tok,
-                    "post_processor": post,
-                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                    "model": {
-                        "type": "BPE",
-                        "dropout": null,
-                        "unk_token": unk.map(|u| tokens[u].clone()),
-                        "continuing_subword_prefix": null,
-                        "end_of_word_suffix": null,
-                        "fuse_unk": false,
-                        "byte_fallback": false,
-                        "ignore_merges": ignore_merges,
-                        "vocab": vocab_map(tokens),
-                        "merges": merges,
-                    },
-                })
-            }
-            "llama" => {
-                let add_bos = self
-                    .tok_bool("tokenizer.ggml.add_bos_token")?
-                    .unwrap_or(true);
-                let add_space = self
-                    .tok_bool("tokenizer.ggml.add_space_prefix")?
-                    .unwrap_or(true);
-                let unk = unk.or_else(|| {
-                    vocab
-                        .types
-                        .as_ref()
-                        .and_then(|t| t.iter().position(|&x| x == TOKEN_TYPE_UNKNOWN))
-                });
-                let replace =
-                    json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
-                let normalizer = if add_space {
-                    json!({"type": "Sequence", "normalizers": [
-                        {"type": "Prepend", "prepend": "\u{2581}"},
-                        replace,
-                    ]})
-                } else {
-                    replace
-                };
-                let post = post_processor(
-                    &vocab,
-                    bos.filter(|_| add_bos),
-                    eos.filter(|_| add_eos),
-                    false,
-                )?;
-                json!({
-                    "version": "1.0",
-                    "truncation": null,
-                    "padding": null,
-                    "added_tokens": added_tokens(&vocab),
-                    "normalizer": normalizer,
-                    "pre_tokenizer": null,
-                    "post_processor": post,
-                    "decoder": {"type": "Sequence", "decoders": [
-                        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                        {"type": "ByteFallback"},
-                        {"type": "Fuse"},
-                        {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-                    ]},
-                    "model": {
-                        "type": "BPE",
-                        "dropout": null,
-                        "unk_token": unk.map(|u| tokens[u].clone()),
-                        "continuing_subword_prefix": null,
-                        "end_of_word_suffix": null,
-                        "fuse_unk": true,
-                        "byte_fallback": true,
-                        "ignore_merges": false,
-                        "vocab": vocab_map(tokens),
-                        "merges": spm_merges(&vocab),
-                    },
-                })
-            }
-            other => {
-                return Err(GgufError::Tokenizer(format!(
-                    "tokenizer model `{other}` (tokenizer.ggml.model) is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece)"
-                )));
-            }
+        let pre = pre_family(&pre_name).ok_or_else(|| {
+            GgufError::Tokenizer(format!(
+                "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported; \
+                 supported: gpt-2, llama-bpe (Llama 3), qwen2, smollm, starcoder, gpt-4o and their aliases"
+            ))
+        })?;
+        let add_bos = self
+            .opt_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(pre == Pre::Llama3);
+        let merges = self.bpe_merges()?;
+        let (normalizer, pre_tokenizer, ignore_merges) = pre_tokenizer(pre);
+        Ok(Pipeline {
+            normalizer,
+            pre_tokenizer,
+            post_processor: post_processor(vocab, sp, add_bos, true),
+            decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+            unk: sp.unk,
+            byte_fallback: false,
+            ignore_merges,
+            merges,
+        })
+    }
+
+    /// `tokenizer.ggml.model = "llama"`: SentencePiece BPE as transformers' `LlamaConverter`
+    /// writes it.
+    fn sentencepiece_bpe(&self, vocab: &Vocab<'_>, sp: &Specials) -> Result<Pipeline> {
+        let add_bos = self
+            .opt_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(true);
+        let add_space = self
+            .opt_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(true);
+        let unk = sp.unk.or_else(|| {
+            vocab
+                .types
+                .as_ref()
+                .and_then(|t| t.iter().position(|&x| x == TOKEN_TYPE_UNKNOWN))
+        });
+        let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+        let normalizer = if add_space {
+            json!({"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"},
+                replace,
+            ]})
+        } else {
+            replace
         };
-        serde_json::to_string(&value).map_err(|e| GgufError::Tokenizer(e.to_string()))
+        Ok(Pipeline {
+            normalizer,
+            pre_tokenizer: Value::Null,
+            post_processor: post_processor(vocab, sp, add_bos, false),
+            decoder: json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ]}),
+            unk,
+            byte_fallback: true,
+            ignore_merges: false,
+            merges: spm_merges(vocab),
+        })
     }
 
     /// `tokenizer.ggml.merges` as `[first, second]` pairs (split at the first space after
     /// the first character, as llama.cpp does).
     fn bpe_merges(&self) -> Result<Vec<Value>> {
-        let merges = self
-            .get("tokenizer.ggml.merges")
-            .and_then(|v| v.as_array())
-            .and_then(|a| a.as_strings())
-            .ok_or_else(|| {
-                GgufError::MissingKey("tokenizer.ggml.merges (array of strings)".into())
-            })?;
+        let merges = self.string_array("tokenizer.ggml.merges")?;
         merges
             .iter()
             .map(|m| {
@@ -307,6 +290,32 @@ impl GgufFile {
             })
             .collect()
     }
+}
+
+/// The `tokenizer.json` document: a BPE model over the vocabulary, with `p`'s pipeline.
+fn assemble(vocab: &Vocab<'_>, p: Pipeline) -> Value {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens(vocab),
+        "normalizer": p.normalizer,
+        "pre_tokenizer": p.pre_tokenizer,
+        "post_processor": p.post_processor,
+        "decoder": p.decoder,
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": p.unk.map(|u| vocab.tokens[u].clone()),
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": p.byte_fallback,
+            "byte_fallback": p.byte_fallback,
+            "ignore_merges": p.ignore_merges,
+            "vocab": vocab_map(vocab.tokens),
+            "merges": p.merges,
+        },
+    })
 }
 
 /// `{token: id}`; a token listed twice keeps its last id, as in llama.cpp.
@@ -344,42 +353,32 @@ fn added_tokens(v: &Vocab<'_>) -> Vec<Value> {
         .collect()
 }
 
-fn post_processor(
-    v: &Vocab<'_>,
-    bos: Option<usize>,
-    eos: Option<usize>,
-    byte_level: bool,
-) -> Result<Value> {
+/// The post-processor: `TemplateProcessing` adding BOS when `add_bos` and EOS when
+/// `sp.add_eos` (where the ids exist), after `ByteLevel` offsets for a byte-level tokenizer.
+fn post_processor(v: &Vocab<'_>, sp: &Specials, add_bos: bool, byte_level: bool) -> Value {
+    let bos = sp.bos.filter(|_| add_bos);
+    let eos = sp.eos.filter(|_| sp.add_eos);
     let byte_level_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
     if bos.is_none() && eos.is_none() {
-        return Ok(if byte_level {
+        return if byte_level {
             byte_level_post
         } else {
             Value::Null
-        });
+        };
     }
     let special =
         |id: usize, type_id: u32| json!({"SpecialToken": {"id": v.tokens[id], "type_id": type_id}});
     let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
-    let mut single = Vec::new();
-    let mut pair = Vec::new();
-    if let Some(b) = bos {
-        single.push(special(b, 0));
-        pair.push(special(b, 0));
-    }
-    single.push(seq("A", 0));
-    pair.push(seq("A", 0));
-    if let Some(e) = eos {
-        single.push(special(e, 0));
-        pair.push(special(e, 0));
-    }
-    if let Some(b) = bos {
-        pair.push(special(b, 1));
-    }
-    pair.push(seq("B", 1));
-    if let Some(e) = eos {
-        pair.push(special(e, 1));
-    }
+    // `[BOS] $name [EOS]`, each piece of type `type_id`.
+    let sentence = |name: &str, type_id: u32| -> Vec<Value> {
+        bos.map(|b| special(b, type_id))
+            .into_iter()
+            .chain([seq(name, type_id)])
+            .chain(eos.map(|e| special(e, type_id)))
+            .collect()
+    };
+    let single = sentence("A", 0);
+    let pair = [sentence("A", 0), sentence("B", 1)].concat();
     let mut specials = Map::new();
     for id in [bos, eos].into_iter().flatten() {
         specials.insert(
@@ -393,11 +392,11 @@ fn post_processor(
         "pair": pair,
         "special_tokens": specials,
     });
-    Ok(if byte_level {
+    if byte_level {
         json!({"type": "Sequence", "processors": [byte_level_post, template]})
     } else {
         template
-    })
+    }
 }
 
 /// Merges for a SentencePiece BPE vocabulary, as transformers' `SentencePieceExtractor`

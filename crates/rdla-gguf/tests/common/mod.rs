@@ -27,6 +27,27 @@ pub fn load_safetensors(name: &str) -> std::collections::BTreeMap<String, (Vec<u
         .collect()
 }
 
+/// Assert that `ours` encodes `text` to the same ids as `reference`, with and without
+/// special tokens; `label` starts the failure message.
+pub fn assert_same_ids(
+    ours: &tokenizers::Tokenizer,
+    reference: &tokenizers::Tokenizer,
+    text: &str,
+    label: &str,
+) {
+    for special in [false, true] {
+        let a = ours.encode(text, special).unwrap();
+        let b = reference.encode(text, special).unwrap();
+        assert_eq!(
+            a.get_ids(),
+            b.get_ids(),
+            "{label}{text:?} (add_special_tokens={special}): {:?} vs {:?}",
+            a.get_tokens(),
+            b.get_tokens()
+        );
+    }
+}
+
 /// A metadata value for [`Gguf`], already encoded (type id + payload).
 pub struct Kv {
     pub key: String,
@@ -40,75 +61,49 @@ pub fn string_bytes(s: &str) -> Vec<u8> {
     v
 }
 
-pub fn kv_u32(key: &str, v: u32) -> Kv {
+/// A value of GGUF type `ty`, encoded as `payload`.
+fn kv(key: &str, ty: u32, payload: Vec<u8>) -> Kv {
     Kv {
         key: key.into(),
-        ty: 4,
-        payload: v.to_le_bytes().to_vec(),
+        ty,
+        payload,
     }
+}
+
+pub fn kv_u32(key: &str, v: u32) -> Kv {
+    kv(key, 4, v.to_le_bytes().to_vec())
 }
 
 pub fn kv_f32(key: &str, v: f32) -> Kv {
-    Kv {
-        key: key.into(),
-        ty: 6,
-        payload: v.to_le_bytes().to_vec(),
-    }
+    kv(key, 6, v.to_le_bytes().to_vec())
 }
 
 pub fn kv_bool(key: &str, v: bool) -> Kv {
-    Kv {
-        key: key.into(),
-        ty: 7,
-        payload: vec![u8::from(v)],
-    }
+    kv(key, 7, vec![u8::from(v)])
 }
 
 pub fn kv_str(key: &str, v: &str) -> Kv {
-    Kv {
-        key: key.into(),
-        ty: 8,
-        payload: string_bytes(v),
-    }
+    kv(key, 8, string_bytes(v))
+}
+
+/// An array of `len` elements of GGUF type `elem_ty`, already encoded as `elems`.
+fn kv_array(key: &str, elem_ty: u32, len: usize, elems: impl IntoIterator<Item = u8>) -> Kv {
+    let mut payload = elem_ty.to_le_bytes().to_vec();
+    payload.extend_from_slice(&(len as u64).to_le_bytes());
+    payload.extend(elems);
+    kv(key, 9, payload)
 }
 
 pub fn kv_str_array(key: &str, v: &[&str]) -> Kv {
-    let mut payload = 8u32.to_le_bytes().to_vec();
-    payload.extend_from_slice(&(v.len() as u64).to_le_bytes());
-    for s in v {
-        payload.extend(string_bytes(s));
-    }
-    Kv {
-        key: key.into(),
-        ty: 9,
-        payload,
-    }
+    kv_array(key, 8, v.len(), v.iter().flat_map(|s| string_bytes(s)))
 }
 
 pub fn kv_i32_array(key: &str, v: &[i32]) -> Kv {
-    let mut payload = 5u32.to_le_bytes().to_vec();
-    payload.extend_from_slice(&(v.len() as u64).to_le_bytes());
-    for x in v {
-        payload.extend_from_slice(&x.to_le_bytes());
-    }
-    Kv {
-        key: key.into(),
-        ty: 9,
-        payload,
-    }
+    kv_array(key, 5, v.len(), v.iter().flat_map(|x| x.to_le_bytes()))
 }
 
 pub fn kv_f32_array(key: &str, v: &[f32]) -> Kv {
-    let mut payload = 6u32.to_le_bytes().to_vec();
-    payload.extend_from_slice(&(v.len() as u64).to_le_bytes());
-    for x in v {
-        payload.extend_from_slice(&x.to_le_bytes());
-    }
-    Kv {
-        key: key.into(),
-        ty: 9,
-        payload,
-    }
+    kv_array(key, 6, v.len(), v.iter().flat_map(|x| x.to_le_bytes()))
 }
 
 pub struct Tensor {
