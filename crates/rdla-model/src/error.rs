@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while opening a model directory or running it.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    #[error("cannot ablate: {0}")]
+    BadAblation(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -43,6 +45,8 @@ pub enum ModelError {
     NoWeights { dir: PathBuf },
     #[error("{path}: corrupt or truncated safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
+    #[error("GGUF file: {0}")]
+    Gguf(#[from] rdla_gguf::GgufError),
     #[error("{path}: cannot read PyTorch checkpoint: {reason}")]
     Pytorch { path: PathBuf, reason: String },
     #[error("{path}: invalid shard index: {reason}")]

@@ -103,42 +103,43 @@ fn in_place<const D: usize>(
     Ok(Tensor::from_data(data, device))
 }
 
-/// `softmax(scale · scores)` over the last axis of `[H, P, P]` raw scores `q·kᵀ`, with every
-/// key that `span` hides from a query set to exactly 0 (TransformerLens masks with `-inf`),
-/// written straight into layer `layer` of the `[L, H, P, P]` pattern cache (no separate
-/// pattern tensor, no copy into the cache). Returns the cache.
-pub fn attention_pattern_into(
+/// `softmax(scale · scores)` over the last axis of a block of raw scores `q·kᵀ`
+/// `[G, rows, K]`, in place: row `i` of each group belongs to query position
+/// `q0 + i % per_group` (grouped-query attention stacks the `g` query heads of a key/value head
+/// as consecutive runs of `per_group` rows) and key `j` is key position `j`; every key `span`
+/// hides from its query is set to exactly 0 (TransformerLens masks with `-inf`).
+pub fn softmax_block(
     scores: Tensor<3>,
     scale: f32,
     span: AttnSpan,
-    patterns: Tensor<4>,
-    layer: usize,
+    q0: usize,
+    per_group: usize,
     device: &Device,
-) -> Result<Tensor<4>> {
-    let [h, n, _] = scores.dims();
-    let src_data = scores.into_data();
-    let src = src_data
-        .as_slice::<f32>()
-        .map_err(|e| ModelError::Device(format!("{e:?}")))?;
-    in_place(patterns, device, |all| {
-        let dst = &mut all[layer * h * n * n..(layer + 1) * h * n * n];
-        par_rows(dst, n, |first, rows| {
-            for (i, row) in rows.chunks_exact_mut(n).enumerate() {
-                let r = first + i; // (head, query) row
-                let q = r % n;
+) -> Result<Tensor<3>> {
+    let k = scores.dims()[2];
+    in_place(scores, device, |all| {
+        par_rows(all, k, |first, rows| {
+            for (i, row) in rows.chunks_exact_mut(k).enumerate() {
+                let q = q0 + (first + i) % per_group.max(1);
                 let lo = match span {
                     AttnSpan::Global => 0,
                     AttnSpan::Local(w) => (q + 1).saturating_sub(w),
                 };
-                let s = &src[r * n + lo..=r * n + q];
-                let (head, rest) = row.split_at_mut(lo);
-                let (live, tail) = rest.split_at_mut(q + 1 - lo);
+                let hi = (q + 1).min(k);
+                let (head, rest) = row.split_at_mut(lo.min(hi));
+                let (live, tail) = rest.split_at_mut(hi - lo.min(hi));
                 head.fill(0.0);
                 tail.fill(0.0);
-                let max = lanes(s, f32::NEG_INFINITY, |m, x| m.max(x * scale), f32::max);
-                live.iter_mut()
-                    .zip(s)
-                    .for_each(|(p, &x)| *p = exp(x * scale - max));
+                if live.is_empty() {
+                    continue;
+                }
+                let max = lanes(
+                    live,
+                    f32::NEG_INFINITY,
+                    |m, x| m.max(x * scale),
+                    |a, b| a.max(b),
+                );
+                live.iter_mut().for_each(|x| *x = exp(*x * scale - max));
                 let inv = 1.0 / lanes(live, 0.0, |a, x| a + x, |a, b| a + b);
                 live.iter_mut().for_each(|x| *x *= inv);
             }
@@ -181,7 +182,7 @@ mod tests {
     use burn::tensor::activation::softmax;
     use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-    use super::{PAR_MIN, activation, attention_pattern_into, exp};
+    use super::{PAR_MIN, activation, exp, softmax_block};
     use crate::act;
     use crate::config::{Activation, AttnSpan};
 
@@ -203,33 +204,35 @@ mod tests {
     }
 
     /// The fused kernel equals the tensor expression the GPU path uses, on the multi-threaded
-    /// path (more than `PAR_MIN` elements) and for global and local spans.
+    /// path (more than `PAR_MIN` elements), for global and local spans, for a block of queries
+    /// that does not start at 0, with two query heads per key/value head.
     #[test]
-    fn attention_pattern_matches_the_tensor_expression() {
+    fn softmax_block_matches_the_tensor_expression() {
         let dev = Device::flex();
-        let (h, n) = (3, 150);
-        assert!(h * n * n > PAR_MIN);
-        let scores: Tensor<3> =
-            Tensor::from_data(TensorData::new(values(h * n * n, 8.0), [h, n, n]), &dev);
+        let (groups, g, bq, q0) = (3, 2, 50, 100);
+        let k = q0 + bq;
+        let rows = g * bq;
+        assert!(groups * rows * k > PAR_MIN);
+        let scores: Tensor<3> = Tensor::from_data(
+            TensorData::new(values(groups * rows * k, 8.0), [groups, rows, k]),
+            &dev,
+        );
         for span in [AttnSpan::Global, AttnSpan::Local(7)] {
-            let hidden: Vec<bool> = (0..n * n).map(|i| !span.allows(i / n, i % n)).collect();
+            let hidden: Vec<bool> = (0..rows * k)
+                .map(|i| !span.allows(q0 + (i / k) % bq, i % k))
+                .collect();
             let mask: Tensor<3, Bool> =
-                Tensor::<2, Bool>::from_data(TensorData::new(hidden, [n, n]), &dev)
+                Tensor::<2, Bool>::from_data(TensorData::new(hidden, [rows, k]), &dev)
                     .unsqueeze_dim::<3>(0)
-                    .expand([h, n, n]);
+                    .expand([groups, rows, k]);
             let want = softmax(scores.clone().mul_scalar(0.25).mask_fill(mask, -1.0e30), 2);
-            // layer 1 of a 2-layer cache; layer 0 must stay untouched
-            let cache = Tensor::<4>::full([2, h, n, n], 7.0, &dev);
-            let cache = attention_pattern_into(scores.clone(), 0.25, span, cache, 1, &dev).unwrap();
-            let untouched = cache.clone().narrow(0, 0, 1).sub_scalar(7.0).abs().max();
-            assert_eq!(untouched.into_scalar::<f32>(), 0.0);
-            let got = cache.narrow(0, 1, 1).squeeze_dim::<3>(0);
+            let got = softmax_block(scores.clone(), 0.25, span, q0, bq, &dev).unwrap();
             let err = max_abs_diff(got.clone(), want);
             assert!(err < 1e-6, "{span:?}: max abs difference {err}");
             // masked keys are exactly zero, rows sum to one
-            let data = got.clone().into_data().try_to_vec::<f32>().unwrap();
-            for (i, row) in data.chunks(n).enumerate() {
-                let q = i % n;
+            let data = got.into_data().try_to_vec::<f32>().unwrap();
+            for (i, row) in data.chunks(k).enumerate() {
+                let q = q0 + i % bq;
                 for (p, &x) in row.iter().enumerate() {
                     if !span.allows(q, p) {
                         assert!(x == 0.0, "{span:?}: q {q} p {p} = {x}");

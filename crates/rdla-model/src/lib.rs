@@ -12,6 +12,7 @@ mod fused;
 pub mod layout;
 pub mod model;
 pub mod process;
+pub mod rotary;
 pub mod tokenizer;
 pub mod weights;
 

@@ -61,6 +61,23 @@ impl Tokenizer {
         })
     }
 
+    /// Build from `tokenizer.json` text (a GGUF file's vocabulary, translated); `path` names
+    /// where it came from, for messages.
+    pub fn from_json(json: &str, config_bos: Option<u32>, path: &Path) -> Result<Self> {
+        let inner: HfTokenizer =
+            json.parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+        let bos_id = config_bos.or_else(|| inner.token_to_id(ENDOFTEXT));
+        Ok(Self {
+            inner,
+            bos_id,
+            source: "GGUF tokenizer".to_string(),
+        })
+    }
+
     /// Build GPT-2's byte-level BPE from `vocab.json` + `merges.txt`.
     fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<HfTokenizer> {
         let err = |reason: String| ModelError::Tokenizer {

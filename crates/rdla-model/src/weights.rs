@@ -83,6 +83,16 @@ enum Location {
     Pytorch {
         dtype: pytorch_reader::DType,
     },
+    /// Tensor `index` of the GGUF file's HF view (dequantised, layout changes undone).
+    Gguf {
+        index: usize,
+    },
+}
+
+/// A GGUF file read as the Hugging Face checkpoint it was converted from.
+struct GgufSource {
+    file: rdla_gguf::GgufFile,
+    tensors: Vec<rdla_gguf::HfTensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +119,7 @@ pub struct WeightStore {
     torch: HashMap<String, pytorch_reader::Tensor>,
     torch_path: PathBuf,
     entries: BTreeMap<String, Entry>,
+    gguf: Option<GgufSource>,
     /// Every file that makes up the checkpoint.
     pub paths: Vec<PathBuf>,
 }
@@ -279,6 +290,7 @@ impl WeightStore {
             torch: HashMap::new(),
             torch_path: PathBuf::new(),
             entries,
+            gguf: None,
             paths,
         })
     }
@@ -307,7 +319,48 @@ impl WeightStore {
             torch,
             torch_path: path.to_path_buf(),
             entries,
+            gguf: None,
             paths: vec![path.to_path_buf()],
+        })
+    }
+
+    /// Open a GGUF file: its tensors under their Hugging Face names and layouts
+    /// (dequantised to `f32` when read).
+    pub fn open_gguf(file: rdla_gguf::GgufFile) -> Result<Self> {
+        let tensors = file.hf_tensors()?;
+        let entries = tensors
+            .iter()
+            .enumerate()
+            .map(|(index, t)| {
+                let nbytes = file
+                    .tensors()
+                    .get(t.source)
+                    .map_or(0, |s| file.tensor_bytes(s).map_or(0, |b| b.len() as u64));
+                (
+                    t.name.clone(),
+                    Entry {
+                        shape: t.shape.clone(),
+                        loc: Location::Gguf { index },
+                        nbytes,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            description: format!(
+                "{} (GGUF v{}, {})",
+                file.path()
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                file.version(),
+                file.quantization_summary()
+            ),
+            paths: vec![file.path().to_path_buf()],
+            files: Vec::new(),
+            torch: HashMap::new(),
+            torch_path: PathBuf::new(),
+            entries,
+            gguf: Some(GgufSource { file, tensors }),
         })
     }
 
@@ -390,6 +443,31 @@ impl WeightStore {
                 let mut out = Vec::with_capacity(n);
                 convert_into(&bytes, src, &mut out);
                 out
+            }
+            Location::Gguf { index } => {
+                let g = self
+                    .gguf
+                    .as_ref()
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        key: key.to_string(),
+                        tried: vec![key.to_string()],
+                    })?;
+                let t = g
+                    .tensors
+                    .get(*index)
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        key: key.to_string(),
+                        tried: vec![key.to_string()],
+                    })?;
+                let data = g.file.read_hf(t)?;
+                if data.len() != n {
+                    return Err(ModelError::WrongShape {
+                        key: key.to_string(),
+                        expected: entry.shape.clone(),
+                        actual: vec![data.len()],
+                    });
+                }
+                data
             }
         };
         // a branch-free fold vectorises; `any` with its early exit does not

@@ -1,0 +1,95 @@
+//! Interventions on the real forward pass, for the causal check of an attribution: ablate a
+//! site (an embedding, an attention layer's or an MLP's output, one head's output, one neuron's
+//! activation) at one position — set it to zero, or to its mean over the prompt's positions —
+//! and let everything downstream recompute (nothing frozen, unless the final norm's scale is
+//! held at the clean run's value on request).
+
+use burn::tensor::Tensor;
+
+/// What is ablated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    Embed,
+    Pos,
+    /// The attention layer's output (all heads and `b_O`).
+    Attn(usize),
+    /// The MLP's output.
+    Mlp(usize),
+    /// One head's output `z_h W_O[h]`.
+    Head {
+        layer: usize,
+        head: usize,
+    },
+    /// One neuron's activation.
+    Neuron {
+        layer: usize,
+        neuron: usize,
+    },
+}
+
+/// What an ablated site is replaced with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AblationMode {
+    /// Zero.
+    #[default]
+    Zero,
+    /// Its mean over the prompt's positions.
+    Mean,
+}
+
+impl std::str::FromStr for AblationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "zero" => Ok(Self::Zero),
+            "mean" => Ok(Self::Mean),
+            o => Err(format!("unknown ablation `{o}` (expected zero or mean)")),
+        }
+    }
+}
+
+/// One ablated site at one position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ablation {
+    pub site: Site,
+    pub pos: usize,
+    pub mode: AblationMode,
+}
+
+/// Everything changed in a forward pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interventions {
+    pub ablations: Vec<Ablation>,
+    /// Hold the final norm's scale at the last position at this value (the clean run's), so
+    /// the only change is what flows through the residual stream.
+    pub final_scale: Option<f32>,
+}
+
+impl Interventions {
+    pub fn is_empty(&self) -> bool {
+        self.ablations.is_empty() && self.final_scale.is_none()
+    }
+
+    /// The ablations of `site`-kind sites selected by `pick`.
+    pub(crate) fn at(&self, pick: impl Fn(Site) -> bool) -> impl Iterator<Item = &Ablation> {
+        self.ablations.iter().filter(move |a| pick(a.site))
+    }
+}
+
+/// Replace row `pos` of `x [P, n]` (columns `cols`, all when `None`) by zero or the column mean.
+pub(crate) fn ablate_rows(
+    x: Tensor<2>,
+    pos: usize,
+    cols: Option<std::ops::Range<usize>>,
+    mode: AblationMode,
+) -> Tensor<2> {
+    let [p, n] = x.dims();
+    let (c0, cn) = cols.map_or((0, n), |c| (c.start, c.len()));
+    let replacement = match mode {
+        AblationMode::Zero => Tensor::zeros([1, cn], &x.device()),
+        AblationMode::Mean => x.clone().narrow(1, c0, cn).mean_dim(0),
+    };
+    debug_assert!(pos < p);
+    x.slice_assign([pos..pos + 1, c0..c0 + cn], replacement)
+}

@@ -1,0 +1,178 @@
+//! The activation cache of one forward pass, and what is recomputed from it on demand.
+//!
+//! Everything kept is `O(L·P·d)`; attention patterns (`O(L·H·P²)`) and MLP pre-activations
+//! (`O(L·P·d_mlp)`) are recomputed for the positions a node needs, batched over layers, from
+//! the cached queries, keys and values and the residual components — the same formulas the
+//! forward pass used, so the numbers agree with it to float error.
+
+use std::ops::Range;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Tensor, TensorData};
+
+use crate::config::Norm;
+use crate::layout::Layout;
+use crate::model::Model;
+use crate::model::forward::MASK_VALUE;
+
+/// Everything the attribution needs from one forward pass, at every position.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub token_ids: Vec<u32>,
+    /// The component axis of `components`.
+    pub layout: Layout,
+    /// Residual components `[C, P, d]` in `layout` order (`L{l}.attn` includes `b_O`,
+    /// `L{l}.mlp` includes `b_out`).
+    pub components: Tensor<3>,
+    /// Frozen norm scales `sqrt(var + eps)` (RMSNorm: `sqrt(mean(x²) + eps)`): `[L, P]`,
+    /// `[L, P]`, `[P]`. `ln2` reads `resid_mid`, or `resid_pre` with a parallel residual.
+    pub ln1_scale: Tensor<2>,
+    pub ln2_scale: Tensor<2>,
+    pub final_scale: Tensor<1>,
+    /// Queries `[L, H, P, dh]` as the scores use them (bias added, rotated).
+    pub q: Tensor<4>,
+    /// Keys `[L, KV, P, dh]` (bias added, rotated) and values `[L, KV, P, dh]`.
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+    /// Logits at the last position `[V]`.
+    pub last_logits: Tensor<1>,
+}
+
+impl Cache {
+    pub fn n_pos(&self) -> usize {
+        self.token_ids.len()
+    }
+}
+
+fn layers<const D: usize>(t: &Tensor<D>, ls: &Range<usize>) -> Tensor<D> {
+    t.clone().narrow(0, ls.start, ls.len())
+}
+
+impl Model {
+    /// The attention patterns of layers `ls` at destination `q`, `A[l, :, q, :]`: `[Lb, H, P]`
+    /// (0 for keys a layer does not see).
+    pub fn pattern_rows(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
+        let (lb, n) = (ls.len(), cache.n_pos());
+        let (h, kv) = (self.config.n_heads, self.config.n_kv_heads);
+        let g = h / kv;
+        let seen = self.scores_at(cache, &ls, q); // [Lb, KV, g, q+1]
+        let hidden: Vec<bool> = ls
+            .clone()
+            .flat_map(|l| {
+                let span = self.config.attn_spans[l];
+                (0..=q).map(move |p| !span.allows(q, p))
+            })
+            .collect();
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [lb, q + 1]), &self.device)
+            .reshape([lb, 1, 1, q + 1])
+            .expand([lb, kv, g, q + 1]);
+        let a = softmax(
+            seen.mul_scalar(self.config.attn_scale)
+                .mask_fill(mask, MASK_VALUE),
+            3,
+        )
+        .reshape([lb, h, q + 1]);
+        if q + 1 == n {
+            a
+        } else {
+            Tensor::cat(vec![a, Tensor::zeros([lb, h, n - q - 1], &self.device)], 2)
+        }
+    }
+
+    /// Raw scores `q̂ · k̂` (unscaled) of layers `ls` from destination `q` to keys `0..=q`:
+    /// `[Lb, KV, g, q+1]`.
+    fn scores_at(&self, cache: &Cache, ls: &Range<usize>, q: usize) -> Tensor<4> {
+        let lb = ls.len();
+        let (h, kv, dh) = (
+            self.config.n_heads,
+            self.config.n_kv_heads,
+            self.config.d_head,
+        );
+        let qv = layers(&cache.q, ls)
+            .narrow(2, q, 1)
+            .reshape([lb, kv, h / kv, dh]);
+        let keys = layers(&cache.k, ls).narrow(2, 0, q + 1); // [Lb, KV, q+1, dh]
+        qv.matmul(keys.swap_dims(2, 3))
+    }
+
+    /// Each head's `z = Σ_p A[q,p] v[p]` at `q` (TL `hook_z`): `[Lb, H, dh]`.
+    pub fn z_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
+        let lb = ls.len();
+        let (h, kv, dh) = (
+            self.config.n_heads,
+            self.config.n_kv_heads,
+            self.config.d_head,
+        );
+        let a = self
+            .pattern_rows(cache, ls.clone(), q)
+            .narrow(2, 0, q + 1)
+            .reshape([lb, kv, h / kv, q + 1]);
+        a.matmul(layers(&cache.v, &ls).narrow(2, 0, q + 1)) // [Lb, KV, g, dh]
+            .reshape([lb, h, dh])
+    }
+
+    /// The full attention patterns of layer `l`, `[H, P(dest), P(src)]`: `O(H·P²)`, for tests
+    /// and small prompts.
+    pub fn patterns(&self, cache: &Cache, l: usize) -> Tensor<3> {
+        let rows: Vec<Tensor<3>> = (0..cache.n_pos())
+            .map(|q| self.pattern_rows(cache, l..l + 1, q))
+            .collect();
+        Tensor::cat(rows, 0).swap_dims(0, 1)
+    }
+
+    /// The MLP inputs of layers `ls` at `q`, normalised with the frozen scale: `[Lb, d]`.
+    fn mlp_inputs_at(&self, cache: &Cache, ls: &Range<usize>, q: usize) -> Tensor<2> {
+        let layout = cache.layout;
+        let c_n = layout.n();
+        let up: Vec<f32> = ls
+            .clone()
+            .flat_map(|l| {
+                let m = layout.mid(l);
+                (0..c_n).map(move |c| if c < m { 1.0 } else { 0.0 })
+            })
+            .collect();
+        let up = Tensor::<2>::from_data(TensorData::new(up, [ls.len(), c_n]), &self.device);
+        let comps = cache.components.clone().narrow(1, q, 1).squeeze_dim::<2>(1); // [C, d]
+        let x = up.matmul(comps); // [Lb, d]
+        let xc = match self.config.norm {
+            Norm::LayerNorm => x.clone() - x.mean_dim(1),
+            Norm::RmsNorm => x,
+        };
+        xc / layers(&cache.ln2_scale, ls).narrow(1, q, 1)
+    }
+
+    /// MLP pre-activations of layers `ls` at `q`: `z` (the gate's, in a gated MLP) and, for a
+    /// gated MLP, the linear path: `[Lb, d_mlp]` each.
+    pub fn mlp_pre_at(
+        &self,
+        cache: &Cache,
+        ls: Range<usize>,
+        q: usize,
+    ) -> (Tensor<2>, Option<Tensor<2>>) {
+        let w = &self.weights;
+        let xn = self.mlp_inputs_at(cache, &ls, q).unsqueeze_dim::<3>(1); // [Lb, 1, d]
+        let lin =
+            xn.clone().matmul(layers(&w.w_in, &ls)).squeeze_dim::<2>(1) + layers(&w.b_in, &ls); // [Lb, d_mlp]
+        match &w.w_gate {
+            Some(w_gate) => (
+                xn.matmul(layers(w_gate, &ls)).squeeze_dim::<2>(1),
+                Some(lin),
+            ),
+            None => (lin, None),
+        }
+    }
+
+    /// The MLP pre-activations of layer `l` at every position, `[P, d_mlp]` (and the linear
+    /// path of a gated MLP): for tests.
+    pub fn mlp_pre(&self, cache: &Cache, l: usize) -> (Tensor<2>, Option<Tensor<2>>) {
+        let (pre, lin): (Vec<_>, Vec<_>) = (0..cache.n_pos())
+            .map(|q| self.mlp_pre_at(cache, l..l + 1, q))
+            .unzip();
+        (
+            Tensor::cat(pre, 0),
+            lin.into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(|v| Tensor::cat(v, 0)),
+        )
+    }
+}

@@ -1,0 +1,303 @@
+//! The forward pass in bounded memory, and the activation cache it leaves behind.
+//!
+//! Attention runs in blocks of query positions: no `[H, P, P]` score tensor ever exists, only
+//! `[H, B, K]` for a block of `B` queries and the `K` keys they can see. The cache keeps what the
+//! attribution needs in `O(L·P·d)` — the residual components, the norm scales, the rotated
+//! queries and keys and the values — and everything quadratic (a pattern row, a head's `z` at a
+//! position, an MLP's pre-activation at a position) is recomputed from it on demand, batched,
+//! in [`crate::model::cache`].
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::act;
+use crate::config::{AttnSpan, Norm};
+use crate::error::Result;
+use crate::fused;
+use crate::layout::Comp;
+use crate::model::ablate::{Interventions, Site, ablate_rows};
+use crate::model::{Cache, Model};
+
+/// Masked attention scores on GPU backends (TransformerLens uses -inf; a large finite value
+/// keeps every backend NaN-free — shaders may assume no infinities — and gives the same
+/// softmax). The CPU path (`fused::softmax_block`) skips masked keys instead.
+pub(crate) const MASK_VALUE: f32 = -1.0e30;
+
+/// Queries per attention block.
+pub const QUERY_BLOCK: usize = 256;
+
+/// `[Bq, K]` mask, true where query `q0 + i` may not see key `j`.
+pub(crate) fn block_mask(
+    span: AttnSpan,
+    q0: usize,
+    bq: usize,
+    k: usize,
+    dev: &Device,
+) -> Tensor<2, Bool> {
+    let data: Vec<bool> = (0..bq * k)
+        .map(|i| !span.allows(q0 + i / k, i % k))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [bq, k]), dev)
+}
+
+impl Model {
+    /// LayerNorm (or RMSNorm) with the scale exposed: returns `(normalised x, scale [P])`.
+    /// `x: [P, d]`. Reference: TransformerLens `LayerNormPre` / `LayerNorm` (population
+    /// variance), `RMSNormPre` / `RMSNorm`.
+    pub(crate) fn norm(
+        &self,
+        x: Tensor<2>,
+        wb: Option<(Tensor<1>, Tensor<1>)>,
+    ) -> (Tensor<2>, Tensor<1>) {
+        let xc = match self.config.norm {
+            Norm::LayerNorm => x.clone() - x.mean_dim(1),
+            Norm::RmsNorm => x,
+        };
+        let scale = xc
+            .clone()
+            .square()
+            .mean_dim(1)
+            .add_scalar(self.config.ln_eps)
+            .sqrt(); // [P, 1]
+        let mut xn = xc / scale.clone();
+        if let Some((w, b)) = wb {
+            xn = xn * w.unsqueeze_dim::<2>(0) + b.unsqueeze_dim::<2>(0);
+        }
+        (xn, scale.squeeze_dim::<1>(1))
+    }
+
+    fn layer_ln(ln: &Option<(Tensor<2>, Tensor<2>)>, l: usize) -> Option<(Tensor<1>, Tensor<1>)> {
+        ln.as_ref().map(|(w, b)| {
+            (
+                w.clone().narrow(0, l, 1).squeeze_dim::<1>(0),
+                b.clone().narrow(0, l, 1).squeeze_dim::<1>(0),
+            )
+        })
+    }
+
+    /// Whether this model computes on the CPU backend (the fused host kernels apply).
+    pub(crate) fn on_cpu(&self) -> bool {
+        self.device == Device::flex()
+    }
+
+    /// Softmax of the scaled scores of a block of queries `[KV, g·Bq, K]` (rows grouped per
+    /// key/value head, `Bq` rows per query head), with the layer's span mask, for queries
+    /// `q0 .. q0 + Bq`.
+    pub(crate) fn block_softmax(
+        &self,
+        scores: Tensor<3>,
+        span: AttnSpan,
+        q0: usize,
+        bq: usize,
+    ) -> Result<Tensor<3>> {
+        let scale = self.config.attn_scale;
+        if self.on_cpu() {
+            return fused::softmax_block(scores, scale, span, q0, bq, &self.device);
+        }
+        let [g, rows, k] = scores.dims();
+        let mask = block_mask(span, q0, bq, k, &self.device)
+            .unsqueeze_dim::<3>(0)
+            .expand([g * rows / bq, bq, k])
+            .reshape([g, rows, k]);
+        Ok(softmax(
+            scores.mul_scalar(scale).mask_fill(mask, MASK_VALUE),
+            2,
+        ))
+    }
+
+    /// The forward pass over `ids` (BOS included if wanted), caching what attribution needs.
+    ///
+    /// Cached activations are written into preallocated tensors as each layer finishes (in
+    /// place on the CPU backend), rather than collected per layer and stacked at the end,
+    /// which would hold two copies of the cache at once.
+    pub fn run(&self, ids: &[u32]) -> Result<Cache> {
+        self.forward(ids, &Interventions::default())
+    }
+
+    /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
+    /// the logits at the last position `[V]`.
+    pub fn run_ablated(&self, ids: &[u32], iv: &Interventions) -> Result<Tensor<1>> {
+        for a in &iv.ablations {
+            if a.pos >= ids.len() {
+                return Err(crate::error::ModelError::BadAblation(format!(
+                    "position {} is past the prompt's {} tokens",
+                    a.pos,
+                    ids.len()
+                )));
+            }
+        }
+        Ok(self.forward(ids, iv)?.last_logits)
+    }
+
+    fn forward(&self, ids: &[u32], iv: &Interventions) -> Result<Cache> {
+        self.check_tokens(ids)?;
+        let cfg = &self.config;
+        let w = &self.weights;
+        let dev = &self.device;
+        let layout = cfg.layout();
+        let (n, h, kv, dh, d) = (
+            ids.len(),
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.d_head,
+            cfg.d_model,
+        );
+        let (n_l, n_c, g) = (cfg.n_layers, layout.n(), cfg.kv_group());
+        let id_data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let id_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(id_data, [n]), dev);
+        let rotary = self.rotary_tables(n);
+
+        let mut embed = w.w_e.clone().select(0, id_t); // [P, d]
+        for a in iv.at(|s| s == Site::Embed) {
+            embed = ablate_rows(embed, a.pos, None, a.mode);
+        }
+        let mut comps = Tensor::<3>::empty([n_c, n, d], dev)
+            .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
+        let mut x = embed;
+        if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
+            let mut pos = w_pos.clone().narrow(0, 0, n); // [P, d]
+            for a in iv.at(|s| s == Site::Pos) {
+                pos = ablate_rows(pos, a.pos, None, a.mode);
+            }
+            x = x + pos.clone();
+            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
+        }
+        let mut s1s = Tensor::<2>::empty([n_l, n], dev);
+        let mut s2s = Tensor::<2>::empty([n_l, n], dev);
+        let mut qs = Tensor::<4>::empty([n_l, h, n, dh], dev);
+        let mut ks = Tensor::<4>::empty([n_l, kv, n, dh], dev);
+        let mut vs = Tensor::<4>::empty([n_l, kv, n, dh], dev);
+
+        for l in 0..n_l {
+            let layer = |t: &Tensor<4>| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
+            let layer3 = |t: &Tensor<3>| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
+            let layer2 = |t: &Tensor<2>| t.clone().narrow(0, l, 1); // [1, ·]
+            let rotate = |t: Tensor<3>| match &rotary {
+                Some(r) => r.apply(t, 0),
+                None => t,
+            };
+
+            // attention: queries, keys and values for every position, then blocks of queries
+            let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&w.ln1, l));
+            let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
+            let q = rotate(xh.clone().matmul(layer(&w.w_q)) + layer3(&w.b_q).unsqueeze_dim::<3>(1)); // [H, P, dh]
+            let k = rotate(xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1)); // [KV, P, dh]
+            let v = xh.matmul(layer(&w.w_v)) + layer3(&w.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
+            let span = cfg.attn_spans[l];
+            let mut z = Tensor::<3>::empty([h, n, dh], dev);
+            for q0 in (0..n).step_by(QUERY_BLOCK) {
+                let bq = QUERY_BLOCK.min(n - q0);
+                let k_end = q0 + bq; // no query of the block sees past its last position
+                let qb = q.clone().narrow(1, q0, bq).reshape([kv, g * bq, dh]); // query heads grouped by key/value head
+                let scores = qb.matmul(k.clone().narrow(1, 0, k_end).swap_dims(1, 2)); // [KV, g·Bq, K]
+                let pattern = self.block_softmax(scores, span, q0, bq)?;
+                let zb = pattern
+                    .matmul(v.clone().narrow(1, 0, k_end)) // [KV, g·Bq, dh]
+                    .reshape([h, bq, dh]);
+                z = z.slice_assign([0..h, q0..q0 + bq, 0..dh], zb);
+            }
+            let mut z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
+            for a in iv.at(|s| matches!(s, Site::Head { layer, .. } if layer == l)) {
+                if let Site::Head { head, .. } = a.site {
+                    z_flat = ablate_rows(z_flat, a.pos, Some(head * dh..(head + 1) * dh), a.mode);
+                }
+            }
+            let w_o = layer(&w.w_o).reshape([h * dh, d]);
+            let mut attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
+            for a in iv.at(|s| s == Site::Attn(l)) {
+                attn_out = ablate_rows(attn_out, a.pos, None, a.mode);
+            }
+            let resid_mid = x.clone() + attn_out.clone();
+            let c = layout.attn(l);
+            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
+            s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
+            qs = qs.slice_assign([l..l + 1, 0..h, 0..n, 0..dh], q.unsqueeze_dim::<4>(0));
+            ks = ks.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], k.unsqueeze_dim::<4>(0));
+            vs = vs.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], v.unsqueeze_dim::<4>(0));
+
+            // MLP: reads resid_mid, or resid_pre with a parallel residual
+            let mlp_in = if cfg.parallel_residual {
+                x
+            } else {
+                resid_mid.clone()
+            };
+            let (xn2, s2) = self.norm(mlp_in, Self::layer_ln(&w.ln2, l));
+            let (pre, lin) = self.mlp_pre_activations(xn2, l);
+            let mut post = self.mlp_post(pre, lin)?;
+            for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
+                if let Site::Neuron { neuron, .. } = a.site {
+                    post = ablate_rows(post, a.pos, Some(neuron..neuron + 1), a.mode);
+                }
+            }
+            let mut mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
+            for a in iv.at(|s| s == Site::Mlp(l)) {
+                mlp_out = ablate_rows(mlp_out, a.pos, None, a.mode);
+            }
+            x = resid_mid + mlp_out.clone();
+            let c = layout.mlp(l);
+            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
+            s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
+        }
+
+        let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
+        if let Some(s) = iv.final_scale {
+            // the last position normalised by the clean run's scale
+            let xl = x.narrow(0, n - 1, 1);
+            let xc = match cfg.norm {
+                Norm::LayerNorm => xl.clone() - xl.mean_dim(1),
+                Norm::RmsNorm => xl,
+            };
+            let mut xn = xc.div_scalar(s);
+            if let Some((wf, bf)) = &w.ln_f {
+                xn = xn * wf.clone().unsqueeze_dim::<2>(0) + bf.clone().unsqueeze_dim::<2>(0);
+            }
+            xf = xf.slice_assign([n - 1..n, 0..d], xn);
+        }
+        let last = xf.narrow(0, n - 1, 1); // [1, d]
+        let last_logits =
+            (last.matmul(w.w_u.clone()) + w.b_u.clone().unsqueeze_dim::<2>(0)).squeeze_dim::<1>(0);
+
+        Ok(Cache {
+            token_ids: ids.to_vec(),
+            layout,
+            components: comps,
+            ln1_scale: s1s,
+            ln2_scale: s2s,
+            final_scale: sf,
+            q: qs,
+            k: ks,
+            v: vs,
+            last_logits,
+        })
+    }
+
+    /// The MLP's pre-activations of normalised inputs `xn [P, d]`: `z` (the gate's, in a gated
+    /// MLP) and, for a gated MLP, the linear path `x W_in + b_in`.
+    pub(crate) fn mlp_pre_activations(
+        &self,
+        xn: Tensor<2>,
+        l: usize,
+    ) -> (Tensor<2>, Option<Tensor<2>>) {
+        let w = &self.weights;
+        let layer3 = |t: &Tensor<3>| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
+        let lin = xn.clone().matmul(layer3(&w.w_in)) + w.b_in.clone().narrow(0, l, 1); // [P, d_mlp]
+        match &w.w_gate {
+            Some(w_gate) => (xn.matmul(layer3(w_gate)), Some(lin)),
+            None => (lin, None),
+        }
+    }
+
+    /// `act(z)` (⊙ the linear path in a gated MLP).
+    fn mlp_post(&self, pre: Tensor<2>, lin: Option<Tensor<2>>) -> Result<Tensor<2>> {
+        let a = self.config.act;
+        let act = if self.on_cpu() && fused::has_activation(a) {
+            fused::activation(pre, a, &self.device)?
+        } else {
+            act::apply(a, pre)
+        };
+        Ok(match lin {
+            Some(lin) => act * lin,
+            None => act,
+        })
+    }
+}

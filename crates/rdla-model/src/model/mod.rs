@@ -1,0 +1,413 @@
+//! The processed model on a Burn device: its weights, loading, and (in [`forward`] and
+//! [`cache`]) its forward pass and the activation cache it leaves.
+
+pub mod ablate;
+pub mod cache;
+pub mod forward;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::arch::{self, Canonical};
+use crate::config::{self, ModelConfig, Norm};
+use crate::error::{ModelError, Result, io_err};
+use crate::process::{self, Processing};
+use crate::rotary::RotaryTables;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{HostTensor, ProgressFn, WeightStore};
+
+pub use cache::Cache;
+
+/// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// `[V, d]`
+    pub w_e: Tensor<2>,
+    /// `[n_ctx, d]` (learned positions only)
+    pub w_pos: Option<Tensor<2>>,
+    /// LayerNorm weight and bias `[L, d]` each, present only when not folded.
+    pub ln1: Option<(Tensor<2>, Tensor<2>)>,
+    pub ln2: Option<(Tensor<2>, Tensor<2>)>,
+    /// `[d]` each, present only when not folded.
+    pub ln_f: Option<(Tensor<1>, Tensor<1>)>,
+    /// `[L, H, d, dh]`
+    pub w_q: Tensor<4>,
+    /// `[L, KV, d, dh]` (KV = H without grouped-query attention)
+    pub w_k: Tensor<4>,
+    pub w_v: Tensor<4>,
+    /// `[L, H, dh]`
+    pub b_q: Tensor<3>,
+    /// `[L, KV, dh]`
+    pub b_k: Tensor<3>,
+    pub b_v: Tensor<3>,
+    /// `[L, H, dh, d]`
+    pub w_o: Tensor<4>,
+    /// `[L, d]`
+    pub b_o: Tensor<2>,
+    /// `[L, d, d_mlp]` (the linear path of a gated MLP)
+    pub w_in: Tensor<3>,
+    /// `[L, d, d_mlp]`, gated MLPs only
+    pub w_gate: Option<Tensor<3>>,
+    /// `[L, d_mlp]`
+    pub b_in: Tensor<2>,
+    /// `[L, d_mlp, d]`
+    pub w_out: Tensor<3>,
+    /// `[L, d]`
+    pub b_out: Tensor<2>,
+    /// `[d, V]`
+    pub w_u: Tensor<2>,
+    /// `[V]`
+    pub b_u: Tensor<1>,
+}
+
+/// Move a host tensor onto the device (zero-copy on the CPU backend).
+fn upload<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.data, t.shape), device)
+}
+
+/// One weight stacked over layers, filled one block at a time.
+#[derive(Debug, Default)]
+struct Stack {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl Stack {
+    fn push(&mut self, shape: &[usize], data: &[f32], n_layers: usize) {
+        if self.data.is_empty() {
+            self.data.reserve_exact(n_layers * data.len());
+            self.shape = shape.to_vec();
+        }
+        self.data.extend_from_slice(data);
+    }
+
+    fn push_t(&mut self, t: &HostTensor, n_layers: usize) {
+        self.push(&t.shape, &t.data, n_layers);
+    }
+
+    fn upload<const D: usize>(self, n_layers: usize, device: &Device) -> Tensor<D> {
+        let mut shape = vec![n_layers];
+        shape.extend(self.shape);
+        Tensor::from_data(TensorData::new(self.data, shape), device)
+    }
+}
+
+/// Host buffers for every stacked block weight. Blocks arrive one at a time (already
+/// processed) and are appended, so loading never holds more than one extra block.
+#[derive(Debug, Default)]
+struct LayerStacks {
+    n_layers: usize,
+    count: usize,
+    w_q: Stack,
+    w_k: Stack,
+    w_v: Stack,
+    b_q: Stack,
+    b_k: Stack,
+    b_v: Stack,
+    w_o: Stack,
+    b_o: Stack,
+    w_in: Stack,
+    b_in: Stack,
+    w_gate: Option<Stack>,
+    w_out: Stack,
+    b_out: Stack,
+    /// LayerNorm weights and biases (only when not folded).
+    ln1: Option<(Stack, Stack)>,
+    ln2: Option<(Stack, Stack)>,
+}
+
+impl LayerStacks {
+    fn new(n_layers: usize) -> Self {
+        Self {
+            n_layers,
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, l: &arch::CanonLayer) {
+        let n = self.n_layers;
+        for (stack, t) in [
+            (&mut self.w_q, &l.w_q),
+            (&mut self.w_k, &l.w_k),
+            (&mut self.w_v, &l.w_v),
+            (&mut self.b_q, &l.b_q),
+            (&mut self.b_k, &l.b_k),
+            (&mut self.b_v, &l.b_v),
+            (&mut self.w_o, &l.w_o),
+            (&mut self.b_o, &l.b_o),
+            (&mut self.w_in, &l.w_in),
+            (&mut self.b_in, &l.b_in),
+            (&mut self.w_out, &l.w_out),
+            (&mut self.b_out, &l.b_out),
+        ] {
+            stack.push_t(t, n);
+        }
+        if let Some(g) = &l.w_gate {
+            self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
+        }
+        for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
+            if let Some(ln) = src {
+                let (w, b) = dst.get_or_insert_with(Default::default);
+                w.push(&[ln.w.len()], &ln.w, n);
+                b.push(&[ln.b.len()], &ln.b, n);
+            }
+        }
+        self.count += 1;
+    }
+}
+
+impl Weights {
+    /// Upload the processed model-wide tensors and the stacked blocks.
+    fn upload(c: Canonical, stacks: LayerStacks, device: &Device) -> Self {
+        let n = stacks.n_layers;
+        let ln =
+            |p: Option<(Stack, Stack)>| p.map(|(w, b)| (w.upload(n, device), b.upload(n, device)));
+        let Canonical {
+            w_e,
+            w_pos,
+            ln_f,
+            w_u,
+            b_u,
+            ..
+        } = c;
+        Self {
+            w_e: upload(w_e, device),
+            w_pos: w_pos.map(|t| upload(t, device)),
+            ln1: ln(stacks.ln1),
+            ln2: ln(stacks.ln2),
+            ln_f: ln_f.map(|ln| {
+                let d = ln.w.len();
+                (
+                    Tensor::from_data(TensorData::new(ln.w, [d]), device),
+                    Tensor::from_data(TensorData::new(ln.b, [d]), device),
+                )
+            }),
+            w_q: stacks.w_q.upload(n, device),
+            w_k: stacks.w_k.upload(n, device),
+            w_v: stacks.w_v.upload(n, device),
+            b_q: stacks.b_q.upload(n, device),
+            b_k: stacks.b_k.upload(n, device),
+            b_v: stacks.b_v.upload(n, device),
+            w_o: stacks.w_o.upload(n, device),
+            b_o: stacks.b_o.upload(n, device),
+            w_in: stacks.w_in.upload(n, device),
+            b_in: stacks.b_in.upload(n, device),
+            w_gate: stacks.w_gate.map(|g| g.upload(n, device)),
+            w_out: stacks.w_out.upload(n, device),
+            b_out: stacks.b_out.upload(n, device),
+            w_u: upload(w_u, device),
+            b_u: upload(b_u, device),
+        }
+    }
+}
+
+/// A loaded model: config, tokenizer and processed weights on a device.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub processing: Processing,
+    pub tokenizer: Tokenizer,
+    pub weights: Weights,
+    pub device: Device,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// A short display name (the directory's name, or the HF repo name in a cache).
+    pub name: String,
+    /// Which weight files were read.
+    pub weights_source: String,
+    /// What rdla must never write into: the model's folder (or its file, for a single-file
+    /// model).
+    pub protected: Vec<PathBuf>,
+}
+
+/// Whether `path` is a GGUF file: by its magic bytes, so Ollama's blobs (`sha256-…`, no
+/// extension) count too.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read as _;
+    if !path.is_file() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// Resolve a user-supplied path (a directory, or any file inside one) to the model directory.
+pub fn model_dir(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        Ok(path.to_path_buf())
+    } else if path.is_file() {
+        Ok(path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf))
+    } else {
+        Err(ModelError::NotFound(path.to_path_buf()))
+    }
+}
+
+/// Read and validate `config.json` in `dir`.
+pub fn read_config(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(ModelError::NoConfig {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::ConfigJson { path, source })?;
+    config::from_value(&value)
+}
+
+fn display_name(dir: &Path) -> String {
+    // HF cache layout: .../models--org--name/snapshots/<hash>
+    let parts: Vec<String> = dir
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if let Some(i) = parts.iter().rposition(|p| p == "snapshots")
+        && i >= 1
+        && let Some(repo) = parts[i - 1].strip_prefix("models--")
+    {
+        return repo.replacen("--", "/", 1);
+    }
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+impl Model {
+    /// Load a Hugging Face model directory (or a file inside one) onto `device`.
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        processing: Processing,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Self> {
+        if is_gguf(path) {
+            return Self::load_gguf(path, device, processing, progress);
+        }
+        let dir = model_dir(path)?;
+        let config = read_config(&dir)?;
+        let tokenizer = Tokenizer::from_dir(&dir, config.bos_token_id)?;
+        let store = WeightStore::open_dir(&dir)?;
+        Self::from_store(
+            &dir, config, tokenizer, &store, device, processing, progress,
+        )
+    }
+
+    /// Load a single GGUF file (llama.cpp's format: Ollama, LM Studio): its metadata becomes
+    /// the Hugging Face config, its tensors are dequantised to `f32` under their HF names,
+    /// its vocabulary becomes a `tokenizer.json`. The file is only read.
+    pub fn load_gguf(
+        path: &Path,
+        device: &Device,
+        processing: Processing,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Self> {
+        let file = rdla_gguf::GgufFile::open(path)?;
+        let config = config::from_value(&file.hf_config()?)?;
+        let tokenizer = Tokenizer::from_json(&file.tokenizer_json()?, config.bos_token_id, path)?;
+        let store = WeightStore::open_gguf(file)?;
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let mut model = Self::from_store(
+            &dir, config, tokenizer, &store, device, processing, progress,
+        )?;
+        model.name = path
+            .file_stem()
+            .map_or_else(|| model.name.clone(), |s| s.to_string_lossy().into_owned());
+        model.dir = path.to_path_buf();
+        model.protected = vec![path.to_path_buf()];
+        Ok(model)
+    }
+
+    /// Build from an already-open checkpoint.
+    pub fn from_store(
+        dir: &Path,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        store: &WeightStore,
+        device: &Device,
+        processing: Processing,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Self> {
+        // Stream: each block is processed and packed as soon as it is read, so the host holds
+        // the packed model plus one block, never a second full copy.
+        let processing = processing.for_config(&config);
+        let norm = config.norm;
+        let mut stacks = LayerStacks::new(config.n_layers);
+        let mut canon = arch::load_streaming(&config, store, progress, &mut |mut layer| {
+            process::process_layer(&mut layer, processing, norm);
+            stacks.push(&layer);
+            Ok(())
+        })?;
+        process::process_globals(&mut canon, processing, norm);
+        debug_assert_eq!(stacks.count, config.n_layers);
+        let weights = Weights::upload(canon, stacks, device);
+        Ok(Self {
+            name: display_name(dir),
+            dir: dir.to_path_buf(),
+            weights_source: store.description.clone(),
+            protected: vec![dir.to_path_buf()],
+            config,
+            processing,
+            tokenizer,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// Check a token sequence fits the model.
+    pub fn check_tokens(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        if ids.len() > self.config.n_ctx {
+            return Err(ModelError::PromptTooLong {
+                len: ids.len(),
+                n_ctx: self.config.n_ctx,
+            });
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.config.d_vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: self.config.d_vocab,
+            });
+        }
+        Ok(())
+    }
+
+    /// The rotary tables of layer `l` for a prompt of `n` positions (`None` without rotary).
+    pub fn rotary_tables(&self, n: usize) -> Option<RotaryTables> {
+        self.config
+            .rotary()
+            .map(|r| RotaryTables::new(r, n, &self.device))
+    }
+
+    /// Logits at every position `[P, V]` from a cache (the forward computes only the last).
+    pub fn all_logits(&self, cache: &Cache) -> Tensor<2> {
+        let resid = cache.components.clone().sum_dim(0).squeeze_dim::<2>(0); // [P, d]
+        let xc = match self.config.norm {
+            Norm::LayerNorm => resid.clone() - resid.mean_dim(1),
+            Norm::RmsNorm => resid,
+        };
+        let mut xn = xc / cache.final_scale.clone().unsqueeze_dim::<2>(1);
+        if let Some((w, b)) = &self.weights.ln_f {
+            xn = xn * w.clone().unsqueeze_dim::<2>(0) + b.clone().unsqueeze_dim::<2>(0);
+        }
+        xn.matmul(self.weights.w_u.clone()) + self.weights.b_u.clone().unsqueeze_dim::<2>(0)
+    }
+}
+
+/// Read a tensor back to the host as `f32`.
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| ModelError::Device(format!("{e:?}")))
+}

@@ -1,0 +1,95 @@
+//! GGUF files load as the checkpoints they were converted from: the same config, tokens and
+//! (up to the quantised tensors) the same logits; the attribution on them is complete.
+#![allow(clippy::unwrap_used)]
+
+use rdla_model::{Device, Model, Processing, WeightStore};
+use rdla_testutil::{Reference, fixture, fixtures_dir, load_model, max_abs_diff};
+
+fn gguf(name: &str) -> std::path::PathBuf {
+    fixtures_dir().join("gguf").join(format!("{name}.gguf"))
+}
+
+#[test]
+fn gguf_models_load_like_their_checkpoints() {
+    for name in ["gpt2_tied", "llama_gqa", "qwen2", "neox_parallel"] {
+        let path = gguf(name);
+        let before = std::fs::read(&path).unwrap();
+        let m = Model::load(&path, &Device::flex(), Processing::default(), &mut |_| true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let hf = load_model(name, &Device::flex());
+        // the same model from gguf-py's own dequantisation of the file (HF layout)
+        let dir = fixture(name);
+        let expected = Model::from_store(
+            &dir,
+            rdla_model::model::read_config(&dir).unwrap(),
+            rdla_model::Tokenizer::from_dir(&dir, hf.config.bos_token_id).unwrap(),
+            &WeightStore::open_safetensors(vec![
+                fixtures_dir()
+                    .join("gguf")
+                    .join(format!("{name}.expected.safetensors")),
+            ])
+            .unwrap(),
+            &Device::flex(),
+            Processing::default(),
+            &mut |_| true,
+        )
+        .unwrap();
+        assert_eq!(m.config.n_layers, hf.config.n_layers, "{name}");
+        assert_eq!(m.config.n_heads, hf.config.n_heads, "{name}");
+        assert_eq!(m.config.n_kv_heads, hf.config.n_kv_heads, "{name}");
+        assert_eq!(m.config.d_vocab, hf.config.d_vocab, "{name}");
+        assert_eq!(
+            m.protected,
+            vec![path.clone()],
+            "{name}: the file is what is protected"
+        );
+        assert!(m.weights_source.contains("GGUF"), "{}", m.weights_source);
+        let r = Reference::load(name);
+        let prompt = r.str("prompt");
+        let bos = r.json["prepend_bos"].as_bool().unwrap();
+        assert_eq!(
+            m.tokenizer.encode_prompt(&prompt, bos).unwrap(),
+            r.token_ids(),
+            "{name}: the GGUF vocabulary tokenises like tokenizer.json"
+        );
+        let a = m.run(&r.token_ids()).unwrap();
+        let b = expected.run(&r.token_ids()).unwrap();
+        let c = hf.run(&r.token_ids()).unwrap();
+        let la = rdla_model::to_vec(a.last_logits).unwrap();
+        let lb = rdla_model::to_vec(b.last_logits).unwrap();
+        let lc = rdla_model::to_vec(c.last_logits).unwrap();
+        // equal to the reference dequantisation; different from the unquantised checkpoint
+        let e = max_abs_diff(&la, &lb);
+        assert!(
+            e <= 1e-4,
+            "{name}: GGUF logits differ from gguf-py's by {e}"
+        );
+        assert!(
+            max_abs_diff(&la, &lc) > 1e-4,
+            "{name}: quantisation left no trace?"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{name}: the file was modified"
+        );
+    }
+}
+
+#[test]
+fn a_gguf_without_extension_is_recognised_and_garbage_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = tmp.path().join("sha256-0123");
+    std::fs::copy(gguf("qwen2"), &blob).unwrap();
+    assert!(rdla_model::model::is_gguf(&blob));
+    Model::load(&blob, &Device::flex(), Processing::default(), &mut |_| true).unwrap();
+    // truncated: a clear error, no panic
+    let bytes = std::fs::read(gguf("qwen2")).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = Model::load(&cut, &Device::flex(), Processing::default(), &mut |_| true)
+        .expect_err("a truncated GGUF loads");
+    assert!(!e.to_string().is_empty());
+    // the fixture directory itself is not a GGUF
+    assert!(!rdla_model::model::is_gguf(&fixture("qwen2")));
+}
