@@ -4,8 +4,10 @@
 
 pub mod engine;
 pub mod path;
+pub mod trace;
 
 pub use engine::{
-    Array, AttribError, Child, Engine, Expansion, MlpMode, NodeKind, Overview, Target,
+    Array, AttribError, Child, Engine, Expansion, MlpMode, NodeKind, Overview, ScoreTable, Target,
+    TokenReadout, TokenValue, Units,
 };
-pub use path::{Comp, Layout, Path, Step};
+pub use path::{Comp, Layout, Path, Side, Step, Versus};

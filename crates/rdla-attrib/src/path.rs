@@ -1,7 +1,8 @@
 //! The path grammar of DESIGN.md §2, shared by GUI breadcrumbs, the CLI's `--path` and exports.
 //!
 //! A path is the steps from the root joined by `/`; the empty path is the root.
-//! `L5.attn/H3/8:L2.attn/H1/3:embed`, `L4.mlp/L2.attn/H0/5:pos`.
+//! `L5.attn/H3/8:L2.attn/H1/3:embed`, `L4.mlp/L2.attn/H0/5:pos`, `L5.attn/H3/qk:8/q/L2.attn/H1`,
+//! `L4.mlp/N1023/L1.attn`.
 
 use std::fmt;
 
@@ -18,13 +19,75 @@ pub enum Step {
     Source { pos: usize, comp: Comp },
     /// The remainder child of a node: `bias`.
     Bias,
+    /// A neuron of an MLP: `N{n}`.
+    Neuron(usize),
+    /// A head's pre-softmax attention score to key position `key`, or a contrast of scores:
+    /// `qk:{k}`, `qk:{k}-{k2}`, `qk:{k}-mean`.
+    Score { key: usize, versus: Versus },
+    /// One side of a score's decomposition: `q` (keys frozen) or `k` (query frozen).
+    Side(Side),
+}
+
+/// What a score is contrasted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Versus {
+    /// The plain score `s(q, k)`.
+    Nothing,
+    /// `s(q, k) − s(q, k2)`: why `k` rather than `k2`.
+    Key(usize),
+    /// `s(q, k) − Σ_j A[q, j] s(q, j)`: why `k` more than the pattern-weighted average.
+    Mean,
+}
+
+/// The two one-sided decompositions of a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The query side: the keys frozen, the query's components vary.
+    Query,
+    /// The key side: the query frozen, the keys' components vary.
+    Key,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "q",
+            Self::Key => "k",
+        }
+    }
+}
+
+fn number(s: &str) -> Option<usize> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 impl Step {
     /// Parse one step's syntax (validity against a model is checked when resolving).
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "bias" {
-            return Ok(Self::Bias);
+        match s {
+            "bias" => return Ok(Self::Bias),
+            "q" => return Ok(Self::Side(Side::Query)),
+            "k" => return Ok(Self::Side(Side::Key)),
+            _ => {}
+        }
+        if let Some(n) = s.strip_prefix('N').and_then(number) {
+            return Ok(Self::Neuron(n));
+        }
+        if let Some(rest) = s.strip_prefix("qk:") {
+            let (k, versus) = match rest.split_once('-') {
+                None => (rest, Some(Versus::Nothing)),
+                Some((k, "mean")) => (k, Some(Versus::Mean)),
+                Some((k, k2)) => (k, number(k2).map(Versus::Key)),
+            };
+            return match (number(k), versus) {
+                (Some(key), Some(versus)) => Ok(Self::Score { key, versus }),
+                _ => Err(format!(
+                    "`{s}` is not a score step (expected qk:{{k}}, qk:{{k}}-{{k2}} or qk:{{k}}-mean)"
+                )),
+            };
         }
         if let Some(c) = Comp::parse(s) {
             return Ok(Self::Comp(c));
@@ -43,7 +106,7 @@ impl Step {
             return Ok(Self::Source { pos, comp });
         }
         Err(format!(
-            "`{s}` is not a step (expected embed, pos, L{{l}}.attn, L{{l}}.mlp, H{{h}}, {{pos}}:{{component}} or bias)"
+            "`{s}` is not a step (expected embed, pos, L{{l}}.attn, L{{l}}.mlp, H{{h}}, {{pos}}:{{component}}, N{{n}}, qk:{{k}}, q, k or bias)"
         ))
     }
 }
@@ -55,6 +118,13 @@ impl fmt::Display for Step {
             Self::Head(h) => write!(f, "H{h}"),
             Self::Source { pos, comp } => write!(f, "{pos}:{comp}"),
             Self::Bias => f.write_str("bias"),
+            Self::Neuron(n) => write!(f, "N{n}"),
+            Self::Score { key, versus } => match versus {
+                Versus::Nothing => write!(f, "qk:{key}"),
+                Versus::Key(k2) => write!(f, "qk:{key}-{k2}"),
+                Versus::Mean => write!(f, "qk:{key}-mean"),
+            },
+            Self::Side(side) => f.write_str(side.as_str()),
         }
     }
 }
@@ -163,6 +233,11 @@ mod tests {
             "L4.mlp/L2.attn/H0/5:pos",
             "L0.mlp/bias",
             "L11.attn/H11/511:L10.mlp/L3.attn/bias",
+            "L5.attn/H3/qk:8/q/L2.attn/H1",
+            "L5.attn/H3/qk:8/k/embed",
+            "L4.mlp/N1023/L1.attn",
+            "L2.attn/H3/qk:3-1/k/1:L0.mlp/N7",
+            "L2.attn/H3/qk:3-mean/q/bias",
         ] {
             let p = Path::parse(s).expect(s);
             assert_eq!(p.to_string(), s);
@@ -179,5 +254,10 @@ mod tests {
         assert!(Path::parse("3:L2.foo").is_err());
         assert!(Path::parse("-1:embed").is_err());
         assert!(Path::parse("H").is_err());
+        for bad in [
+            "N", "N-1", "qk:", "qk:x", "qk:3-", "qk:3-avg", "qk:-1", "Q", "N1a",
+        ] {
+            assert!(Path::parse(bad).is_err(), "{bad} parsed");
+        }
     }
 }

@@ -4,7 +4,7 @@
 use rdla_testutil as common;
 
 use common::{Reference, TL_FIXTURES, load_model};
-use rdla_attrib::{Comp, Engine, MlpMode, Path, Step, Target};
+use rdla_attrib::{Comp, Engine, MlpMode, NodeKind, Path, Step, Target, Versus};
 use rdla_model::Device;
 
 /// xorshift64*: deterministic, dependency-free.
@@ -22,6 +22,11 @@ impl Rng {
 }
 
 fn relative_residual(ex: &rdla_attrib::Expansion) -> f64 {
+    if let Some(t) = &ex.table {
+        // a score: value = Σ table cells
+        let cells: f64 = t.values.iter().flatten().map(|v| f64::from(v.abs())).sum();
+        return f64::from(ex.residual.abs()) / (f64::from(ex.value.abs()) + cells).max(1e-12);
+    }
     let scale: f64 = f64::from(ex.value.abs())
         + f64::from(ex.bias.abs())
         + ex.children
@@ -50,6 +55,7 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (fi as u64 + 1));
             let mut checked = 0;
             let mut max_depth = 0;
+            let (mut scores, mut neurons) = (0, 0);
             for _ in 0..200 {
                 let mut path = Path::root();
                 for _ in 0..=5 {
@@ -83,6 +89,35 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
                             )
                         })
                         .collect();
+                    // a third of the time, leave the sum: a head's attention score (or a
+                    // contrast), an MLP's neuron
+                    if rng.below(3) == 0 {
+                        if let NodeKind::Head { .. } = ex.kind {
+                            let keys: Vec<usize> = ex
+                                .children
+                                .iter()
+                                .filter_map(|c| match c.parsed {
+                                    Step::Source { pos, .. } => Some(pos),
+                                    _ => None,
+                                })
+                                .collect();
+                            let key = keys[rng.below(keys.len())];
+                            let other = keys[rng.below(keys.len())];
+                            let versus = match rng.below(3) {
+                                0 => Versus::Mean,
+                                1 if other != key => Versus::Key(other),
+                                _ => Versus::Nothing,
+                            };
+                            scores += 1;
+                            path = path.child(Step::Score { key, versus });
+                            continue;
+                        }
+                        if let Some(n) = &ex.neurons {
+                            neurons += 1;
+                            path = path.child(n[rng.below(n.len())].parsed);
+                            continue;
+                        }
+                    }
                     let pick = if deep.is_empty() || rng.below(8) == 0 {
                         &ex.children[rng.below(ex.children.len())]
                     } else {
@@ -93,6 +128,10 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
             }
             assert!(checked >= 400, "{name}: only {checked} nodes checked");
             assert_eq!(max_depth, 5, "{name}: walks never reached depth 5");
+            assert!(
+                scores >= 10 && neurons >= 10,
+                "{name}: the walks took {scores} score and {neurons} neuron steps"
+            );
         }
     }
 }

@@ -2,9 +2,46 @@
 
 use burn::tensor::Tensor;
 
-use super::node::Node;
+use rdla_model::model::ablate::Site;
+
+use super::node::{Kind, Node};
+use super::types::{ScoreTable, TokenReadout, TokenValue, Units};
 use super::{AttribError, Child, Engine, Expansion, Result};
-use crate::path::Path;
+use crate::path::{Comp, Path, Step};
+
+/// How many neurons an MLP node lists (largest |value| first).
+pub const NEURONS_LISTED: usize = 20;
+/// How many tokens a vocabulary readout lists in each direction.
+pub const TOKENS_LISTED: usize = 10;
+
+/// The indices of the `k` largest `key(v)`, ties to the lower index.
+fn top_indices(values: &[f32], k: usize, key: impl Fn(f32) -> f32) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let cmp = |&a: &usize, &b: &usize| key(values[b]).total_cmp(&key(values[a])).then(a.cmp(&b));
+    if idx.len() > k {
+        idx.select_nth_unstable_by(k, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
+/// Splits one flat read-back into its parts.
+struct Cursor<'a> {
+    data: &'a [f32],
+    off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [f32]> {
+        let s = self
+            .data
+            .get(self.off..self.off + n)
+            .ok_or(AttribError::Empty)?;
+        self.off += n;
+        Ok(s)
+    }
+}
 
 impl Engine<'_> {
     /// The node at `path`; an invalid step is an error naming it and listing the choices.
@@ -30,37 +67,120 @@ impl Engine<'_> {
     }
 
     /// Expand the node at `path`: its value, every child's value, its remainder and residual,
-    /// with one read-back from the device.
+    /// and what is shown beside it (a score's table, an MLP's neurons, the vocabulary
+    /// readout), with one read-back from the device.
     pub fn expand(&self, path: &Path) -> Result<Expansion> {
         let node = self.resolve(path)?;
         let children = self.node_children(&node);
+        let n_children = children.steps.len();
         let mut parts = vec![self.node_value(&node), self.node_bias(&node)];
         if let Some(c) = children.values {
             parts.push(c);
         }
+        let table = self.node_table(&node);
+        let mut table_shape = None;
+        if let Some((labels, t)) = table {
+            let [r, c] = t.dims();
+            table_shape = Some((labels, r, c));
+            parts.push(t.reshape([r * c]));
+        }
+        let neurons = self.node_neurons(&node);
+        let n_neurons = neurons.as_ref().map(|t| t.dims()[0]);
+        if let Some(t) = neurons {
+            parts.push(t);
+        }
+        let vocab = self
+            .node_written(&node)
+            .map(|v| self.vocab_readout(v, node.pos));
+        let n_vocab = vocab.as_ref().map(|t| t.dims()[0]);
+        if let Some(t) = vocab {
+            parts.push(t);
+        }
         let all = rdla_model::to_vec(Tensor::cat(parts, 0))?;
-        let (&value, &bias) = all.first().zip(all.get(1)).ok_or(AttribError::Empty)?;
+        let mut cur = Cursor { data: &all, off: 0 };
+        let head = cur.take(2)?;
+        let (value, bias) = (head[0], head[1]);
         let children: Vec<Child> = children
             .steps
             .into_iter()
-            .zip(all[2..].iter())
+            .zip(cur.take(n_children)?)
             .map(|(s, &v)| Child {
                 step: s.to_string(),
                 value: v,
                 parsed: s,
             })
             .collect();
-        let sum: f64 = children.iter().map(|c| f64::from(c.value)).sum();
+        let table = match table_shape {
+            Some((labels, r, c)) => {
+                let flat = cur.take(r * c)?;
+                Some(ScoreTable {
+                    rows: labels.clone(),
+                    cols: labels,
+                    values: flat.chunks(c).map(<[f32]>::to_vec).collect(),
+                })
+            }
+            None => None,
+        };
+        let neurons = match n_neurons {
+            Some(n) => {
+                let v = cur.take(n)?;
+                Some(
+                    top_indices(v, NEURONS_LISTED, f32::abs)
+                        .into_iter()
+                        .map(|i| Child {
+                            step: Step::Neuron(i).to_string(),
+                            value: v[i],
+                            parsed: Step::Neuron(i),
+                        })
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        let tokens = match n_vocab {
+            Some(n) => Some(self.token_readout(cur.take(n)?)),
+            None => None,
+        };
+        let residual = match &table {
+            Some(t) => f64::from(value) - t.sum(),
+            None => {
+                let sum: f64 = children.iter().map(|c| f64::from(c.value)).sum();
+                f64::from(value) - sum - f64::from(bias)
+            }
+        };
+        let in_score = path.steps().iter().any(|s| matches!(s, Step::Score { .. }));
         Ok(Expansion {
             path: path.to_string(),
             kind: Self::public_kind(&node),
-            position: node.pos,
+            position: self.node_position(&node),
             value,
             bias,
-            residual: (f64::from(value) - sum - f64::from(bias)) as f32,
+            residual: residual as f32,
             children,
             leaf: self.is_leaf(&node),
+            units: if in_score { Units::Score } else { Units::Logit },
+            alternatives: table.is_some(),
+            table,
+            neurons,
+            n_neurons,
+            tokens,
         })
+    }
+
+    fn token_readout(&self, logits: &[f32]) -> TokenReadout {
+        let list = |idx: Vec<usize>| {
+            idx.into_iter()
+                .map(|i| TokenValue {
+                    id: i as u32,
+                    token: self.model.tokenizer.token_str(i as u32),
+                    value: logits[i],
+                })
+                .collect()
+        };
+        TokenReadout {
+            up: list(top_indices(logits, TOKENS_LISTED, |v| v)),
+            down: list(top_indices(logits, TOKENS_LISTED, |v| -v)),
+        }
     }
 
     /// The value of the node at `path` alone (no children).
@@ -68,6 +188,26 @@ impl Engine<'_> {
         let node = self.resolve(path)?;
         let v = rdla_model::to_vec(self.node_value(&node))?;
         v.first().copied().ok_or(AttribError::Empty)
+    }
+
+    /// The model site a path's node is, for ablation: a component, head or neuron at its
+    /// position. Scores, their sides, remainders and the root are not sites.
+    pub fn ablation_site(&self, path: &Path) -> Result<(Site, usize)> {
+        let node = self.resolve(path)?;
+        let site = match node.kind {
+            Kind::Comp(Comp::Embed) => Site::Embed,
+            Kind::Comp(Comp::Pos) => Site::Pos,
+            Kind::Comp(Comp::Attn(l)) => Site::Attn(l),
+            Kind::Comp(Comp::Mlp(l)) => Site::Mlp(l),
+            Kind::Head { layer, head } => Site::Head { layer, head },
+            Kind::Neuron { layer, n } => Site::Neuron { layer, neuron: n },
+            _ => {
+                return Err(AttribError::NotASite {
+                    path: path.to_string(),
+                });
+            }
+        };
+        Ok((site, node.pos))
     }
 
     /// Parse and expand.

@@ -22,10 +22,13 @@ pub mod types;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rdla_model::config::Norm;
+use rdla_model::rotary::RotaryTables;
 use rdla_model::{Cache, Layout, Model};
 
+pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
 pub use types::{
-    Array, AttribError, Child, CompLabel, Expansion, MlpMode, NodeKind, Overview, Result, Target,
+    Array, AttribError, Child, CompLabel, Expansion, MlpMode, NodeKind, Overview, Result,
+    ScoreTable, Target, TokenReadout, TokenValue, Units,
 };
 
 /// `m [n, d] · r [d] -> [n]`.
@@ -49,6 +52,8 @@ pub struct Engine<'a> {
     layout: Layout,
     /// `C(u) / s_final[P-1]`.
     r_root: Tensor<1>,
+    /// The rotary tables for this prompt (`None` without rotary embeddings).
+    rotary: Option<RotaryTables>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -82,6 +87,7 @@ impl<'a> Engine<'a> {
             last,
             layout: cache.layout,
             r_root: u.clone(),
+            rotary: model.rotary_tables(cache.n_pos()),
         };
         engine.r_root = engine.c(u) / s;
         Ok(engine)
@@ -139,6 +145,12 @@ impl<'a> Engine<'a> {
     /// Root value `logit(answer) − b_U[answer]` (or the difference) from the real logits,
     /// on the device: `[1]`.
     fn root_value_tensor(&self) -> Tensor<1> {
+        self.target_of(&self.cache.last_logits)
+    }
+
+    /// The target value (`logit(answer) − b_U[answer]`, or the difference) of last-position
+    /// logits `[V]` — the clean run's, or an ablated run's: `[1]`.
+    pub fn target_of(&self, logits: &Tensor<1>) -> Tensor<1> {
         let at = |t: &Tensor<1>, id: u32| {
             let idx = Tensor::<1, Int>::from_data(
                 TensorData::new(vec![i64::from(id)], [1]),
@@ -146,7 +158,7 @@ impl<'a> Engine<'a> {
             );
             t.clone().select(0, idx)
         };
-        let v = |id: u32| at(&self.cache.last_logits, id) - at(&self.model.weights.b_u, id);
+        let v = |id: u32| at(logits, id) - at(&self.model.weights.b_u, id);
         match self.target {
             Target::Logit { answer } => v(answer),
             Target::Diff { answer, foil } => v(answer) - v(foil),

@@ -4,9 +4,10 @@
 
 use burn::tensor::Tensor;
 
+use super::nodes::score::{self, ScoreId};
 use super::nodes::{attn, head, leaf, residual};
 use super::{CompLabel, Engine, NodeKind, Result};
-use crate::path::{Comp, Step};
+use crate::path::{Comp, Side, Step};
 
 /// What a node is.
 #[derive(Debug, Clone)]
@@ -17,6 +18,12 @@ pub(super) enum Kind {
     Comp(Comp),
     /// One attention head at a destination position.
     Head { layer: usize, head: usize },
+    /// One neuron of an MLP (the node's readout is the MLP's).
+    Neuron { layer: usize, n: usize },
+    /// A head's attention score (or a contrast of scores) from its destination.
+    Score(ScoreId),
+    /// One side of a score's decomposition.
+    Side(ScoreId, Side),
     /// The remainder child of its parent, with its value `[1]`.
     Bias(Box<Tensor<1>>),
 }
@@ -57,9 +64,12 @@ impl Engine<'_> {
     /// The node's value `[1]`, computed independently of its children.
     pub(super) fn node_value(&self, node: &Node) -> Tensor<1> {
         match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) => residual::value(self, node),
+            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                residual::value(self, node)
+            }
             Kind::Comp(Comp::Attn(l)) => attn::value(self, node, *l),
             Kind::Head { layer, head } => head::value(self, node, (*layer, *head)),
+            Kind::Score(id) | Kind::Side(id, _) => self.score_value(*id, node.pos),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => leaf::value(self, node),
         }
     }
@@ -67,25 +77,32 @@ impl Engine<'_> {
     /// The node's remainder `[1]`.
     pub(super) fn node_bias(&self, node: &Node) -> Tensor<1> {
         match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) => residual::bias(self, node),
+            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                residual::bias(self, node)
+            }
             Kind::Comp(Comp::Attn(l)) => attn::bias(self, node, *l),
             Kind::Head { layer, head } => head::bias(self, node, (*layer, *head)),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => self.zero(),
+            Kind::Side(id, side) => score::side_bias(self, node, *id, *side),
+            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Score(_) | Kind::Bias(_) => self.zero(),
         }
     }
 
     pub(super) fn node_children(&self, node: &Node) -> Children {
         match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) => residual::children(self, node),
+            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                residual::children(self, node)
+            }
             Kind::Comp(Comp::Attn(l)) => attn::children(self, node, *l),
             Kind::Head { layer, head } => head::children(self, node, (*layer, *head)),
+            Kind::Score(id) => score::children(self, node, *id),
+            Kind::Side(id, side) => score::side_children(self, node, *id, *side),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => Children::none(),
         }
     }
 
     /// The child of `node` that `step` names, or `None` when it is not a child there.
     pub(super) fn node_step(&self, node: &Node, step: Step) -> Result<Option<Node>> {
-        if step == Step::Bias && !self.is_leaf(node) {
+        if step == Step::Bias && !self.is_leaf(node) && !matches!(node.kind, Kind::Score(_)) {
             return Ok(Some(Node {
                 kind: Kind::Bias(Box::new(self.node_bias(node))),
                 pos: node.pos,
@@ -93,9 +110,13 @@ impl Engine<'_> {
             }));
         }
         Ok(match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) => residual::step(self, node, step),
+            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                residual::step(self, node, step)
+            }
             Kind::Comp(Comp::Attn(l)) => attn::step(self, node, *l, step),
             Kind::Head { layer, head } => head::step(self, node, (*layer, *head), step),
+            Kind::Score(id) => score::step(node, *id, step),
+            Kind::Side(id, side) => score::side_step(self, node, *id, *side, step),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => None,
         })
     }
@@ -106,6 +127,20 @@ impl Engine<'_> {
             Kind::Root => "the root".into(),
             Kind::Comp(c) => format!("`{c}` at position {}", node.pos),
             Kind::Head { layer, head } => format!("head L{layer}.H{head} at position {}", node.pos),
+            Kind::Neuron { layer, n } => {
+                format!("neuron L{layer}.mlp/N{n} at position {}", node.pos)
+            }
+            Kind::Score(id) => format!(
+                "score `{}` of head L{}.H{} at position {}",
+                Step::Score {
+                    key: id.key,
+                    versus: id.versus
+                },
+                id.layer,
+                id.head,
+                node.pos
+            ),
+            Kind::Side(_, side) => format!("the `{}` side of a score", side.as_str()),
             Kind::Bias(_) => "`bias`".into(),
         }
     }
@@ -113,9 +148,13 @@ impl Engine<'_> {
     /// The valid child steps of `node`, for error messages.
     pub(super) fn valid_here(&self, node: &Node) -> String {
         match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) => residual::valid(self, node),
+            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                residual::valid(self, node)
+            }
             Kind::Comp(Comp::Attn(_)) => attn::valid(self),
             Kind::Head { layer, .. } => head::valid(self, node, *layer),
+            Kind::Score(_) => "q, k".into(),
+            Kind::Side(id, side) => score::side_valid(self, node, *id, *side),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => {
                 "nothing (this node is a leaf)".into()
             }
@@ -140,7 +179,92 @@ impl Engine<'_> {
                 layer: *layer,
                 head: *head,
             },
+            Kind::Neuron { layer, n } => NodeKind::Neuron {
+                layer: *layer,
+                neuron: *n,
+            },
+            Kind::Score(id) => NodeKind::Score {
+                layer: id.layer,
+                head: id.head,
+            },
+            Kind::Side(id, side) => NodeKind::Side {
+                layer: id.layer,
+                head: id.head,
+                side: side.as_str(),
+            },
             Kind::Bias(_) => NodeKind::Bias,
+        }
+    }
+
+    /// A score node's bilinear table and its labels.
+    pub(super) fn node_table(&self, node: &Node) -> Option<(Vec<String>, Tensor<2>)> {
+        match &node.kind {
+            Kind::Score(id) => Some(self.score_table(*id, node.pos)),
+            _ => None,
+        }
+    }
+
+    /// An MLP node's neuron values `[d_mlp]`.
+    pub(super) fn node_neurons(&self, node: &Node) -> Option<Tensor<1>> {
+        match node.kind {
+            Kind::Comp(Comp::Mlp(l)) => Some(self.neuron_values(l, node.pos, node.readout.clone())),
+            _ => None,
+        }
+    }
+
+    /// What the node writes into the residual stream at its position `[d]` (a component's
+    /// output, a head's `z_h W_O[h]`, a neuron's `a_n W_out[n]`); `None` for nodes that write
+    /// nothing of their own.
+    pub(super) fn node_written(&self, node: &Node) -> Option<Tensor<1>> {
+        let cfg = &self.model.config;
+        match &node.kind {
+            Kind::Comp(c) => {
+                let i = self.layout.index(*c)?;
+                Some(
+                    self.cache
+                        .components
+                        .clone()
+                        .narrow(0, i, 1)
+                        .narrow(1, node.pos, 1)
+                        .reshape([cfg.d_model]),
+                )
+            }
+            Kind::Head { layer, head } => {
+                let z = self
+                    .model
+                    .z_at(self.cache, *layer..*layer + 1, node.pos)
+                    .narrow(1, *head, 1)
+                    .reshape([1, cfg.d_head]);
+                let w_o = self
+                    .model
+                    .weights
+                    .w_o
+                    .clone()
+                    .narrow(0, *layer, 1)
+                    .narrow(1, *head, 1)
+                    .reshape([cfg.d_head, cfg.d_model]);
+                Some(z.matmul(w_o).reshape([cfg.d_model]))
+            }
+            Kind::Neuron { layer, n } => Some(self.neuron_output(*layer, node.pos, *n)),
+            _ => None,
+        }
+    }
+
+    /// The vocabulary readout of a written vector at `pos`: `C(v) W_U / s_final[pos]` `[V]`.
+    pub(super) fn vocab_readout(&self, v: Tensor<1>, pos: usize) -> Tensor<1> {
+        let s = self.cache.final_scale.clone().narrow(0, pos, 1);
+        self.c(v)
+            .unsqueeze_dim::<2>(0)
+            .matmul(self.model.weights.w_u.clone())
+            .squeeze_dim::<1>(0)
+            / s
+    }
+
+    /// The position a node is shown at: its own, or for a single score's key side the key.
+    pub(super) fn node_position(&self, node: &Node) -> usize {
+        match &node.kind {
+            Kind::Side(id, side) => score::side_position(*id, *side, node.pos),
+            _ => node.pos,
         }
     }
 

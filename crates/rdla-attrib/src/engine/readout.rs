@@ -15,6 +15,18 @@ pub(super) fn layers<const D: usize>(t: &Tensor<D>, ls: &Range<usize>) -> Tensor
     t.clone().narrow(0, ls.start, ls.len())
 }
 
+/// The pieces of an MLP at one position, `[Lb, d_mlp]` each.
+struct MlpParts {
+    /// `W_out r`.
+    wout_r: Tensor<2>,
+    /// The factor on the linear path (frozen gate, derivative, or the gate's activation).
+    g: Tensor<2>,
+    /// The pre-activation (the gate's in a gated MLP).
+    z: Tensor<2>,
+    /// The linear path's pre-activation (gated MLPs only).
+    lin: Option<Tensor<2>>,
+}
+
 impl Engine<'_> {
     /// `W_O[l,h] r_l`, grouped by key/value head: `[Lb, KV, dh, g]`.
     fn wo_r(&self, ls: &Range<usize>, r: Tensor<2>) -> Tensor<4> {
@@ -53,8 +65,9 @@ impl Engine<'_> {
     pub(super) fn head_values(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
         let cfg = &self.model.config;
         let (lb, h, d, dh) = (ls.len(), cfg.n_heads, cfg.d_model, cfg.d_head);
-        let z = layers(&self.cache.z, ls)
-            .narrow(1, q, 1)
+        let z = self
+            .model
+            .z_at(self.cache, ls.clone(), q)
             .reshape([lb, h, 1, dh]);
         let wo_r = layers(&self.model.weights.w_o, ls).matmul(r.reshape([lb, 1, d, 1])); // [Lb, H, dh, 1]
         z.matmul(wo_r).reshape([lb, h])
@@ -62,9 +75,7 @@ impl Engine<'_> {
 
     /// The attention pattern rows `A[l, :, q, :]`: `[Lb, H, P]`.
     pub(super) fn pattern_rows(&self, ls: Range<usize>, q: usize) -> Tensor<3> {
-        layers(&self.cache.patterns, &ls)
-            .narrow(2, q, 1)
-            .squeeze_dim::<3>(2)
+        self.model.pattern_rows(self.cache, ls, q)
     }
 
     /// The values of the sources `(p, c)` of heads, `x_c[p] · A[l,h,q,p] · ov[l,h] / s1[l,p]`,
@@ -150,40 +161,60 @@ impl Engine<'_> {
         }
     }
 
-    /// What every MLP formula needs at `q`: `W_out r` `[Lb, d_mlp]`, the gate `g` `[Lb, d_mlp]`
-    /// and the pre-activation `z` `[Lb, d_mlp]`.
+    /// What every MLP formula needs at `q`: `W_out r` `[Lb, d_mlp]` (restricted to one neuron
+    /// when `neuron` is given: the neuron's share of the MLP), the gate `g` `[Lb, d_mlp]`, the
+    /// pre-activation `z` `[Lb, d_mlp]` (the gate's in a gated MLP) and, for a gated MLP, the
+    /// linear path's.
     fn mlp_parts(
         &self,
         ls: &Range<usize>,
         q: usize,
         r: Tensor<2>,
-    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+        neuron: Option<usize>,
+    ) -> MlpParts {
         let [lb, d] = r.dims();
-        let wout_r = layers(&self.model.weights.w_out, ls)
+        let mut wout_r = layers(&self.model.weights.w_out, ls)
             .matmul(r.reshape([lb, d, 1]))
             .squeeze_dim::<2>(2); // [Lb, d_mlp]
-        let z = layers(&self.cache.mlp_pre, ls)
-            .narrow(1, q, 1)
-            .squeeze_dim::<2>(1); // [Lb, d_mlp]
+        if let Some(n) = neuron {
+            wout_r = wout_r
+                * self
+                    .one_hot(n, self.model.config.d_mlp)
+                    .unsqueeze_dim::<2>(0);
+        }
+        let (z, lin) = self.model.mlp_pre_at(self.cache, ls.clone(), q);
         let g = self.gate(z.clone());
-        (wout_r, g, z)
+        MlpParts { wout_r, g, z, lin }
+    }
+
+    /// `[n]`: 1 at `i`, else 0.
+    pub(super) fn one_hot(&self, i: usize, n: usize) -> Tensor<1> {
+        let mut v = vec![0.0f32; n];
+        v[i] = 1.0;
+        Tensor::<1>::from_data(TensorData::new(v, [n]), self.device())
     }
 
     /// The readout of the inputs of MLPs `ls` at `q`: `C(W_in (g ⊙ W_out r)) / s2[l, q]`, plus,
     /// for a gated MLP in gradient mode, the gate path
-    /// `W_gate (act'(z_gate) ⊙ z_linear ⊙ W_out r)`: `[Lb, d]`.
-    pub(super) fn mlp_readouts(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
+    /// `W_gate (act'(z_gate) ⊙ z_linear ⊙ W_out r)`: `[Lb, d]`. With `neuron`, the same for
+    /// that neuron alone (DESIGN.md: a neuron's children).
+    pub(super) fn mlp_readouts(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+        neuron: Option<usize>,
+    ) -> Tensor<2> {
         let w = &self.model.weights;
-        let (wout_r, g, z) = self.mlp_parts(ls, q, r);
+        let MlpParts { wout_r, g, z, lin } = self.mlp_parts(ls, q, r, neuron);
         let gw = g * wout_r.clone();
         let mut read = layers(&w.w_in, ls)
             .matmul(gw.unsqueeze_dim::<3>(2))
             .squeeze_dim::<2>(2); // [Lb, d]
         if self.model.config.gated_mlp
             && self.mode == MlpMode::Gradient
-            && let (Some(lin), Some(w_gate)) = (&self.cache.mlp_pre_linear, &w.w_gate)
+            && let (Some(lin), Some(w_gate)) = (lin, &w.w_gate)
         {
-            let lin = layers(lin, ls).narrow(1, q, 1).squeeze_dim::<2>(1);
             let gp = act::derivative(self.model.config.act, z) * lin;
             read = read
                 + layers(w_gate, ls)
@@ -194,18 +225,61 @@ impl Engine<'_> {
         self.c(read) / s2
     }
 
-    /// The remainder of MLPs `ls` at `q`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`.
-    pub(super) fn mlp_biases(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<1> {
+    /// The remainder of MLPs `ls` at `q`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. With
+    /// `neuron`: that neuron's `g_n b_in[n] (W_out[n] · r)` (no `b_out`).
+    pub(super) fn mlp_biases(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+        neuron: Option<usize>,
+    ) -> Tensor<1> {
         let w = &self.model.weights;
         let [lb, d] = r.dims();
-        let (wout_r, g, _) = self.mlp_parts(ls, q, r.clone());
+        let MlpParts { wout_r, g, .. } = self.mlp_parts(ls, q, r.clone(), neuron);
+        let gated = (g * layers(&w.b_in, ls) * wout_r)
+            .sum_dim(1)
+            .squeeze_dim::<1>(1);
+        if neuron.is_some() {
+            return gated;
+        }
         let b_out = layers(&w.b_out, ls)
             .unsqueeze_dim::<3>(1)
             .matmul(r.reshape([lb, d, 1]))
             .reshape([lb]);
-        (g * layers(&w.b_in, ls) * wout_r)
-            .sum_dim(1)
-            .squeeze_dim::<1>(1)
-            + b_out
+        gated + b_out
+    }
+
+    /// The MLP's activations `a = act(z)` (SwiGLU: `silu(z_gate) ⊙ z_up`) at `q`: `[Lb, d_mlp]`.
+    fn mlp_activations(&self, ls: &Range<usize>, q: usize) -> Tensor<2> {
+        let (z, lin) = self.model.mlp_pre_at(self.cache, ls.clone(), q);
+        let a = act::apply(self.model.config.act, z);
+        match lin {
+            Some(lin) => a * lin,
+            None => a,
+        }
+    }
+
+    /// Every neuron's value `a_n (W_out[n] · r)` of MLP `l` at `q`: `[d_mlp]`. With `b_out · r`
+    /// they add up to the MLP's value.
+    pub(super) fn neuron_values(&self, l: usize, q: usize, r: Tensor<1>) -> Tensor<1> {
+        let wout_r = layers(&self.model.weights.w_out, &(l..l + 1))
+            .squeeze_dim::<2>(0)
+            .matmul(r.unsqueeze_dim::<2>(1))
+            .squeeze_dim::<1>(1); // [d_mlp]
+        self.mlp_activations(&(l..l + 1), q).squeeze_dim::<1>(0) * wout_r
+    }
+
+    /// What neuron `n` of MLP `l` writes at `q`: `a_n W_out[n]` `[d]`.
+    pub(super) fn neuron_output(&self, l: usize, q: usize, n: usize) -> Tensor<1> {
+        let a = self
+            .mlp_activations(&(l..l + 1), q)
+            .narrow(1, n, 1)
+            .reshape([1]);
+        layers(&self.model.weights.w_out, &(l..l + 1))
+            .squeeze_dim::<2>(0)
+            .narrow(0, n, 1)
+            .squeeze_dim::<1>(0)
+            * a
     }
 }

@@ -85,6 +85,10 @@ pub enum AttribError {
     NotFolded,
     #[error("target token id {id} is outside the vocabulary of {vocab}")]
     BadTarget { id: u32, vocab: usize },
+    #[error(
+        "`{path}` is not a model site (ablate a component, head or neuron; not the root, a score, a score's side or a remainder)"
+    )]
+    NotASite { path: String },
     #[error("a read-back from the device returned no values")]
     Empty,
 }
@@ -104,6 +108,16 @@ pub enum NodeKind {
     Component { comp: CompLabel },
     /// One attention head at a destination position.
     Head { layer: usize, head: usize },
+    /// One neuron of an MLP at a position.
+    Neuron { layer: usize, neuron: usize },
+    /// A head's pre-softmax attention score (or a contrast of scores), in score units.
+    Score { layer: usize, head: usize },
+    /// One side (`q`: keys frozen, `k`: query frozen) of a score's decomposition.
+    Side {
+        layer: usize,
+        head: usize,
+        side: &'static str,
+    },
     /// The remainder child of its parent.
     Bias,
 }
@@ -138,10 +152,71 @@ pub struct Expansion {
     pub value: f32,
     pub children: Vec<Child>,
     pub bias: f32,
-    /// `value − Σ children − bias`. Float error for exact nodes; the approximation error in
-    /// gradient MLP mode; the whole value for a leaf (nothing to expand).
+    /// `value − Σ children − bias` (a score node: `value − Σ table`). Float error for exact
+    /// nodes; the approximation error in gradient MLP mode; the whole value for a leaf
+    /// (nothing to expand).
     pub residual: f32,
     pub leaf: bool,
+    /// What the numbers are: logits, or (at and below a score) pre-softmax score units.
+    pub units: Units,
+    /// A score node's children (`q`, `k`) are two alternative decompositions of its value,
+    /// not parts of a sum.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub alternatives: bool,
+    /// A score node's bilinear table (query components × key components).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<ScoreTable>,
+    /// An MLP node's largest neurons by |value| (`N{n}` steps), and how many it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neurons: Option<Vec<Child>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_neurons: Option<usize>,
+    /// The tokens the node's output pushes up and down most (through the frozen final norm
+    /// and the unembedding); nodes that write nothing of their own (the root, scores, sides,
+    /// remainders) have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenReadout>,
+}
+
+/// The units of a node's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Units {
+    /// Logit units (the target's logit or logit difference).
+    Logit,
+    /// Pre-softmax attention-score units (at a `qk:` node and below it).
+    Score,
+}
+
+/// The bilinear split of a score: `values[row][col]`, rows the query-side components (and
+/// `bias`), columns the key-side components (and `bias`); the cells add up to the score.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreTable {
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub values: Vec<Vec<f32>>,
+}
+
+impl ScoreTable {
+    pub fn sum(&self) -> f64 {
+        self.values.iter().flatten().map(|&v| f64::from(v)).sum()
+    }
+}
+
+/// One token of a vocabulary readout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenValue {
+    pub id: u32,
+    pub token: String,
+    pub value: f32,
+}
+
+/// A node's vocabulary readout: the 10 tokens it pushes up most (descending) and down most
+/// (ascending).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenReadout {
+    pub up: Vec<TokenValue>,
+    pub down: Vec<TokenValue>,
 }
 
 /// The vectorised overview at the last position (exported through `Array::to_json`).

@@ -8,8 +8,9 @@ use burn::tensor::Tensor;
 
 use crate::engine::Engine;
 use crate::engine::node::{Children, Kind, Node};
+use crate::engine::nodes::score::ScoreId;
 use crate::engine::readout::layers;
-use crate::path::Step;
+use crate::path::{Step, Versus};
 
 /// The head's OV readout `C(W_V W_O r)` `[1, 1, d]` and value bias per unit attention `[1, 1]`.
 fn ov(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> (Tensor<3>, Tensor<2>) {
@@ -64,10 +65,28 @@ pub(in crate::engine) fn step(
     id: (usize, usize),
     step: Step,
 ) -> Option<Node> {
+    let l = id.0;
+    if let Step::Score { key, versus } = step {
+        let visible = |k: usize| k < eng.n_pos() && eng.allowed(l, node.pos, k);
+        let ok = visible(key)
+            && match versus {
+                Versus::Nothing | Versus::Mean => true,
+                Versus::Key(k2) => k2 != key && visible(k2),
+            };
+        return ok.then(|| Node {
+            kind: Kind::Score(ScoreId {
+                layer: l,
+                head: id.1,
+                key,
+                versus,
+            }),
+            pos: node.pos,
+            readout: node.readout.clone(),
+        });
+    }
     let Step::Source { pos, comp } = step else {
         return None;
     };
-    let l = id.0;
     let up = eng
         .layout
         .index(comp)
@@ -90,8 +109,9 @@ pub(in crate::engine) fn step(
 pub(in crate::engine) fn valid(eng: &Engine<'_>, node: &Node, l: usize) -> String {
     let (first, _) = eng.visible(l, node.pos);
     format!(
-        "{{p}}:{{component}} with p in {first}..={} and component in {}, or bias",
-        node.pos,
-        eng.layout.describe_prefix(eng.layout.pre(l))
+        "{{p}}:{{component}} with p in {first}..={q} and component in {}, bias, or a score \
+         qk:{{k}} / qk:{{k}}-{{k2}} / qk:{{k}}-mean with k, k2 in {first}..={q}",
+        eng.layout.describe_prefix(eng.layout.pre(l)),
+        q = node.pos,
     )
 }

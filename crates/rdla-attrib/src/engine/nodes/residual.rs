@@ -1,37 +1,50 @@
 //! Residual nodes: the root (the final residual at the last position, read along the target
-//! direction) and an MLP (its input residual at its position, read through the frozen gate).
-//! Their children are the components of that residual stream.
+//! direction), an MLP (its input residual at its position, read through the frozen gate) and
+//! one neuron of an MLP (the same, through that neuron alone). Their children are the
+//! components of that residual stream; an MLP also has its neurons `N{n}` as an alternative
+//! decomposition (listed beside the node, not among its children).
+
+use burn::tensor::Tensor;
 
 use crate::engine::Engine;
 use crate::engine::node::{Children, Kind, Node};
 use crate::path::{Comp, Step};
 
 /// How many components the residual stream of `node` holds, and the readout of its children.
-fn inputs(eng: &Engine<'_>, node: &Node) -> (usize, burn::tensor::Tensor<1>) {
+fn inputs(eng: &Engine<'_>, node: &Node) -> (usize, Tensor<1>) {
+    let r = || node.readout.clone().unsqueeze_dim(0);
     match node.kind {
         Kind::Comp(Comp::Mlp(l)) => (
             eng.layout.mid(l),
-            eng.mlp_readouts(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
+            eng.mlp_readouts(&(l..l + 1), node.pos, r(), None)
+                .squeeze_dim::<1>(0),
+        ),
+        Kind::Neuron { layer: l, n } => (
+            eng.layout.mid(l),
+            eng.mlp_readouts(&(l..l + 1), node.pos, r(), Some(n))
                 .squeeze_dim::<1>(0),
         ),
         _ => (eng.layout.n(), node.readout.clone()),
     }
 }
 
-pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> burn::tensor::Tensor<1> {
+pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
     match node.kind {
         Kind::Comp(c) => eng.comp_value(c, node.pos, &node.readout),
+        Kind::Neuron { layer, n } => eng
+            .neuron_values(layer, node.pos, node.readout.clone())
+            .narrow(0, n, 1),
         _ => eng.root_value_tensor(),
     }
 }
 
 /// The root has no remainder (`b_U` is excluded by definition); an MLP's is
-/// `((g ⊙ b_in) W_out + b_out) · r`.
-pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node) -> burn::tensor::Tensor<1> {
+/// `((g ⊙ b_in) W_out + b_out) · r`, a neuron's `g_n b_in[n] (W_out[n] · r)`.
+pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+    let r = || node.readout.clone().unsqueeze_dim(0);
     match node.kind {
-        Kind::Comp(Comp::Mlp(l)) => {
-            eng.mlp_biases(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
-        }
+        Kind::Comp(Comp::Mlp(l)) => eng.mlp_biases(&(l..l + 1), node.pos, r(), None),
+        Kind::Neuron { layer, n } => eng.mlp_biases(&(layer..layer + 1), node.pos, r(), Some(n)),
         _ => eng.zero(),
     }
 }
@@ -45,22 +58,37 @@ pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node) -> Children {
 }
 
 pub(in crate::engine) fn step(eng: &Engine<'_>, node: &Node, step: Step) -> Option<Node> {
-    let Step::Comp(c) = step else {
-        return None;
-    };
-    let (n, r) = inputs(eng, node);
-    eng.layout.index(c).filter(|&i| i < n)?;
-    Some(Node {
-        kind: Kind::Comp(c),
-        pos: node.pos,
-        readout: r,
-    })
+    match (step, &node.kind) {
+        (Step::Neuron(n), Kind::Comp(Comp::Mlp(l))) if n < eng.model.config.d_mlp => Some(Node {
+            kind: Kind::Neuron { layer: *l, n },
+            pos: node.pos,
+            readout: node.readout.clone(),
+        }),
+        (Step::Comp(c), _) => {
+            let (n, r) = inputs(eng, node);
+            eng.layout.index(c).filter(|&i| i < n)?;
+            Some(Node {
+                kind: Kind::Comp(c),
+                pos: node.pos,
+                readout: r,
+            })
+        }
+        _ => None,
+    }
 }
 
 pub(in crate::engine) fn valid(eng: &Engine<'_>, node: &Node) -> String {
     match node.kind {
-        Kind::Comp(Comp::Mlp(l)) => {
-            format!("{}, bias", eng.layout.describe_prefix(eng.layout.mid(l)))
+        Kind::Comp(Comp::Mlp(l)) => format!(
+            "{}, N0 … N{}, bias",
+            eng.layout.describe_prefix(eng.layout.mid(l)),
+            eng.model.config.d_mlp - 1
+        ),
+        Kind::Neuron { layer, .. } => {
+            format!(
+                "{}, bias",
+                eng.layout.describe_prefix(eng.layout.mid(layer))
+            )
         }
         _ => eng.layout.describe_prefix(eng.layout.n()),
     }

@@ -1,0 +1,408 @@
+//! Attention scores (DESIGN.md §1, "Attention scores"): under a head `(l, h)` at destination
+//! `q`, `qk:{k}` is the pre-softmax score `s = σ q̂_q · k̂_k` (rotated, biased, scaled; raw, before
+//! any soft cap), and `qk:{k}-{k2}` / `qk:{k}-mean` are contrasts `Σ_j w_j s(q, j)` with
+//! `w = e_k − e_k2` or `w = e_k − A[l,h,q,:]`.
+//!
+//! A score node has no children of its own in the sum: its children `q` and `k` are two
+//! alternative complete decompositions of the same value (keys frozen / query frozen), and its
+//! table is the full bilinear split, query components × key components (+ bias row and
+//! column), whose cells add up to the score. Below `q` and `k` the components are ordinary
+//! readout nodes, so the recursion continues as anywhere else.
+
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::engine::Engine;
+use crate::engine::node::{Children, Kind, Node};
+use crate::engine::readout::layers;
+use crate::path::{Side, Step, Versus};
+
+/// Which score (or contrast of scores) a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::engine) struct ScoreId {
+    pub layer: usize,
+    pub head: usize,
+    pub key: usize,
+    pub versus: Versus,
+}
+
+/// The keys a score combines, ascending, and their weights `w` `[nk]` on the device.
+struct Keys {
+    keys: Vec<usize>,
+    w: Tensor<1>,
+}
+
+impl Engine<'_> {
+    fn int_index(&self, idx: &[usize]) -> Tensor<1, Int> {
+        let v: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        Tensor::from_data(TensorData::new(v, [idx.len()]), self.device())
+    }
+
+    fn score_keys(&self, id: ScoreId, q: usize) -> Keys {
+        let consts = |pairs: Vec<(usize, f32)>| {
+            let (keys, w): (Vec<usize>, Vec<f32>) = pairs.into_iter().unzip();
+            let n = keys.len();
+            Keys {
+                keys,
+                w: Tensor::from_data(TensorData::new(w, [n]), self.device()),
+            }
+        };
+        match id.versus {
+            Versus::Nothing => consts(vec![(id.key, 1.0)]),
+            Versus::Key(k2) => {
+                let mut pairs = vec![(id.key, 1.0), (k2, -1.0)];
+                pairs.sort_by_key(|&(k, _)| k);
+                consts(pairs)
+            }
+            Versus::Mean => {
+                let (first, count) = self.visible(id.layer, q);
+                let row = self
+                    .pattern_rows(id.layer..id.layer + 1, q)
+                    .narrow(1, id.head, 1)
+                    .reshape([self.n_pos()])
+                    .narrow(0, first, count);
+                Keys {
+                    keys: (first..first + count).collect(),
+                    w: self.one_hot(id.key - first, count) - row,
+                }
+            }
+        }
+    }
+
+    /// Rotate each row of `x [rows, dh]` to position `positions[i]` (`inverse`: back from it);
+    /// the identity without rotary embeddings.
+    fn rotate_rows(&self, x: Tensor<2>, positions: &[usize], inverse: bool) -> Tensor<2> {
+        match &self.rotary {
+            Some(r) => r.apply_rows(x, positions, inverse),
+            None => x,
+        }
+    }
+
+    /// The score's scale `σ`.
+    fn sigma(&self) -> f32 {
+        self.model.config.attn_scale
+    }
+
+    /// The rotated query `q̂` of head `h` at `q`: `[1, dh]`.
+    fn q_hat(&self, l: usize, h: usize, q: usize) -> Tensor<2> {
+        let dh = self.model.config.d_head;
+        self.cache
+            .q
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, h, 1)
+            .narrow(2, q, 1)
+            .reshape([1, dh])
+    }
+
+    /// The rotated keys `k̂` of key/value head `hk` at `keys`: `[nk, dh]`.
+    fn k_hats(&self, l: usize, hk: usize, keys: &[usize]) -> Tensor<2> {
+        let (p, dh) = (self.n_pos(), self.model.config.d_head);
+        self.cache
+            .k
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, hk, 1)
+            .reshape([p, dh])
+            .select(0, self.int_index(keys))
+    }
+
+    /// `s1_l` at `positions`: `[n]`.
+    fn s1_at(&self, l: usize, positions: &[usize]) -> Tensor<1> {
+        layers(&self.cache.ln1_scale, &(l..l + 1))
+            .reshape([self.n_pos()])
+            .select(0, self.int_index(positions))
+    }
+
+    /// The weighted key `k̂_w = Σ_j w_j k̂_j`: `[1, dh]`.
+    fn k_hat_w(&self, id: ScoreId, keys: &Keys) -> Tensor<2> {
+        let hk = id.head / self.group();
+        let nk = keys.keys.len();
+        keys.w
+            .clone()
+            .reshape([1, nk])
+            .matmul(self.k_hats(id.layer, hk, &keys.keys))
+    }
+
+    /// The score (or contrast) value `σ q̂ · k̂_w`: `[1]`.
+    pub(in crate::engine) fn score_value(&self, id: ScoreId, q: usize) -> Tensor<1> {
+        let keys = self.score_keys(id, q);
+        (self.q_hat(id.layer, id.head, q) * self.k_hat_w(id, &keys))
+            .sum()
+            .mul_scalar(self.sigma())
+    }
+
+    /// The query side: the readout of the components at `q`,
+    /// `r_q = σ C(W_Q[h] ρ_q^T k̂_w) / s1[q]` `[d]`, and its bias `σ b_Q[h] · ρ_q^T k̂_w` `[1]`.
+    fn query_side(&self, id: ScoreId, q: usize) -> (Tensor<1>, Tensor<1>) {
+        let w = &self.model.weights;
+        let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
+        let (l, h) = (id.layer, id.head);
+        let keys = self.score_keys(id, q);
+        let y = self.rotate_rows(self.k_hat_w(id, &keys), &[q], true); // [1, dh]
+        let w_q = w
+            .w_q
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, h, 1)
+            .reshape([d, dh]);
+        let r = self.c(w_q.matmul(y.clone().transpose()).reshape([d])) / self.s1_at(l, &[q])
+            * self.sigma();
+        let b_q = w
+            .b_q
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, h, 1)
+            .reshape([1, dh]);
+        (r, (b_q * y).sum().mul_scalar(self.sigma()))
+    }
+
+    /// The key side: one readout per key, weighted, `w_j σ C(W_K[h'] ρ_j^T q̂) / s1[j]`
+    /// `[nk, d]`, and the bias `Σ_j w_j σ b_K[h'] · ρ_j^T q̂` `[1]`.
+    fn key_side(&self, id: ScoreId, q: usize) -> (Keys, Tensor<2>, Tensor<1>) {
+        let w = &self.model.weights;
+        let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
+        let (l, hk) = (id.layer, id.head / self.group());
+        let keys = self.score_keys(id, q);
+        let nk = keys.keys.len();
+        let y = self.rotate_rows(self.q_hat(l, id.head, q).expand([nk, dh]), &keys.keys, true); // [nk, dh]
+        let w_k = w
+            .w_k
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, hk, 1)
+            .reshape([d, dh]);
+        let weight = (keys.w.clone() / self.s1_at(l, &keys.keys)).mul_scalar(self.sigma());
+        let r = self.c(y.clone().matmul(w_k.transpose())) * weight.unsqueeze_dim::<2>(1); // [nk, d]
+        let b_k = w
+            .b_k
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, hk, 1)
+            .reshape([dh, 1]);
+        let bias = (y.matmul(b_k).reshape([nk]) * keys.w.clone())
+            .sum()
+            .mul_scalar(self.sigma());
+        (keys, r, bias)
+    }
+
+    /// The bilinear table `[C'+1, C'+1]` (query components at `q` + bias × key components +
+    /// bias, each key column summed over the keys with their weights), and its labels.
+    pub(in crate::engine) fn score_table(&self, id: ScoreId, q: usize) -> (Vec<String>, Tensor<2>) {
+        let w = &self.model.weights;
+        let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
+        let (l, h, hk) = (id.layer, id.head, id.head / self.group());
+        let n = self.layout.pre(l);
+        let keys = self.score_keys(id, q);
+        let nk = keys.keys.len();
+
+        let w_q = w
+            .w_q
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, h, 1)
+            .reshape([d, dh]);
+        let b_q = w
+            .b_q
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, h, 1)
+            .reshape([1, dh]);
+        let xq = self.c(self.comps_at(n, q)) / self.s1_at(l, &[q]).unsqueeze_dim::<2>(1); // [n, d]
+        let q_parts = Tensor::cat(vec![xq.matmul(w_q), b_q], 0); // [n+1, dh]
+        let q_parts = self.rotate_rows(q_parts, &vec![q; n + 1], false);
+
+        let w_k = w
+            .w_k
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, hk, 1)
+            .reshape([1, d, dh]);
+        let b_k = w
+            .b_k
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, hk, 1)
+            .reshape([1, 1, dh]);
+        let xk = self
+            .c(self
+                .cache
+                .components
+                .clone()
+                .narrow(0, 0, n)
+                .select(1, self.int_index(&keys.keys))
+                .swap_dims(0, 1)) // [nk, n, d]
+            / self.s1_at(l, &keys.keys).reshape([nk, 1, 1]);
+        let k_parts = Tensor::cat(
+            vec![xk.matmul(w_k.expand([nk, d, dh])), b_k.expand([nk, 1, dh])],
+            1,
+        ) // [nk, n+1, dh]
+        .reshape([nk * (n + 1), dh]);
+        let positions: Vec<usize> = keys
+            .keys
+            .iter()
+            .flat_map(|&k| std::iter::repeat_n(k, n + 1))
+            .collect();
+        let k_parts = self
+            .rotate_rows(k_parts, &positions, false)
+            .reshape([nk, (n + 1) * dh]);
+        let k_w = keys.w.reshape([1, nk]).matmul(k_parts).reshape([n + 1, dh]);
+        let table = q_parts.matmul(k_w.transpose()).mul_scalar(self.sigma());
+        let mut labels: Vec<String> = (0..n).map(|i| self.layout.comp(i).to_string()).collect();
+        labels.push("bias".into());
+        (labels, table)
+    }
+}
+
+pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, id: ScoreId) -> Children {
+    let v = eng.score_value(id, node.pos);
+    Children {
+        steps: vec![Step::Side(Side::Query), Step::Side(Side::Key)],
+        values: Some(Tensor::cat(vec![v.clone(), v], 0)),
+    }
+}
+
+pub(in crate::engine) fn step(node: &Node, id: ScoreId, step: Step) -> Option<Node> {
+    let Step::Side(side) = step else {
+        return None;
+    };
+    Some(Node {
+        kind: Kind::Side(id, side),
+        pos: node.pos,
+        readout: node.readout.clone(),
+    })
+}
+
+/// The position a side node's components sit at: the query, or the key of a single score.
+pub(in crate::engine) fn side_position(id: ScoreId, side: Side, q: usize) -> usize {
+    match (side, id.versus) {
+        (Side::Key, Versus::Nothing) => id.key,
+        _ => q,
+    }
+}
+
+/// A side's children: the components of `resid_pre_l` (at the query, or at the single key), or
+/// for a contrast's key side `{p}:{component}` over its keys.
+pub(in crate::engine) fn side_children(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: ScoreId,
+    side: Side,
+) -> Children {
+    let n = eng.layout.pre(id.layer);
+    let comps = |c| Step::Comp(eng.layout.comp(c));
+    match side {
+        Side::Query => {
+            let (r, _) = eng.query_side(id, node.pos);
+            Children {
+                steps: (0..n).map(comps).collect(),
+                values: Some(crate::engine::rows_dot(eng.comps_at(n, node.pos), r)),
+            }
+        }
+        Side::Key => {
+            let (keys, r, _) = eng.key_side(id, node.pos);
+            let nk = keys.keys.len();
+            let d = eng.model.config.d_model;
+            let vals = eng
+                .cache
+                .components
+                .clone()
+                .narrow(0, 0, n)
+                .select(1, eng.int_index(&keys.keys))
+                .swap_dims(0, 1) // [nk, n, d]
+                .matmul(r.reshape([nk, d, 1]))
+                .reshape([nk * n]);
+            let layout = eng.layout;
+            let steps = if id.versus == Versus::Nothing {
+                (0..n).map(comps).collect()
+            } else {
+                keys.keys
+                    .iter()
+                    .flat_map(|&pos| {
+                        (0..n).map(move |c| Step::Source {
+                            pos,
+                            comp: layout.comp(c),
+                        })
+                    })
+                    .collect()
+            };
+            Children {
+                steps,
+                values: Some(vals),
+            }
+        }
+    }
+}
+
+pub(in crate::engine) fn side_bias(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: ScoreId,
+    side: Side,
+) -> Tensor<1> {
+    match side {
+        Side::Query => eng.query_side(id, node.pos).1,
+        Side::Key => eng.key_side(id, node.pos).2,
+    }
+}
+
+pub(in crate::engine) fn side_step(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: ScoreId,
+    side: Side,
+    step: Step,
+) -> Option<Node> {
+    let n = eng.layout.pre(id.layer);
+    let upstream = |c| eng.layout.index(c).is_some_and(|i| i < n);
+    match (side, step, id.versus) {
+        (Side::Query, Step::Comp(c), _) if upstream(c) => Some(Node {
+            kind: Kind::Comp(c),
+            pos: node.pos,
+            readout: eng.query_side(id, node.pos).0,
+        }),
+        (Side::Key, Step::Comp(c), Versus::Nothing) if upstream(c) => Some(Node {
+            kind: Kind::Comp(c),
+            pos: id.key,
+            readout: eng
+                .key_side(id, node.pos)
+                .1
+                .reshape([eng.model.config.d_model]),
+        }),
+        (Side::Key, Step::Source { pos, comp }, Versus::Key(_) | Versus::Mean)
+            if upstream(comp) =>
+        {
+            let (keys, r, _) = eng.key_side(id, node.pos);
+            let row = keys.keys.iter().position(|&k| k == pos)?;
+            Some(Node {
+                kind: Kind::Comp(comp),
+                pos,
+                readout: r.narrow(0, row, 1).reshape([eng.model.config.d_model]),
+            })
+        }
+        _ => None,
+    }
+}
+
+pub(in crate::engine) fn side_valid(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: ScoreId,
+    side: Side,
+) -> String {
+    let comps = eng.layout.describe_prefix(eng.layout.pre(id.layer));
+    match (side, id.versus) {
+        (Side::Key, Versus::Key(k2)) => format!(
+            "{{p}}:{{component}} with p in {{{}, {}}} and component in {comps}, or bias",
+            id.key.min(k2),
+            id.key.max(k2)
+        ),
+        (Side::Key, Versus::Mean) => {
+            let (first, _) = eng.visible(id.layer, node.pos);
+            format!(
+                "{{p}}:{{component}} with p in {first}..={} and component in {comps}, or bias",
+                node.pos
+            )
+        }
+        _ => format!("{comps}, bias"),
+    }
+}
