@@ -14,7 +14,7 @@ use rdla_session::png::{PngOptions, encode_png};
 use rdla_session::{ModelSource, NodeView};
 
 use crate::dialogs::{DialogResult, Dialogs};
-use crate::panels::{explorer, prompt, status, top_bar::TopBar};
+use crate::panels::{details, explorer, graph, prompt, status, top_bar::TopBar};
 use crate::settings::Settings;
 use crate::state::{Action, AppState};
 use crate::worker::{Command, WorkerHandle};
@@ -151,6 +151,75 @@ impl RdlaApp {
         self.write_export(path, text.as_bytes())
     }
 
+    /// The graph view's trace as PNG or JSON bytes (what is shown: pruned as on screen).
+    pub fn graph_bytes(&self, ext: &str) -> Result<Vec<u8>, String> {
+        let trace = self
+            .state
+            .graph
+            .trace
+            .as_ref()
+            .ok_or("nothing traced yet")?;
+        let g = &self.state.graph;
+        let shown = graph::pruned(trace, g.threshold, g.max_nodes);
+        let model = self.state.model.as_ref().ok_or("no model")?;
+        if ext == "json" {
+            let mut v = serde_json::to_value(&shown).map_err(|e| e.to_string())?;
+            if let Some(map) = v.as_object_mut() {
+                map.insert("model".into(), model.name.clone().into());
+                map.insert(
+                    "token_strs".into(),
+                    serde_json::json!(self.state.tokens.strs),
+                );
+                map.insert("token_ids".into(), serde_json::json!(self.state.tokens.ids));
+            }
+            return serde_json::to_vec(&v).map_err(|e| e.to_string());
+        }
+        let layout = rdla_session::graph::layout(
+            &shown,
+            &self.state.tokens.strs,
+            model.n_layers,
+            rdla_session::png::PNG_FIT,
+        );
+        let title = format!(
+            "{} · attribution graph of {}",
+            model.name,
+            if trace.from.is_empty() {
+                "the logit"
+            } else {
+                &trace.from
+            }
+        );
+        rdla_session::png::encode_graph_png(
+            &layout,
+            &title,
+            &rdla_session::graph::summary(trace),
+            2.0,
+        )
+        .map(|(b, _)| b)
+        .map_err(|e| e.to_string())
+    }
+
+    fn export_graph(&mut self, ext: &str) {
+        let model = self
+            .state
+            .model
+            .as_ref()
+            .map_or("model", |m| m.name.as_str());
+        let name = format!("rdla-{}-graph.{ext}", model.replace(['/', ' '], "_"));
+        let msg = match self.dialogs.save_file(&name, ext) {
+            DialogResult::Picked(p) => match self
+                .graph_bytes(ext)
+                .and_then(|b| self.write_export(&p, &b))
+            {
+                Ok(()) => format!("wrote {}", p.display()),
+                Err(e) => format!("export failed: {e}"),
+            },
+            DialogResult::Cancelled => return,
+            DialogResult::Unavailable(why) => why,
+        };
+        self.state.status = msg;
+    }
+
     /// Write an export, never into the model's folder (links resolved).
     fn write_export(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
         let protected = self
@@ -200,6 +269,8 @@ impl RdlaApp {
                     self.state.status = "loading cancelled".into();
                 }
                 Action::ExportPng => self.export("png", ctx),
+                Action::ExportGraphPng => self.export_graph("png"),
+                Action::ExportGraphJson => self.export_graph("json"),
                 Action::ExportCsv => self.export("csv", ctx),
                 Action::CopyPath => {
                     let p = self.state.current_path().to_string();
@@ -258,8 +329,18 @@ impl RdlaApp {
                     prompt::show(ui, &self.state, &mut self.settings, &mut self.actions);
                 });
             });
+        if self.state.current_view().is_some() {
+            egui::Panel::right("details")
+                .default_size(300.0)
+                .show(ui, |ui| details::show(ui, &self.state, &mut self.actions));
+        }
         egui::CentralPanel::default().show(ui, |ui| {
-            explorer::show(ui, &self.state, &self.settings, &mut self.actions);
+            if self.state.graph.open {
+                let n_layers = self.state.model.as_ref().map_or(0, |m| m.n_layers);
+                graph::show(ui, &mut self.state, n_layers, &mut self.actions);
+            } else {
+                explorer::show(ui, &self.state, &self.settings, &mut self.actions);
+            }
         });
         self.keyboard(&ctx);
         self.apply_actions(&ctx);

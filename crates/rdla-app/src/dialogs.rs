@@ -13,6 +13,8 @@ pub enum DialogResult {
 
 pub trait Dialogs {
     fn pick_model(&mut self) -> DialogResult;
+    /// A single-file model (`.gguf`).
+    fn pick_gguf(&mut self) -> DialogResult;
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult;
 }
 
@@ -31,6 +33,19 @@ impl Dialogs for RfdDialogs {
             Some(p) => DialogResult::Picked(p),
             None => DialogResult::Unavailable(format!(
                 "no folder chosen ({NO_DIALOG}; you can also type a path or drop a folder on the window)"
+            )),
+        }
+    }
+
+    fn pick_gguf(&mut self) -> DialogResult {
+        match rfd::FileDialog::new()
+            .set_title("Open a GGUF model file")
+            .add_filter("GGUF", &["gguf"])
+            .pick_file()
+        {
+            Some(p) => DialogResult::Picked(p),
+            None => DialogResult::Unavailable(format!(
+                "no file chosen ({NO_DIALOG}; you can also type its path)"
             )),
         }
     }
@@ -59,6 +74,10 @@ impl Dialogs for ScriptedDialogs {
         self.model
             .clone()
             .map_or(DialogResult::Cancelled, DialogResult::Picked)
+    }
+
+    fn pick_gguf(&mut self) -> DialogResult {
+        self.pick_model()
     }
 
     fn save_file(&mut self, default_name: &str, _extension: &str) -> DialogResult {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod dialogs;
+pub mod gguf_models;
 pub mod hf_cache;
 pub mod panels;
 pub mod settings;

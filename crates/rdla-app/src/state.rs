@@ -7,7 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdla_attrib::Path;
-use rdla_session::{Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Tokens};
+use rdla_attrib::trace::{Trace, TraceOptions};
+use rdla_model::model::ablate::AblationMode;
+use rdla_session::{
+    AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Tokens,
+};
 
 use crate::settings::Settings;
 use crate::worker::{Command, Event};
@@ -36,6 +40,49 @@ pub enum Action {
     DismissLoadError,
     /// Show a message in the status bar.
     Status(String),
+    /// Trace the tree below this node (the graph view).
+    Trace(Path),
+    /// Show the graph view (or the heatmap explorer).
+    ShowGraph(bool),
+    /// Ablate this node's site in the real forward pass (the causal check).
+    Ablate(Path, AblationMode),
+    ExportGraphPng,
+    ExportGraphJson,
+}
+
+/// The graph view: its settings, the trace in flight and the last one.
+#[derive(Debug, Clone)]
+pub struct GraphState {
+    pub open: bool,
+    /// Node expansions per trace.
+    pub budget: usize,
+    /// Sites and edges below this fraction of |value| are hidden.
+    pub threshold: f32,
+    /// At most this many sites are drawn.
+    pub max_nodes: usize,
+    /// Split MLPs into their neurons.
+    pub neurons: bool,
+    /// `(done, budget)` of the trace in flight.
+    pub tracing: Option<(usize, usize)>,
+    pub trace: Option<Trace>,
+    pub error: Option<String>,
+    trace_id: u64,
+}
+
+impl Default for GraphState {
+    fn default() -> Self {
+        Self {
+            open: false,
+            budget: 300,
+            threshold: 0.02,
+            max_nodes: 60,
+            neurons: false,
+            tracing: None,
+            trace: None,
+            error: None,
+            trace_id: 0,
+        }
+    }
 }
 
 /// A load in progress.
@@ -125,6 +172,9 @@ pub struct AppState {
     pub expand_error: Option<String>,
     pub status: String,
     pub last_ms: Option<f64>,
+    pub graph: GraphState,
+    /// Causal checks of the current computation, by path and mode.
+    pub ablations: HashMap<(Path, AblationMode), Result<AblationReport, String>>,
 }
 
 impl AppState {
@@ -270,9 +320,49 @@ impl AppState {
                 self.status = s;
                 Vec::new()
             }
-            Action::CancelLoad | Action::ExportPng | Action::ExportCsv | Action::CopyPath => {
+            Action::Trace(from) => {
+                if self.computed.is_none() {
+                    return Vec::new();
+                }
+                let id = self.id();
+                self.graph.trace_id = id;
+                self.graph.open = true;
+                self.graph.tracing = Some((0, self.graph.budget));
+                self.graph.error = None;
+                vec![Command::Trace {
+                    from,
+                    opts: TraceOptions {
+                        budget: self.graph.budget,
+                        neurons: self.graph.neurons,
+                        // the view prunes; the trace keeps every site
+                        threshold: 0.0,
+                        max_nodes: usize::MAX,
+                        top: 50,
+                        time_limit: None,
+                    },
+                    id,
+                }]
+            }
+            Action::ShowGraph(open) => {
+                self.graph.open = open;
                 Vec::new()
             }
+            Action::Ablate(path, mode) => {
+                if self.computed.is_none() || self.ablations.contains_key(&(path.clone(), mode)) {
+                    return Vec::new();
+                }
+                vec![Command::Ablate {
+                    path,
+                    mode,
+                    id: self.compute_id,
+                }]
+            }
+            Action::CancelLoad
+            | Action::ExportPng
+            | Action::ExportCsv
+            | Action::CopyPath
+            | Action::ExportGraphPng
+            | Action::ExportGraphJson => Vec::new(),
         }
     }
 
@@ -312,6 +402,8 @@ impl AppState {
                 self.model = Some(info);
                 self.computed = None;
                 self.views.clear();
+                self.ablations.clear();
+                self.graph.trace = None;
                 self.pending.clear();
                 self.nav = Nav::default();
                 self.compute(settings)
@@ -333,6 +425,8 @@ impl AppState {
                 self.top = result.top.clone();
                 self.last_ms = Some(result.forward_ms + result.attribution_ms);
                 self.views.clear();
+                self.ablations.clear();
+                self.graph.trace = None;
                 self.pending.clear();
                 self.views.insert(Path::root(), *root);
                 self.computed = Some(*result);
@@ -356,6 +450,8 @@ impl AppState {
                     self.top = top;
                     self.computed = None;
                     self.views.clear();
+                    self.ablations.clear();
+                    self.graph.trace = None;
                     self.pending.clear();
                 }
                 Vec::new()
@@ -366,6 +462,37 @@ impl AppState {
                     self.last_ms = Some(view.ms);
                     self.expand_error = None;
                     self.views.insert(view.path.clone(), *view);
+                }
+                Vec::new()
+            }
+            Event::TraceProgress { id, done, budget } => {
+                if id == self.graph.trace_id && self.graph.tracing.is_some() {
+                    self.graph.tracing = Some((done, budget));
+                }
+                Vec::new()
+            }
+            Event::Traced { id, trace } => {
+                if id == self.graph.trace_id {
+                    self.graph.tracing = None;
+                    self.graph.trace = Some(*trace);
+                }
+                Vec::new()
+            }
+            Event::TraceFailed { id, error } => {
+                if id == self.graph.trace_id {
+                    self.graph.tracing = None;
+                    self.graph.error = Some(error);
+                }
+                Vec::new()
+            }
+            Event::Ablated {
+                id,
+                path,
+                mode,
+                result,
+            } => {
+                if id == self.compute_id {
+                    self.ablations.insert((path, mode), result.map(|r| *r));
                 }
                 Vec::new()
             }
@@ -390,6 +517,8 @@ impl AppState {
         self.loading = None;
         self.computed = None;
         self.views.clear();
+        self.ablations.clear();
+        self.graph.trace = None;
         self.status = "the compute worker stopped unexpectedly and was restarted".into();
     }
 }

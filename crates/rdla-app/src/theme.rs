@@ -25,3 +25,8 @@ pub const AXIS: Color32 = Color32::from_gray(150);
 pub fn rgb(c: [u8; 3]) -> Color32 {
     Color32::from_rgb(c[0], c[1], c[2])
 }
+
+/// Positive values in charts (bars, token lists): the red end of the diverging map.
+pub const POSITIVE: Color32 = Color32::from_rgb(200, 70, 60);
+/// Negative values in charts: the blue end.
+pub const NEGATIVE: Color32 = Color32::from_rgb(60, 110, 200);

@@ -11,17 +11,41 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
 use rdla_attrib::Path;
+use rdla_attrib::trace::{Trace, TraceOptions};
+use rdla_model::model::ablate::AblationMode;
 use rdla_model::{Device, DeviceInfo};
 use rdla_session::{
-    Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Session, Tokens,
+    AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Session,
+    Tokens,
 };
 
 /// Commands from the UI.
 #[derive(Debug)]
 pub enum Command {
-    Load { source: ModelSource, id: u64 },
-    Compute { request: Request, id: u64 },
-    Expand { path: Path, id: u64 },
+    Load {
+        source: ModelSource,
+        id: u64,
+    },
+    Compute {
+        request: Request,
+        id: u64,
+    },
+    Expand {
+        path: Path,
+        id: u64,
+    },
+    /// Trace the tree below `from`.
+    Trace {
+        from: Path,
+        opts: TraceOptions,
+        id: u64,
+    },
+    /// Ablate the site of `path` in the real forward pass.
+    Ablate {
+        path: Path,
+        mode: AblationMode,
+        id: u64,
+    },
     Shutdown,
 }
 
@@ -64,6 +88,25 @@ pub enum Event {
         id: u64,
         path: Path,
         error: String,
+    },
+    TraceProgress {
+        id: u64,
+        done: usize,
+        budget: usize,
+    },
+    Traced {
+        id: u64,
+        trace: Box<Trace>,
+    },
+    TraceFailed {
+        id: u64,
+        error: String,
+    },
+    Ablated {
+        id: u64,
+        path: Path,
+        mode: AblationMode,
+        result: Result<Box<AblationReport>, String>,
     },
 }
 
@@ -207,12 +250,14 @@ impl Worker {
                 Command::Load { source, id } => Some((*id, Err(source.clone()))),
                 Command::Compute { id, .. } => Some((*id, Ok(None))),
                 Command::Expand { path, id } => Some((*id, Ok(Some(path.clone())))),
-                Command::Shutdown => None,
+                Command::Trace { .. } | Command::Ablate { .. } | Command::Shutdown => None,
             };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| match cmd {
                 Command::Load { source, id } => self.load(source, id),
                 Command::Compute { request, id } => self.compute(&request, id),
                 Command::Expand { path, id } => self.expand(path, id),
+                Command::Trace { from, opts, id } => self.trace(&from, &opts, id),
+                Command::Ablate { path, mode, id } => self.ablate(path, mode, id),
                 Command::Shutdown => {}
             }));
             if let (Err(p), Some((id, what))) = (result, on_panic) {
@@ -319,6 +364,51 @@ impl Worker {
                 view: Box::new(view),
             },
             Err(error) => Event::ExpandFailed { id, path, error },
+        });
+    }
+
+    fn trace(&self, from: &Path, opts: &TraceOptions, id: u64) {
+        let Some(s) = &self.session else {
+            return self.emit(Event::TraceFailed {
+                id,
+                error: "nothing computed yet".into(),
+            });
+        };
+        let (events, wake) = (&self.events, &self.wake);
+        let mut last = std::time::Instant::now();
+        let result = s.trace(from, opts, &mut |done, budget| {
+            if last.elapsed() >= std::time::Duration::from_millis(100) {
+                last = std::time::Instant::now();
+                let _ = events.send(Event::TraceProgress { id, done, budget });
+                wake();
+            }
+            true
+        });
+        self.emit(match result {
+            Ok(trace) => Event::Traced {
+                id,
+                trace: Box::new(trace),
+            },
+            Err(e) => Event::TraceFailed {
+                id,
+                error: e.to_string(),
+            },
+        });
+    }
+
+    fn ablate(&self, path: Path, mode: AblationMode, id: u64) {
+        let result = match &self.session {
+            Some(s) => s
+                .ablate(std::slice::from_ref(&path), mode, false)
+                .map(Box::new)
+                .map_err(|e| e.to_string()),
+            None => Err("nothing computed yet".into()),
+        };
+        self.emit(Event::Ablated {
+            id,
+            path,
+            mode,
+            result,
         });
     }
 }

@@ -12,7 +12,9 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// `step,value` for every child, then the bias and the residual rows.
+/// `step,value` for every child, then the bias and the residual rows; a score node's table
+/// cells as `q:{row}×k:{col}` steps; an MLP's listed neurons; the vocabulary readout as
+/// `token+:{text}` / `token-:{text}` rows.
 pub fn expansion_csv(ex: &Expansion) -> String {
     let mut out = String::from("path,step,value\n");
     let p = quote(&ex.path);
@@ -22,6 +24,28 @@ pub fn expansion_csv(ex: &Expansion) -> String {
     let _ = writeln!(out, "{p},bias,{}", ex.bias);
     let _ = writeln!(out, "{p},(residual),{}", ex.residual);
     let _ = writeln!(out, "{p},(value),{}", ex.value);
+    if let Some(t) = &ex.table {
+        for (row, vals) in t.rows.iter().zip(&t.values) {
+            for (col, v) in t.cols.iter().zip(vals) {
+                let _ = writeln!(out, "{p},{},{v}", quote(&format!("q:{row}×k:{col}")));
+            }
+        }
+    }
+    for n in ex.neurons.iter().flatten() {
+        let _ = writeln!(out, "{p},{},{}", n.step, n.value);
+    }
+    if let Some(t) = &ex.tokens {
+        for (sign, list) in [("+", &t.up), ("-", &t.down)] {
+            for tv in list {
+                let _ = writeln!(
+                    out,
+                    "{p},{},{}",
+                    quote(&format!("token{sign}:{}", tv.token)),
+                    tv.value
+                );
+            }
+        }
+    }
     out
 }
 

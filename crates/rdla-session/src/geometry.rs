@@ -284,6 +284,7 @@ mod tests {
             values: vec![Some(1.0); rows * cols],
             targets: vec![None; rows * cols],
             strip: strip.then(|| ("attention".into(), vec![0.5; cols])),
+            strip_targets: Vec::new(),
             column_bars: bars,
             units: "logit units".into(),
         }

@@ -20,6 +20,8 @@ pub struct Heatmap {
     /// A strip above the columns (a head's attention pattern over source positions), with
     /// its label.
     pub strip: Option<(String, Vec<f32>)>,
+    /// Where clicking each cell of the strip leads (a head's strip: the score to that key).
+    pub strip_targets: Vec<Path>,
     /// Draw the column sums as bars under the columns ("contribution by source position").
     pub column_bars: bool,
     /// What the values are measured in (`logit units`, `score units`).
@@ -27,6 +29,15 @@ pub struct Heatmap {
 }
 
 impl Heatmap {
+    /// The caption of the bars under the columns.
+    pub fn bars_caption(&self) -> &'static str {
+        if self.units.starts_with("score") {
+            "contribution of each key-side column (Σ over the column)"
+        } else {
+            crate::png::BARS_CAPTION
+        }
+    }
+
     pub fn n_rows(&self) -> usize {
         self.rows.len()
     }

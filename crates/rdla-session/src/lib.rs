@@ -6,6 +6,7 @@
 pub mod csv;
 pub mod error;
 pub mod geometry;
+pub mod graph;
 pub mod heatmap;
 pub mod info;
 pub mod output;
@@ -18,4 +19,7 @@ pub use error::{Result, SessionError};
 pub use heatmap::{ColorMap, Heatmap};
 pub use info::ModelInfo;
 pub use report::{Prediction, Timings, top_predictions};
-pub use session::{ComputeFailure, Computed, ModelSource, NodeView, Request, Session, Tokens, ms};
+pub use session::{
+    AblationReport, AttentionRow, ComputeFailure, Computed, ModelSource, NodeView, Request,
+    Session, Tokens, ms,
+};

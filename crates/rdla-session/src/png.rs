@@ -221,7 +221,7 @@ pub fn render(hm: &Heatmap, opts: PngOptions) -> Result<RgbImage, PngError> {
     cv.cells(hm, &g, cm);
     cv.strip(hm, &g);
     let col_sums = cv.sums(hm, &g, cm);
-    cv.bars(&g, &col_sums, cm);
+    cv.bars(hm, &g, &col_sums, cm);
     cv.colour_bar(hm, &g, cm);
     Ok(cv.img)
 }
@@ -334,7 +334,7 @@ impl Canvas<'_> {
     }
 
     /// The column sums as bars under the columns (head views).
-    fn bars(&mut self, g: &Geometry, col_sums: &[f32], cm: ColorMap) {
+    fn bars(&mut self, hm: &Heatmap, g: &Geometry, col_sums: &[f32], cm: ColorMap) {
         let Some(b) = g.bars else {
             return;
         };
@@ -354,7 +354,7 @@ impl Canvas<'_> {
         );
         if let Some(cap) = g.bars_caption {
             self.text(
-                BARS_CAPTION,
+                hm.bars_caption(),
                 LABEL_PT,
                 (cap.x, cap.y),
                 (0.0, 0.0),
@@ -412,4 +412,106 @@ pub fn encode_png(hm: &Heatmap, opts: PngOptions) -> Result<(Vec<u8>, (u32, u32)
     img.write_to(&mut out, image::ImageFormat::Png)
         .map_err(|source| PngError::Encode { source })?;
     Ok((out.into_inner(), dims))
+}
+
+/// Render an attribution graph (laid out by [`crate::graph::layout`], the window's layout) to
+/// PNG bytes, with a title and the summary line.
+pub fn encode_graph_png(
+    g: &crate::graph::GraphLayout,
+    title: &str,
+    summary: &str,
+    scale: f32,
+) -> Result<(Vec<u8>, (u32, u32)), PngError> {
+    let scale = scale.max(0.5);
+    let header = 50.0;
+    let (w, h) = (g.size.0, g.size.1 + header);
+    let mut cv = Canvas {
+        img: RgbImage::from_pixel(
+            ((w * scale).round() as u32).max(1),
+            ((h * scale).round() as u32).max(1),
+            Rgb(WHITE),
+        ),
+        font: font()?,
+        scale,
+    };
+    cv.text(title, TITLE_PT, (10.0, 8.0), (0.0, 0.0), INK, false);
+    cv.text(summary, SUBTITLE_PT, (10.0, 30.0), (0.0, 0.0), WEAK, false);
+    let shift = |(x, y): (f32, f32)| (x, y + header);
+    for (y, label) in &g.rows {
+        cv.label(label, (60.0, y + header), (1.0, 0.5));
+    }
+    for (x, label) in &g.columns {
+        cv.text(
+            label,
+            LABEL_PT,
+            (x + 0.0, g.size.1 + header - 85.0),
+            (1.0, 0.5),
+            INK,
+            true,
+        );
+    }
+    let max_w = crate::heatmap::max_abs(g.edges.iter().map(|e| e.width)).max(1e-6);
+    for e in &g.edges {
+        cv.line(
+            shift(e.from),
+            shift(e.to),
+            e.width,
+            crate::graph::sign_color(e.value, 0.35 + 0.65 * e.width / max_w),
+        );
+    }
+    for n in &g.nodes {
+        let (x, y) = shift((n.x, n.y));
+        cv.disc((x, y), n.radius + 1.0, INK);
+        cv.disc((x, y), n.radius, crate::graph::sign_color(n.value, 1.0));
+        if n.radius >= 6.0 {
+            cv.text(
+                &n.label,
+                VALUE_PT,
+                (x, y - n.radius - 1.0),
+                (0.5, 1.0),
+                INK,
+                false,
+            );
+        }
+    }
+    let dims = cv.img.dimensions();
+    let mut out = std::io::Cursor::new(Vec::new());
+    cv.img
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|source| PngError::Encode { source })?;
+    Ok((out.into_inner(), dims))
+}
+
+impl Canvas<'_> {
+    /// A filled disc of radius `r` (points) centred at `c`.
+    fn disc(&mut self, c: (f32, f32), r: f32, color: [u8; 3]) {
+        let (cx, cy, rp) = (c.0 * self.scale, c.1 * self.scale, r * self.scale);
+        let (w, h) = self.img.dimensions();
+        let y0 = (cy - rp).floor().max(0.0) as u32;
+        let y1 = ((cy + rp).ceil().max(0.0) as u32).min(h);
+        let x0 = (cx - rp).floor().max(0.0) as u32;
+        let x1 = ((cx + rp).ceil().max(0.0) as u32).min(w);
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                if dx * dx + dy * dy <= rp * rp {
+                    self.img.put_pixel(x, y, Rgb(color));
+                }
+            }
+        }
+    }
+
+    /// A straight line of width `width` (points), drawn as discs along it.
+    fn line(&mut self, a: (f32, f32), b: (f32, f32), width: f32, color: [u8; 3]) {
+        let len = ((b.0 - a.0).powi(2) + (b.1 - a.1).powi(2)).sqrt();
+        let steps = (len * self.scale).ceil().max(1.0) as usize;
+        for i in 0..=steps {
+            let t = i as f32 / steps as f32;
+            self.disc(
+                (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t),
+                width / 2.0,
+                color,
+            );
+        }
+    }
 }

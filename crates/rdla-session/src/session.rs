@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rdla_attrib::{Engine, Expansion, MlpMode, NodeKind, Path, Target};
+use rdla_attrib::trace::{Trace, TraceOptions};
+use rdla_attrib::{Engine, Expansion, MlpMode, NodeKind, Path, Step, Target, Versus};
+use rdla_model::model::ablate::{Ablation, AblationMode, Interventions};
 use rdla_model::weights::ProgressFn;
 use rdla_model::{Cache, Device, DeviceInfo, Model, ModelError, Processing};
 
@@ -102,8 +104,42 @@ pub struct NodeView {
     pub path: Path,
     pub expansion: Expansion,
     pub heatmap: Heatmap,
+    /// At a score node: its head's attention pattern from the query, over the keys the head
+    /// can see (the key picker of the QK view).
+    pub attention: Option<AttentionRow>,
     /// Milliseconds the expansion took.
     pub ms: f64,
+}
+
+/// The causal check of some nodes: the target's real change when their sites are ablated,
+/// beside the nodes' attributed values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AblationReport {
+    pub paths: Vec<String>,
+    pub mode: AblationMode,
+    pub final_scale_frozen: bool,
+    /// Each node's value (its contribution along its path).
+    pub node_values: Vec<f32>,
+    pub node_sum: f32,
+    /// The target value in the clean run and with the sites ablated.
+    pub clean: f32,
+    pub ablated: f32,
+    /// `clean − ablated`: what the sites really contributed. With zero ablation this equals
+    /// `node_sum` where the frozen-nonlinearity story is exact.
+    pub change: f32,
+}
+
+/// One query row of a head's attention pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionRow {
+    pub layer: usize,
+    pub head: usize,
+    /// The query (destination) position.
+    pub query: usize,
+    /// The first key the head can see from the query (a local window starts later than 0).
+    pub first: usize,
+    /// `A[layer, head, query, p]` for `p` in `0..=query` (0 outside the window).
+    pub values: Vec<f32>,
 }
 
 impl NodeView {
@@ -324,6 +360,7 @@ impl Session {
         let cur = self.current()?;
         let c = &cur.computed;
         let title = view_title(&self.model.name, path, &c.target_label);
+        let mut attention = None;
         let (expansion, mut heatmap) = if path.is_root() {
             (c.root.clone(), root_heatmap(&c.overview, &title))
         } else {
@@ -334,6 +371,27 @@ impl Session {
                 let pattern = engine.head_pattern(layer, head, ex.position)?;
                 let n = hm.n_cols();
                 hm.strip = Some(("attention".into(), pattern.into_iter().take(n).collect()));
+                hm.strip_targets = (0..n)
+                    .map(|key| {
+                        path.child(Step::Score {
+                            key,
+                            versus: Versus::Nothing,
+                        })
+                    })
+                    .collect();
+            }
+            if let NodeKind::Score { layer, head } = ex.kind {
+                let q = ex.position;
+                let mut values = engine.head_pattern(layer, head, q)?;
+                values.truncate(q + 1);
+                let span = self.model.config.attn_spans[layer];
+                attention = Some(AttentionRow {
+                    layer,
+                    head,
+                    query: q,
+                    first: (0..=q).find(|&p| span.allows(q, p)).unwrap_or(q),
+                    values,
+                });
             }
             (ex, hm)
         };
@@ -346,6 +404,7 @@ impl Session {
             path: path.clone(),
             expansion,
             heatmap,
+            attention,
             ms: ms(t),
         })
     }
@@ -375,6 +434,113 @@ impl Session {
             Some(ex) => crate::csv::expansion_csv(ex),
             None => crate::csv::overview_csv(&c.overview),
         })
+    }
+
+    /// The causal check: ablate the sites of `paths` together in the real forward pass
+    /// (nothing frozen; the final norm's scale held at the clean run's if `freeze_final`) and
+    /// compare the target's real change with the nodes' values.
+    pub fn ablate(
+        &self,
+        paths: &[Path],
+        mode: AblationMode,
+        freeze_final: bool,
+    ) -> Result<AblationReport> {
+        let cur = self.current()?;
+        let engine = self.engine()?;
+        let mut ablations = Vec::new();
+        let mut values = Vec::new();
+        for p in paths {
+            let (site, pos) = engine.ablation_site(p)?;
+            ablations.push(Ablation { site, pos, mode });
+            values.push(engine.value(p)?);
+        }
+        let last = cur.cache.n_pos() - 1;
+        let final_scale = if freeze_final {
+            rdla_model::to_vec(cur.cache.final_scale.clone())?
+                .get(last)
+                .copied()
+        } else {
+            None
+        };
+        let logits = self.model.run_ablated(
+            &cur.cache.token_ids,
+            &Interventions {
+                ablations,
+                final_scale,
+            },
+        )?;
+        let read = |t: rdla_model::Tensor<1>| -> Result<f32> {
+            rdla_model::to_vec(t)?
+                .first()
+                .copied()
+                .ok_or(SessionError::NonFinite {
+                    what: "the ablated target".into(),
+                })
+        };
+        let clean = read(engine.target_of(&cur.cache.last_logits))?;
+        let ablated = read(engine.target_of(&logits))?;
+        let sum: f32 = values.iter().sum();
+        Ok(AblationReport {
+            paths: paths.iter().map(ToString::to_string).collect(),
+            mode,
+            final_scale_frozen: freeze_final,
+            node_values: values,
+            node_sum: sum,
+            clean,
+            ablated,
+            change: clean - ablated,
+        })
+    }
+
+    /// Trace the tree below `from` (best-first by |value|, under `opts`' budget); `progress`
+    /// sees (expanded, budget) and stops the trace by returning `false`.
+    pub fn trace(
+        &self,
+        from: &Path,
+        opts: &TraceOptions,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Trace> {
+        Ok(self.engine()?.trace(from, opts, progress)?)
+    }
+
+    /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens and target.
+    pub fn trace_json(&self, trace: &Trace, timings_ms: f64) -> Result<serde_json::Value> {
+        let c = &self.current()?.computed;
+        let mut v = serde_json::to_value(trace).map_err(|e| SessionError::Json(e.to_string()))?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("model".into(), self.model.name.clone().into());
+            map.insert("token_ids".into(), serde_json::json!(c.tokens.ids));
+            map.insert("token_strs".into(), serde_json::json!(c.tokens.strs));
+            map.insert("answer_id".into(), c.target.answer().into());
+            map.insert("foil_id".into(), serde_json::json!(c.target.foil()));
+            map.insert("target".into(), c.target_label.clone().into());
+            map.insert("trace_ms".into(), timings_ms.into());
+        }
+        Ok(v)
+    }
+
+    /// The trace's graph as a PNG (the window's layout).
+    pub fn trace_png(&self, trace: &Trace) -> Result<Vec<u8>> {
+        let c = &self.current()?.computed;
+        let layout = crate::graph::layout(
+            trace,
+            &c.tokens.strs,
+            self.model.config.n_layers,
+            crate::png::PNG_FIT,
+        );
+        let title = format!(
+            "{} · attribution graph of {} · {}",
+            self.model.name,
+            if trace.from.is_empty() {
+                "the root"
+            } else {
+                &trace.from
+            },
+            c.target_label
+        );
+        let (bytes, _) =
+            crate::png::encode_graph_png(&layout, &title, &crate::graph::summary(trace), 2.0)?;
+        Ok(bytes)
     }
 
     /// Write an export, refusing any path inside the model's folder (links resolved).

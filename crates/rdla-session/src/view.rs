@@ -3,12 +3,22 @@
 //! the CSV/JSON exports.
 
 use rdla_attrib::engine::CompLabel;
-use rdla_attrib::{Comp, Expansion, Layout, NodeKind, Overview, Path, Step};
+use rdla_attrib::{Comp, Expansion, Layout, NodeKind, Overview, Path, Side, Step, Units, Versus};
 
 use crate::heatmap::{Heatmap, printable};
 
 /// The unit of attribution values.
 pub const LOGIT_UNITS: &str = "logit units";
+/// The unit of attention scores and everything below them.
+pub const SCORE_UNITS: &str = "score units (pre-softmax)";
+
+/// The units a node's numbers are in.
+pub fn units_label(units: Units) -> &'static str {
+    match units {
+        Units::Logit => LOGIT_UNITS,
+        Units::Score => SCORE_UNITS,
+    }
+}
 
 /// Token labels `"{p}:{token}"` for column headers.
 pub fn position_labels(token_strs: &[String]) -> Vec<String> {
@@ -51,6 +61,7 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
     Heatmap {
         title: title.to_string(),
         strip: None,
+        strip_targets: Vec::new(),
         column_bars: false,
         units: LOGIT_UNITS.into(),
         subtitle: if ov.layout.has_pos {
@@ -88,19 +99,27 @@ pub fn node_heatmap(
     layout: Layout,
     title: &str,
 ) -> Heatmap {
-    let subtitle = format!(
-        "value {:.4} = Σ children {:.4} + bias {:.4} (Δ {:.2e})",
-        ex.value,
-        ex.value - ex.bias - ex.residual,
-        ex.bias,
-        ex.residual
-    );
+    let subtitle = if ex.table.is_some() {
+        format!(
+            "score {:.4} = Σ cells (query components × key components) (Δ {:.2e}); rows add up to the q side, columns to the k side",
+            ex.value, ex.residual
+        )
+    } else {
+        format!(
+            "value {:.4} = Σ children {:.4} + bias {:.4} (Δ {:.2e})",
+            ex.value,
+            ex.value - ex.bias - ex.residual,
+            ex.bias,
+            ex.residual
+        )
+    };
     let mut hm = Heatmap {
         title: title.to_string(),
         subtitle,
         strip: None,
+        strip_targets: Vec::new(),
         column_bars: false,
-        units: LOGIT_UNITS.into(),
+        units: units_label(ex.units).into(),
         row_title: String::new(),
         col_title: String::new(),
         rows: Vec::new(),
@@ -108,6 +127,43 @@ pub fn node_heatmap(
         values: Vec::new(),
         targets: Vec::new(),
     };
+    let by_position = ex
+        .children
+        .iter()
+        .any(|c| matches!(c.parsed, Step::Source { .. }));
+    let by_component = ex
+        .children
+        .iter()
+        .any(|c| matches!(c.parsed, Step::Comp(_)));
+    if let Some(t) = &ex.table {
+        // a score: query components (rows) × key components (columns)
+        hm.row_title = format!("query @{}", ex.position);
+        hm.col_title = "key".into();
+        hm.rows = t.rows.clone();
+        hm.cols = t.cols.clone();
+        hm.column_bars = true;
+        let side = |s: Side, label: &str| {
+            Comp::parse(label).map(|c| path.child(Step::Side(s)).child(Step::Comp(c)))
+        };
+        let single_key = matches!(
+            path.steps().last(),
+            Some(Step::Score {
+                versus: Versus::Nothing,
+                ..
+            })
+        );
+        for (row, vals) in t.rows.iter().zip(&t.values) {
+            for (col, v) in t.cols.iter().zip(vals) {
+                hm.values.push(Some(*v));
+                // a cell leads to its query-side component (the bias row: to its key-side
+                // component, where that is one node)
+                let to = side(Side::Query, row)
+                    .or_else(|| single_key.then(|| side(Side::Key, col)).flatten());
+                hm.targets.push(to);
+            }
+        }
+        return hm;
+    }
     match ex.kind {
         NodeKind::Head { layer, .. } => {
             let n_c = layout.pre(layer);
@@ -149,10 +205,52 @@ pub fn node_heatmap(
             hm.values.push(Some(ex.bias));
             hm.targets.push(Some(path.child(Step::Bias)));
         }
+        NodeKind::Side { layer, .. } if by_position => {
+            // a contrast's key side: components × the keys it compares
+            let n_c = layout.pre(layer);
+            let mut keys: Vec<usize> = ex
+                .children
+                .iter()
+                .filter_map(|c| match c.parsed {
+                    Step::Source { pos, .. } => Some(pos),
+                    _ => None,
+                })
+                .collect();
+            keys.dedup();
+            hm.row_title = "key component".into();
+            hm.col_title = "key position".into();
+            hm.rows = (0..n_c).map(|c| layout.comp(c).to_string()).collect();
+            hm.cols = keys
+                .iter()
+                .map(|&p| {
+                    format!(
+                        "{p}:{}",
+                        printable(token_strs.get(p).map_or("", String::as_str))
+                    )
+                })
+                .collect();
+            let n_p = keys.len();
+            hm.values = vec![None; n_c * n_p];
+            hm.targets = vec![None; n_c * n_p];
+            hm.column_bars = true;
+            for ch in &ex.children {
+                if let Step::Source { pos, comp } = ch.parsed
+                    && let (Some(k), Some(c)) =
+                        (keys.iter().position(|&p| p == pos), layout.index(comp))
+                {
+                    hm.values[c * n_p + k] = Some(ch.value);
+                    hm.targets[c * n_p + k] = Some(path.child(ch.parsed));
+                }
+            }
+        }
         NodeKind::Root
         | NodeKind::Component {
             comp: CompLabel(Comp::Mlp(_)),
-        } => {
+        }
+        | NodeKind::Neuron { .. }
+        | NodeKind::Side { .. }
+            if by_component || matches!(ex.kind, NodeKind::Root) =>
+        {
             hm.row_title = "layer".into();
             hm.col_title = "component".into();
             let (first_row, mlp_col) = if layout.has_pos {
@@ -187,7 +285,7 @@ pub fn node_heatmap(
                 hm.targets.truncate(hm.targets.len() - 2);
             }
         }
-        NodeKind::Component { .. } | NodeKind::Bias => {
+        _ => {
             hm.rows = vec![ex.path.clone()];
             hm.cols = vec![format!("@{}", ex.position)];
             hm.values = vec![Some(ex.value)];

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rdla_attrib::{MlpMode, Path};
 use rdla_model::device::DeviceChoice;
+use rdla_model::model::ablate::AblationMode;
 use rdla_model::select_device;
 use rdla_session::png::{PngOptions, encode_png};
 use rdla_session::{ModelSource, Request, Session, SessionError, ms};
@@ -17,8 +18,15 @@ pub struct AttributeArgs {
     #[arg(long)]
     pub model: String,
     /// Prompt text (BOS is prepended unless --no-bos).
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(
+        long,
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (UTF-8, used exactly as written).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
     /// Answer token, spelled exactly as the tokenizer spells it (a leading space matters).
     #[arg(long)]
     pub answer: String,
@@ -46,6 +54,16 @@ pub struct AttributeArgs {
     /// Write the current view as a heatmap PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Causal check: ablate this node's site in the real forward pass and report the target's
+    /// real change beside the node's value (repeat to ablate several sites together).
+    #[arg(long, value_name = "PATH")]
+    pub ablate: Vec<String>,
+    /// What an ablated site becomes: `zero`, or `mean` (its mean over the prompt's positions).
+    #[arg(long, default_value = "zero")]
+    pub ablation: AblationMode,
+    /// Hold the final norm's scale at the clean run's value in the ablated run.
+    #[arg(long)]
+    pub freeze_final_norm: bool,
 }
 
 pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
@@ -56,7 +74,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     let load = ms(t_load);
     let path = Path::parse(a.path.as_deref().unwrap_or(""))?;
     let request = Request {
-        prompt: a.prompt.clone(),
+        prompt: crate::read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref())?,
         answer: a.answer.clone(),
         foil: a.foil.clone(),
         bos: !a.no_bos,
@@ -71,6 +89,16 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     let view = session.view(&path)?;
     let node = a.path.is_some().then_some(&view.expansion);
 
+    let ablation = if a.ablate.is_empty() {
+        None
+    } else {
+        let paths = a
+            .ablate
+            .iter()
+            .map(|p| Path::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(session.ablate(&paths, a.ablation, a.freeze_final_norm)?)
+    };
     if let Some(png) = &a.png {
         let (bytes, _) = encode_png(&view.heatmap, PngOptions::default())?;
         session.write_output(png, &bytes)?;
@@ -78,17 +106,44 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     if let Some(csv) = &a.csv {
         session.write_output(csv, session.csv(node)?.as_bytes())?;
     }
+    let report = || -> anyhow::Result<serde_json::Value> {
+        let mut r = session.report(node, load)?;
+        if let (Some(ab), Some(map)) = (&ablation, r.as_object_mut()) {
+            map.insert("ablation".into(), serde_json::to_value(ab)?);
+        }
+        Ok(r)
+    };
     match a.json.as_deref() {
         Some("-") => {
             let mut out = std::io::stdout().lock();
-            serde_json::to_writer(&mut out, &session.report(node, load)?)?;
+            serde_json::to_writer(&mut out, &report()?)?;
             writeln!(out)?;
         }
         Some(file) => {
-            let text = serde_json::to_vec(&session.report(node, load)?)?;
+            let text = serde_json::to_vec(&report()?)?;
             session.write_output(std::path::Path::new(file), &text)?;
         }
-        None => print_summary(&session, node)?,
+        None => {
+            print_summary(&session, node)?;
+            if let Some(ab) = &ablation {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "ablation ({:?}{}) of {}: target {:.5} → {:.5}, real change {:+.5}; attributed {:+.5}",
+                    ab.mode,
+                    if ab.final_scale_frozen {
+                        ", final norm frozen"
+                    } else {
+                        ""
+                    },
+                    ab.paths.join(", "),
+                    ab.clean,
+                    ab.ablated,
+                    ab.change,
+                    ab.node_sum
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -443,8 +443,10 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         cfg.family.hf_class()
     );
     println!("load + processing: {load:.0} ms");
-    println!("| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) | qk node (ms) | MLP + neurons (ms) | trace 2000 (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut rng = Rng(42);
     let mut rows = Vec::new();
     for &p in &a.lengths {
@@ -474,11 +476,22 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         );
         let path = Path::parse(&path_text)?;
         let (drill, drill_min) = time_ms(a.reps, || Ok(engine.expand(&path)?))?;
-        println!("| {p} | {fwd:.1} | {ov:.1} | {drill:.2} |");
+        let qk_path = Path::parse(&format!("L{}.attn/H0/qk:{}", n_layer - 1, p / 2))?;
+        let (qk, _) = time_ms(a.reps, || Ok(engine.expand(&qk_path)?))?;
+        let mlp_path = Path::parse(&format!("L{}.mlp", n_layer - 1))?;
+        let (mlp, _) = time_ms(a.reps, || Ok(engine.expand(&mlp_path)?))?;
+        let opts = rdla_attrib::trace::TraceOptions {
+            budget: 2000,
+            ..Default::default()
+        };
+        let (trace, _) = time_ms(1, || {
+            Ok(engine.trace(&Path::root(), &opts, &mut |_, _| true)?)
+        })?;
+        println!("| {p} | {fwd:.1} | {ov:.1} | {drill:.2} | {qk:.2} | {mlp:.2} | {trace:.0} |");
         rows.push(serde_json::json!({
             "tokens": p, "forward_ms": fwd, "overview_ms": ov, "drill_ms": drill,
             "forward_min_ms": fwd_min, "overview_min_ms": ov_min, "drill_min_ms": drill_min,
-            "drill_path": path_text,
+            "drill_path": path_text, "qk_ms": qk, "mlp_neurons_ms": mlp, "trace_2000_ms": trace,
         }));
     }
     if let Some(file) = &a.json {

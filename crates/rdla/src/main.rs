@@ -4,6 +4,7 @@
 
 mod attribute;
 mod bench;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ enum Command {
     Explore(ExploreArgs),
     /// Compute an attribution headlessly and write JSON / CSV / PNG.
     Attribute(attribute::AttributeArgs),
+    /// Trace the exact tree best-first and write the attribution graph (JSON / PNG).
+    Trace(trace::TraceArgs),
     /// Benchmark load, forward, overview and drill-down on a generated GPT-2-small-shaped checkpoint.
     Bench(bench::BenchArgs),
 }
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Attribute(a)) => attribute::run(&a),
         Some(Command::Bench(b)) => bench::run(&b),
+        Some(Command::Trace(t)) => trace::run(&t),
         Some(Command::Explore(e)) => explore(e),
         None => explore(cli.explore),
     };
@@ -93,6 +97,16 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .and_then(|j| j.io_error_kind())
                 .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given).
+fn read_prompt(text: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    match (text, file) {
+        (Some(t), _) => Ok(t.to_string()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", f.display())),
+        (None, None) => anyhow::bail!("give the prompt with --prompt or --prompt-file"),
+    }
 }
 
 fn explore(args: ExploreArgs) -> anyhow::Result<()> {

@@ -326,3 +326,127 @@ fn mistral_json_has_no_pos_and_per_query_heads() {
     let kids = j["node"]["children"].as_array().unwrap();
     assert_eq!(kids.last().unwrap()["step"], "L2.attn");
 }
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn trace_writes_paths_graph_and_png() {
+    let dir = fixture("gpt2_tied");
+    let r = reference("gpt2_tied");
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("graph.png");
+    let j = json_of(&rdla(&[
+        "trace",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        r["prompt"].as_str().unwrap(),
+        "--answer",
+        r["answer"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--budget",
+        "40",
+        "--top",
+        "5",
+        "--json",
+        "-",
+        "--png",
+        png.to_str().unwrap(),
+    ]));
+    let value = j["value"].as_f64().unwrap();
+    assert!((value - r["target_value"].as_f64().unwrap()).abs() < 1e-4);
+    assert!((j["frontier_total"].as_f64().unwrap() - value).abs() < 1e-3);
+    assert!(j["expanded"].as_u64().unwrap() <= 40);
+    assert_eq!(j["paths"].as_array().unwrap().len(), 5);
+    assert!(!j["nodes"].as_array().unwrap().is_empty());
+    assert!(!j["edges"].as_array().unwrap().is_empty());
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    // a traced path, expanded by `attribute --path`, has the traced value
+    let first = &j["paths"][0];
+    let a = json_of(&rdla(&[
+        "attribute",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        r["prompt"].as_str().unwrap(),
+        "--answer",
+        r["answer"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--path",
+        first["path"].as_str().unwrap(),
+        "--json",
+        "-",
+    ]));
+    assert!((a["node"]["value"].as_f64().unwrap() - first["value"].as_f64().unwrap()).abs() < 1e-4);
+}
+
+#[test]
+fn score_nodes_ablation_and_prompt_files() {
+    let dir = fixture("llama_gqa");
+    let r = reference("llama_gqa");
+    let tmp = tempfile::tempdir().unwrap();
+    let prompt = tmp.path().join("prompt.txt");
+    std::fs::write(&prompt, r["prompt"].as_str().unwrap()).unwrap();
+    let j = json_of(&rdla(&[
+        "attribute",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--answer",
+        r["answer"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--path",
+        "L1.attn/H2/qk:3-mean",
+        "--ablate",
+        "L1.attn/H2",
+        "--ablate",
+        "L0.mlp",
+        "--json",
+        "-",
+    ]));
+    assert_eq!(j["token_ids"], r["token_ids"]);
+    let node = &j["node"];
+    assert_eq!(node["units"], "score");
+    assert_eq!(node["alternatives"], true);
+    let table = &node["table"];
+    let sum: f64 = table["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .sum();
+    assert!((sum - node["value"].as_f64().unwrap()).abs() < 1e-3);
+    let ab = &j["ablation"];
+    assert_eq!(ab["paths"].as_array().unwrap().len(), 2);
+    let change = ab["clean"].as_f64().unwrap() - ab["ablated"].as_f64().unwrap();
+    assert!((change - ab["change"].as_f64().unwrap()).abs() < 1e-5);
+    // a key the head cannot see is a clear error naming the valid keys
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "a b",
+        "--answer",
+        r["answer"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--path",
+        "L1.attn/H0/qk:9",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("qk:9") && err.contains("qk:{k}"), "{err}");
+}

@@ -65,6 +65,12 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
                 actions.push(Action::Navigate(t.clone()));
             }
         }
+        if let Some(t) = resp
+            .strip_clicked
+            .and_then(|c| view.heatmap.strip_targets.get(c))
+        {
+            actions.push(Action::Navigate(t.clone()));
+        }
     });
 }
 
@@ -121,6 +127,23 @@ fn breadcrumbs(ui: &mut Ui, state: &AppState, here: &Path, actions: &mut Vec<Act
 /// reason: the gradient linearisation, or a non-finite number.
 fn completeness(ui: &mut Ui, view: &NodeView) {
     let e = &view.expansion;
+    if let Some(t) = &e.table {
+        let cells = t.sum() as f32;
+        let exact = e.residual.is_finite()
+            && e.residual.abs() <= 1e-4 * (e.value.abs() + cells.abs()).max(1e-3);
+        let text = format!(
+            "Σ table cells {cells:+.5} = score {:+.5}  (Δ {:.2e}) · pre-softmax score units · \
+             its children q and k are two complete decompositions of the same score",
+            e.value, e.residual
+        );
+        let color = if exact {
+            ui.visuals().text_color()
+        } else {
+            theme::WARN
+        };
+        ui.label(RichText::new(text).color(color));
+        return;
+    }
     let (value, bias, resid) = (e.value, e.bias, e.residual);
     let sum = value - bias - resid;
     let finite = value.is_finite() && bias.is_finite() && resid.is_finite();

@@ -9,7 +9,7 @@ use egui::{
 };
 use rdla_session::geometry::{self, Fit, Geometry, LABEL_PT, VALUE_PT};
 use rdla_session::heatmap::max_abs;
-use rdla_session::png::{BARS_CAPTION, clip, strip_color};
+use rdla_session::png::{clip, strip_color};
 use rdla_session::{ColorMap, Heatmap};
 
 use crate::theme;
@@ -18,6 +18,8 @@ use crate::theme;
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct HeatmapResponse {
     pub clicked: Option<(usize, usize)>,
+    /// A cell of the attention strip was clicked (its column).
+    pub strip_clicked: Option<usize>,
     pub hovered: Option<(usize, usize)>,
 }
 
@@ -95,7 +97,7 @@ impl HeatmapView<'_> {
             font: FontId::proportional(LABEL_PT),
         };
         self.labels(&pen);
-        self.strip(&pen);
+        self.strip(ui, &pen, &mut out);
         self.cells(ui, &pen, &mut out);
         let col_sums = self.sums(ui, &pen);
         self.bars(&pen, &col_sums);
@@ -138,11 +140,13 @@ impl HeatmapView<'_> {
         }
     }
 
-    /// The attention strip above the columns.
-    fn strip(&self, pen: &Pen<'_>) {
+    /// The attention strip above the columns; where it has targets (a head's scores), each
+    /// cell is a button.
+    fn strip(&self, ui: &Ui, pen: &Pen<'_>, out: &mut HeatmapResponse) {
         let (Some((label, values)), Some(strip)) = (&self.hm.strip, pen.g.strip) else {
             return;
         };
+        let id = ui.scope_id().with(("strip", &self.hm.title));
         let cy = pen.rect(strip).center().y;
         pen.text(
             Pos2::new(pen.label_right(), cy),
@@ -150,9 +154,33 @@ impl HeatmapView<'_> {
             label,
         );
         for (c, &a) in values.iter().enumerate().take(self.hm.n_cols()) {
-            if let Some(sr) = pen.g.strip_rect(c) {
-                pen.fill(pen.rect(sr), strip_color(a));
+            let Some(sr) = pen.g.strip_rect(c) else {
+                continue;
+            };
+            let r = pen.rect(sr);
+            pen.fill(r, strip_color(a));
+            let Some(target) = self.hm.strip_targets.get(c) else {
+                continue;
+            };
+            let resp = ui.interact(r, id.with(c), Sense::click());
+            resp.widget_info(|| {
+                egui::WidgetInfo::labeled(Role::Button, true, format!("score {target}"))
+            });
+            if resp.hovered() {
+                ui.painter().rect_stroke(
+                    r,
+                    0.0,
+                    Stroke::new(1.5, ui.visuals().text_color()),
+                    StrokeKind::Inside,
+                );
             }
+            if resp.clicked() {
+                out.strip_clicked = Some(c);
+            }
+            resp.on_hover_text(format!(
+                "attention {a:.4} to {}\nclick: why this head attended here (its QK score)",
+                self.hm.cols[c]
+            ));
         }
     }
 
@@ -262,7 +290,7 @@ impl HeatmapView<'_> {
             pen.painter.text(
                 pen.rect(c).left_top(),
                 Align2::LEFT_TOP,
-                BARS_CAPTION,
+                self.hm.bars_caption(),
                 pen.font.clone(),
                 pen.weak,
             );

@@ -7,6 +7,7 @@ use egui::{RichText, Ui};
 use rdla_session::{ColorMap, ModelSource};
 
 use crate::dialogs::{DialogResult, Dialogs};
+use crate::gguf_models::{self, LocalGguf};
 use crate::hf_cache::{self, CachedModel};
 use crate::settings::Settings;
 use crate::state::{Action, AppState};
@@ -16,6 +17,8 @@ use crate::theme;
 #[derive(Debug, Default)]
 pub struct TopBar {
     pub hf_models: Vec<CachedModel>,
+    /// GGUF models of Ollama and LM Studio on this machine.
+    pub gguf_models: Vec<LocalGguf>,
     pub path_text: String,
 }
 
@@ -25,6 +28,7 @@ impl TopBar {
             hf_models: hf_cache::hub_dir()
                 .map(|h| hf_cache::scan(&h))
                 .unwrap_or_default(),
+            gguf_models: gguf_models::scan_all(),
             path_text: String::new(),
         }
     }
@@ -49,6 +53,17 @@ impl TopBar {
                     DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
                 }
             }
+            if ui
+                .button("Open GGUF…")
+                .on_hover_text("Pick a .gguf file (llama.cpp, Ollama, LM Studio)")
+                .clicked()
+            {
+                match dialogs.pick_gguf() {
+                    DialogResult::Picked(p) => actions.push(Action::Open(ModelSource::Path(p))),
+                    DialogResult::Cancelled => {}
+                    DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
+                }
+            }
             ui.menu_button("Recent", |ui| {
                 if settings.recent.is_empty() {
                     ui.label("(none yet)");
@@ -63,6 +78,21 @@ impl TopBar {
                 if ui.button("Default model").clicked() {
                     actions.push(Action::Open(ModelSource::Default));
                     ui.close();
+                }
+            });
+            ui.menu_button("Ollama / LM Studio", |ui| {
+                if self.gguf_models.is_empty() {
+                    ui.label("no GGUF models found (~/.ollama/models, ~/.lmstudio/models)");
+                }
+                for m in &self.gguf_models {
+                    if ui
+                        .button(&m.name)
+                        .on_hover_text(m.path.display().to_string())
+                        .clicked()
+                    {
+                        actions.push(Action::Open(ModelSource::Path(m.path.clone())));
+                        ui.close();
+                    }
                 }
             });
             ui.menu_button("Hugging Face cache", |ui| {

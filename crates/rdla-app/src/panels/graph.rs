@@ -1,0 +1,189 @@
+//! The attribution graph view: trace the tree below the current node (best-first by |value|,
+//! under a budget), and draw the traced paths merged by model site — layers bottom to top,
+//! token positions left to right — with a threshold slider, hover values, and a click on a
+//! site opening the heatmap explorer at its path.
+
+use egui::{Align2, Color32, FontId, Pos2, Sense, Stroke, Ui, Vec2};
+use rdla_attrib::Path;
+use rdla_attrib::trace::{GraphEdge, GraphNode, Trace};
+use rdla_session::graph::{self, sign_color};
+
+use crate::state::{Action, AppState};
+use crate::theme;
+
+/// The trace with sites and edges below the threshold (and beyond the size cap) hidden.
+pub fn pruned(trace: &Trace, threshold: f32, max_nodes: usize) -> Trace {
+    let floor = threshold * trace.value.abs();
+    let mut nodes: Vec<GraphNode> = trace
+        .nodes
+        .iter()
+        .filter(|n| n.value.abs() >= floor || n.label == "logit")
+        .cloned()
+        .collect();
+    nodes.truncate(max_nodes.max(1));
+    let keep: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let edges: Vec<GraphEdge> = trace
+        .edges
+        .iter()
+        .filter(|e| {
+            e.value.abs() >= floor && keep.contains(e.from.as_str()) && keep.contains(e.to.as_str())
+        })
+        .cloned()
+        .collect();
+    Trace {
+        nodes,
+        edges,
+        ..trace.clone()
+    }
+}
+
+pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Vec<Action>) {
+    let here = state.current_path();
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Back to the heatmap").clicked() {
+            actions.push(Action::ShowGraph(false));
+        }
+        ui.separator();
+        let busy = state.graph.tracing.is_some();
+        let label = if here.is_root() {
+            "Trace from the logit".to_string()
+        } else {
+            format!("Trace from {here}")
+        };
+        if ui.add_enabled(!busy, egui::Button::new(label)).clicked() {
+            actions.push(Action::Trace(here.clone()));
+        }
+        ui.label("budget");
+        ui.add(egui::DragValue::new(&mut state.graph.budget).range(1..=20_000))
+            .on_hover_text("node expansions per trace");
+        ui.checkbox(&mut state.graph.neurons, "neurons")
+            .on_hover_text("split MLPs into their largest neurons");
+        ui.label("threshold");
+        ui.add(
+            egui::Slider::new(&mut state.graph.threshold, 0.0..=0.5)
+                .logarithmic(true)
+                .custom_formatter(|v, _| format!("{:.1}%", 100.0 * v)),
+        )
+        .on_hover_text("hide sites and edges below this share of |value|");
+        ui.label("max sites");
+        ui.add(egui::DragValue::new(&mut state.graph.max_nodes).range(2..=500));
+        if state.graph.trace.is_some() {
+            if ui.button("Export PNG…").clicked() {
+                actions.push(Action::ExportGraphPng);
+            }
+            if ui.button("Export JSON…").clicked() {
+                actions.push(Action::ExportGraphJson);
+            }
+        }
+    });
+    if let Some((done, budget)) = state.graph.tracing {
+        ui.add(
+            egui::ProgressBar::new(done as f32 / budget.max(1) as f32)
+                .text(format!("tracing: {done} / {budget} expansions")),
+        );
+    }
+    if let Some(e) = &state.graph.error {
+        ui.colored_label(theme::ERROR, e);
+    }
+    let Some(trace) = &state.graph.trace else {
+        if state.graph.tracing.is_none() {
+            ui.label(
+                "Trace the exact tree below the current node: the largest contributions are \
+                 expanded first, and every site they pass through is drawn with the \
+                 contributions flowing between them.",
+            );
+        }
+        return;
+    };
+    let shown = pruned(trace, state.graph.threshold, state.graph.max_nodes);
+    ui.label(graph::summary(trace));
+    ui.label(format!(
+        "showing {} sites and {} edges (threshold {:.1}% of |value|) · click a site to open it",
+        shown.nodes.len(),
+        shown.edges.len(),
+        100.0 * state.graph.threshold
+    ));
+    let avail = ui.available_size();
+    let size = (avail.x.max(300.0), avail.y.max(240.0));
+    let layout = graph::layout(&shown, &state.tokens.strs, n_layers, size);
+    let (rect, _) = ui.allocate_exact_size(Vec2::new(size.0, size.1), Sense::hover());
+    let o = rect.min;
+    let painter = ui.painter_at(rect);
+    let font = FontId::proportional(11.0);
+    let text = ui.visuals().text_color();
+    let rgb = |c: [u8; 3]| Color32::from_rgb(c[0], c[1], c[2]);
+    for (y, label) in &layout.rows {
+        painter.text(
+            o + Vec2::new(62.0, *y),
+            Align2::RIGHT_CENTER,
+            label,
+            font.clone(),
+            text,
+        );
+    }
+    for (x, label) in &layout.columns {
+        painter.add(
+            egui::epaint::TextShape::new(
+                o + Vec2::new(x - 6.0, size.1 - 8.0),
+                painter.layout_no_wrap(label.clone(), font.clone(), text),
+                text,
+            )
+            .with_angle(-std::f32::consts::FRAC_PI_2),
+        );
+    }
+    let max_w = layout
+        .edges
+        .iter()
+        .map(|e| e.width)
+        .fold(1e-6f32, |m, w| m.max(w));
+    for e in &layout.edges {
+        painter.line_segment(
+            [
+                o + Vec2::new(e.from.0, e.from.1),
+                o + Vec2::new(e.to.0, e.to.1),
+            ],
+            Stroke::new(
+                e.width,
+                rgb(sign_color(e.value, 0.35 + 0.65 * e.width / max_w)),
+            ),
+        );
+    }
+    let id = ui.scope_id().with("graph");
+    for n in &layout.nodes {
+        let c = Pos2::new(o.x + n.x, o.y + n.y);
+        painter.circle(
+            c,
+            n.radius,
+            rgb(sign_color(n.value, 1.0)),
+            Stroke::new(1.0, text),
+        );
+        if n.radius >= 6.0 {
+            painter.text(
+                c - Vec2::new(0.0, n.radius + 1.0),
+                Align2::CENTER_BOTTOM,
+                &n.label,
+                FontId::proportional(10.0),
+                text,
+            );
+        }
+        let hit = egui::Rect::from_center_size(c, Vec2::splat((2.0 * n.radius).max(10.0)));
+        let resp = ui.interact(hit, id.with(&n.id), Sense::click());
+        resp.widget_info(|| {
+            egui::WidgetInfo::labeled(egui::Role::Button, true, format!("site {}", n.id))
+        });
+        if resp.clicked()
+            && let Ok(p) = Path::parse(&n.id)
+        {
+            actions.push(Action::Navigate(p));
+            actions.push(Action::ShowGraph(false));
+        }
+        resp.on_hover_text(format!(
+            "{} · value {:+.5} ({:.1}% of {:+.4})\n{}",
+            n.label,
+            n.value,
+            100.0 * n.value / trace.value,
+            trace.value,
+            n.id
+        ));
+    }
+}

@@ -1,0 +1,171 @@
+//! Tracing and the causal check, through the session layer, on the TL fixtures.
+#![allow(clippy::unwrap_used)]
+
+use rdla_attrib::trace::TraceOptions;
+use rdla_attrib::{MlpMode, Path};
+use rdla_model::model::ablate::AblationMode;
+use rdla_model::{Device, DeviceInfo};
+use rdla_session::{ModelSource, Request, Session};
+use rdla_testutil::{Reference, TL_FIXTURES, fixture};
+
+fn session(name: &str) -> Session {
+    let r = Reference::load(name);
+    let mut s = Session::open(
+        ModelSource::Path(fixture(name)),
+        &Device::flex(),
+        DeviceInfo::cpu(None),
+        &mut |_| true,
+    )
+    .unwrap();
+    let req = Request {
+        prompt: r.str("prompt"),
+        answer: r.str("answer"),
+        foil: None,
+        bos: r.json["prepend_bos"].as_bool().unwrap(),
+        mlp_mode: MlpMode::FrozenGate,
+    };
+    let c = s.compute(&req).unwrap();
+    assert_eq!(c.tokens.ids, r.token_ids(), "{name}: tokens");
+    s
+}
+
+fn close(a: f64, b: f64, scale: f64) -> bool {
+    (a - b).abs() <= 1e-4 * scale.max(1.0)
+}
+
+#[test]
+fn traced_paths_are_exact_and_the_frontier_adds_up() {
+    for name in TL_FIXTURES {
+        let s = session(name);
+        for (from, neurons) in [("", false), ("", true), ("L1.attn", false)] {
+            let opts = TraceOptions {
+                budget: 60,
+                top: 15,
+                neurons,
+                threshold: 0.0,
+                max_nodes: 10_000,
+                ..TraceOptions::default()
+            };
+            let t = s
+                .trace(&Path::parse(from).unwrap(), &opts, &mut |_, _| true)
+                .unwrap();
+            let scale = f64::from(t.value.abs()) + t.residual_total;
+            assert!(
+                t.expanded > 0 && t.expanded <= 60,
+                "{name}: expanded {}",
+                t.expanded
+            );
+            assert!(
+                close(t.frontier_total, f64::from(t.value), scale),
+                "{name} from `{from}`: frontier {} vs value {}",
+                t.frontier_total,
+                t.value
+            );
+            // every reported path is valid and has the reported value
+            assert!(!t.paths.is_empty());
+            for p in &t.paths {
+                let v = s.expand(&Path::parse(&p.path).unwrap()).unwrap().value;
+                assert!(
+                    close(f64::from(v), f64::from(p.value), 1.0),
+                    "{name}: `{}` traced {} vs expanded {v}",
+                    p.path,
+                    p.value
+                );
+            }
+            for w in t.paths.windows(2) {
+                assert!(
+                    w[0].value.abs() >= w[1].value.abs(),
+                    "{name}: paths not ranked"
+                );
+            }
+            // every graph node id is a valid path; edges join graph nodes
+            for n in &t.nodes {
+                s.validate(&Path::parse(&n.id).unwrap()).unwrap();
+            }
+            let ids: std::collections::HashSet<&str> =
+                t.nodes.iter().map(|n| n.id.as_str()).collect();
+            for e in &t.edges {
+                assert!(ids.contains(e.from.as_str()) && ids.contains(e.to.as_str()));
+            }
+            if from.is_empty() && !neurons {
+                // the root's site receives exactly the root's children: its in-edges add up
+                // to the value (the root has no remainder)
+                let root = t.nodes.iter().find(|n| n.label == "logit").unwrap();
+                let into: f64 = t
+                    .edges
+                    .iter()
+                    .filter(|e| e.to == root.id)
+                    .map(|e| f64::from(e.value))
+                    .sum();
+                assert!(
+                    close(into, f64::from(t.value), f64::from(t.value.abs())),
+                    "{name}: edges into the logit {into} vs {}",
+                    t.value
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ablation_matches_the_value_where_the_linear_story_is_exact() {
+    for name in TL_FIXTURES {
+        let s = session(name);
+        let n_layers = s.model().config.n_layers;
+        let last_mlp = Path::parse(&format!("L{}.mlp", n_layers - 1)).unwrap();
+        // the last MLP at the last position reaches the logit only through the unembedding:
+        // with the final norm's scale held, zeroing it changes the target by exactly its value
+        let ab = s
+            .ablate(std::slice::from_ref(&last_mlp), AblationMode::Zero, true)
+            .unwrap();
+        assert!(
+            close(
+                f64::from(ab.change),
+                f64::from(ab.node_sum),
+                f64::from(ab.node_sum.abs())
+            ),
+            "{name}: zeroing {last_mlp}: change {} vs value {}",
+            ab.change,
+            ab.node_sum
+        );
+        // an early attention layer has nonlinearities downstream: the real change differs
+        let early = Path::parse("L0.attn").unwrap();
+        let ab = s.ablate(&[early], AblationMode::Zero, false).unwrap();
+        assert!(
+            (ab.change - ab.node_sum).abs() > 1e-3,
+            "{name}: L0.attn change {} equals its value {}: the check cannot tell",
+            ab.change,
+            ab.node_sum
+        );
+        // mean ablation is a different intervention from zeroing
+        let mean = s
+            .ablate(std::slice::from_ref(&last_mlp), AblationMode::Mean, true)
+            .unwrap();
+        assert!(mean.ablated.is_finite() && (mean.ablated - ab.clean).abs() > 0.0);
+    }
+}
+
+#[test]
+fn a_last_layer_head_of_a_parallel_model_is_linear() {
+    // GPT-NeoX's MLP reads resid_pre, so a last-layer head reaches the logit only through the
+    // unembedding
+    let s = session("neox_parallel");
+    let l = s.model().config.n_layers - 1;
+    for h in 0..s.model().config.n_heads {
+        let p = Path::parse(&format!("L{l}.attn/H{h}")).unwrap();
+        let ab = s
+            .ablate(std::slice::from_ref(&p), AblationMode::Zero, true)
+            .unwrap();
+        assert!(
+            close(f64::from(ab.change), f64::from(ab.node_sum), 1.0),
+            "head {h}: change {} vs value {}",
+            ab.change,
+            ab.node_sum
+        );
+    }
+    // scores and remainders are not sites
+    for bad in [format!("L{l}.attn/H0/qk:1"), format!("L{l}.attn/bias")] {
+        let p = Path::parse(&bad).unwrap();
+        assert!(s.ablate(&[p], AblationMode::Zero, false).is_err(), "{bad}");
+    }
+}
