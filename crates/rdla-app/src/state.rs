@@ -175,6 +175,7 @@ pub struct AppState {
     pub graph: GraphState,
     /// Causal checks of the current computation, by path and mode.
     pub ablations: HashMap<(Path, AblationMode), Result<AblationReport, String>>,
+    ablating: HashSet<(Path, AblationMode)>,
 }
 
 impl AppState {
@@ -189,6 +190,8 @@ impl AppState {
             && !self.computing
             && self.pending.is_empty()
             && self.dirty_since.is_none()
+            && self.graph.tracing.is_none()
+            && self.ablating.is_empty()
     }
 
     pub fn current_path(&self) -> Path {
@@ -348,7 +351,10 @@ impl AppState {
                 Vec::new()
             }
             Action::Ablate(path, mode) => {
-                if self.computed.is_none() || self.ablations.contains_key(&(path.clone(), mode)) {
+                if self.computed.is_none()
+                    || self.ablations.contains_key(&(path.clone(), mode))
+                    || !self.ablating.insert((path.clone(), mode))
+                {
                     return Vec::new();
                 }
                 vec![Command::Ablate {
@@ -491,6 +497,7 @@ impl AppState {
                 mode,
                 result,
             } => {
+                self.ablating.remove(&(path.clone(), mode));
                 if id == self.compute_id {
                     self.ablations.insert((path, mode), result.map(|r| *r));
                 }
@@ -518,7 +525,9 @@ impl AppState {
         self.computed = None;
         self.views.clear();
         self.ablations.clear();
+        self.ablating.clear();
         self.graph.trace = None;
+        self.graph.tracing = None;
         self.status = "the compute worker stopped unexpectedly and was restarted".into();
     }
 }

@@ -259,3 +259,87 @@ fn rotary_models_show_their_own_components() {
     let hm = h.state().current_view().unwrap().heatmap.clone();
     assert_eq!(hm.rows, ["embed", "L0.attn", "L0.mlp", "L1.attn", "L1.mlp"]);
 }
+
+#[test]
+fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
+    use rdla_attrib::Units;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    let last = h.state().state.model.as_ref().unwrap().n_layers - 1;
+    let head = format!("L{last}.attn/H1");
+    click(&mut h, &head);
+    // a cell of the attention strip → the score to that key
+    let score = format!("{head}/qk:7");
+    click(&mut h, &format!("score {score}"));
+    assert_eq!(h.state().current_path().to_string(), score);
+    {
+        let view = h.state().current_view().unwrap().clone();
+        let ex = &view.expansion;
+        let table = ex.table.as_ref().expect("a score has a table");
+        assert!((table.sum() as f32 - ex.value).abs() < 1e-4 * ex.value.abs().max(1.0));
+        assert_eq!(ex.units, Units::Score);
+        assert_eq!(view.heatmap.units, rdla_session::view::SCORE_UNITS);
+        assert!(
+            view.attention.is_some(),
+            "the key picker needs the attention row"
+        );
+    }
+    // a table cell → the query side's component, still in score units
+    let side = format!("{score}/q/L0.mlp");
+    click(&mut h, &format!("{side} (L0.mlp × L0.attn)"));
+    assert_eq!(h.state().current_path().to_string(), side);
+    assert_eq!(
+        h.state().current_view().unwrap().expansion.units,
+        Units::Score
+    );
+    // back to the score, then the contrast with the average key
+    click(&mut h, &format!("crumb {score}"));
+    click(&mut h, "more than average");
+    assert_eq!(
+        h.state().current_path().to_string(),
+        format!("{head}/qk:7-mean")
+    );
+    // an MLP's neuron list
+    click(&mut h, "crumb root");
+    click(&mut h, "L0.mlp");
+    let neuron = h
+        .state()
+        .current_view()
+        .unwrap()
+        .expansion
+        .neurons
+        .clone()
+        .unwrap()[0]
+        .step
+        .clone();
+    click(&mut h, &neuron);
+    assert_eq!(
+        h.state().current_path().to_string(),
+        format!("L0.mlp/{neuron}")
+    );
+    assert!(h.state().current_view().unwrap().expansion.tokens.is_some());
+    // the causal check of the neuron
+    click(&mut h, "zero it");
+    let key = (
+        h.state().current_path(),
+        rdla_model::model::ablate::AblationMode::Zero,
+    );
+    let r = h
+        .state()
+        .state
+        .ablations
+        .get(&key)
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!((r.clean - r.ablated - r.change).abs() < 1e-5);
+    // the graph from the root, and a click on a site opens the explorer there
+    click(&mut h, "crumb root");
+    click(&mut h, "Trace graph from here");
+    let trace = h.state().state.graph.trace.clone().expect("traced");
+    assert!((trace.frontier_total - f64::from(trace.value)).abs() < 1e-3);
+    assert!(h.state().state.graph.open);
+    click(&mut h, "site L0.mlp");
+    assert!(!h.state().state.graph.open);
+    assert_eq!(h.state().current_path().to_string(), "L0.mlp");
+}

@@ -285,6 +285,7 @@ mod tests {
             targets: vec![None; rows * cols],
             strip: strip.then(|| ("attention".into(), vec![0.5; cols])),
             strip_targets: Vec::new(),
+            shared_targets: false,
             column_bars: bars,
             units: "logit units".into(),
         }

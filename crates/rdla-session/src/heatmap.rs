@@ -17,6 +17,9 @@ pub struct Heatmap {
     pub values: Vec<Option<f32>>,
     /// Where clicking each cell leads (`None`: not expandable / absent).
     pub targets: Vec<Option<Path>>,
+    /// Several cells lead to the same path (a score's table: every cell of a row leads to its
+    /// query-side component); their accessible labels then name the cell too.
+    pub shared_targets: bool,
     /// A strip above the columns (a head's attention pattern over source positions), with
     /// its label.
     pub strip: Option<(String, Vec<f32>)>,

@@ -509,7 +509,7 @@ impl Canvas<'_> {
             let t = i as f32 / steps as f32;
             self.disc(
                 (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t),
-                width / 2.0,
+                (width / 2.0).max(0.75 / self.scale),
                 color,
             );
         }

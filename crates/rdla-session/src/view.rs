@@ -62,6 +62,7 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         title: title.to_string(),
         strip: None,
         strip_targets: Vec::new(),
+        shared_targets: false,
         column_bars: false,
         units: LOGIT_UNITS.into(),
         subtitle: if ov.layout.has_pos {
@@ -118,6 +119,7 @@ pub fn node_heatmap(
         subtitle,
         strip: None,
         strip_targets: Vec::new(),
+        shared_targets: false,
         column_bars: false,
         units: units_label(ex.units).into(),
         row_title: String::new(),
@@ -142,6 +144,7 @@ pub fn node_heatmap(
         hm.rows = t.rows.clone();
         hm.cols = t.cols.clone();
         hm.column_bars = true;
+        hm.shared_targets = true;
         let side = |s: Side, label: &str| {
             Comp::parse(label).map(|c| path.child(Step::Side(s)).child(Step::Comp(c)))
         };

@@ -58,6 +58,8 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
             .on_hover_text("node expansions per trace");
         ui.checkbox(&mut state.graph.neurons, "neurons")
             .on_hover_text("split MLPs into their largest neurons");
+    });
+    ui.horizontal_wrapped(|ui| {
         ui.label("threshold");
         ui.add(
             egui::Slider::new(&mut state.graph.threshold, 0.0..=0.5)
@@ -96,15 +98,17 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
         return;
     };
     let shown = pruned(trace, state.graph.threshold, state.graph.max_nodes);
-    ui.label(graph::summary(trace));
+    ui.add(egui::Label::new(graph::summary(trace)).wrap());
     ui.label(format!(
         "showing {} sites and {} edges (threshold {:.1}% of |value|) · click a site to open it",
         shown.nodes.len(),
         shown.edges.len(),
         100.0 * state.graph.threshold
     ));
+    // the visible part of the panel (a wide controls row must not widen the drawing)
+    let visible = ui.clip_rect().right() - ui.cursor().left();
     let avail = ui.available_size();
-    let size = (avail.x.max(300.0), avail.y.max(240.0));
+    let size = (avail.x.min(visible).max(300.0), avail.y.max(240.0));
     let layout = graph::layout(&shown, &state.tokens.strs, n_layers, size);
     let (rect, _) = ui.allocate_exact_size(Vec2::new(size.0, size.1), Sense::hover());
     let o = rect.min;

@@ -350,10 +350,11 @@ impl HeatmapView<'_> {
                 Sense::hover()
             },
         );
-        let label = target.map_or_else(
-            || format!("{} {}", hm.rows[r], hm.cols[c]),
-            ToString::to_string,
-        );
+        let label = match target {
+            None => format!("{} {}", hm.rows[r], hm.cols[c]),
+            Some(t) if hm.shared_targets => format!("{t} ({} × {})", hm.rows[r], hm.cols[c]),
+            Some(t) => t.to_string(),
+        };
         resp.widget_info(|| egui::WidgetInfo::labeled(Role::Button, target.is_some(), &label));
         if resp.hovered() {
             out.hovered = Some((r, c));
