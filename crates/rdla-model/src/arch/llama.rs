@@ -1,5 +1,5 @@
 //! The Llama family: `LlamaForCausalLM` (Llama 2/3, SmolLM), `Qwen2ForCausalLM` (q/k/v
-//! biases), `MistralForCausalLM`. Weights are `nn.Linear` (`[out, in]`); RMSNorm (weight
+//! biases), `MistralForCausalLM`, `Phi3ForCausalLM` (fused `qkv_proj` and `gate_up_proj`). Weights are `nn.Linear` (`[out, in]`); RMSNorm (weight
 //! only); rotary embeddings; grouped-query attention (`k_proj`/`v_proj` have
 //! `num_key_value_heads` heads); SwiGLU MLP `down(silu(gate(x)) ⊙ up(x))`.
 //!
@@ -59,6 +59,11 @@ pub static QWEN2: Family = member(
     &["Qwen2ForCausalLM", "Qwen2Model"],
     qwen2_config,
 );
+/// Phi-3: the Llama layout with fused `qkv_proj` (`[(H + 2·KV)·dh, d]`, rows Q, K, V) and
+/// `gate_up_proj` (`[2·d_mlp, d]`, rows gate then up), no biases, partial rotary
+/// (`partial_rotary_factor`). Reference: TransformerLens `weight_conversions/phi3.py`.
+pub static PHI3: Family = member(&["phi3"], &["Phi3ForCausalLM", "Phi3Model"], phi3_config);
+
 pub static MISTRAL: Family = member(
     &["mistral"],
     &["MistralForCausalLM", "MistralModel"],
@@ -118,6 +123,25 @@ fn llama_like(
 
 fn llama_config(json: &serde_json::Value) -> Result<ModelConfig> {
     llama_like(json, &LLAMA, |_, n| Ok(vec![AttnSpan::Global; n]))
+}
+
+/// Phi-3: `sliding_window` (when set) is a local window on every layer, as in Mistral.
+fn phi3_config(json: &serde_json::Value) -> Result<ModelConfig> {
+    llama_like(json, &PHI3, |r, n| {
+        Ok(vec![
+            match r.sliding_window {
+                Some(w) if w > 0 => AttnSpan::Local(bounded(w, "sliding_window", MAX_CTX)?),
+                _ => AttnSpan::Global,
+            };
+            n
+        ])
+    })
+}
+
+/// Rows `a..b` of a `[rows, cols]` tensor.
+fn rows(t: &HostTensor, a: usize, b: usize) -> HostTensor {
+    let cols = t.shape[1];
+    HostTensor::new(vec![b - a, cols], t.data[a * cols..b * cols].to_vec())
 }
 
 /// Mistral: `sliding_window` (when set) is a local window on every layer.
@@ -181,23 +205,43 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
         cfg.d_mlp,
         cfg.d_vocab,
     );
+    // Phi-3 fuses q/k/v and gate/up
+    let fused = std::ptr::eq(cfg.family, &PHI3);
     let w_e = k.get("embed_tokens.weight", &[v, d])?;
     let w_u = k.unembed_while(cfg, &w_e, |k| {
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}");
             let a = format!("{p}.self_attn");
             let ln1 = k.rms_norm(&format!("{p}.input_layernorm"), d)?;
-            let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
-            let kk = k.get(&format!("{a}.k_proj.weight"), &[kv * dh, d])?;
-            let vv = k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?;
+            let (q, kk, vv) = if fused {
+                let qkv = k.get(&format!("{a}.qkv_proj.weight"), &[(h + 2 * kv) * dh, d])?;
+                (
+                    rows(&qkv, 0, h * dh),
+                    rows(&qkv, h * dh, (h + kv) * dh),
+                    rows(&qkv, (h + kv) * dh, (h + 2 * kv) * dh),
+                )
+            } else {
+                (
+                    k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?,
+                    k.get(&format!("{a}.k_proj.weight"), &[kv * dh, d])?,
+                    k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?,
+                )
+            };
             let b_q = k.get_or_zeros(&format!("{a}.q_proj.bias"), &[h * dh])?;
             let b_k = k.get_or_zeros(&format!("{a}.k_proj.bias"), &[kv * dh])?;
             let b_v = k.get_or_zeros(&format!("{a}.v_proj.bias"), &[kv * dh])?;
             let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
             let b_o = k.get_or_zeros(&format!("{a}.o_proj.bias"), &[d])?;
             let ln2 = k.rms_norm(&format!("{p}.post_attention_layernorm"), d)?;
-            let gate = k.get(&format!("{p}.mlp.gate_proj.weight"), &[dm, d])?;
-            let up = k.get(&format!("{p}.mlp.up_proj.weight"), &[dm, d])?;
+            let (gate, up) = if fused {
+                let gu = k.get(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * dm, d])?;
+                (rows(&gu, 0, dm), rows(&gu, dm, 2 * dm))
+            } else {
+                (
+                    k.get(&format!("{p}.mlp.gate_proj.weight"), &[dm, d])?,
+                    k.get(&format!("{p}.mlp.up_proj.weight"), &[dm, d])?,
+                )
+            };
             let down = k.get(&format!("{p}.mlp.down_proj.weight"), &[d, dm])?;
             sink(CanonLayer {
                 ln1: Some(ln1),

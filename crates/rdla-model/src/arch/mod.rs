@@ -133,6 +133,7 @@ pub static FAMILIES: &[&Family] = &[
     &llama::LLAMA,
     &llama::QWEN2,
     &llama::MISTRAL,
+    &llama::PHI3,
 ];
 
 /// `model_type` (or, when it is absent, an `architectures` entry) → family.
