@@ -149,6 +149,8 @@ pub struct ModelConfig {
     pub parallel_residual: bool,
     /// SwiGLU-style MLP: `act(x W_gate) ⊙ (x W_in + b_in)`.
     pub gated_mlp: bool,
+    /// Per-head RMSNorm on queries and keys before the rotary map (Qwen3).
+    pub qk_norm: bool,
 }
 
 impl ModelConfig {
@@ -185,6 +187,7 @@ impl ModelConfig {
             positional: Positional::Learned,
             parallel_residual: false,
             gated_mlp: false,
+            qk_norm: false,
         })
     }
 

@@ -10,7 +10,7 @@ use rdla_model::{Device, Model, Processing, WeightStore};
 
 /// The TransformerLens reference fixtures: `generate.py` (GPT-2, GPT-Neo) and
 /// `generate_families.py` (GPT-NeoX, Llama, Qwen2, Mistral).
-pub const TL_FIXTURES: [&str; 8] = [
+pub const TL_FIXTURES: [&str; 9] = [
     "gpt2_tied",
     "gpt2_untied",
     "gptneo_local",
@@ -19,6 +19,7 @@ pub const TL_FIXTURES: [&str; 8] = [
     "qwen2",
     "mistral",
     "phi3",
+    "qwen3",
 ];
 
 pub fn fixtures_dir() -> PathBuf {

@@ -147,6 +147,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 w_in,
                 b_in,
                 w_gate: None,
+                qk_norm: None,
                 w_out,
                 b_out,
             })?;

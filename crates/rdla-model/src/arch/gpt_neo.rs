@@ -203,6 +203,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 w_in: transpose(&fc),
                 b_in,
                 w_gate: None,
+                qk_norm: None,
                 w_out: transpose(&proj),
                 b_out,
             })?;

@@ -64,6 +64,14 @@ pub static QWEN2: Family = member(
 /// (`partial_rotary_factor`). Reference: TransformerLens `weight_conversions/phi3.py`.
 pub static PHI3: Family = member(&["phi3"], &["Phi3ForCausalLM", "Phi3Model"], phi3_config);
 
+/// Qwen3: the Qwen2 layout without q/k/v biases, with a per-head RMSNorm on queries and keys
+/// (`q_norm`, `k_norm`, weight `[d_head]`) before the rotary map.
+pub static QWEN3: Family = member(
+    &["qwen3"],
+    &["Qwen3ForCausalLM", "Qwen3Model"],
+    qwen3_config,
+);
+
 pub static MISTRAL: Family = member(
     &["mistral"],
     &["MistralForCausalLM", "MistralModel"],
@@ -157,43 +165,53 @@ fn mistral_config(json: &serde_json::Value) -> Result<ModelConfig> {
     })
 }
 
+/// Qwen3: Qwen2's attention spans, and q/k norms.
+fn qwen3_config(json: &serde_json::Value) -> Result<ModelConfig> {
+    Ok(ModelConfig {
+        qk_norm: true,
+        ..llama_like(json, &QWEN3, qwen2_spans)?
+    })
+}
+
 /// Qwen2: `layer_types`, else `use_sliding_window` from `max_window_layers` on.
 fn qwen2_config(json: &serde_json::Value) -> Result<ModelConfig> {
-    llama_like(json, &QWEN2, |r, n_layers| {
-        if let Some(types) = &r.layer_types {
-            if types.len() != n_layers {
-                return Err(ModelError::InvalidConfigField {
+    llama_like(json, &QWEN2, qwen2_spans)
+}
+
+fn qwen2_spans(r: &Raw, n_layers: usize) -> Result<Vec<AttnSpan>> {
+    if let Some(types) = &r.layer_types {
+        if types.len() != n_layers {
+            return Err(ModelError::InvalidConfigField {
+                field: "layer_types",
+                reason: format!("{} entries for {n_layers} layers", types.len()),
+            });
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                "full_attention" => Ok(AttnSpan::Global),
+                "sliding_attention" => Ok(AttnSpan::Local(r.window()?)),
+                other => Err(ModelError::InvalidConfigField {
                     field: "layer_types",
-                    reason: format!("{} entries for {n_layers} layers", types.len()),
-                });
-            }
-            return types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "full_attention" => Ok(AttnSpan::Global),
-                    "sliding_attention" => Ok(AttnSpan::Local(r.window()?)),
-                    other => Err(ModelError::InvalidConfigField {
-                        field: "layer_types",
-                        reason: format!("unknown layer type `{other}`"),
-                    }),
-                })
-                .collect();
-        }
-        if r.use_sliding_window == Some(true) {
-            let w = r.window()?;
-            let from = r.max_window_layers.unwrap_or(n_layers);
-            return Ok((0..n_layers)
-                .map(|l| {
-                    if l >= from {
-                        AttnSpan::Local(w)
-                    } else {
-                        AttnSpan::Global
-                    }
-                })
-                .collect());
-        }
-        Ok(vec![AttnSpan::Global; n_layers])
-    })
+                    reason: format!("unknown layer type `{other}`"),
+                }),
+            })
+            .collect();
+    }
+    if r.use_sliding_window == Some(true) {
+        let w = r.window()?;
+        let from = r.max_window_layers.unwrap_or(n_layers);
+        return Ok((0..n_layers)
+            .map(|l| {
+                if l >= from {
+                    AttnSpan::Local(w)
+                } else {
+                    AttnSpan::Global
+                }
+            })
+            .collect());
+    }
+    Ok(vec![AttnSpan::Global; n_layers])
 }
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
@@ -233,6 +251,14 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
             let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
             let b_o = k.get_or_zeros(&format!("{a}.o_proj.bias"), &[d])?;
             let ln2 = k.rms_norm(&format!("{p}.post_attention_layernorm"), d)?;
+            let qk_norm = if cfg.qk_norm {
+                Some((
+                    k.get(&format!("{a}.q_norm.weight"), &[dh])?,
+                    k.get(&format!("{a}.k_norm.weight"), &[dh])?,
+                ))
+            } else {
+                None
+            };
             let (gate, up) = if fused {
                 let gu = k.get(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * dm, d])?;
                 (rows(&gu, 0, dm), rows(&gu, dm, 2 * dm))
@@ -258,6 +284,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 w_in: transpose(&up),
                 b_in: HostTensor::zeros(vec![dm]),
                 w_gate: Some(transpose(&gate)),
+                qk_norm,
                 w_out: transpose(&down),
                 b_out: HostTensor::zeros(vec![d]),
             })?;

@@ -45,6 +45,9 @@ pub struct CanonLayer {
     pub w_gate: Option<HostTensor>,
     pub w_out: HostTensor,
     pub b_out: HostTensor,
+    /// Per-head RMSNorm weights `[dh]` of the queries and keys (Qwen3), applied to each head's
+    /// query/key before the rotary map; not folded (the norm's scale depends on the projection).
+    pub qk_norm: Option<(HostTensor, HostTensor)>,
 }
 
 /// A whole model in TransformerLens layout: `w_e [V, d]`, `w_pos [n_ctx, d]` (learned
@@ -134,6 +137,7 @@ pub static FAMILIES: &[&Family] = &[
     &llama::QWEN2,
     &llama::MISTRAL,
     &llama::PHI3,
+    &llama::QWEN3,
 ];
 
 /// `model_type` (or, when it is absent, an `architectures` entry) → family.

@@ -34,6 +34,8 @@ pub struct Cache {
     /// Keys `[L, KV, P, dh]` (bias added, rotated) and values `[L, KV, P, dh]`.
     pub k: Tensor<4>,
     pub v: Tensor<4>,
+    /// Frozen scales of the per-head query/key norms (Qwen3): `[L, H, P]`, `[L, KV, P]`.
+    pub qk_scale: Option<(Tensor<3>, Tensor<3>)>,
     /// Logits at the last position `[V]`.
     pub last_logits: Tensor<1>,
 }

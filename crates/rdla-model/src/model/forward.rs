@@ -66,6 +66,21 @@ impl Model {
         (xn, scale.squeeze_dim::<1>(1))
     }
 
+    /// A per-head RMSNorm over the last axis of `x [heads, P, dh]` with weight `w [1, dh]`:
+    /// the normalised `x` and its scale `[heads, P]`.
+    fn head_norm(&self, x: Tensor<3>, w: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
+        let s = x
+            .clone()
+            .square()
+            .mean_dim(2)
+            .add_scalar(self.config.ln_eps)
+            .sqrt(); // [heads, P, 1]
+        (
+            x / s.clone() * w.unsqueeze_dim::<3>(0),
+            s.squeeze_dim::<2>(2),
+        )
+    }
+
     fn layer_ln(ln: &Option<(Tensor<2>, Tensor<2>)>, l: usize) -> Option<(Tensor<1>, Tensor<1>)> {
         ln.as_ref().map(|(w, b)| {
             (
@@ -167,6 +182,7 @@ impl Model {
         let mut qs = Tensor::<4>::empty([n_l, h, n, dh], dev);
         let mut ks = Tensor::<4>::empty([n_l, kv, n, dh], dev);
         let mut vs = Tensor::<4>::empty([n_l, kv, n, dh], dev);
+        let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
 
         for l in 0..n_l {
             let layer = |t: &Tensor<4>| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
@@ -180,8 +196,30 @@ impl Model {
             // attention: queries, keys and values for every position, then blocks of queries
             let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&w.ln1, l));
             let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
-            let q = rotate(xh.clone().matmul(layer(&w.w_q)) + layer3(&w.b_q).unsqueeze_dim::<3>(1)); // [H, P, dh]
-            let k = rotate(xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1)); // [KV, P, dh]
+            let q = xh.clone().matmul(layer(&w.w_q)) + layer3(&w.b_q).unsqueeze_dim::<3>(1); // [H, P, dh]
+            let k = xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1); // [KV, P, dh]
+            let (q, k) = match &w.qk_norm {
+                Some((qn, kn)) => {
+                    let (q, sq) = self.head_norm(q, layer2(qn));
+                    let (k, sk) = self.head_norm(k, layer2(kn));
+                    let (qs, ks) = qk_scales.get_or_insert_with(|| {
+                        (
+                            Tensor::<3>::empty([n_l, h, n], dev),
+                            Tensor::<3>::empty([n_l, kv, n], dev),
+                        )
+                    });
+                    *qs = qs
+                        .clone()
+                        .slice_assign([l..l + 1, 0..h, 0..n], sq.unsqueeze_dim::<3>(0));
+                    *ks = ks
+                        .clone()
+                        .slice_assign([l..l + 1, 0..kv, 0..n], sk.unsqueeze_dim::<3>(0));
+                    (q, k)
+                }
+                None => (q, k),
+            };
+            let q = rotate(q);
+            let k = rotate(k);
             let v = xh.matmul(layer(&w.w_v)) + layer3(&w.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
             let span = cfg.attn_spans[l];
             let mut z = Tensor::<3>::empty([h, n, dh], dev);
@@ -267,6 +305,7 @@ impl Model {
             q: qs,
             k: ks,
             v: vs,
+            qk_scale: qk_scales,
             last_logits,
         })
     }

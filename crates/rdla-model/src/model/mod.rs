@@ -55,6 +55,8 @@ pub struct Weights {
     pub w_out: Tensor<3>,
     /// `[L, d]`
     pub b_out: Tensor<2>,
+    /// Per-head RMSNorm weights of queries and keys `[L, dh]` each (Qwen3).
+    pub qk_norm: Option<(Tensor<2>, Tensor<2>)>,
     /// `[d, V]`
     pub w_u: Tensor<2>,
     /// `[V]`
@@ -112,6 +114,7 @@ struct LayerStacks {
     w_gate: Option<Stack>,
     w_out: Stack,
     b_out: Stack,
+    qk_norm: Option<(Stack, Stack)>,
     /// LayerNorm weights and biases (only when not folded).
     ln1: Option<(Stack, Stack)>,
     ln2: Option<(Stack, Stack)>,
@@ -145,6 +148,11 @@ impl LayerStacks {
         }
         if let Some(g) = &l.w_gate {
             self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
+        }
+        if let Some((qn, kn)) = &l.qk_norm {
+            let (q, k) = self.qk_norm.get_or_insert_with(Default::default);
+            q.push_t(qn, n);
+            k.push_t(kn, n);
         }
         for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
             if let Some(ln) = src {
@@ -196,6 +204,9 @@ impl Weights {
             w_gate: stacks.w_gate.map(|g| g.upload(n, device)),
             w_out: stacks.w_out.upload(n, device),
             b_out: stacks.b_out.upload(n, device),
+            qk_norm: stacks
+                .qk_norm
+                .map(|(q, k)| (q.upload(n, device), k.upload(n, device))),
             w_u: upload(w_u, device),
             b_u: upload(b_u, device),
         }

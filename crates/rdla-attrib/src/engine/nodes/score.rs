@@ -77,6 +77,38 @@ impl Engine<'_> {
         }
     }
 
+    /// The frozen per-head query (`key: false`, head `h`) or key (`key: true`, key/value head
+    /// `h`) norm of layer `l` at `positions`, as a diagonal factor `w / s[l, h, p]`:
+    /// `[n, dh]` (`None` without q/k norms). It acts before the rotary map.
+    fn qk_norm_factor(
+        &self,
+        l: usize,
+        h: usize,
+        positions: &[usize],
+        key: bool,
+    ) -> Option<Tensor<2>> {
+        let (wq, wk) = self.model.weights.qk_norm.as_ref()?;
+        let (sq, sk) = self.cache.qk_scale.as_ref()?;
+        let (w, s) = if key { (wk, sk) } else { (wq, sq) };
+        let dh = self.model.config.d_head;
+        let p = self.n_pos();
+        let scale = s
+            .clone()
+            .narrow(0, l, 1)
+            .narrow(1, h, 1)
+            .reshape([p])
+            .select(0, self.int_index(positions)); // [n]
+        Some(w.clone().narrow(0, l, 1).reshape([1, dh]) / scale.unsqueeze_dim::<2>(1))
+    }
+
+    /// `x [n, dh] ⊙ factor` where there is a q/k norm.
+    fn times(x: Tensor<2>, factor: Option<Tensor<2>>) -> Tensor<2> {
+        match factor {
+            Some(f) => x * f,
+            None => x,
+        }
+    }
+
     /// The score's scale `σ`.
     fn sigma(&self) -> f32 {
         self.model.config.attn_scale
@@ -138,7 +170,10 @@ impl Engine<'_> {
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, h) = (id.layer, id.head);
         let keys = self.score_keys(id, q);
-        let y = self.rotate_rows(self.k_hat_w(id, &keys), &[q], true); // [1, dh]
+        let y = Self::times(
+            self.rotate_rows(self.k_hat_w(id, &keys), &[q], true),
+            self.qk_norm_factor(l, h, &[q], false),
+        ); // [1, dh]
         let w_q = w
             .w_q
             .clone()
@@ -164,7 +199,10 @@ impl Engine<'_> {
         let (l, hk) = (id.layer, id.head / self.group());
         let keys = self.score_keys(id, q);
         let nk = keys.keys.len();
-        let y = self.rotate_rows(self.q_hat(l, id.head, q).expand([nk, dh]), &keys.keys, true); // [nk, dh]
+        let y = Self::times(
+            self.rotate_rows(self.q_hat(l, id.head, q).expand([nk, dh]), &keys.keys, true),
+            self.qk_norm_factor(l, hk, &keys.keys, true),
+        ); // [nk, dh]
         let w_k = w
             .w_k
             .clone()
@@ -208,7 +246,10 @@ impl Engine<'_> {
             .narrow(1, h, 1)
             .reshape([1, dh]);
         let xq = self.c(self.comps_at(n, q)) / self.s1_at(l, &[q]).unsqueeze_dim::<2>(1); // [n, d]
-        let q_parts = Tensor::cat(vec![xq.matmul(w_q), b_q], 0); // [n+1, dh]
+        let q_parts = Self::times(
+            Tensor::cat(vec![xq.matmul(w_q), b_q], 0), // [n+1, dh]
+            self.qk_norm_factor(l, h, &[q], false),
+        );
         let q_parts = self.rotate_rows(q_parts, &vec![q; n + 1], false);
 
         let w_k = w
@@ -232,11 +273,14 @@ impl Engine<'_> {
                 .select(1, self.int_index(&keys.keys))
                 .swap_dims(0, 1)) // [nk, n, d]
             / self.s1_at(l, &keys.keys).reshape([nk, 1, 1]);
-        let k_parts = Tensor::cat(
+        let mut k_parts = Tensor::cat(
             vec![xk.matmul(w_k.expand([nk, d, dh])), b_k.expand([nk, 1, dh])],
             1,
-        ) // [nk, n+1, dh]
-        .reshape([nk * (n + 1), dh]);
+        ); // [nk, n+1, dh]
+        if let Some(f) = self.qk_norm_factor(l, hk, &keys.keys, true) {
+            k_parts = k_parts * f.unsqueeze_dim::<3>(1); // [nk, 1, dh]
+        }
+        let k_parts = k_parts.reshape([nk * (n + 1), dh]);
         let positions: Vec<usize> = keys
             .keys
             .iter()
