@@ -52,14 +52,21 @@ pub struct Timings {
     pub attribution: f64,
 }
 
+/// Above this many values `head_breakdown` (`[L][H][P][C]`, the one table that grows with the
+/// prompt times the model) is left out of the JSON unless asked for: at 8,192 tokens on a
+/// 30-layer model it would be gigabytes of text.
+pub const BREAKDOWN_LIMIT: usize = 2_000_000;
+
 /// The JSON report (DESIGN.md §3.1): the documented keys, plus a few extra ones (`model`,
-/// `device`, `processing`, `mlp_mode`, `attn_bias`, `answer`).
+/// `device`, `processing`, `mlp_mode`, `attn_bias`, `answer`). `full_breakdown` keeps
+/// `head_breakdown` whatever its size.
 pub fn report_json(
     model: &Model,
     c: &Computed,
     node: Option<&Expansion>,
     timings: Timings,
     device: &str,
+    full_breakdown: bool,
 ) -> Value {
     let o = &c.overview;
     let cfg = &model.config;
@@ -91,6 +98,19 @@ pub fn report_json(
     if let Some(map) = v.as_object_mut() {
         // inserted, not written inside `json!` (which would serialise a second copy of
         // each tree; `head_breakdown` is the largest thing in the process after the model)
+        let n_breakdown = o.head_breakdown.data.len();
+        let omit = !full_breakdown && n_breakdown > BREAKDOWN_LIMIT;
+        if omit {
+            map.insert(
+                "head_breakdown_omitted".into(),
+                json!({
+                    "shape": o.head_breakdown.shape,
+                    "values": n_breakdown,
+                    "limit": BREAKDOWN_LIMIT,
+                    "reason": "head_breakdown is larger than the limit; pass --full-breakdown to write it, or --path L{l}.attn/H{h} for one head's sources",
+                }),
+            );
+        }
         for (key, array) in [
             ("components", &o.components),
             ("head_dla", &o.head_dla),
@@ -99,6 +119,9 @@ pub fn report_json(
             ("mlp_breakdown", &o.mlp_breakdown),
             ("mlp_bias", &o.mlp_bias),
         ] {
+            if omit && key == "head_breakdown" {
+                continue;
+            }
             map.insert(key.into(), array.to_json());
         }
         if let Some(node) = node {

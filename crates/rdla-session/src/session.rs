@@ -411,7 +411,12 @@ impl Session {
 
     /// The JSON report (DESIGN.md §3.1) of the current computation, with `node` expanded when
     /// given.
-    pub fn report(&self, node: Option<&Expansion>, load_ms: f64) -> Result<serde_json::Value> {
+    pub fn report(
+        &self,
+        node: Option<&Expansion>,
+        load_ms: f64,
+        full_breakdown: bool,
+    ) -> Result<serde_json::Value> {
         let cur = self.current()?;
         let c = &cur.computed;
         Ok(crate::report::report_json(
@@ -424,6 +429,7 @@ impl Session {
                 attribution: c.attribution_ms,
             },
             &self.device.to_string(),
+            full_breakdown,
         ))
     }
 

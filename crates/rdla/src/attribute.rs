@@ -61,6 +61,9 @@ pub struct AttributeArgs {
     /// What an ablated site becomes: `zero`, or `mean` (its mean over the prompt's positions).
     #[arg(long, default_value = "zero")]
     pub ablation: AblationMode,
+    /// Write `head_breakdown` even above its size limit (long prompts on large models).
+    #[arg(long)]
+    pub full_breakdown: bool,
     /// Hold the final norm's scale at the clean run's value in the ablated run.
     #[arg(long)]
     pub freeze_final_norm: bool,
@@ -107,7 +110,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         session.write_output(csv, session.csv(node)?.as_bytes())?;
     }
     let report = || -> anyhow::Result<serde_json::Value> {
-        let mut r = session.report(node, load)?;
+        let mut r = session.report(node, load, a.full_breakdown)?;
         if let (Some(ab), Some(map)) = (&ablation, r.as_object_mut()) {
             map.insert("ablation".into(), serde_json::to_value(ab)?);
         }

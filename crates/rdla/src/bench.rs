@@ -69,6 +69,9 @@ pub struct BenchArgs {
     /// Benchmark the checkpoint already in --dir instead of generating one.
     #[arg(long, requires = "dir", conflicts_with = "generate_only")]
     pub existing: bool,
+    /// Node expansions in the timed trace (0: no trace).
+    #[arg(long, default_value_t = 2000)]
+    pub trace_budget: usize,
     /// Target token id (the answer whose logit is attributed).
     #[arg(long, default_value_t = 1)]
     pub answer_id: u32,
@@ -444,9 +447,9 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     );
     println!("load + processing: {load:.0} ms");
     println!(
-        "| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) | qk node (ms) | MLP + neurons (ms) | trace 2000 (ms) |"
+        "| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) | qk node (ms) | MLP + neurons (ms) | trace (ms) | peak RSS (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rng = Rng(42);
     let mut rows = Vec::new();
     for &p in &a.lengths {
@@ -491,7 +494,8 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         rows.push(serde_json::json!({
             "tokens": p, "forward_ms": fwd, "overview_ms": ov, "drill_ms": drill,
             "forward_min_ms": fwd_min, "overview_min_ms": ov_min, "drill_min_ms": drill_min,
-            "drill_path": path_text, "qk_ms": qk, "mlp_neurons_ms": mlp, "trace_2000_ms": trace,
+            "drill_path": path_text, "qk_ms": qk, "mlp_neurons_ms": mlp,
+            "trace_ms": trace, "trace_budget": a.trace_budget, "peak_rss_mib": peak_rss_mib(),
         }));
     }
     if let Some(file) = &a.json {
