@@ -99,32 +99,22 @@ pub struct Trace {
     pub timed_out: bool,
 }
 
-/// A frontier entry, ordered by |value|.
-#[derive(Debug, Clone)]
-struct Entry {
-    key: f32,
-    seq: usize,
-    path: Path,
+/// A traced node: its parent in the arena (`None` for the start), the step from it, its
+/// value and its site. Paths are rebuilt from the arena only for what is reported, so a
+/// frontier of millions of children costs a few dozen bytes each.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    parent: Option<u32>,
+    step: Option<Step>,
     value: f32,
-    site: Option<Site>,
+    site: Option<SiteKey>,
 }
 
-/// A site's label, drawing row and position.
-type Site = (String, f32, usize);
-
-/// Whether a step names a leaf (nothing to expand).
-fn is_leaf_step(step: Option<&Step>) -> bool {
-    matches!(
-        step,
-        Some(
-            Step::Bias
-                | Step::Comp(Comp::Embed | Comp::Pos)
-                | Step::Source {
-                    comp: Comp::Embed | Comp::Pos,
-                    ..
-                }
-        )
-    )
+/// A frontier entry: an arena index, ordered by |value| (earlier entries first among ties).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: f32,
+    idx: u32,
 }
 
 impl PartialEq for Entry {
@@ -140,121 +130,198 @@ impl PartialOrd for Entry {
 }
 impl Ord for Entry {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        // largest |value| first; earlier entries first among ties
         self.key
             .total_cmp(&o.key)
-            .then_with(|| o.seq.cmp(&self.seq))
+            .then_with(|| o.idx.cmp(&self.idx))
     }
 }
 
-/// The site of a node: its label, drawing row and position; `None` for nodes that are not
-/// sites (remainders).
-fn site(ex: &Expansion, n_layers: usize) -> Option<Site> {
-    let p = ex.position;
-    Some(match ex.kind {
-        NodeKind::Root => ("logit".into(), n_layers as f32, p),
-        NodeKind::Component { comp } => match comp.0 {
-            Comp::Embed => ("embed".into(), -1.0, p),
-            Comp::Pos => ("pos".into(), -1.0, p),
-            Comp::Attn(l) => (format!("L{l}.attn"), l as f32, p),
-            Comp::Mlp(l) => (format!("L{l}.mlp"), l as f32 + 0.5, p),
-        },
-        NodeKind::Head { layer, head } => (format!("L{layer}.H{head}"), layer as f32, p),
-        NodeKind::Neuron { layer, neuron } => {
-            (format!("L{layer}.N{neuron}"), layer as f32 + 0.5, p)
+/// A model site, compactly: what and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SiteKind {
+    Logit,
+    Embed,
+    Pos,
+    Attn(usize),
+    Mlp(usize),
+    Head(usize, usize),
+    Neuron(usize, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SiteKey {
+    kind: SiteKind,
+    pos: usize,
+}
+
+impl SiteKey {
+    fn label(self) -> String {
+        match self.kind {
+            SiteKind::Logit => "logit".into(),
+            SiteKind::Embed => "embed".into(),
+            SiteKind::Pos => "pos".into(),
+            SiteKind::Attn(l) => format!("L{l}.attn"),
+            SiteKind::Mlp(l) => format!("L{l}.mlp"),
+            SiteKind::Head(l, h) => format!("L{l}.H{h}"),
+            SiteKind::Neuron(l, n) => format!("L{l}.N{n}"),
         }
+    }
+
+    /// Drawing row: `-1` embeddings, `l` attention, `l + 0.5` MLP, `n_layers` the logit.
+    fn layer(self, n_layers: usize) -> f32 {
+        match self.kind {
+            SiteKind::Logit => n_layers as f32,
+            SiteKind::Embed | SiteKind::Pos => -1.0,
+            SiteKind::Attn(l) | SiteKind::Head(l, _) => l as f32,
+            SiteKind::Mlp(l) | SiteKind::Neuron(l, _) => l as f32 + 0.5,
+        }
+    }
+}
+
+/// Whether a step names a leaf (nothing to expand).
+fn is_leaf_step(step: Option<Step>) -> bool {
+    matches!(
+        step,
+        Some(
+            Step::Bias
+                | Step::Comp(Comp::Embed | Comp::Pos)
+                | Step::Source {
+                    comp: Comp::Embed | Comp::Pos,
+                    ..
+                }
+        )
+    )
+}
+
+fn comp_site(c: Comp, pos: usize) -> SiteKey {
+    let kind = match c {
+        Comp::Embed => SiteKind::Embed,
+        Comp::Pos => SiteKind::Pos,
+        Comp::Attn(l) => SiteKind::Attn(l),
+        Comp::Mlp(l) => SiteKind::Mlp(l),
+    };
+    SiteKey { kind, pos }
+}
+
+/// The site of an expanded node; `None` for nodes that are not sites (scores, sides,
+/// remainders).
+fn site(ex: &Expansion) -> Option<SiteKey> {
+    let pos = ex.position;
+    let kind = match ex.kind {
+        NodeKind::Root => SiteKind::Logit,
+        NodeKind::Component { comp } => return Some(comp_site(comp.0, pos)),
+        NodeKind::Head { layer, head } => SiteKind::Head(layer, head),
+        NodeKind::Neuron { layer, neuron } => SiteKind::Neuron(layer, neuron),
         NodeKind::Score { .. } | NodeKind::Side { .. } | NodeKind::Bias => return None,
-    })
+    };
+    Some(SiteKey { kind, pos })
 }
 
 /// The site of a child step of an expanded node, without expanding it.
-fn child_site(parent: &Expansion, step: Step) -> Option<Site> {
-    let p = parent.position;
-    Some(match step {
-        Step::Comp(c) => comp_site(c, p),
-        Step::Source { pos, comp } => comp_site(comp, pos),
-        Step::Head(h) => match parent.kind {
-            NodeKind::Component { comp } => match comp.0 {
-                Comp::Attn(l) => (format!("L{l}.H{h}"), l as f32, p),
-                _ => return None,
-            },
-            _ => return None,
+fn child_site(parent: &Expansion, step: Step) -> Option<SiteKey> {
+    let pos = parent.position;
+    let layer_of = |want_attn: bool| match parent.kind {
+        NodeKind::Component { comp } => match comp.0 {
+            Comp::Attn(l) if want_attn => Some(l),
+            Comp::Mlp(l) if !want_attn => Some(l),
+            _ => None,
         },
-        Step::Neuron(n) => match parent.kind {
-            NodeKind::Component { comp } => match comp.0 {
-                Comp::Mlp(l) => (format!("L{l}.N{n}"), l as f32 + 0.5, p),
-                _ => return None,
-            },
-            _ => return None,
+        _ => None,
+    };
+    Some(match step {
+        Step::Comp(c) => comp_site(c, pos),
+        Step::Source { pos, comp } => comp_site(comp, pos),
+        Step::Head(h) => SiteKey {
+            kind: SiteKind::Head(layer_of(true)?, h),
+            pos,
+        },
+        Step::Neuron(n) => SiteKey {
+            kind: SiteKind::Neuron(layer_of(false)?, n),
+            pos,
         },
         Step::Bias | Step::Score { .. } | Step::Side(_) => return None,
     })
 }
 
-fn comp_site(c: Comp, p: usize) -> Site {
-    match c {
-        Comp::Embed => ("embed".into(), -1.0, p),
-        Comp::Pos => ("pos".into(), -1.0, p),
-        Comp::Attn(l) => (format!("L{l}.attn"), l as f32, p),
-        Comp::Mlp(l) => (format!("L{l}.mlp"), l as f32 + 0.5, p),
+/// The traced tree: the arena of nodes and the path of the start.
+struct Arena {
+    from: Path,
+    recs: Vec<Rec>,
+}
+
+impl Arena {
+    fn push(&mut self, rec: Rec) -> u32 {
+        self.recs.push(rec);
+        (self.recs.len() - 1) as u32
+    }
+
+    fn path(&self, idx: u32) -> Path {
+        let mut steps = Vec::new();
+        let mut i = Some(idx);
+        while let Some(j) = i {
+            let r = &self.recs[j as usize];
+            if let Some(s) = r.step {
+                steps.push(s);
+            }
+            i = r.parent;
+        }
+        steps.reverse();
+        let mut all = self.from.steps().to_vec();
+        all.extend(steps);
+        Path(all)
     }
 }
 
-/// A site's key: its label and position.
-type SiteKey = (String, usize);
-
-/// Accumulates sites and edges.
+/// Accumulates sites (Σ value, and the traced node with the largest |value| there) and edges.
 #[derive(Default)]
 struct GraphBuilder {
-    /// site → (best path, its |value|, layer, Σ value)
-    sites: HashMap<SiteKey, (String, f32, f32, f64)>,
+    sites: HashMap<SiteKey, (u32, f32, f64)>,
     edges: HashMap<(SiteKey, SiteKey), f64>,
 }
 
 impl GraphBuilder {
-    fn add_site(&mut self, (label, layer, pos): Site, path: &Path, value: f32) {
-        let e = self
-            .sites
-            .entry((label, pos))
-            .or_insert_with(|| (path.to_string(), value.abs(), layer, 0.0));
+    fn add_site(&mut self, site: SiteKey, idx: u32, value: f32) {
+        let e = self.sites.entry(site).or_insert((idx, value.abs(), 0.0));
         if value.abs() > e.1 {
-            e.0 = path.to_string();
+            e.0 = idx;
             e.1 = value.abs();
         }
-        e.3 += f64::from(value);
+        e.2 += f64::from(value);
     }
 
     fn add_edge(&mut self, from: SiteKey, to: SiteKey, value: f32) {
         *self.edges.entry((from, to)).or_insert(0.0) += f64::from(value);
     }
 
-    fn finish(self, start: f32, opts: &TraceOptions) -> (Vec<GraphNode>, Vec<GraphEdge>) {
+    fn finish(
+        self,
+        arena: &Arena,
+        start: f32,
+        n_layers: usize,
+        opts: &TraceOptions,
+    ) -> (Vec<GraphNode>, Vec<GraphEdge>) {
         let floor = opts.threshold * start.abs();
-        let mut nodes: Vec<(SiteKey, GraphNode)> = self
+        let mut kept: Vec<(SiteKey, u32, f64)> = self
             .sites
             .into_iter()
-            .map(|(key, (id, _, layer, value))| {
-                let node = GraphNode {
-                    id,
-                    label: key.0.clone(),
-                    layer,
-                    position: key.1,
-                    value: value as f32,
-                };
-                (key, node)
-            })
-            .filter(|(_, n)| n.value.abs() >= floor || n.label == "logit")
+            .map(|(k, (idx, _, v))| (k, idx, v))
+            .filter(|(k, _, v)| v.abs() as f32 >= floor || k.kind == SiteKind::Logit)
             .collect();
-        nodes.sort_by(|a, b| {
-            b.1.value
-                .abs()
-                .total_cmp(&a.1.value.abs())
-                .then_with(|| a.1.id.cmp(&b.1.id))
-        });
-        nodes.truncate(opts.max_nodes.max(1));
-        let ids: HashMap<SiteKey, String> = nodes
+        kept.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()).then_with(|| a.1.cmp(&b.1)));
+        kept.truncate(opts.max_nodes.max(1));
+        let ids: HashMap<SiteKey, String> = kept
             .iter()
-            .map(|(k, n)| (k.clone(), n.id.clone()))
+            .map(|(k, idx, _)| (*k, arena.path(*idx).to_string()))
+            .collect();
+        let nodes = kept
+            .iter()
+            .map(|(k, _, v)| GraphNode {
+                id: ids[k].clone(),
+                label: k.label(),
+                layer: k.layer(n_layers),
+                position: k.pos,
+                value: *v as f32,
+            })
             .collect();
         let mut edges: Vec<GraphEdge> = self
             .edges
@@ -274,7 +341,7 @@ impl GraphBuilder {
                 .total_cmp(&a.value.abs())
                 .then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to)))
         });
-        (nodes.into_iter().map(|(_, n)| n).collect(), edges)
+        (nodes, edges)
     }
 }
 
@@ -290,18 +357,24 @@ impl Engine<'_> {
         let started = Instant::now();
         let n_layers = self.layout().n_layers;
         let start_value = self.value(from)?;
+        let mut arena = Arena {
+            from: from.clone(),
+            recs: Vec::new(),
+        };
         let mut heap = BinaryHeap::new();
-        let mut seq = 0;
-        heap.push(Entry {
-            key: start_value.abs(),
-            seq,
-            path: from.clone(),
+        let root = arena.push(Rec {
+            parent: None,
+            step: None,
             value: start_value,
             site: None,
         });
+        heap.push(Entry {
+            key: start_value.abs(),
+            idx: root,
+        });
         let mut settled = 0.0f64; // remainders and residuals of expanded nodes
         let mut residual_total = 0.0f64;
-        let mut frontier: Vec<TracedPath> = Vec::new(); // leaves reached
+        let mut leaves: Vec<u32> = Vec::new(); // unexpandable nodes reached
         let mut graph = GraphBuilder::default();
         let mut expanded = 0;
         let mut timed_out = false;
@@ -311,27 +384,23 @@ impl Engine<'_> {
                 break;
             }
             let Some(entry) = heap.pop() else { break };
-            if is_leaf_step(entry.path.steps().last()) {
-                if let Some(s) = entry.site {
-                    graph.add_site(s, &entry.path, entry.value);
+            let rec = arena.recs[entry.idx as usize];
+            if is_leaf_step(rec.step) {
+                if let Some(s) = rec.site {
+                    graph.add_site(s, entry.idx, rec.value);
                 }
-                frontier.push(TracedPath {
-                    path: entry.path.to_string(),
-                    value: entry.value,
-                });
+                leaves.push(entry.idx);
                 continue;
             }
-            let mut ex = self.expand(&entry.path)?;
-            let here = site(&ex, n_layers);
-            if let Some(s) = &here {
-                graph.add_site(s.clone(), &entry.path, entry.value);
+            let path = arena.path(entry.idx);
+            let mut ex = self.expand(&path)?;
+            let here = site(&ex);
+            if let Some(s) = here {
+                graph.add_site(s, entry.idx, rec.value);
             }
             if ex.leaf || ex.alternatives {
                 // nothing below it in the sum (a score's sides are alternatives)
-                frontier.push(TracedPath {
-                    path: entry.path.to_string(),
-                    value: entry.value,
-                });
+                leaves.push(entry.idx);
                 continue;
             }
             expanded += 1;
@@ -348,17 +417,19 @@ impl Engine<'_> {
             }
             settled += rest;
             for c in &ex.children {
-                seq += 1;
                 let child = child_site(&ex, c.parsed);
-                if let (Some(s), Some(h)) = (&child, &here) {
-                    graph.add_edge((s.0.clone(), s.2), (h.0.clone(), h.2), c.value);
+                if let (Some(s), Some(h)) = (child, here) {
+                    graph.add_edge(s, h, c.value);
                 }
-                heap.push(Entry {
-                    key: c.value.abs(),
-                    seq,
-                    path: entry.path.child(c.parsed),
+                let idx = arena.push(Rec {
+                    parent: Some(entry.idx),
+                    step: Some(c.parsed),
                     value: c.value,
                     site: child,
+                });
+                heap.push(Entry {
+                    key: c.value.abs(),
+                    idx,
                 });
             }
             if !progress(expanded, opts.budget) {
@@ -367,31 +438,43 @@ impl Engine<'_> {
         }
         // the unexpanded frontier: its sites count too (their edges were added when their
         // parents were expanded)
+        let mut frontier = leaves;
         for e in heap.into_vec() {
-            if let Some(s) = e.site {
-                graph.add_site(s, &e.path, e.value);
+            let r = arena.recs[e.idx as usize];
+            if let Some(s) = r.site {
+                graph.add_site(s, e.idx, r.value);
             }
-            frontier.push(TracedPath {
-                path: e.path.to_string(),
-                value: e.value,
-            });
+            frontier.push(e.idx);
         }
-        let frontier_total = settled + frontier.iter().map(|t| f64::from(t.value)).sum::<f64>();
-        frontier.sort_by(|a, b| {
-            b.value
+        let value_of = |i: &u32| arena.recs[*i as usize].value;
+        let frontier_total = settled + frontier.iter().map(|i| f64::from(value_of(i))).sum::<f64>();
+        let top = opts.top.min(frontier.len());
+        let by_size = |a: &u32, b: &u32| {
+            value_of(b)
                 .abs()
-                .total_cmp(&a.value.abs())
-                .then_with(|| a.path.cmp(&b.path))
-        });
-        frontier.truncate(opts.top);
-        let (nodes, edges) = graph.finish(start_value, opts);
+                .total_cmp(&value_of(a).abs())
+                .then_with(|| a.cmp(b))
+        };
+        if top < frontier.len() && top > 0 {
+            frontier.select_nth_unstable_by(top, by_size);
+        }
+        frontier.truncate(top);
+        frontier.sort_by(by_size);
+        let paths = frontier
+            .iter()
+            .map(|&i| TracedPath {
+                path: arena.path(i).to_string(),
+                value: value_of(&i),
+            })
+            .collect();
+        let (nodes, edges) = graph.finish(&arena, start_value, n_layers, opts);
         Ok(Trace {
             from: from.to_string(),
             value: start_value,
             expanded,
             frontier_total,
             residual_total,
-            paths: frontier,
+            paths,
             nodes,
             edges,
             timed_out,

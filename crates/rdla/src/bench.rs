@@ -484,13 +484,21 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         let mlp_path = Path::parse(&format!("L{}.mlp", n_layer - 1))?;
         let (mlp, _) = time_ms(a.reps, || Ok(engine.expand(&mlp_path)?))?;
         let opts = rdla_attrib::trace::TraceOptions {
-            budget: 2000,
+            budget: a.trace_budget,
             ..Default::default()
         };
-        let (trace, _) = time_ms(1, || {
-            Ok(engine.trace(&Path::root(), &opts, &mut |_, _| true)?)
-        })?;
-        println!("| {p} | {fwd:.1} | {ov:.1} | {drill:.2} | {qk:.2} | {mlp:.2} | {trace:.0} |");
+        // one timed trace (no warm-up: the expansions above warmed everything it uses)
+        let trace = if a.trace_budget == 0 {
+            f64::NAN
+        } else {
+            let t = Instant::now();
+            engine.trace(&Path::root(), &opts, &mut |_, _| true)?;
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        let rss = peak_rss_mib().unwrap_or(f64::NAN);
+        println!(
+            "| {p} | {fwd:.1} | {ov:.1} | {drill:.2} | {qk:.2} | {mlp:.2} | {trace:.0} | {rss:.0} |"
+        );
         rows.push(serde_json::json!({
             "tokens": p, "forward_ms": fwd, "overview_ms": ov, "drill_ms": drill,
             "forward_min_ms": fwd_min, "overview_min_ms": ov_min, "drill_min_ms": drill_min,
