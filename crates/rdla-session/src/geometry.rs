@@ -71,6 +71,8 @@ pub struct Geometry {
     pub row_sums: Rect,
     pub col_sums: Rect,
     pub bars: Option<Rect>,
+    /// The row sums as horizontal bars right of the row sums (a score's query side).
+    pub row_bars: Option<Rect>,
     /// The caption under the bars.
     pub bars_caption: Option<Rect>,
     /// Where the "row sum" heading goes (above the sums column, level with the top of the
@@ -90,6 +92,7 @@ const BAR_W: f32 = 14.0;
 const BAR_TICKS_W: f32 = 56.0;
 const STRIP_H: f32 = 16.0;
 const BARS_H: f32 = 90.0;
+const ROW_BARS_W: f32 = 80.0;
 const MAX_ROW_LABEL: f32 = 180.0;
 const MAX_COL_LABEL: f32 = 140.0;
 
@@ -149,7 +152,8 @@ impl Geometry {
             y += STRIP_H + 2.0;
             r
         });
-        let fixed_w = grid_x + GAP + SUMS_W + BAR_W + BAR_TICKS_W + margin;
+        let row_bars_w = if hm.row_bars { ROW_BARS_W + GAP } else { 0.0 };
+        let fixed_w = grid_x + GAP + SUMS_W + row_bars_w + BAR_W + BAR_TICKS_W + margin;
         let bars_h = if hm.column_bars {
             GAP + BARS_H + line
         } else {
@@ -165,7 +169,15 @@ impl Geometry {
             .then(|| Rect::new(grid_x, col_sums.bottom() + GAP, grid.w, BARS_H));
         let bars_caption = bars.map(|b| Rect::new(b.x, b.bottom() + 2.0, b.w, line));
         let row_sums = Rect::new(grid.right() + GAP, grid.y, SUMS_W, grid.h);
-        let colour_bar = Rect::new(row_sums.right(), grid.y, BAR_W, grid.h.max(80.0));
+        let row_bars = hm
+            .row_bars
+            .then(|| Rect::new(row_sums.right() + GAP, grid.y, ROW_BARS_W, grid.h));
+        let colour_bar = Rect::new(
+            row_bars.map_or(row_sums.right(), |b| b.right() + GAP),
+            grid.y,
+            BAR_W,
+            grid.h.max(80.0),
+        );
         let width = colour_bar.right() + BAR_TICKS_W + margin;
         // the units caption sits under the colour bar
         let bottom = bars_caption
@@ -192,6 +204,7 @@ impl Geometry {
             row_sums,
             col_sums,
             bars,
+            row_bars,
             bars_caption,
             row_sums_heading: Rect::new(
                 row_sums.x,
@@ -252,6 +265,26 @@ impl Geometry {
         })
     }
 
+    /// The horizontal bar of row `r` for value `v` on the symmetric range `max`: right of the
+    /// middle line for positive values, left for negative ones.
+    pub fn row_bar_rect(&self, r: usize, v: f32, max: f32) -> Option<Rect> {
+        let b = self.row_bars?;
+        let mid = b.x + b.w / 2.0;
+        let frac = if max > 0.0 && v.is_finite() {
+            (v / max).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        let w = frac.abs() * b.w / 2.0;
+        let y = b.y + r as f32 * self.cell.1 + self.cell.1 * 0.1;
+        let h = self.cell.1 * 0.8;
+        Some(if frac >= 0.0 {
+            Rect::new(mid, y, w, h)
+        } else {
+            Rect::new(mid - w, y, w, h)
+        })
+    }
+
     /// Whether cells are large enough to print their values.
     pub fn values_fit(&self) -> bool {
         self.cell.0 >= VALUE_TEXT_MIN.0 && self.cell.1 >= VALUE_TEXT_MIN.1
@@ -286,6 +319,7 @@ mod tests {
             strip: strip.then(|| ("attention".into(), vec![0.5; cols])),
             strip_targets: Vec::new(),
             shared_targets: false,
+            row_bars: bars,
             column_bars: bars,
             units: "logit units".into(),
         }

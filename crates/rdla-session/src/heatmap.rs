@@ -27,6 +27,8 @@ pub struct Heatmap {
     pub strip_targets: Vec<Path>,
     /// Draw the column sums as bars under the columns ("contribution by source position").
     pub column_bars: bool,
+    /// Draw the row sums as bars beside the rows (a score's query side).
+    pub row_bars: bool,
     /// What the values are measured in (`logit units`, `score units`).
     pub units: String,
 }

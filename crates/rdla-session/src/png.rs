@@ -222,6 +222,7 @@ pub fn render(hm: &Heatmap, opts: PngOptions) -> Result<RgbImage, PngError> {
     cv.strip(hm, &g);
     let col_sums = cv.sums(hm, &g, cm);
     cv.bars(hm, &g, &col_sums, cm);
+    cv.row_bars(hm, &g, cm);
     cv.colour_bar(hm, &g, cm);
     Ok(cv.img)
 }
@@ -331,6 +332,21 @@ impl Canvas<'_> {
             }
         }
         col_sums
+    }
+
+    /// The row sums as horizontal bars beside the rows (a score's query side).
+    fn row_bars(&mut self, hm: &Heatmap, g: &Geometry, cm: ColorMap) {
+        let Some(b) = g.row_bars else {
+            return;
+        };
+        let sums = hm.row_sums();
+        let max = crate::heatmap::max_abs(sums.iter().copied());
+        self.rect(Rect::new(b.x + b.w / 2.0, b.y, 0.0, b.h), AXIS);
+        for (r, v) in sums.iter().enumerate() {
+            if let Some(br) = g.row_bar_rect(r, *v, max) {
+                self.rect(br, cm.color(v.signum() * max, max));
+            }
+        }
     }
 
     /// The column sums as bars under the columns (head views).

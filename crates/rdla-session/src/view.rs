@@ -10,7 +10,7 @@ use crate::heatmap::{Heatmap, printable};
 /// The unit of attribution values.
 pub const LOGIT_UNITS: &str = "logit units";
 /// The unit of attention scores and everything below them.
-pub const SCORE_UNITS: &str = "score units (pre-softmax)";
+pub const SCORE_UNITS: &str = "score units";
 
 /// The units a node's numbers are in.
 pub fn units_label(units: Units) -> &'static str {
@@ -63,6 +63,7 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         strip: None,
         strip_targets: Vec::new(),
         shared_targets: false,
+        row_bars: false,
         column_bars: false,
         units: LOGIT_UNITS.into(),
         subtitle: if ov.layout.has_pos {
@@ -120,6 +121,7 @@ pub fn node_heatmap(
         strip: None,
         strip_targets: Vec::new(),
         shared_targets: false,
+        row_bars: false,
         column_bars: false,
         units: units_label(ex.units).into(),
         row_title: String::new(),
@@ -144,6 +146,7 @@ pub fn node_heatmap(
         hm.rows = t.rows.clone();
         hm.cols = t.cols.clone();
         hm.column_bars = true;
+        hm.row_bars = true;
         hm.shared_targets = true;
         let side = |s: Side, label: &str| {
             Comp::parse(label).map(|c| path.child(Step::Side(s)).child(Step::Comp(c)))

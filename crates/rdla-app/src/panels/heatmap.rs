@@ -101,6 +101,7 @@ impl HeatmapView<'_> {
         self.cells(ui, &pen, &mut out);
         let col_sums = self.sums(ui, &pen);
         self.bars(&pen, &col_sums);
+        self.row_bars(&pen);
         self.colour_bar(&pen);
         out
     }
@@ -256,6 +257,23 @@ impl HeatmapView<'_> {
                 .on_hover_text(format!("sum over {} = {s:+.5}", hm.cols[c]));
         }
         col_sums
+    }
+
+    /// The row sums as horizontal bars beside the rows (a score's query side).
+    fn row_bars(&self, pen: &Pen<'_>) {
+        let Some(b) = pen.g.row_bars else {
+            return;
+        };
+        let sums = self.hm.row_sums();
+        let max = max_abs(sums.iter().copied());
+        let br = pen.rect(b);
+        pen.painter
+            .vline(br.center().x, br.y_range(), Stroke::new(1.0, theme::AXIS));
+        for (r, v) in sums.iter().enumerate() {
+            if let Some(bar) = pen.g.row_bar_rect(r, *v, max) {
+                pen.fill(pen.rect(bar), self.colormap.color(v.signum() * max, max));
+            }
+        }
     }
 
     /// The column sums as bars under the columns (head views).
