@@ -2,49 +2,20 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
-use rdla_attrib::{MlpMode, Path};
-use rdla_model::device::DeviceChoice;
+use rdla_attrib::Path;
 use rdla_model::model::ablate::AblationMode;
-use rdla_model::select_device;
+use rdla_session::Session;
 use rdla_session::png::{PngOptions, encode_png};
-use rdla_session::{ModelSource, Request, Session, SessionError, ms};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AttributeArgs {
-    /// Model directory (or a file inside one), or `default` for the embedded model.
-    #[arg(long)]
-    pub model: String,
-    /// Prompt text (BOS is prepended unless --no-bos).
-    #[arg(
-        long,
-        required_unless_present = "prompt_file",
-        conflicts_with = "prompt_file"
-    )]
-    pub prompt: Option<String>,
-    /// Read the prompt from a file (UTF-8, used exactly as written).
-    #[arg(long, value_name = "FILE")]
-    pub prompt_file: Option<PathBuf>,
-    /// Answer token, spelled exactly as the tokenizer spells it (a leading space matters).
-    #[arg(long)]
-    pub answer: String,
-    /// Foil token: attribute logit(answer) − logit(foil).
-    #[arg(long)]
-    pub foil: Option<String>,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     /// Node to expand, in the path grammar (`L5.attn/H3/8:L2.attn`); empty = root.
     #[arg(long)]
     pub path: Option<String>,
-    /// Compute device.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    pub no_bos: bool,
-    /// MLP linearisation: `frozen-gate` (exact) or `gradient` (approximate, shows residual).
-    #[arg(long, default_value = "frozen-gate")]
-    pub mlp_mode: MlpMode,
     /// Write the JSON report to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -70,24 +41,8 @@ pub struct AttributeArgs {
 }
 
 pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
-    let t_load = Instant::now();
-    let (device, info) = select_device(a.device)?;
-    let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)
-        .with_context(|| format!("cannot load model {}", a.model))?;
-    let load = ms(t_load);
+    let (session, load) = crate::common::open_and_compute(&a.compute)?;
     let path = Path::parse(a.path.as_deref().unwrap_or(""))?;
-    let request = Request {
-        prompt: crate::read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref())?,
-        answer: a.answer.clone(),
-        foil: a.foil.clone(),
-        bos: !a.no_bos,
-        mlp_mode: a.mlp_mode,
-    };
-    session.compute(&request).map_err(|f| match f.error {
-        // name the flag: `--foil: `x y` is not a single token: …`
-        SessionError::Token { which, error } => anyhow::anyhow!("--{which}: {error}"),
-        e => e.into(),
-    })?;
     session.validate(&path)?;
     let view = session.view(&path)?;
     let node = a.path.is_some().then_some(&view.expansion);

@@ -4,6 +4,7 @@
 
 mod attribute;
 mod bench;
+mod common;
 mod trace;
 
 use std::process::ExitCode;
@@ -97,16 +98,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .and_then(|j| j.io_error_kind())
                 .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given).
-fn read_prompt(text: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
-    match (text, file) {
-        (Some(t), _) => Ok(t.to_string()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", f.display())),
-        (None, None) => anyhow::bail!("give the prompt with --prompt or --prompt-file"),
-    }
 }
 
 fn explore(args: ExploreArgs) -> anyhow::Result<()> {

@@ -5,34 +5,14 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
+use rdla_attrib::Path;
 use rdla_attrib::trace::TraceOptions;
-use rdla_attrib::{MlpMode, Path};
-use rdla_model::device::DeviceChoice;
-use rdla_model::select_device;
-use rdla_session::{ModelSource, Request, Session, SessionError, ms};
+use rdla_session::ms;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
-    /// Model directory (or a file inside one), or `default` for the embedded model.
-    #[arg(long)]
-    pub model: String,
-    /// Prompt text (BOS is prepended unless --no-bos).
-    #[arg(
-        long,
-        required_unless_present = "prompt_file",
-        conflicts_with = "prompt_file"
-    )]
-    pub prompt: Option<String>,
-    /// Read the prompt from a file (UTF-8, used exactly as written).
-    #[arg(long, value_name = "FILE")]
-    pub prompt_file: Option<PathBuf>,
-    /// Answer token, spelled exactly as the tokenizer spells it.
-    #[arg(long)]
-    pub answer: String,
-    /// Foil token: trace logit(answer) − logit(foil).
-    #[arg(long)]
-    pub foil: Option<String>,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     /// The node to trace from (path grammar); the root by default.
     #[arg(long, default_value = "")]
     pub from: String,
@@ -54,12 +34,6 @@ pub struct TraceArgs {
     /// Graph pruning: keep at most this many sites.
     #[arg(long, default_value_t = 60)]
     pub max_nodes: usize,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long)]
-    pub no_bos: bool,
-    #[arg(long, default_value = "frozen-gate")]
-    pub mlp_mode: MlpMode,
     /// Write the JSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -69,20 +43,7 @@ pub struct TraceArgs {
 }
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
-    let (device, info) = select_device(a.device)?;
-    let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)
-        .with_context(|| format!("cannot load model {}", a.model))?;
-    let request = Request {
-        prompt: crate::read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref())?,
-        answer: a.answer.clone(),
-        foil: a.foil.clone(),
-        bos: !a.no_bos,
-        mlp_mode: a.mlp_mode,
-    };
-    session.compute(&request).map_err(|f| match f.error {
-        SessionError::Token { which, error } => anyhow::anyhow!("--{which}: {error}"),
-        e => e.into(),
-    })?;
+    let (session, _) = crate::common::open_and_compute(&a.compute)?;
     let from = Path::parse(&a.from)?;
     session.validate(&from)?;
     let opts = TraceOptions {

@@ -16,6 +16,12 @@ use crate::engine::node::{Children, Kind, Node};
 use crate::engine::readout::layers;
 use crate::path::{Side, Step, Versus};
 
+/// Layer `l`, head `h` of a weight stacked over layers and heads (`[L, H, …]`), keeping both
+/// axes (reshape it to the shape wanted).
+fn head_slice<const D: usize>(t: &Tensor<D>, l: usize, h: usize) -> Tensor<D> {
+    t.clone().narrow(0, l, 1).narrow(1, h, 1)
+}
+
 /// Which score (or contrast of scores) a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::engine) struct ScoreId {
@@ -92,10 +98,7 @@ impl Engine<'_> {
         let (w, s) = if key { (wk, sk) } else { (wq, sq) };
         let dh = self.model.config.d_head;
         let p = self.n_pos();
-        let scale = s
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, h, 1)
+        let scale = head_slice(s, l, h)
             .reshape([p])
             .select(0, self.int_index(positions)); // [n]
         Some(w.clone().narrow(0, l, 1).reshape([1, dh]) / scale.unsqueeze_dim::<2>(1))
@@ -174,20 +177,10 @@ impl Engine<'_> {
             self.rotate_rows(self.k_hat_w(id, &keys), &[q], true),
             self.qk_norm_factor(l, h, &[q], false),
         ); // [1, dh]
-        let w_q = w
-            .w_q
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, h, 1)
-            .reshape([d, dh]);
+        let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
         let r = self.c(w_q.matmul(y.clone().transpose()).reshape([d])) / self.s1_at(l, &[q])
             * self.sigma();
-        let b_q = w
-            .b_q
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, h, 1)
-            .reshape([1, dh]);
+        let b_q = head_slice(&w.b_q, l, h).reshape([1, dh]);
         (r, (b_q * y).sum().mul_scalar(self.sigma()))
     }
 
@@ -203,20 +196,10 @@ impl Engine<'_> {
             self.rotate_rows(self.q_hat(l, id.head, q).expand([nk, dh]), &keys.keys, true),
             self.qk_norm_factor(l, hk, &keys.keys, true),
         ); // [nk, dh]
-        let w_k = w
-            .w_k
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, hk, 1)
-            .reshape([d, dh]);
+        let w_k = head_slice(&w.w_k, l, hk).reshape([d, dh]);
         let weight = (keys.w.clone() / self.s1_at(l, &keys.keys)).mul_scalar(self.sigma());
         let r = self.c(y.clone().matmul(w_k.transpose())) * weight.unsqueeze_dim::<2>(1); // [nk, d]
-        let b_k = w
-            .b_k
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, hk, 1)
-            .reshape([dh, 1]);
+        let b_k = head_slice(&w.b_k, l, hk).reshape([dh, 1]);
         let bias = (y.matmul(b_k).reshape([nk]) * keys.w.clone())
             .sum()
             .mul_scalar(self.sigma());
@@ -233,18 +216,8 @@ impl Engine<'_> {
         let keys = self.score_keys(id, q);
         let nk = keys.keys.len();
 
-        let w_q = w
-            .w_q
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, h, 1)
-            .reshape([d, dh]);
-        let b_q = w
-            .b_q
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, h, 1)
-            .reshape([1, dh]);
+        let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
+        let b_q = head_slice(&w.b_q, l, h).reshape([1, dh]);
         let xq = self.c(self.comps_at(n, q)) / self.s1_at(l, &[q]).unsqueeze_dim::<2>(1); // [n, d]
         let q_parts = Self::times(
             Tensor::cat(vec![xq.matmul(w_q), b_q], 0), // [n+1, dh]
@@ -252,18 +225,8 @@ impl Engine<'_> {
         );
         let q_parts = self.rotate_rows(q_parts, &vec![q; n + 1], false);
 
-        let w_k = w
-            .w_k
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, hk, 1)
-            .reshape([1, d, dh]);
-        let b_k = w
-            .b_k
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, hk, 1)
-            .reshape([1, 1, dh]);
+        let w_k = head_slice(&w.w_k, l, hk).reshape([1, d, dh]);
+        let b_k = head_slice(&w.b_k, l, hk).reshape([1, 1, dh]);
         let xk = self
             .c(self
                 .cache

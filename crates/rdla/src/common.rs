@@ -1,0 +1,75 @@
+//! What `attribute` and `trace` share: the model, prompt and target arguments, and opening the
+//! session and computing the request they describe.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use rdla_attrib::MlpMode;
+use rdla_model::device::DeviceChoice;
+use rdla_model::select_device;
+use rdla_session::{ModelSource, Request, Session, SessionError, ms};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ComputeArgs {
+    /// Model directory (or a file inside one), a GGUF file, or `default` for the embedded model.
+    #[arg(long)]
+    pub model: String,
+    /// Prompt text (BOS is prepended unless --no-bos).
+    #[arg(
+        long,
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (UTF-8, used exactly as written).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Answer token, spelled exactly as the tokenizer spells it (a leading space matters).
+    #[arg(long)]
+    pub answer: String,
+    /// Foil token: attribute logit(answer) − logit(foil).
+    #[arg(long)]
+    pub foil: Option<String>,
+    /// Compute device.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// MLP linearisation: `frozen-gate` (exact) or `gradient` (approximate, shows residual).
+    #[arg(long, default_value = "frozen-gate")]
+    pub mlp_mode: MlpMode,
+}
+
+/// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given).
+fn read_prompt(text: Option<&str>, file: Option<&Path>) -> anyhow::Result<String> {
+    match (text, file) {
+        (Some(t), _) => Ok(t.to_string()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", f.display())),
+        (None, None) => anyhow::bail!("give the prompt with --prompt or --prompt-file"),
+    }
+}
+
+/// Open the model and compute the request; returns the session and the load time (ms).
+pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
+    let t_load = Instant::now();
+    let (device, info) = select_device(a.device)?;
+    let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)
+        .with_context(|| format!("cannot load model {}", a.model))?;
+    let load = ms(t_load);
+    let request = Request {
+        prompt: read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref())?,
+        answer: a.answer.clone(),
+        foil: a.foil.clone(),
+        bos: !a.no_bos,
+        mlp_mode: a.mlp_mode,
+    };
+    session.compute(&request).map_err(|f| match f.error {
+        // name the flag: `--foil: `x y` is not a single token: …`
+        SessionError::Token { which, error } => anyhow::anyhow!("--{which}: {error}"),
+        e => e.into(),
+    })?;
+    Ok((session, load))
+}
