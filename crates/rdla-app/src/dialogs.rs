@@ -15,6 +15,8 @@ pub trait Dialogs {
     fn pick_model(&mut self) -> DialogResult;
     /// A single-file model (`.gguf`).
     fn pick_gguf(&mut self) -> DialogResult;
+    /// A text file to use as the prompt.
+    fn pick_text(&mut self) -> DialogResult;
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult;
 }
 
@@ -50,6 +52,18 @@ impl Dialogs for RfdDialogs {
         }
     }
 
+    fn pick_text(&mut self) -> DialogResult {
+        match rfd::FileDialog::new()
+            .set_title("Open a text file as the prompt")
+            .add_filter("Text", &["txt", "md", "json", "jsonl", "csv", "py", "rs"])
+            .add_filter("Any file", &["*"])
+            .pick_file()
+        {
+            Some(p) => DialogResult::Picked(p),
+            None => DialogResult::Unavailable(format!("no file chosen ({NO_DIALOG})")),
+        }
+    }
+
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult {
         match rfd::FileDialog::new()
             .set_file_name(default_name)
@@ -78,6 +92,10 @@ impl Dialogs for ScriptedDialogs {
 
     fn pick_gguf(&mut self) -> DialogResult {
         self.pick_model()
+    }
+
+    fn pick_text(&mut self) -> DialogResult {
+        DialogResult::Cancelled
     }
 
     fn save_file(&mut self, default_name: &str, _extension: &str) -> DialogResult {

@@ -30,6 +30,8 @@ pub enum Action {
     Up,
     Select(Option<(usize, usize)>),
     SetAnswer(String),
+    /// Replace the prompt (a text file was opened) and recompute.
+    SetPrompt(String),
     /// The prompt, target or mode was edited: recompute after [`DEBOUNCE`].
     Edited,
     /// Recompute now.
@@ -308,6 +310,10 @@ impl AppState {
             }
             Action::SetAnswer(a) => {
                 settings.answer = a;
+                self.compute(settings)
+            }
+            Action::SetPrompt(p) => {
+                settings.prompt = p;
                 self.compute(settings)
             }
             Action::Edited => {

@@ -64,6 +64,17 @@ impl TopBar {
                     DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
                 }
             }
+            if ui
+                .button("Open text…")
+                .on_hover_text("Use a text file (UTF-8) as the prompt")
+                .clicked()
+            {
+                match dialogs.pick_text() {
+                    DialogResult::Picked(p) => actions.push(read_prompt_file(&p)),
+                    DialogResult::Cancelled => {}
+                    DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
+                }
+            }
             ui.menu_button("Recent", |ui| {
                 if settings.recent.is_empty() {
                     ui.label("(none yet)");
@@ -199,5 +210,46 @@ fn error_banner(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
                     );
                 }
             });
+    }
+}
+
+/// Prompts longer than this are refused before they are read (a model's context is far
+/// shorter in tokens).
+const MAX_PROMPT_BYTES: u64 = 8 << 20;
+
+/// The prompt from a text file, or a status message saying why not.
+fn read_prompt_file(p: &std::path::Path) -> Action {
+    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_PROMPT_BYTES {
+        return Action::Status(format!(
+            "{}: {} MB is too large for a prompt",
+            p.display(),
+            size >> 20
+        ));
+    }
+    match std::fs::read_to_string(p) {
+        Ok(text) => Action::SetPrompt(text),
+        Err(e) => Action::Status(format!("cannot read {}: {e}", p.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_text_file_becomes_the_prompt_and_a_missing_one_a_message() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("p.txt");
+        std::fs::write(&f, "Once upon a time\n").unwrap();
+        assert_eq!(
+            read_prompt_file(&f),
+            Action::SetPrompt("Once upon a time\n".into())
+        );
+        match read_prompt_file(&tmp.path().join("missing.txt")) {
+            Action::Status(s) => assert!(s.contains("cannot read"), "{s}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
