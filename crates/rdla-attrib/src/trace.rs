@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::{Engine, Expansion, NodeKind, Result};
+use crate::engine::{Engine, Expansion, NodeKind, Resolved, Result};
 use crate::path::{Comp, Path, Step};
 
 /// What to trace and how far.
@@ -376,6 +376,7 @@ impl Engine<'_> {
         let mut residual_total = 0.0f64;
         let mut leaves: Vec<u32> = Vec::new(); // unexpandable nodes reached
         let mut graph = GraphBuilder::default();
+        let mut resolved: HashMap<u32, Resolved> = HashMap::new();
         let mut expanded = 0;
         let mut timed_out = false;
         while expanded < opts.budget {
@@ -393,7 +394,15 @@ impl Engine<'_> {
                 continue;
             }
             let path = arena.path(entry.idx);
-            let mut ex = self.expand(&path)?;
+            // one step from the expanded parent, not a walk from the root
+            let node = match (rec.parent, rec.step) {
+                (Some(p), Some(step)) => match resolved.get(&p) {
+                    Some(parent) => self.child(parent, step, &path)?,
+                    None => self.resolved(&path)?,
+                },
+                _ => self.resolved(&path)?,
+            };
+            let mut ex = self.expand_resolved(&node, &path, opts.neurons)?;
             let here = site(&ex);
             if let Some(s) = here {
                 graph.add_site(s, entry.idx, rec.value);
@@ -404,6 +413,7 @@ impl Engine<'_> {
                 continue;
             }
             expanded += 1;
+            resolved.insert(entry.idx, node);
             let mut rest = f64::from(ex.bias) + f64::from(ex.residual);
             residual_total += f64::from(ex.residual).abs();
             if opts.neurons

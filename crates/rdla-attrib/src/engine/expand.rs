@@ -9,6 +9,11 @@ use super::types::{ScoreTable, TokenReadout, TokenValue, Units};
 use super::{AttribError, Child, Engine, Expansion, Result};
 use crate::path::{Comp, Path, Step};
 
+/// A node resolved once and kept (its kind, position and readout on the device), for walks
+/// that expand many nodes below it.
+#[derive(Debug, Clone)]
+pub struct Resolved(Node);
+
 /// How many neurons an MLP node lists (largest |value| first).
 pub const NEURONS_LISTED: usize = 20;
 /// How many tokens a vocabulary readout lists in each direction.
@@ -70,28 +75,84 @@ impl Engine<'_> {
     /// and what is shown beside it (a score's table, an MLP's neurons, the vocabulary
     /// readout), with one read-back from the device.
     pub fn expand(&self, path: &Path) -> Result<Expansion> {
+        self.expand_with(path, true, true)
+    }
+
+    /// [`Engine::expand`] without what is shown beside a node and not needed to walk the tree:
+    /// the vocabulary readout (a `[d] × [d, V]` product, most of an expansion's time on a
+    /// large vocabulary) and, unless `neurons`, the MLP's neuron ranking. Tracing uses it.
+    pub fn expand_lean(&self, path: &Path, neurons: bool) -> Result<Expansion> {
+        self.expand_with(path, false, neurons)
+    }
+
+    fn expand_with(&self, path: &Path, tokens: bool, neurons: bool) -> Result<Expansion> {
         let node = self.resolve(path)?;
-        let children = self.node_children(&node);
+        self.expand_node(&node, path, tokens, neurons)
+    }
+
+    /// The node at `path`, kept so that its children are one step away ([`Engine::child`]).
+    pub fn resolved(&self, path: &Path) -> Result<Resolved> {
+        self.resolve(path).map(Resolved)
+    }
+
+    /// The child of a resolved node (`path` is the child's path, for messages).
+    pub fn child(&self, parent: &Resolved, step: Step, path: &Path) -> Result<Resolved> {
+        self.node_step(&parent.0, step)?
+            .map(Resolved)
+            .ok_or_else(|| AttribError::InvalidStep {
+                path: path.to_string(),
+                index: path.depth(),
+                step: step.to_string(),
+                parent: self.describe(&parent.0),
+                valid: self.valid_here(&parent.0),
+            })
+    }
+
+    /// [`Engine::expand_lean`] of an already resolved node.
+    pub fn expand_resolved(
+        &self,
+        node: &Resolved,
+        path: &Path,
+        neurons: bool,
+    ) -> Result<Expansion> {
+        self.expand_node(&node.0, path, false, neurons)
+    }
+
+    fn expand_node(
+        &self,
+        node: &Node,
+        path: &Path,
+        tokens: bool,
+        neurons: bool,
+    ) -> Result<Expansion> {
+        let children = self.node_children(node);
         let n_children = children.steps.len();
-        let mut parts = vec![self.node_value(&node), self.node_bias(&node)];
+        let mut parts = vec![self.node_value(node), self.node_bias(node)];
         if let Some(c) = children.values {
             parts.push(c);
         }
-        let table = self.node_table(&node);
+        let table = self.node_table(node);
         let mut table_shape = None;
         if let Some((labels, t)) = table {
             let [r, c] = t.dims();
             table_shape = Some((labels, r, c));
             parts.push(t.reshape([r * c]));
         }
-        let neurons = self.node_neurons(&node);
+        let neurons = if neurons {
+            self.node_neurons(node)
+        } else {
+            None
+        };
         let n_neurons = neurons.as_ref().map(|t| t.dims()[0]);
         if let Some(t) = neurons {
             parts.push(t);
         }
-        let vocab = self
-            .node_written(&node)
-            .map(|v| self.vocab_readout(v, node.pos));
+        let vocab = if tokens {
+            self.node_written(node)
+                .map(|v| self.vocab_readout(v, node.pos))
+        } else {
+            None
+        };
         let n_vocab = vocab.as_ref().map(|t| t.dims()[0]);
         if let Some(t) = vocab {
             parts.push(t);
@@ -151,13 +212,13 @@ impl Engine<'_> {
         let in_score = path.steps().iter().any(|s| matches!(s, Step::Score { .. }));
         Ok(Expansion {
             path: path.to_string(),
-            kind: Self::public_kind(&node),
-            position: self.node_position(&node),
+            kind: Self::public_kind(node),
+            position: self.node_position(node),
             value,
             bias,
             residual: residual as f32,
             children,
-            leaf: self.is_leaf(&node),
+            leaf: self.is_leaf(node),
             units: if in_score { Units::Score } else { Units::Logit },
             alternatives: table.is_some(),
             table,

@@ -25,7 +25,7 @@ use rdla_model::config::Norm;
 use rdla_model::rotary::RotaryTables;
 use rdla_model::{Cache, Layout, Model};
 
-pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
+pub use expand::{NEURONS_LISTED, Resolved, TOKENS_LISTED};
 pub use types::{
     Array, AttribError, Child, CompLabel, Expansion, MlpMode, NodeKind, Overview, Result,
     ScoreTable, Target, TokenReadout, TokenValue, Units,
