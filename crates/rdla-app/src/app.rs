@@ -153,50 +153,23 @@ impl RdlaApp {
 
     /// The graph view's trace as PNG or JSON bytes (what is shown: pruned as on screen).
     pub fn graph_bytes(&self, ext: &str) -> Result<Vec<u8>, String> {
-        let trace = self
-            .state
-            .graph
-            .trace
-            .as_ref()
-            .ok_or("nothing traced yet")?;
         let g = &self.state.graph;
-        let shown = graph::pruned(trace, g.threshold, g.max_nodes);
+        let trace = g.trace.as_ref().ok_or("nothing traced yet")?;
+        let shown = trace.pruned(g.threshold, g.max_nodes);
         let model = self.state.model.as_ref().ok_or("no model")?;
+        let target = self
+            .state
+            .computed
+            .as_ref()
+            .map_or("", |c| c.target_label.as_str());
+        let tokens = &self.state.tokens;
         if ext == "json" {
-            let mut v = serde_json::to_value(&shown).map_err(|e| e.to_string())?;
-            if let Some(map) = v.as_object_mut() {
-                map.insert("model".into(), model.name.clone().into());
-                map.insert(
-                    "token_strs".into(),
-                    serde_json::json!(self.state.tokens.strs),
-                );
-                map.insert("token_ids".into(), serde_json::json!(self.state.tokens.ids));
-            }
+            let v =
+                rdla_session::graph::json(&shown, &model.name, &tokens.ids, &tokens.strs, target);
             return serde_json::to_vec(&v).map_err(|e| e.to_string());
         }
-        let layout = rdla_session::graph::layout(
-            &shown,
-            &self.state.tokens.strs,
-            model.n_layers,
-            rdla_session::png::PNG_FIT,
-        );
-        let title = format!(
-            "{} · attribution graph of {}",
-            model.name,
-            if trace.from.is_empty() {
-                "the logit"
-            } else {
-                &trace.from
-            }
-        );
-        rdla_session::png::encode_graph_png(
-            &layout,
-            &title,
-            &rdla_session::graph::summary(trace),
-            2.0,
-        )
-        .map(|(b, _)| b)
-        .map_err(|e| e.to_string())
+        rdla_session::graph::png(&shown, &tokens.strs, model.n_layers, &model.name, target)
+            .map_err(|e| e.to_string())
     }
 
     fn export_graph(&mut self, ext: &str) {

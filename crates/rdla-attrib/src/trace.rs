@@ -110,6 +110,39 @@ struct Rec {
     site: Option<SiteKey>,
 }
 
+impl Trace {
+    /// The trace with the graph pruned: sites (the logit always kept) and edges below
+    /// `threshold · |value|` dropped, at most `max_nodes` sites (largest |value| first; the
+    /// sites are kept in that order), edges only between kept sites.
+    #[must_use]
+    pub fn pruned(&self, threshold: f32, max_nodes: usize) -> Self {
+        let floor = threshold * self.value.abs();
+        let mut nodes: Vec<GraphNode> = self
+            .nodes
+            .iter()
+            .filter(|n| n.value.abs() >= floor || n.label == "logit")
+            .cloned()
+            .collect();
+        nodes.truncate(max_nodes.max(1));
+        let keep: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let edges = self
+            .edges
+            .iter()
+            .filter(|e| {
+                e.value.abs() >= floor
+                    && keep.contains(e.from.as_str())
+                    && keep.contains(e.to.as_str())
+            })
+            .cloned()
+            .collect();
+        Self {
+            nodes,
+            edges,
+            ..self.clone()
+        }
+    }
+}
+
 /// A frontier entry: an arena index, ordered by |value| (earlier entries first among ties).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -293,22 +326,14 @@ impl GraphBuilder {
         *self.edges.entry((from, to)).or_insert(0.0) += f64::from(value);
     }
 
-    fn finish(
-        self,
-        arena: &Arena,
-        start: f32,
-        n_layers: usize,
-        opts: &TraceOptions,
-    ) -> (Vec<GraphNode>, Vec<GraphEdge>) {
-        let floor = opts.threshold * start.abs();
+    /// Every site (largest |value| first) and edge; pruning is [`Trace::pruned`]'s.
+    fn finish(self, arena: &Arena, n_layers: usize) -> (Vec<GraphNode>, Vec<GraphEdge>) {
         let mut kept: Vec<(SiteKey, u32, f64)> = self
             .sites
             .into_iter()
             .map(|(k, (idx, _, v))| (k, idx, v))
-            .filter(|(k, _, v)| v.abs() as f32 >= floor || k.kind == SiteKind::Logit)
             .collect();
         kept.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()).then_with(|| a.1.cmp(&b.1)));
-        kept.truncate(opts.max_nodes.max(1));
         let ids: HashMap<SiteKey, String> = kept
             .iter()
             .map(|(k, idx, _)| (*k, arena.path(*idx).to_string()))
@@ -326,7 +351,6 @@ impl GraphBuilder {
         let mut edges: Vec<GraphEdge> = self
             .edges
             .into_iter()
-            .filter(|(_, v)| v.abs() as f32 >= floor)
             .filter_map(|((from, to), v)| {
                 Some(GraphEdge {
                     from: ids.get(&from)?.clone(),
@@ -477,7 +501,7 @@ impl Engine<'_> {
                 value: value_of(&i),
             })
             .collect();
-        let (nodes, edges) = graph.finish(&arena, start_value, n_layers, opts);
+        let (nodes, edges) = graph.finish(&arena, n_layers);
         Ok(Trace {
             from: from.to_string(),
             value: start_value,
@@ -488,6 +512,7 @@ impl Engine<'_> {
             nodes,
             edges,
             timed_out,
-        })
+        }
+        .pruned(opts.threshold, opts.max_nodes))
     }
 }

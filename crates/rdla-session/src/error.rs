@@ -37,8 +37,6 @@ pub enum SessionError {
         "{what} is not a finite number: the model overflows on this input (or its weights are broken)"
     )]
     NonFinite { what: String },
-    #[error("cannot serialise JSON: {0}")]
-    Json(String),
     #[error("nothing has been computed yet")]
     NotComputed,
 }

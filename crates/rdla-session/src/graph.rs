@@ -175,3 +175,45 @@ pub fn summary(trace: &Trace) -> String {
         trace.edges.len()
     )
 }
+
+/// The graph's title: model, start node, target.
+fn title(model: &str, trace: &Trace, target: &str) -> String {
+    let from = if trace.from.is_empty() {
+        "the logit"
+    } else {
+        &trace.from
+    };
+    format!("{model} · attribution graph of {from} · {target}")
+}
+
+/// The graph as a PNG (the window's layout): the one export of `rdla trace --png` and the
+/// window's *Export PNG…*.
+pub fn png(
+    trace: &Trace,
+    tokens: &[String],
+    n_layers: usize,
+    model: &str,
+    target: &str,
+) -> Result<Vec<u8>, crate::png::PngError> {
+    let g = layout(trace, tokens, n_layers, crate::png::PNG_FIT);
+    crate::png::encode_graph_png(&g, &title(model, trace, target), &summary(trace), 2.0)
+        .map(|(bytes, _)| bytes)
+}
+
+/// The graph's JSON (DESIGN.md §3, tracing) with the model, tokens and target beside it.
+pub fn json(
+    trace: &Trace,
+    model: &str,
+    token_ids: &[u32],
+    token_strs: &[String],
+    target: &str,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(trace).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("model".into(), model.into());
+        map.insert("token_ids".into(), serde_json::json!(token_ids));
+        map.insert("token_strs".into(), serde_json::json!(token_strs));
+        map.insert("target".into(), target.into());
+    }
+    v
+}

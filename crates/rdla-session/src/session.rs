@@ -512,14 +512,16 @@ impl Session {
     /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens and target.
     pub fn trace_json(&self, trace: &Trace, timings_ms: f64) -> Result<serde_json::Value> {
         let c = &self.current()?.computed;
-        let mut v = serde_json::to_value(trace).map_err(|e| SessionError::Json(e.to_string()))?;
+        let mut v = crate::graph::json(
+            trace,
+            &self.model.name,
+            &c.tokens.ids,
+            &c.tokens.strs,
+            &c.target_label,
+        );
         if let Some(map) = v.as_object_mut() {
-            map.insert("model".into(), self.model.name.clone().into());
-            map.insert("token_ids".into(), serde_json::json!(c.tokens.ids));
-            map.insert("token_strs".into(), serde_json::json!(c.tokens.strs));
             map.insert("answer_id".into(), c.target.answer().into());
             map.insert("foil_id".into(), serde_json::json!(c.target.foil()));
-            map.insert("target".into(), c.target_label.clone().into());
             map.insert("trace_ms".into(), timings_ms.into());
         }
         Ok(v)
@@ -528,25 +530,13 @@ impl Session {
     /// The trace's graph as a PNG (the window's layout).
     pub fn trace_png(&self, trace: &Trace) -> Result<Vec<u8>> {
         let c = &self.current()?.computed;
-        let layout = crate::graph::layout(
+        Ok(crate::graph::png(
             trace,
             &c.tokens.strs,
             self.model.config.n_layers,
-            crate::png::PNG_FIT,
-        );
-        let title = format!(
-            "{} · attribution graph of {} · {}",
-            self.model.name,
-            if trace.from.is_empty() {
-                "the root"
-            } else {
-                &trace.from
-            },
-            c.target_label
-        );
-        let (bytes, _) =
-            crate::png::encode_graph_png(&layout, &title, &crate::graph::summary(trace), 2.0)?;
-        Ok(bytes)
+            &self.model.name,
+            &c.target_label,
+        )?)
     }
 
     /// Write an export, refusing any path inside the model's folder (links resolved).

@@ -5,37 +5,12 @@
 
 use egui::{Align2, Color32, FontId, Pos2, Sense, Stroke, Ui, Vec2};
 use rdla_attrib::Path;
-use rdla_attrib::trace::{GraphEdge, GraphNode, Trace};
+
 use rdla_session::graph::{self, sign_color};
+use rdla_session::heatmap::max_abs;
 
 use crate::state::{Action, AppState};
 use crate::theme;
-
-/// The trace with sites and edges below the threshold (and beyond the size cap) hidden.
-pub fn pruned(trace: &Trace, threshold: f32, max_nodes: usize) -> Trace {
-    let floor = threshold * trace.value.abs();
-    let mut nodes: Vec<GraphNode> = trace
-        .nodes
-        .iter()
-        .filter(|n| n.value.abs() >= floor || n.label == "logit")
-        .cloned()
-        .collect();
-    nodes.truncate(max_nodes.max(1));
-    let keep: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-    let edges: Vec<GraphEdge> = trace
-        .edges
-        .iter()
-        .filter(|e| {
-            e.value.abs() >= floor && keep.contains(e.from.as_str()) && keep.contains(e.to.as_str())
-        })
-        .cloned()
-        .collect();
-    Trace {
-        nodes,
-        edges,
-        ..trace.clone()
-    }
-}
 
 pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Vec<Action>) {
     let here = state.current_path();
@@ -97,7 +72,7 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
         }
         return;
     };
-    let shown = pruned(trace, state.graph.threshold, state.graph.max_nodes);
+    let shown = trace.pruned(state.graph.threshold, state.graph.max_nodes);
     ui.add(egui::Label::new(graph::summary(trace)).wrap());
     ui.label(format!(
         "showing {} sites and {} edges (threshold {:.1}% of |value|) · click a site to open it",
@@ -135,11 +110,7 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
             .with_angle(-std::f32::consts::FRAC_PI_2),
         );
     }
-    let max_w = layout
-        .edges
-        .iter()
-        .map(|e| e.width)
-        .fold(1e-6f32, |m, w| m.max(w));
+    let max_w = max_abs(layout.edges.iter().map(|e| e.width)).max(1e-6);
     for e in &layout.edges {
         painter.line_segment(
             [

@@ -268,9 +268,15 @@ impl GgufFile {
 /// `low_freq_factor` is taken as 1 (as in every Llama 3.x release) and common values are
 /// tried for the rest. Without a fit, the `factor` alone is given, with a note.
 fn fit_llama3(factors: &[f32], base: f64, dim: usize) -> Value {
-    let factor = factors.iter().copied().fold(f32::MIN, f32::max);
+    // NaN-aware: a non-finite factor anywhere makes the fit meaningless (and `f32::max`
+    // would skip a NaN)
+    let finite = factors.iter().all(|f| f.is_finite());
+    let factor = factors
+        .iter()
+        .copied()
+        .fold(f32::MIN, |m, f| if f > m { f } else { m });
     let factor64 = crate::meta::f32_to_f64_decimal(factor);
-    if dim == 0 || factors.len() != dim / 2 || !factor.is_finite() {
+    if dim == 0 || factors.len() != dim / 2 || !finite || !factor.is_finite() {
         return json!({"rope_type": "llama3", "factor": factor64});
     }
     let predict = |orig: f64, low: f64, high: f64| -> Vec<f64> {
