@@ -295,8 +295,11 @@ impl RdlaApp {
         });
         egui::Panel::bottom("status")
             .show(ui, |ui| status::show(ui, &self.state, &self.device_info));
+        // the side panels never take more than their share of the window, whatever the prompt
+        let width = ctx.content_rect().width();
         egui::Panel::left("prompt")
             .default_size(340.0)
+            .max_size((width * 0.4).max(240.0))
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     prompt::show(ui, &self.state, &mut self.settings, &mut self.actions);
@@ -305,6 +308,7 @@ impl RdlaApp {
         if self.state.current_view().is_some() {
             egui::Panel::right("details")
                 .default_size(300.0)
+                .max_size((width * 0.35).max(220.0))
                 .show(ui, |ui| details::show(ui, &self.state, &mut self.actions));
         }
         egui::CentralPanel::default().show(ui, |ui| {

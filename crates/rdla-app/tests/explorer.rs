@@ -343,3 +343,67 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
     assert!(!h.state().state.graph.open);
     assert_eq!(h.state().current_path().to_string(), "L0.mlp");
 }
+
+/// The families added last (Phi-3, Qwen3, Gemma 2, Gemma 3) open in the explorer on their
+/// reference prompt, their root matches the reference target, a head drills down, and Gemma 2
+/// says that its final logits are soft-capped and what the model outputs.
+#[test]
+fn newer_families_open_and_drill_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["phi3", "qwen3", "gemma2", "gemma3"] {
+        let r = rdla_testutil::Reference::load(name);
+        let opts = StartOptions {
+            model: Some(fixture(name)),
+            prompt: Some(r.str("prompt")),
+            answer: Some(r.str("answer")),
+        };
+        let mut h = harness(tmp.path().to_path_buf(), opts);
+        {
+            let app = h.state();
+            assert!(
+                app.state.load_error.is_none(),
+                "{name}: {:?}",
+                app.state.load_error
+            );
+            assert!(
+                app.state.compute_error.is_none(),
+                "{name}: {:?}",
+                app.state.compute_error
+            );
+            let c = app.state.computed.as_ref().unwrap();
+            let want = r.json["target_value"].as_f64().unwrap() as f32;
+            assert!(
+                (c.overview.target_value - want).abs() < 1e-4,
+                "{name}: root {} vs {want}",
+                c.overview.target_value
+            );
+            let details = &app.state.model.as_ref().unwrap().details;
+            assert_eq!(
+                details.contains("post-attention"),
+                name.starts_with("gemma")
+            );
+            assert_eq!(
+                details.contains("q/k norms"),
+                name == "qwen3" || name == "gemma3"
+            );
+            assert_eq!(c.softcap.is_some(), name == "gemma2", "{name}");
+        }
+        if name == "gemma2" {
+            h.get_by_label_contains("final logit soft-cap 8");
+        }
+        click(&mut h, "L1.attn/H2");
+        let view = h.state().current_view().unwrap().clone();
+        assert_eq!(
+            view.path.to_string(),
+            "L1.attn/H2",
+            "{name}: status {}, node error {:?}",
+            h.state().state.status,
+            h.state().state.expand_error
+        );
+        assert!(
+            view.expansion.residual.abs() < 1e-4,
+            "{name}: {:?}",
+            view.expansion.residual
+        );
+    }
+}

@@ -149,8 +149,20 @@ pub struct ModelConfig {
     pub parallel_residual: bool,
     /// SwiGLU-style MLP: `act(x W_gate) ⊙ (x W_in + b_in)`.
     pub gated_mlp: bool,
-    /// Per-head RMSNorm on queries and keys before the rotary map (Qwen3).
+    /// Per-head RMSNorm on queries and keys before the rotary map (Qwen3, Gemma 3).
     pub qk_norm: bool,
+    /// RMSNorms on the attention's and the MLP's outputs before they join the residual stream
+    /// (Gemma 2/3 `post_attention_layernorm`, `post_feedforward_layernorm`): their scales are
+    /// frozen like every other norm's (DESIGN.md §1.1).
+    pub post_norms: bool,
+    /// Attention logit soft-cap `cap · tanh(s / cap)` on the scaled scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Final logit soft-cap (Gemma 2): the model outputs `cap · tanh(logit / cap)`; rdla
+    /// attributes the pre-cap logit (linear in the residual stream) and shows the capped one.
+    pub final_softcap: Option<f32>,
+    /// A second rotary embedding for the local (sliding-window) layers (Gemma 3's
+    /// `rope_local_base_freq`); `None`: every layer uses [`ModelConfig::positional`].
+    pub local_rotary: Option<Rotary>,
 }
 
 impl ModelConfig {
@@ -188,6 +200,10 @@ impl ModelConfig {
             parallel_residual: false,
             gated_mlp: false,
             qk_norm: false,
+            post_norms: false,
+            attn_softcap: None,
+            final_softcap: None,
+            local_rotary: None,
         })
     }
 
@@ -211,6 +227,24 @@ impl ModelConfig {
         match &self.positional {
             Positional::Rotary(r) => Some(r),
             Positional::Learned => None,
+        }
+    }
+
+    /// The rotary embedding layer `l` uses: the local one on a sliding-window layer of a model
+    /// that has one, else the model's.
+    pub fn layer_rotary(&self, l: usize) -> Option<&Rotary> {
+        match (&self.local_rotary, self.attn_spans.get(l)) {
+            (Some(local), Some(AttnSpan::Local(_))) => Some(local),
+            _ => self.rotary(),
+        }
+    }
+
+    /// The logits the model outputs from the pre-cap logits it computes (the final soft-cap,
+    /// where there is one).
+    pub fn output_logit(&self, logit: f32) -> f32 {
+        match self.final_softcap {
+            Some(cap) => cap * (logit / cap).tanh(),
+            None => logit,
         }
     }
 }

@@ -103,7 +103,7 @@ fn in_place<const D: usize>(
     Ok(Tensor::from_data(data, device))
 }
 
-/// `softmax(scale · scores)` over the last axis of a block of raw scores `q·kᵀ`
+/// `softmax(scale · scores)` (soft-capped first where `cap` is given) over the last axis of a block of raw scores `q·kᵀ`
 /// `[G, rows, K]`, in place: row `i` of each group belongs to query position
 /// `q0 + i % per_group` (grouped-query attention stacks the `g` query heads of a key/value head
 /// as consecutive runs of `per_group` rows) and key `j` is key position `j`; every key `span`
@@ -111,6 +111,7 @@ fn in_place<const D: usize>(
 pub fn softmax_block(
     scores: Tensor<3>,
     scale: f32,
+    cap: Option<f32>,
     span: AttnSpan,
     q0: usize,
     per_group: usize,
@@ -133,6 +134,15 @@ pub fn softmax_block(
                 if live.is_empty() {
                     continue;
                 }
+                // soft-capped scores (Gemma 2): cap · tanh(scale · s / cap), then unscaled
+                let scale = match cap {
+                    Some(c) => {
+                        live.iter_mut()
+                            .for_each(|x| *x = c * (*x * scale / c).tanh());
+                        1.0
+                    }
+                    None => scale,
+                };
                 let max = lanes(
                     live,
                     f32::NEG_INFINITY,
@@ -217,7 +227,11 @@ mod tests {
             TensorData::new(values(groups * rows * k, 8.0), [groups, rows, k]),
             &dev,
         );
-        for span in [AttnSpan::Global, AttnSpan::Local(7)] {
+        for (span, cap) in [
+            (AttnSpan::Global, None),
+            (AttnSpan::Local(7), None),
+            (AttnSpan::Global, Some(1.5)),
+        ] {
             let hidden: Vec<bool> = (0..rows * k)
                 .map(|i| !span.allows(q0 + (i / k) % bq, i % k))
                 .collect();
@@ -225,8 +239,12 @@ mod tests {
                 Tensor::<2, Bool>::from_data(TensorData::new(hidden, [rows, k]), &dev)
                     .unsqueeze_dim::<3>(0)
                     .expand([groups, rows, k]);
-            let want = softmax(scores.clone().mul_scalar(0.25).mask_fill(mask, -1.0e30), 2);
-            let got = softmax_block(scores.clone(), 0.25, span, q0, bq, &dev).unwrap();
+            let mut scaled = scores.clone().mul_scalar(0.25);
+            if let Some(c) = cap {
+                scaled = scaled.div_scalar(c).tanh().mul_scalar(c);
+            }
+            let want = softmax(scaled.mask_fill(mask, -1.0e30), 2);
+            let got = softmax_block(scores.clone(), 0.25, cap, span, q0, bq, &dev).unwrap();
             let err = max_abs_diff(got.clone(), want);
             assert!(err < 1e-6, "{span:?}: max abs difference {err}");
             // masked keys are exactly zero, rows sum to one

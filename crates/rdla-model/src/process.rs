@@ -42,12 +42,15 @@ impl Processing {
     }
 
     /// What TransformerLens 2.18 applies to a model of `cfg`'s family when asked for `self`:
-    /// writing weights are not centred in RMSNorm models (nothing removes the mean again).
+    /// writing weights are not centred in RMSNorm models (nothing removes the mean again), and
+    /// the unembedding is not centred under a final logit soft-cap (the cap is not
+    /// shift-invariant, so centring would change the model's output).
     pub fn for_config(self, cfg: &ModelConfig) -> Self {
         Self {
             center_writing_weights: self.center_writing_weights
                 && self.fold_ln
                 && cfg.norm == Norm::LayerNorm,
+            center_unembed: self.center_unembed && cfg.final_softcap.is_none(),
             ..self
         }
     }

@@ -5,7 +5,38 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::Rotary;
+use crate::config::{ModelConfig, Rotary};
+
+/// The rotary tables of every layer for one prompt: most models use one rotary embedding
+/// everywhere; Gemma 3 uses a second one on its sliding-window layers. Tables are built once
+/// per distinct embedding and shared between the layers that use it.
+#[derive(Debug, Clone)]
+pub struct LayerRotary {
+    tables: Vec<RotaryTables>,
+}
+
+impl LayerRotary {
+    /// The tables of `cfg`'s layers for positions `0..n` (`None` without rotary embeddings).
+    pub fn new(cfg: &ModelConfig, n: usize, device: &Device) -> Option<Self> {
+        let global = RotaryTables::new(cfg.rotary()?, n, device);
+        let local = cfg
+            .local_rotary
+            .as_ref()
+            .map(|r| RotaryTables::new(r, n, device));
+        let tables = (0..cfg.n_layers)
+            .map(|l| match (&local, cfg.attn_spans[l]) {
+                (Some(t), crate::config::AttnSpan::Local(_)) => t.clone(),
+                _ => global.clone(),
+            })
+            .collect();
+        Some(Self { tables })
+    }
+
+    /// Layer `l`'s tables.
+    pub fn layer(&self, l: usize) -> &RotaryTables {
+        &self.tables[l.min(self.tables.len() - 1)]
+    }
+}
 
 /// `cos`/`sin` of every rotated pair at positions `0..n`.
 #[derive(Debug, Clone)]

@@ -39,9 +39,24 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         worst = common::worse(worst, e);
     };
 
+    // the attributed logits are the pre-cap ones; the model's output caps them (Gemma 2)
+    let precap = r.has("tl_logits_precap");
+    assert_eq!(
+        precap,
+        cfg.final_softcap.is_some(),
+        "{name}: final soft-cap"
+    );
+    let logits = slice(model.all_logits(&cache));
+    if precap {
+        check(
+            "logits (pre-cap)",
+            logits.clone(),
+            r.tensor("tl_logits_precap"),
+        );
+    }
     check(
         "logits",
-        slice(model.all_logits(&cache)),
+        logits.iter().map(|&l| cfg.output_logit(l)).collect(),
         r.tensor("tl_logits"),
     );
     let comps = slice(cache.components.clone());
@@ -96,6 +111,27 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             );
         }
     }
+    // the post-norms' frozen scales (Gemma)
+    assert_eq!(
+        cache.post_scale.is_some(),
+        r.has("post_attn_scale.0"),
+        "{name}: post-norms"
+    );
+    if let Some((sa, sm)) = &cache.post_scale {
+        let (sa, sm) = (slice(sa.clone()), slice(sm.clone()));
+        for l in 0..cfg.n_layers {
+            check(
+                &format!("post_attn_scale.{l}"),
+                sa[l * p..(l + 1) * p].to_vec(),
+                r.tensor(&format!("post_attn_scale.{l}")),
+            );
+            check(
+                &format!("post_mlp_scale.{l}"),
+                sm[l * p..(l + 1) * p].to_vec(),
+                r.tensor(&format!("post_mlp_scale.{l}")),
+            );
+        }
+    }
     check(
         "ln_final_scale",
         slice(cache.final_scale.clone()),
@@ -103,7 +139,11 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
     );
     // last-position logits from the forward pass itself
     let v = cfg.d_vocab;
-    let tl = r.tensor("tl_logits");
+    let tl = r.tensor(if precap {
+        "tl_logits_precap"
+    } else {
+        "tl_logits"
+    });
     check(
         "last_logits",
         slice(cache.last_logits.clone()),
@@ -225,7 +265,11 @@ fn unprocessed_matches_hugging_face() {
         )
         .unwrap();
         let cache = model.run(&r.token_ids()).unwrap();
-        let e = max_abs_diff(&slice(model.all_logits(&cache)), &r.tensor("hf_logits"));
+        let out: Vec<f32> = slice(model.all_logits(&cache))
+            .into_iter()
+            .map(|l| model.config.output_logit(l))
+            .collect();
+        let e = max_abs_diff(&out, &r.tensor("hf_logits"));
         eprintln!("{name}: max abs error vs HF (unprocessed) {e:.3e}");
         assert!(e <= TOL, "{name}: unprocessed logits differ from HF by {e}");
     }

@@ -91,8 +91,35 @@ fn describe_config(c: &rdla_model::ModelConfig) -> String {
     } else {
         format!("{} heads", c.n_heads)
     };
+    let mut extras = Vec::new();
+    if let Some(r) = &c.local_rotary {
+        extras.push(format!("local layers rotary ({})", r.describe));
+    }
+    let local = c
+        .attn_spans
+        .iter()
+        .filter(|s| matches!(s, rdla_model::config::AttnSpan::Local(_)))
+        .count();
+    if local > 0 {
+        extras.push(format!("{local} of {} layers sliding-window", c.n_layers));
+    }
+    if c.qk_norm {
+        extras.push("q/k norms (frozen)".into());
+    }
+    if c.post_norms {
+        extras.push("post-attention/post-MLP norms (frozen)".into());
+    }
+    if let Some(cap) = c.attn_softcap {
+        extras.push(format!("attention soft-cap {cap}"));
+    }
+    if let Some(cap) = c.final_softcap {
+        extras.push(format!(
+            "final logit soft-cap {cap} (pre-cap logit attributed)"
+        ));
+    }
+    let extras: String = extras.iter().map(|e| format!(" · {e}")).collect();
     format!(
-        "{norm} · {pos} · {resid} · {heads} of {} · {mlp} · context {} · vocabulary {} · stored as {}",
+        "{norm} · {pos} · {resid} · {heads} of {} · {mlp}{extras} · context {} · vocabulary {} · stored as {}",
         c.d_head, c.n_ctx, c.d_vocab, c.dtype
     )
 }

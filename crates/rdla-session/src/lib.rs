@@ -21,5 +21,5 @@ pub use info::ModelInfo;
 pub use report::{Prediction, Timings, top_predictions};
 pub use session::{
     AblationReport, AttentionRow, ComputeFailure, Computed, ModelSource, NodeView, Request,
-    Session, Tokens, ms,
+    Session, SoftCapped, Tokens, ms,
 };

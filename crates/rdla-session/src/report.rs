@@ -17,9 +17,14 @@ pub struct Prediction {
     pub prob: f32,
 }
 
-/// The `k` most likely next tokens at the last position (softmax in f64 on the host).
+/// The `k` most likely next tokens at the last position (softmax in f64 on the host), with the
+/// logits the model outputs (after a final soft-cap, where it has one).
 pub fn top_predictions(model: &Model, cache: &Cache, k: usize) -> Result<Vec<Prediction>> {
-    let logits = to_vec(cache.last_logits.clone())?;
+    let cfg = &model.config;
+    let logits: Vec<f32> = to_vec(cache.last_logits.clone())?
+        .into_iter()
+        .map(|l| cfg.output_logit(l))
+        .collect();
     if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
         return Err(crate::error::SessionError::NonFinite {
             what: format!("the logit of token {i} at the last position"),
@@ -123,6 +128,17 @@ pub fn report_json(
                 continue;
             }
             map.insert(key.into(), array.to_json());
+        }
+        if let Some(sc) = &c.softcap {
+            map.insert(
+                "final_logit_softcap".into(),
+                json!({
+                    "cap": sc.cap,
+                    "target_value_capped": sc.target_capped,
+                    "answer_prob": sc.answer_prob,
+                    "note": "the model outputs cap·tanh(logit/cap); target_value and every attribution are of the pre-cap logit, which is linear in the residual stream",
+                }),
+            );
         }
         if let Some(node) = node {
             map.insert(

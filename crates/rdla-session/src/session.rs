@@ -82,11 +82,45 @@ pub struct Computed {
     pub target_label: String,
     /// `b_U[answer]` (minus `b_U[foil]`): excluded from the root by definition.
     pub unembed_bias: f32,
+    /// Where the model soft-caps its final logits (Gemma 2): what it outputs for the target.
+    pub softcap: Option<SoftCapped>,
     pub overview: rdla_attrib::Overview,
     /// The root's expansion.
     pub root: Expansion,
     pub forward_ms: f64,
     pub attribution_ms: f64,
+}
+
+/// The target as the model outputs it under a final logit soft-cap `cap · tanh(l / cap)`. The
+/// tree explains the pre-cap logit (`target_value`, linear in the residual stream); these are
+/// shown beside it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SoftCapped {
+    pub cap: f32,
+    /// The capped logit of the answer (minus the capped logit of the foil).
+    pub target_capped: f32,
+    /// The answer's probability under the capped logits.
+    pub answer_prob: f32,
+}
+
+impl SoftCapped {
+    /// From the pre-cap logits at the last position; `None` without a final soft-cap.
+    pub fn of(cfg: &rdla_model::ModelConfig, logits: &[f32], target: Target) -> Option<Self> {
+        let cap = cfg.final_softcap?;
+        let out: Vec<f64> = logits
+            .iter()
+            .map(|&l| f64::from(cfg.output_logit(l)))
+            .collect();
+        let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = out.iter().map(|l| (l - max).exp()).sum();
+        let get = |id: u32| out.get(id as usize).copied().unwrap_or(f64::NAN);
+        let a = get(target.answer());
+        Some(Self {
+            cap,
+            target_capped: (a - target.foil().map_or(0.0, get)) as f32,
+            answer_prob: ((a - max).exp() / z) as f32,
+        })
+    }
 }
 
 /// A computation that could not finish: the error, and the tokens and top predictions when the
@@ -291,9 +325,17 @@ impl Session {
             let b_u = rdla_model::to_vec(self.model.weights.b_u.clone())?;
             let get = |id: u32| b_u.get(id as usize).copied().unwrap_or(0.0);
             let unembed_bias = get(target.answer()) - target.foil().map_or(0.0, get);
-            Ok((overview, root, unembed_bias))
+            let softcap = match self.model.config.final_softcap {
+                Some(_) => SoftCapped::of(
+                    &self.model.config,
+                    &rdla_model::to_vec(cache.last_logits.clone())?,
+                    target,
+                ),
+                None => None,
+            };
+            Ok((overview, root, unembed_bias, softcap))
         })();
-        let (overview, root, unembed_bias) =
+        let (overview, root, unembed_bias, softcap) =
             derived.map_err(|e| fail(e, Some(tokens.clone()), top.clone()))?;
         let computed = Computed {
             request: req.clone(),
@@ -302,6 +344,7 @@ impl Session {
             top,
             target,
             unembed_bias,
+            softcap,
             overview,
             root,
             forward_ms,

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use rdla_model::{Device, Model, Processing, WeightStore};
 
-/// The TransformerLens reference fixtures: `generate.py` (GPT-2, GPT-Neo) and
-/// `generate_families.py` (GPT-NeoX, Llama, Qwen2, Mistral).
-pub const TL_FIXTURES: [&str; 9] = [
+/// The TransformerLens reference fixtures: `generate.py` (GPT-2, GPT-Neo),
+/// `generate_families.py` (GPT-NeoX, Llama, Qwen2, Mistral) and `generate_families2.py`
+/// (Phi-3, Qwen3, Gemma 2, Gemma 3).
+pub const TL_FIXTURES: [&str; 11] = [
     "gpt2_tied",
     "gpt2_untied",
     "gptneo_local",
@@ -20,6 +21,8 @@ pub const TL_FIXTURES: [&str; 9] = [
     "mistral",
     "phi3",
     "qwen3",
+    "gemma2",
+    "gemma3",
 ];
 
 pub fn fixtures_dir() -> PathBuf {

@@ -450,3 +450,48 @@ fn score_nodes_ablation_and_prompt_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("qk:9") && err.contains("qk:{k}"), "{err}");
 }
+
+/// Every TransformerLens fixture family from the command line: the target (answer − foil) and
+/// every component's attribution equal the reference's, and a model with a final logit
+/// soft-cap (Gemma 2) reports the capped target beside the attributed pre-cap one.
+#[test]
+fn every_family_attributes_from_the_cli() {
+    for name in rdla_testutil::TL_FIXTURES {
+        let r = rdla_testutil::Reference::load(name);
+        let dir = fixture(name);
+        let j = json_of(&rdla(&[
+            "attribute",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            &r.str("prompt"),
+            "--answer",
+            &r.str("answer"),
+            "--foil",
+            &r.str("foil"),
+            "--json",
+            "-",
+        ]));
+        let tv = j["target_value"].as_f64().unwrap();
+        let want = r.json["target_value_diff"].as_f64().unwrap();
+        assert!((tv - want).abs() < 1e-4, "{name}: target {tv} vs {want}");
+        let comps: Vec<f32> = j["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let err = rdla_testutil::max_abs_diff(&comps, &r.tensor("component_dla_diff"));
+        assert!(err <= 1e-4, "{name}: components differ by {err}");
+        let capped = &j["final_logit_softcap"];
+        match r.json.get("target_logit_capped_diff") {
+            Some(want) => {
+                let got = capped["target_value_capped"].as_f64().unwrap();
+                let want = want.as_f64().unwrap();
+                assert!((got - want).abs() < 1e-4, "{name}: capped {got} vs {want}");
+                assert!(capped["note"].as_str().unwrap().contains("pre-cap"));
+            }
+            None => assert!(capped.is_null(), "{name}: {capped}"),
+        }
+    }
+}

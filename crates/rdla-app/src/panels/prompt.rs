@@ -14,7 +14,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
     let r = ui.add(
         egui::TextEdit::multiline(&mut settings.prompt)
             .desired_rows(4)
-            .desired_width(f32::INFINITY)
+            .desired_width(ui.available_width())
             .font(egui::TextStyle::Monospace),
     );
     r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::MultilineTextInput, true, "Prompt"));
@@ -54,6 +54,17 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
                 t += &format!(", foil id {f}");
             }
             ui.label(RichText::new(format!("one token: {t}")).color(theme::OK));
+            if let Some(sc) = &c.softcap {
+                ui.label(format!(
+                    "final logit soft-cap {}: the tree explains the pre-cap logit {:+.4}; \
+                     the model outputs {:+.4} (p = {:.4})",
+                    sc.cap, c.overview.target_value, sc.target_capped, sc.answer_prob
+                ))
+                .on_hover_text(
+                    "cap·tanh(logit/cap) is not linear; the logit before it is, so that is \
+                     what is attributed",
+                );
+            }
         }
         _ => {}
     }
@@ -97,28 +108,94 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
         });
 }
 
-/// The prompt's tokens, BOS marked; hover for position and id.
+/// The prompt's tokens, BOS marked; hover for position and id. The tokens are broken into
+/// rows of the panel's width and only the rows in view are drawn, in a scroll area of at most
+/// eight rows, so a prompt of thousands of tokens costs what its visible rows cost.
 fn token_strip(ui: &mut Ui, state: &AppState) {
+    const PAD: f32 = 3.0;
+    const GAP: f32 = 2.0;
     let t = &state.tokens;
-    ui.horizontal_wrapped(|ui| {
-        ui.spacing_mut().item_spacing = egui::vec2(2.0, 2.0);
-        for (p, (id, s)) in t.ids.iter().zip(&t.strs).enumerate() {
-            let bos = p == 0 && t.has_bos;
-            let text = if bos { "BOS".to_string() } else { printable(s) };
-            let fill = if bos {
-                theme::BOS
-            } else {
-                ui.visuals().faint_bg_color
-            };
-            egui::Frame::new()
-                .fill(fill)
-                .stroke(ui.visuals().widgets.noninteractive.bg_stroke)
-                .inner_margin(egui::Margin::symmetric(3, 1))
-                .corner_radius(3.0)
-                .show(ui, |ui| {
-                    ui.label(RichText::new(text).monospace())
-                        .on_hover_text(format!("position {p} · id {id} · {s:?}"));
-                });
-        }
+    if t.ids.is_empty() {
+        return;
+    }
+    let font = egui::TextStyle::Monospace.resolve(ui.style());
+    let text_color = ui.visuals().text_color();
+    let galleys: Vec<std::sync::Arc<egui::Galley>> = ui.fonts_mut(|f| {
+        t.strs
+            .iter()
+            .enumerate()
+            .map(|(p, s)| {
+                let text = if p == 0 && t.has_bos {
+                    "BOS".to_string()
+                } else {
+                    printable(s)
+                };
+                f.layout_no_wrap(text, font.clone(), text_color)
+            })
+            .collect()
     });
+    // rows break a scroll bar's width short of the panel's edge (the scroll area keeps room
+    // for one), so the strip never asks the panel to grow
+    let scroll = ui.spacing().scroll;
+    let width = (ui.available_width()
+        - scroll.bar_width
+        - scroll.bar_inner_margin
+        - scroll.bar_outer_margin)
+        .max(40.0);
+    let mut rows: Vec<std::ops::Range<usize>> = Vec::new();
+    let (mut start, mut x) = (0, 0.0);
+    for (i, g) in galleys.iter().enumerate() {
+        let w = g.size().x + 2.0 * PAD;
+        if i > start && x + w > width {
+            rows.push(start..i);
+            (start, x) = (i, 0.0);
+        }
+        x += w + GAP;
+    }
+    rows.push(start..galleys.len());
+    let row_h = font.size + 4.0;
+    let stroke = ui.visuals().widgets.noninteractive.bg_stroke;
+    egui::ScrollArea::vertical()
+        .id_salt("token strip")
+        .max_height((row_h + ui.spacing().item_spacing.y) * 8.0)
+        .auto_shrink([false, true])
+        .show_rows(ui, row_h, rows.len(), |ui, visible| {
+            for row in &rows[visible] {
+                let (rect, _) = ui.allocate_exact_size(
+                    egui::vec2(ui.available_width().min(width), row_h),
+                    egui::Sense::hover(),
+                );
+                let mut x = rect.left();
+                for p in row.clone() {
+                    let g = &galleys[p];
+                    let cell = egui::Rect::from_min_size(
+                        egui::pos2(x, rect.top()),
+                        egui::vec2(g.size().x + 2.0 * PAD, row_h),
+                    );
+                    let fill = if p == 0 && t.has_bos {
+                        theme::BOS
+                    } else {
+                        ui.visuals().faint_bg_color
+                    };
+                    let painter = ui.painter();
+                    painter.rect(cell, 3.0, fill, stroke, egui::StrokeKind::Inside);
+                    painter.galley(
+                        cell.min + egui::vec2(PAD, (row_h - g.size().y) / 2.0),
+                        g.clone(),
+                        text_color,
+                    );
+                    let (id, s) = (t.ids[p], &t.strs[p]);
+                    ui.interact(cell, ui.scope_id().with(("token", p)), egui::Sense::hover())
+                        .on_hover_text(format!("position {p} · id {id} · {s:?}"));
+                    x = cell.right() + GAP;
+                }
+            }
+        });
+    if rows.len() > 8 {
+        ui.weak(format!(
+            "{} tokens in {} rows: scroll",
+            t.ids.len(),
+            rows.len()
+        ));
+    }
 }

@@ -22,7 +22,7 @@ pub mod types;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rdla_model::config::Norm;
-use rdla_model::rotary::RotaryTables;
+use rdla_model::rotary::LayerRotary;
 use rdla_model::{Cache, Layout, Model};
 
 pub use expand::{NEURONS_LISTED, Resolved, TOKENS_LISTED};
@@ -53,7 +53,7 @@ pub struct Engine<'a> {
     /// `C(u) / s_final[P-1]`.
     r_root: Tensor<1>,
     /// The rotary tables for this prompt (`None` without rotary embeddings).
-    rotary: Option<RotaryTables>,
+    rotary: Option<LayerRotary>,
 }
 
 impl std::fmt::Debug for Engine<'_> {

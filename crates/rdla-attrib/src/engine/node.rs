@@ -243,7 +243,12 @@ impl Engine<'_> {
                     .narrow(0, *layer, 1)
                     .narrow(1, *head, 1)
                     .reshape([cfg.d_head, cfg.d_model]);
-                Some(z.matmul(w_o).reshape([cfg.d_model]))
+                Some(self.post_written(
+                    *layer,
+                    node.pos,
+                    z.matmul(w_o).reshape([cfg.d_model]),
+                    false,
+                ))
             }
             Kind::Neuron { layer, n } => Some(self.neuron_output(*layer, node.pos, *n)),
             _ => None,

@@ -26,11 +26,14 @@ impl Engine<'_> {
         let r_all = r.clone().unsqueeze_dim::<2>(0).expand([l_n, d]); // [L, d]
 
         // root children
-        let components = super::rows_dot(self.comps_at(c_n, q), r.clone()); // [C]
-        let attn_bias = super::rows_dot(w.b_o.clone(), r); // [L]
+        let components = super::rows_dot(self.comps_at(c_n, q), r); // [C]
+        let r_attn = self.post_readout(&ls, q, r_all.clone(), false); // [L, d]
+        let attn_bias = (w.b_o.clone() * r_attn.clone())
+            .sum_dim(1)
+            .squeeze_dim::<1>(1); // [L]
 
         // heads
-        let (ov, bias_per_unit) = self.ov_readouts(&ls, r_all.clone()); // [L, H, d], [L, H]
+        let (ov, bias_per_unit) = self.ov_readouts(&ls, r_attn); // [L, H, d], [L, H]
         let a_q = self.pattern_rows(ls.clone(), q); // [L, H, P]
         let head_breakdown = self.source_values(&ls, ov, a_q.clone()); // [L, H, P, C]
         let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [L, H]

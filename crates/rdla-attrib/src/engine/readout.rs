@@ -28,6 +28,33 @@ struct MlpParts {
 }
 
 impl Engine<'_> {
+    /// Readouts `r [Lb, d]` of the attention outputs (`mlp: false`) or MLP outputs of layers
+    /// `ls` at `q`, pulled back through their frozen post-norms (Gemma): `r ⊙ w_post /
+    /// s_post[l, q]`, the readout of the block's output before its norm (DESIGN.md §1.1). The
+    /// identity in models without post-norms.
+    pub(super) fn post_readout(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+        mlp: bool,
+    ) -> Tensor<2> {
+        let (Some((wa, wm)), Some((sa, sm))) =
+            (&self.model.weights.post_norm, &self.cache.post_scale)
+        else {
+            return r;
+        };
+        let (w, s) = if mlp { (wm, sm) } else { (wa, sa) };
+        r * layers(w, ls) / layers(s, ls).narrow(1, q, 1)
+    }
+
+    /// What a block of layer `l` writes at `q` from its pre-norm output `v [d]`: `v ⊙ w_post /
+    /// s_post[l, q]` (the identity without post-norms).
+    pub(super) fn post_written(&self, l: usize, q: usize, v: Tensor<1>, mlp: bool) -> Tensor<1> {
+        self.post_readout(&(l..l + 1), q, v.unsqueeze_dim(0), mlp)
+            .squeeze_dim::<1>(0)
+    }
+
     /// `W_O[l,h] r_l`, grouped by key/value head: `[Lb, KV, dh, g]`.
     fn wo_r(&self, ls: &Range<usize>, r: Tensor<2>) -> Tensor<4> {
         let cfg = &self.model.config;
@@ -173,6 +200,7 @@ impl Engine<'_> {
         neuron: Option<usize>,
     ) -> MlpParts {
         let [lb, d] = r.dims();
+        let r = self.post_readout(ls, q, r, true);
         let mut wout_r = layers(&self.model.weights.w_out, ls)
             .matmul(r.reshape([lb, d, 1]))
             .squeeze_dim::<2>(2); // [Lb, d_mlp]
@@ -245,7 +273,7 @@ impl Engine<'_> {
         }
         let b_out = layers(&w.b_out, ls)
             .unsqueeze_dim::<3>(1)
-            .matmul(r.reshape([lb, d, 1]))
+            .matmul(self.post_readout(ls, q, r, true).reshape([lb, d, 1]))
             .reshape([lb]);
         gated + b_out
     }
@@ -263,6 +291,9 @@ impl Engine<'_> {
     /// Every neuron's value `a_n (W_out[n] · r)` of MLP `l` at `q`: `[d_mlp]`. With `b_out · r`
     /// they add up to the MLP's value.
     pub(super) fn neuron_values(&self, l: usize, q: usize, r: Tensor<1>) -> Tensor<1> {
+        let r = self
+            .post_readout(&(l..l + 1), q, r.unsqueeze_dim(0), true)
+            .squeeze_dim::<1>(0);
         let wout_r = layers(&self.model.weights.w_out, &(l..l + 1))
             .squeeze_dim::<2>(0)
             .matmul(r.unsqueeze_dim::<2>(1))
@@ -270,16 +301,18 @@ impl Engine<'_> {
         self.mlp_activations(&(l..l + 1), q).squeeze_dim::<1>(0) * wout_r
     }
 
-    /// What neuron `n` of MLP `l` writes at `q`: `a_n W_out[n]` `[d]`.
+    /// What neuron `n` of MLP `l` writes at `q`: `a_n W_out[n]` `[d]` (through the frozen
+    /// post-norm, where there is one).
     pub(super) fn neuron_output(&self, l: usize, q: usize, n: usize) -> Tensor<1> {
         let a = self
             .mlp_activations(&(l..l + 1), q)
             .narrow(1, n, 1)
             .reshape([1]);
-        layers(&self.model.weights.w_out, &(l..l + 1))
+        let v = layers(&self.model.weights.w_out, &(l..l + 1))
             .squeeze_dim::<2>(0)
             .narrow(0, n, 1)
             .squeeze_dim::<1>(0)
-            * a
+            * a;
+        self.post_written(l, q, v, true)
     }
 }

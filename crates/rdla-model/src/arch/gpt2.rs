@@ -32,8 +32,8 @@ use crate::error::{ModelError, Result};
 pub static FAMILY: Family = Family {
     model_types: &["gpt2"],
     classes: &["GPT2LMHeadModel", "GPT2Model"],
-    prefix: "transformer.",
-    lm_head: "lm_head.weight",
+    prefix: &["transformer."],
+    lm_head: &["lm_head.weight"],
     config,
     load,
 };
@@ -150,6 +150,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 qk_norm: None,
                 w_out,
                 b_out,
+                post_norm: None,
             })?;
         }
         Ok(())

@@ -33,8 +33,8 @@ use crate::weights::HostTensor;
 pub static FAMILY: Family = Family {
     model_types: &["gpt_neo"],
     classes: &["GPTNeoForCausalLM", "GPTNeoModel"],
-    prefix: "transformer.",
-    lm_head: "lm_head.weight",
+    prefix: &["transformer."],
+    lm_head: &["lm_head.weight"],
     config,
     load,
 };
@@ -206,6 +206,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 qk_norm: None,
                 w_out: transpose(&proj),
                 b_out,
+                post_norm: None,
             })?;
         }
         Ok(())

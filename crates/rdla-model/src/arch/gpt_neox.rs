@@ -28,8 +28,8 @@ use crate::weights::HostTensor;
 pub static FAMILY: Family = Family {
     model_types: &["gpt_neox"],
     classes: &["GPTNeoXForCausalLM", "GPTNeoXModel"],
-    prefix: "gpt_neox.",
-    lm_head: "embed_out.weight",
+    prefix: &["gpt_neox."],
+    lm_head: &["embed_out.weight"],
     config,
     load,
 };
@@ -128,6 +128,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 qk_norm: None,
                 w_out: transpose(&proj),
                 b_out,
+                post_norm: None,
             })?;
         }
         Ok(())

@@ -42,8 +42,8 @@ const fn member(
     Family {
         model_types,
         classes,
-        prefix: "model.",
-        lm_head: "lm_head.weight",
+        prefix: &["model."],
+        lm_head: &["lm_head.weight"],
         config,
         load,
     }
@@ -287,6 +287,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                 qk_norm,
                 w_out: transpose(&down),
                 b_out: HostTensor::zeros(vec![d]),
+                post_norm: None,
             })?;
         }
         Ok(())

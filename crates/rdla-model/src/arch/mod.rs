@@ -5,6 +5,7 @@
 //! `model_type` / `architectures`, the "supported families" message and dispatch all read it.
 //! Adding a family is one new module and one line here.
 
+pub mod gemma;
 pub mod gpt2;
 pub mod gpt_neo;
 pub mod gpt_neox;
@@ -48,6 +49,10 @@ pub struct CanonLayer {
     /// Per-head RMSNorm weights `[dh]` of the queries and keys (Qwen3), applied to each head's
     /// query/key before the rotary map; not folded (the norm's scale depends on the projection).
     pub qk_norm: Option<(HostTensor, HostTensor)>,
+    /// The effective weights `[d]` of the RMSNorms on the attention's and the MLP's outputs
+    /// (Gemma's post-norms, `1 + w` already added); not folded: they multiply the block's
+    /// output after its frozen scale.
+    pub post_norm: Option<(HostTensor, HostTensor)>,
 }
 
 /// A whole model in TransformerLens layout: `w_e [V, d]`, `w_pos [n_ctx, d]` (learned
@@ -92,11 +97,11 @@ pub struct Family {
     pub model_types: &'static [&'static str],
     /// HF classes in `architectures` (the first is the name shown to users).
     pub classes: &'static [&'static str],
-    /// Prefix of the block and embedding keys (`transformer.`, `model.`, …); keys are also
-    /// found without it.
-    pub prefix: &'static str,
-    /// Key of an untied unembedding (outside the prefix).
-    pub lm_head: &'static str,
+    /// Prefixes of the block and embedding keys (`transformer.`, `model.`, …), tried in
+    /// order; keys are also found without one.
+    pub prefix: &'static [&'static str],
+    /// Keys of an untied unembedding (outside the prefix), tried in order.
+    pub lm_head: &'static [&'static str],
     /// `config.json` → validated config.
     pub config: fn(&serde_json::Value) -> Result<ModelConfig>,
     /// The key table: read the checkpoint, handing each block to the sink.
@@ -138,6 +143,8 @@ pub static FAMILIES: &[&Family] = &[
     &llama::MISTRAL,
     &llama::PHI3,
     &llama::QWEN3,
+    &gemma::GEMMA2,
+    &gemma::GEMMA3,
 ];
 
 /// `model_type` (or, when it is absent, an `architectures` entry) → family.
@@ -212,17 +219,17 @@ pub struct Keys<'a, 'p> {
     progress: &'a mut ProgressFn<'p>,
     done: u64,
     total: u64,
-    prefix: &'static str,
-    /// The untied unembedding's key (outside the prefix).
-    lm_head: &'static str,
+    prefix: &'static [&'static str],
+    /// The untied unembedding's keys (outside the prefix).
+    lm_head: &'static [&'static str],
 }
 
 impl<'a, 'p> Keys<'a, 'p> {
     fn new(
         store: &'a WeightStore,
         progress: &'a mut ProgressFn<'p>,
-        prefix: &'static str,
-        lm_head: &'static str,
+        prefix: &'static [&'static str],
+        lm_head: &'static [&'static str],
     ) -> Self {
         let total = store.keys().map(|k| store.nbytes(k)).sum();
         Self {
@@ -253,7 +260,11 @@ impl<'a, 'p> Keys<'a, 'p> {
     }
 
     fn candidates(&self, name: &str) -> Vec<String> {
-        vec![format!("{}{name}", self.prefix), name.to_string()]
+        self.prefix
+            .iter()
+            .map(|p| format!("{p}{name}"))
+            .chain(std::iter::once(name.to_string()))
+            .collect()
     }
 
     /// The stored key for `name`, if any spelling of it exists.
@@ -321,7 +332,7 @@ impl<'a, 'p> Keys<'a, 'p> {
         w_e: &HostTensor,
         blocks: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<HostTensor> {
-        if !cfg.tie_word_embeddings || self.store.contains(self.lm_head) {
+        if !cfg.tie_word_embeddings || self.lm_head_key().is_some() {
             blocks(self)?;
             return self.unembed(cfg, w_e);
         }
@@ -340,18 +351,26 @@ impl<'a, 'p> Keys<'a, 'p> {
     pub fn unembed(&mut self, cfg: &ModelConfig, w_e: &HostTensor) -> Result<HostTensor> {
         let (d, v) = (cfg.d_model, cfg.d_vocab);
         // lm_head lives outside the prefix; an untied model must have it.
-        let lm = if self.store.contains(self.lm_head) {
-            Some(self.get(self.lm_head, &[v, d])?)
+        let lm = if let Some(key) = self.lm_head_key() {
+            Some(self.get(key, &[v, d])?)
         } else if !cfg.tie_word_embeddings {
             return Err(ModelError::MissingTensor {
-                key: self.lm_head.into(),
-                tried: vec![self.lm_head.into()],
+                key: self.lm_head[0].into(),
+                tried: self.lm_head.iter().map(|k| (*k).to_string()).collect(),
             });
         } else {
             None
         };
         let src = lm.as_ref().unwrap_or(w_e);
         Ok(transpose(src))
+    }
+
+    /// The stored key of the untied unembedding, if there is one.
+    fn lm_head_key(&self) -> Option<&'static str> {
+        self.lm_head
+            .iter()
+            .copied()
+            .find(|k| self.store.contains(k))
     }
 }
 

@@ -36,7 +36,10 @@ pub struct Cache {
     pub v: Tensor<4>,
     /// Frozen scales of the per-head query/key norms (Qwen3): `[L, H, P]`, `[L, KV, P]`.
     pub qk_scale: Option<(Tensor<3>, Tensor<3>)>,
-    /// Logits at the last position `[V]`.
+    /// Frozen scales of the post-attention and post-MLP norms (Gemma): `[L, P]` each.
+    pub post_scale: Option<(Tensor<2>, Tensor<2>)>,
+    /// Logits at the last position `[V]`, before any final soft-cap (the attributed logits;
+    /// [`crate::ModelConfig::output_logit`] gives what the model outputs).
     pub last_logits: Tensor<1>,
 }
 
@@ -68,12 +71,11 @@ impl Model {
         let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [lb, q + 1]), &self.device)
             .reshape([lb, 1, 1, q + 1])
             .expand([lb, kv, g, q + 1]);
-        let a = softmax(
-            seen.mul_scalar(self.config.attn_scale)
-                .mask_fill(mask, MASK_VALUE),
-            3,
-        )
-        .reshape([lb, h, q + 1]);
+        let a = softmax(self.scaled_scores(seen).mask_fill(mask, MASK_VALUE), 3).reshape([
+            lb,
+            h,
+            q + 1,
+        ]);
         if q + 1 == n {
             a
         } else {

@@ -105,9 +105,9 @@ impl Model {
         q0: usize,
         bq: usize,
     ) -> Result<Tensor<3>> {
-        let scale = self.config.attn_scale;
+        let (scale, cap) = (self.config.attn_scale, self.config.attn_softcap);
         if self.on_cpu() {
-            return fused::softmax_block(scores, scale, span, q0, bq, &self.device);
+            return fused::softmax_block(scores, scale, cap, span, q0, bq, &self.device);
         }
         let [g, rows, k] = scores.dims();
         let mask = block_mask(span, q0, bq, k, &self.device)
@@ -115,9 +115,31 @@ impl Model {
             .expand([g * rows / bq, bq, k])
             .reshape([g, rows, k]);
         Ok(softmax(
-            scores.mul_scalar(scale).mask_fill(mask, MASK_VALUE),
+            self.scaled_scores(scores).mask_fill(mask, MASK_VALUE),
             2,
         ))
+    }
+
+    /// Raw scores `q̂·k̂` → the attention logits the softmax reads: times the score scale, then
+    /// soft-capped where the model caps them (Gemma 2: `cap · tanh(s / cap)`).
+    pub(crate) fn scaled_scores<const D: usize>(&self, raw: Tensor<D>) -> Tensor<D> {
+        let s = raw.mul_scalar(self.config.attn_scale);
+        match self.config.attn_softcap {
+            Some(cap) => s.div_scalar(cap).tanh().mul_scalar(cap),
+            None => s,
+        }
+    }
+
+    /// A post-norm (Gemma): `y · w / s`, `s = sqrt(mean(y²) + eps)` over `y [P, d]`, with `w`
+    /// the norm's weight `[1, d]`; returns the normalised `y` and `s [P]`.
+    fn post_norm(&self, y: Tensor<2>, w: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        let s = y
+            .clone()
+            .square()
+            .mean_dim(1)
+            .add_scalar(self.config.ln_eps)
+            .sqrt(); // [P, 1]
+        (y / s.clone() * w, s.squeeze_dim::<1>(1))
     }
 
     /// The forward pass over `ids` (BOS included if wanted), caching what attribution needs.
@@ -183,13 +205,14 @@ impl Model {
         let mut ks = Tensor::<4>::empty([n_l, kv, n, dh], dev);
         let mut vs = Tensor::<4>::empty([n_l, kv, n, dh], dev);
         let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
+        let mut post_scales: Option<(Tensor<2>, Tensor<2>)> = None;
 
         for l in 0..n_l {
             let layer = |t: &Tensor<4>| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
             let layer3 = |t: &Tensor<3>| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
             let layer2 = |t: &Tensor<2>| t.clone().narrow(0, l, 1); // [1, ·]
             let rotate = |t: Tensor<3>| match &rotary {
-                Some(r) => r.apply(t, 0),
+                Some(r) => r.layer(l).apply(t, 0),
                 None => t,
             };
 
@@ -242,6 +265,19 @@ impl Model {
             }
             let w_o = layer(&w.w_o).reshape([h * dh, d]);
             let mut attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
+            if let Some((pa, _)) = &w.post_norm {
+                let (y, s) = self.post_norm(attn_out, layer2(pa));
+                attn_out = y;
+                let (sa, _) = post_scales.get_or_insert_with(|| {
+                    (
+                        Tensor::<2>::empty([n_l, n], dev),
+                        Tensor::<2>::empty([n_l, n], dev),
+                    )
+                });
+                *sa = sa
+                    .clone()
+                    .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
+            }
             for a in iv.at(|s| s == Site::Attn(l)) {
                 attn_out = ablate_rows(attn_out, a.pos, None, a.mode);
             }
@@ -268,6 +304,13 @@ impl Model {
                 }
             }
             let mut mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
+            if let (Some((_, pm)), Some((_, sm))) = (&w.post_norm, &mut post_scales) {
+                let (y, s) = self.post_norm(mlp_out, layer2(pm));
+                mlp_out = y;
+                *sm = sm
+                    .clone()
+                    .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
+            }
             for a in iv.at(|s| s == Site::Mlp(l)) {
                 mlp_out = ablate_rows(mlp_out, a.pos, None, a.mode);
             }
@@ -306,6 +349,7 @@ impl Model {
             k: ks,
             v: vs,
             qk_scale: qk_scales,
+            post_scale: post_scales,
             last_logits,
         })
     }

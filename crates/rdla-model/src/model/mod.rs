@@ -13,7 +13,7 @@ use crate::arch::{self, Canonical};
 use crate::config::{self, ModelConfig, Norm};
 use crate::error::{ModelError, Result, io_err};
 use crate::process::{self, Processing};
-use crate::rotary::RotaryTables;
+use crate::rotary::LayerRotary;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
@@ -55,8 +55,10 @@ pub struct Weights {
     pub w_out: Tensor<3>,
     /// `[L, d]`
     pub b_out: Tensor<2>,
-    /// Per-head RMSNorm weights of queries and keys `[L, dh]` each (Qwen3).
+    /// Per-head RMSNorm weights of queries and keys `[L, dh]` each (Qwen3, Gemma 3).
     pub qk_norm: Option<(Tensor<2>, Tensor<2>)>,
+    /// Weights of the post-attention and post-MLP RMSNorms `[L, d]` each (Gemma).
+    pub post_norm: Option<(Tensor<2>, Tensor<2>)>,
     /// `[d, V]`
     pub w_u: Tensor<2>,
     /// `[V]`
@@ -115,6 +117,7 @@ struct LayerStacks {
     w_out: Stack,
     b_out: Stack,
     qk_norm: Option<(Stack, Stack)>,
+    post_norm: Option<(Stack, Stack)>,
     /// LayerNorm weights and biases (only when not folded).
     ln1: Option<(Stack, Stack)>,
     ln2: Option<(Stack, Stack)>,
@@ -149,10 +152,15 @@ impl LayerStacks {
         if let Some(g) = &l.w_gate {
             self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
         }
-        if let Some((qn, kn)) = &l.qk_norm {
-            let (q, k) = self.qk_norm.get_or_insert_with(Default::default);
-            q.push_t(qn, n);
-            k.push_t(kn, n);
+        for (dst, src) in [
+            (&mut self.qk_norm, &l.qk_norm),
+            (&mut self.post_norm, &l.post_norm),
+        ] {
+            if let Some((a, b)) = src {
+                let (sa, sb) = dst.get_or_insert_with(Default::default);
+                sa.push_t(a, n);
+                sb.push_t(b, n);
+            }
         }
         for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
             if let Some(ln) = src {
@@ -207,6 +215,9 @@ impl Weights {
             qk_norm: stacks
                 .qk_norm
                 .map(|(q, k)| (q.upload(n, device), k.upload(n, device))),
+            post_norm: stacks
+                .post_norm
+                .map(|(a, m)| (a.upload(n, device), m.upload(n, device))),
             w_u: upload(w_u, device),
             b_u: upload(b_u, device),
         }
@@ -394,11 +405,10 @@ impl Model {
         Ok(())
     }
 
-    /// The rotary tables of layer `l` for a prompt of `n` positions (`None` without rotary).
-    pub fn rotary_tables(&self, n: usize) -> Option<RotaryTables> {
-        self.config
-            .rotary()
-            .map(|r| RotaryTables::new(r, n, &self.device))
+    /// The rotary tables of every layer for a prompt of `n` positions (`None` without
+    /// rotary).
+    pub fn rotary_tables(&self, n: usize) -> Option<LayerRotary> {
+        LayerRotary::new(&self.config, n, &self.device)
     }
 
     /// Logits at every position `[P, V]` from a cache (the forward computes only the last).

@@ -1,5 +1,6 @@
-//! An attention layer's output at a position: its children are the layer's heads (same
-//! readout), its remainder `b_O · r`.
+//! An attention layer's output at a position: its children are the layer's heads, its
+//! remainder `b_O · r`, both read along the layer's readout pulled back through the frozen
+//! post-norm where the model has one (the heads' readout `r ⊙ w_post / s_post`).
 
 use burn::tensor::Tensor;
 
@@ -11,18 +12,26 @@ pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, l: usize) -> Tenso
     eng.comp_value(Comp::Attn(l), node.pos, &node.readout)
 }
 
-pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node, l: usize) -> Tensor<1> {
-    crate::engine::rows_dot(
-        crate::engine::readout::layers(&eng.model.weights.b_o, &(l..l + 1)),
-        node.readout.clone(),
+/// The readout of the layer's heads and `b_O`: `[1, d]`.
+fn inner(eng: &Engine<'_>, node: &Node, l: usize) -> Tensor<2> {
+    eng.post_readout(
+        &(l..l + 1),
+        node.pos,
+        node.readout.clone().unsqueeze_dim(0),
+        false,
     )
+}
+
+pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node, l: usize) -> Tensor<1> {
+    (crate::engine::readout::layers(&eng.model.weights.b_o, &(l..l + 1)) * inner(eng, node, l))
+        .sum()
 }
 
 pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, l: usize) -> Children {
     Children {
         steps: (0..eng.model.config.n_heads).map(Step::Head).collect(),
         values: Some(
-            eng.head_values(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
+            eng.head_values(&(l..l + 1), node.pos, inner(eng, node, l))
                 .squeeze_dim::<1>(0),
         ),
     }
@@ -33,7 +42,7 @@ pub(in crate::engine) fn step(eng: &Engine<'_>, node: &Node, l: usize, step: Ste
         Step::Head(h) if h < eng.model.config.n_heads => Some(Node {
             kind: Kind::Head { layer: l, head: h },
             pos: node.pos,
-            readout: node.readout.clone(),
+            readout: inner(eng, node, l).squeeze_dim::<1>(0),
         }),
         _ => None,
     }

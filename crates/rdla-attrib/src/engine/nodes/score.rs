@@ -74,11 +74,11 @@ impl Engine<'_> {
         }
     }
 
-    /// Rotate each row of `x [rows, dh]` to position `positions[i]` (`inverse`: back from it);
+    /// Rotate each row of `x [rows, dh]` with layer `l`'s rotary embedding to position `positions[i]` (`inverse`: back from it);
     /// the identity without rotary embeddings.
-    fn rotate_rows(&self, x: Tensor<2>, positions: &[usize], inverse: bool) -> Tensor<2> {
+    fn rotate_rows(&self, l: usize, x: Tensor<2>, positions: &[usize], inverse: bool) -> Tensor<2> {
         match &self.rotary {
-            Some(r) => r.apply_rows(x, positions, inverse),
+            Some(r) => r.layer(l).apply_rows(x, positions, inverse),
             None => x,
         }
     }
@@ -174,7 +174,7 @@ impl Engine<'_> {
         let (l, h) = (id.layer, id.head);
         let keys = self.score_keys(id, q);
         let y = Self::times(
-            self.rotate_rows(self.k_hat_w(id, &keys), &[q], true),
+            self.rotate_rows(l, self.k_hat_w(id, &keys), &[q], true),
             self.qk_norm_factor(l, h, &[q], false),
         ); // [1, dh]
         let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
@@ -193,7 +193,12 @@ impl Engine<'_> {
         let keys = self.score_keys(id, q);
         let nk = keys.keys.len();
         let y = Self::times(
-            self.rotate_rows(self.q_hat(l, id.head, q).expand([nk, dh]), &keys.keys, true),
+            self.rotate_rows(
+                l,
+                self.q_hat(l, id.head, q).expand([nk, dh]),
+                &keys.keys,
+                true,
+            ),
             self.qk_norm_factor(l, hk, &keys.keys, true),
         ); // [nk, dh]
         let w_k = head_slice(&w.w_k, l, hk).reshape([d, dh]);
@@ -223,7 +228,7 @@ impl Engine<'_> {
             Tensor::cat(vec![xq.matmul(w_q), b_q], 0), // [n+1, dh]
             self.qk_norm_factor(l, h, &[q], false),
         );
-        let q_parts = self.rotate_rows(q_parts, &vec![q; n + 1], false);
+        let q_parts = self.rotate_rows(l, q_parts, &vec![q; n + 1], false);
 
         let w_k = head_slice(&w.w_k, l, hk).reshape([1, d, dh]);
         let b_k = head_slice(&w.b_k, l, hk).reshape([1, 1, dh]);
@@ -250,7 +255,7 @@ impl Engine<'_> {
             .flat_map(|&k| std::iter::repeat_n(k, n + 1))
             .collect();
         let k_parts = self
-            .rotate_rows(k_parts, &positions, false)
+            .rotate_rows(l, k_parts, &positions, false)
             .reshape([nk, (n + 1) * dh]);
         let k_w = keys.w.reshape([1, nk]).matmul(k_parts).reshape([n + 1, dh]);
         let table = q_parts.matmul(k_w.transpose()).mul_scalar(self.sigma());
