@@ -46,8 +46,11 @@ pub enum Action {
     Trace(Path),
     /// Show the graph view (or the heatmap explorer).
     ShowGraph(bool),
-    /// Ablate this node's site in the real forward pass (the causal check).
-    Ablate(Path, AblationMode),
+    /// Ablate these nodes' sites together in the real forward pass (the causal check: one
+    /// node from its details, or the top sites of the traced graph).
+    Ablate(Vec<Path>, AblationMode),
+    /// How many traced sites the graph's causal check ablates.
+    SetAblateTop(usize),
     ExportGraphPng,
     ExportGraphJson,
 }
@@ -64,6 +67,8 @@ pub struct GraphState {
     pub max_nodes: usize,
     /// Split MLPs into their neurons.
     pub neurons: bool,
+    /// How many of the largest traced sites the graph's causal check ablates together.
+    pub ablate_top: usize,
     /// `(done, budget)` of the trace in flight.
     pub tracing: Option<(usize, usize)>,
     pub trace: Option<Trace>,
@@ -79,6 +84,7 @@ impl Default for GraphState {
             threshold: 0.02,
             max_nodes: 60,
             neurons: false,
+            ablate_top: 3,
             tracing: None,
             trace: None,
             error: None,
@@ -176,8 +182,8 @@ pub struct AppState {
     pub last_ms: Option<f64>,
     pub graph: GraphState,
     /// Causal checks of the current computation, by path and mode.
-    pub ablations: HashMap<(Path, AblationMode), Result<AblationReport, String>>,
-    ablating: HashSet<(Path, AblationMode)>,
+    pub ablations: HashMap<(Vec<Path>, AblationMode), Result<AblationReport, String>>,
+    ablating: HashSet<(Vec<Path>, AblationMode)>,
 }
 
 impl AppState {
@@ -356,15 +362,20 @@ impl AppState {
                 self.graph.open = open;
                 Vec::new()
             }
-            Action::Ablate(path, mode) => {
+            Action::SetAblateTop(k) => {
+                self.graph.ablate_top = k.clamp(1, 20);
+                Vec::new()
+            }
+            Action::Ablate(paths, mode) => {
                 if self.computed.is_none()
-                    || self.ablations.contains_key(&(path.clone(), mode))
-                    || !self.ablating.insert((path.clone(), mode))
+                    || paths.is_empty()
+                    || self.ablations.contains_key(&(paths.clone(), mode))
+                    || !self.ablating.insert((paths.clone(), mode))
                 {
                     return Vec::new();
                 }
                 vec![Command::Ablate {
-                    path,
+                    paths,
                     mode,
                     id: self.compute_id,
                 }]
@@ -499,13 +510,13 @@ impl AppState {
             }
             Event::Ablated {
                 id,
-                path,
+                paths,
                 mode,
                 result,
             } => {
-                self.ablating.remove(&(path.clone(), mode));
+                self.ablating.remove(&(paths.clone(), mode));
                 if id == self.compute_id {
-                    self.ablations.insert((path, mode), result.map(|r| *r));
+                    self.ablations.insert((paths, mode), result.map(|r| *r));
                 }
                 Vec::new()
             }
@@ -656,5 +667,12 @@ mod tests {
         assert!(s.model.is_some());
         assert!(s.load_error.as_deref().unwrap().contains("/x"));
         assert!(s.loading.is_none());
+    }
+}
+
+impl AppState {
+    /// Whether the sites of `paths` are being ablated right now.
+    pub fn is_ablating(&self, paths: &[Path], mode: AblationMode) -> bool {
+        self.ablating.contains(&(paths.to_vec(), mode))
     }
 }

@@ -40,9 +40,9 @@ pub enum Command {
         opts: TraceOptions,
         id: u64,
     },
-    /// Ablate the site of `path` in the real forward pass.
+    /// Ablate the sites of `paths` together in the real forward pass.
     Ablate {
-        path: Path,
+        paths: Vec<Path>,
         mode: AblationMode,
         id: u64,
     },
@@ -104,7 +104,7 @@ pub enum Event {
     },
     Ablated {
         id: u64,
-        path: Path,
+        paths: Vec<Path>,
         mode: AblationMode,
         result: Result<Box<AblationReport>, String>,
     },
@@ -257,7 +257,7 @@ impl Worker {
                 Command::Compute { request, id } => self.compute(&request, id),
                 Command::Expand { path, id } => self.expand(path, id),
                 Command::Trace { from, opts, id } => self.trace(&from, &opts, id),
-                Command::Ablate { path, mode, id } => self.ablate(path, mode, id),
+                Command::Ablate { paths, mode, id } => self.ablate(paths, mode, id),
                 Command::Shutdown => {}
             }));
             if let (Err(p), Some((id, what))) = (result, on_panic) {
@@ -396,17 +396,17 @@ impl Worker {
         });
     }
 
-    fn ablate(&self, path: Path, mode: AblationMode, id: u64) {
+    fn ablate(&self, paths: Vec<Path>, mode: AblationMode, id: u64) {
         let result = match &self.session {
             Some(s) => s
-                .ablate(std::slice::from_ref(&path), mode, false)
+                .ablate(&paths, mode, false)
                 .map(Box::new)
                 .map_err(|e| e.to_string()),
             None => Err("nothing computed yet".into()),
         };
         self.emit(Event::Ablated {
             id,
-            path,
+            paths,
             mode,
             result,
         });

@@ -321,7 +321,7 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
     // the causal check of the neuron
     click(&mut h, "zero it");
     let key = (
-        h.state().current_path(),
+        vec![h.state().current_path()],
         rdla_model::model::ablate::AblationMode::Zero,
     );
     let r = h
@@ -339,6 +339,20 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
     let trace = h.state().state.graph.trace.clone().expect("traced");
     assert!((trace.frontier_total - f64::from(trace.value)).abs() < 1e-3);
     assert!(h.state().state.graph.open);
+    // the graph's causal check: the three largest sites ablated together
+    click(&mut h, "zero them");
+    let (key, r) = h
+        .state()
+        .state
+        .ablations
+        .iter()
+        .find(|(k, _)| k.0.len() == 3)
+        .map(|(k, r)| (k.clone(), r.clone().unwrap()))
+        .expect("the top three sites were ablated");
+    assert!(key.0.iter().any(|p| p.to_string() == "L0.mlp"), "{key:?}");
+    assert_eq!(r.paths.len(), 3);
+    assert!((r.clean - r.ablated - r.change).abs() < 1e-5 && r.change.abs() > 1.0);
+    h.get_by_label_contains("real change");
     click(&mut h, "site L0.mlp");
     assert!(!h.state().state.graph.open);
     assert_eq!(h.state().current_path().to_string(), "L0.mlp");

@@ -32,6 +32,10 @@ pub enum BenchArch {
     /// `LlamaForCausalLM` in bf16 (default shape: Llama-3.2-1B, 16,32,2048,128256 with 8
     /// key/value heads, d_mlp 8192, tied embeddings, llama3 rope scaling).
     Llama,
+    /// `Gemma2ForCausalLM` in bf16 (default shape: Gemma-2-2B, 26,8,2304,256000 with 4
+    /// key/value heads, head_dim 256, d_mlp 9216, post-norms, soft-caps, alternating local
+    /// and global layers, tied embeddings).
+    Gemma2,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,9 +49,10 @@ pub struct BenchArgs {
     /// GPT-Neo local attention window.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Llama key/value heads (grouped-query attention).
-    #[arg(long, default_value_t = 8)]
-    pub kv_heads: usize,
+    /// Llama / Gemma 2 key/value heads (grouped-query attention; default 8 for Llama, 4 for
+    /// Gemma 2).
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
     /// Prompt lengths (tokens, BOS included).
     #[arg(long, value_delimiter = ',', default_value = "16,128,512")]
     pub lengths: Vec<usize>,
@@ -334,6 +339,65 @@ pub fn generate_llama(
     w.write(dir, &config, format_pt())
 }
 
+/// Write a random Gemma 2 checkpoint in bf16 (every parameter random, the zero-centred norm
+/// weights included): head_dim 256, `d_mlp = 4·d`, sandwich norms, GeGLU, soft-caps 50 / 30,
+/// sliding window 4096 on every other layer, tied embeddings — Gemma-2-2B's layout.
+pub fn generate_gemma2(
+    dir: &FsPath,
+    n_layer: usize,
+    n_head: usize,
+    kv_heads: usize,
+    d: usize,
+    vocab: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kv_heads > 0 && n_head.is_multiple_of(kv_heads),
+        "--kv-heads must divide the number of heads"
+    );
+    let mut w = Writer::new();
+    w.bf16 = true;
+    let (dh, dm) = (256, 4 * d);
+    let s = 1.0 / (d as f32).sqrt();
+    w.add("model.embed_tokens.weight", &[vocab, d], 0.0, 0.02);
+    for l in 0..n_layer {
+        let p = format!("model.layers.{l}");
+        let a = format!("{p}.self_attn");
+        w.add(format!("{p}.input_layernorm.weight"), &[d], 0.0, 0.1);
+        w.add(format!("{a}.q_proj.weight"), &[n_head * dh, d], 0.0, s);
+        w.add(format!("{a}.k_proj.weight"), &[kv_heads * dh, d], 0.0, s);
+        w.add(format!("{a}.v_proj.weight"), &[kv_heads * dh, d], 0.0, s);
+        w.add(format!("{a}.o_proj.weight"), &[d, n_head * dh], 0.0, s);
+        for norm in [
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
+            w.add(format!("{p}.{norm}.weight"), &[d], 0.0, 0.1);
+        }
+        w.add(format!("{p}.mlp.gate_proj.weight"), &[dm, d], 0.0, s);
+        w.add(format!("{p}.mlp.up_proj.weight"), &[dm, d], 0.0, s);
+        w.add(
+            format!("{p}.mlp.down_proj.weight"),
+            &[d, dm],
+            0.0,
+            0.5 / (dm as f32).sqrt(),
+        );
+    }
+    w.add("model.norm.weight", &[d], 0.0, 0.1);
+    let config = serde_json::json!({
+        "model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"],
+        "num_hidden_layers": n_layer, "num_attention_heads": n_head,
+        "num_key_value_heads": kv_heads, "hidden_size": d, "head_dim": dh,
+        "intermediate_size": dm, "max_position_embeddings": 8192, "vocab_size": vocab,
+        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "query_pre_attn_scalar": 256, "sliding_window": 4096,
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        "attention_bias": false, "tie_word_embeddings": true,
+        "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16"
+    });
+    w.write(dir, &config, format_pt())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -366,6 +430,7 @@ fn parse_shape(a: &BenchArgs) -> anyhow::Result<[usize; 4]> {
             BenchArch::Gpt2 => "12,12,768,50257",
             BenchArch::GptNeo => "8,16,64,50257",
             BenchArch::Llama => "16,32,2048,128256",
+            BenchArch::Gemma2 => "26,8,2304,256000",
         }
         .to_string()
     });
@@ -402,7 +467,12 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             BenchArch::GptNeo => {
                 generate_gpt_neo(&dir, n_layer, n_head, d, vocab, max_len.max(2048), a.window)?
             }
-            BenchArch::Llama => generate_llama(&dir, n_layer, n_head, a.kv_heads, d, vocab)?,
+            BenchArch::Llama => {
+                generate_llama(&dir, n_layer, n_head, a.kv_heads.unwrap_or(8), d, vocab)?
+            }
+            BenchArch::Gemma2 => {
+                generate_gemma2(&dir, n_layer, n_head, a.kv_heads.unwrap_or(4), d, vocab)?
+            }
         }
         eprintln!(
             "generated {} in {:.1}s",

@@ -87,12 +87,12 @@ fn circuit_section(
             ),
         ] {
             if ui.button(label).on_hover_text(tip).clicked() {
-                actions.push(Action::Ablate(here.clone(), mode));
+                actions.push(Action::Ablate(vec![here.clone()], mode));
             }
         }
     });
     for mode in [AblationMode::Zero, AblationMode::Mean] {
-        match state.ablations.get(&(here.clone(), mode)) {
+        match state.ablations.get(&(vec![here.clone()], mode)) {
             Some(Ok(r)) => {
                 ui.label(format!(
                     "{mode:?}: target {:+.4} → {:+.4}, real change {:+.4} vs attributed {:+.4}",

@@ -9,6 +9,8 @@ use rdla_attrib::Path;
 use rdla_session::graph::{self, sign_color};
 use rdla_session::heatmap::max_abs;
 
+use rdla_model::model::ablate::AblationMode;
+
 use crate::state::{Action, AppState};
 use crate::theme;
 
@@ -74,6 +76,7 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
     };
     let shown = trace.pruned(state.graph.threshold, state.graph.max_nodes);
     ui.add(egui::Label::new(graph::summary(trace)).wrap());
+    causal_check(ui, state, trace, actions);
     ui.label(format!(
         "showing {} sites and {} edges (threshold {:.1}% of |value|) · click a site to open it",
         shown.nodes.len(),
@@ -160,5 +163,81 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
             trace.value,
             n.id
         ));
+    }
+}
+
+/// The graph's causal check: ablate its `k` largest sites (by |value| along the traced paths,
+/// the node traced from excluded) together in the real forward pass, and show the real change
+/// of the target beside the sites' traced values.
+fn causal_check(
+    ui: &mut Ui,
+    state: &AppState,
+    trace: &rdla_attrib::trace::Trace,
+    actions: &mut Vec<Action>,
+) {
+    let mut sites: Vec<&rdla_attrib::trace::GraphNode> = trace
+        .nodes
+        .iter()
+        .filter(|n| n.id != trace.from && Path::parse(&n.id).is_ok())
+        .collect();
+    sites.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+    sites.truncate(state.graph.ablate_top);
+    let paths: Vec<Path> = sites
+        .iter()
+        .filter_map(|n| Path::parse(&n.id).ok())
+        .collect();
+    let mut k = state.graph.ablate_top;
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Causal check: ablate the top");
+        if ui
+            .add(egui::DragValue::new(&mut k).range(1..=20))
+            .on_hover_text("how many of the largest traced sites to ablate together")
+            .changed()
+        {
+            actions.push(Action::SetAblateTop(k));
+        }
+        ui.label("sites together:");
+        for (mode, label) in [
+            (AblationMode::Zero, "zero them"),
+            (AblationMode::Mean, "mean them"),
+        ] {
+            let busy = state.is_ablating(&paths, mode);
+            if ui
+                .add_enabled(!busy && !paths.is_empty(), egui::Button::new(label))
+                .on_hover_text(
+                    "rerun the real model with these sites ablated at their positions \
+                     (zero, or their mean over positions); nothing frozen",
+                )
+                .clicked()
+            {
+                actions.push(Action::Ablate(paths.clone(), mode));
+            }
+        }
+    });
+    for mode in [AblationMode::Zero, AblationMode::Mean] {
+        match state.ablations.get(&(paths.clone(), mode)) {
+            Some(Ok(r)) => {
+                let traced: Vec<String> = sites
+                    .iter()
+                    .map(|n| format!("{}@{} {:+.3}", n.label, n.position, n.value))
+                    .collect();
+                ui.label(format!(
+                    "{mode:?}: target {:+.4} → {:+.4}, real change {:+.4}; traced values {}",
+                    r.clean,
+                    r.ablated,
+                    r.change,
+                    traced.join(", ")
+                ))
+                .on_hover_text(
+                    "a site's traced value counts every traced path through it, so paths \
+                     through several of these sites count once per site; the real change is \
+                     the model's own answer, downstream nonlinearities included",
+                );
+            }
+            Some(Err(e)) => {
+                ui.colored_label(theme::ERROR, e);
+            }
+            None => {}
+        }
     }
 }
