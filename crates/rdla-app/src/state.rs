@@ -549,6 +549,13 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Whether the sites of `paths` are being ablated right now.
+    pub fn is_ablating(&self, paths: &[Path], mode: AblationMode) -> bool {
+        self.ablating.contains(&(paths.to_vec(), mode))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -667,12 +674,5 @@ mod tests {
         assert!(s.model.is_some());
         assert!(s.load_error.as_deref().unwrap().contains("/x"));
         assert!(s.loading.is_none());
-    }
-}
-
-impl AppState {
-    /// Whether the sites of `paths` are being ablated right now.
-    pub fn is_ablating(&self, paths: &[Path], mode: AblationMode) -> bool {
-        self.ablating.contains(&(paths.to_vec(), mode))
     }
 }
