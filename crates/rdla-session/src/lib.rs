@@ -10,6 +10,7 @@ pub mod graph;
 pub mod heatmap;
 pub mod info;
 pub mod output;
+pub mod plot;
 pub mod png;
 pub mod report;
 pub mod session;

@@ -49,7 +49,7 @@ pub fn text_width(font: &FontRef<'_>, px: f32, text: &str) -> f32 {
 }
 
 /// Coverage mask of `text` at `px`.
-fn rasterize(font: &FontRef<'_>, px: f32, text: &str) -> GrayImage {
+pub(crate) fn rasterize(font: &FontRef<'_>, px: f32, text: &str) -> GrayImage {
     let scaled = font.as_scaled(PxScale::from(px));
     let w = text_width(font, px, text).ceil() as u32 + 2;
     let h = (scaled.ascent() - scaled.descent()).ceil() as u32 + 2;
@@ -75,7 +75,7 @@ fn rasterize(font: &FontRef<'_>, px: f32, text: &str) -> GrayImage {
     img
 }
 
-fn blit(img: &mut RgbImage, mask: &GrayImage, x: i32, y: i32, color: [u8; 3]) {
+pub(crate) fn blit(img: &mut RgbImage, mask: &GrayImage, x: i32, y: i32, color: [u8; 3]) {
     for (mx, my, Luma([a])) in mask.enumerate_pixels() {
         if *a == 0 {
             continue;
@@ -92,7 +92,7 @@ fn blit(img: &mut RgbImage, mask: &GrayImage, x: i32, y: i32, color: [u8; 3]) {
     }
 }
 
-fn fill(img: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, c: [u8; 3]) {
+pub(crate) fn fill(img: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, c: [u8; 3]) {
     for y in y0..(y0 + h).min(img.height()) {
         for x in x0..(x0 + w).min(img.width()) {
             img.put_pixel(x, y, Rgb(c));

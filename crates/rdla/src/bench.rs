@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also draw the process's peak RSS against the prompt length as a PNG (needs two or more
+    /// lengths; Linux).
+    #[arg(long, value_name = "FILE")]
+    pub rss_plot: Option<PathBuf>,
 }
 
 /// xorshift64* + Box–Muller: deterministic normal samples without a dependency.
@@ -522,6 +526,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rng = Rng(42);
     let mut rows = Vec::new();
+    let mut rss_points: Vec<(f64, f64)> = Vec::new();
     for &p in &a.lengths {
         let ids: Vec<u32> = std::iter::once(0)
             .chain((1..p).map(|_| 1 + (rng.next_f64() * (vocab - 1) as f64) as u32))
@@ -566,6 +571,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64() * 1e3
         };
         let rss = peak_rss_mib().unwrap_or(f64::NAN);
+        rss_points.push((p as f64, rss));
         println!(
             "| {p} | {fwd:.1} | {ov:.1} | {drill:.2} | {qk:.2} | {mlp:.2} | {trace:.0} | {rss:.0} |"
         );
@@ -575,6 +581,21 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "drill_path": path_text, "qk_ms": qk, "mlp_neurons_ms": mlp,
             "trace_ms": trace, "trace_budget": a.trace_budget, "peak_rss_mib": peak_rss_mib(),
         }));
+    }
+    if let Some(file) = &a.rss_plot {
+        let subtitle = format!(
+            "{} shape {n_layer} layers, {n_head} heads, d {d}, V {vocab} · {} · one process, high-water mark after each length",
+            cfg.family.hf_class(),
+            info
+        );
+        let png = rdla_session::plot::line_plot_png(&rdla_session::plot::LinePlot {
+            title: "rdla attribute: peak RSS against prompt length",
+            subtitle: &subtitle,
+            x_label: "prompt length (tokens)",
+            y_label: "peak RSS (MiB)",
+            points: &rss_points,
+        })?;
+        std::fs::write(file, png).with_context(|| format!("{}: cannot write", file.display()))?;
     }
     if let Some(file) = &a.json {
         let out = serde_json::json!({
