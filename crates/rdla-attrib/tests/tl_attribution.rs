@@ -105,3 +105,77 @@ fn wgpu_attribution_matches_transformer_lens() {
         }
     }
 }
+
+/// A GGUF file attributes exactly as the checkpoint gguf-py dequantises it to (the same
+/// weights as safetensors): the overview and every recorded expansion agree, for every family
+/// rdla reads from GGUF.
+#[test]
+fn gguf_attributions_equal_the_dequantised_checkpoints() {
+    use rdla_model::{Processing, WeightStore};
+    let gguf_dir = common::fixtures_dir().join("gguf");
+    for name in [
+        "gpt2_tied",
+        "llama_gqa",
+        "qwen2",
+        "neox_parallel",
+        "qwen3",
+        "phi3",
+        "gemma2",
+        "gemma3",
+    ] {
+        let r = Reference::load(name);
+        let dev = Device::flex();
+        let from_gguf = Model::load(
+            &gguf_dir.join(format!("{name}.gguf")),
+            &dev,
+            Processing::default(),
+            &mut |_| true,
+        )
+        .unwrap();
+        let dir = common::fixture(name);
+        let from_st = Model::from_store(
+            &dir,
+            rdla_model::model::read_config(&dir).unwrap(),
+            rdla_model::Tokenizer::from_dir(&dir, from_gguf.config.bos_token_id).unwrap(),
+            &WeightStore::open_safetensors(vec![
+                gguf_dir.join(format!("{name}.expected.safetensors")),
+            ])
+            .unwrap(),
+            &dev,
+            Processing::default(),
+            &mut |_| true,
+        )
+        .unwrap();
+        let ids = r.token_ids();
+        let target = Target::Diff {
+            answer: r.u32("answer_id"),
+            foil: r.u32("foil_id"),
+        };
+        let (ca, cb) = (from_gguf.run(&ids).unwrap(), from_st.run(&ids).unwrap());
+        let a = Engine::new(&from_gguf, &ca, target, MlpMode::FrozenGate).unwrap();
+        let b = Engine::new(&from_st, &cb, target, MlpMode::FrozenGate).unwrap();
+        let (oa, ob) = (a.overview().unwrap(), b.overview().unwrap());
+        let mut worst = max_abs_diff(&[oa.target_value], &[ob.target_value]);
+        for (x, y) in [
+            (&oa.components, &ob.components),
+            (&oa.head_dla, &ob.head_dla),
+            (&oa.head_breakdown, &ob.head_breakdown),
+            (&oa.mlp_breakdown, &ob.mlp_breakdown),
+        ] {
+            worst = common::worse(worst, max_abs_diff(&x.data, &y.data));
+        }
+        for ex in r.json["expansions"].as_array().unwrap() {
+            let p = Path::parse(ex["path"].as_str().unwrap()).unwrap();
+            let (ea, eb) = (a.expand(&p).unwrap(), b.expand(&p).unwrap());
+            let va: Vec<f32> = ea.children.iter().map(|c| c.value).collect();
+            let vb: Vec<f32> = eb.children.iter().map(|c| c.value).collect();
+            worst = common::worse(worst, max_abs_diff(&va, &vb));
+            worst = common::worse(worst, max_abs_diff(&[ea.value], &[eb.value]));
+        }
+        assert!(
+            worst <= TOL,
+            "{name}: GGUF and its safetensors attributions differ by {worst}"
+        );
+        eprintln!("{name}: GGUF vs dequantised safetensors, attributions within {worst:.2e}");
+    }
+}

@@ -79,7 +79,7 @@ pub enum GgufError {
     BadValue { key: String, reason: String },
     #[error(
         "unsupported architecture `{0}`; rdla reads GGUF files of llama (Llama, SmolLM, Mistral), \
-         qwen2, qwen3, gpt2 and gptneox"
+         qwen2, qwen3, phi3, gemma2, gemma3, gpt2 and gptneox"
     )]
     UnsupportedArchitecture(String),
     #[error(

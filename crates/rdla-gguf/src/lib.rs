@@ -36,7 +36,8 @@
 //!
 //! [`GgufFile::hf_config`], [`GgufFile::hf_tensors`] / [`GgufFile::read_hf`] and
 //! [`GgufFile::tokenizer_json`] undo what llama.cpp's `convert_hf_to_gguf.py` did, per
-//! architecture (`llama`, `qwen2`, `qwen3`, `gpt2`, `gptneox`; see `hf/`):
+//! architecture (`llama`, `qwen2`, `qwen3`, `phi3`, `gemma2`, `gemma3`, `gpt2`, `gptneox`;
+//! see `hf/`):
 //! tensor renaming, the Q/K row permutation of Llama-family rotary attention, GPT-2's Conv1D
 //! transposition and GPT-NeoX's fused-QKV reordering; hyper-parameters from `{arch}.*` keys;
 //! and the tokenizer rebuilt from `tokenizer.ggml.*`.

@@ -7,7 +7,16 @@ mod common;
 use rdla_gguf::{GgufFile, HfTransform};
 use serde_json::Value;
 
-const MODELS: [&str; 4] = ["llama_gqa", "qwen2", "gpt2_tied", "neox_parallel"];
+const MODELS: [&str; 8] = [
+    "llama_gqa",
+    "qwen2",
+    "gpt2_tied",
+    "neox_parallel",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "gemma3",
+];
 
 fn open(name: &str) -> GgufFile {
     GgufFile::open(&common::fixture(&format!("{name}.gguf"))).unwrap()
@@ -94,6 +103,10 @@ fn tied_and_untied_unembeddings() {
         ("qwen2", false, "lm_head.weight"),
         ("gpt2_tied", true, "lm_head.weight"),
         ("neox_parallel", false, "embed_out.weight"),
+        ("qwen3", false, "lm_head.weight"),
+        ("phi3", false, "lm_head.weight"),
+        ("gemma2", true, "lm_head.weight"),
+        ("gemma3", true, "lm_head.weight"),
     ] {
         let f = open(name);
         assert_eq!(f.tied_embeddings(), tied, "{name}");
@@ -125,7 +138,22 @@ fn hf_config_matches_the_checkpoint_config() {
         "rms_norm_eps",
         "hidden_act",
     ];
-    let per_model: [(&str, &[&str]); 4] = [
+    let gemma_keys: &[&str] = &[
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "hidden_activation",
+        "query_pre_attn_scalar",
+        "sliding_window",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+    ];
+    let per_model: [(&str, &[&str]); 8] = [
         (
             "llama_gqa",
             &[
@@ -169,13 +197,24 @@ fn hf_config_matches_the_checkpoint_config() {
                 "attention_bias",
             ],
         ),
+        ("qwen3", &["head_dim", "rope_theta", "attention_bias"]),
+        (
+            "phi3",
+            &[
+                "partial_rotary_factor",
+                "rope_theta",
+                "original_max_position_embeddings",
+            ],
+        ),
+        ("gemma2", gemma_keys),
+        ("gemma3", gemma_keys),
     ];
     for (name, keys) in per_model {
         let got = open(name).hf_config().unwrap();
         let want = config(name);
         let mut all: Vec<&str> = common_keys.to_vec();
         all.extend_from_slice(keys);
-        if matches!(name, "llama_gqa" | "qwen2") {
+        if matches!(name, "llama_gqa" | "qwen2" | "qwen3" | "phi3") {
             all.extend_from_slice(&llama_keys);
         }
         for key in all {
@@ -198,6 +237,26 @@ fn hf_config_matches_the_checkpoint_config() {
         config("qwen2")["rope_parameters"]["rope_theta"].as_f64()
     );
     assert_eq!(q["head_dim"], 8);
+    // Gemma 3: the global layers' linear rope scaling, the local base, the window pattern
+    let g3 = open("gemma3").hf_config().unwrap();
+    let want = config("gemma3");
+    for key in [
+        "rope_theta",
+        "rope_scaling",
+        "rope_local_base_freq",
+        "sliding_window_pattern",
+    ] {
+        assert_eq!(g3[key], want[key], "gemma3: `{key}`");
+    }
+    // Gemma norms are stored as 1 + w and come back as w
+    let g2 = open("gemma2");
+    let norm = g2
+        .hf_tensors()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "model.layers.0.post_attention_layernorm.weight")
+        .unwrap();
+    assert_eq!(norm.transform, HfTransform::MinusOne);
 }
 
 #[test]

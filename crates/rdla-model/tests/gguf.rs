@@ -11,7 +11,16 @@ fn gguf(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn gguf_models_load_like_their_checkpoints() {
-    for name in ["gpt2_tied", "llama_gqa", "qwen2", "neox_parallel"] {
+    for name in [
+        "gpt2_tied",
+        "llama_gqa",
+        "qwen2",
+        "neox_parallel",
+        "qwen3",
+        "phi3",
+        "gemma2",
+        "gemma3",
+    ] {
         let path = gguf(name);
         let before = std::fs::read(&path).unwrap();
         let m = Model::load(&path, &Device::flex(), Processing::default(), &mut |_| true)

@@ -13,6 +13,9 @@ fn hf_class(arch: &str) -> (&'static str, &'static str) {
         "llama" => ("llama", "LlamaForCausalLM"),
         "qwen2" => ("qwen2", "Qwen2ForCausalLM"),
         "qwen3" => ("qwen3", "Qwen3ForCausalLM"),
+        "phi3" => ("phi3", "Phi3ForCausalLM"),
+        "gemma2" => ("gemma2", "Gemma2ForCausalLM"),
+        "gemma3" => ("gemma3_text", "Gemma3ForCausalLM"),
         "gpt2" => ("gpt2", "GPT2LMHeadModel"),
         _ => ("gpt_neox", "GPTNeoXForCausalLM"),
     }
@@ -81,7 +84,8 @@ impl GgufFile {
             rope_dim,
         };
         let mut cfg = match fam {
-            Family::Llama { .. } => self.llama_config(&c)?,
+            Family::Llama { .. } | Family::Phi3 => self.llama_config(&c)?,
+            Family::Gemma { v3 } => self.gemma_config(&c, v3)?,
             Family::Gpt2 => self.gpt2_config(&c)?,
             Family::GptNeox => self.neox_config(&c)?,
         };
@@ -148,9 +152,82 @@ impl GgufFile {
                 cfg["use_sliding_window"] = json!(false);
                 cfg["sliding_window"] = Value::Null;
             }
+            "phi3" => {
+                if c.rope_dim != hp.head_dim {
+                    cfg["partial_rotary_factor"] = json!(c.rope_dim as f64 / hp.head_dim as f64);
+                }
+                cfg["sliding_window"] = json!(self.opt_usize(&c.k("attention.sliding_window"))?);
+                cfg["original_max_position_embeddings"] =
+                    json!(self.opt_usize(&c.k("rope.scaling.original_context_length"))?);
+            }
             _ => {
                 cfg["attention_bias"] = json!(has("attn_q.bias"));
             }
+        }
+        Ok(cfg)
+    }
+
+    /// The family-specific part of a Gemma 2 / Gemma 3 config. llama.cpp does not store
+    /// `query_pre_attn_scalar`, the Gemma 3 local rotary base or its sliding-window pattern:
+    /// it derives them as below (the 27B models, 46 and 62 layers, scale by `d_model /
+    /// n_heads`, the others by `head_dim`; local base 10000; every sixth layer global), and so
+    /// does this, unless the file says otherwise (`{arch}.attention.scale`,
+    /// `{arch}.attention.sliding_window_pattern`).
+    fn gemma_config(&self, c: &Common<'_>, v3: bool) -> Result<Value> {
+        let hp = &c.hp;
+        let eps = self.need_f64(&c.k("attention.layer_norm_rms_epsilon"))?;
+        let n_ff = c.need_n_ff()?;
+        let big = hp.n_layer == if v3 { 62 } else { 46 };
+        // an explicit `{arch}.attention.scale` (σ) wins over the derivation
+        let qpas = match self.opt_f64(&c.k("attention.scale"))? {
+            Some(s) if s.is_finite() && s > 0.0 => {
+                // σ is stored as f32: recover an integer scalar (they all are) from its rounding
+                let q = 1.0 / (s * s);
+                let r = q.round();
+                if r >= 1.0 && (q - r).abs() <= 1e-5 * r {
+                    json!(r as u64)
+                } else {
+                    json!(q)
+                }
+            }
+            _ if big => json!(hp.n_embd / hp.n_head),
+            _ => json!(hp.head_dim),
+        };
+        let pattern = self
+            .opt_usize(&c.k("attention.sliding_window_pattern"))?
+            .unwrap_or(6);
+        let window = self
+            .opt_usize(&c.k("attention.sliding_window"))?
+            .unwrap_or(4096);
+        let mut cfg = json!({
+            "hidden_size": hp.n_embd,
+            "intermediate_size": n_ff,
+            "num_hidden_layers": hp.n_layer,
+            "num_attention_heads": hp.n_head,
+            "num_key_value_heads": hp.n_head_kv,
+            "head_dim": hp.head_dim,
+            "max_position_embeddings": c.n_ctx.unwrap_or(8192),
+            "rms_norm_eps": eps,
+            "rope_theta": c.rope_theta,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": qpas,
+            "sliding_window": window,
+        });
+        if v3 {
+            cfg["rope_scaling"] = self.rope_scaling(c.arch, c.rope_theta, c.rope_dim)?;
+            cfg["rope_local_base_freq"] = json!(10000.0);
+            cfg["sliding_window_pattern"] = json!(pattern);
+            cfg["attn_logit_softcapping"] = Value::Null;
+            cfg["final_logit_softcapping"] = Value::Null;
+        } else {
+            cfg["attn_logit_softcapping"] = json!(
+                self.opt_f64(&c.k("attn_logit_softcapping"))?
+                    .unwrap_or(50.0)
+            );
+            cfg["final_logit_softcapping"] = json!(
+                self.opt_f64(&c.k("final_logit_softcapping"))?
+                    .unwrap_or(30.0)
+            );
         }
         Ok(cfg)
     }

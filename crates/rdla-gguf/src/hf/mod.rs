@@ -7,14 +7,15 @@
 //! | `llama` | `LlamaForCausalLM` | `model.*`, `lm_head` | Q/K rows permuted by `LlamaModel.permute` |
 //! | `qwen2` | `Qwen2ForCausalLM` | `model.*` (q/k/v biases), `lm_head` | none |
 //! | `qwen3` | `Qwen3ForCausalLM` | `model.*` (q/k norms), `lm_head` | none |
+//! | `phi3` | `Phi3ForCausalLM` | `model.*` (fused `qkv_proj`, `gate_up_proj`), `lm_head` | none |
+//! | `gemma2` | `Gemma2ForCausalLM` | `model.*` (sandwich norms), tied | norm weights stored as `1 + w`: 1 subtracted |
+//! | `gemma3` | `Gemma3ForCausalLM` | `model.*` (sandwich and q/k norms), tied | norm weights stored as `1 + w`: 1 subtracted |
 //! | `gpt2` | `GPT2LMHeadModel` | `transformer.*`, `lm_head` | Conv1D weights transposed |
 //! | `gptneox` | `GPTNeoXForCausalLM` | `gpt_neox.*`, `embed_out` | fused QKV rows regrouped |
 //!
 //! Adding an architecture is a new [`Family`] (or a new entry of an existing one) in
 //! [`family`], its tensor tables in [`tensors`] (`layer_table` / `global_table`), and its
-//! config in [`config`] ([`GgufFile::hf_config`]): Gemma 2/3 (norm weights stored as
-//! `1 + w`), Phi-3 (fused `qkv_proj` and `gate_up_proj`, which HF stores fused too) fit this
-//! scheme.
+//! config in [`config`] ([`GgufFile::hf_config`]).
 
 mod config;
 mod tensors;
@@ -37,6 +38,9 @@ pub enum HfTransform {
     NeoxQkv { n_head: usize },
     /// Transpose a matrix: GPT-2's `Conv1D` weights are `[in, out]` in HF, `[out, in]` in GGUF.
     Transpose,
+    /// Subtract 1: `convert_hf_to_gguf.py` stores Gemma's zero-centred norm weights `w` as the
+    /// `1 + w` they multiply by.
+    MinusOne,
 }
 
 /// One tensor of the HF checkpoint the GGUF file corresponds to.
@@ -60,6 +64,12 @@ enum Family {
         permute_qk: bool,
         qk_norm: bool,
     },
+    /// Phi-3: the Llama layout with fused `qkv_proj` and `gate_up_proj`.
+    Phi3,
+    /// Gemma 2 (`v3: false`) and Gemma 3: sandwich norms, norm weights stored as `1 + w`.
+    Gemma {
+        v3: bool,
+    },
     Gpt2,
     GptNeox,
 }
@@ -78,6 +88,9 @@ fn family(arch: &str) -> Result<Family> {
             permute_qk: false,
             qk_norm: true,
         },
+        "phi3" => Family::Phi3,
+        "gemma2" => Family::Gemma { v3: false },
+        "gemma3" => Family::Gemma { v3: true },
         "gpt2" => Family::Gpt2,
         "gptneox" => Family::GptNeox,
         other => return Err(GgufError::UnsupportedArchitecture(other.to_string())),

@@ -12,6 +12,8 @@ enum Kind {
     PermK,
     Transpose,
     NeoxQkv,
+    /// A Gemma norm weight stored as `1 + w`.
+    MinusOne,
     /// Not an HF tensor (e.g. `rope_freqs.weight`, which becomes config).
     Skip,
 }
@@ -48,7 +50,7 @@ const fn opt(gguf: &'static str, hf: &'static str, kind: Kind) -> Entry {
     }
 }
 
-use Kind::{NeoxQkv, PermK, PermQ, Plain, Skip, Transpose};
+use Kind::{MinusOne, NeoxQkv, PermK, PermQ, Plain, Skip, Transpose};
 
 const LLAMA_LAYER: &[Entry] = &[
     req("attn_norm.weight", "input_layernorm.weight", Plain),
@@ -69,6 +71,43 @@ const LLAMA_LAYER: &[Entry] = &[
     opt("ffn_up.bias", "mlp.up_proj.bias", Plain),
     req("ffn_down.weight", "mlp.down_proj.weight", Plain),
     opt("ffn_down.bias", "mlp.down_proj.bias", Plain),
+];
+
+const PHI3_LAYER: &[Entry] = &[
+    req("attn_norm.weight", "input_layernorm.weight", Plain),
+    req("attn_qkv.weight", "self_attn.qkv_proj.weight", Plain),
+    req("attn_output.weight", "self_attn.o_proj.weight", Plain),
+    req("ffn_norm.weight", "post_attention_layernorm.weight", Plain),
+    req("ffn_up.weight", "mlp.gate_up_proj.weight", Plain),
+    req("ffn_down.weight", "mlp.down_proj.weight", Plain),
+];
+
+const GEMMA_LAYER: &[Entry] = &[
+    req("attn_norm.weight", "input_layernorm.weight", MinusOne),
+    req("attn_q.weight", "self_attn.q_proj.weight", Plain),
+    req("attn_k.weight", "self_attn.k_proj.weight", Plain),
+    req("attn_v.weight", "self_attn.v_proj.weight", Plain),
+    req("attn_output.weight", "self_attn.o_proj.weight", Plain),
+    opt("attn_q_norm.weight", "self_attn.q_norm.weight", MinusOne),
+    opt("attn_k_norm.weight", "self_attn.k_norm.weight", MinusOne),
+    req(
+        "post_attention_norm.weight",
+        "post_attention_layernorm.weight",
+        MinusOne,
+    ),
+    req(
+        "ffn_norm.weight",
+        "pre_feedforward_layernorm.weight",
+        MinusOne,
+    ),
+    req("ffn_gate.weight", "mlp.gate_proj.weight", Plain),
+    req("ffn_up.weight", "mlp.up_proj.weight", Plain),
+    req("ffn_down.weight", "mlp.down_proj.weight", Plain),
+    req(
+        "post_ffw_norm.weight",
+        "post_feedforward_layernorm.weight",
+        MinusOne,
+    ),
 ];
 
 const GPT2_LAYER: &[Entry] = &[
@@ -109,6 +148,8 @@ const NEOX_LAYER: &[Entry] = &[
 fn layer_table(f: Family) -> (&'static str, &'static [Entry]) {
     match f {
         Family::Llama { .. } => ("model.layers.", LLAMA_LAYER),
+        Family::Phi3 => ("model.layers.", PHI3_LAYER),
+        Family::Gemma { .. } => ("model.layers.", GEMMA_LAYER),
         Family::Gpt2 => ("transformer.h.", GPT2_LAYER),
         Family::GptNeox => ("gpt_neox.layers.", NEOX_LAYER),
     }
@@ -118,6 +159,18 @@ const LLAMA_GLOBAL: &[Entry] = &[
     req("token_embd.weight", "model.embed_tokens.weight", Plain),
     req("output_norm.weight", "model.norm.weight", Plain),
     opt("rope_freqs.weight", "", Skip),
+];
+
+const PHI3_GLOBAL: &[Entry] = &[
+    req("token_embd.weight", "model.embed_tokens.weight", Plain),
+    req("output_norm.weight", "model.norm.weight", Plain),
+    opt("rope_factors_long.weight", "", Skip),
+    opt("rope_factors_short.weight", "", Skip),
+];
+
+const GEMMA_GLOBAL: &[Entry] = &[
+    req("token_embd.weight", "model.embed_tokens.weight", Plain),
+    req("output_norm.weight", "model.norm.weight", MinusOne),
 ];
 
 const GPT2_GLOBAL: &[Entry] = &[
@@ -141,6 +194,8 @@ const NEOX_GLOBAL: &[Entry] = &[
 fn global_table(f: Family) -> &'static [Entry] {
     match f {
         Family::Llama { .. } => LLAMA_GLOBAL,
+        Family::Phi3 => PHI3_GLOBAL,
+        Family::Gemma { .. } => GEMMA_GLOBAL,
         Family::Gpt2 => GPT2_GLOBAL,
         Family::GptNeox => NEOX_GLOBAL,
     }
@@ -148,7 +203,9 @@ fn global_table(f: Family) -> &'static [Entry] {
 
 fn unembed_name(f: Family) -> &'static str {
     match f {
-        Family::Llama { .. } | Family::Gpt2 => "lm_head.weight",
+        Family::Llama { .. } | Family::Phi3 | Family::Gemma { .. } | Family::Gpt2 => {
+            "lm_head.weight"
+        }
         Family::GptNeox => "embed_out.weight",
     }
 }
@@ -209,6 +266,7 @@ fn transform_for(kind: Kind, fam: Family, hp: &Hparams) -> HfTransform {
         },
         Kind::NeoxQkv => HfTransform::NeoxQkv { n_head: hp.n_head },
         Kind::Transpose => HfTransform::Transpose,
+        Kind::MinusOne => HfTransform::MinusOne,
         _ => HfTransform::None,
     }
 }
@@ -264,7 +322,10 @@ impl GgufFile {
         if global.is_some() {
             return global;
         }
-        let qk_norm = matches!(fam, Family::Llama { qk_norm: true, .. });
+        let qk_norm = matches!(
+            fam,
+            Family::Llama { qk_norm: true, .. } | Family::Gemma { v3: true }
+        );
         let (_, layer) = layer_table(fam);
         (0..n_layer).find_map(|l| {
             layer.iter().find_map(|e| {
@@ -307,6 +368,7 @@ impl GgufFile {
                     h * 3 * head_dim + j * head_dim + d
                 })
             }
+            HfTransform::MinusOne => data.into_iter().map(|x| x - 1.0).collect(),
             HfTransform::Transpose => {
                 let mut out = vec![0f32; data.len()];
                 for r in 0..rows {
@@ -353,7 +415,7 @@ fn check_transform(t: &TensorInfo, tr: HfTransform) -> Result<()> {
     }
     let (rows, _) = rows_cols(t);
     match tr {
-        HfTransform::None => Ok(()),
+        HfTransform::None | HfTransform::MinusOne => Ok(()),
         HfTransform::UnpermuteRope { n_head } => {
             if n_head == 0 || rows % n_head != 0 || rows / n_head == 0 || (rows / n_head) % 2 != 0 {
                 Err(bad(format!(
