@@ -271,6 +271,24 @@ impl Common {
             .unwrap_or_else(|| "float32".into())
     }
 
+    /// `bos_token_id` when it is not a usable id (negative, fractional, too large): an error
+    /// rather than silently no BOS.
+    pub fn check_bos(&self) -> Result<()> {
+        let bad = match &self.bos_token_id {
+            Some(serde_json::Value::Number(n)) => Some(n.clone()),
+            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_number().cloned()),
+            _ => None,
+        }
+        .filter(|n| n.as_u64().and_then(|v| u32::try_from(v).ok()).is_none());
+        match bad {
+            Some(n) => Err(ModelError::InvalidConfigField {
+                field: "bos_token_id",
+                reason: format!("{n} is not a token id"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// `bos_token_id` (a number, or the first of a list).
     pub fn bos(&self) -> Option<u32> {
         match &self.bos_token_id {
@@ -523,6 +541,7 @@ pub fn from_value(value: &serde_json::Value) -> Result<ModelConfig> {
         reason: e.to_string(),
     })?;
     let family = arch::detect(common.model_type(), common.architectures.as_deref())?;
+    common.check_bos()?;
     (family.config)(value)
 }
 

@@ -87,6 +87,26 @@ pub enum ModelError {
     Device(String),
     #[error("loading was cancelled")]
     Cancelled,
+    #[error(
+        "{what} is not a finite number: the forward pass leaves f32's range on this input (the weights are finite, but too large for it)"
+    )]
+    NonFiniteActivation { what: String },
+    #[error(
+        "weights: tensor `{key}` belongs to layer {layer}, but config.json declares {n_layers} layers"
+    )]
+    UnexpectedLayer {
+        key: String,
+        layer: usize,
+        n_layers: usize,
+    },
+    #[error(
+        "{what} needs about {needed_gib:.1} GiB of memory; this machine has {available_gib:.1} GiB available"
+    )]
+    OutOfMemory {
+        what: String,
+        needed_gib: f64,
+        available_gib: f64,
+    },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

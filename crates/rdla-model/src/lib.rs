@@ -1,5 +1,5 @@
-//! rdla's model layer: Hugging Face checkpoints (GPT-2, GPT-Neo, GPT-NeoX, Llama, Qwen2, Mistral)
-//! loaded into Burn with TransformerLens weight processing, and a forward pass that caches
+//! rdla's model layer: Hugging Face checkpoints (GPT-2, GPT-Neo, GPT-NeoX, Llama, Qwen2,
+//! Qwen3, Mistral, Phi-3, Gemma 2/3) and GGUF files loaded into Burn with TransformerLens weight processing, and a forward pass that caches
 //! what exact direct logit attribution needs. No GUI dependency.
 
 pub mod act;
@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 mod fused;
 pub mod layout;
+pub mod memory;
 pub mod model;
 pub mod process;
 pub mod rotary;

@@ -96,12 +96,27 @@ impl Tokenizer {
         Ok(t)
     }
 
-    /// Token ids of `text`, without BOS.
+    /// Token ids of `text`, without BOS. A tokenizer that panics (the `tokenizers` crate does
+    /// when a `tokenizer.json` pre-tokenizer regex exceeds Oniguruma's retry limit) is an error
+    /// naming the cause, not a crash.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| ModelError::Encode(e.to_string()))?;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.encode(text, false)
+        }));
+        let enc = match run {
+            Ok(r) => r.map_err(|e| ModelError::Encode(e.to_string()))?,
+            Err(payload) => {
+                let why = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                return Err(ModelError::Encode(format!(
+                    "the tokenizer failed on this text ({why}); its tokenizer.json may have a \
+                     pre-tokenizer pattern the regex engine cannot run"
+                )));
+            }
+        };
         Ok(enc.get_ids().to_vec())
     }
 

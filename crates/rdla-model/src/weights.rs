@@ -214,31 +214,55 @@ impl WeightStore {
             reason: e.to_string(),
         })?;
         let dir = index.parent().unwrap_or(Path::new("."));
+        let bad = |reason: String| ModelError::ShardIndex {
+            path: index.to_path_buf(),
+            reason,
+        };
         let mut shards: Vec<String> = idx.weight_map.values().cloned().collect();
         shards.sort();
         shards.dedup();
         if shards.is_empty() {
-            return Err(ModelError::ShardIndex {
-                path: index.to_path_buf(),
-                reason: "weight_map is empty".into(),
-            });
+            return Err(bad("weight_map is empty".into()));
         }
-        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
-        for p in &paths {
-            if !p.is_file() {
-                return Err(ModelError::ShardIndex {
-                    path: index.to_path_buf(),
-                    reason: format!("shard {} is missing", p.display()),
-                });
+        // shards live in the model folder: a plain file name, resolved inside it (no absolute
+        // paths, no `..`, no link leading out of the folder)
+        let root = dir.canonicalize().map_err(io_err(dir))?;
+        let mut paths = Vec::with_capacity(shards.len());
+        for s in &shards {
+            let plain = Path::new(s)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(bad(format!(
+                    "shard `{s}` is not a file name inside the model folder"
+                )));
             }
+            let p = dir.join(s);
+            if !p.is_file() {
+                return Err(bad(format!("shard {} is missing", p.display())));
+            }
+            let real = p.canonicalize().map_err(io_err(&p))?;
+            if !real.starts_with(&root) {
+                return Err(bad(format!(
+                    "shard `{s}` resolves to {}, outside the model folder",
+                    real.display()
+                )));
+            }
+            paths.push(p);
         }
         let mut store = Self::open_safetensors(paths)?;
         for (key, shard) in &idx.weight_map {
-            if !store.entries.contains_key(key) {
-                return Err(ModelError::ShardIndex {
-                    path: index.to_path_buf(),
-                    reason: format!("`{key}` is listed in {shard} but not stored there"),
-                });
+            let in_shard = match store.entries.get(key) {
+                Some(Entry {
+                    loc: Location::Safetensors { file, .. },
+                    ..
+                }) => shards.get(*file) == Some(shard),
+                _ => false,
+            };
+            if !in_shard {
+                return Err(bad(format!(
+                    "`{key}` is listed in {shard} but not stored there"
+                )));
             }
         }
         store.description = format!("{} safetensors shards", store.files.len());
@@ -263,6 +287,16 @@ impl WeightStore {
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
+                if let Some(Entry {
+                    loc: Location::Safetensors { file, .. },
+                    ..
+                }) = entries.get(&name)
+                {
+                    return Err(bad(format!(
+                        "tensor `{name}` is also stored in {}: a checkpoint must store each tensor once",
+                        paths[*file].display()
+                    )));
+                }
                 entries.insert(
                     name.clone(),
                     Entry {

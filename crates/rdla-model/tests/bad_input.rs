@@ -298,3 +298,289 @@ fn llama_checkpoint_missing_a_projection() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Regression tests for the adversarial pass (issue #17): one per finding, each printing the
+// message rdla now gives ("finding: …"), collected in docs/HARDENING.md.
+// ---------------------------------------------------------------------------------------
+
+fn report(finding: &str, err: &ModelError) {
+    eprintln!("finding: {finding}: {err}");
+}
+
+/// Config sizes are bounded before anything is sized from them: no capacity overflow, no
+/// allocation abort, no seconds of work before the error.
+#[test]
+fn absurd_config_sizes_are_refused_before_allocating() {
+    for (family, field, value) in [
+        ("gpt2_tied", "n_layer", 1e18),
+        ("gpt2_tied", "n_layer", 1e9),
+        ("gpt2_tied", "n_layer", 1e6),
+        ("gpt2_tied", "n_embd", 1e15),
+        ("llama_gqa", "head_dim", 1e15),
+        ("llama_gqa", "head_dim", 1e9),
+        ("llama_gqa", "hidden_size", 1e15),
+    ] {
+        let tmp = copy_fixture(family);
+        edit_config(tmp.path(), |c| {
+            c.insert(field.into(), serde_json::json!(value as u64));
+        });
+        let t = std::time::Instant::now();
+        let err = load(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, ModelError::InvalidConfigField { .. }),
+            "{field} = {value}: {err:?}"
+        );
+        assert!(err.to_string().contains(field), "{err}");
+        // a guard against the old behaviour (9 s and 3.8 GB before the error), not a benchmark
+        assert!(t.elapsed().as_secs() < 5, "{field}: {:?}", t.elapsed());
+        report(&format!("{field} = {value:e}"), &err);
+    }
+}
+
+#[test]
+fn gpt_neo_attention_types_repeat_is_bounded() {
+    let tmp = copy_fixture("gptneo_local");
+    edit_config(tmp.path(), |c| {
+        c.remove("attention_layers");
+        c.insert(
+            "attention_types".into(),
+            serde_json::json!([[["global", "local"], 1_000_000_000_000u64]]),
+        );
+    });
+    let err = load(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("attention_types"), "{err}");
+    report("GPT-Neo attention_types × 1e12", &err);
+}
+
+/// Negative epsilons, rope factors ≤ 0 and vanishing rope bases would make NaN of every
+/// number: they are config errors.
+#[test]
+fn eps_and_rope_parameters_are_validated() {
+    for (name, field, value) in [
+        ("gpt2_tied", "layer_norm_epsilon", serde_json::json!(-1e-5)),
+        ("llama_gqa", "rms_norm_eps", serde_json::json!(-1e-6)),
+        ("llama_gqa", "rope_theta", serde_json::json!(1e-300)),
+        (
+            "mistral",
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+        ),
+        (
+            "mistral",
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": -2.0}),
+        ),
+    ] {
+        let tmp = copy_fixture(name);
+        edit_config(tmp.path(), |c| {
+            c.remove("rope_parameters");
+            c.insert(field.into(), value.clone());
+        });
+        let err = load(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, ModelError::InvalidConfigField { .. }),
+            "{field} = {value}: {err:?}"
+        );
+        report(&format!("{field} = {value}"), &err);
+    }
+}
+
+#[test]
+fn a_negative_bos_token_id_is_an_error() {
+    let tmp = copy_fixture("gpt2_tied");
+    edit_config(tmp.path(), |c| {
+        c.insert("bos_token_id".into(), serde_json::json!(-1));
+    });
+    let err = load(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("bos_token_id"), "{err}");
+    report("bos_token_id = -1", &err);
+}
+
+/// A checkpoint with more layers than config.json declares is refused, not truncated.
+#[test]
+fn more_layers_than_declared_is_an_error() {
+    for name in ["gpt2_tied", "llama_gqa"] {
+        let tmp = copy_fixture(name);
+        edit_config(tmp.path(), |c| {
+            let key = if c.contains_key("n_layer") {
+                "n_layer"
+            } else {
+                "num_hidden_layers"
+            };
+            c.insert(key.into(), serde_json::json!(1));
+        });
+        let err = load(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, ModelError::UnexpectedLayer { layer: 1, .. }),
+            "{name}: {err:?}"
+        );
+        report(&format!("{name} with one layer declared"), &err);
+    }
+}
+
+/// Qwen2 checkpoints always have q/k/v biases: a missing one is an error, not zeros.
+#[test]
+fn a_missing_qwen2_bias_is_an_error() {
+    let tmp = copy_fixture("qwen2");
+    rewrite_weights(tmp.path(), |w| {
+        w.remove("model.layers.0.self_attn.q_proj.bias").unwrap();
+    });
+    let err = load(tmp.path()).unwrap_err();
+    assert!(
+        matches!(err, ModelError::MissingTensor { .. }) && err.to_string().contains("q_proj.bias"),
+        "{err:?}"
+    );
+    report("Qwen2 without q_proj.bias", &err);
+}
+
+/// A scratch copy of the sharded fixture, with `edit` applied to its index.
+fn sharded(
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> tempfile::TempDir {
+    let tmp = copy_fixture("gpt2_tied_sharded");
+    let p = tmp.path().join("model.safetensors.index.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(v["weight_map"].as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    tmp
+}
+
+/// Shard files resolve inside the model folder only: no absolute paths, no `..`, no links
+/// out of the folder (these used to load weights from anywhere, `/etc/passwd` included).
+#[test]
+fn shard_paths_stay_inside_the_model_folder() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("elsewhere.safetensors");
+    std::fs::copy(
+        fixture("gpt2_tied_sharded").join("model-00001-of-00003.safetensors"),
+        &victim,
+    )
+    .unwrap();
+    for shard in [
+        victim.to_string_lossy().into_owned(),
+        "../elsewhere.safetensors".to_string(),
+        "/etc/passwd".to_string(),
+    ] {
+        let tmp = sharded(|m| {
+            let key = m.keys().next().unwrap().clone();
+            m.insert(key, shard.clone().into());
+        });
+        let err = load(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, ModelError::ShardIndex { .. })
+                && err.to_string().contains("inside the model folder"),
+            "{shard}: {err:?}"
+        );
+        report(&format!("shard path {shard}"), &err);
+    }
+    // a link inside the folder that leads out of it
+    let tmp = sharded(|m| {
+        let key = m.keys().next().unwrap().clone();
+        m.insert(key, "link.safetensors".into());
+    });
+    std::os::unix::fs::symlink(&victim, tmp.path().join("link.safetensors")).unwrap();
+    let err = load(tmp.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("outside the model folder"),
+        "{err}"
+    );
+    report("shard link out of the folder", &err);
+}
+
+/// An index entry must name the shard that really stores the tensor.
+#[test]
+fn an_index_entry_in_the_wrong_shard_is_an_error() {
+    let tmp = sharded(|m| {
+        let (key, shard) = m
+            .iter()
+            .find(|(_, v)| v.as_str() == Some("model-00001-of-00003.safetensors"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
+        assert_eq!(shard, "model-00001-of-00003.safetensors");
+        m.insert(key, "model-00002-of-00003.safetensors".into());
+    });
+    let err = load(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("not stored there"), "{err}");
+    report("index entry assigned to the wrong shard", &err);
+}
+
+/// The same tensor in two shards is an error, not last-wins.
+#[test]
+fn a_tensor_in_two_shards_is_an_error() {
+    let tmp = copy_fixture("gpt2_tied_sharded");
+    let (a, b) = (
+        tmp.path().join("model-00001-of-00003.safetensors"),
+        tmp.path().join("model-00002-of-00003.safetensors"),
+    );
+    // add shard 1's first tensor to shard 2
+    let first = WeightStore::open_safetensors(vec![a.clone()]).unwrap();
+    let key = first.keys().next().unwrap().to_string();
+    let dup = first.read_f32(&key).unwrap();
+    let second = WeightStore::open_safetensors(vec![b.clone()]).unwrap();
+    let mut all: Vec<(String, Vec<usize>, Vec<u8>)> = second
+        .keys()
+        .map(|k| {
+            let t = second.read_f32(k).unwrap();
+            (
+                k.to_string(),
+                t.shape,
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    all.push((
+        key.clone(),
+        dup.shape,
+        dup.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ));
+    drop((first, second));
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = all
+        .iter()
+        .map(|(k, s, d)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&b, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = load(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("also stored"), "{err}");
+    report("the same tensor in two shards", &err);
+}
+
+/// A tokenizer.json whose pre-tokenizer regex exceeds the regex engine's retry limit: the
+/// `tokenizers` crate panics; rdla reports an error.
+#[test]
+fn a_catastrophic_pre_tokenizer_regex_is_an_error() {
+    let tmp = copy_fixture("gpt2_tied");
+    let p = tmp.path().join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    t["pre_tokenizer"] = serde_json::json!({
+        "type": "Split", "pattern": {"Regex": "(a|aa)+$"},
+        "behavior": "Isolated", "invert": false
+    });
+    std::fs::write(&p, t.to_string()).unwrap();
+    let m = load(tmp.path()).unwrap();
+    let text = format!("{}b", "a".repeat(64));
+    let err = m.tokenizer.encode(&text).unwrap_err();
+    assert!(err.to_string().contains("tokenizer"), "{err}");
+    report("a pre-tokenizer regex past Oniguruma's retry limit", &err);
+}
+
+/// Concurrent first runs of the default model: every one finds a complete folder.
+#[test]
+fn concurrent_default_model_materialisation() {
+    let dirs: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(rdla_model::default_model::materialize))
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    for d in &dirs {
+        assert_eq!(d, &dirs[0]);
+        assert!(d.join("config.json").is_file() && d.join("model.safetensors").is_file());
+    }
+}

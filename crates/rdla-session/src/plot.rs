@@ -75,7 +75,7 @@ pub fn line_plot_png(plot: &LinePlot<'_>) -> Result<Vec<u8>, PngError> {
         blit(img, &rasterize(&f, px, s), x as i32, y as i32, c);
     };
     text(&mut img, 24.0, plot.title, LEFT, 18.0, INK);
-    text(&mut img, 15.0, plot.subtitle, LEFT, 52.0, [90, 90, 90]);
+    text(&mut img, 15.0, plot.subtitle, LEFT, 48.0, [90, 90, 90]);
     let pts = plot.points;
     let finite: Vec<(f64, f64)> = pts
         .iter()
@@ -141,7 +141,7 @@ pub fn line_plot_png(plot: &LinePlot<'_>) -> Result<Vec<u8>, PngError> {
         H as f32 - 40.0,
         INK,
     );
-    text(&mut img, 16.0, plot.y_label, 10.0, TOP - 30.0, INK);
+    text(&mut img, 16.0, plot.y_label, 10.0, TOP - 22.0, INK);
     // least-squares line
     let n = finite.len() as f64;
     let (mx, my) = finite
@@ -158,7 +158,7 @@ pub fn line_plot_png(plot: &LinePlot<'_>) -> Result<Vec<u8>, PngError> {
         1.5,
         FIT,
     );
-    let fit = format!("least squares: {icept:.0} + {slope:.3} per unit of x");
+    let fit = format!("least squares: {icept:.0} + {slope:.3} · x");
     text(&mut img, 14.0, &fit, LEFT + 12.0, TOP + 8.0, FIT);
     // the measured points
     for w in finite.windows(2) {

@@ -495,3 +495,130 @@ fn every_family_attributes_from_the_cli() {
         }
     }
 }
+
+/// Regression tests of the adversarial pass (issue #17) that need the binary: a closed pipe
+/// ends quietly; `--foil` equal to `--answer` is refused; finite weights that overflow in the
+/// forward pass are an error naming where, not `null`s in the JSON.
+#[test]
+fn pipes_identical_targets_and_overflowing_weights() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = fixture("gpt2_tied");
+    let m = dir.to_str().unwrap();
+    // `rdla attribute … --json - | head -1`
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rdla"))
+        .args([
+            "attribute",
+            "--model",
+            m,
+            "--prompt",
+            LIST,
+            "--answer",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+            "-",
+        ])
+        .env("RDLA_SKIP_WGPU", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(first.starts_with('{'), "{first}");
+    eprintln!(
+        "finding: `| head -1`: exit {:?}, stderr {:?}",
+        out.status.code(),
+        err.trim()
+    );
+
+    expect_error(
+        &[
+            "attribute",
+            "--model",
+            m,
+            "--prompt",
+            LIST,
+            "--answer",
+            "3",
+            "--foil",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        "foil",
+    );
+
+    // weights that are finite but overflow in the forward pass
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let store = rdla_model::WeightStore::open_dir(tmp.path()).unwrap();
+    let keys: Vec<String> = store.keys().map(str::to_string).collect();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = keys
+        .iter()
+        .map(|k| {
+            let t = store.read_f32(k).unwrap();
+            let scale = if k.ends_with("mlp.c_fc.weight") {
+                1e30f32
+            } else {
+                1.0
+            };
+            let bytes = t
+                .data
+                .iter()
+                .flat_map(|v| (v * scale).to_le_bytes())
+                .collect();
+            (k.clone(), t.shape, bytes)
+        })
+        .collect();
+    drop(store);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, s, d)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        tmp.path().join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let out = rdla(&[
+        "attribute",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        LIST,
+        "--answer",
+        "3",
+        "--device",
+        "cpu",
+        "--json",
+        "-",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "overflowing weights gave a result: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .take(600)
+            .collect::<String>()
+    );
+    assert!(err.contains("finite"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("null"));
+    eprintln!("finding: overflowing weights: {}", err.trim());
+}

@@ -125,9 +125,9 @@ fn attention_layers(r: &Raw, n_layers: usize) -> Result<Vec<String>> {
         reason,
     };
     let mismatch = |n: u128| bad(format!("describes {n} layers but num_layers is {n_layers}"));
-    let layers = if let Some(l) = &r.attention_layers {
-        l.clone()
-    } else if let Some(types) = &r.attention_types {
+    // `attention_types` is checked whenever present (transformers checks it too), even when
+    // the config also spells the list out as `attention_layers`, which then wins
+    let expanded = if let Some(types) = &r.attention_types {
         let groups = types.as_array().ok_or_else(|| bad("not a list".into()))?;
         let mut parsed = Vec::new();
         let mut total: u128 = 0;
@@ -155,13 +155,20 @@ fn attention_layers(r: &Raw, n_layers: usize) -> Result<Vec<String>> {
         if total != n_layers as u128 {
             return Err(mismatch(total));
         }
-        parsed
-            .into_iter()
-            .flat_map(|(kinds, times)| (0..times).flat_map(move |_| kinds.clone()))
-            .collect()
+        Some(
+            parsed
+                .into_iter()
+                .flat_map(|(kinds, times)| (0..times).flat_map(move |_| kinds.clone()))
+                .collect::<Vec<_>>(),
+        )
     } else {
-        vec!["global".to_string(); n_layers]
+        None
     };
+    let layers = r
+        .attention_layers
+        .clone()
+        .or(expanded)
+        .unwrap_or_else(|| vec!["global".to_string(); n_layers]);
     if layers.len() != n_layers {
         return Err(mismatch(layers.len() as u128));
     }

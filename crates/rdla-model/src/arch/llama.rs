@@ -245,9 +245,17 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
                     k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?,
                 )
             };
-            let b_q = k.get_or_zeros(&format!("{a}.q_proj.bias"), &[h * dh])?;
-            let b_k = k.get_or_zeros(&format!("{a}.k_proj.bias"), &[kv * dh])?;
-            let b_v = k.get_or_zeros(&format!("{a}.v_proj.bias"), &[kv * dh])?;
+            // Qwen2 always has q/k/v biases: a missing one is a broken checkpoint, not zeros
+            let qkv_bias = |k: &mut Keys<'_, '_>, name: &str, n: usize| {
+                if std::ptr::eq(cfg.family, &QWEN2) {
+                    k.get(name, &[n])
+                } else {
+                    k.get_or_zeros(name, &[n])
+                }
+            };
+            let b_q = qkv_bias(k, &format!("{a}.q_proj.bias"), h * dh)?;
+            let b_k = qkv_bias(k, &format!("{a}.k_proj.bias"), kv * dh)?;
+            let b_v = qkv_bias(k, &format!("{a}.v_proj.bias"), kv * dh)?;
             let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
             let b_o = k.get_or_zeros(&format!("{a}.o_proj.bias"), &[d])?;
             let ln2 = k.rms_norm(&format!("{p}.post_attention_layernorm"), d)?;

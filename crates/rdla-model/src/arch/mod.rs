@@ -207,6 +207,7 @@ pub fn load_streaming(
 ) -> Result<Canonical> {
     let family = cfg.family;
     let mut keys = Keys::new(store, progress, family.prefix, family.lm_head);
+    keys.check_layers(cfg.n_layers)?;
     let canon = (family.load)(cfg, &mut keys, sink)?;
     keys.finish()?;
     Ok(canon)
@@ -240,6 +241,33 @@ impl<'a, 'p> Keys<'a, 'p> {
             prefix,
             lm_head,
         }
+    }
+
+    /// A checkpoint with more layers than its config declares is refused (reading only the
+    /// declared ones would silently truncate the model): any block key `layers.{l}.…` /
+    /// `h.{l}.…` (after the family's prefix) with `l ≥ n_layers`.
+    fn check_layers(&self, n_layers: usize) -> Result<()> {
+        for key in self.store.keys() {
+            // the model's own blocks only (a multimodal checkpoint's vision tower has others)
+            let bare = self
+                .prefix
+                .iter()
+                .find_map(|p| key.strip_prefix(p))
+                .unwrap_or(key);
+            let mut parts = bare.split('.');
+            let layer = match (parts.next(), parts.next()) {
+                (Some("layers" | "h"), Some(l)) => l.parse::<usize>().ok(),
+                _ => None,
+            };
+            if let Some(layer) = layer.filter(|&l| l >= n_layers) {
+                return Err(ModelError::UnexpectedLayer {
+                    key: key.to_string(),
+                    layer,
+                    n_layers,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {

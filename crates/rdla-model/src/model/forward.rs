@@ -338,7 +338,7 @@ impl Model {
         let last_logits =
             (last.matmul(w.w_u.clone()) + w.b_u.clone().unsqueeze_dim::<2>(0)).squeeze_dim::<1>(0);
 
-        Ok(Cache {
+        let cache = Cache {
             token_ids: ids.to_vec(),
             layout,
             components: comps,
@@ -351,7 +351,60 @@ impl Model {
             qk_scale: qk_scales,
             post_scale: post_scales,
             last_logits,
-        })
+        };
+        self.check_finite(&cache)?;
+        Ok(cache)
+    }
+
+    /// Every frozen norm scale and the last logits must be finite: an overflow anywhere in the
+    /// residual stream shows up in the next norm's scale (an infinite scale would silently
+    /// zero every readout). The first non-finite one, in forward order, is named.
+    fn check_finite(&self, c: &Cache) -> Result<()> {
+        let n = c.n_pos();
+        let read = |t: &Tensor<2>| crate::model::to_vec(t.clone());
+        let (s1, s2) = (read(&c.ln1_scale)?, read(&c.ln2_scale)?);
+        let post = match &c.post_scale {
+            Some((a, m)) => Some((read(a)?, read(m)?)),
+            None => None,
+        };
+        let first_bad =
+            |v: &[f32], l: usize| v[l * n..(l + 1) * n].iter().position(|x| !x.is_finite());
+        let bad = |what: String| crate::error::ModelError::NonFiniteActivation { what };
+        for l in 0..self.config.n_layers {
+            if let Some(p) = first_bad(&s1, l) {
+                return Err(bad(format!(
+                    "the scale of L{l}'s attention input norm at position {p}"
+                )));
+            }
+            if let Some((a, _)) = &post
+                && let Some(p) = first_bad(a, l)
+            {
+                return Err(bad(format!(
+                    "the scale of L{l}'s post-attention norm at position {p}"
+                )));
+            }
+            if let Some(p) = first_bad(&s2, l) {
+                return Err(bad(format!(
+                    "the scale of L{l}'s MLP input norm at position {p}"
+                )));
+            }
+            if let Some((_, m)) = &post
+                && let Some(p) = first_bad(m, l)
+            {
+                return Err(bad(format!(
+                    "the scale of L{l}'s post-MLP norm at position {p}"
+                )));
+            }
+        }
+        let fin = crate::model::to_vec(c.final_scale.clone())?;
+        if let Some(p) = fin.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("the scale of the final norm at position {p}")));
+        }
+        let logits = crate::model::to_vec(c.last_logits.clone())?;
+        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("the logit of token {i} at the last position")));
+        }
+        Ok(())
     }
 
     /// The MLP's pre-activations of normalised inputs `xn [P, d]`: `z` (the gate's, in a gated

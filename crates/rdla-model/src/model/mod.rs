@@ -361,6 +361,19 @@ impl Model {
     ) -> Result<Self> {
         // Stream: each block is processed and packed as soon as it is read, so the host holds
         // the packed model plus one block, never a second full copy.
+        crate::memory::check(
+            || {
+                format!(
+                    "loading this {} ({} layers, d_model {}, vocabulary {}) in f32",
+                    config.family.hf_class(),
+                    config.n_layers,
+                    config.d_model,
+                    config.d_vocab
+                )
+            },
+            crate::memory::model_bytes(&config),
+            crate::memory::available_bytes(),
+        )?;
         let processing = processing.for_config(&config);
         let norm = config.norm;
         let mut stacks = LayerStacks::new(config.n_layers);
@@ -402,7 +415,11 @@ impl Model {
                 vocab: self.config.d_vocab,
             });
         }
-        Ok(())
+        crate::memory::check(
+            || format!("a {}-token prompt on this model", ids.len()),
+            crate::memory::prompt_bytes(&self.config, ids.len()),
+            crate::memory::available_bytes(),
+        )
     }
 
     /// The rotary tables of every layer for a prompt of `n` positions (`None` without

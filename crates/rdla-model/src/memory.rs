@@ -1,0 +1,132 @@
+//! Memory estimates, checked before the allocations they size: a model or a prompt that would
+//! need more memory than the machine has is a clear error ("needs about X GiB; this machine has
+//! Y GiB available"), never an allocation failure that aborts the process.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::model::forward::QUERY_BLOCK;
+
+const F32: u64 = 4;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes this process can still allocate: `MemAvailable`, lowered to the cgroup's remaining
+/// limit when there is one (Linux). `None` where neither can be read: no check is made then.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let mut avail = kib * 1024;
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    if let (Some(max), Some(cur)) = (read("memory.max"), read("memory.current")) {
+        avail = avail.min(max.saturating_sub(cur));
+    }
+    Some(avail)
+}
+
+/// The processed model in `f32`: embeddings, blocks, and the unembedding (a separate `[d, V]`
+/// copy even when tied), plus one block in flight while loading.
+pub fn model_bytes(cfg: &ModelConfig) -> u64 {
+    let (d, v, l) = (cfg.d_model as u64, cfg.d_vocab as u64, cfg.n_layers as u64);
+    let (h, kv, dh, dm) = (
+        cfg.n_heads as u64,
+        cfg.n_kv_heads as u64,
+        cfg.d_head as u64,
+        cfg.d_mlp as u64,
+    );
+    let attn = d * dh * (h + 2 * kv) + h * dh * d + dh * (h + 2 * kv) + d;
+    let mlp = d * dm * if cfg.gated_mlp { 3 } else { 2 } + dm + d;
+    let norms = 6 * d + 2 * dh;
+    let block = attn + mlp + norms;
+    let pos = if cfg.has_pos() {
+        cfg.n_ctx as u64 * d
+    } else {
+        0
+    };
+    F32 * (2 * v * d + v + pos + (l + 1) * block)
+}
+
+/// The peak of one forward pass with its cache and the overview at `n` tokens: the
+/// `O(L·P·d)` cache, one layer's working tensors (a block of attention scores, the MLP's
+/// activations), and the overview's `[L, H, P, C]` head breakdown (computed, then copied to
+/// the host).
+pub fn prompt_bytes(cfg: &ModelConfig, n: usize) -> u64 {
+    let (d, l, p) = (cfg.d_model as u64, cfg.n_layers as u64, n as u64);
+    let (h, kv, dh, dm) = (
+        cfg.n_heads as u64,
+        cfg.n_kv_heads as u64,
+        cfg.d_head as u64,
+        cfg.d_mlp as u64,
+    );
+    let c = cfg.layout().n() as u64;
+    let cache = c * p * d + l * (h + 2 * kv) * p * dh + 4 * l * p;
+    let block = QUERY_BLOCK.min(n) as u64;
+    let layer = 8 * p * d + 3 * p * (h + 2 * kv) * dh + 3 * p * dm + 2 * h * block * p;
+    let overview = 3 * l * h * p * c;
+    F32 * (cache + layer + overview)
+}
+
+/// `Err(OutOfMemory)` when `needed` bytes exceed `available` (with a 10 % margin for the
+/// allocator and the rest of the process); always fine when `available` is unknown.
+pub fn check(what: impl FnOnce() -> String, needed: u64, available: Option<u64>) -> Result<()> {
+    match available {
+        Some(avail) if needed.saturating_add(needed / 10) > avail => Err(ModelError::OutOfMemory {
+            what: what(),
+            needed_gib: needed as f64 / GIB,
+            available_gib: avail as f64 / GIB,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn smollm2_shape() -> ModelConfig {
+        crate::config::from_value(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "max_position_embeddings": 8192,
+        }))
+        .unwrap()
+    }
+
+    /// The estimates are in the range measured (docs/PERFORMANCE.md: 4.0 GiB peak at 8,192
+    /// tokens on this shape, of which ~0.85 GiB is the model and the process), and grow
+    /// linearly in the prompt, not quadratically.
+    #[test]
+    fn estimates_match_the_measured_scale() {
+        let cfg = smollm2_shape();
+        let model = model_bytes(&cfg) as f64 / GIB;
+        assert!((0.5..1.0).contains(&model), "{model} GiB");
+        let p8k = prompt_bytes(&cfg, 8192) as f64 / GIB;
+        assert!((1.5..5.0).contains(&p8k), "{p8k} GiB");
+        let p4k = prompt_bytes(&cfg, 4096) as f64 / GIB;
+        assert!(p8k / p4k < 2.2, "{p4k} → {p8k}: not linear");
+    }
+
+    #[test]
+    fn too_much_is_a_clear_error_and_unknown_is_fine() {
+        let e = check(|| "a 7,548-token prompt".into(), 61 << 30, Some(20 << 30)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a 7,548-token prompt needs about 61.0 GiB of memory; this machine has 20.0 GiB available"
+        );
+        check(|| unreachable!(), 1 << 30, Some(20 << 30)).unwrap();
+        check(|| unreachable!(), u64::MAX, None).unwrap();
+        assert!(available_bytes().is_some_and(|b| b > 0));
+    }
+}
