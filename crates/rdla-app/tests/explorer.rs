@@ -421,3 +421,41 @@ fn newer_families_open_and_drill_down() {
         );
     }
 }
+
+/// A prompt with more positions than the heatmap draws at once: a head's view shows a window
+/// of source positions (the end of the prompt first), with an overview of all of them and
+/// buttons for the largest; a button moves the window to its position.
+#[test]
+fn long_prompts_show_a_window_of_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompt = "1. Get some apples.\n2. Get some oranges.\n".repeat(9);
+    let opts = StartOptions {
+        model: Some(fixture("llama_gqa")),
+        prompt: Some(prompt),
+        answer: Some("3".into()),
+    };
+    let mut h = harness(tmp.path().to_path_buf(), opts);
+    assert!(h.state().state.compute_error.is_none());
+    let n = h.state().state.tokens.ids.len();
+    assert!(n > 120, "{n} tokens");
+    click(&mut h, "L2.attn/H1");
+    let view = h.state().current_view().unwrap().clone();
+    assert_eq!(view.heatmap.n_cols(), n);
+    h.get_by_label("column overview");
+    // the last position is drawn, the first is not
+    let comp = "embed";
+    h.get_by_label(&format!("L2.attn/H1/{}:{comp}", n - 1));
+    assert!(
+        h.query_by_label(&format!("L2.attn/H1/1:{comp}")).is_none(),
+        "the whole prompt was drawn"
+    );
+    // jump to the largest column that is outside the window
+    let (c, v) = view
+        .heatmap
+        .top_columns(8)
+        .into_iter()
+        .find(|&(c, _)| c + 64 < n)
+        .expect("a large column early in the prompt");
+    click(&mut h, &format!("{} {v:+.3}", view.heatmap.cols[c]));
+    h.get_by_label(&format!("L2.attn/H1/{c}:{comp}"));
+}

@@ -78,6 +78,46 @@ impl Heatmap {
             .map(|c| (0..self.n_rows()).filter_map(|r| self.get(r, c)).sum())
             .collect()
     }
+
+    /// The same heatmap restricted to the columns `range` (clamped to the heatmap): values,
+    /// targets, labels, the strip and its targets. A long prompt's head view has one column per
+    /// source position; the explorer shows a window of them at a time.
+    pub fn columns(&self, range: std::ops::Range<usize>) -> Self {
+        let n = self.n_cols();
+        let (a, b) = (range.start.min(n), range.end.min(n).max(range.start.min(n)));
+        let pick = |v: &[Option<f32>]| -> Vec<Option<f32>> {
+            (0..self.n_rows())
+                .flat_map(|r| v[r * n + a..r * n + b].iter().copied())
+                .collect()
+        };
+        let targets = (0..self.n_rows())
+            .flat_map(|r| self.targets[r * n + a..r * n + b].iter().cloned())
+            .collect();
+        Self {
+            cols: self.cols[a..b].to_vec(),
+            values: pick(&self.values),
+            targets,
+            strip: self
+                .strip
+                .as_ref()
+                .map(|(label, v)| (label.clone(), v.get(a..b).unwrap_or_default().to_vec())),
+            strip_targets: self.strip_targets.get(a..b).unwrap_or_default().to_vec(),
+            ..self.clone()
+        }
+    }
+
+    /// The `k` columns with the largest |column sum|, largest first (NaN sums last).
+    pub fn top_columns(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut sums: Vec<(usize, f32)> = self.col_sums().into_iter().enumerate().collect();
+        sums.sort_by(|x, y| {
+            let (a, b) = (x.1.abs(), y.1.abs());
+            b.partial_cmp(&a)
+                .unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()))
+                .then(x.0.cmp(&y.0))
+        });
+        sums.truncate(k);
+        sums
+    }
 }
 
 /// Colour maps, both centred on zero with a symmetric range.
@@ -160,4 +200,61 @@ pub fn printable(t: &str) -> String {
     t.replace('\n', "\\n")
         .replace('\t', "\\t")
         .replace(' ', "·")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn three_by_five() -> Heatmap {
+        let cols: Vec<String> = (0..5).map(|c| format!("{c}")).collect();
+        Heatmap {
+            title: "t".into(),
+            subtitle: String::new(),
+            row_title: String::new(),
+            col_title: String::new(),
+            rows: vec!["a".into(), "b".into(), "c".into()],
+            values: (0..15).map(|i| Some(i as f32 - 7.0)).collect(),
+            targets: (0..15)
+                .map(|i| Some(Path::parse(&format!("L0.attn/H{i}")).unwrap()))
+                .collect(),
+            shared_targets: false,
+            strip: Some(("A".into(), vec![0.1, 0.2, 0.3, 0.2, 0.2])),
+            strip_targets: (0..5)
+                .map(|k| Path::parse(&format!("L0.attn/H0/qk:{k}")).unwrap())
+                .collect(),
+            column_bars: true,
+            row_bars: false,
+            units: "logit units".into(),
+            cols,
+        }
+    }
+
+    #[test]
+    fn a_column_window_keeps_values_targets_and_the_strip_aligned() {
+        let hm = three_by_five();
+        let w = hm.columns(1..3);
+        assert_eq!(w.cols, ["1", "2"]);
+        for r in 0..3 {
+            for c in 0..2 {
+                assert_eq!(w.get(r, c), hm.get(r, c + 1));
+                assert_eq!(w.target(r, c), hm.target(r, c + 1));
+            }
+        }
+        assert_eq!(w.strip.as_ref().unwrap().1, [0.2, 0.3]);
+        assert_eq!(w.strip_targets[0].to_string(), "L0.attn/H0/qk:1");
+        // clamped, never out of bounds
+        assert_eq!(hm.columns(4..99).n_cols(), 1);
+        assert_eq!(hm.columns(7..9).n_cols(), 0);
+    }
+
+    #[test]
+    fn top_columns_rank_by_absolute_sum() {
+        // column sums: -14+... : c0 = -7-2+3 = -6, c1 = -3, c2 = 0, c3 = 3, c4 = 6
+        let top = three_by_five().top_columns(3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 4, 1]);
+        assert!((top[0].1 + 6.0).abs() < 1e-6);
+    }
 }

@@ -51,27 +51,150 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
         leaf_details(ui, state, view);
         return;
     }
+    let full = &view.heatmap;
+    let window = column_window(ui, state, &here, full, settings);
+    let windowed;
+    let hm = if window.len() < full.n_cols() {
+        windowed = full.columns(window.clone());
+        &windowed
+    } else {
+        full
+    };
+    let first = window.start;
     egui::ScrollArea::both().show(ui, |ui| {
         let resp = HeatmapView {
-            hm: &view.heatmap,
+            hm,
             colormap: settings.colormap,
-            selected: state.selected,
+            selected: state
+                .selected
+                .filter(|&(_, c)| window.contains(&c))
+                .map(|(r, c)| (r, c - first)),
             parent_value: view.expansion.value,
         }
         .show(ui);
         if let Some((r, c)) = resp.clicked {
-            actions.push(Action::Select(Some((r, c))));
-            if let Some(t) = view.heatmap.target(r, c) {
+            actions.push(Action::Select(Some((r, c + first))));
+            if let Some(t) = full.target(r, c + first) {
                 actions.push(Action::Navigate(t.clone()));
             }
         }
         if let Some(t) = resp
             .strip_clicked
-            .and_then(|c| view.heatmap.strip_targets.get(c))
+            .and_then(|c| full.strip_targets.get(c + first))
         {
             actions.push(Action::Navigate(t.clone()));
         }
     });
+}
+
+/// Heatmaps with more columns than this are shown a window at a time.
+const MAX_COLUMNS: usize = 96;
+
+/// For a heatmap with many columns (a long prompt's head: one per source position), the
+/// window of columns to draw, and its controls: an overview of every column's sum (click or
+/// drag to move the window), the window's width, and the positions with the largest sums
+/// (click to jump). The window follows the keyboard selection. Remembered per node.
+fn column_window(
+    ui: &mut Ui,
+    state: &AppState,
+    here: &Path,
+    hm: &rdla_session::Heatmap,
+    settings: &Settings,
+) -> std::ops::Range<usize> {
+    let n = hm.n_cols();
+    if n <= MAX_COLUMNS {
+        return 0..n;
+    }
+    let id = egui::Id::unique(("column window", here.to_string()));
+    let sums = hm.col_sums();
+    let (mut start, mut len) = ui.data_mut(|d| {
+        *d.get_temp_mut_or_insert_with(id, || {
+            // open on the end of the prompt, where the destination is
+            (n.saturating_sub(64), 64usize)
+        })
+    });
+    if let Some((_, c)) = state.selected
+        && c < n
+        && !(start..start + len).contains(&c)
+    {
+        start = c.saturating_sub(len / 2);
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.label(format!(
+            "columns {}–{} of {n}",
+            start.min(n - 1),
+            (start + len).min(n) - 1
+        ));
+        ui.label("· show");
+        ui.add(egui::DragValue::new(&mut len).range(8..=n.min(512)))
+            .on_hover_text("columns drawn at once");
+        if ui.button("−").on_hover_text("show more columns").clicked() {
+            len = (len * 2).min(n.min(512));
+        }
+        if ui
+            .button("+")
+            .on_hover_text("show fewer, wider columns")
+            .clicked()
+        {
+            len = (len / 2).max(8);
+        }
+        ui.label("· largest:");
+        for (c, v) in hm.top_columns(8) {
+            let b = ui
+                .small_button(format!("{} {v:+.3}", hm.cols[c]))
+                .on_hover_text(format!("column {c}: jump there"));
+            if b.clicked() {
+                start = c.saturating_sub(len / 2);
+            }
+        }
+    });
+    // the overview: one bar per pixel bin, the bin's largest |sum|, with the window framed
+    let width = ui.available_width().max(100.0);
+    let (rect, resp) =
+        ui.allocate_exact_size(egui::vec2(width, 22.0), egui::Sense::click_and_drag());
+    resp.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Slider, true, "column overview"));
+    let painter = ui.painter_at(rect);
+    let bins = (width as usize).min(n).max(1);
+    let range = rdla_session::heatmap::max_abs(sums.iter().copied()).max(1e-12);
+    for b in 0..bins {
+        let (lo, hi) = (b * n / bins, ((b + 1) * n / bins).max(b * n / bins + 1));
+        let v = sums[lo..hi.min(n)]
+            .iter()
+            .copied()
+            .fold(0.0f32, |m, x| if x.abs() > m.abs() { x } else { m });
+        let x0 = rect.left() + b as f32 * width / bins as f32;
+        let h = (v.abs() / range).sqrt() * rect.height();
+        painter.rect_filled(
+            egui::Rect::from_min_max(
+                egui::pos2(x0, rect.bottom() - h),
+                egui::pos2(x0 + (width / bins as f32).max(1.0), rect.bottom()),
+            ),
+            0.0,
+            crate::theme::rgb(settings.colormap.color(v, range)),
+        );
+    }
+    let sx = |c: usize| rect.left() + c as f32 * width / n as f32;
+    painter.rect_stroke(
+        egui::Rect::from_min_max(
+            egui::pos2(sx(start), rect.top()),
+            egui::pos2(sx((start + len).min(n)).max(sx(start) + 2.0), rect.bottom()),
+        ),
+        0.0,
+        egui::Stroke::new(1.5, ui.visuals().strong_text_color()),
+        egui::StrokeKind::Inside,
+    );
+    if let Some(p) = resp.interact_pointer_pos() {
+        let c = (((p.x - rect.left()) / width) * n as f32) as usize;
+        start = c.saturating_sub(len / 2);
+    }
+    let resp = resp.on_hover_text(
+        "every column's sum (tallest = largest |sum|); the frame is the window drawn below — \
+         click or drag to move it",
+    );
+    let _ = resp;
+    start = start.min(n - len.min(n));
+    ui.data_mut(|d| d.insert_temp(id, (start, len)));
+    start..(start + len).min(n)
 }
 
 fn breadcrumbs(ui: &mut Ui, state: &AppState, here: &Path, actions: &mut Vec<Action>) {

@@ -11,12 +11,20 @@ use crate::theme;
 
 pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mut Vec<Action>) {
     ui.heading("Prompt");
-    let r = ui.add(
-        egui::TextEdit::multiline(&mut settings.prompt)
-            .desired_rows(4)
-            .desired_width(ui.available_width())
-            .font(egui::TextStyle::Monospace),
-    );
+    // a long prompt (pages of text, a file) scrolls inside the editor instead of pushing the
+    // tokens and the answer off the panel
+    let r = egui::ScrollArea::vertical()
+        .id_salt("prompt text")
+        .max_height(220.0)
+        .show(ui, |ui| {
+            ui.add(
+                egui::TextEdit::multiline(&mut settings.prompt)
+                    .desired_rows(4)
+                    .desired_width(ui.available_width())
+                    .font(egui::TextStyle::Monospace),
+            )
+        })
+        .inner;
     r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::MultilineTextInput, true, "Prompt"));
     if r.changed() {
         actions.push(Action::Edited);
