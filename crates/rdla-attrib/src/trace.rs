@@ -143,11 +143,16 @@ impl Trace {
     }
 }
 
-/// A frontier entry: an arena index, ordered by |value| (earlier entries first among ties).
+/// A frontier entry: the next untaken node of one expanded node's children (`lists[list]`,
+/// sorted by |value|, at `pos`), ordered by that node's |value| (earlier nodes first among
+/// ties). The heap holds one entry per expanded node, not one per child: a head has thousands
+/// of children, and each is pushed into a plain list once instead of into the heap.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     key: f32,
     idx: u32,
+    list: u32,
+    pos: u32,
 }
 
 impl PartialEq for Entry {
@@ -305,11 +310,49 @@ impl Arena {
     }
 }
 
+/// FNV-1a over the written words, then mixed: the graph's keys are a few small integers,
+/// hashed once per child of every expansion (SipHash was 8 % of a trace's time).
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    /// FNV's state, mixed (splitmix64's finaliser): the table uses the hash's top bits, which
+    /// FNV over a few small words leaves nearly constant.
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 /// Accumulates sites (Σ value, and the traced node with the largest |value| there) and edges.
 #[derive(Default)]
 struct GraphBuilder {
-    sites: HashMap<SiteKey, (u32, f32, f64)>,
-    edges: HashMap<(SiteKey, SiteKey), f64>,
+    sites: FastMap<SiteKey, (u32, f32, f64)>,
+    edges: FastMap<(SiteKey, SiteKey), f64>,
 }
 
 impl GraphBuilder {
@@ -326,15 +369,25 @@ impl GraphBuilder {
         *self.edges.entry((from, to)).or_insert(0.0) += f64::from(value);
     }
 
-    /// Every site (largest |value| first) and edge; pruning is [`Trace::pruned`]'s.
-    fn finish(self, arena: &Arena, n_layers: usize) -> (Vec<GraphNode>, Vec<GraphEdge>) {
+    /// The sites (largest |value| first) and edges that [`Trace::pruned`] keeps at `threshold`
+    /// and `max_nodes` — the same rule, applied before any id string is built (a trace has
+    /// hundreds of thousands of sites and edges; a graph shows dozens).
+    fn finish(
+        self,
+        arena: &Arena,
+        n_layers: usize,
+        floor: f32,
+        max_nodes: usize,
+    ) -> (Vec<GraphNode>, Vec<GraphEdge>) {
         let mut kept: Vec<(SiteKey, u32, f64)> = self
             .sites
             .into_iter()
             .map(|(k, (idx, _, v))| (k, idx, v))
+            .filter(|(k, _, v)| (*v as f32).abs() >= floor || k.kind == SiteKind::Logit)
             .collect();
         kept.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()).then_with(|| a.1.cmp(&b.1)));
-        let ids: HashMap<SiteKey, String> = kept
+        kept.truncate(max_nodes.max(1));
+        let ids: FastMap<SiteKey, String> = kept
             .iter()
             .map(|(k, idx, _)| (*k, arena.path(*idx).to_string()))
             .collect();
@@ -351,6 +404,7 @@ impl GraphBuilder {
         let mut edges: Vec<GraphEdge> = self
             .edges
             .into_iter()
+            .filter(|(_, v)| (*v as f32).abs() >= floor)
             .filter_map(|((from, to), v)| {
                 Some(GraphEdge {
                     from: ids.get(&from)?.clone(),
@@ -392,15 +446,19 @@ impl Engine<'_> {
             value: start_value,
             site: None,
         });
+        // each expanded node's children, largest |value| first; `heap` merges the lists
+        let mut lists: Vec<Vec<u32>> = vec![vec![root]];
         heap.push(Entry {
             key: start_value.abs(),
             idx: root,
+            list: 0,
+            pos: 0,
         });
         let mut settled = 0.0f64; // remainders and residuals of expanded nodes
         let mut residual_total = 0.0f64;
         let mut leaves: Vec<u32> = Vec::new(); // unexpandable nodes reached
         let mut graph = GraphBuilder::default();
-        let mut resolved: HashMap<u32, Resolved> = HashMap::new();
+        let mut resolved: FastMap<u32, Resolved> = FastMap::default();
         let mut expanded = 0;
         let mut timed_out = false;
         while expanded < opts.budget {
@@ -409,6 +467,15 @@ impl Engine<'_> {
                 break;
             }
             let Some(entry) = heap.pop() else { break };
+            // the next child of the same list takes this one's place in the heap
+            if let Some(&next) = lists[entry.list as usize].get(entry.pos as usize + 1) {
+                heap.push(Entry {
+                    key: arena.recs[next as usize].value.abs(),
+                    idx: next,
+                    list: entry.list,
+                    pos: entry.pos + 1,
+                });
+            }
             let rec = arena.recs[entry.idx as usize];
             if is_leaf_step(rec.step) {
                 if let Some(s) = rec.site {
@@ -450,21 +517,32 @@ impl Engine<'_> {
                 ex.children = neurons;
             }
             settled += rest;
+            let mut list: Vec<u32> = Vec::with_capacity(ex.children.len());
             for c in &ex.children {
                 let child = child_site(&ex, c.parsed);
                 if let (Some(s), Some(h)) = (child, here) {
                     graph.add_edge(s, h, c.value);
                 }
-                let idx = arena.push(Rec {
+                list.push(arena.push(Rec {
                     parent: Some(entry.idx),
                     step: Some(c.parsed),
                     value: c.value,
                     site: child,
-                });
+                }));
+            }
+            let by_size = |a: &u32, b: &u32| {
+                let (va, vb) = (arena.recs[*a as usize].value, arena.recs[*b as usize].value);
+                vb.abs().total_cmp(&va.abs()).then_with(|| a.cmp(b))
+            };
+            list.sort_unstable_by(by_size);
+            if let Some(&first) = list.first() {
                 heap.push(Entry {
-                    key: c.value.abs(),
-                    idx,
+                    key: arena.recs[first as usize].value.abs(),
+                    idx: first,
+                    list: lists.len() as u32,
+                    pos: 0,
                 });
+                lists.push(list);
             }
             if !progress(expanded, opts.budget) {
                 break;
@@ -474,11 +552,13 @@ impl Engine<'_> {
         // parents were expanded)
         let mut frontier = leaves;
         for e in heap.into_vec() {
-            let r = arena.recs[e.idx as usize];
-            if let Some(s) = r.site {
-                graph.add_site(s, e.idx, r.value);
+            for &idx in &lists[e.list as usize][e.pos as usize..] {
+                let r = arena.recs[idx as usize];
+                if let Some(s) = r.site {
+                    graph.add_site(s, idx, r.value);
+                }
+                frontier.push(idx);
             }
-            frontier.push(e.idx);
         }
         let value_of = |i: &u32| arena.recs[*i as usize].value;
         let frontier_total = settled + frontier.iter().map(|i| f64::from(value_of(i))).sum::<f64>();
@@ -501,7 +581,12 @@ impl Engine<'_> {
                 value: value_of(&i),
             })
             .collect();
-        let (nodes, edges) = graph.finish(&arena, n_layers);
+        let (nodes, edges) = graph.finish(
+            &arena,
+            n_layers,
+            opts.threshold * start_value.abs(),
+            opts.max_nodes,
+        );
         Ok(Trace {
             from: from.to_string(),
             value: start_value,

@@ -10,9 +10,23 @@ use super::{AttribError, Child, Engine, Expansion, Result};
 use crate::path::{Comp, Path, Step};
 
 /// A node resolved once and kept (its kind, position and readout on the device), for walks
-/// that expand many nodes below it.
-#[derive(Debug, Clone)]
-pub struct Resolved(Node);
+/// that expand many nodes below it; the readout its children share is computed once, on the
+/// first child resolved (an MLP's input readout reads its weights; a head's OV readout its
+/// value and output weights).
+#[derive(Debug)]
+pub struct Resolved {
+    node: Node,
+    basis: std::cell::OnceCell<Option<super::node::Basis>>,
+}
+
+impl Resolved {
+    fn new(node: Node) -> Self {
+        Self {
+            node,
+            basis: std::cell::OnceCell::new(),
+        }
+    }
+}
 
 /// How many neurons an MLP node lists (largest |value| first).
 pub const NEURONS_LISTED: usize = 20;
@@ -80,7 +94,9 @@ impl Engine<'_> {
 
     /// [`Engine::expand`] without what is shown beside a node and not needed to walk the tree:
     /// the vocabulary readout (a `[d] × [d, V]` product, most of an expansion's time on a
-    /// large vocabulary) and, unless `neurons`, the MLP's neuron ranking. Tracing uses it.
+    /// large vocabulary), unless `neurons` the MLP's neuron ranking, and the children's `step`
+    /// strings (left empty: `parsed` is the step; a head has thousands of children). Tracing
+    /// uses it.
     pub fn expand_lean(&self, path: &Path, neurons: bool) -> Result<Expansion> {
         self.expand_with(path, false, neurons)
     }
@@ -92,19 +108,25 @@ impl Engine<'_> {
 
     /// The node at `path`, kept so that its children are one step away ([`Engine::child`]).
     pub fn resolved(&self, path: &Path) -> Result<Resolved> {
-        self.resolve(path).map(Resolved)
+        self.resolve(path).map(Resolved::new)
     }
 
     /// The child of a resolved node (`path` is the child's path, for messages).
     pub fn child(&self, parent: &Resolved, step: Step, path: &Path) -> Result<Resolved> {
-        self.node_step(&parent.0, step)?
-            .map(Resolved)
+        let basis = parent.basis.get_or_init(|| self.child_basis(&parent.node));
+        if let Some(b) = basis
+            && let Some(node) = self.step_with_basis(&parent.node, b, step)
+        {
+            return Ok(Resolved::new(node));
+        }
+        self.node_step(&parent.node, step)?
+            .map(Resolved::new)
             .ok_or_else(|| AttribError::InvalidStep {
                 path: path.to_string(),
                 index: path.depth(),
                 step: step.to_string(),
-                parent: self.describe(&parent.0),
-                valid: self.valid_here(&parent.0),
+                parent: self.describe(&parent.node),
+                valid: self.valid_here(&parent.node),
             })
     }
 
@@ -115,7 +137,7 @@ impl Engine<'_> {
         path: &Path,
         neurons: bool,
     ) -> Result<Expansion> {
-        self.expand_node(&node.0, path, false, neurons)
+        self.expand_node(&node.node, path, false, neurons)
     }
 
     fn expand_node(
@@ -125,9 +147,9 @@ impl Engine<'_> {
         tokens: bool,
         neurons: bool,
     ) -> Result<Expansion> {
-        let children = self.node_children(node);
+        let (children, bias) = self.node_children_and_bias(node);
         let n_children = children.steps.len();
-        let mut parts = vec![self.node_value(node), self.node_bias(node)];
+        let mut parts = vec![self.node_value(node), bias];
         if let Some(c) = children.values {
             parts.push(c);
         }
@@ -166,7 +188,8 @@ impl Engine<'_> {
             .into_iter()
             .zip(cur.take(n_children)?)
             .map(|(s, &v)| Child {
-                step: s.to_string(),
+                // a lean expansion (no token readout: a trace) walks `parsed` only
+                step: if tokens { s.to_string() } else { String::new() },
                 value: v,
                 parsed: s,
             })

@@ -42,6 +42,21 @@ fn center<const D: usize>(v: Tensor<D>) -> Tensor<D> {
     v - mean
 }
 
+/// What the engine keeps between expansions: results that depend on a layer and a position
+/// but not on the readout (a pattern row, an MLP's pre-activations). A trace reaches the same
+/// MLP or head at the same position along many paths; each is computed once. Bounded: cleared
+/// when it holds [`MEMO_MAX`] entries of a kind.
+#[derive(Default)]
+struct Memo {
+    /// `A[l, :, q, :]`, `[1, H, P]`.
+    pattern: std::collections::HashMap<(usize, usize), Tensor<3>>,
+    /// The MLP's pre-activation (and linear path) at `(l, q)`, `[1, d_mlp]` each.
+    mlp_pre: std::collections::HashMap<(usize, usize), (Tensor<2>, Option<Tensor<2>>)>,
+}
+
+/// Entries of each kind the memo keeps before it starts over.
+const MEMO_MAX: usize = 512;
+
 /// The attribution engine for one forward pass and one target.
 pub struct Engine<'a> {
     model: &'a Model,
@@ -54,6 +69,7 @@ pub struct Engine<'a> {
     r_root: Tensor<1>,
     /// The rotary tables for this prompt (`None` without rotary embeddings).
     rotary: Option<LayerRotary>,
+    memo: std::cell::RefCell<Memo>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -88,6 +104,7 @@ impl<'a> Engine<'a> {
             layout: cache.layout,
             r_root: u.clone(),
             rotary: model.rotary_tables(cache.n_pos()),
+            memo: std::cell::RefCell::default(),
         };
         engine.r_root = engine.c(u) / s;
         Ok(engine)

@@ -36,6 +36,22 @@ pub(super) struct Node {
     pub readout: Tensor<1>,
 }
 
+/// What a node's children's readouts are made of, computed once per node for walks that
+/// resolve many of its children ([`super::Resolved`]).
+#[derive(Debug)]
+pub(super) enum Basis {
+    /// Every component child reads along the same vector (the root; an MLP's or a neuron's
+    /// input readout).
+    Same(Tensor<1>),
+    /// A head's source `(p, c)` reads along `ov · A[q, p] / s1[l, p]`: the OV readout `[d]`,
+    /// the pattern row `[P]` and the layer's norm scales `[P]`.
+    Sources {
+        ov: Tensor<1>,
+        pattern: Tensor<1>,
+        s1: Tensor<1>,
+    },
+}
+
 /// The children of a node: their steps, and their values as one tensor `[n]` (one batched
 /// expression; `None` for a leaf).
 pub(super) struct Children {
@@ -100,6 +116,16 @@ impl Engine<'_> {
         }
     }
 
+    /// [`Engine::node_children`] and [`Engine::node_bias`], sharing work where a kind can.
+    pub(super) fn node_children_and_bias(&self, node: &Node) -> (Children, Tensor<1>) {
+        match &node.kind {
+            Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                residual::children_and_bias(self, node)
+            }
+            _ => (self.node_children(node), self.node_bias(node)),
+        }
+    }
+
     /// The child of `node` that `step` names, or `None` when it is not a child there.
     pub(super) fn node_step(&self, node: &Node, step: Step) -> Result<Option<Node>> {
         if step == Step::Bias && !self.is_leaf(node) && !matches!(node.kind, Kind::Score(_)) {
@@ -119,6 +145,54 @@ impl Engine<'_> {
             Kind::Side(id, side) => score::side_step(self, node, *id, *side, step),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => None,
         })
+    }
+
+    /// The shared part of `node`'s children's readouts, for kinds with many children.
+    pub(super) fn child_basis(&self, node: &Node) -> Option<Basis> {
+        match &node.kind {
+            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                Some(Basis::Same(residual::child_readout(self, node)))
+            }
+            Kind::Head { layer, head } => Some(head::basis(self, node, (*layer, *head))),
+            _ => None,
+        }
+    }
+
+    /// [`Engine::node_step`] from a computed basis; `None` where the basis does not cover the
+    /// step (then `node_step` decides, errors included). The readouts are formed exactly as
+    /// `node_step` forms them.
+    pub(super) fn step_with_basis(&self, node: &Node, basis: &Basis, step: Step) -> Option<Node> {
+        match (basis, step) {
+            (Basis::Same(r), Step::Comp(c)) => {
+                let n = residual::n_inputs(self, node);
+                self.layout.index(c).filter(|&i| i < n)?;
+                Some(Node {
+                    kind: Kind::Comp(c),
+                    pos: node.pos,
+                    readout: r.clone(),
+                })
+            }
+            (Basis::Sources { ov, pattern, s1 }, Step::Source { pos, comp }) => {
+                let Kind::Head { layer, .. } = node.kind else {
+                    return None;
+                };
+                let up = self
+                    .layout
+                    .index(comp)
+                    .is_some_and(|i| i < self.layout.pre(layer));
+                if !(pos < self.n_pos() && self.allowed(layer, node.pos, pos) && up) {
+                    return None;
+                }
+                let a = pattern.clone().narrow(0, pos, 1);
+                let s = s1.clone().narrow(0, pos, 1);
+                Some(Node {
+                    kind: Kind::Comp(comp),
+                    pos,
+                    readout: ov.clone() * a / s,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// "head L2.H1 at position 5", for error messages.
@@ -231,8 +305,7 @@ impl Engine<'_> {
             }
             Kind::Head { layer, head } => {
                 let z = self
-                    .model
-                    .z_at(self.cache, *layer..*layer + 1, node.pos)
+                    .z_at(&(*layer..*layer + 1), node.pos)
                     .narrow(1, *head, 1)
                     .reshape([1, cfg.d_head]);
                 let w_o = self

@@ -45,9 +45,8 @@ impl Engine<'_> {
             + head_bias.clone();
 
         // MLPs at q
-        let r_mlp = self.mlp_readouts(&ls, q, r_all.clone(), None); // [L, d]
+        let (r_mlp, mlp_bias) = self.mlp_readouts_and_biases(&ls, q, r_all, None); // [L, d], [L]
         let mlp_breakdown = self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&ls); // [L, C]
-        let mlp_bias = self.mlp_biases(&ls, q, r_all, None); // [L]
 
         let parts = [
             (components, vec![c_n]),

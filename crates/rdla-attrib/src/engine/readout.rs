@@ -92,17 +92,51 @@ impl Engine<'_> {
     pub(super) fn head_values(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
         let cfg = &self.model.config;
         let (lb, h, d, dh) = (ls.len(), cfg.n_heads, cfg.d_model, cfg.d_head);
-        let z = self
-            .model
-            .z_at(self.cache, ls.clone(), q)
-            .reshape([lb, h, 1, dh]);
+        let z = self.z_at(ls, q).reshape([lb, h, 1, dh]);
         let wo_r = layers(&self.model.weights.w_o, ls).matmul(r.reshape([lb, 1, d, 1])); // [Lb, H, dh, 1]
         z.matmul(wo_r).reshape([lb, h])
     }
 
-    /// The attention pattern rows `A[l, :, q, :]`: `[Lb, H, P]`.
+    /// The attention pattern rows `A[l, :, q, :]`: `[Lb, H, P]` (one layer's from the memo).
     pub(super) fn pattern_rows(&self, ls: Range<usize>, q: usize) -> Tensor<3> {
-        self.model.pattern_rows(self.cache, ls, q)
+        if ls.len() != 1 {
+            return self.model.pattern_rows(self.cache, ls, q);
+        }
+        let key = (ls.start, q);
+        if let Some(a) = self.memo.borrow().pattern.get(&key) {
+            return a.clone();
+        }
+        let a = self.model.pattern_rows(self.cache, ls, q);
+        let mut memo = self.memo.borrow_mut();
+        if memo.pattern.len() >= super::MEMO_MAX {
+            memo.pattern.clear();
+        }
+        memo.pattern.insert(key, a.clone());
+        a
+    }
+
+    /// Each head's `z` at `q` (TL `hook_z`), from the pattern rows: `[Lb, H, dh]`.
+    pub(super) fn z_at(&self, ls: &Range<usize>, q: usize) -> Tensor<3> {
+        self.model
+            .z_from_pattern(self.cache, ls.clone(), q, self.pattern_rows(ls.clone(), q))
+    }
+
+    /// The MLP pre-activations of layers `ls` at `q` (one layer's from the memo).
+    pub(super) fn mlp_pre(&self, ls: &Range<usize>, q: usize) -> (Tensor<2>, Option<Tensor<2>>) {
+        if ls.len() != 1 {
+            return self.model.mlp_pre_at(self.cache, ls.clone(), q);
+        }
+        let key = (ls.start, q);
+        if let Some(p) = self.memo.borrow().mlp_pre.get(&key) {
+            return p.clone();
+        }
+        let p = self.model.mlp_pre_at(self.cache, ls.clone(), q);
+        let mut memo = self.memo.borrow_mut();
+        if memo.mlp_pre.len() >= super::MEMO_MAX {
+            memo.mlp_pre.clear();
+        }
+        memo.mlp_pre.insert(key, p.clone());
+        p
     }
 
     /// The values of the sources `(p, c)` of heads, `x_c[p] · A[l,h,q,p] · ov[l,h] / s1[l,p]`,
@@ -132,6 +166,34 @@ impl Engine<'_> {
             * self
                 .upstream_mask(ls, |lay, l| lay.pre(l))
                 .unsqueeze_dim::<4>(1)
+    }
+
+    /// One head's sources, the positions `first .. first + count` it sees and the components
+    /// upstream of its layer only (the rest are zero by definition and are not computed):
+    /// `x_c[p] · A[q,p] · ov / s1[l,p]` for `ov [1, 1, d]` and its pattern row `a [1, 1, P]`,
+    /// position-major `[count · pre(l)]`.
+    pub(super) fn head_source_values(
+        &self,
+        l: usize,
+        first: usize,
+        count: usize,
+        ov: Tensor<3>,
+        a: Tensor<3>,
+    ) -> Tensor<1> {
+        let d = self.model.config.d_model;
+        let n = self.layout.pre(l);
+        let raw = self
+            .cache
+            .components
+            .clone()
+            .narrow(0, 0, n)
+            .narrow(1, first, count) // [n, count, d]
+            .reshape([n * count, d])
+            .matmul(ov.reshape([d, 1]))
+            .reshape([n, count]);
+        let s1 = layers(&self.cache.ln1_scale, &(l..l + 1)).narrow(1, first, count); // [1, count]
+        let w = a.reshape([1, self.n_pos()]).narrow(1, first, count) / s1; // [1, count]
+        (raw * w).swap_dims(0, 1).reshape([count * n])
     }
 
     /// `[Lb, 1, C]`: 1 where component `c` is among the first `n(layout, l)` (upstream of the
@@ -210,7 +272,7 @@ impl Engine<'_> {
                     .one_hot(n, self.model.config.d_mlp)
                     .unsqueeze_dim::<2>(0);
         }
-        let (z, lin) = self.model.mlp_pre_at(self.cache, ls.clone(), q);
+        let (z, lin) = self.mlp_pre(ls, q);
         let g = self.gate(z.clone());
         MlpParts { wout_r, g, z, lin }
     }
@@ -233,9 +295,21 @@ impl Engine<'_> {
         r: Tensor<2>,
         neuron: Option<usize>,
     ) -> Tensor<2> {
+        self.mlp_readouts_and_biases(ls, q, r, neuron).0
+    }
+
+    /// [`Engine::mlp_readouts`] and [`Engine::mlp_biases`] from one pass over `W_out` (an MLP
+    /// node's children and remainder).
+    pub(super) fn mlp_readouts_and_biases(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+        neuron: Option<usize>,
+    ) -> (Tensor<2>, Tensor<1>) {
         let w = &self.model.weights;
-        let MlpParts { wout_r, g, z, lin } = self.mlp_parts(ls, q, r, neuron);
-        let gw = g * wout_r.clone();
+        let MlpParts { wout_r, g, z, lin } = self.mlp_parts(ls, q, r.clone(), neuron);
+        let gw = g.clone() * wout_r.clone();
         let mut read = layers(&w.w_in, ls)
             .matmul(gw.unsqueeze_dim::<3>(2))
             .squeeze_dim::<2>(2); // [Lb, d]
@@ -246,11 +320,12 @@ impl Engine<'_> {
             let gp = act::derivative(self.model.config.act, z) * lin;
             read = read
                 + layers(w_gate, ls)
-                    .matmul((gp * wout_r).unsqueeze_dim::<3>(2))
+                    .matmul((gp * wout_r.clone()).unsqueeze_dim::<3>(2))
                     .squeeze_dim::<2>(2);
         }
         let s2 = layers(&self.cache.ln2_scale, ls).narrow(1, q, 1); // [Lb, 1]
-        self.c(read) / s2
+        let readouts = self.c(read) / s2;
+        (readouts, self.mlp_remainder(ls, q, r, neuron, g, wout_r))
     }
 
     /// The remainder of MLPs `ls` at `q`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. With
@@ -262,9 +337,22 @@ impl Engine<'_> {
         r: Tensor<2>,
         neuron: Option<usize>,
     ) -> Tensor<1> {
+        let MlpParts { wout_r, g, .. } = self.mlp_parts(ls, q, r.clone(), neuron);
+        self.mlp_remainder(ls, q, r, neuron, g, wout_r)
+    }
+
+    /// `((g ⊙ b_in) W_out + b_out) · r` from the parts already computed.
+    fn mlp_remainder(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+        neuron: Option<usize>,
+        g: Tensor<2>,
+        wout_r: Tensor<2>,
+    ) -> Tensor<1> {
         let w = &self.model.weights;
         let [lb, d] = r.dims();
-        let MlpParts { wout_r, g, .. } = self.mlp_parts(ls, q, r.clone(), neuron);
         let gated = (g * layers(&w.b_in, ls) * wout_r)
             .sum_dim(1)
             .squeeze_dim::<1>(1);
@@ -280,7 +368,7 @@ impl Engine<'_> {
 
     /// The MLP's activations `a = act(z)` (SwiGLU: `silu(z_gate) ⊙ z_up`) at `q`: `[Lb, d_mlp]`.
     fn mlp_activations(&self, ls: &Range<usize>, q: usize) -> Tensor<2> {
-        let (z, lin) = self.model.mlp_pre_at(self.cache, ls.clone(), q);
+        let (z, lin) = self.mlp_pre(ls, q);
         let a = act::apply(self.model.config.act, z);
         match lin {
             Some(lin) => a * lin,

@@ -101,16 +101,25 @@ impl Model {
 
     /// Each head's `z = Σ_p A[q,p] v[p]` at `q` (TL `hook_z`): `[Lb, H, dh]`.
     pub fn z_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
+        let a = self.pattern_rows(cache, ls.clone(), q);
+        self.z_from_pattern(cache, ls, q, a)
+    }
+
+    /// `z` at `q` from the pattern rows `a = A[ls, :, q, :]` `[Lb, H, P]` already computed.
+    pub fn z_from_pattern(
+        &self,
+        cache: &Cache,
+        ls: Range<usize>,
+        q: usize,
+        a: Tensor<3>,
+    ) -> Tensor<3> {
         let lb = ls.len();
         let (h, kv, dh) = (
             self.config.n_heads,
             self.config.n_kv_heads,
             self.config.d_head,
         );
-        let a = self
-            .pattern_rows(cache, ls.clone(), q)
-            .narrow(2, 0, q + 1)
-            .reshape([lb, kv, h / kv, q + 1]);
+        let a = a.narrow(2, 0, q + 1).reshape([lb, kv, h / kv, q + 1]);
         a.matmul(layers(&cache.v, &ls).narrow(2, 0, q + 1)) // [Lb, KV, g, dh]
             .reshape([lb, h, dh])
     }

@@ -23,6 +23,22 @@ fn pattern(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> Tensor<3> {
     eng.pattern_rows(l..l + 1, node.pos).narrow(1, h, 1)
 }
 
+/// What every source child of the head reads along: the OV readout `[d]`, the pattern row
+/// `[P]` and the layer's input-norm scales `[P]` (see [`step`]).
+pub(in crate::engine) fn basis(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: (usize, usize),
+) -> crate::engine::node::Basis {
+    let l = id.0;
+    let (ov, _) = ov(eng, node, id);
+    crate::engine::node::Basis::Sources {
+        ov: ov.reshape([eng.model.config.d_model]),
+        pattern: pattern(eng, node, id).reshape([eng.n_pos()]),
+        s1: layers(&eng.cache.ln1_scale, &(l..l + 1)).reshape([eng.n_pos()]),
+    }
+}
+
 pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> Tensor<1> {
     eng.head_values(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
         .narrow(1, h, 1)
@@ -39,12 +55,7 @@ pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, id: (usize, usi
     let (first, count) = eng.visible(l, node.pos);
     let n = eng.layout.pre(l);
     let (ov, _) = ov(eng, node, id);
-    let vals = eng
-        .source_values(&(l..l + 1), ov, pattern(eng, node, id)) // [1, 1, P, C]
-        .reshape([eng.n_pos(), eng.layout.n()])
-        .narrow(0, first, count)
-        .narrow(1, 0, n)
-        .reshape([count * n]);
+    let vals = eng.head_source_values(l, first, count, ov, pattern(eng, node, id)); // [count·n]
     let layout = eng.layout;
     Children {
         steps: (first..first + count)

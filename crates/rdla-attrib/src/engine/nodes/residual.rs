@@ -28,6 +28,19 @@ fn inputs(eng: &Engine<'_>, node: &Node) -> (usize, Tensor<1>) {
     }
 }
 
+/// The readout every component child of `node` reads along.
+pub(in crate::engine) fn child_readout(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+    inputs(eng, node).1
+}
+
+/// How many components the residual stream of `node` holds (without computing a readout).
+pub(in crate::engine) fn n_inputs(eng: &Engine<'_>, node: &Node) -> usize {
+    match node.kind {
+        Kind::Comp(Comp::Mlp(l)) | Kind::Neuron { layer: l, .. } => eng.layout.mid(l),
+        _ => eng.layout.n(),
+    }
+}
+
 pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
     match node.kind {
         Kind::Comp(c) => eng.comp_value(c, node.pos, &node.readout),
@@ -47,6 +60,27 @@ pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
         Kind::Neuron { layer, n } => eng.mlp_biases(&(layer..layer + 1), node.pos, r(), Some(n)),
         _ => eng.zero(),
     }
+}
+
+/// [`children`] and [`bias`] together: an MLP's (or a neuron's) from one pass over its
+/// weights.
+pub(in crate::engine) fn children_and_bias(eng: &Engine<'_>, node: &Node) -> (Children, Tensor<1>) {
+    let r = || node.readout.clone().unsqueeze_dim(0);
+    let (l, neuron) = match node.kind {
+        Kind::Comp(Comp::Mlp(l)) => (l, None),
+        Kind::Neuron { layer, n } => (layer, Some(n)),
+        _ => return (children(eng, node), bias(eng, node)),
+    };
+    let (read, b) = eng.mlp_readouts_and_biases(&(l..l + 1), node.pos, r(), neuron);
+    let n = eng.layout.mid(l);
+    let children = Children {
+        steps: (0..n).map(|i| Step::Comp(eng.layout.comp(i))).collect(),
+        values: Some(crate::engine::rows_dot(
+            eng.comps_at(n, node.pos),
+            read.squeeze_dim::<1>(0),
+        )),
+    };
+    (children, b)
 }
 
 pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node) -> Children {
