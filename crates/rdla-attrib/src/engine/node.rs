@@ -45,11 +45,15 @@ pub(super) enum Basis {
     Same(Tensor<1>),
     /// A head's source `(p, c)` reads along `ov · A[q, p] / s1[l, p]`: the OV readout `[d]`,
     /// the pattern row `[P]` and the layer's norm scales `[P]`.
-    Sources {
-        ov: Tensor<1>,
-        pattern: Tensor<1>,
-        s1: Tensor<1>,
-    },
+    Sources(Box<Sources>),
+}
+
+/// A head's [`Basis::Sources`] (boxed: a tensor handle is large).
+#[derive(Debug)]
+pub(super) struct Sources {
+    pub ov: Tensor<1>,
+    pub pattern: Tensor<1>,
+    pub s1: Tensor<1>,
 }
 
 /// The children of a node: their steps, and their values as one tensor `[n]` (one batched
@@ -172,7 +176,8 @@ impl Engine<'_> {
                     readout: r.clone(),
                 })
             }
-            (Basis::Sources { ov, pattern, s1 }, Step::Source { pos, comp }) => {
+            (Basis::Sources(src), Step::Source { pos, comp }) => {
+                let Sources { ov, pattern, s1 } = src.as_ref();
                 let Kind::Head { layer, .. } = node.kind else {
                     return None;
                 };

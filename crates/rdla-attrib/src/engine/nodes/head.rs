@@ -32,11 +32,11 @@ pub(in crate::engine) fn basis(
 ) -> crate::engine::node::Basis {
     let l = id.0;
     let (ov, _) = ov(eng, node, id);
-    crate::engine::node::Basis::Sources {
+    crate::engine::node::Basis::Sources(Box::new(crate::engine::node::Sources {
         ov: ov.reshape([eng.model.config.d_model]),
         pattern: pattern(eng, node, id).reshape([eng.n_pos()]),
         s1: layers(&eng.cache.ln1_scale, &(l..l + 1)).reshape([eng.n_pos()]),
-    }
+    }))
 }
 
 pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> Tensor<1> {
