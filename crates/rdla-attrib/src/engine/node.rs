@@ -42,13 +42,13 @@ pub(super) struct Node {
 pub(super) enum Basis {
     /// Every component child reads along the same vector (the root; an MLP's or a neuron's
     /// input readout).
-    Same(Tensor<1>),
+    Same(Box<Tensor<1>>),
     /// A head's source `(p, c)` reads along `ov · A[q, p] / s1[l, p]`: the OV readout `[d]`,
     /// the pattern row `[P]` and the layer's norm scales `[P]`.
     Sources(Box<Sources>),
 }
 
-/// A head's [`Basis::Sources`] (boxed: a tensor handle is large).
+/// A head's [`Basis::Sources`] (the variants are boxed: a tensor handle is large).
 #[derive(Debug)]
 pub(super) struct Sources {
     pub ov: Tensor<1>,
@@ -155,7 +155,7 @@ impl Engine<'_> {
     pub(super) fn child_basis(&self, node: &Node) -> Option<Basis> {
         match &node.kind {
             Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                Some(Basis::Same(residual::child_readout(self, node)))
+                Some(Basis::Same(Box::new(residual::child_readout(self, node))))
             }
             Kind::Head { layer, head } => Some(head::basis(self, node, (*layer, *head))),
             _ => None,
@@ -173,7 +173,7 @@ impl Engine<'_> {
                 Some(Node {
                     kind: Kind::Comp(c),
                     pos: node.pos,
-                    readout: r.clone(),
+                    readout: r.as_ref().clone(),
                 })
             }
             (Basis::Sources(src), Step::Source { pos, comp }) => {
