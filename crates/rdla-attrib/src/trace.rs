@@ -349,10 +349,15 @@ impl std::hash::Hasher for Fnv {
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// Accumulates sites (Σ value, and the traced node with the largest |value| there) and edges.
+///
+/// Edges are not accumulated while tracing: each is a child's value from its site to its
+/// parent's, all of which the arena holds; they are summed once at the end, for the kept
+/// sites only.
 #[derive(Default)]
 struct GraphBuilder {
     sites: FastMap<SiteKey, (u32, f32, f64)>,
-    edges: FastMap<(SiteKey, SiteKey), f64>,
+    /// The site of the node traced from (the arena's first record has none of its own).
+    start_site: Option<SiteKey>,
 }
 
 impl GraphBuilder {
@@ -363,10 +368,6 @@ impl GraphBuilder {
             e.1 = value.abs();
         }
         e.2 += f64::from(value);
-    }
-
-    fn add_edge(&mut self, from: SiteKey, to: SiteKey, value: f32) {
-        *self.edges.entry((from, to)).or_insert(0.0) += f64::from(value);
     }
 
     /// The sites (largest |value| first) and edges that [`Trace::pruned`] keeps at `threshold`
@@ -401,8 +402,24 @@ impl GraphBuilder {
                 value: *v as f32,
             })
             .collect();
-        let mut edges: Vec<GraphEdge> = self
-            .edges
+        // record 0 is the node traced from
+        let site_of = |i: u32| {
+            if i == 0 {
+                self.start_site
+            } else {
+                arena.recs[i as usize].site
+            }
+        };
+        let mut sums: FastMap<(SiteKey, SiteKey), f64> = FastMap::default();
+        for r in &arena.recs {
+            if let (Some(from), Some(to)) = (r.site, r.parent.and_then(site_of))
+                && ids.contains_key(&from)
+                && ids.contains_key(&to)
+            {
+                *sums.entry((from, to)).or_insert(0.0) += f64::from(r.value);
+            }
+        }
+        let mut edges: Vec<GraphEdge> = sums
             .into_iter()
             .filter(|(_, v)| (*v as f32).abs() >= floor)
             .filter_map(|((from, to), v)| {
@@ -498,6 +515,9 @@ impl Engine<'_> {
             if let Some(s) = here {
                 graph.add_site(s, entry.idx, rec.value);
             }
+            if entry.idx == root {
+                graph.start_site = here;
+            }
             if ex.leaf || ex.alternatives {
                 // nothing below it in the sum (a score's sides are alternatives)
                 leaves.push(entry.idx);
@@ -520,9 +540,6 @@ impl Engine<'_> {
             let mut list: Vec<u32> = Vec::with_capacity(ex.children.len());
             for c in &ex.children {
                 let child = child_site(&ex, c.parsed);
-                if let (Some(s), Some(h)) = (child, here) {
-                    graph.add_edge(s, h, c.value);
-                }
                 list.push(arena.push(Rec {
                     parent: Some(entry.idx),
                     step: Some(c.parsed),
