@@ -152,6 +152,11 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
         )
         .unwrap();
         let ov = engine.overview().unwrap();
+        // the head breakdown a layer at a time (as for thousands of positions) is the same
+        let one_layer_chunks = engine.overview_in_chunks(1).unwrap();
+        assert_eq!(one_layer_chunks.head_breakdown, ov.head_breakdown, "{name}");
+        assert_eq!(one_layer_chunks.head_dla, ov.head_dla, "{name}");
+        assert_eq!(one_layer_chunks.head_bias, ov.head_bias, "{name}");
         let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
         // root: Σ components = target value
         let total: f32 = ov.components.data.iter().sum();

@@ -1,16 +1,29 @@
 //! The overview: the tree's first levels at the last position, for every layer and head at
 //! once (DESIGN.md §1.3): the `[layer, head, src_pos, src_comp]` head breakdown whose sums over
 //! trailing axes give every higher level, the MLP breakdown and the remainders. It calls the
-//! same readout formulas as a single node's expansion, batched over all layers.
+//! same readout formulas as a single node's expansion, batched over all layers (the head
+//! breakdown over chunks of layers when the prompt is long).
 
 use burn::tensor::Tensor;
 
 use super::{Array, AttribError, Engine, Overview, Result};
 
+/// Values of the head breakdown computed at once: layers are taken in chunks of at most this
+/// many `H·P·C` values (all of them for small models and prompts; a few layers at a time for
+/// thousands of positions, so the breakdown's transients stay small beside the cache).
+const CHUNK_VALUES: usize = 1 << 25;
+
 impl Engine<'_> {
-    /// The whole overview at the last position, vectorised over layers and heads, with one
-    /// read-back.
+    /// The whole overview at the last position, vectorised over layers and heads: the head
+    /// breakdown in chunks of layers (each one batched expression and one read-back), the
+    /// rest with one read-back.
     pub fn overview(&self) -> Result<Overview> {
+        self.overview_in_chunks(CHUNK_VALUES)
+    }
+
+    /// [`Engine::overview`] with the head breakdown computed `chunk_values` values at a time
+    /// (at least one layer): the same numbers whatever the chunking (tested).
+    pub fn overview_in_chunks(&self, chunk_values: usize) -> Result<Overview> {
         let cfg = &self.model.config;
         let w = &self.model.weights;
         let (l_n, h_n, d, c_n, p_n) = (
@@ -32,17 +45,26 @@ impl Engine<'_> {
             .sum_dim(1)
             .squeeze_dim::<1>(1); // [L]
 
-        // heads
-        let (ov, bias_per_unit) = self.ov_readouts(&ls, r_attn); // [L, H, d], [L, H]
-        let a_q = self.pattern_rows(ls.clone(), q); // [L, H, P]
-        let head_breakdown = self.source_values(&ls, ov, a_q.clone()); // [L, H, P, C]
-        let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [L, H]
-        let head_dla = head_breakdown
-            .clone()
-            .sum_dim(3)
-            .sum_dim(2)
-            .reshape([l_n, h_n])
-            + head_bias.clone();
+        // heads, a chunk of layers at a time
+        let per_layer = (h_n * p_n * c_n).max(1);
+        let chunk = (chunk_values / per_layer).clamp(1, l_n);
+        let mut breakdown: Vec<f32> = Vec::with_capacity(l_n * per_layer);
+        let (mut dla_parts, mut bias_parts) = (Vec::new(), Vec::new());
+        for start in (0..l_n).step_by(chunk) {
+            let cs = start..(start + chunk).min(l_n);
+            let r_c = r_attn.clone().narrow(0, cs.start, cs.len());
+            let (ov, bias_per_unit) = self.ov_readouts(&cs, r_c); // [Lc, H, d], [Lc, H]
+            let a_q = self.pattern_rows(cs.clone(), q); // [Lc, H, P]
+            let hb = self.source_values(&cs, ov, a_q.clone()); // [Lc, H, P, C]
+            let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [Lc, H]
+            dla_parts.push(
+                hb.clone().sum_dim(3).sum_dim(2).reshape([cs.len(), h_n]) + head_bias.clone(),
+            );
+            bias_parts.push(head_bias);
+            breakdown.extend(rdla_model::to_vec(hb.reshape([cs.len() * per_layer]))?);
+        }
+        let head_dla = Tensor::cat(dla_parts, 0); // [L, H]
+        let head_bias = Tensor::cat(bias_parts, 0); // [L, H]
 
         // MLPs at q
         let (r_mlp, mlp_bias) = self.mlp_readouts_and_biases(&ls, q, r_all, None); // [L, d], [L]
@@ -53,10 +75,6 @@ impl Engine<'_> {
             (attn_bias, vec![l_n]),
             (head_dla.reshape([l_n * h_n]), vec![l_n, h_n]),
             (head_bias.reshape([l_n * h_n]), vec![l_n, h_n]),
-            (
-                head_breakdown.reshape([l_n * h_n * p_n * c_n]),
-                vec![l_n, h_n, p_n, c_n],
-            ),
             (mlp_breakdown.reshape([l_n * c_n]), vec![l_n, c_n]),
             (mlp_bias, vec![l_n]),
         ];
@@ -73,6 +91,9 @@ impl Engine<'_> {
             a
         });
         let mut next = || arrays.next().unwrap_or(Err(AttribError::Empty));
+        if breakdown.len() != l_n * per_layer {
+            return Err(AttribError::Empty);
+        }
         Ok(Overview {
             layout: self.layout,
             target_value: self.root_value()?,
@@ -80,7 +101,7 @@ impl Engine<'_> {
             attn_bias: next()?,
             head_dla: next()?,
             head_bias: next()?,
-            head_breakdown: next()?,
+            head_breakdown: Array::new(vec![l_n, h_n, p_n, c_n], breakdown),
             mlp_breakdown: next()?,
             mlp_bias: next()?,
         })
