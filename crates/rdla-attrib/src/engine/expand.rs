@@ -147,9 +147,9 @@ impl Engine<'_> {
         tokens: bool,
         neurons: bool,
     ) -> Result<Expansion> {
-        let (children, bias) = self.node_children_and_bias(node);
+        let (value, children, bias) = self.node_all(node);
         let n_children = children.steps.len();
-        let mut parts = vec![self.node_value(node), bias];
+        let mut parts = vec![value, bias];
         if let Some(c) = children.values {
             parts.push(c);
         }

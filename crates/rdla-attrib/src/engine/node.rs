@@ -120,13 +120,20 @@ impl Engine<'_> {
         }
     }
 
-    /// [`Engine::node_children`] and [`Engine::node_bias`], sharing work where a kind can.
-    pub(super) fn node_children_and_bias(&self, node: &Node) -> (Children, Tensor<1>) {
+    /// [`Engine::node_value`], [`Engine::node_children`] and [`Engine::node_bias`], sharing
+    /// work where a kind can (a head's `W_O r` and OV readout, an MLP's pass over `W_out`).
+    pub(super) fn node_all(&self, node: &Node) -> (Tensor<1>, Children, Tensor<1>) {
         match &node.kind {
             Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::children_and_bias(self, node)
+                let (children, bias) = residual::children_and_bias(self, node);
+                (self.node_value(node), children, bias)
             }
-            _ => (self.node_children(node), self.node_bias(node)),
+            Kind::Head { layer, head } => head::all(self, node, (*layer, *head)),
+            _ => (
+                self.node_value(node),
+                self.node_children(node),
+                self.node_bias(node),
+            ),
         }
     }
 

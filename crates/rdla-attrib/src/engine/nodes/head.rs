@@ -23,6 +23,76 @@ fn pattern(eng: &Engine<'_>, node: &Node, (l, h): (usize, usize)) -> Tensor<3> {
     eng.pattern_rows(l..l + 1, node.pos).narrow(1, h, 1)
 }
 
+/// The head's value, children and remainder together, from one `W_O[l,h] r` and one OV
+/// readout of this head alone (an expansion needs all three; the batched formulas compute every
+/// head of the layer).
+pub(in crate::engine) fn all(
+    eng: &Engine<'_>,
+    node: &Node,
+    id: (usize, usize),
+) -> (Tensor<1>, Children, Tensor<1>) {
+    let (l, h) = id;
+    let w = &eng.model.weights;
+    let (d, dh) = (eng.model.config.d_model, eng.model.config.d_head);
+    let hk = h / eng.group();
+    let wo_r = w
+        .w_o
+        .clone()
+        .narrow(0, l, 1)
+        .narrow(1, h, 1)
+        .reshape([dh, d])
+        .matmul(node.readout.clone().reshape([d, 1])); // [dh, 1]
+    let z = eng
+        .z_at(&(l..l + 1), node.pos)
+        .narrow(1, h, 1)
+        .reshape([1, dh]);
+    let value = z.matmul(wo_r.clone()).reshape([1]);
+    let ov = eng.c(w
+        .w_v
+        .clone()
+        .narrow(0, l, 1)
+        .narrow(1, hk, 1)
+        .reshape([d, dh])
+        .matmul(wo_r.clone())
+        .reshape([1, 1, d]));
+    let per_unit = w
+        .b_v
+        .clone()
+        .narrow(0, l, 1)
+        .narrow(1, hk, 1)
+        .reshape([1, dh])
+        .matmul(wo_r)
+        .reshape([1]);
+    let a = pattern(eng, node, id);
+    let bias = per_unit * a.clone().sum();
+    (value, source_children(eng, node, l, ov, a), bias)
+}
+
+/// The `{p}:{c}` children from the head's OV readout `[1, 1, d]` and pattern row `[1, 1, P]`.
+fn source_children(
+    eng: &Engine<'_>,
+    node: &Node,
+    l: usize,
+    ov: Tensor<3>,
+    a: Tensor<3>,
+) -> Children {
+    let (first, count) = eng.visible(l, node.pos);
+    let n = eng.layout.pre(l);
+    let vals = eng.head_source_values(l, first, count, ov, a); // [count·n]
+    let layout = eng.layout;
+    Children {
+        steps: (first..first + count)
+            .flat_map(|p| {
+                (0..n).map(move |c| Step::Source {
+                    pos: p,
+                    comp: layout.comp(c),
+                })
+            })
+            .collect(),
+        values: Some(vals),
+    }
+}
+
 /// What every source child of the head reads along: the OV readout `[d]`, the pattern row
 /// `[P]` and the layer's input-norm scales `[P]` (see [`step`]).
 pub(in crate::engine) fn basis(
@@ -51,23 +121,8 @@ pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node, id: (usize, usize))
 }
 
 pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, id: (usize, usize)) -> Children {
-    let l = id.0;
-    let (first, count) = eng.visible(l, node.pos);
-    let n = eng.layout.pre(l);
     let (ov, _) = ov(eng, node, id);
-    let vals = eng.head_source_values(l, first, count, ov, pattern(eng, node, id)); // [count·n]
-    let layout = eng.layout;
-    Children {
-        steps: (first..first + count)
-            .flat_map(|p| {
-                (0..n).map(move |c| Step::Source {
-                    pos: p,
-                    comp: layout.comp(c),
-                })
-            })
-            .collect(),
-        values: Some(vals),
-    }
+    source_children(eng, node, id.0, ov, pattern(eng, node, id))
 }
 
 pub(in crate::engine) fn step(
