@@ -69,7 +69,7 @@ pub fn prompt_bytes(cfg: &ModelConfig, n: usize) -> u64 {
         cfg.d_mlp as u64,
     );
     let c = cfg.layout().n() as u64;
-    let cache = c * p * d + l * (h + 2 * kv) * p * dh + 4 * l * p;
+    let cache = c * p * d + l * 2 * kv * p * dh + (4 + h + kv) * l * p;
     let block = QUERY_BLOCK.min(n) as u64;
     let layer = 8 * p * d + 3 * p * (h + 2 * kv) * dh + 3 * p * dm + 2 * h * block * p;
     let overview = 3 * l * h * p * c;

@@ -103,7 +103,7 @@ impl<'a> Engine<'a> {
             last,
             layout: cache.layout,
             r_root: u.clone(),
-            rotary: model.rotary_tables(cache.n_pos()),
+            rotary: cache.rotary.clone(),
             memo: std::cell::RefCell::default(),
         };
         engine.r_root = engine.c(u) / s;

@@ -29,12 +29,15 @@ pub struct Cache {
     pub ln1_scale: Tensor<2>,
     pub ln2_scale: Tensor<2>,
     pub final_scale: Tensor<1>,
-    /// Queries `[L, H, P, dh]` as the scores use them (bias added, rotated).
-    pub q: Tensor<4>,
-    /// Keys `[L, KV, P, dh]` (bias added, rotated) and values `[L, KV, P, dh]`.
+    /// Keys `[L, KV, P, dh]` as the scores use them (bias added, q/k-normed, rotated) and
+    /// values `[L, KV, P, dh]`. Queries are not kept: a query is needed at one position at a
+    /// time and is recomputed there ([`Model::q_at`]), which saves `L·H·P·dh` floats.
     pub k: Tensor<4>,
     pub v: Tensor<4>,
-    /// Frozen scales of the per-head query/key norms (Qwen3): `[L, H, P]`, `[L, KV, P]`.
+    /// The rotary tables of every layer for this prompt (`None` without rotary embeddings).
+    pub rotary: Option<crate::rotary::LayerRotary>,
+    /// Frozen scales of the per-head query/key norms (Qwen3, Gemma 3): `[L, H, P]`,
+    /// `[L, KV, P]`.
     pub qk_scale: Option<(Tensor<3>, Tensor<3>)>,
     /// Frozen scales of the post-attention and post-MLP norms (Gemma): `[L, P]` each.
     pub post_scale: Option<(Tensor<2>, Tensor<2>)>,
@@ -92,8 +95,8 @@ impl Model {
             self.config.n_kv_heads,
             self.config.d_head,
         );
-        let qv = layers(&cache.q, ls)
-            .narrow(2, q, 1)
+        let qv = self
+            .q_at(cache, ls.clone(), q)
             .reshape([lb, kv, h / kv, dh]);
         let keys = layers(&cache.k, ls).narrow(2, 0, q + 1); // [Lb, KV, q+1, dh]
         qv.matmul(keys.swap_dims(2, 3))
@@ -133,14 +136,22 @@ impl Model {
         Tensor::cat(rows, 0).swap_dims(0, 1)
     }
 
-    /// The MLP inputs of layers `ls` at `q`, normalised with the frozen scale: `[Lb, d]`.
-    fn mlp_inputs_at(&self, cache: &Cache, ls: &Range<usize>, q: usize) -> Tensor<2> {
+    /// The residual stream read by layers `ls` at `q` — the first `upstream(layout, l)`
+    /// components — normalised with the frozen `scale [L, P]`: `[Lb, d]`.
+    fn normed_inputs_at(
+        &self,
+        cache: &Cache,
+        ls: &Range<usize>,
+        q: usize,
+        upstream: impl Fn(&crate::layout::Layout, usize) -> usize,
+        scale: &Tensor<2>,
+    ) -> Tensor<2> {
         let layout = cache.layout;
         let c_n = layout.n();
         let up: Vec<f32> = ls
             .clone()
             .flat_map(|l| {
-                let m = layout.mid(l);
+                let m = upstream(&layout, l);
                 (0..c_n).map(move |c| if c < m { 1.0 } else { 0.0 })
             })
             .collect();
@@ -151,7 +162,52 @@ impl Model {
             Norm::LayerNorm => x.clone() - x.mean_dim(1),
             Norm::RmsNorm => x,
         };
-        xc / layers(&cache.ln2_scale, ls).narrow(1, q, 1)
+        xc / layers(scale, ls).narrow(1, q, 1)
+    }
+
+    /// The MLP inputs of layers `ls` at `q`, normalised with the frozen scale: `[Lb, d]`.
+    fn mlp_inputs_at(&self, cache: &Cache, ls: &Range<usize>, q: usize) -> Tensor<2> {
+        self.normed_inputs_at(cache, ls, q, |lay, l| lay.mid(l), &cache.ln2_scale)
+    }
+
+    /// The queries of layers `ls` at position `q` as the scores use them (bias added, q-normed
+    /// with the frozen scale, rotated): `[Lb, H, dh]`, recomputed from the residual
+    /// components with the forward pass's formulas.
+    pub fn q_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
+        let w = &self.weights;
+        let (lb, h, d, dh) = (
+            ls.len(),
+            self.config.n_heads,
+            self.config.d_model,
+            self.config.d_head,
+        );
+        let mut xn = self.normed_inputs_at(cache, &ls, q, |lay, l| lay.pre(l), &cache.ln1_scale);
+        if let Some((lw, lb_)) = &w.ln1 {
+            xn = xn * layers(lw, &ls) + layers(lb_, &ls);
+        }
+        let mut qv = xn
+            .reshape([lb, 1, 1, d])
+            .matmul(layers(&w.w_q, &ls)) // [Lb, H, 1, dh]
+            .reshape([lb, h, dh])
+            + layers(&w.b_q, &ls);
+        if let (Some((wq, _)), Some((sq, _))) = (&w.qk_norm, &cache.qk_scale) {
+            let s = layers(sq, &ls).narrow(2, q, 1); // [Lb, H, 1]
+            qv = qv / s * layers(wq, &ls).reshape([lb, 1, dh]);
+        }
+        match &cache.rotary {
+            Some(rot) => {
+                let rows: Vec<Tensor<3>> = ls
+                    .clone()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let ql = qv.clone().narrow(0, i, 1).reshape([h, 1, dh]);
+                        rot.layer(l).apply(ql, q).reshape([1, h, dh])
+                    })
+                    .collect();
+                Tensor::cat(rows, 0)
+            }
+            None => qv,
+        }
     }
 
     /// MLP pre-activations of layers `ls` at `q`: `z` (the gate's, in a gated MLP) and, for a

@@ -3,7 +3,7 @@
 //! Attention runs in blocks of query positions: no `[H, P, P]` score tensor ever exists, only
 //! `[H, B, K]` for a block of `B` queries and the `K` keys they can see. The cache keeps what the
 //! attribution needs in `O(L·P·d)` — the residual components, the norm scales, the rotated
-//! queries and keys and the values — and everything quadratic (a pattern row, a head's `z` at a
+//! keys and the values — and everything else (a query, a pattern row, a head's `z` at a
 //! position, an MLP's pre-activation at a position) is recomputed from it on demand, batched,
 //! in [`crate::model::cache`].
 
@@ -201,7 +201,6 @@ impl Model {
         }
         let mut s1s = Tensor::<2>::empty([n_l, n], dev);
         let mut s2s = Tensor::<2>::empty([n_l, n], dev);
-        let mut qs = Tensor::<4>::empty([n_l, h, n, dh], dev);
         let mut ks = Tensor::<4>::empty([n_l, kv, n, dh], dev);
         let mut vs = Tensor::<4>::empty([n_l, kv, n, dh], dev);
         let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
@@ -285,7 +284,6 @@ impl Model {
             let c = layout.attn(l);
             comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
             s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
-            qs = qs.slice_assign([l..l + 1, 0..h, 0..n, 0..dh], q.unsqueeze_dim::<4>(0));
             ks = ks.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], k.unsqueeze_dim::<4>(0));
             vs = vs.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], v.unsqueeze_dim::<4>(0));
 
@@ -345,7 +343,7 @@ impl Model {
             ln1_scale: s1s,
             ln2_scale: s2s,
             final_scale: sf,
-            q: qs,
+            rotary,
             k: ks,
             v: vs,
             qk_scale: qk_scales,

@@ -120,12 +120,9 @@ impl Engine<'_> {
     /// The rotated query `q̂` of head `h` at `q`: `[1, dh]`.
     fn q_hat(&self, l: usize, h: usize, q: usize) -> Tensor<2> {
         let dh = self.model.config.d_head;
-        self.cache
-            .q
-            .clone()
-            .narrow(0, l, 1)
+        self.model
+            .q_at(self.cache, l..l + 1, q)
             .narrow(1, h, 1)
-            .narrow(2, q, 1)
             .reshape([1, dh])
     }
 
