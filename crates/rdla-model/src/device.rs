@@ -67,18 +67,11 @@ impl std::fmt::Display for DeviceInfo {
     }
 }
 
-/// Hardware (non-software) adapters wgpu can see through the primary APIs (Vulkan, Metal,
-/// DX12). OpenGL is not probed for `--device auto`: its EGL initialisation connects to a
-/// Wayland display, and where there is none libwayland prints
-/// "error: XDG_RUNTIME_DIR is invalid or not set" on every run, which reads as rdla failing.
-/// `--device gpu` still lets Burn try every API, OpenGL included.
+/// Hardware (non-software) adapters wgpu can see.
 fn hardware_adapters() -> Vec<wgpu::AdapterInfo> {
-    let backends = wgpu::Backends::PRIMARY;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-    });
-    pollster::block_on(instance.enumerate_adapters(backends))
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
         .into_iter()
         .map(|a| a.get_info())
         .filter(|i| i.device_type != wgpu::DeviceType::Cpu)

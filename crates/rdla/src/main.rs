@@ -68,7 +68,26 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Without a display server, Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select`
+/// (whose job is to put the display's GPU first) still tries to connect to Wayland while wgpu
+/// enumerates adapters, and libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in
+/// the environment." on every run — which reads as rdla failing. With no display there is no
+/// display GPU to prefer: the layer is switched off through its documented
+/// `NODEVICE_SELECT=1` (unless the user set it). A desktop session is left alone.
+#[allow(unsafe_code)]
+fn quiet_headless_vulkan() {
+    let display = ["WAYLAND_DISPLAY", "DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if !display && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists, so nothing
+        // reads the environment concurrently.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_headless_vulkan();
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -622,3 +622,31 @@ fn pipes_identical_targets_and_overflowing_weights() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("null"));
     eprintln!("finding: overflowing weights: {}", err.trim());
 }
+
+/// `--device auto` says nothing on stderr when the machine has no display server (it used to
+/// print libwayland's "XDG_RUNTIME_DIR is invalid" twice: Mesa's device-select Vulkan layer
+/// connects to Wayland while wgpu enumerates adapters).
+#[test]
+fn device_auto_probes_quietly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rdla"))
+        .args([
+            "attribute",
+            "--model",
+            fixture("gpt2_tied").to_str().unwrap(),
+            "--prompt",
+            LIST,
+            "--answer",
+            "3",
+            "--device",
+            "auto",
+        ])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}
