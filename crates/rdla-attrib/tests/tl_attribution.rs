@@ -111,7 +111,7 @@ fn wgpu_attribution_matches_transformer_lens() {
 /// rdla reads from GGUF.
 #[test]
 fn gguf_attributions_equal_the_dequantised_checkpoints() {
-    use rdla_model::{Processing, WeightStore};
+    use rdla_model::Processing;
     let gguf_dir = common::fixtures_dir().join("gguf");
     for name in [
         "gpt2_tied",
@@ -132,20 +132,7 @@ fn gguf_attributions_equal_the_dequantised_checkpoints() {
             &mut |_| true,
         )
         .unwrap();
-        let dir = common::fixture(name);
-        let from_st = Model::from_store(
-            &dir,
-            rdla_model::model::read_config(&dir).unwrap(),
-            rdla_model::Tokenizer::from_dir(&dir, from_gguf.config.bos_token_id).unwrap(),
-            &WeightStore::open_safetensors(vec![
-                gguf_dir.join(format!("{name}.expected.safetensors")),
-            ])
-            .unwrap(),
-            &dev,
-            Processing::default(),
-            &mut |_| true,
-        )
-        .unwrap();
+        let from_st = common::gguf_twin(name, &dev);
         let ids = r.token_ids();
         let target = Target::Diff {
             answer: r.u32("answer_id"),

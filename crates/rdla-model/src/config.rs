@@ -355,6 +355,32 @@ pub fn bounded(v: usize, field: &'static str, max: usize) -> Result<usize> {
     Ok(v)
 }
 
+/// Per-layer spans from transformers' `layer_types` (`full_attention`, `sliding_attention`
+/// with `window`).
+pub fn spans_from_layer_types(
+    types: &[String],
+    n_layers: usize,
+    window: impl Fn() -> Result<usize>,
+) -> Result<Vec<AttnSpan>> {
+    if types.len() != n_layers {
+        return Err(ModelError::InvalidConfigField {
+            field: "layer_types",
+            reason: format!("{} entries for {n_layers} layers", types.len()),
+        });
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(AttnSpan::Global),
+            "sliding_attention" => Ok(AttnSpan::Local(window()?)),
+            other => Err(ModelError::InvalidConfigField {
+                field: "layer_types",
+                reason: format!("unknown layer type `{other}`"),
+            }),
+        })
+        .collect()
+}
+
 /// A norm epsilon: finite and positive.
 pub fn epsilon(v: f64, field: &'static str) -> Result<f64> {
     if v.is_finite() && v > 0.0 && v < 1.0 {

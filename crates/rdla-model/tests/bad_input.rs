@@ -26,31 +26,15 @@ fn load(dir: &Path) -> Result<Model, ModelError> {
 /// Rewrite `model.safetensors` through `edit` (key -> (shape, data)).
 fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Vec<usize>, Vec<f32>)>)) {
     let store = WeightStore::open_dir(dir).unwrap();
-    let mut all: HashMap<String, (Vec<usize>, Vec<f32>)> = store
-        .keys()
-        .map(|k| {
-            let t = store.read_f32(k).unwrap();
-            (k.to_string(), (t.shape, t.data))
-        })
+    let mut all: HashMap<String, (Vec<usize>, Vec<f32>)> = common::read_all(&store)
+        .into_iter()
+        .map(|(k, s, d)| (k, (s, d)))
         .collect();
     drop(store);
     edit(&mut all);
-    let bytes: HashMap<String, Vec<u8>> = all
-        .iter()
-        .map(|(k, (_, d))| (k.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = all
-        .iter()
-        .map(|(k, (s, _))| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), &bytes[k])
-                    .unwrap(),
-            )
-        })
-        .collect();
-    let out = safetensors::serialize(views, None).unwrap();
-    std::fs::write(dir.join("model.safetensors"), out).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        all.into_iter().map(|(k, (s, d))| (k, s, d)).collect();
+    common::write_safetensors(&dir.join("model.safetensors"), &tensors);
 }
 
 #[test]
@@ -515,38 +499,10 @@ fn a_tensor_in_two_shards_is_an_error() {
         tmp.path().join("model-00002-of-00003.safetensors"),
     );
     // add shard 1's first tensor to shard 2
-    let first = WeightStore::open_safetensors(vec![a.clone()]).unwrap();
-    let key = first.keys().next().unwrap().to_string();
-    let dup = first.read_f32(&key).unwrap();
-    let second = WeightStore::open_safetensors(vec![b.clone()]).unwrap();
-    let mut all: Vec<(String, Vec<usize>, Vec<u8>)> = second
-        .keys()
-        .map(|k| {
-            let t = second.read_f32(k).unwrap();
-            (
-                k.to_string(),
-                t.shape,
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    all.push((
-        key.clone(),
-        dup.shape,
-        dup.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    ));
-    drop((first, second));
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = all
-        .iter()
-        .map(|(k, s, d)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(&b, safetensors::serialize(views, None).unwrap()).unwrap();
+    let first = common::read_all(&WeightStore::open_safetensors(vec![a]).unwrap());
+    let mut second = common::read_all(&WeightStore::open_safetensors(vec![b.clone()]).unwrap());
+    second.push(first[0].clone());
+    common::write_safetensors(&b, &second);
     let err = load(tmp.path()).unwrap_err();
     assert!(err.to_string().contains("also stored"), "{err}");
     report("the same tensor in two shards", &err);

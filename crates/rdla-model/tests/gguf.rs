@@ -2,7 +2,7 @@
 //! (up to the quantised tensors) the same logits; the attribution on them is complete.
 #![allow(clippy::unwrap_used)]
 
-use rdla_model::{Device, Model, Processing, WeightStore};
+use rdla_model::{Device, Model, Processing};
 use rdla_testutil::{Reference, fixture, fixtures_dir, load_model, max_abs_diff};
 
 fn gguf(name: &str) -> std::path::PathBuf {
@@ -27,22 +27,7 @@ fn gguf_models_load_like_their_checkpoints() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let hf = load_model(name, &Device::flex());
         // the same model from gguf-py's own dequantisation of the file (HF layout)
-        let dir = fixture(name);
-        let expected = Model::from_store(
-            &dir,
-            rdla_model::model::read_config(&dir).unwrap(),
-            rdla_model::Tokenizer::from_dir(&dir, hf.config.bos_token_id).unwrap(),
-            &WeightStore::open_safetensors(vec![
-                fixtures_dir()
-                    .join("gguf")
-                    .join(format!("{name}.expected.safetensors")),
-            ])
-            .unwrap(),
-            &Device::flex(),
-            Processing::default(),
-            &mut |_| true,
-        )
-        .unwrap();
+        let expected = rdla_testutil::gguf_twin(name, &Device::flex());
         assert_eq!(m.config.n_layers, hf.config.n_layers, "{name}");
         assert_eq!(m.config.n_heads, hf.config.n_heads, "{name}");
         assert_eq!(m.config.n_kv_heads, hf.config.n_kv_heads, "{name}");

@@ -162,3 +162,57 @@ pub fn wgpu_device(test: &str) -> Option<Device> {
         }
     }
 }
+
+/// Write `tensors` (name, shape, f32 data) as one safetensors file.
+pub fn write_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((k, s, _), b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Every tensor of a store as (name, shape, f32 data).
+pub fn read_all(store: &WeightStore) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    store
+        .keys()
+        .map(|k| {
+            let t = store.read_f32(k).unwrap();
+            (k.to_string(), t.shape, t.data)
+        })
+        .collect()
+}
+
+/// The GGUF fixture `name`'s twin: the same weights as gguf-py dequantises them
+/// (`gguf/{name}.expected.safetensors`) with the checkpoint's own config and tokenizer.
+pub fn gguf_twin(name: &str, device: &Device) -> Model {
+    let dir = fixture(name);
+    let config = rdla_model::model::read_config(&dir).unwrap();
+    let tokenizer = rdla_model::Tokenizer::from_dir(&dir, config.bos_token_id).unwrap();
+    Model::from_store(
+        &dir,
+        config,
+        tokenizer,
+        &WeightStore::open_safetensors(vec![
+            fixtures_dir()
+                .join("gguf")
+                .join(format!("{name}.expected.safetensors")),
+        ])
+        .unwrap(),
+        device,
+        Processing::default(),
+        &mut |_| true,
+    )
+    .unwrap()
+}

@@ -562,40 +562,15 @@ fn pipes_identical_targets_and_overflowing_weights() {
         std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
     }
     let store = rdla_model::WeightStore::open_dir(tmp.path()).unwrap();
-    let keys: Vec<String> = store.keys().map(str::to_string).collect();
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = keys
-        .iter()
-        .map(|k| {
-            let t = store.read_f32(k).unwrap();
-            let scale = if k.ends_with("mlp.c_fc.weight") {
-                1e30f32
-            } else {
-                1.0
-            };
-            let bytes = t
-                .data
-                .iter()
-                .flat_map(|v| (v * scale).to_le_bytes())
-                .collect();
-            (k.clone(), t.shape, bytes)
-        })
-        .collect();
+    let mut tensors = rdla_testutil::read_all(&store);
     drop(store);
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, s, d)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(
-        tmp.path().join("model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    for (k, _, d) in &mut tensors {
+        // finite (≤ 1e37), but x·W_in, then ·W_out, overflow f32 in the forward pass
+        if k.ends_with("mlp.c_fc.weight") || k.ends_with("mlp.c_proj.weight") {
+            d.iter_mut().for_each(|v| *v *= 1e37);
+        }
+    }
+    rdla_testutil::write_safetensors(&tmp.path().join("model.safetensors"), &tensors);
     let out = rdla(&[
         "attribute",
         "--model",

@@ -156,25 +156,7 @@ fn spans(r: &Raw, n_layers: usize, pattern: usize) -> Result<Vec<AttnSpan>> {
         }
     };
     match &r.layer_types {
-        Some(types) => {
-            if types.len() != n_layers {
-                return Err(ModelError::InvalidConfigField {
-                    field: "layer_types",
-                    reason: format!("{} entries for {n_layers} layers", types.len()),
-                });
-            }
-            types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "full_attention" => Ok(AttnSpan::Global),
-                    "sliding_attention" => Ok(local(true)),
-                    other => Err(ModelError::InvalidConfigField {
-                        field: "layer_types",
-                        reason: format!("unknown layer type `{other}`"),
-                    }),
-                })
-                .collect()
-        }
+        Some(types) => config::spans_from_layer_types(types, n_layers, || Ok(window)),
         None => {
             let pattern = bounded(pattern, "sliding_window_pattern", MAX_CTX)?;
             Ok((0..n_layers)

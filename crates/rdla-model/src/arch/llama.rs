@@ -180,23 +180,7 @@ fn qwen2_config(json: &serde_json::Value) -> Result<ModelConfig> {
 
 fn qwen2_spans(r: &Raw, n_layers: usize) -> Result<Vec<AttnSpan>> {
     if let Some(types) = &r.layer_types {
-        if types.len() != n_layers {
-            return Err(ModelError::InvalidConfigField {
-                field: "layer_types",
-                reason: format!("{} entries for {n_layers} layers", types.len()),
-            });
-        }
-        return types
-            .iter()
-            .map(|t| match t.as_str() {
-                "full_attention" => Ok(AttnSpan::Global),
-                "sliding_attention" => Ok(AttnSpan::Local(r.window()?)),
-                other => Err(ModelError::InvalidConfigField {
-                    field: "layer_types",
-                    reason: format!("unknown layer type `{other}`"),
-                }),
-            })
-            .collect();
+        return config::spans_from_layer_types(types, n_layers, || r.window());
     }
     if r.use_sliding_window == Some(true) {
         let w = r.window()?;
