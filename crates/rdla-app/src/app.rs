@@ -120,17 +120,28 @@ impl RdlaApp {
     }
 
     /// Export the current view as a PNG to `path`; returns the image size.
+    /// Export the current node's heatmap as PNG; `columns` restricts it to the window of
+    /// columns the explorer shows for a long one.
     pub fn export_png_to(
         &self,
         path: &std::path::Path,
         pixels_per_point: f32,
+        columns: Option<std::ops::Range<usize>>,
     ) -> Result<(u32, u32), String> {
         let view = self.current_view().ok_or("nothing to export yet")?;
         let opts = PngOptions {
             scale: (2.0 * pixels_per_point).max(2.0),
             colormap: self.settings.colormap,
         };
-        let (bytes, dims) = encode_png(&view.heatmap, opts).map_err(|e| e.to_string())?;
+        let windowed;
+        let hm = match columns {
+            Some(r) => {
+                windowed = view.heatmap.columns(r);
+                &windowed
+            }
+            None => &view.heatmap,
+        };
+        let (bytes, dims) = encode_png(hm, opts).map_err(|e| e.to_string())?;
         self.write_export(path, &bytes)?;
         Ok(dims)
     }
@@ -218,7 +229,10 @@ impl RdlaApp {
         let msg = match self.dialogs.save_file(&self.export_name(ext), ext) {
             DialogResult::Picked(p) => {
                 let done = if ext == "png" {
-                    self.export_png_to(&p, ctx.pixels_per_point())
+                    let columns = self.current_view().and_then(|v| {
+                        crate::panels::explorer::shown_columns(ctx, &v.path, v.heatmap.n_cols())
+                    });
+                    self.export_png_to(&p, ctx.pixels_per_point(), columns)
                         .map(|(w, h)| format!(" ({w}×{h})"))
                 } else {
                     self.export_csv_to(&p).map(|()| String::new())

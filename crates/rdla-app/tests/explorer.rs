@@ -458,4 +458,17 @@ fn long_prompts_show_a_window_of_positions() {
         .expect("a large column early in the prompt");
     click(&mut h, &format!("{} {v:+.3}", view.heatmap.cols[c]));
     h.get_by_label(&format!("L2.attn/H1/{c}:{comp}"));
+    // the PNG export draws the window shown, not every position
+    click(&mut h, "Export PNG…");
+    let img = image::open(exported(tmp.path(), "png")).unwrap();
+    let opts = rdla_session::png::PngOptions {
+        scale: 2.0,
+        colormap: h.state().settings.colormap,
+    };
+    let start = c.saturating_sub(32).min(n - 64);
+    let shown = rdla_session::png::render(&view.heatmap.columns(start..start + 64), opts).unwrap();
+    let full = rdla_session::png::render(&view.heatmap, opts).unwrap();
+    let img = img.to_rgb8();
+    assert!(img == shown, "the export is not the window's heatmap");
+    assert!(img != full, "the export drew every position");
 }

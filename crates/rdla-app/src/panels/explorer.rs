@@ -90,6 +90,20 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
 /// Heatmaps with more columns than this are shown a window at a time.
 const MAX_COLUMNS: usize = 96;
 
+fn window_id(here: &Path) -> egui::Id {
+    egui::Id::unique(("column window", here.to_string()))
+}
+
+/// The columns of `here`'s heatmap (of `n` columns) the explorer shows: a window for long
+/// ones (what the PNG export then draws too), `None` when all of them are shown.
+pub fn shown_columns(ctx: &egui::Context, here: &Path, n: usize) -> Option<std::ops::Range<usize>> {
+    if n <= MAX_COLUMNS {
+        return None;
+    }
+    ctx.data(|d| d.get_temp::<(usize, usize)>(window_id(here)))
+        .map(|(start, len)| start.min(n)..(start + len).min(n))
+}
+
 /// For a heatmap with many columns (a long prompt's head: one per source position), the
 /// window of columns to draw, and its controls: an overview of every column's sum (click or
 /// drag to move the window), the window's width, and the positions with the largest sums
@@ -105,7 +119,7 @@ fn column_window(
     if n <= MAX_COLUMNS {
         return 0..n;
     }
-    let id = egui::Id::unique(("column window", here.to_string()));
+    let id = window_id(here);
     let sums = hm.col_sums();
     let (mut start, mut len) = ui.data_mut(|d| {
         *d.get_temp_mut_or_insert_with(id, || {
