@@ -100,9 +100,12 @@ impl Tokenizer {
     /// when a `tokenizer.json` pre-tokenizer regex exceeds Oniguruma's retry limit) is an error
     /// naming the cause, not a crash.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        quiet_expected_panics();
+        EXPECTING_PANIC.with(|e| e.set(true));
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.inner.encode(text, false)
         }));
+        EXPECTING_PANIC.with(|e| e.set(false));
         let enc = match run {
             Ok(r) => r.map_err(|e| ModelError::Encode(e.to_string()))?,
             Err(payload) => {
@@ -170,4 +173,24 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+thread_local! {
+    /// Set while this thread runs code whose panic is caught and turned into an error.
+    static EXPECTING_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Install (once) a panic hook that stays silent for panics this thread expects and catches
+/// (the tokenizer's), so the user sees rdla's error rather than a panic message first; every
+/// other panic goes to the hook that was there before.
+fn quiet_expected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !EXPECTING_PANIC.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
 }

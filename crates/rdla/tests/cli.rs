@@ -625,3 +625,37 @@ fn device_auto_probes_quietly() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
 }
+
+/// A tokenizer.json whose pre-tokenizer regex exceeds the regex engine's retry limit: a clear
+/// error, and no panic message before it.
+#[test]
+fn a_runaway_tokenizer_regex_is_a_quiet_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture("gpt2_tied")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let p = tmp.path().join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    t["pre_tokenizer"] = serde_json::json!({
+        "type": "Split", "pattern": {"Regex": "(a|aa)+$"},
+        "behavior": "Isolated", "invert": false
+    });
+    std::fs::write(&p, t.to_string()).unwrap();
+    let prompt = format!("{}b", "a".repeat(64));
+    expect_error(
+        &[
+            "attribute",
+            "--model",
+            tmp.path().to_str().unwrap(),
+            "--prompt",
+            &prompt,
+            "--answer",
+            "b",
+            "--device",
+            "cpu",
+        ],
+        "pre-tokenizer pattern",
+    );
+}
