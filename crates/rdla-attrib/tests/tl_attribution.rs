@@ -113,16 +113,7 @@ fn wgpu_attribution_matches_transformer_lens() {
 fn gguf_attributions_equal_the_dequantised_checkpoints() {
     use rdla_model::Processing;
     let gguf_dir = common::fixtures_dir().join("gguf");
-    for name in [
-        "gpt2_tied",
-        "llama_gqa",
-        "qwen2",
-        "neox_parallel",
-        "qwen3",
-        "phi3",
-        "gemma2",
-        "gemma3",
-    ] {
+    for name in common::GGUF_FIXTURES {
         let r = Reference::load(name);
         let dev = Device::flex();
         let from_gguf = Model::load(

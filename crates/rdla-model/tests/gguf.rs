@@ -11,16 +11,7 @@ fn gguf(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn gguf_models_load_like_their_checkpoints() {
-    for name in [
-        "gpt2_tied",
-        "llama_gqa",
-        "qwen2",
-        "neox_parallel",
-        "qwen3",
-        "phi3",
-        "gemma2",
-        "gemma3",
-    ] {
+    for name in rdla_testutil::GGUF_FIXTURES {
         let path = gguf(name);
         let before = std::fs::read(&path).unwrap();
         let m = Model::load(&path, &Device::flex(), Processing::default(), &mut |_| true)

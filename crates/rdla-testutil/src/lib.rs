@@ -25,6 +25,19 @@ pub const TL_FIXTURES: [&str; 11] = [
     "gemma3",
 ];
 
+/// The checkpoints that also exist as GGUF files (`tests/fixtures/gguf/{name}.gguf`, written
+/// by `tests/fixtures/gguf/generate.py`), one per family rdla reads from GGUF.
+pub const GGUF_FIXTURES: [&str; 8] = [
+    "gpt2_tied",
+    "llama_gqa",
+    "qwen2",
+    "neox_parallel",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "gemma3",
+];
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
