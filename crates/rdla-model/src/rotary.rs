@@ -23,9 +23,10 @@ impl LayerRotary {
             .local_rotary
             .as_ref()
             .map(|r| RotaryTables::new(r, n, device));
+        // which layer uses which embedding is `ModelConfig::layer_rotary`'s to say
         let tables = (0..cfg.n_layers)
-            .map(|l| match (&local, cfg.attn_spans[l]) {
-                (Some(t), crate::config::AttnSpan::Local(_)) => t.clone(),
+            .map(|l| match (&local, &cfg.local_rotary, cfg.layer_rotary(l)) {
+                (Some(t), Some(lr), Some(r)) if std::ptr::eq(lr, r) => t.clone(),
                 _ => global.clone(),
             })
             .collect();

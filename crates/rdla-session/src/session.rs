@@ -111,7 +111,14 @@ impl SoftCapped {
             .iter()
             .map(|&l| f64::from(cfg.output_logit(l)))
             .collect();
-        let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // NaN-aware (`f64::max` would skip a NaN and give a finite, wrong probability)
+        let max = out.iter().copied().fold(f64::NEG_INFINITY, |m, x| {
+            if m.is_nan() || x.is_nan() {
+                f64::NAN
+            } else {
+                m.max(x)
+            }
+        });
         let z: f64 = out.iter().map(|l| (l - max).exp()).sum();
         let get = |id: u32| out.get(id as usize).copied().unwrap_or(f64::NAN);
         let a = get(target.answer());

@@ -22,7 +22,6 @@ pub mod types;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rdla_model::config::Norm;
-use rdla_model::rotary::LayerRotary;
 use rdla_model::{Cache, Layout, Model};
 
 pub use expand::{NEURONS_LISTED, Resolved, TOKENS_LISTED};
@@ -67,8 +66,6 @@ pub struct Engine<'a> {
     layout: Layout,
     /// `C(u) / s_final[P-1]`.
     r_root: Tensor<1>,
-    /// The rotary tables for this prompt (`None` without rotary embeddings).
-    rotary: Option<LayerRotary>,
     memo: std::cell::RefCell<Memo>,
 }
 
@@ -103,7 +100,6 @@ impl<'a> Engine<'a> {
             last,
             layout: cache.layout,
             r_root: u.clone(),
-            rotary: cache.rotary.clone(),
             memo: std::cell::RefCell::default(),
         };
         engine.r_root = engine.c(u) / s;

@@ -107,34 +107,23 @@ impl Engine<'_> {
         }
     }
 
-    pub(super) fn node_children(&self, node: &Node) -> Children {
-        match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::children(self, node)
+    /// The node's value, children and remainder, for an expansion: one dispatch over the
+    /// kinds, sharing work where a kind can (a head's `W_O r` and OV readout, an MLP's pass
+    /// over `W_out`).
+    pub(super) fn node_all(&self, node: &Node) -> (Tensor<1>, Children, Tensor<1>) {
+        let children = match &node.kind {
+            Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
+                let (children, bias) = residual::children_and_bias(self, node);
+                return (self.node_value(node), children, bias);
             }
+            Kind::Head { layer, head } => return head::all(self, node, (*layer, *head)),
+            Kind::Root => residual::children(self, node),
             Kind::Comp(Comp::Attn(l)) => attn::children(self, node, *l),
-            Kind::Head { layer, head } => head::children(self, node, (*layer, *head)),
             Kind::Score(id) => score::children(self, node, *id),
             Kind::Side(id, side) => score::side_children(self, node, *id, *side),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => Children::none(),
-        }
-    }
-
-    /// [`Engine::node_value`], [`Engine::node_children`] and [`Engine::node_bias`], sharing
-    /// work where a kind can (a head's `W_O r` and OV readout, an MLP's pass over `W_out`).
-    pub(super) fn node_all(&self, node: &Node) -> (Tensor<1>, Children, Tensor<1>) {
-        match &node.kind {
-            Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                let (children, bias) = residual::children_and_bias(self, node);
-                (self.node_value(node), children, bias)
-            }
-            Kind::Head { layer, head } => head::all(self, node, (*layer, *head)),
-            _ => (
-                self.node_value(node),
-                self.node_children(node),
-                self.node_bias(node),
-            ),
-        }
+        };
+        (self.node_value(node), children, self.node_bias(node))
     }
 
     /// The child of `node` that `step` names, or `None` when it is not a child there.

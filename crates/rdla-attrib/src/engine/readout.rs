@@ -295,7 +295,8 @@ impl Engine<'_> {
         r: Tensor<2>,
         neuron: Option<usize>,
     ) -> Tensor<2> {
-        self.mlp_readouts_and_biases(ls, q, r, neuron).0
+        let parts = self.mlp_parts(ls, q, r, neuron);
+        self.mlp_input_readout(ls, q, parts)
     }
 
     /// [`Engine::mlp_readouts`] and [`Engine::mlp_biases`] from one pass over `W_out` (an MLP
@@ -307,9 +308,16 @@ impl Engine<'_> {
         r: Tensor<2>,
         neuron: Option<usize>,
     ) -> (Tensor<2>, Tensor<1>) {
+        let parts = self.mlp_parts(ls, q, r.clone(), neuron);
+        let bias = self.mlp_remainder(ls, q, r, neuron, parts.g.clone(), parts.wout_r.clone());
+        (self.mlp_input_readout(ls, q, parts), bias)
+    }
+
+    /// The readout of the MLP's inputs from its parts (see [`Engine::mlp_readouts`]).
+    fn mlp_input_readout(&self, ls: &Range<usize>, q: usize, parts: MlpParts) -> Tensor<2> {
         let w = &self.model.weights;
-        let MlpParts { wout_r, g, z, lin } = self.mlp_parts(ls, q, r.clone(), neuron);
-        let gw = g.clone() * wout_r.clone();
+        let MlpParts { wout_r, g, z, lin } = parts;
+        let gw = g * wout_r.clone();
         let mut read = layers(&w.w_in, ls)
             .matmul(gw.unsqueeze_dim::<3>(2))
             .squeeze_dim::<2>(2); // [Lb, d]
@@ -320,12 +328,11 @@ impl Engine<'_> {
             let gp = act::derivative(self.model.config.act, z) * lin;
             read = read
                 + layers(w_gate, ls)
-                    .matmul((gp * wout_r.clone()).unsqueeze_dim::<3>(2))
+                    .matmul((gp * wout_r).unsqueeze_dim::<3>(2))
                     .squeeze_dim::<2>(2);
         }
         let s2 = layers(&self.cache.ln2_scale, ls).narrow(1, q, 1); // [Lb, 1]
-        let readouts = self.c(read) / s2;
-        (readouts, self.mlp_remainder(ls, q, r, neuron, g, wout_r))
+        self.c(read) / s2
     }
 
     /// The remainder of MLPs `ls` at `q`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. With

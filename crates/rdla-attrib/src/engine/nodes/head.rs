@@ -120,11 +120,6 @@ pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node, id: (usize, usize))
     bias.reshape([1]) * pattern(eng, node, id).sum()
 }
 
-pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, id: (usize, usize)) -> Children {
-    let (ov, _) = ov(eng, node, id);
-    source_children(eng, node, id.0, ov, pattern(eng, node, id))
-}
-
 pub(in crate::engine) fn step(
     eng: &Engine<'_>,
     node: &Node,

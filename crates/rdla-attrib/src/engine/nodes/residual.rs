@@ -63,7 +63,7 @@ pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
 }
 
 /// [`children`] and [`bias`] together: an MLP's (or a neuron's) from one pass over its
-/// weights.
+/// weights (the root has no weights to share).
 pub(in crate::engine) fn children_and_bias(eng: &Engine<'_>, node: &Node) -> (Children, Tensor<1>) {
     let r = || node.readout.clone().unsqueeze_dim(0);
     let (l, neuron) = match node.kind {

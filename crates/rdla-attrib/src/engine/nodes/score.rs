@@ -77,7 +77,7 @@ impl Engine<'_> {
     /// Rotate each row of `x [rows, dh]` with layer `l`'s rotary embedding to position `positions[i]` (`inverse`: back from it);
     /// the identity without rotary embeddings.
     fn rotate_rows(&self, l: usize, x: Tensor<2>, positions: &[usize], inverse: bool) -> Tensor<2> {
-        match &self.rotary {
+        match &self.cache.rotary {
             Some(r) => r.layer(l).apply_rows(x, positions, inverse),
             None => x,
         }
