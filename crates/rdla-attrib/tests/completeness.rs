@@ -93,14 +93,7 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
                     // contrast), an MLP's neuron
                     if rng.below(3) == 0 {
                         if let NodeKind::Head { .. } = ex.kind {
-                            let keys: Vec<usize> = ex
-                                .children
-                                .iter()
-                                .filter_map(|c| match c.parsed {
-                                    Step::Source { pos, .. } => Some(pos),
-                                    _ => None,
-                                })
-                                .collect();
+                            let keys = ex.source_positions();
                             let key = keys[rng.below(keys.len())];
                             let other = keys[rng.below(keys.len())];
                             let versus = match rng.below(3) {

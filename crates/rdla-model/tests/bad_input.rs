@@ -6,18 +6,8 @@ use rdla_testutil as common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::fixture;
+use common::{copy_fixture, fixture};
 use rdla_model::{Device, Model, ModelError, Processing, WeightStore};
-
-/// A scratch copy of a fixture folder.
-fn copy_fixture(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
-    tmp
-}
 
 fn load(dir: &Path) -> Result<Model, ModelError> {
     Model::load(dir, &Device::flex(), Processing::default(), &mut |_| true)
@@ -513,17 +503,9 @@ fn a_tensor_in_two_shards_is_an_error() {
 #[test]
 fn a_catastrophic_pre_tokenizer_regex_is_an_error() {
     let tmp = copy_fixture("gpt2_tied");
-    let p = tmp.path().join("tokenizer.json");
-    let mut t: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    t["pre_tokenizer"] = serde_json::json!({
-        "type": "Split", "pattern": {"Regex": "(a|aa)+$"},
-        "behavior": "Isolated", "invert": false
-    });
-    std::fs::write(&p, t.to_string()).unwrap();
+    common::use_runaway_pre_tokenizer(tmp.path());
     let m = load(tmp.path()).unwrap();
-    let text = format!("{}b", "a".repeat(64));
-    let err = m.tokenizer.encode(&text).unwrap_err();
+    let err = m.tokenizer.encode(common::RUNAWAY_REGEX_TEXT).unwrap_err();
     assert!(err.to_string().contains("tokenizer"), "{err}");
     report("a pre-tokenizer regex past Oniguruma's retry limit", &err);
 }

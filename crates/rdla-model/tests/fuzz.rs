@@ -5,8 +5,6 @@
 //! for `RDLA_FUZZ_SECS` seconds (`docs/HARDENING.md` records the long runs).
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use proptest::prelude::*;
 use rdla_model::{Device, Model, Processing, WeightStore, config};
 use rdla_testutil::{TL_FIXTURES, fixture};
@@ -129,13 +127,6 @@ fn safetensors_bytes() -> &'static (Vec<u8>, usize) {
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 type Edits = Vec<(usize, Option<serde_json::Value>)>;
 
 fn config_case() -> impl Strategy<Value = (usize, Edits)> {
@@ -200,8 +191,7 @@ fn shard_case() -> impl Strategy<Value = (Vec<Mutation>, Vec<String>)> {
 
 /// The shard index: its text mutated, or its weight_map entries pointed anywhere.
 fn shard_body((muts, targets): (Vec<Mutation>, Vec<String>)) {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("gpt2_tied_sharded"), tmp.path());
+    let tmp = rdla_testutil::copy_fixture("gpt2_tied_sharded");
     let p = tmp.path().join("model.safetensors.index.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
@@ -222,8 +212,7 @@ fn pytorch_case() -> impl Strategy<Value = Vec<Mutation>> {
 /// pytorch_model.bin (a zip of pickles): bytes mutated anywhere; loading the whole model
 /// from it never panics.
 fn pytorch_body(muts: Vec<Mutation>) {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("gpt2_tied_bin"), tmp.path());
+    let tmp = rdla_testutil::copy_fixture("gpt2_tied_bin");
     let p = tmp.path().join("pytorch_model.bin");
     let bad = mutate(std::fs::read(&p).unwrap(), &muts, None);
     std::fs::write(&p, bad).unwrap();

@@ -214,14 +214,7 @@ pub fn node_heatmap(
         NodeKind::Side { layer, .. } if by_position => {
             // a contrast's key side: components × the keys it compares
             let n_c = layout.pre(layer);
-            let mut keys: Vec<usize> = ex
-                .children
-                .iter()
-                .filter_map(|c| match c.parsed {
-                    Step::Source { pos, .. } => Some(pos),
-                    _ => None,
-                })
-                .collect();
+            let mut keys = ex.source_positions();
             keys.dedup();
             hm.row_title = "key component".into();
             hm.col_title = "key position".into();

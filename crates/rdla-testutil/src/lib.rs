@@ -229,3 +229,31 @@ pub fn gguf_twin(name: &str, device: &Device) -> Model {
     )
     .unwrap()
 }
+
+/// A scratch copy of the fixture folder `name` (tests that edit a model never touch the
+/// fixtures).
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    tmp
+}
+
+/// Give the model in `dir` a `tokenizer.json` pre-tokenizer whose regex exceeds Oniguruma's
+/// retry limit on [`RUNAWAY_REGEX_TEXT`] (the `tokenizers` crate panics there).
+pub fn use_runaway_pre_tokenizer(dir: &std::path::Path) {
+    let p = dir.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    t["pre_tokenizer"] = serde_json::json!({
+        "type": "Split", "pattern": {"Regex": "(a|aa)+$"},
+        "behavior": "Isolated", "invert": false
+    });
+    std::fs::write(&p, t.to_string()).unwrap();
+}
+
+/// A text on which [`use_runaway_pre_tokenizer`]'s regex backtracks past the limit.
+pub const RUNAWAY_REGEX_TEXT: &str =
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab";

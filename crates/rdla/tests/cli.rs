@@ -248,11 +248,7 @@ fn bad_input_gives_clear_errors() {
 
 #[test]
 fn refuses_to_overwrite_model_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture("gpt2_tied")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    let tmp = rdla_testutil::copy_fixture("gpt2_tied");
     let weights = tmp.path().join("model.safetensors");
     let before = std::fs::read(&weights).unwrap();
     let out = rdla(&[
@@ -556,11 +552,7 @@ fn pipes_identical_targets_and_overflowing_weights() {
     );
 
     // weights that are finite but overflow in the forward pass
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    let tmp = rdla_testutil::copy_fixture("gpt2_tied");
     let store = rdla_model::WeightStore::open_dir(tmp.path()).unwrap();
     let mut tensors = rdla_testutil::read_all(&store);
     drop(store);
@@ -630,27 +622,15 @@ fn device_auto_probes_quietly() {
 /// error, and no panic message before it.
 #[test]
 fn a_runaway_tokenizer_regex_is_a_quiet_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture("gpt2_tied")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
-    let p = tmp.path().join("tokenizer.json");
-    let mut t: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    t["pre_tokenizer"] = serde_json::json!({
-        "type": "Split", "pattern": {"Regex": "(a|aa)+$"},
-        "behavior": "Isolated", "invert": false
-    });
-    std::fs::write(&p, t.to_string()).unwrap();
-    let prompt = format!("{}b", "a".repeat(64));
+    let tmp = rdla_testutil::copy_fixture("gpt2_tied");
+    rdla_testutil::use_runaway_pre_tokenizer(tmp.path());
     expect_error(
         &[
             "attribute",
             "--model",
             tmp.path().to_str().unwrap(),
             "--prompt",
-            &prompt,
+            rdla_testutil::RUNAWAY_REGEX_TEXT,
             "--answer",
             "b",
             "--device",

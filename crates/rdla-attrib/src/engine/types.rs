@@ -178,6 +178,20 @@ pub struct Expansion {
     pub tokens: Option<TokenReadout>,
 }
 
+impl Expansion {
+    /// The positions of the `{p}:{c}` children (a head's sources, a key side's keys), in
+    /// order, with repeats.
+    pub fn source_positions(&self) -> Vec<usize> {
+        self.children
+            .iter()
+            .filter_map(|c| match c.parsed {
+                Step::Source { pos, .. } => Some(pos),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// The units of a node's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
