@@ -300,35 +300,13 @@ pub fn generate_llama(
         kv_heads > 0 && n_head.is_multiple_of(kv_heads),
         "--kv-heads must divide the number of heads"
     );
-    let mut w = Writer::new();
-    w.bf16 = true;
     let (dh, dm) = (d / n_head, 4 * d);
-    let s = 1.0 / (d as f32).sqrt();
-    w.add("model.embed_tokens.weight", &[vocab, d], 0.0, 0.02);
-    for l in 0..n_layer {
-        let p = format!("model.layers.{l}");
-        let a = format!("{p}.self_attn");
-        w.add(format!("{p}.input_layernorm.weight"), &[d], 1.0, 0.1);
-        w.add(format!("{a}.q_proj.weight"), &[n_head * dh, d], 0.0, s);
-        w.add(format!("{a}.k_proj.weight"), &[kv_heads * dh, d], 0.0, s);
-        w.add(format!("{a}.v_proj.weight"), &[kv_heads * dh, d], 0.0, s);
-        w.add(format!("{a}.o_proj.weight"), &[d, n_head * dh], 0.0, s);
-        w.add(
-            format!("{p}.post_attention_layernorm.weight"),
-            &[d],
-            1.0,
-            0.1,
-        );
-        w.add(format!("{p}.mlp.gate_proj.weight"), &[dm, d], 0.0, s);
-        w.add(format!("{p}.mlp.up_proj.weight"), &[dm, d], 0.0, s);
-        w.add(
-            format!("{p}.mlp.down_proj.weight"),
-            &[d, dm],
-            0.0,
-            0.5 / (dm as f32).sqrt(),
-        );
-    }
-    w.add("model.norm.weight", &[d], 1.0, 0.1);
+    let w = llama_layout(
+        (n_layer, n_head, kv_heads, d, vocab),
+        (dh, dm),
+        &["post_attention_layernorm"],
+        1.0,
+    );
     let config = serde_json::json!({
         "model_type": "llama", "architectures": ["LlamaForCausalLM"],
         "num_hidden_layers": n_layer, "num_attention_heads": n_head,
@@ -341,6 +319,44 @@ pub fn generate_llama(
         "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16"
     });
     w.write(dir, &config, format_pt())
+}
+
+/// The random bf16 tensors of a Llama-layout decoder (`model.*` keys; the Llama and Gemma 2
+/// generators): the embedding; per layer the input norm, q/k/v/o projections, the `norms`
+/// between attention and MLP, gate/up/down projections; the final norm. Norm weights are
+/// `norm_mean ± 0.1` (1 for Llama's `w`, 0 for Gemma's zero-centred `1 + w`).
+fn llama_layout(
+    (n_layer, n_head, kv_heads, d, vocab): (usize, usize, usize, usize, usize),
+    (dh, dm): (usize, usize),
+    norms: &[&str],
+    norm_mean: f32,
+) -> Writer {
+    let mut w = Writer::new();
+    w.bf16 = true;
+    let s = 1.0 / (d as f32).sqrt();
+    w.add("model.embed_tokens.weight", &[vocab, d], 0.0, 0.02);
+    for l in 0..n_layer {
+        let p = format!("model.layers.{l}");
+        let a = format!("{p}.self_attn");
+        w.add(format!("{p}.input_layernorm.weight"), &[d], norm_mean, 0.1);
+        w.add(format!("{a}.q_proj.weight"), &[n_head * dh, d], 0.0, s);
+        w.add(format!("{a}.k_proj.weight"), &[kv_heads * dh, d], 0.0, s);
+        w.add(format!("{a}.v_proj.weight"), &[kv_heads * dh, d], 0.0, s);
+        w.add(format!("{a}.o_proj.weight"), &[d, n_head * dh], 0.0, s);
+        for norm in norms {
+            w.add(format!("{p}.{norm}.weight"), &[d], norm_mean, 0.1);
+        }
+        w.add(format!("{p}.mlp.gate_proj.weight"), &[dm, d], 0.0, s);
+        w.add(format!("{p}.mlp.up_proj.weight"), &[dm, d], 0.0, s);
+        w.add(
+            format!("{p}.mlp.down_proj.weight"),
+            &[d, dm],
+            0.0,
+            0.5 / (dm as f32).sqrt(),
+        );
+    }
+    w.add("model.norm.weight", &[d], norm_mean, 0.1);
+    w
 }
 
 /// Write a random Gemma 2 checkpoint in bf16 (every parameter random, the zero-centred norm
@@ -358,36 +374,17 @@ pub fn generate_gemma2(
         kv_heads > 0 && n_head.is_multiple_of(kv_heads),
         "--kv-heads must divide the number of heads"
     );
-    let mut w = Writer::new();
-    w.bf16 = true;
     let (dh, dm) = (256, 4 * d);
-    let s = 1.0 / (d as f32).sqrt();
-    w.add("model.embed_tokens.weight", &[vocab, d], 0.0, 0.02);
-    for l in 0..n_layer {
-        let p = format!("model.layers.{l}");
-        let a = format!("{p}.self_attn");
-        w.add(format!("{p}.input_layernorm.weight"), &[d], 0.0, 0.1);
-        w.add(format!("{a}.q_proj.weight"), &[n_head * dh, d], 0.0, s);
-        w.add(format!("{a}.k_proj.weight"), &[kv_heads * dh, d], 0.0, s);
-        w.add(format!("{a}.v_proj.weight"), &[kv_heads * dh, d], 0.0, s);
-        w.add(format!("{a}.o_proj.weight"), &[d, n_head * dh], 0.0, s);
-        for norm in [
+    let w = llama_layout(
+        (n_layer, n_head, kv_heads, d, vocab),
+        (dh, dm),
+        &[
             "post_attention_layernorm",
             "pre_feedforward_layernorm",
             "post_feedforward_layernorm",
-        ] {
-            w.add(format!("{p}.{norm}.weight"), &[d], 0.0, 0.1);
-        }
-        w.add(format!("{p}.mlp.gate_proj.weight"), &[dm, d], 0.0, s);
-        w.add(format!("{p}.mlp.up_proj.weight"), &[dm, d], 0.0, s);
-        w.add(
-            format!("{p}.mlp.down_proj.weight"),
-            &[d, dm],
-            0.0,
-            0.5 / (dm as f32).sqrt(),
-        );
-    }
-    w.add("model.norm.weight", &[d], 0.0, 0.1);
+        ],
+        0.0,
+    );
     let config = serde_json::json!({
         "model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"],
         "num_hidden_layers": n_layer, "num_attention_heads": n_head,
