@@ -184,6 +184,20 @@ fn read_converted(
     Ok(out)
 }
 
+/// The canonical `blobs/` folder of the Hugging Face cache repository whose snapshot `dir`
+/// is (`…/models--org--name/snapshots/<revision>`), if it is one.
+fn hf_cache_blobs(dir: &Path) -> Option<PathBuf> {
+    let snapshots = dir.parent()?;
+    let repo = snapshots.parent()?;
+    let is_repo = repo
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("models--"));
+    if snapshots.file_name()? != "snapshots" || !is_repo {
+        return None;
+    }
+    repo.join("blobs").canonicalize().ok()
+}
+
 impl WeightStore {
     /// Find and open the weights in a model directory.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -225,8 +239,10 @@ impl WeightStore {
             return Err(bad("weight_map is empty".into()));
         }
         // shards live in the model folder: a plain file name, resolved inside it (no absolute
-        // paths, no `..`, no link leading out of the folder)
+        // paths, no `..`, no link leading out of the folder, except, in a Hugging Face cache
+        // snapshot, into the same repository's `blobs/`, where the cache keeps every file)
         let root = dir.canonicalize().map_err(io_err(dir))?;
+        let blobs = hf_cache_blobs(dir).or_else(|| hf_cache_blobs(&root));
         let mut paths = Vec::with_capacity(shards.len());
         for s in &shards {
             let plain = Path::new(s)
@@ -242,7 +258,7 @@ impl WeightStore {
                 return Err(bad(format!("shard {} is missing", p.display())));
             }
             let real = p.canonicalize().map_err(io_err(&p))?;
-            if !real.starts_with(&root) {
+            if !real.starts_with(&root) && !blobs.as_ref().is_some_and(|b| real.starts_with(b)) {
                 return Err(bad(format!(
                     "shard `{s}` resolves to {}, outside the model folder",
                     real.display()

@@ -4,7 +4,7 @@
 //! device with its skip accounting.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed read is a failed test
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rdla_model::{Device, Model, Processing, WeightStore};
 
@@ -257,3 +257,31 @@ pub fn use_runaway_pre_tokenizer(dir: &std::path::Path) {
 /// A text on which [`use_runaway_pre_tokenizer`]'s regex backtracks past the limit.
 pub const RUNAWAY_REGEX_TEXT: &str =
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab";
+
+/// A Hugging Face cache holding the fixture `name` as the hub lays it out:
+/// `hub/models--test--{name}/blobs/<hash>` for every file and
+/// `snapshots/<revision>/<file>` as relative links into `blobs/`. Returns the cache's
+/// temporary root and the snapshot folder.
+pub fn hf_cache_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("hub").join(format!("models--test--{name}"));
+    let blobs = repo.join("blobs");
+    let snapshot = repo.join("snapshots").join("0123456789abcdef");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let mut entries: Vec<_> = std::fs::read_dir(fixture(name))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for (i, src) in entries.iter().enumerate() {
+        let blob = format!("{i:064x}");
+        std::fs::copy(src, blobs.join(&blob)).unwrap();
+        std::os::unix::fs::symlink(
+            Path::new("../../blobs").join(&blob),
+            snapshot.join(src.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    (tmp, snapshot)
+}

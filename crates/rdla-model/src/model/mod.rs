@@ -284,6 +284,46 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     config::from_value(&value)
 }
 
+/// The most folder entries [`protected_paths`] resolves (a model folder holds a handful).
+const MAX_PROTECTED_ENTRIES: usize = 10_000;
+
+/// What exports must never write into: the model folder (as given and canonical), and the
+/// canonical path of every file in it and of every weight file read. A Hugging Face cache
+/// snapshot's files are links into the repository's `blobs/`, so protecting the snapshot
+/// folder alone left the weights writable through their blob paths.
+pub fn protected_paths(dir: Option<&Path>, files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut add = |p: PathBuf| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    for f in files {
+        add(f.clone());
+        if let Ok(real) = f.canonicalize() {
+            add(real);
+        }
+    }
+    if let Some(dir) = dir {
+        add(dir.to_path_buf());
+        if let Ok(real) = dir.canonicalize() {
+            add(real);
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            // files only: a link to some other folder must not fence that folder off
+            for e in entries.take(MAX_PROTECTED_ENTRIES).flatten() {
+                let p = e.path();
+                if p.is_file()
+                    && let Ok(real) = p.canonicalize()
+                {
+                    add(real);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn display_name(dir: &Path) -> String {
     // HF cache layout: .../models--org--name/snapshots/<hash>
     let parts: Vec<String> = dir
@@ -345,7 +385,7 @@ impl Model {
             .file_stem()
             .map_or_else(|| model.name.clone(), |s| s.to_string_lossy().into_owned());
         model.dir = path.to_path_buf();
-        model.protected = vec![path.to_path_buf()];
+        model.protected = protected_paths(None, &[path.to_path_buf()]);
         Ok(model)
     }
 
@@ -389,7 +429,7 @@ impl Model {
             name: display_name(dir),
             dir: dir.to_path_buf(),
             weights_source: store.description.clone(),
-            protected: vec![dir.to_path_buf()],
+            protected: protected_paths(Some(dir), &store.paths),
             config,
             processing,
             tokenizer,
