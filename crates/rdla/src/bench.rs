@@ -399,6 +399,16 @@ pub fn generate_gemma2(
     w.write(dir, &config, format_pt())
 }
 
+/// The source component of the timed depth-2 drill-down: an attention layer halfway up,
+/// upstream of the last layer (for 1 layer, the embedding).
+fn drill_source(n_layer: usize) -> String {
+    match n_layer {
+        0 | 1 => "embed".into(),
+        2 => "L0.attn".into(),
+        n => format!("L{}.attn", n / 2),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -450,23 +460,98 @@ fn parse_shape(a: &BenchArgs) -> anyhow::Result<[usize; 4]> {
     Ok([n_layer, n_head, d, vocab])
 }
 
+/// The context a generated checkpoint gets for prompts of up to `max_len` tokens.
+fn generated_context(arch: BenchArch, max_len: usize) -> usize {
+    match arch {
+        BenchArch::Gpt2 => max_len.max(1024),
+        BenchArch::GptNeo => max_len.max(2048),
+        BenchArch::Llama => 131_072,
+        BenchArch::Gemma2 => 8192,
+    }
+}
+
+/// Bytes held while generating a checkpoint and then loading it (its tensors as written,
+/// then as `f32` in the model), in u128 so absurd shapes cannot overflow.
+fn generated_bytes(arch: BenchArch, shape: [usize; 4], kv: usize, n_ctx: usize) -> u128 {
+    let [l, h, d, v] = shape.map(|x| x as u128);
+    let kv = kv as u128;
+    let (dh, kv, gated, learned_pos, stored) = match arch {
+        BenchArch::Gpt2 => (d / h, h, false, true, 4),
+        BenchArch::GptNeo => (d / h, h, false, true, 4),
+        BenchArch::Llama => (d / h, kv, true, false, 2),
+        BenchArch::Gemma2 => (256, kv, true, false, 2),
+    };
+    let attn = 2 * d * h * dh + 2 * d * kv * dh;
+    let mlp = if gated { 3 } else { 2 } * d * 4 * d;
+    let pos = if learned_pos { n_ctx as u128 * d } else { 0 };
+    let params = 2 * v * d + pos + l * (attn + mlp + 8 * d);
+    params * (stored + 4)
+}
+
+/// Refuse what cannot run before anything is generated or allocated.
+fn validate(a: &BenchArgs, shape: [usize; 4]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.lengths.is_empty() && a.lengths.iter().all(|&p| p >= 1),
+        "--lengths: every prompt length must be at least 1 token"
+    );
+    let max_len = a.lengths.iter().copied().max().unwrap_or(1);
+    let n_ctx = generated_context(a.arch, max_len);
+    anyhow::ensure!(
+        max_len <= n_ctx,
+        "--lengths: {max_len} tokens is longer than the generated {:?} checkpoint's context ({n_ctx})",
+        a.arch
+    );
+    if let Some(kv) = a.kv_heads {
+        anyhow::ensure!(
+            kv > 0 && shape[1] % kv == 0,
+            "--kv-heads {kv}: the number of heads ({}) must be a multiple of it",
+            shape[1]
+        );
+    }
+    let kv = a.kv_heads.unwrap_or(match a.arch {
+        BenchArch::Gemma2 => 4,
+        _ => 8,
+    });
+    let needed = generated_bytes(a.arch, shape, kv.min(shape[1]), n_ctx);
+    rdla_model::memory::check(
+        || {
+            format!(
+                "--lengths up to {max_len} with --shape {}: generating and loading this checkpoint ({n_ctx} positions)",
+                shape.map(|x| x.to_string()).join(",")
+            )
+        },
+        u64::try_from(needed).unwrap_or(u64::MAX),
+        rdla_model::memory::available_bytes(),
+    )?;
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    // A temporary folder is removed when this returns, on errors too.
     let tmp;
     let dir = match &a.dir {
         Some(d) => d.clone(),
         None => {
-            tmp = std::env::temp_dir().join(format!("rdla-bench-{}", std::process::id()));
-            tmp
+            tmp = tempfile::Builder::new()
+                .prefix("rdla-bench-")
+                .tempdir()
+                .context("cannot create a temporary folder for the checkpoint")?;
+            tmp.path().to_path_buf()
         }
     };
     if !a.existing {
         let [n_layer, n_head, d, vocab] = parse_shape(a)?;
+        validate(a, [n_layer, n_head, d, vocab])?;
+        if a.dir.is_some() {
+            refuse_non_empty(&dir)?;
+        }
         let max_len = a.lengths.iter().copied().max().unwrap_or(16);
+        let n_ctx = generated_context(a.arch, max_len);
         let t = Instant::now();
         match a.arch {
-            BenchArch::Gpt2 => generate_gpt2(&dir, n_layer, n_head, d, vocab, max_len.max(1024))?,
+            BenchArch::Gpt2 => generate_gpt2(&dir, n_layer, n_head, d, vocab, n_ctx)?,
             BenchArch::GptNeo => {
-                generate_gpt_neo(&dir, n_layer, n_head, d, vocab, max_len.max(2048), a.window)?
+                generate_gpt_neo(&dir, n_layer, n_head, d, vocab, n_ctx, a.window)?
             }
             BenchArch::Llama => {
                 generate_llama(&dir, n_layer, n_head, a.kv_heads.unwrap_or(8), d, vocab)?
@@ -484,11 +569,25 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let result = bench_dir(a, &dir);
-    if a.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+    bench_dir(a, &dir)
+}
+
+/// `--dir` must be new or empty: generating writes `config.json`, `model.safetensors` and
+/// `tokenizer.json` there, and must never replace a model's files.
+fn refuse_non_empty(dir: &FsPath) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => anyhow::ensure!(
+            entries.next().is_none(),
+            "--dir {}: the folder is not empty; rdla bench generates a new checkpoint there and never writes over files (give a new folder, or --existing to benchmark the checkpoint in it)",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            anyhow::bail!("--dir {}: not a folder", dir.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("--dir {}", dir.display())),
     }
-    result
+    Ok(())
 }
 
 fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
@@ -544,10 +643,10 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         )?;
         let (ov, ov_min) = time_ms(a.reps, || Ok(engine.overview()?))?;
         let path_text = format!(
-            "L{}.attn/H0/{}:L{}.attn",
+            "L{}.attn/H0/{}:{}",
             n_layer - 1,
             p.saturating_sub(2),
-            n_layer / 2
+            drill_source(n_layer)
         );
         let path = Path::parse(&path_text)?;
         let (drill, drill_min) = time_ms(a.reps, || Ok(engine.expand(&path)?))?;
@@ -592,7 +691,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             y_label: "peak RSS (MiB)",
             points: &rss_points,
         })?;
-        std::fs::write(file, png).with_context(|| format!("{}: cannot write", file.display()))?;
+        rdla_session::output::write_outside(file, &model.protected, &png)?;
     }
     if let Some(file) = &a.json {
         let out = serde_json::json!({
@@ -609,8 +708,8 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "peak_rss_mib": peak_rss_mib(),
             "lengths": rows,
         });
-        std::fs::write(file, serde_json::to_string_pretty(&out)? + "\n")
-            .with_context(|| format!("{}: cannot write JSON", file.display()))?;
+        let text = serde_json::to_string_pretty(&out)? + "\n";
+        rdla_session::output::write_outside(file, &model.protected, text.as_bytes())?;
     }
     Ok(())
 }
