@@ -75,6 +75,15 @@ pub enum ModelError {
         "the prompt is {len} tokens long (BOS included) but the model's context is {n_ctx} tokens"
     )]
     PromptTooLong { len: usize, n_ctx: usize },
+    #[error(
+        "the prompt ({bytes} bytes) is far longer than the model's context of {n_ctx} tokens: its first {prefix} bytes alone are {tokens} tokens"
+    )]
+    PromptFarTooLong {
+        bytes: usize,
+        prefix: usize,
+        tokens: usize,
+        n_ctx: usize,
+    },
     #[error("token id {id} is outside the model's vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize },
     #[error(

@@ -136,13 +136,50 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// The text of one token, as TransformerLens' `to_str_tokens` shows it.
+    /// [`Self::encode_prompt`] for a model whose context is `n_ctx` tokens, without ever
+    /// tokenizing much more text than the context can hold: a long text is first tokenized
+    /// in growing prefixes (64 bytes a context position, then ×4), and refused as soon as a
+    /// prefix alone is clearly over the context (a 100 MB prompt file used to be tokenized
+    /// whole, 5.4 GB, before the length check). Time and memory stay proportional to what
+    /// the context holds.
+    pub fn encode_prompt_within(&self, text: &str, bos: bool, n_ctx: usize) -> Result<Vec<u32>> {
+        // merges across the cut can join a few tokens at the prefix's end
+        const CUT_MARGIN: usize = 16;
+        let mut cut = n_ctx.saturating_add(1).saturating_mul(64).max(1 << 16);
+        while cut < text.len() {
+            let mut c = cut;
+            while !text.is_char_boundary(c) {
+                c -= 1;
+            }
+            let tokens = self.encode(&text[..c])?.len();
+            if tokens > n_ctx.saturating_add(CUT_MARGIN) {
+                return Err(ModelError::PromptFarTooLong {
+                    bytes: text.len(),
+                    prefix: c,
+                    tokens,
+                    n_ctx,
+                });
+            }
+            cut = cut.saturating_mul(4);
+        }
+        self.encode_prompt(text, bos)
+    }
+
+    /// The text of one token as it reads inside a text: byte-level BPE as TransformerLens'
+    /// `to_str_tokens` shows it; a SentencePiece piece that starts a word (`▁Mary`) keeps its
+    /// space (" Mary"), which decoding it alone strips (SentencePiece decoders drop the
+    /// text's leading space), so "Mary" and " Mary" stay two different tokens on screen.
     pub fn token_str(&self, id: u32) -> String {
-        self.inner
-            .decode(&[id], false)
-            .ok()
-            .or_else(|| self.inner.id_to_token(id))
-            .unwrap_or_else(|| format!("<{id}>"))
+        let decoded = self.inner.decode(&[id], false).ok();
+        let raw = self.inner.id_to_token(id);
+        match (decoded, raw) {
+            (Some(d), Some(r)) if r.starts_with('\u{2581}') && !d.starts_with(' ') => {
+                format!(" {d}")
+            }
+            (Some(d), _) => d,
+            (None, Some(r)) => r,
+            (None, None) => format!("<{id}>"),
+        }
     }
 
     /// The id of `text`, which must be exactly one token.
@@ -193,4 +230,38 @@ fn quiet_expected_panics() {
             }
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A SentencePiece vocabulary (Unigram, Metaspace), as Llama 2 and Gemma spell theirs.
+    fn sentencepiece() -> Tokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "added_tokens": [], "normalizer": null, "post_processor": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}",
+                              "prepend_scheme": "first", "split": true},
+            "decoder": {"type": "Metaspace", "replacement": "\u{2581}",
+                        "prepend_scheme": "first", "split": true},
+            "model": {"type": "Unigram", "unk_id": 0, "byte_fallback": false, "vocab": [
+                ["<unk>", 0.0], ["\u{2581}Mary", -1.0], ["Mary", -1.0], ["\u{2581}John", -1.0],
+                ["\u{2581}", -2.0], ["M", -5.0], ["a", -5.0], ["r", -5.0], ["y", -5.0]
+            ]}
+        });
+        Tokenizer::from_json(&json.to_string(), None, Path::new("test")).unwrap()
+    }
+
+    /// A regression test: `▁Mary` was shown as "Mary", the same as the piece `Mary`, in the
+    /// token strip, the top-10 table, PNG titles and the JSON's `token_strs`.
+    #[test]
+    fn sentencepiece_word_starts_keep_their_space() {
+        let t = sentencepiece();
+        let id = |piece: &str| t.inner.token_to_id(piece).unwrap();
+        assert_eq!(t.token_str(id("\u{2581}Mary")), " Mary");
+        assert_eq!(t.token_str(id("\u{2581}John")), " John");
+        assert_eq!(t.token_str(id("Mary")), "Mary");
+        assert_ne!(t.token_str(id("\u{2581}Mary")), t.token_str(id("Mary")));
+    }
 }

@@ -522,3 +522,65 @@ fn concurrent_default_model_materialisation() {
         assert!(d.join("config.json").is_file() && d.join("model.safetensors").is_file());
     }
 }
+
+/// A regression test: every sharded checkpoint in the Hugging Face cache was refused
+/// ("shard … resolves to …/blobs/…, outside the model folder"), since the cache keeps a
+/// snapshot's files as links into the repository's `blobs/`. Those open; a link into another
+/// repository's blobs still does not.
+#[test]
+fn sharded_checkpoints_in_the_hugging_face_cache_open() {
+    let (cache, snapshot) = rdla_testutil::hf_cache_copy("gpt2_tied_sharded");
+    let store = WeightStore::open_dir(&snapshot).unwrap();
+    let original = WeightStore::open_dir(&fixture("gpt2_tied_sharded")).unwrap();
+    let (a, b) = (common::read_all(&store), common::read_all(&original));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x == y),
+        "the cache copy reads differently"
+    );
+    load(&snapshot).unwrap();
+
+    // a shard linked into another repository's blobs is still outside
+    let other = cache.path().join("hub/models--test--other/blobs");
+    std::fs::create_dir_all(&other).unwrap();
+    let shard = snapshot.join("model-00001-of-00003.safetensors");
+    let blob = std::fs::canonicalize(&shard).unwrap();
+    std::fs::rename(&blob, other.join("moved")).unwrap();
+    std::fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink("../../../models--test--other/blobs/moved", &shard).unwrap();
+    let err = load(&snapshot).unwrap_err();
+    assert!(
+        err.to_string().contains("outside the model folder"),
+        "{err}"
+    );
+    report("shard linked into another cache repository", &err);
+}
+
+/// A regression test: a prompt was tokenized whole before the context check (a 100 MB
+/// prompt file took 5.4 GB). A text far over the context is refused from a prefix.
+#[test]
+fn a_prompt_far_over_the_context_is_refused_from_a_prefix() {
+    let model = load(&fixture("gpt2_tied")).unwrap();
+    let n_ctx = model.config.n_ctx;
+    let text = "Get some apples. ".repeat(1 << 20); // 17 MB
+    let t = std::time::Instant::now();
+    let err = model
+        .tokenizer
+        .encode_prompt_within(&text, true, n_ctx)
+        .unwrap_err();
+    assert!(
+        matches!(err, ModelError::PromptFarTooLong { prefix, .. } if prefix < text.len() / 16),
+        "{err:?}"
+    );
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    report("a 17 MB prompt", &err);
+    // within the context it is the plain encoding
+    let short = "Get some apples.";
+    assert_eq!(
+        model
+            .tokenizer
+            .encode_prompt_within(short, true, n_ctx)
+            .unwrap(),
+        model.tokenizer.encode_prompt(short, true).unwrap()
+    );
+}

@@ -37,6 +37,15 @@ pub enum SessionError {
         "{what} is not a finite number: the model overflows on this input (or its weights are broken)"
     )]
     NonFinite { what: String },
+    #[error(
+        "{}: more than {limit} bytes, more text than the model's context can hold; give a shorter prompt",
+        path.display()
+    )]
+    PromptFileTooLarge { path: PathBuf, limit: u64 },
+    #[error(
+        "`{path}` explains an attention score, in score units: the causal check compares the target's real change (logit units) with a node's attributed logit contribution, so it cannot check this node; ablate its site from a path in logit units instead"
+    )]
+    AblateInScoreUnits { path: String },
     #[error("nothing has been computed yet")]
     NotComputed,
 }

@@ -9,6 +9,7 @@ pub mod geometry;
 pub mod graph;
 pub mod heatmap;
 pub mod info;
+pub mod input;
 pub mod output;
 pub mod plot;
 pub mod png;

@@ -210,6 +210,10 @@ impl NodeView {
 struct Current {
     cache: Cache,
     computed: Computed,
+    /// What every engine over `cache` memoises (pattern rows, MLP pre-activations), kept for
+    /// as long as this prompt's computation: each view, ablation and trace builds an engine,
+    /// and they no longer start from nothing.
+    memo: std::cell::RefCell<rdla_attrib::Memo>,
 }
 
 /// An open model and its current computation.
@@ -264,7 +268,7 @@ impl Session {
     /// Tokenise the prompt (BOS as asked) and check it fits the model.
     pub fn tokenize(&self, prompt: &str, bos: bool) -> std::result::Result<Tokens, ModelError> {
         let tok = &self.model.tokenizer;
-        let ids = tok.encode_prompt(prompt, bos)?;
+        let ids = tok.encode_prompt_within(prompt, bos, self.model.config.n_ctx)?;
         self.model.check_tokens(&ids)?;
         Ok(Tokens {
             strs: ids.iter().map(|&i| tok.token_str(i)).collect(),
@@ -325,8 +329,9 @@ impl Session {
             .target(req)
             .map_err(|e| fail(e, Some(tokens.clone()), top.clone()))?;
         let t = Instant::now();
+        let memo = std::cell::RefCell::default();
         let derived = (|| -> Result<_> {
-            let engine = Engine::new(&self.model, &cache, target, req.mlp_mode)?;
+            let engine = Engine::with_memo(&self.model, &cache, target, req.mlp_mode, &memo)?;
             let overview = engine.overview()?;
             let root = engine.expand(&Path::root())?;
             let b_u = rdla_model::to_vec(self.model.weights.b_u.clone())?;
@@ -357,7 +362,14 @@ impl Session {
             forward_ms,
             attribution_ms: ms(t),
         };
-        Ok(&self.current.insert(Current { cache, computed }).computed)
+        Ok(&self
+            .current
+            .insert(Current {
+                cache,
+                computed,
+                memo,
+            })
+            .computed)
     }
 
     /// `logit " the"`, or `logit " the" − " a"`.
@@ -385,11 +397,12 @@ impl Session {
     /// An engine over the current computation.
     fn engine(&self) -> Result<Engine<'_>> {
         let cur = self.current()?;
-        Ok(Engine::new(
+        Ok(Engine::with_memo(
             &self.model,
             &cur.cache,
             cur.computed.target,
             cur.computed.request.mlp_mode,
+            &cur.memo,
         )?)
     }
 
@@ -506,6 +519,16 @@ impl Session {
         let mut ablations = Vec::new();
         let mut values = Vec::new();
         for p in paths {
+            // below a score the values are in score units: the target's change in logit units
+            // is no check of them
+            if p.steps()
+                .iter()
+                .any(|s| matches!(s, rdla_attrib::Step::Score { .. }))
+            {
+                return Err(SessionError::AblateInScoreUnits {
+                    path: p.to_string(),
+                });
+            }
             let (site, pos) = engine.ablation_site(p)?;
             ablations.push(Ablation { site, pos, mode });
             values.push(engine.value(p)?);

@@ -169,3 +169,25 @@ fn a_last_layer_head_of_a_parallel_model_is_linear() {
         assert!(s.ablate(&[p], AblationMode::Zero, false).is_err(), "{bad}");
     }
 }
+
+/// A regression test: the causal check on a node below an attention score (a `q`/`k` side's
+/// component) compared the target's change in logit units with an attribution in score
+/// units. It is refused, naming why; the same site from a logit-unit path is checked.
+#[test]
+fn a_causal_check_below_a_score_is_refused() {
+    let s = session("gpt2_tied");
+    let n_layers = s.model().config.n_layers;
+    let last = s.computed().unwrap().tokens.ids.len() - 1;
+    let below = Path::parse(&format!("L{}.attn/H0/qk:{last}/q/embed", n_layers - 1)).unwrap();
+    s.validate(&below).unwrap();
+    let err = s
+        .ablate(std::slice::from_ref(&below), AblationMode::Zero, false)
+        .unwrap_err();
+    assert!(
+        matches!(err, rdla_session::SessionError::AblateInScoreUnits { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("score units"), "{err}");
+    s.ablate(&[Path::parse("embed").unwrap()], AblationMode::Zero, false)
+        .unwrap();
+}

@@ -30,17 +30,22 @@ pub struct AttributeArgs {
     #[arg(long, value_name = "PATH")]
     pub ablate: Vec<String>,
     /// What an ablated site becomes: `zero`, or `mean` (its mean over the prompt's positions).
-    #[arg(long, default_value = "zero")]
+    #[arg(long, default_value = "zero", requires = "ablate")]
     pub ablation: AblationMode,
     /// Write `head_breakdown` even above its size limit (long prompts on large models).
     #[arg(long)]
     pub full_breakdown: bool,
     /// Hold the final norm's scale at the clean run's value in the ablated run.
-    #[arg(long)]
+    #[arg(long, requires = "ablate")]
     pub freeze_final_norm: bool,
 }
 
 pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
+    let stdout_taken = crate::common::check_outputs(&[
+        ("--json", a.json.as_deref().map(std::path::Path::new)),
+        ("--csv", a.csv.as_deref()),
+        ("--png", a.png.as_deref()),
+    ])?;
     let (session, load) = crate::common::open_and_compute(&a.compute)?;
     let path = Path::parse(a.path.as_deref().unwrap_or(""))?;
     session.validate(&path)?;
@@ -81,6 +86,8 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
             let text = serde_json::to_vec(&report()?)?;
             session.write_output(std::path::Path::new(file), &text)?;
         }
+        // the summary only where standard output is not already an export's
+        None if stdout_taken => {}
         None => {
             print_summary(&session, node)?;
             if let Some(ab) = &ablation {

@@ -42,12 +42,15 @@ pub struct ComputeArgs {
     pub mlp_mode: MlpMode,
 }
 
-/// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given).
-fn read_prompt(text: Option<&str>, file: Option<&Path>) -> anyhow::Result<String> {
+/// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given); a
+/// file is read to at most what an `n_ctx`-token context can hold.
+fn read_prompt(text: Option<&str>, file: Option<&Path>, n_ctx: usize) -> anyhow::Result<String> {
     match (text, file) {
         (Some(t), _) => Ok(t.to_string()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", f.display())),
+        (None, Some(f)) => {
+            rdla_session::input::read_text_file(f, rdla_session::input::prompt_byte_limit(n_ctx))
+                .context("--prompt-file")
+        }
         (None, None) => anyhow::bail!("give the prompt with --prompt or --prompt-file"),
     }
 }
@@ -60,7 +63,11 @@ pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
         .with_context(|| format!("cannot load model {}", a.model))?;
     let load = ms(t_load);
     let request = Request {
-        prompt: read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref())?,
+        prompt: read_prompt(
+            a.prompt.as_deref(),
+            a.prompt_file.as_deref(),
+            session.model().config.n_ctx,
+        )?,
         answer: a.answer.clone(),
         foil: a.foil.clone(),
         bos: !a.no_bos,
@@ -72,4 +79,37 @@ pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
         e => e.into(),
     })?;
     Ok((session, load))
+}
+
+/// Check the output flags against each other before anything is computed: at most one of
+/// them may be `-` (standard output), and no two may name the same file (the second would
+/// silently replace the first). Returns whether standard output is taken by one.
+pub fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> anyhow::Result<bool> {
+    let given: Vec<(&str, &Path)> = outputs
+        .iter()
+        .filter_map(|(flag, p)| p.map(|p| (*flag, p)))
+        .collect();
+    let dashes: Vec<&str> = given
+        .iter()
+        .filter(|(_, p)| p.as_os_str() == "-")
+        .map(|(f, _)| *f)
+        .collect();
+    if dashes.len() > 1 {
+        anyhow::bail!(
+            "{} all write to standard output (`-`); give all but one of them a file",
+            dashes.join(" and ")
+        );
+    }
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for (flag, p) in given.iter().filter(|(_, p)| p.as_os_str() != "-") {
+        let real = rdla_session::output::resolve(p).unwrap_or_else(|_| p.to_path_buf());
+        if let Some((other, _)) = seen.iter().find(|(_, r)| *r == real) {
+            anyhow::bail!(
+                "{other} and {flag} both write to {}; the second would replace the first",
+                p.display()
+            );
+        }
+        seen.push((flag, real));
+    }
+    Ok(!dashes.is_empty())
 }

@@ -43,6 +43,19 @@ pub struct TraceArgs {
 }
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
+    let stdout_taken = crate::common::check_outputs(&[
+        ("--json", a.json.as_deref().map(std::path::Path::new)),
+        ("--png", a.png.as_deref()),
+    ])?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.threshold),
+        "--threshold {}: a fraction of the traced value, from 0 to 1",
+        a.threshold
+    );
+    anyhow::ensure!(
+        a.max_nodes > 0,
+        "--max-nodes 0 would draw an empty graph; give at least 1"
+    );
     let (session, _) = crate::common::open_and_compute(&a.compute)?;
     let from = Path::parse(&a.from)?;
     session.validate(&from)?;
@@ -70,6 +83,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             let text = serde_json::to_vec(&session.trace_json(&trace, trace_ms)?)?;
             session.write_output(std::path::Path::new(file), &text)?;
         }
+        None if stdout_taken => {}
         None => {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", rdla_session::graph::summary(&trace))?;
