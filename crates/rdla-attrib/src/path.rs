@@ -57,6 +57,28 @@ impl Side {
     }
 }
 
+/// The most characters of user text an error message repeats.
+const EXCERPT_CHARS: usize = 120;
+
+/// User text as an error message may repeat it: control characters escaped (a terminal
+/// escape sequence in a `--path` is shown, never run), at most [`EXCERPT_CHARS`] characters,
+/// the rest counted (a 128 KB `--path` was echoed whole).
+pub fn excerpt(s: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == EXCERPT_CHARS {
+            out.push_str(&format!("… ({} bytes in all)", s.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn number(s: &str) -> Option<usize> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -85,7 +107,8 @@ impl Step {
             return match (number(k), versus) {
                 (Some(key), Some(versus)) => Ok(Self::Score { key, versus }),
                 _ => Err(format!(
-                    "`{s}` is not a score step (expected qk:{{k}}, qk:{{k}}-{{k2}} or qk:{{k}}-mean)"
+                    "`{}` is not a score step (expected qk:{{k}}, qk:{{k}}-{{k2}} or qk:{{k}}-mean)",
+                    excerpt(s)
                 )),
             };
         }
@@ -106,7 +129,8 @@ impl Step {
             return Ok(Self::Source { pos, comp });
         }
         Err(format!(
-            "`{s}` is not a step (expected embed, pos, L{{l}}.attn, L{{l}}.mlp, H{{h}}, {{pos}}:{{component}}, N{{n}}, qk:{{k}}, q, k or bias)"
+            "`{}` is not a step (expected embed, pos, L{{l}}.attn, L{{l}}.mlp, H{{h}}, {{pos}}:{{component}}, N{{n}}, qk:{{k}}, q, k or bias)",
+            excerpt(s)
         ))
     }
 }
@@ -157,7 +181,7 @@ impl Path {
             .enumerate()
             .map(|(i, step)| {
                 Step::parse(step).map_err(|reason| PathSyntaxError {
-                    path: s.to_string(),
+                    path: excerpt(s),
                     index: i + 1,
                     reason,
                 })
@@ -259,5 +283,20 @@ mod tests {
         ] {
             assert!(Path::parse(bad).is_err(), "{bad} parsed");
         }
+    }
+
+    /// A regression test: a 128 KB `--path` was echoed whole (twice: the path and the step),
+    /// and control characters reached the terminal as they were.
+    #[test]
+    fn syntax_errors_quote_user_text_escaped_and_short() {
+        let long = format!("L0.attn/{}", "X".repeat(128 * 1024));
+        let e = Path::parse(&long).expect_err("bad").to_string();
+        assert!(e.len() < 1000, "{} bytes", e.len());
+        assert!(e.contains("bytes in all"), "{e}");
+        let e = Path::parse("L0.attn/\u{1b}[2JFAKE")
+            .expect_err("bad")
+            .to_string();
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+        assert!(e.contains("\\u{1b}[2JFAKE"), "{e}");
     }
 }

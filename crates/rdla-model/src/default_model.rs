@@ -49,10 +49,22 @@ fn cache_root() -> PathBuf {
         .join("rdla")
 }
 
-/// Whether `dir` holds every embedded file at its full size.
+/// Whether `dir` holds every embedded file, byte for byte, as regular files (not links):
+/// the folder's name is its content's hash, and a copy that was edited, truncated to the
+/// right length or replaced by a link is rewritten rather than trusted (it was trusted by
+/// size). Reading 2 MB back costs about a millisecond.
 fn complete(dir: &std::path::Path) -> bool {
+    use std::io::Read as _;
     FILES.iter().all(|(name, bytes)| {
-        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() == bytes.len() as u64)
+        let path = dir.join(name);
+        let regular = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.file_type().is_file() && m.len() == bytes.len() as u64);
+        let mut content = Vec::with_capacity(bytes.len());
+        regular
+            && std::fs::File::open(&path)
+                .and_then(|f| f.take(bytes.len() as u64 + 1).read_to_end(&mut content))
+                .is_ok()
+            && content == *bytes
     })
 }
 
@@ -76,7 +88,11 @@ pub fn materialize() -> Result<PathBuf> {
         .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.with_extension(format!("tmp-{}-{nonce}", std::process::id()));
     let write = || -> Result<()> {
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        if let Some(parent) = tmp.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        // `create_dir`, not `_all`: it fails on anything already there, a planted link too
+        std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         for (name, bytes) in FILES {
             std::fs::write(tmp.join(name), bytes).map_err(io_err(tmp.join(name)))?;
         }
@@ -88,7 +104,8 @@ pub fn materialize() -> Result<PathBuf> {
     }
     let mut result = std::fs::rename(&tmp, &dir);
     if result.is_err() && !complete(&dir) {
-        // an incomplete folder from an interrupted older version is in the way
+        // an incomplete or altered folder is in the way (`remove_dir_all` removes a link
+        // itself, never what it points to)
         let _ = std::fs::remove_dir_all(&dir);
         result = std::fs::rename(&tmp, &dir);
     }
@@ -112,5 +129,36 @@ impl Model {
         let mut m = Self::load(&dir, device, processing, progress)?;
         m.name = NAME.to_string();
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A regression test: the cached copy was trusted by file size, so a same-length edit
+    /// of its weights (or a link to other files) was loaded as the default model.
+    #[test]
+    fn an_altered_cache_copy_is_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("copy");
+        std::fs::create_dir(&dir).unwrap();
+        for (name, bytes) in FILES {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        assert!(complete(&dir));
+        // same length, one byte changed
+        let mut weights = FILES[1].1.to_vec();
+        let last = weights.len() - 1;
+        weights[last] ^= 0x40;
+        std::fs::write(dir.join(FILES[1].0), &weights).unwrap();
+        assert!(!complete(&dir));
+        // a link to the right bytes elsewhere is not a regular file of the folder
+        let elsewhere = tmp.path().join("elsewhere.safetensors");
+        std::fs::write(&elsewhere, FILES[1].1).unwrap();
+        std::fs::remove_file(dir.join(FILES[1].0)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(FILES[1].0)).unwrap();
+        assert!(!complete(&dir));
     }
 }

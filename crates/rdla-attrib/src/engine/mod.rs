@@ -42,11 +42,15 @@ fn center<const D: usize>(v: Tensor<D>) -> Tensor<D> {
 }
 
 /// What the engine keeps between expansions: results that depend on a layer and a position
-/// but not on the readout (a pattern row, an MLP's pre-activations). A trace reaches the same
-/// MLP or head at the same position along many paths; each is computed once. Bounded: cleared
-/// when it holds [`MEMO_MAX`] entries of a kind.
+/// but not on the readout or the target (a pattern row, an MLP's pre-activations). A trace
+/// reaches the same MLP or head at the same position along many paths; each is computed
+/// once. Bounded: cleared when it holds [`MEMO_MAX`] entries of a kind.
+///
+/// A front-end keeps one beside a forward pass's [`Cache`] and hands it to every engine it
+/// builds over that cache ([`Engine::with_memo`]), so drilling down, the views and the
+/// trace share it for as long as the prompt stays; it must never serve another cache.
 #[derive(Default)]
-struct Memo {
+pub struct Memo {
     /// `A[l, :, q, :]`, `[1, H, P]`.
     pattern: std::collections::HashMap<(usize, usize), Tensor<3>>,
     /// The MLP's pre-activation (and linear path) at `(l, q)`, `[1, d_mlp]` each.
@@ -66,7 +70,22 @@ pub struct Engine<'a> {
     layout: Layout,
     /// `C(u) / s_final[P-1]`.
     r_root: Tensor<1>,
-    memo: std::cell::RefCell<Memo>,
+    memo: MemoRef<'a>,
+}
+
+/// The engine's own memo, or one kept by the caller for the same cache.
+enum MemoRef<'a> {
+    Own(std::cell::RefCell<Memo>),
+    Shared(&'a std::cell::RefCell<Memo>),
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memo")
+            .field("pattern", &self.pattern.len())
+            .field("mlp_pre", &self.mlp_pre.len())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -80,6 +99,35 @@ impl std::fmt::Debug for Engine<'_> {
 
 impl<'a> Engine<'a> {
     pub fn new(model: &'a Model, cache: &'a Cache, target: Target, mode: MlpMode) -> Result<Self> {
+        Self::build(
+            model,
+            cache,
+            target,
+            mode,
+            MemoRef::Own(std::cell::RefCell::default()),
+        )
+    }
+
+    /// An engine that memoises into `memo`, which the caller keeps for `cache` (and only
+    /// for it) across engines: another target or MLP mode over the same forward pass reuses
+    /// its pattern rows and MLP pre-activations.
+    pub fn with_memo(
+        model: &'a Model,
+        cache: &'a Cache,
+        target: Target,
+        mode: MlpMode,
+        memo: &'a std::cell::RefCell<Memo>,
+    ) -> Result<Self> {
+        Self::build(model, cache, target, mode, MemoRef::Shared(memo))
+    }
+
+    fn build(
+        model: &'a Model,
+        cache: &'a Cache,
+        target: Target,
+        mode: MlpMode,
+        memo: MemoRef<'a>,
+    ) -> Result<Self> {
         if !model.processing.fold_ln {
             return Err(AttribError::NotFolded);
         }
@@ -100,10 +148,18 @@ impl<'a> Engine<'a> {
             last,
             layout: cache.layout,
             r_root: u.clone(),
-            memo: std::cell::RefCell::default(),
+            memo,
         };
         engine.r_root = engine.c(u) / s;
         Ok(engine)
+    }
+
+    /// The memo this engine reads and fills.
+    fn memo(&self) -> &std::cell::RefCell<Memo> {
+        match &self.memo {
+            MemoRef::Own(m) => m,
+            MemoRef::Shared(m) => m,
+        }
     }
 
     /// `C(v)`: centring over the last axis for LayerNorm models, the identity for RMSNorm.

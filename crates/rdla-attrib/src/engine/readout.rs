@@ -103,11 +103,11 @@ impl Engine<'_> {
             return self.model.pattern_rows(self.cache, ls, q);
         }
         let key = (ls.start, q);
-        if let Some(a) = self.memo.borrow().pattern.get(&key) {
+        if let Some(a) = self.memo().borrow().pattern.get(&key) {
             return a.clone();
         }
         let a = self.model.pattern_rows(self.cache, ls, q);
-        let mut memo = self.memo.borrow_mut();
+        let mut memo = self.memo().borrow_mut();
         if memo.pattern.len() >= super::MEMO_MAX {
             memo.pattern.clear();
         }
@@ -127,11 +127,11 @@ impl Engine<'_> {
             return self.model.mlp_pre_at(self.cache, ls.clone(), q);
         }
         let key = (ls.start, q);
-        if let Some(p) = self.memo.borrow().mlp_pre.get(&key) {
+        if let Some(p) = self.memo().borrow().mlp_pre.get(&key) {
             return p.clone();
         }
         let p = self.model.mlp_pre_at(self.cache, ls.clone(), q);
-        let mut memo = self.memo.borrow_mut();
+        let mut memo = self.memo().borrow_mut();
         if memo.mlp_pre.len() >= super::MEMO_MAX {
             memo.mlp_pre.clear();
         }
