@@ -8,39 +8,47 @@
 use std::process::{Command, Output};
 
 fn rdla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rdla"))
-        .args(args)
-        .env("RDLA_SKIP_WGPU", "1")
-        .output()
-        .unwrap()
+    rdla_in(None, None, args)
 }
 
-/// `rdla` with its own temporary folder, to see what it leaves there.
+/// `rdla` run in `cwd` and with its own temporary folder, to see what it leaves behind.
+fn rdla_in(
+    cwd: Option<&std::path::Path>,
+    tmpdir: Option<&std::path::Path>,
+    args: &[&str],
+) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rdla"));
+    c.args(args).env("RDLA_SKIP_WGPU", "1");
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    if let Some(t) = tmpdir {
+        c.env("TMPDIR", t);
+    }
+    c.output().unwrap()
+}
+
 fn rdla_in_tmp(tmpdir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rdla"))
-        .args(args)
-        .env("RDLA_SKIP_WGPU", "1")
-        .env("TMPDIR", tmpdir)
-        .output()
-        .unwrap()
+    rdla_in(None, Some(tmpdir), args)
 }
 
 fn is_empty(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
 
+/// The prompt, answer and device every run here uses.
+const TARGET: [&str; 6] = [
+    "--prompt",
+    "Get some apples.",
+    "--answer",
+    ".",
+    "--device",
+    "cpu",
+];
+
 fn attribute(model: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "attribute",
-        "--model",
-        model,
-        "--prompt",
-        "Get some apples.",
-        "--answer",
-        ".",
-        "--device",
-        "cpu",
-    ];
+    let mut args = vec!["attribute", "--model", model];
+    args.extend_from_slice(&TARGET);
     args.extend_from_slice(extra);
     rdla(&args)
 }
@@ -79,24 +87,10 @@ fn hugging_face_cache_blobs_are_protected() {
 fn a_dash_is_standard_output_for_every_export() {
     let fixture = rdla_testutil::fixture("gpt2_tied");
     let cwd = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rdla"))
-        .args([
-            "attribute",
-            "--model",
-            fixture.to_str().unwrap(),
-            "--prompt",
-            "Get some apples.",
-            "--answer",
-            ".",
-            "--device",
-            "cpu",
-            "--csv",
-            "-",
-        ])
-        .current_dir(cwd.path())
-        .env("RDLA_SKIP_WGPU", "1")
-        .output()
-        .unwrap();
+    let mut args = vec!["attribute", "--model", fixture.to_str().unwrap()];
+    args.extend_from_slice(&TARGET);
+    args.extend_from_slice(&["--csv", "-"]);
+    let out = rdla_in(Some(cwd.path()), None, &args);
     assert!(
         out.status.success(),
         "{}",
@@ -110,25 +104,42 @@ fn a_dash_is_standard_output_for_every_export() {
     );
 }
 
+/// Run `rdla` on a scratch copy of `gpt2_tied` (`{model}` in `args` is its folder,
+/// `{weights}` its weights) and check that it fails saying `expect` and leaves the weights
+/// as they were.
+fn refused_and_untouched(args: &[&str], expect: &str) {
+    let model = rdla_testutil::copy_fixture("gpt2_tied");
+    let weights = model.path().join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.replace("{model}", model.path().to_str().unwrap())
+                .replace("{weights}", weights.to_str().unwrap())
+        })
+        .collect();
+    let out = rdla(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?}: {err}");
+    assert!(err.contains(expect), "{args:?}: {err}");
+    assert_eq!(before, std::fs::read(&weights).unwrap(), "{args:?}");
+}
+
 /// A regression test: `rdla bench --dir` on an existing model overwrote its config, weights
 /// and tokenizer. It refuses any folder that is not empty.
 #[test]
 fn bench_never_generates_over_an_existing_folder() {
-    let tmp = rdla_testutil::copy_fixture("gpt2_tied");
-    let weights = tmp.path().join("model.safetensors");
-    let before = std::fs::read(&weights).unwrap();
-    let out = rdla(&[
-        "bench",
-        "--dir",
-        tmp.path().to_str().unwrap(),
-        "--generate-only",
-        "--shape",
-        "2,2,8,16",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.contains("not empty"), "{err}");
-    assert_eq!(before, std::fs::read(&weights).unwrap());
+    refused_and_untouched(
+        &[
+            "bench",
+            "--dir",
+            "{model}",
+            "--generate-only",
+            "--shape",
+            "2,2,8,16",
+        ],
+        "not empty",
+    );
 }
 
 /// `rdla bench` runs 1- and 2-layer shapes (its drill-down path was not upstream of the last
@@ -172,28 +183,25 @@ fn bench_small_shapes_and_bounds() {
         );
     }
     // a model folder given with --existing is protected from --json
-    let model = rdla_testutil::copy_fixture("gpt2_tied");
-    let weights = model.path().join("model.safetensors");
-    let before = std::fs::read(&weights).unwrap();
-    let out = rdla(&[
-        "bench",
-        "--dir",
-        model.path().to_str().unwrap(),
-        "--existing",
-        "--lengths",
-        "4",
-        "--reps",
-        "1",
-        "--load-reps",
-        "1",
-        "--trace-budget",
-        "0",
-        "--json",
-        weights.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
-    assert_eq!(before, std::fs::read(&weights).unwrap());
+    refused_and_untouched(
+        &[
+            "bench",
+            "--dir",
+            "{model}",
+            "--existing",
+            "--lengths",
+            "4",
+            "--reps",
+            "1",
+            "--load-reps",
+            "1",
+            "--trace-budget",
+            "0",
+            "--json",
+            "{weights}",
+        ],
+        "refusing",
+    );
     // a length no machine can hold is refused at once, before generating anything
     let t = std::time::Instant::now();
     let out = rdla_in_tmp(
@@ -273,16 +281,8 @@ fn contradicting_arguments_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let same = tmp.path().join("out");
     let same = same.to_str().unwrap();
-    let base = [
-        "--model",
-        m,
-        "--prompt",
-        "Get some apples.",
-        "--answer",
-        ".",
-        "--device",
-        "cpu",
-    ];
+    let mut base = vec!["--model", m];
+    base.extend_from_slice(&TARGET);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["attribute", "--json", "-", "--csv", "-"],
@@ -310,19 +310,7 @@ fn contradicting_arguments_are_errors() {
     }
     assert!(!std::path::Path::new(same).exists());
     // one export to stdout is fine, and the summary does not mix into it
-    let out = rdla(&[
-        "attribute",
-        "--model",
-        m,
-        "--prompt",
-        "Get some apples.",
-        "--answer",
-        ".",
-        "--device",
-        "cpu",
-        "--png",
-        "-",
-    ]);
+    let out = attribute(m, &["--png", "-"]);
     assert!(
         out.status.success(),
         "{}",
