@@ -37,6 +37,9 @@ pub enum SessionError {
         "{what} is not a finite number: the model overflows on this input (or its weights are broken)"
     )]
     NonFinite { what: String },
+    /// A result that could not be written as JSON.
+    #[error("cannot write the JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("nothing has been computed yet")]
     NotComputed,
 }
