@@ -4,7 +4,9 @@
 use rdla_testutil as common;
 
 use common::{Reference, TL_FIXTURES, load_model};
-use rdla_attrib::{Comp, Engine, MlpMode, NodeKind, Path, Step, Target, Versus};
+use rdla_attrib::{
+    AttribError, Comp, Engine, Expansion, MlpMode, NodeKind, Path, Step, Target, Versus,
+};
 use rdla_model::Device;
 
 /// xorshift64*: deterministic, dependency-free.
@@ -19,6 +21,11 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+/// Parse and expand: a syntax error is an error like an invalid step.
+fn expand_str(engine: &Engine<'_>, path: &str) -> Result<Expansion, AttribError> {
+    engine.expand(&Path::parse(path)?)
 }
 
 fn relative_residual(ex: &rdla_attrib::Expansion) -> f64 {
@@ -247,8 +254,7 @@ fn rotary_and_parallel_models_have_their_own_children() {
     };
     let engine = Engine::new(&model, &cache, target, MlpMode::FrozenGate).unwrap();
     let steps = |p: &str| -> Vec<String> {
-        engine
-            .expand_str(p)
+        expand_str(&engine, p)
             .unwrap()
             .children
             .into_iter()
@@ -257,14 +263,14 @@ fn rotary_and_parallel_models_have_their_own_children() {
     };
     // no learned positions: no `pos` anywhere
     assert_eq!(steps("")[..3], ["embed", "L0.attn", "L0.mlp"]);
-    let m = engine.expand_str("pos").unwrap_err().to_string();
+    let m = expand_str(&engine, "pos").unwrap_err().to_string();
     assert!(m.contains("step 1") && m.contains("embed, L0.attn"), "{m}");
     // parallel residual: an MLP reads resid_pre, not its own layer's attention
     assert_eq!(steps("L1.mlp"), ["embed", "L0.attn", "L0.mlp"]);
-    assert!(engine.expand_str("L1.mlp/L1.attn").is_err());
+    assert!(expand_str(&engine, "L1.mlp/L1.attn").is_err());
     let q = cache.n_pos() - 1;
     assert!(steps("L1.attn/H0").contains(&format!("{q}:L0.mlp")));
-    assert!(engine.expand_str(&format!("L1.attn/H0/{q}:pos")).is_err());
+    assert!(expand_str(&engine, &format!("L1.attn/H0/{q}:pos")).is_err());
 }
 
 #[test]
@@ -281,7 +287,7 @@ fn bad_paths_name_the_step_and_the_choices() {
         MlpMode::FrozenGate,
     )
     .unwrap();
-    let msg = |p: &str| engine.expand_str(p).unwrap_err().to_string();
+    let msg = |p: &str| expand_str(&engine, p).unwrap_err().to_string();
     let m = msg("L9.attn");
     assert!(m.contains("step 1") && m.contains("L3.mlp"), "{m}");
     let m = msg("L1.attn/H7");
@@ -296,10 +302,10 @@ fn bad_paths_name_the_step_and_the_choices() {
     assert!(m.contains("step 2"), "{m}");
     let m = msg("L0.attn/H0/14:embed/H1");
     assert!(m.contains("leaf"), "{m}");
-    assert!(engine.expand_str("L2.attn//H1").is_err());
+    assert!(expand_str(&engine, "L2.attn//H1").is_err());
     // a bias child is a leaf whose value is its parent's remainder
-    let parent = engine.expand_str("L2.attn").unwrap();
-    let b = engine.expand_str("L2.attn/bias").unwrap();
+    let parent = expand_str(&engine, "L2.attn").unwrap();
+    let b = expand_str(&engine, "L2.attn/bias").unwrap();
     assert!((b.value - parent.bias).abs() < 1e-6 && b.leaf);
 }
 
@@ -342,7 +348,7 @@ fn unfolded_grouped_value_biases_add_up() {
         };
         assert!((total(&of) - total(&ou)).abs() < 1e-4, "L{l}");
         for h in 0..unfolded.config.n_heads {
-            let ex = eu.expand_str(&format!("L{l}.attn/H{h}")).unwrap();
+            let ex = expand_str(&eu, &format!("L{l}.attn/H{h}")).unwrap();
             assert!(relative_residual(&ex) < 1e-5, "L{l}.H{h}: {}", ex.residual);
             assert!((ex.bias - ou.head_bias.at(&[l, h])).abs() < 1e-5);
             assert!((ex.value - ou.head_dla.at(&[l, h])).abs() < 1e-4);

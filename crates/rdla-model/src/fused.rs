@@ -187,7 +187,6 @@ pub fn activation<const D: usize>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use burn::tensor::activation::softmax;
     use burn::tensor::{Bool, Device, Tensor, TensorData};

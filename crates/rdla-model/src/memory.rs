@@ -91,7 +91,6 @@ pub fn check(what: impl FnOnce() -> String, needed: u64, available: Option<u64>)
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -1,6 +1,5 @@
 //! GGUF files load as the checkpoints they were converted from: the same config, tokens and
 //! (up to the quantised tensors) the same logits; the attribution on them is complete.
-#![allow(clippy::unwrap_used)]
 
 use rdla_model::{Device, Model, Processing};
 use rdla_testutil::{Reference, fixture, fixtures_dir, load_model, max_abs_diff};

@@ -201,19 +201,82 @@ pub fn png(
 }
 
 /// The graph's JSON (DESIGN.md §3, tracing) with the model, tokens and target beside it.
-pub fn json(
-    trace: &Trace,
-    model: &str,
-    token_ids: &[u32],
-    token_strs: &[String],
-    target: &str,
-) -> serde_json::Value {
-    let mut v = serde_json::to_value(trace).unwrap_or(serde_json::Value::Null);
-    if let Some(map) = v.as_object_mut() {
-        map.insert("model".into(), model.into());
-        map.insert("token_ids".into(), serde_json::json!(token_ids));
-        map.insert("token_strs".into(), serde_json::json!(token_strs));
-        map.insert("target".into(), target.into());
+/// Serialise it (`serde_json::to_value`, `to_vec`, `to_writer`): a trace that cannot be
+/// written as a JSON object is that call's error, never a `null`.
+pub fn json<'a>(
+    trace: &'a Trace,
+    model: &'a str,
+    token_ids: &'a [u32],
+    token_strs: &'a [String],
+    target: &'a str,
+) -> GraphJson<'a> {
+    GraphJson {
+        trace,
+        model,
+        token_ids,
+        token_strs,
+        target,
     }
-    v
+}
+
+/// The graph's JSON document, serialised on demand ([`json`]): the trace's fields and
+/// `model`, `token_ids`, `token_strs`, `target`, in key order.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphJson<'a> {
+    trace: &'a Trace,
+    model: &'a str,
+    token_ids: &'a [u32],
+    token_strs: &'a [String],
+    target: &'a str,
+}
+
+impl serde::Serialize for GraphJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut v = serde_json::to_value(self.trace).map_err(S::Error::custom)?;
+        let map = v
+            .as_object_mut()
+            .ok_or_else(|| S::Error::custom("a trace is not a JSON object"))?;
+        map.insert("model".into(), self.model.into());
+        map.insert("token_ids".into(), self.token_ids.into());
+        map.insert("token_strs".into(), self.token_strs.into());
+        map.insert("target".into(), self.target.into());
+        v.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdla_attrib::trace::{Trace, TracedPath};
+
+    /// The graph JSON is the trace's fields and the four added keys, in key order: the bytes
+    /// the window and the CLI wrote when it was built as a `serde_json::Value`.
+    #[test]
+    fn graph_json_is_the_trace_and_its_context_in_key_order() {
+        let trace = Trace {
+            from: String::new(),
+            value: 1.5,
+            expanded: 2,
+            frontier_total: 0.25,
+            residual_total: 0.0,
+            paths: vec![TracedPath {
+                path: "L0.attn".into(),
+                value: 1.5,
+            }],
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            timed_out: false,
+        };
+        let strs = ["a".to_string(), "b".to_string()];
+        let doc = super::json(&trace, "m", &[1, 2], &strs, "logit \" a\"");
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"edges":[],"expanded":2,"from":"","frontier_total":0.25,"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"value":1.5}"#
+        );
+        assert_eq!(
+            serde_json::to_value(doc).unwrap()["model"],
+            serde_json::json!("m")
+        );
+    }
 }

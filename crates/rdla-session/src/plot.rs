@@ -184,7 +184,6 @@ pub fn line_plot_png(plot: &LinePlot<'_>) -> Result<Vec<u8>, PngError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

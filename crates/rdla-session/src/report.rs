@@ -72,7 +72,7 @@ pub fn report_json(
     timings: Timings,
     device: &str,
     full_breakdown: bool,
-) -> Value {
+) -> serde_json::Result<Value> {
     let o = &c.overview;
     let cfg = &model.config;
     let mut v = json!({
@@ -141,11 +141,8 @@ pub fn report_json(
             );
         }
         if let Some(node) = node {
-            map.insert(
-                "node".into(),
-                serde_json::to_value(node).unwrap_or(Value::Null),
-            );
+            map.insert("node".into(), serde_json::to_value(node)?);
         }
     }
-    v
+    Ok(v)
 }

@@ -105,7 +105,7 @@ pub struct SoftCapped {
 
 impl SoftCapped {
     /// From the pre-cap logits at the last position; `None` without a final soft-cap.
-    pub fn of(cfg: &rdla_model::ModelConfig, logits: &[f32], target: Target) -> Option<Self> {
+    fn of(cfg: &rdla_model::ModelConfig, logits: &[f32], target: Target) -> Option<Self> {
         let cap = cfg.final_softcap?;
         let out: Vec<f64> = logits
             .iter()
@@ -266,7 +266,7 @@ impl Session {
     }
 
     /// Tokenise the prompt (BOS as asked) and check it fits the model.
-    pub fn tokenize(&self, prompt: &str, bos: bool) -> std::result::Result<Tokens, ModelError> {
+    fn tokenize(&self, prompt: &str, bos: bool) -> std::result::Result<Tokens, ModelError> {
         let tok = &self.model.tokenizer;
         let ids = tok.encode_prompt_within(prompt, bos, self.model.config.n_ctx)?;
         self.model.check_tokens(&ids)?;
@@ -278,7 +278,7 @@ impl Session {
     }
 
     /// The target a request names: the answer (and foil) must each be one token, and differ.
-    pub fn target(&self, req: &Request) -> Result<Target> {
+    fn target(&self, req: &Request) -> Result<Target> {
         let tok = &self.model.tokenizer;
         let answer = tok
             .single_token(&req.answer)
@@ -373,7 +373,7 @@ impl Session {
     }
 
     /// `logit " the"`, or `logit " the" − " a"`.
-    pub fn target_label(&self, target: Target) -> String {
+    fn target_label(&self, target: Target) -> String {
         let tok = &self.model.tokenizer;
         match target {
             Target::Logit { answer } => format!("logit {:?}", tok.token_str(answer)),
@@ -409,11 +409,6 @@ impl Session {
     /// Check that `path` names a node.
     pub fn validate(&self, path: &Path) -> Result<()> {
         Ok(self.engine()?.validate(path)?)
-    }
-
-    /// Expand the node at `path`.
-    pub fn expand(&self, path: &Path) -> Result<Expansion> {
-        Ok(self.engine()?.expand(path)?)
     }
 
     /// The view of the node at `path`: its expansion and heatmap (the root: the layers ×
@@ -493,7 +488,7 @@ impl Session {
             },
             &self.device.to_string(),
             full_breakdown,
-        ))
+        )?)
     }
 
     /// The CSV of a node's children, or of the overview tables at the root.
@@ -585,13 +580,13 @@ impl Session {
     /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens and target.
     pub fn trace_json(&self, trace: &Trace, timings_ms: f64) -> Result<serde_json::Value> {
         let c = &self.current()?.computed;
-        let mut v = crate::graph::json(
+        let mut v = serde_json::to_value(crate::graph::json(
             trace,
             &self.model.name,
             &c.tokens.ids,
             &c.tokens.strs,
             &c.target_label,
-        );
+        ))?;
         if let Some(map) = v.as_object_mut() {
             map.insert("answer_id".into(), c.target.answer().into());
             map.insert("foil_id".into(), serde_json::json!(c.target.foil()));

@@ -13,7 +13,7 @@ pub const LOGIT_UNITS: &str = "logit units";
 pub const SCORE_UNITS: &str = "score units";
 
 /// The units a node's numbers are in.
-pub fn units_label(units: Units) -> &'static str {
+fn units_label(units: Units) -> &'static str {
     match units {
         Units::Logit => LOGIT_UNITS,
         Units::Score => SCORE_UNITS,
@@ -21,7 +21,7 @@ pub fn units_label(units: Units) -> &'static str {
 }
 
 /// Token labels `"{p}:{token}"` for column headers.
-pub fn position_labels(token_strs: &[String]) -> Vec<String> {
+fn position_labels(token_strs: &[String]) -> Vec<String> {
     token_strs
         .iter()
         .enumerate()

@@ -64,7 +64,11 @@ fn traced_paths_are_exact_and_the_frontier_adds_up() {
             // every reported path is valid and has the reported value
             assert!(!t.paths.is_empty());
             for p in &t.paths {
-                let v = s.expand(&Path::parse(&p.path).unwrap()).unwrap().value;
+                let v = s
+                    .view(&Path::parse(&p.path).unwrap())
+                    .unwrap()
+                    .expansion
+                    .value;
                 assert!(
                     close(f64::from(v), f64::from(p.value), 1.0),
                     "{name}: `{}` traced {} vs expanded {v}",

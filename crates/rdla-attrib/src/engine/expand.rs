@@ -14,7 +14,7 @@ use crate::path::{Comp, Path, Step};
 /// first child resolved (an MLP's input readout reads its weights; a head's OV readout its
 /// value and output weights).
 #[derive(Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     node: Node,
     basis: std::cell::OnceCell<Option<super::node::Basis>>,
 }
@@ -89,30 +89,17 @@ impl Engine<'_> {
     /// and what is shown beside it (a score's table, an MLP's neurons, the vocabulary
     /// readout), with one read-back from the device.
     pub fn expand(&self, path: &Path) -> Result<Expansion> {
-        self.expand_with(path, true, true)
-    }
-
-    /// [`Engine::expand`] without what is shown beside a node and not needed to walk the tree:
-    /// the vocabulary readout (a `[d] × [d, V]` product, most of an expansion's time on a
-    /// large vocabulary), unless `neurons` the MLP's neuron ranking, and the children's `step`
-    /// strings (left empty: `parsed` is the step; a head has thousands of children). Tracing
-    /// uses it.
-    pub fn expand_lean(&self, path: &Path, neurons: bool) -> Result<Expansion> {
-        self.expand_with(path, false, neurons)
-    }
-
-    fn expand_with(&self, path: &Path, tokens: bool, neurons: bool) -> Result<Expansion> {
         let node = self.resolve(path)?;
-        self.expand_node(&node, path, tokens, neurons)
+        self.expand_node(&node, path, true, true)
     }
 
     /// The node at `path`, kept so that its children are one step away ([`Engine::child`]).
-    pub fn resolved(&self, path: &Path) -> Result<Resolved> {
+    pub(crate) fn resolved(&self, path: &Path) -> Result<Resolved> {
         self.resolve(path).map(Resolved::new)
     }
 
     /// The child of a resolved node (`path` is the child's path, for messages).
-    pub fn child(&self, parent: &Resolved, step: Step, path: &Path) -> Result<Resolved> {
+    pub(crate) fn child(&self, parent: &Resolved, step: Step, path: &Path) -> Result<Resolved> {
         let basis = parent.basis.get_or_init(|| self.child_basis(&parent.node));
         if let Some(b) = basis
             && let Some(node) = self.step_with_basis(&parent.node, b, step)
@@ -130,8 +117,12 @@ impl Engine<'_> {
             })
     }
 
-    /// [`Engine::expand_lean`] of an already resolved node.
-    pub fn expand_resolved(
+    /// [`Engine::expand`] of an already resolved node, without what is shown beside a node
+    /// and not needed to walk the tree: the vocabulary readout (a `[d] × [d, V]` product, most
+    /// of an expansion's time on a large vocabulary), unless `neurons` the MLP's neuron
+    /// ranking, and the children's `step` strings (left empty: `parsed` is the step; a head has
+    /// thousands of children). Tracing uses it.
+    pub(crate) fn expand_resolved(
         &self,
         node: &Resolved,
         path: &Path,
@@ -147,7 +138,7 @@ impl Engine<'_> {
         tokens: bool,
         neurons: bool,
     ) -> Result<Expansion> {
-        let (value, children, bias) = self.node_all(node);
+        let (value, children, bias) = self.node_all(node)?;
         let n_children = children.steps.len();
         let mut parts = vec![value, bias];
         if let Some(c) = children.values {
@@ -270,7 +261,7 @@ impl Engine<'_> {
     /// The value of the node at `path` alone (no children).
     pub fn value(&self, path: &Path) -> Result<f32> {
         let node = self.resolve(path)?;
-        let v = rdla_model::to_vec(self.node_value(&node))?;
+        let v = rdla_model::to_vec(self.node_value(&node)?)?;
         v.first().copied().ok_or(AttribError::Empty)
     }
 
@@ -292,10 +283,5 @@ impl Engine<'_> {
             }
         };
         Ok((site, node.pos))
-    }
-
-    /// Parse and expand.
-    pub fn expand_str(&self, path: &str) -> Result<Expansion> {
-        self.expand(&Path::parse(path)?)
     }
 }

@@ -24,7 +24,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rdla_model::config::Norm;
 use rdla_model::{Cache, Layout, Model};
 
-pub use expand::{NEURONS_LISTED, Resolved, TOKENS_LISTED};
+pub(crate) use expand::Resolved;
+pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
 pub use types::{
     Array, AttribError, Child, CompLabel, Expansion, MlpMode, NodeKind, Overview, Result,
     ScoreTable, Target, TokenReadout, TokenValue, Units,
@@ -173,14 +174,6 @@ impl<'a> Engine<'a> {
     /// The component layout of this model.
     pub fn layout(&self) -> Layout {
         self.layout
-    }
-
-    pub fn target(&self) -> Target {
-        self.target
-    }
-
-    pub fn mode(&self) -> MlpMode {
-        self.mode
     }
 
     fn n_pos(&self) -> usize {

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 
 use super::nodes::score::{self, ScoreId};
 use super::nodes::{attn, head, leaf, residual};
-use super::{CompLabel, Engine, NodeKind, Result};
+use super::{AttribError, CompLabel, Engine, NodeKind, Result};
 use crate::path::{Comp, Side, Step};
 
 /// What a node is.
@@ -82,16 +82,16 @@ impl Engine<'_> {
     }
 
     /// The node's value `[1]`, computed independently of its children.
-    pub(super) fn node_value(&self, node: &Node) -> Tensor<1> {
-        match &node.kind {
+    pub(super) fn node_value(&self, node: &Node) -> Result<Tensor<1>> {
+        Ok(match &node.kind {
             Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::value(self, node)
+                residual::value(self, node)?
             }
-            Kind::Comp(Comp::Attn(l)) => attn::value(self, node, *l),
+            Kind::Comp(Comp::Attn(l)) => attn::value(self, node, *l)?,
             Kind::Head { layer, head } => head::value(self, node, (*layer, *head)),
             Kind::Score(id) | Kind::Side(id, _) => self.score_value(*id, node.pos),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => leaf::value(self, node),
-        }
+            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => leaf::value(self, node)?,
+        })
     }
 
     /// The node's remainder `[1]`.
@@ -110,20 +110,20 @@ impl Engine<'_> {
     /// The node's value, children and remainder, for an expansion: one dispatch over the
     /// kinds, sharing work where a kind can (a head's `W_O r` and OV readout, an MLP's pass
     /// over `W_out`).
-    pub(super) fn node_all(&self, node: &Node) -> (Tensor<1>, Children, Tensor<1>) {
+    pub(super) fn node_all(&self, node: &Node) -> Result<(Tensor<1>, Children, Tensor<1>)> {
         let children = match &node.kind {
             Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
                 let (children, bias) = residual::children_and_bias(self, node);
-                return (self.node_value(node), children, bias);
+                return Ok((self.node_value(node)?, children, bias));
             }
-            Kind::Head { layer, head } => return head::all(self, node, (*layer, *head)),
+            Kind::Head { layer, head } => return Ok(head::all(self, node, (*layer, *head))),
             Kind::Root => residual::children(self, node),
             Kind::Comp(Comp::Attn(l)) => attn::children(self, node, *l),
             Kind::Score(id) => score::children(self, node, *id),
             Kind::Side(id, side) => score::side_children(self, node, *id, *side),
             Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => Children::none(),
         };
-        (self.node_value(node), children, self.node_bias(node))
+        Ok((self.node_value(node)?, children, self.node_bias(node)))
     }
 
     /// The child of `node` that `step` names, or `None` when it is not a child there.
@@ -351,10 +351,14 @@ impl Engine<'_> {
         Tensor::<1>::zeros([1], self.device())
     }
 
-    /// `x_c[pos] · r` for one component: `[1]`.
-    pub(super) fn comp_value(&self, c: Comp, pos: usize, r: &Tensor<1>) -> Tensor<1> {
-        let i = self.layout.index(c).unwrap_or(0);
-        super::rows_dot(
+    /// `x_c[pos] · r` for one component: `[1]`; a component this model does not have (`pos`
+    /// with rotary embeddings, a layer past the last) is an error, never another component.
+    pub(super) fn comp_value(&self, c: Comp, pos: usize, r: &Tensor<1>) -> Result<Tensor<1>> {
+        let i = self
+            .layout
+            .index(c)
+            .ok_or(AttribError::UnknownComponent { comp: c })?;
+        Ok(super::rows_dot(
             self.cache
                 .components
                 .clone()
@@ -362,6 +366,63 @@ impl Engine<'_> {
                 .narrow(1, pos, 1)
                 .reshape([1, self.model.config.d_model]),
             r.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, Node};
+    use crate::engine::{AttribError, Engine, MlpMode, Target};
+    use crate::path::Comp;
+    use rdla_model::Device;
+
+    /// A component node the model does not have is a typed error, never component 0's value
+    /// read under another name (path resolution never builds one; the check is the engine's
+    /// own, for every way a node is formed).
+    #[test]
+    fn a_component_outside_the_layout_is_an_error() {
+        // llama_gqa: rotary, so no `pos` component; gpt2_tied: learned positions
+        for (name, missing) in [("llama_gqa", Comp::Pos), ("gpt2_tied", Comp::Attn(99))] {
+            let model = rdla_testutil::load_model(name, &Device::flex());
+            let cache = model.run(&[1, 2, 3]).unwrap();
+            let engine = Engine::new(
+                &model,
+                &cache,
+                Target::Logit { answer: 1 },
+                MlpMode::FrozenGate,
+            )
+            .unwrap();
+            let node = Node {
+                kind: Kind::Comp(missing),
+                pos: 1,
+                readout: engine.r_root.clone(),
+            };
+            match engine.node_value(&node) {
+                Err(AttribError::UnknownComponent { comp }) => assert_eq!(comp, missing),
+                Err(e) => panic!("{name}: unexpected error {e}"),
+                Ok(_) => panic!("{name}: `{missing}` was given a value"),
+            }
+        }
+        // an expansion reports it too (a leaf's expansion is its value and no children)
+        let model = rdla_testutil::load_model("llama_gqa", &Device::flex());
+        let cache = model.run(&[1, 2, 3]).unwrap();
+        let engine = Engine::new(
+            &model,
+            &cache,
+            Target::Logit { answer: 1 },
+            MlpMode::FrozenGate,
         )
+        .unwrap();
+        let node = Node {
+            kind: Kind::Comp(Comp::Pos),
+            pos: 0,
+            readout: engine.r_root.clone(),
+        };
+        let err = engine.node_all(&node).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("component `pos` is not in this model's layout")
+        );
     }
 }

@@ -85,10 +85,12 @@ impl Engine<'_> {
         (ov, bias)
     }
 
-    /// Each head's own value `z_h W_O[h] · r` at `q`, from the forward pass's `z` (TL
-    /// `hook_z`): `[Lb, H]`. Independent of the children (which come from the residual
-    /// components through the pattern and the OV readout), so `value − Σ children − bias`
-    /// really checks the decomposition.
+    /// Each head's own value `z_h W_O[h] · r` at `q`: `[Lb, H]`. No `z` is cached: it is
+    /// rebuilt as `Σ_p A[q,p] v[p]` from the cached values `v` (the forward pass's own) and the
+    /// recomputed pattern row ([`Engine::z_at`]). The children read the residual components
+    /// through `W_V` and the frozen scales with the same pattern row, so `value − Σ children −
+    /// bias` checks the value side of the decomposition (components → normalised input → `v`);
+    /// the pattern, shared by both, is checked against TransformerLens by the tests.
     pub(super) fn head_values(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
         let cfg = &self.model.config;
         let (lb, h, d, dh) = (ls.len(), cfg.n_heads, cfg.d_model, cfg.d_head);

@@ -89,6 +89,8 @@ pub enum AttribError {
         "`{path}` is not a model site (ablate a component, head or neuron; not the root, a score, a score's side or a remainder)"
     )]
     NotASite { path: String },
+    #[error("component `{comp}` is not in this model's layout")]
+    UnknownComponent { comp: Comp },
     #[error("a read-back from the device returned no values")]
     Empty,
 }

@@ -3,7 +3,10 @@
 //! Face checkpoint onto the TransformerLens weight layout ([`Canonical`]), its key prefix and HF
 //! class names, gathered in one [`Family`] value. [`FAMILIES`] is the registry: detection by
 //! `model_type` / `architectures`, the "supported families" message and dispatch all read it.
-//! Adding a family is one new module and one line here.
+//! Adding a family whose blocks the forward pass already computes is one new module and one
+//! line here; a family that needs new maths also adds a [`ModelConfig`] field that the forward
+//! pass, the cache queries and the engine read. Reading it from a GGUF file is a separate entry
+//! in `rdla-gguf`'s own registry (`hf::family`, its tensor tables and its config).
 
 pub mod gemma;
 pub mod gpt2;

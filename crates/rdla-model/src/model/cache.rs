@@ -1,9 +1,14 @@
 //! The activation cache of one forward pass, and what is recomputed from it on demand.
 //!
-//! Everything kept is `O(L·P·d)`; attention patterns (`O(L·H·P²)`) and MLP pre-activations
-//! (`O(L·P·d_mlp)`) are recomputed for the positions a node needs, batched over layers, from
-//! the cached queries, keys and values and the residual components — the same formulas the
-//! forward pass used, so the numbers agree with it to float error.
+//! Everything kept is `O(L·P·d)`; queries, attention patterns (`O(L·H·P²)`), each head's `z`
+//! and MLP pre-activations (`O(L·P·d_mlp)`) are recomputed for the positions a node needs,
+//! batched over layers, from the cached keys, values, norm scales and residual components.
+//! The maths is the forward pass's but the code is its own: a layer's input is rebuilt as the
+//! sum of its upstream components normalised with the frozen scale (not the forward pass's
+//! running residual), the query is projected again, and a pattern row goes through its own
+//! mask and Burn's softmax (the forward pass uses the fused CPU kernel or the blocked GPU
+//! path). The numbers agree with the forward pass to float error, and the tests check the
+//! patterns and MLP pre-activations against TransformerLens (`tests/tl_parity.rs`).
 
 use std::ops::Range;
 

@@ -4,11 +4,11 @@
 
 use burn::tensor::Tensor;
 
-use crate::engine::Engine;
 use crate::engine::node::{Children, Kind, Node};
+use crate::engine::{Engine, Result};
 use crate::path::{Comp, Step};
 
-pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, l: usize) -> Tensor<1> {
+pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, l: usize) -> Result<Tensor<1>> {
     eng.comp_value(Comp::Attn(l), node.pos, &node.readout)
 }
 

@@ -1,8 +1,9 @@
 //! One attention head at a destination position `q`. Its value is its own output read along
-//! `r` (from the forward pass's `z`); its children are its sources `{p}:{component}`: every
-//! component of `resid_pre` at every visible position `p`, read through the head's OV circuit
-//! and the frozen pattern, `r' = A[q,p] · C(W_V W_O r) / s1[p]`; its remainder is the value
-//! bias `Σ_p A[q,p] b_V W_O · r` (0 after folding).
+//! `r`, `z W_O · r`, with `z = Σ_p A[q,p] v[p]` rebuilt from the cached values and the
+//! recomputed pattern row (no `z` is cached); its children are its sources `{p}:{component}`:
+//! every component of `resid_pre` at every visible position `p`, read through the head's OV
+//! circuit and the frozen pattern, `r' = A[q,p] · C(W_V W_O r) / s1[p]`; its remainder is the
+//! value bias `Σ_p A[q,p] b_V W_O · r` (0 after folding).
 
 use burn::tensor::Tensor;
 

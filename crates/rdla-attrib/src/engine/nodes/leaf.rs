@@ -3,13 +3,13 @@
 
 use burn::tensor::Tensor;
 
-use crate::engine::Engine;
 use crate::engine::node::{Kind, Node};
+use crate::engine::{Engine, Result};
 
-pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
     match &node.kind {
-        Kind::Bias(v) => (**v).clone(),
+        Kind::Bias(v) => Ok((**v).clone()),
         Kind::Comp(c) => eng.comp_value(*c, node.pos, &node.readout),
-        _ => eng.zero(),
+        _ => Ok(eng.zero()),
     }
 }

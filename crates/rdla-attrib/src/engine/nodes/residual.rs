@@ -6,8 +6,8 @@
 
 use burn::tensor::Tensor;
 
-use crate::engine::Engine;
 use crate::engine::node::{Children, Kind, Node};
+use crate::engine::{Engine, Result};
 use crate::path::{Comp, Step};
 
 /// How many components the residual stream of `node` holds, and the readout of its children.
@@ -41,14 +41,14 @@ pub(in crate::engine) fn n_inputs(eng: &Engine<'_>, node: &Node) -> usize {
     }
 }
 
-pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> Tensor<1> {
-    match node.kind {
-        Kind::Comp(c) => eng.comp_value(c, node.pos, &node.readout),
+pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+    Ok(match node.kind {
+        Kind::Comp(c) => eng.comp_value(c, node.pos, &node.readout)?,
         Kind::Neuron { layer, n } => eng
             .neuron_values(layer, node.pos, node.readout.clone())
             .narrow(0, n, 1),
         _ => eng.root_value_tensor(),
-    }
+    })
 }
 
 /// The root has no remainder (`b_U` is excluded by definition); an MLP's is
