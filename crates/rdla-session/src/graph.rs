@@ -200,47 +200,61 @@ pub fn png(
         .map(|(bytes, _)| bytes)
 }
 
-/// The graph's JSON (DESIGN.md §3, tracing) with the model, tokens and target beside it.
-/// Serialise it (`serde_json::to_value`, `to_vec`, `to_writer`): a trace that cannot be
-/// written as a JSON object is that call's error, never a `null`.
-pub fn json<'a>(
-    trace: &'a Trace,
-    model: &'a str,
-    token_ids: &'a [u32],
-    token_strs: &'a [String],
-    target: &'a str,
-) -> GraphJson<'a> {
-    GraphJson {
-        trace,
-        model,
-        token_ids,
-        token_strs,
-        target,
+/// What a graph's JSON says beside the trace: the model, the prompt's tokens, the target
+/// (label and ids) and how long the trace took. The CLI and the window export the same
+/// document from it.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphContext<'a> {
+    pub model: &'a str,
+    pub token_ids: &'a [u32],
+    pub token_strs: &'a [String],
+    pub target_label: &'a str,
+    pub target: rdla_attrib::Target,
+    pub trace_ms: f64,
+}
+
+impl<'a> GraphContext<'a> {
+    /// The context of a trace over `computed` on the model named `model`.
+    pub fn of(model: &'a str, computed: &'a crate::Computed, trace_ms: f64) -> Self {
+        Self {
+            model,
+            token_ids: &computed.tokens.ids,
+            token_strs: &computed.tokens.strs,
+            target_label: &computed.target_label,
+            target: computed.target,
+            trace_ms,
+        }
     }
 }
 
-/// The graph's JSON document, serialised on demand ([`json`]): the trace's fields and
-/// `model`, `token_ids`, `token_strs`, `target`, in key order.
+/// The graph's JSON document (DESIGN.md §3, tracing): the trace's fields and `model`,
+/// `token_ids`, `token_strs`, `target`, `answer_id`, `foil_id`, `trace_ms`, in key order.
+pub fn json<'a>(trace: &'a Trace, context: GraphContext<'a>) -> GraphJson<'a> {
+    GraphJson { trace, context }
+}
+
+/// [`json`]'s document, serialised on demand.
 #[derive(Debug, Clone, Copy)]
 pub struct GraphJson<'a> {
     trace: &'a Trace,
-    model: &'a str,
-    token_ids: &'a [u32],
-    token_strs: &'a [String],
-    target: &'a str,
+    context: GraphContext<'a>,
 }
 
 impl serde::Serialize for GraphJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error;
+        let c = &self.context;
         let mut v = serde_json::to_value(self.trace).map_err(S::Error::custom)?;
         let map = v
             .as_object_mut()
             .ok_or_else(|| S::Error::custom("a trace is not a JSON object"))?;
-        map.insert("model".into(), self.model.into());
-        map.insert("token_ids".into(), self.token_ids.into());
-        map.insert("token_strs".into(), self.token_strs.into());
-        map.insert("target".into(), self.target.into());
+        map.insert("model".into(), c.model.into());
+        map.insert("token_ids".into(), c.token_ids.into());
+        map.insert("token_strs".into(), c.token_strs.into());
+        map.insert("target".into(), c.target_label.into());
+        map.insert("answer_id".into(), c.target.answer().into());
+        map.insert("foil_id".into(), c.target.foil().into());
+        map.insert("trace_ms".into(), c.trace_ms.into());
         v.serialize(s)
     }
 }
@@ -268,11 +282,21 @@ mod tests {
             timed_out: false,
         };
         let strs = ["a".to_string(), "b".to_string()];
-        let doc = super::json(&trace, "m", &[1, 2], &strs, "logit \" a\"");
+        let doc = super::json(
+            &trace,
+            super::GraphContext {
+                model: "m",
+                token_ids: &[1, 2],
+                token_strs: &strs,
+                target_label: "logit \" a\"",
+                target: rdla_attrib::Target::Diff { answer: 7, foil: 3 },
+                trace_ms: 2.5,
+            },
+        );
         let bytes = serde_json::to_vec(&doc).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            r#"{"edges":[],"expanded":2,"from":"","frontier_total":0.25,"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"value":1.5}"#
+            r#"{"answer_id":7,"edges":[],"expanded":2,"foil_id":3,"from":"","frontier_total":0.25,"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"trace_ms":2.5,"value":1.5}"#
         );
         assert_eq!(
             serde_json::to_value(doc).unwrap()["model"],

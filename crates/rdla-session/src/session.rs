@@ -57,6 +57,10 @@ pub struct Request {
     pub prompt: String,
     /// The answer token's text, exactly as the tokenizer spells it.
     pub answer: String,
+    /// The answer as a token id, when it was picked from a list (the top-10 table): that
+    /// token exactly, whatever its text would encode to (SentencePiece vocabularies hold
+    /// "Mary" and "▁Mary"); `answer` is then only its label.
+    pub answer_id: Option<u32>,
     /// A foil token for a logit difference (`None` or empty: a plain logit).
     pub foil: Option<String>,
     pub bos: bool,
@@ -280,12 +284,21 @@ impl Session {
     /// The target a request names: the answer (and foil) must each be one token, and differ.
     fn target(&self, req: &Request) -> Result<Target> {
         let tok = &self.model.tokenizer;
-        let answer = tok
-            .single_token(&req.answer)
-            .map_err(|error| SessionError::Token {
-                which: "answer",
-                error,
-            })?;
+        let answer = match req.answer_id {
+            Some(id) if id as usize >= self.model.config.d_vocab => {
+                return Err(SessionError::Attrib(rdla_attrib::AttribError::BadTarget {
+                    id,
+                    vocab: self.model.config.d_vocab,
+                }));
+            }
+            Some(id) => id,
+            None => tok
+                .single_token(&req.answer)
+                .map_err(|error| SessionError::Token {
+                    which: "answer",
+                    error,
+                })?,
+        };
         match req.foil.as_deref().filter(|f| !f.is_empty()) {
             None => Ok(Target::Logit { answer }),
             Some(f) => {
@@ -577,22 +590,14 @@ impl Session {
         Ok(self.engine()?.trace(from, opts, progress)?)
     }
 
-    /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens and target.
-    pub fn trace_json(&self, trace: &Trace, timings_ms: f64) -> Result<serde_json::Value> {
+    /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens, the
+    /// target and the time it took ([`crate::graph::json`], the window's export too).
+    pub fn trace_json(&self, trace: &Trace, trace_ms: f64) -> Result<serde_json::Value> {
         let c = &self.current()?.computed;
-        let mut v = serde_json::to_value(crate::graph::json(
+        Ok(serde_json::to_value(crate::graph::json(
             trace,
-            &self.model.name,
-            &c.tokens.ids,
-            &c.tokens.strs,
-            &c.target_label,
-        ))?;
-        if let Some(map) = v.as_object_mut() {
-            map.insert("answer_id".into(), c.target.answer().into());
-            map.insert("foil_id".into(), serde_json::json!(c.target.foil()));
-            map.insert("trace_ms".into(), timings_ms.into());
-        }
-        Ok(v)
+            crate::graph::GraphContext::of(&self.model.name, c, trace_ms),
+        ))?)
     }
 
     /// The trace's graph as a PNG (the window's layout).

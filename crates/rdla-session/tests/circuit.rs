@@ -20,6 +20,7 @@ fn session(name: &str) -> Session {
     let req = Request {
         prompt: r.str("prompt"),
         answer: r.str("answer"),
+        answer_id: None,
         foil: None,
         bos: r.json["prepend_bos"].as_bool().unwrap(),
         mlp_mode: MlpMode::FrozenGate,
@@ -194,4 +195,22 @@ fn a_causal_check_below_a_score_is_refused() {
     assert!(err.to_string().contains("score units"), "{err}");
     s.ablate(&[Path::parse("embed").unwrap()], AblationMode::Zero, false)
         .unwrap();
+}
+
+/// A regression test (issue #22.9): clicking a token in the top-10 table set the answer by
+/// its text, which can encode to another token (a SentencePiece "Mary" vs "▁Mary"), and the
+/// target silently changed. A request can name the answer by id; the text is then a label.
+#[test]
+fn an_answer_picked_by_id_is_that_token() {
+    let mut s = session("gpt2_tied");
+    let by_text = s.computed().unwrap().clone();
+    let id = by_text.target.answer();
+    let mut req = by_text.request.clone();
+    req.answer = "a label that is several tokens".into();
+    req.answer_id = Some(id);
+    let by_id = s.compute(&req).unwrap();
+    assert_eq!(by_id.target.answer(), id);
+    assert_eq!(by_id.overview.target_value, by_text.overview.target_value);
+    req.answer_id = Some(u32::MAX);
+    assert!(s.compute(&req).is_err());
 }

@@ -69,6 +69,7 @@ pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
             session.model().config.n_ctx,
         )?,
         answer: a.answer.clone(),
+        answer_id: None,
         foil: a.foil.clone(),
         bos: !a.no_bos,
         mlp_mode: a.mlp_mode,
