@@ -47,6 +47,8 @@ mod error;
 mod hf;
 mod meta;
 mod parse;
+mod quote;
+mod sniff;
 mod tokenizer;
 mod types;
 
@@ -58,6 +60,8 @@ use std::path::{Path, PathBuf};
 pub use error::{GgufError, Result};
 pub use hf::{HfTensor, HfTransform};
 pub use meta::{MetaArray, MetaValue};
+pub use quote::{MAX_CHARS, Quoted, quote};
+pub use sniff::{FileKind, MIN_GGUF_LEN, identify};
 pub use types::{GgmlType, file_type_name};
 
 /// The alignment of tensor data when `general.alignment` is absent.
@@ -142,9 +146,9 @@ impl GgufFile {
     /// Open `path` read-only, memory-map it and validate the header and every tensor's
     /// data range.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -256,9 +260,34 @@ impl GgufFile {
             .ok_or_else(|| GgufError::MissingKey(key.to_string()))
     }
 
-    /// An optional number (an `f32` widened through its shortest decimal form).
+    /// An optional number (an `f32` widened through its shortest decimal form), which must
+    /// be finite: a NaN or an infinity is [`GgufError::BadNumber`] naming the key, never
+    /// passed on (a JSON config cannot hold it, and a default would silently take its place).
     pub(crate) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get_as(key, "number", MetaValue::as_f64)
+        self.checked_f64(key, "a finite number", |_| true)
+    }
+
+    /// An optional number that must be finite and greater than 0 (a norm epsilon, a rotary
+    /// base, a soft-cap, a scale or scaling factor).
+    pub(crate) fn opt_positive(&self, key: &str) -> Result<Option<f64>> {
+        self.checked_f64(key, "a finite number greater than 0", |v| v > 0.0)
+    }
+
+    fn checked_f64(
+        &self,
+        key: &str,
+        must: &'static str,
+        ok: impl Fn(f64) -> bool,
+    ) -> Result<Option<f64>> {
+        match self.get_as(key, "number", MetaValue::as_f64)? {
+            Some(value) if !value.is_finite() || !ok(value) => Err(GgufError::BadNumber {
+                key: key.to_string(),
+                index: None,
+                value,
+                must,
+            }),
+            v => Ok(v),
+        }
     }
 
     /// An optional bool.

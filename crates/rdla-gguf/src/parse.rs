@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{GgufError, Result};
 use crate::meta::{self, MetaArray, MetaValue};
+use crate::quote::quote;
 use crate::types::GgmlType;
 use crate::{DEFAULT_ALIGNMENT, MAX_DIMS, TensorInfo};
 
@@ -109,12 +110,13 @@ fn unreachable_type(ty: u32) -> Result<MetaValue> {
 }
 
 fn array(c: &mut Cursor<'_>, key: &str, total: u64) -> Result<MetaArray> {
-    let what = || format!("array `{key}`");
+    let what = || format!("array {}", quote(key));
     let elem = c.u32(&what)?;
     let count = c.u64(&what)?;
     if elem == 9 {
         return Err(GgufError::Corrupt(format!(
-            "metadata key `{key}`: nested arrays are not supported"
+            "metadata key {}: nested arrays are not supported",
+            quote(key)
         )));
     }
     let min = meta::min_encoded_size(elem).ok_or_else(|| GgufError::UnknownValueType {
@@ -124,7 +126,8 @@ fn array(c: &mut Cursor<'_>, key: &str, total: u64) -> Result<MetaArray> {
     if count.checked_mul(min).is_none_or(|b| b > c.remaining()) {
         return Err(GgufError::AbsurdCount {
             what: format!(
-                "length of array `{key}` (of {})",
+                "length of array {} (of {})",
+                quote(key),
                 meta::value_type_name(elem)
             ),
             count,
@@ -162,7 +165,7 @@ fn array(c: &mut Cursor<'_>, key: &str, total: u64) -> Result<MetaArray> {
             // reserves more than a little memory.
             let mut v = Vec::with_capacity(n.min(4096));
             for i in 0..n {
-                v.push(c.string(&|| format!("element {i} of array `{key}`"))?);
+                v.push(c.string(&|| format!("element {i} of array {}", quote(key)))?);
             }
             MetaArray::String(v)
         }
@@ -189,6 +192,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Header> {
     let header_end = c.pos as u64;
     let data_start = header_end.div_ceil(alignment) * alignment;
     let tensors = place_tensors(raw, data_start, total)?;
+    no_shared_bytes(&tensors)?;
     Ok(Header {
         version,
         alignment,
@@ -235,10 +239,10 @@ fn metadata(c: &mut Cursor<'_>, n_kv: u64, total: u64) -> Result<BTreeMap<String
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
         let key = c.string(&|| format!("key of metadata entry {i}"))?;
-        let ty = c.u32(&|| format!("type of metadata `{key}`"))?;
+        let ty = c.u32(&|| format!("type of metadata {}", quote(&key)))?;
         let value = match ty {
             9 => MetaValue::Array(array(c, &key, total)?),
-            0..=8 | 10..=12 => scalar(c, ty, &|| format!("value of metadata `{key}`"))?,
+            0..=8 | 10..=12 => scalar(c, ty, &|| format!("value of metadata {}", quote(&key)))?,
             _ => return Err(GgufError::UnknownValueType { key, type_id: ty }),
         };
         if metadata.contains_key(&key) {
@@ -295,7 +299,7 @@ fn tensor_infos(c: &mut Cursor<'_>, n_tensors: u64, alignment: u64) -> Result<Ve
 /// offset for `alignment`.
 fn tensor_info(c: &mut Cursor<'_>, i: u64, alignment: u64) -> Result<RawInfo> {
     let name = c.string(&|| format!("name of tensor {i}"))?;
-    let what = || format!("info of tensor `{name}`");
+    let what = || format!("info of tensor {}", quote(&name));
     let n_dims = c.u32(&what)?;
     if n_dims > MAX_DIMS {
         return Err(GgufError::BadDims {
@@ -376,4 +380,36 @@ fn place_tensors(raw: Vec<RawInfo>, data_start: u64, total: u64) -> Result<Vec<T
         }
     }
     Ok(tensors)
+}
+
+/// No two tensors' data overlap: a tensor's bytes are its own (a writer that points two
+/// tensors at the same bytes, or at overlapping ones, wrote a corrupt file). Tensors of no
+/// bytes overlap nothing.
+fn no_shared_bytes(tensors: &[TensorInfo]) -> Result<()> {
+    let mut order: Vec<(usize, &TensorInfo)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.data.is_empty())
+        .collect();
+    order.sort_by_key(|&(i, t)| (t.data.start, i));
+    // the tensor reaching furthest so far: any later start before its end overlaps it
+    let mut furthest: Option<(usize, &TensorInfo)> = None;
+    for (i, t) in order {
+        if let Some((j, f)) = furthest
+            && t.data.start < f.data.end
+        {
+            // named in file order
+            let (first, second) = if j < i { (f, t) } else { (t, f) };
+            return Err(GgufError::OverlappingTensors {
+                first: first.name.clone(),
+                second: second.name.clone(),
+                start: t.data.start,
+                end: t.data.end.min(f.data.end),
+            });
+        }
+        if furthest.is_none_or(|(_, f)| t.data.end > f.data.end) {
+            furthest = Some((i, t));
+        }
+    }
+    Ok(())
 }

@@ -14,13 +14,14 @@
 //! `tokenizer.ggml.add_bos_token` / `add_eos_token` say so (llama.cpp's defaults when absent:
 //! BOS for SentencePiece and for the `llama3` pre-tokenizer family, no EOS).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
 use crate::GgufFile;
 use crate::error::{GgufError, Result};
 use crate::meta::MetaValue;
+use crate::quote::quote;
 
 const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -150,7 +151,11 @@ impl GgufFile {
     /// A `tokenizer.json` (the `tokenizers` crate's format) equivalent to the file's
     /// `tokenizer.ggml.*` tokenizer: same vocabulary, merges, pre-tokenization and special
     /// tokens, so it gives the same token ids as the model's Hugging Face tokenizer.
+    ///
+    /// A vocabulary larger than the embedding (`token_embd.weight`'s rows) is refused first,
+    /// before anything is built from it.
     pub fn tokenizer_json(&self) -> Result<String> {
+        self.vocab_fits_embedding()?;
         let model = self.get_str("tokenizer.ggml.model")?;
         let vocab = self.vocab()?;
         let n = vocab.tokens.len();
@@ -167,7 +172,8 @@ impl GgufFile {
             "llama" => self.sentencepiece_bpe(&vocab, &specials)?,
             other => {
                 return Err(GgufError::Tokenizer(format!(
-                    "tokenizer model `{other}` (tokenizer.ggml.model) is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece)"
+                    "tokenizer model {} (tokenizer.ggml.model) is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece)",
+                    quote(other)
                 )));
             }
         };
@@ -175,14 +181,51 @@ impl GgufFile {
         serde_json::to_string(&value).map_err(|e| GgufError::Tokenizer(e.to_string()))
     }
 
+    /// The token count against the rows of `token_embd.weight` (when the file has one): a
+    /// token beyond the embedding has no vector, and every part of the tokenizer grows with
+    /// the count.
+    fn vocab_fits_embedding(&self) -> Result<()> {
+        let tokens = self
+            .get("tokenizer.ggml.tokens")
+            .and_then(MetaValue::as_array)
+            .map_or(0, |a| a.len() as u64);
+        let rows = self
+            .tensor("token_embd.weight")
+            .and_then(|t| t.dims.get(1).copied());
+        match rows {
+            Some(rows) if tokens > rows => Err(GgufError::VocabTooLarge { tokens, rows }),
+            _ => Ok(()),
+        }
+    }
+
     /// `tokenizer.ggml.tokens`, with `token_type` and `scores` when present (each checked to
-    /// have one entry per token).
+    /// have one entry per token, of the right type; every score finite).
     fn vocab(&self) -> Result<Vocab<'_>> {
         let tokens = self.string_array("tokenizer.ggml.tokens")?;
         let n = tokens.len();
-        let arr = |key: &str| self.get(key).and_then(|v| v.as_array());
-        let types = arr("tokenizer.ggml.token_type").and_then(|a| a.to_i64_vec());
-        let scores = arr("tokenizer.ggml.scores").and_then(|a| a.to_f32_vec());
+        let types = self.get_as(
+            "tokenizer.ggml.token_type",
+            "array of integers",
+            |v: &MetaValue| v.as_array().and_then(|a| a.to_i64_vec()),
+        )?;
+        let scores = self.get_as(
+            "tokenizer.ggml.scores",
+            "array of numbers",
+            |v: &MetaValue| v.as_array().and_then(|a| a.to_f32_vec()),
+        )?;
+        if let Some((index, &value)) = scores
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, s)| !s.is_finite())
+        {
+            return Err(GgufError::BadNumber {
+                key: "tokenizer.ggml.scores".to_string(),
+                index: Some(index),
+                value: f64::from(value),
+                must: "a finite number",
+            });
+        }
         for (key, len) in [
             ("tokenizer.ggml.token_type", types.as_ref().map(Vec::len)),
             ("tokenizer.ggml.scores", scores.as_ref().map(Vec::len)),
@@ -213,14 +256,15 @@ impl GgufFile {
         };
         let pre = pre_family(&pre_name).ok_or_else(|| {
             GgufError::Tokenizer(format!(
-                "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported; \
-                 supported: gpt-2, llama-bpe (Llama 3), qwen2, smollm, starcoder, gpt-4o and their aliases"
+                "pre-tokenizer {} (tokenizer.ggml.pre) is not supported; \
+                 supported: gpt-2, llama-bpe (Llama 3), qwen2, smollm, starcoder, gpt-4o and their aliases",
+                quote(&pre_name)
             ))
         })?;
         let add_bos = self
             .opt_bool("tokenizer.ggml.add_bos_token")?
             .unwrap_or(pre == Pre::Llama3);
-        let merges = self.bpe_merges()?;
+        let merges = self.bpe_merges(vocab.tokens)?;
         let (normalizer, pre_tokenizer, ignore_merges) = pre_tokenizer(pre);
         Ok(Pipeline {
             normalizer,
@@ -276,17 +320,37 @@ impl GgufFile {
     }
 
     /// `tokenizer.ggml.merges` as `[first, second]` pairs (split at the first space after
-    /// the first character, as llama.cpp does).
-    fn bpe_merges(&self) -> Result<Vec<Value>> {
+    /// the first character, as llama.cpp does), each checked here — both tokens and their
+    /// concatenation in the vocabulary — so that a bad merge is reported by its index in
+    /// `tokenizer.ggml.merges` ([`GgufError::BadMerge`]), not by where it lands in the JSON.
+    fn bpe_merges(&self, tokens: &[String]) -> Result<Vec<Value>> {
         let merges = self.string_array("tokenizer.ggml.merges")?;
+        let known: HashSet<&str> = tokens.iter().map(String::as_str).collect();
+        let bad = |index: usize, merge: &str, reason: String| GgufError::BadMerge {
+            index,
+            merge: merge.to_string(),
+            reason,
+        };
         merges
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
                 let first_len = m.chars().next().map_or(0, char::len_utf8);
-                match m[first_len..].find(' ') {
-                    Some(p) => Ok(json!([&m[..first_len + p], &m[first_len + p + 1..]])),
-                    None => Err(GgufError::Tokenizer(format!("merge `{m}` has no space"))),
+                let Some(p) = m[first_len..].find(' ') else {
+                    return Err(bad(i, m, "no space between its two tokens".to_string()));
+                };
+                let (a, b) = (&m[..first_len + p], &m[first_len + p + 1..]);
+                let merged = format!("{a}{b}");
+                for t in [a, b, merged.as_str()] {
+                    if !known.contains(t) {
+                        let reason = format!(
+                            "{} is not in the vocabulary (tokenizer.ggml.tokens)",
+                            quote(t)
+                        );
+                        return Err(bad(i, m, reason));
+                    }
                 }
+                Ok(json!([a, b]))
             })
             .collect()
     }
@@ -409,12 +473,17 @@ fn spm_merges(v: &Vocab<'_>) -> Vec<Value> {
         .enumerate()
         .map(|(i, t)| (t.as_str(), i))
         .collect();
+    // A split can only be a merge when both sides have the length of some piece: checking
+    // that first keeps a long piece (a 1 MB token) from costing a hash of each of its
+    // prefixes and suffixes, quadratic in its length.
+    let lengths: HashSet<usize> = v.tokens.iter().map(String::len).collect();
     let score = |i: usize| v.scores.as_ref().map_or(-(i as f32), |s| s[i]);
     let mut merges: Vec<(usize, usize, f32, usize)> = Vec::new(); // (left, right, score, order)
     for (i, piece) in v.tokens.iter().enumerate() {
         let mut local: Vec<(usize, usize)> = piece
             .char_indices()
             .skip(1)
+            .filter(|&(at, _)| lengths.contains(&at) && lengths.contains(&(piece.len() - at)))
             .filter_map(|(at, _)| {
                 let l = *ids.get(&piece[..at])?;
                 let r = *ids.get(&piece[at..])?;

@@ -7,16 +7,30 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("cannot ablate: {0}")]
     BadAblation(String),
-    #[error("{path}: {source}")]
+    /// The message includes the I/O error's text, which is therefore not also the source:
+    /// a chain printed in full says it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0} is not a model directory (or a file inside one): it does not exist")]
     NotFound(PathBuf),
     #[error("{dir}: no config.json found")]
     NoConfig { dir: PathBuf },
+    /// A file that is not a model, saying what it is instead ("x.gguf is empty", "… starts
+    /// with zeros (an interrupted download?)", "… is a PNG image, not a model").
+    #[error("{path} {kind}")]
+    NotAModel {
+        path: PathBuf,
+        kind: rdla_gguf::FileKind,
+    },
+    #[error(
+        "{dir} has no config.json but {} GGUF files ({}); open one of them",
+        .files.len(),
+        .files.iter().map(|name| rdla_gguf::quote(name).to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    SeveralGguf { dir: PathBuf, files: Vec<String> },
     #[error("{path}: invalid config.json: {source}")]
     ConfigJson {
         path: PathBuf,
@@ -45,8 +59,9 @@ pub enum ModelError {
     NoWeights { dir: PathBuf },
     #[error("{path}: corrupt or truncated safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
+    /// The message includes the GGUF error's text, which is therefore not also the source.
     #[error("GGUF file: {0}")]
-    Gguf(#[from] rdla_gguf::GgufError),
+    Gguf(rdla_gguf::GgufError),
     #[error("{path}: cannot read PyTorch checkpoint: {reason}")]
     Pytorch { path: PathBuf, reason: String },
     #[error("{path}: invalid shard index: {reason}")]
@@ -118,9 +133,15 @@ pub enum ModelError {
     },
 }
 
+impl From<rdla_gguf::GgufError> for ModelError {
+    fn from(e: rdla_gguf::GgufError) -> Self {
+        ModelError::Gguf(e)
+    }
+}
+
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ModelError {
     let path = path.into();
-    move |source| ModelError::Io { path, source }
+    move |error| ModelError::Io { path, error }
 }

@@ -162,9 +162,9 @@ fn read_converted(
     src: SrcType,
     n: usize,
 ) -> Result<Vec<f32>> {
-    let io = |source| ModelError::Io {
+    let io = |error| ModelError::Io {
         path: sf.path.clone(),
-        source,
+        error,
     };
     let mut out = Vec::with_capacity(n);
     let chunk = READ_CHUNK - READ_CHUNK % src.size();

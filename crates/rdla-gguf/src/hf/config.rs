@@ -7,6 +7,7 @@ use super::{Family, Hparams, family};
 use crate::GgufFile;
 use crate::error::{GgufError, Result};
 use crate::meta::MetaValue;
+use crate::quote::quote;
 
 fn hf_class(arch: &str) -> (&'static str, &'static str) {
     match arch {
@@ -50,11 +51,25 @@ impl GgufFile {
     /// `convert_hf_to_gguf.py` for Llama 3.1-style `rope_type: llama3` scaling), if the file
     /// has them: frequency `i` is `rope_theta^(-2i/d) / factors[i]`. [`Self::hf_config`]
     /// reconstructs the HF `rope_scaling` from these when it can; these are the exact values.
+    /// Every factor must be finite and greater than 0 ([`GgufError::BadTensorValue`]).
     pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>> {
-        match self.tensor("rope_freqs.weight") {
-            Some(t) => self.dequantize(t).map(Some),
-            None => Ok(None),
+        let Some(t) = self.tensor("rope_freqs.weight") else {
+            return Ok(None);
+        };
+        let factors = self.dequantize(t)?;
+        if let Some((index, &value)) = factors
+            .iter()
+            .enumerate()
+            .find(|&(_, &f)| !(f.is_finite() && f > 0.0))
+        {
+            return Err(GgufError::BadTensorValue {
+                tensor: t.name.clone(),
+                index,
+                value,
+                must: "a finite number greater than 0",
+            });
         }
+        Ok(Some(factors))
     }
 
     /// A `config.json` equivalent for the architecture (HF spelling): `model_type`,
@@ -71,7 +86,7 @@ impl GgufFile {
         let n_ff = self.opt_usize(&k("feed_forward_length"))?;
         let bos = self.opt_usize("tokenizer.ggml.bos_token_id")?;
         let eos = self.opt_usize("tokenizer.ggml.eos_token_id")?;
-        let rope_theta = self.opt_f64(&k("rope.freq_base"))?.unwrap_or(10000.0);
+        let rope_theta = self.opt_positive(&k("rope.freq_base"))?.unwrap_or(10000.0);
         let rope_dim = self
             .opt_usize(&k("rope.dimension_count"))?
             .unwrap_or(hp.head_dim);
@@ -115,16 +130,16 @@ impl GgufFile {
         }
     }
 
-    /// A required number.
-    fn need_f64(&self, key: &str) -> Result<f64> {
-        self.opt_f64(key)?
+    /// A required number, finite and greater than 0 (a norm epsilon).
+    fn need_positive(&self, key: &str) -> Result<f64> {
+        self.opt_positive(key)?
             .ok_or_else(|| GgufError::MissingKey(key.to_string()))
     }
 
     /// The family-specific part of a Llama-style config (llama, qwen2, qwen3).
     fn llama_config(&self, c: &Common<'_>) -> Result<Value> {
         let hp = &c.hp;
-        let eps = self.need_f64(&c.k("attention.layer_norm_rms_epsilon"))?;
+        let eps = self.need_positive(&c.k("attention.layer_norm_rms_epsilon"))?;
         let n_ff = c.need_n_ff()?;
         let has = |s: &str| self.tensor(&format!("blk.0.{s}")).is_some();
         let mut cfg = json!({
@@ -175,12 +190,12 @@ impl GgufFile {
     /// `{arch}.attention.sliding_window_pattern`).
     fn gemma_config(&self, c: &Common<'_>, v3: bool) -> Result<Value> {
         let hp = &c.hp;
-        let eps = self.need_f64(&c.k("attention.layer_norm_rms_epsilon"))?;
+        let eps = self.need_positive(&c.k("attention.layer_norm_rms_epsilon"))?;
         let n_ff = c.need_n_ff()?;
         let big = hp.n_layer == if v3 { 62 } else { 46 };
         // an explicit `{arch}.attention.scale` (σ) wins over the derivation
-        let qpas = match self.opt_f64(&c.k("attention.scale"))? {
-            Some(s) if s.is_finite() && s > 0.0 => {
+        let qpas = match self.opt_positive(&c.k("attention.scale"))? {
+            Some(s) => {
                 // σ is stored as f32: recover an integer scalar (they all are) from its rounding
                 let q = 1.0 / (s * s);
                 let r = q.round();
@@ -221,11 +236,11 @@ impl GgufFile {
             cfg["final_logit_softcapping"] = Value::Null;
         } else {
             cfg["attn_logit_softcapping"] = json!(
-                self.opt_f64(&c.k("attn_logit_softcapping"))?
+                self.opt_positive(&c.k("attn_logit_softcapping"))?
                     .unwrap_or(50.0)
             );
             cfg["final_logit_softcapping"] = json!(
-                self.opt_f64(&c.k("final_logit_softcapping"))?
+                self.opt_positive(&c.k("final_logit_softcapping"))?
                     .unwrap_or(30.0)
             );
         }
@@ -235,7 +250,7 @@ impl GgufFile {
     /// The family-specific part of a GPT-2 config.
     fn gpt2_config(&self, c: &Common<'_>) -> Result<Value> {
         let hp = &c.hp;
-        let eps = self.need_f64(&c.k("attention.layer_norm_epsilon"))?;
+        let eps = self.need_positive(&c.k("attention.layer_norm_epsilon"))?;
         let n_ctx = c
             .n_ctx
             .ok_or_else(|| GgufError::MissingKey(c.k("context_length")))?;
@@ -258,7 +273,7 @@ impl GgufFile {
     /// The family-specific part of a GPT-NeoX config.
     fn neox_config(&self, c: &Common<'_>) -> Result<Value> {
         let hp = &c.hp;
-        let eps = self.need_f64(&c.k("attention.layer_norm_epsilon"))?;
+        let eps = self.need_positive(&c.k("attention.layer_norm_epsilon"))?;
         let n_ff = c.need_n_ff()?;
         let pct = c.rope_dim as f64 / hp.head_dim as f64;
         let rope_scaling = self.rope_scaling(c.arch, c.rope_theta, c.rope_dim)?;
@@ -288,7 +303,7 @@ impl GgufFile {
     fn rope_scaling(&self, arch: &str, rope_theta: f64, rope_dim: usize) -> Result<Value> {
         let k = |key: &str| format!("{arch}.rope.scaling.{key}");
         let ty = self.get_as(&k("type"), "string", MetaValue::as_str)?;
-        let factor = self.opt_f64(&k("factor"))?;
+        let factor = self.opt_positive(&k("factor"))?;
         match ty {
             Some("linear") => {
                 return Ok(json!({"rope_type": "linear", "factor": factor.unwrap_or(1.0)}));
@@ -298,12 +313,12 @@ impl GgufFile {
             Some(other) => {
                 return Err(GgufError::BadValue {
                     key: k("type"),
-                    reason: format!("rope scaling `{other}` is not supported"),
+                    reason: format!("rope scaling {} is not supported", quote(other)),
                 });
             }
         }
         // Older files: `{arch}.rope.scale_linear`.
-        if let Some(f) = self.opt_f64(&format!("{arch}.rope.scale_linear"))?
+        if let Some(f) = self.opt_positive(&format!("{arch}.rope.scale_linear"))?
             && f != 1.0
         {
             return Ok(json!({"rope_type": "linear", "factor": f}));
@@ -317,22 +332,23 @@ impl GgufFile {
     /// YaRN `rope_scaling` from `{arch}.rope.scaling.*`.
     fn yarn_scaling(&self, arch: &str, factor: Option<f64>) -> Result<Value> {
         let mut v = json!({"rope_type": "yarn", "factor": factor.unwrap_or(1.0)});
-        for (gguf, hf) in [
-            (
-                "original_context_length",
-                "original_max_position_embeddings",
-            ),
-            ("yarn_beta_fast", "beta_fast"),
-            ("yarn_beta_slow", "beta_slow"),
-            ("attn_factor", "attention_factor"),
-            ("yarn_ext_factor", "extrapolation_factor"),
+        let k = |key: &str| format!("{arch}.rope.scaling.{key}");
+        if let Some(n) = self.opt_usize(&k("original_context_length"))? {
+            v["original_max_position_embeddings"] = json!(n);
+        }
+        for (gguf, hf, positive) in [
+            ("yarn_beta_fast", "beta_fast", false),
+            ("yarn_beta_slow", "beta_slow", false),
+            ("attn_factor", "attention_factor", true),
+            ("yarn_ext_factor", "extrapolation_factor", false),
         ] {
-            if let Some(x) = self.opt_f64(&format!("{arch}.rope.scaling.{gguf}"))? {
-                v[hf] = if gguf == "original_context_length" {
-                    json!(x as u64)
-                } else {
-                    json!(x)
-                };
+            let x = if positive {
+                self.opt_positive(&k(gguf))?
+            } else {
+                self.opt_f64(&k(gguf))?
+            };
+            if let Some(x) = x {
+                v[hf] = json!(x);
             }
         }
         Ok(v)

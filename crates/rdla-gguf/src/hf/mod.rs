@@ -190,6 +190,16 @@ impl GgufFile {
                 ));
             }
         };
+        // A head of no dimensions would divide by zero wherever a ratio to it is taken.
+        if head_dim == 0 {
+            let key_length = self.arch_key("attention.key_length")?;
+            let key = if self.get(&key_length).is_some() {
+                key_length
+            } else {
+                self.arch_key("embedding_length")?
+            };
+            return Err(bad(&key, "heads of 0 dimensions".to_string()));
+        }
         Ok(Hparams {
             n_layer,
             n_embd,

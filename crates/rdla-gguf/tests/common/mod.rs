@@ -201,3 +201,98 @@ impl Gguf {
         (b, lay)
     }
 }
+
+/// `v` encoded as GGUF type id and payload.
+fn encode(v: &rdla_gguf::MetaValue) -> (u32, Vec<u8>) {
+    use rdla_gguf::{MetaArray, MetaValue};
+    fn array<T>(ty: u32, v: &[T], enc: impl Fn(&T) -> Vec<u8>) -> Vec<u8> {
+        let mut p = ty.to_le_bytes().to_vec();
+        p.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        for x in v {
+            p.extend(enc(x));
+        }
+        p
+    }
+    match v {
+        MetaValue::U8(x) => (0, vec![*x]),
+        MetaValue::I8(x) => (1, x.to_le_bytes().to_vec()),
+        MetaValue::U16(x) => (2, x.to_le_bytes().to_vec()),
+        MetaValue::I16(x) => (3, x.to_le_bytes().to_vec()),
+        MetaValue::U32(x) => (4, x.to_le_bytes().to_vec()),
+        MetaValue::I32(x) => (5, x.to_le_bytes().to_vec()),
+        MetaValue::F32(x) => (6, x.to_le_bytes().to_vec()),
+        MetaValue::Bool(x) => (7, vec![u8::from(*x)]),
+        MetaValue::String(x) => (8, string_bytes(x)),
+        MetaValue::U64(x) => (10, x.to_le_bytes().to_vec()),
+        MetaValue::I64(x) => (11, x.to_le_bytes().to_vec()),
+        MetaValue::F64(x) => (12, x.to_le_bytes().to_vec()),
+        MetaValue::Array(a) => (
+            9,
+            match a {
+                MetaArray::U8(v) => array(0, v, |x| vec![*x]),
+                MetaArray::I8(v) => array(1, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::U16(v) => array(2, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::I16(v) => array(3, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::U32(v) => array(4, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::I32(v) => array(5, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::F32(v) => array(6, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::Bool(v) => array(7, v, |x| vec![u8::from(*x)]),
+                MetaArray::String(v) => array(8, v, |x| string_bytes(x)),
+                MetaArray::U64(v) => array(10, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::I64(v) => array(11, v, |x| x.to_le_bytes().to_vec()),
+                MetaArray::F64(v) => array(12, v, |x| x.to_le_bytes().to_vec()),
+            },
+        ),
+    }
+}
+
+/// The file `f` written again with its metadata as `edit` leaves it (keys in sorted order)
+/// and every tensor (name, dims, type, bytes) as it is.
+pub fn rewrite(
+    f: &rdla_gguf::GgufFile,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, rdla_gguf::MetaValue>),
+) -> Vec<u8> {
+    rewrite_with(f, edit, Vec::new())
+}
+
+/// [`rewrite`], with `extra` tensors after the file's own.
+pub fn rewrite_with(
+    f: &rdla_gguf::GgufFile,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, rdla_gguf::MetaValue>),
+    extra: Vec<Tensor>,
+) -> Vec<u8> {
+    let mut meta = f.metadata().clone();
+    edit(&mut meta);
+    let g = Gguf {
+        version: f.version(),
+        alignment: f.alignment(),
+        kvs: meta
+            .iter()
+            .map(|(k, v)| {
+                let (ty, payload) = encode(v);
+                kv(k, ty, payload)
+            })
+            .collect(),
+        tensors: f
+            .tensors()
+            .iter()
+            .map(|t| Tensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ggml_type.id(),
+                data: f.tensor_bytes(t).unwrap().to_vec(),
+            })
+            .chain(extra)
+            .collect(),
+    };
+    g.build()
+}
+
+/// A fixture (`{name}.gguf`) with its metadata edited by `edit`, opened from memory.
+pub fn edited(
+    name: &str,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, rdla_gguf::MetaValue>),
+) -> rdla_gguf::GgufFile {
+    let f = rdla_gguf::GgufFile::open(&fixture(&format!("{name}.gguf"))).unwrap();
+    rdla_gguf::GgufFile::from_bytes(rewrite(&f, edit)).unwrap()
+}

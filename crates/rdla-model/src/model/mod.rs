@@ -246,15 +246,81 @@ pub struct Model {
 /// Whether `path` is a GGUF file: by its magic bytes, so Ollama's blobs (`sha256-…`, no
 /// extension) count too.
 pub fn is_gguf(path: &Path) -> bool {
-    use std::io::Read as _;
-    if !path.is_file() {
-        return false;
+    matches!(rdla_gguf::identify(path), Ok(rdla_gguf::FileKind::Gguf))
+}
+
+/// What [`Model::load`] reads for a path the user gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLocation {
+    /// A single GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face model folder.
+    Folder(PathBuf),
+}
+
+/// Whether `path` ends in `.gguf` (any case).
+fn has_gguf_extension(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+}
+
+/// What to load for `path`:
+///
+/// * a file that is a GGUF file (by its magic) is that GGUF model;
+/// * any other file named `.gguf`, or a file whose folder has no `config.json` and that is
+///   recognisably not a model (empty, too short, zeros from an interrupted download, an old
+///   GGML/GGJT file, an image, a web page, …) is [`ModelError::NotAModel`], saying what it is;
+/// * a folder with a `config.json`, or any other file (one inside a model folder), is the
+///   Hugging Face model in that folder;
+/// * a folder without `config.json` holding exactly one `.gguf` file (LM Studio's layout;
+///   vision projectors, `mmproj*.gguf`, aside) is that file; several are
+///   [`ModelError::SeveralGguf`], listing them.
+pub fn locate_model(path: &Path) -> Result<ModelLocation> {
+    if path.is_dir() {
+        if path.join("config.json").exists() {
+            return Ok(ModelLocation::Folder(path.to_path_buf()));
+        }
+        let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io_err(path))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                has_gguf_extension(p)
+                    && p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("mmproj"))
+            })
+            .collect();
+        ggufs.sort();
+        return match ggufs.as_slice() {
+            [] => Ok(ModelLocation::Folder(path.to_path_buf())),
+            [one] => locate_model(one),
+            _ => Err(ModelError::SeveralGguf {
+                dir: path.to_path_buf(),
+                files: ggufs
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect(),
+            }),
+        };
     }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
+    if !path.is_file() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    let kind = rdla_gguf::identify(path).map_err(io_err(path))?;
+    if kind == rdla_gguf::FileKind::Gguf {
+        return Ok(ModelLocation::Gguf(path.to_path_buf()));
+    }
+    let dir = model_dir(path)?;
+    let beside_config = dir.join("config.json").exists();
+    if has_gguf_extension(path) || (!beside_config && kind.is_recognised()) {
+        return Err(ModelError::NotAModel {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(ModelLocation::Folder(dir))
 }
 
 /// Resolve a user-supplied path (a directory, or any file inside one) to the model directory.
@@ -350,10 +416,12 @@ impl Model {
         processing: Processing,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Self> {
-        if is_gguf(path) {
-            return Self::load_gguf(path, device, processing, progress);
-        }
-        let dir = model_dir(path)?;
+        let dir = match locate_model(path)? {
+            ModelLocation::Gguf(file) => {
+                return Self::load_gguf(&file, device, processing, progress);
+            }
+            ModelLocation::Folder(dir) => dir,
+        };
         let config = read_config(&dir)?;
         let tokenizer = Tokenizer::from_dir(&dir, config.bos_token_id)?;
         let store = WeightStore::open_dir(&dir)?;
