@@ -168,19 +168,21 @@ impl RdlaApp {
         let trace = g.trace.as_ref().ok_or("nothing traced yet")?;
         let shown = trace.pruned(g.threshold, g.max_nodes);
         let model = self.state.model.as_ref().ok_or("no model")?;
-        let target = self
-            .state
-            .computed
-            .as_ref()
-            .map_or("", |c| c.target_label.as_str());
-        let tokens = &self.state.tokens;
+        let computed = self.state.computed.as_ref().ok_or("nothing computed")?;
         if ext == "json" {
-            let v =
-                rdla_session::graph::json(&shown, &model.name, &tokens.ids, &tokens.strs, target);
+            // the CLI's document: tokens, target label and ids, the trace's time
+            let context = rdla_session::graph::GraphContext::of(&model.name, computed, g.trace_ms);
+            let v = rdla_session::graph::json(&shown, context);
             return serde_json::to_vec(&v).map_err(|e| e.to_string());
         }
-        rdla_session::graph::png(&shown, &tokens.strs, model.n_layers, &model.name, target)
-            .map_err(|e| e.to_string())
+        rdla_session::graph::png(
+            &shown,
+            &computed.tokens.strs,
+            model.n_layers,
+            &model.name,
+            &computed.target_label,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn export_graph(&mut self, ext: &str) {

@@ -30,6 +30,12 @@ pub enum Action {
     Up,
     Select(Option<(usize, usize)>),
     SetAnswer(String),
+    /// A token picked from a list (the top-10 table): the answer is that id exactly, shown
+    /// as its text, for as long as the answer field still holds that text.
+    PickAnswer {
+        id: u32,
+        text: String,
+    },
     /// Replace the prompt (a text file was opened) and recompute.
     SetPrompt(String),
     /// The prompt, target or mode was edited: recompute after [`DEBOUNCE`].
@@ -72,6 +78,8 @@ pub struct GraphState {
     /// `(done, budget)` of the trace in flight.
     pub tracing: Option<(usize, usize)>,
     pub trace: Option<Trace>,
+    /// How long `trace` took (its JSON export says so).
+    pub trace_ms: f64,
     pub error: Option<String>,
     trace_id: u64,
 }
@@ -87,6 +95,7 @@ impl Default for GraphState {
             ablate_top: 3,
             tracing: None,
             trace: None,
+            trace_ms: 0.0,
             error: None,
             trace_id: 0,
         }
@@ -184,6 +193,8 @@ pub struct AppState {
     /// Causal checks of the current computation, by path and mode.
     pub ablations: HashMap<(Vec<Path>, AblationMode), Result<AblationReport, String>>,
     ablating: HashSet<(Vec<Path>, AblationMode)>,
+    /// The answer picked by id (and the text it was shown as) on the current model.
+    answer_pick: Option<(u32, String)>,
 }
 
 impl AppState {
@@ -258,6 +269,12 @@ impl AppState {
         let request = Request {
             prompt: settings.prompt.clone(),
             answer: settings.answer.clone(),
+            // a pick holds while the field shows its text; typing makes the text the answer
+            answer_id: self
+                .answer_pick
+                .as_ref()
+                .filter(|(_, text)| *text == settings.answer)
+                .map(|&(id, _)| id),
             foil: Some(settings.foil.clone()).filter(|f| !f.is_empty()),
             bos: settings.bos,
             mlp_mode: settings.mlp_mode,
@@ -316,6 +333,11 @@ impl AppState {
             }
             Action::SetAnswer(a) => {
                 settings.answer = a;
+                self.compute(settings)
+            }
+            Action::PickAnswer { id, text } => {
+                settings.answer.clone_from(&text);
+                self.answer_pick = Some((id, text));
                 self.compute(settings)
             }
             Action::SetPrompt(p) => {
@@ -423,6 +445,8 @@ impl AppState {
                 settings.remember(&info.source);
                 self.status = format!("loaded {} in {:.0} ms", info.name, info.load_ms);
                 self.model = Some(info);
+                // an id means another token in another vocabulary
+                self.answer_pick = None;
                 self.computed = None;
                 self.views.clear();
                 self.ablations.clear();
@@ -494,10 +518,11 @@ impl AppState {
                 }
                 Vec::new()
             }
-            Event::Traced { id, trace } => {
+            Event::Traced { id, trace, ms } => {
                 if id == self.graph.trace_id {
                     self.graph.tracing = None;
                     self.graph.trace = Some(*trace);
+                    self.graph.trace_ms = ms;
                 }
                 Vec::new()
             }
@@ -674,5 +699,48 @@ mod tests {
         assert!(s.model.is_some());
         assert!(s.load_error.as_deref().unwrap().contains("/x"));
         assert!(s.loading.is_none());
+    }
+
+    /// A regression test (issue #22.9): a token clicked in the top-10 table was set as the
+    /// answer by its text, which a SentencePiece vocabulary can encode to another token. The
+    /// pick is sent by id while the field shows its text; typing makes the text the answer,
+    /// and another model forgets the pick.
+    #[test]
+    fn a_picked_answer_is_sent_by_id_until_the_field_changes() {
+        let mut s = AppState::default();
+        let mut settings = Settings::default();
+        let Command::Load { id, .. } = s.open(ModelSource::Default) else {
+            panic!()
+        };
+        s.apply(Event::Loaded { id, info: info() }, &mut settings);
+        let request = |cmds: Vec<Command>| {
+            cmds.into_iter()
+                .find_map(|c| match c {
+                    Command::Compute { request, .. } => Some(request),
+                    _ => None,
+                })
+                .expect("a computation")
+        };
+        let text = " Mary".to_string();
+        let r = request(s.act(
+            Action::PickAnswer {
+                id: 3415,
+                text: text.clone(),
+            },
+            &mut settings,
+        ));
+        assert_eq!((r.answer_id, r.answer.as_str()), (Some(3415), " Mary"));
+        assert_eq!(settings.answer, text);
+        // the field edited: the text is the answer again
+        settings.answer = "Mary".into();
+        let r = request(s.act(Action::Recompute, &mut settings));
+        assert_eq!(r.answer_id, None);
+        // picked again, then another model: the id is forgotten
+        s.act(Action::PickAnswer { id: 3415, text }, &mut settings);
+        let Command::Load { id, .. } = s.open(ModelSource::Default) else {
+            panic!()
+        };
+        let r = request(s.apply(Event::Loaded { id, info: info() }, &mut settings));
+        assert_eq!(r.answer_id, None);
     }
 }

@@ -97,6 +97,8 @@ pub enum Event {
     Traced {
         id: u64,
         trace: Box<Trace>,
+        /// How long the trace took.
+        ms: f64,
     },
     TraceFailed {
         id: u64,
@@ -375,7 +377,8 @@ impl Worker {
             });
         };
         let (events, wake) = (&self.events, &self.wake);
-        let mut last = std::time::Instant::now();
+        let start = std::time::Instant::now();
+        let mut last = start;
         let result = s.trace(from, opts, &mut |done, budget| {
             if last.elapsed() >= std::time::Duration::from_millis(100) {
                 last = std::time::Instant::now();
@@ -388,6 +391,7 @@ impl Worker {
             Ok(trace) => Event::Traced {
                 id,
                 trace: Box::new(trace),
+                ms: rdla_session::ms(start),
             },
             Err(e) => Event::TraceFailed {
                 id,

@@ -339,6 +339,14 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
     let trace = h.state().state.graph.trace.clone().expect("traced");
     assert!((trace.frontier_total - f64::from(trace.value)).abs() < 1e-3);
     assert!(h.state().state.graph.open);
+    // the window's graph JSON is the CLI's document: target ids and the trace's time too
+    let doc: serde_json::Value =
+        serde_json::from_slice(&h.state().graph_bytes("json").unwrap()).unwrap();
+    let computed = h.state().state.computed.clone().unwrap();
+    assert_eq!(doc["answer_id"], computed.target.answer());
+    assert!(doc["foil_id"].is_null(), "{}", doc["foil_id"]);
+    assert!(doc["trace_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(doc["token_ids"], serde_json::json!(computed.tokens.ids));
     // the graph's causal check: the three largest sites ablated together
     click(&mut h, "zero them");
     let (key, r) = h

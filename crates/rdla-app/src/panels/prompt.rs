@@ -107,7 +107,10 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
                     .on_hover_text(format!("id {} — click to make it the answer", p.id))
                     .clicked()
                 {
-                    actions.push(Action::SetAnswer(p.token.clone()));
+                    actions.push(Action::PickAnswer {
+                        id: p.id,
+                        text: p.token.clone(),
+                    });
                 }
                 ui.label(format!("{:.3}", p.logit));
                 ui.label(format!("{:.3}", p.prob));
