@@ -52,6 +52,7 @@ impl RdlaApp {
         source: ModelSource,
     ) -> Self {
         let info = device_info.clone();
+        let top_bar = TopBar::new(wake.clone());
         let spawn: Spawner =
             Box::new(move || WorkerHandle::spawn(device.clone(), info.clone(), wake.clone()));
         let mut app = Self {
@@ -61,7 +62,7 @@ impl RdlaApp {
             spawn,
             device_info,
             dialogs,
-            top_bar: TopBar::new(),
+            top_bar,
             actions: Vec::new(),
         };
         let cmd = app.state.open(source);
@@ -340,57 +341,87 @@ impl RdlaApp {
     }
 
     /// Arrows move the selection, Enter drills in, Backspace goes up, Alt+arrows are history.
+    /// Every key press of the frame counts, in order, each with the modifiers it came with.
     fn keyboard(&mut self, ctx: &egui::Context) {
         if ctx.egui_wants_keyboard_input() {
             return;
         }
-        let Some(view) = self.current_view() else {
-            return;
-        };
-        let hm = &view.heatmap;
-        let (n_r, n_c) = (hm.n_rows(), hm.n_cols());
-        if n_r == 0 || n_c == 0 {
+        let keys: Vec<(egui::Key, egui::Modifiers)> = ctx.input(|i| {
+            i.events
+                .iter()
+                .filter_map(|e| match e {
+                    egui::Event::Key {
+                        key,
+                        pressed: true,
+                        modifiers,
+                        ..
+                    } => Some((*key, *modifiers)),
+                    _ => None,
+                })
+                .collect()
+        });
+        if keys.is_empty() {
             return;
         }
-        let mut acts = Vec::new();
-        ctx.input(|i| {
-            let (mut r, mut c) = self.state.selected.unwrap_or((0, 0));
-            let mut moved = false;
-            if i.modifiers.alt {
-                if i.key_pressed(egui::Key::ArrowLeft) {
-                    acts.push(Action::Back);
-                } else if i.key_pressed(egui::Key::ArrowRight) {
-                    acts.push(Action::Forward);
-                }
-            } else {
-                for (key, dr, dc) in [
-                    (egui::Key::ArrowDown, 1, 0),
-                    (egui::Key::ArrowUp, -1, 0),
-                    (egui::Key::ArrowRight, 0, 1),
-                    (egui::Key::ArrowLeft, 0, -1),
-                ] {
-                    if i.key_pressed(key) {
-                        r = r.saturating_add_signed(dr).min(n_r - 1);
-                        c = c.saturating_add_signed(dc).min(n_c - 1);
-                        moved = true;
-                    }
-                }
-            }
-            if moved {
-                acts.push(Action::Select(Some((r, c))));
-            }
-            if i.key_pressed(egui::Key::Enter)
-                && let Some((r, c)) = self.state.selected
-                && let Some(t) = hm.target(r, c)
-            {
-                acts.push(Action::Navigate(t.clone()));
-            }
-            if i.key_pressed(egui::Key::Backspace) {
-                acts.push(Action::Up);
-            }
-        });
+        let heatmap = self.current_view().map(|v| &v.heatmap);
+        let acts = key_actions(&keys, heatmap, self.state.selected);
         self.actions.extend(acts);
     }
+}
+
+/// The actions of the keys pressed in one frame, in order. Alt+←/→ go back and forward (with
+/// or without a view on screen); the arrows, Enter and Backspace act on `heatmap` with the
+/// selection `selected`, until a key has navigated away from it.
+fn key_actions(
+    keys: &[(egui::Key, egui::Modifiers)],
+    heatmap: Option<&rdla_session::Heatmap>,
+    selected: Option<(usize, usize)>,
+) -> Vec<Action> {
+    use egui::Key;
+    let mut heatmap = heatmap.filter(|hm| hm.n_rows() > 0 && hm.n_cols() > 0);
+    let mut selected = selected;
+    let mut acts = Vec::new();
+    for &(key, m) in keys {
+        if m.alt {
+            match key {
+                Key::ArrowLeft => acts.push(Action::Back),
+                Key::ArrowRight => acts.push(Action::Forward),
+                _ => continue,
+            }
+            heatmap = None;
+            continue;
+        }
+        if key == Key::Backspace {
+            acts.push(Action::Up);
+            heatmap = None;
+            continue;
+        }
+        let Some(hm) = heatmap else {
+            continue;
+        };
+        let (dr, dc) = match key {
+            Key::ArrowDown => (1, 0),
+            Key::ArrowUp => (-1, 0),
+            Key::ArrowRight => (0, 1),
+            Key::ArrowLeft => (0, -1),
+            Key::Enter => {
+                if let Some(t) = selected.and_then(|(r, c)| hm.target(r, c)) {
+                    acts.push(Action::Navigate(t.clone()));
+                    heatmap = None;
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let (r, c) = selected.unwrap_or((0, 0));
+        let moved = (
+            r.saturating_add_signed(dr).min(hm.n_rows() - 1),
+            c.saturating_add_signed(dc).min(hm.n_cols() - 1),
+        );
+        selected = Some(moved);
+        acts.push(Action::Select(selected));
+    }
+    acts
 }
 
 impl eframe::App for RdlaApp {
@@ -404,5 +435,29 @@ impl eframe::App for RdlaApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, Settings::KEY, &self.settings);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use egui::{Key, Modifiers};
+
+    use super::*;
+
+    /// History keys work while no view is on screen (it is still computing); the others wait
+    /// for one.
+    #[test]
+    fn history_keys_need_no_view() {
+        let keys = [
+            (Key::ArrowLeft, Modifiers::ALT),
+            (Key::ArrowRight, Modifiers::NONE),
+            (Key::Enter, Modifiers::NONE),
+            (Key::ArrowRight, Modifiers::ALT),
+            (Key::Backspace, Modifiers::NONE),
+        ];
+        assert_eq!(
+            key_actions(&keys, None, Some((0, 0))),
+            [Action::Back, Action::Forward, Action::Up]
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod dialogs;
 pub mod gguf_models;
 pub mod hf_cache;
+pub mod local_models;
 pub mod panels;
 pub mod settings;
 pub mod state;
@@ -161,8 +162,18 @@ pub fn create_app(
     )
 }
 
+/// The name eframe keeps the settings under.
+const APP_ID: &str = "rdla";
+
 /// Open the explorer window.
 pub fn run(opts: StartOptions) -> anyhow::Result<()> {
+    if let Some(file) = eframe::storage_dir(APP_ID).map(|d| d.join("app.ron")) {
+        match settings::guard_storage_file(&file) {
+            Ok(None) => {}
+            Ok(Some(moved)) => eprintln!("rdla: {moved}"),
+            Err(e) => anyhow::bail!(e),
+        }
+    }
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("rdla — recursive direct logit attribution")
@@ -173,7 +184,7 @@ pub fn run(opts: StartOptions) -> anyhow::Result<()> {
         ..Default::default()
     };
     eframe::run_native(
-        "rdla",
+        APP_ID,
         native,
         Box::new(move |cc| Ok(Box::new(create_app(cc, &opts, Box::new(RfdDialogs))))),
     )

@@ -1,5 +1,7 @@
 //! What the explorer remembers between runs (serialised through eframe's storage).
 
+use std::path::Path;
+
 use rdla_attrib::MlpMode;
 use rdla_session::{ColorMap, ModelSource};
 use serde::{Deserialize, Serialize};
@@ -43,5 +45,87 @@ impl Settings {
         self.recent.retain(|s| s != source);
         self.recent.insert(0, source.clone());
         self.recent.truncate(Self::MAX_RECENT);
+    }
+}
+
+/// eframe's settings file larger than this is not ours (its largest part is the prompt, at most
+/// a few MiB).
+pub const MAX_STORAGE_BYTES: u64 = 64 << 20;
+
+/// eframe reads its settings file (`app.ron`) whole, on the UI thread, before the first frame:
+/// make sure that is safe. A regular file of at most [`MAX_STORAGE_BYTES`] (or none) is left as
+/// it is; anything else — a FIFO, which would keep the window black forever, a link to a device
+/// such as `/dev/zero`, a huge file — is moved aside to `<name>.invalid` (settings start from
+/// their defaults). Returns what was moved where, or why the file could not be moved.
+pub fn guard_storage_file(path: &Path) -> Result<Option<String>, String> {
+    let why = match std::fs::metadata(path) {
+        // missing, or unreadable for eframe as well: it starts from the defaults
+        Err(_) => return Ok(None),
+        Ok(m) if m.is_file() && m.len() <= MAX_STORAGE_BYTES => return Ok(None),
+        Ok(m) if m.is_file() => format!("is {} MiB", m.len() >> 20),
+        Ok(_) => "is not a regular file".to_string(),
+    };
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".invalid");
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(path, &aside)
+        .map(|()| {
+            Some(format!(
+                "the settings file {} {why}: moved to {}, settings start from the defaults",
+                path.display(),
+                aside.display()
+            ))
+        })
+        .map_err(|e| {
+            format!(
+                "the settings file {} {why} and cannot be moved aside ({e}): remove it",
+                path.display()
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_settings_file_that_is_not_a_small_regular_file_is_moved_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // none, and a normal one: left alone
+        let ok = dir.join("ok.ron");
+        assert_eq!(guard_storage_file(&ok), Ok(None));
+        std::fs::write(&ok, "{}").unwrap();
+        assert_eq!(guard_storage_file(&ok), Ok(None));
+        assert!(ok.is_file());
+        // too large (sparse: no disk is written)
+        let big = dir.join("big.ron");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_STORAGE_BYTES + 1)
+            .unwrap();
+        let msg = guard_storage_file(&big).unwrap().unwrap();
+        assert!(msg.contains("moved to"), "{msg}");
+        assert!(!big.exists() && dir.join("big.ron.invalid").is_file());
+        #[cfg(unix)]
+        {
+            let fifo = dir.join("fifo.ron");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let msg = guard_storage_file(&fifo).unwrap().unwrap();
+            assert!(msg.contains("not a regular file"), "{msg}");
+            assert!(std::fs::symlink_metadata(&fifo).is_err());
+            assert!(std::fs::symlink_metadata(dir.join("fifo.ron.invalid")).is_ok());
+            // a link to a device: the link is moved, the device is untouched
+            let zero = dir.join("zero.ron");
+            std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+            assert!(guard_storage_file(&zero).unwrap().is_some());
+            assert!(std::fs::symlink_metadata(&zero).is_err());
+            assert!(Path::new("/dev/zero").exists());
+        }
     }
 }

@@ -427,6 +427,16 @@ impl AppState {
         }
     }
 
+    /// Forget the current computation and everything derived from it: its views, the
+    /// expansions asked for, its causal checks and its trace.
+    fn reset_computation(&mut self) {
+        self.computed = None;
+        self.views.clear();
+        self.pending.clear();
+        self.ablations.clear();
+        self.graph.trace = None;
+    }
+
     /// Apply a worker event; returns the commands it triggers.
     pub fn apply(&mut self, event: Event, settings: &mut Settings) -> Vec<Command> {
         match event {
@@ -447,11 +457,7 @@ impl AppState {
                 self.model = Some(info);
                 // an id means another token in another vocabulary
                 self.answer_pick = None;
-                self.computed = None;
-                self.views.clear();
-                self.ablations.clear();
-                self.graph.trace = None;
-                self.pending.clear();
+                self.reset_computation();
                 self.nav = Nav::default();
                 self.compute(settings)
             }
@@ -471,10 +477,7 @@ impl AppState {
                 self.tokens = result.tokens.clone();
                 self.top = result.top.clone();
                 self.last_ms = Some(result.forward_ms + result.attribution_ms);
-                self.views.clear();
-                self.ablations.clear();
-                self.graph.trace = None;
-                self.pending.clear();
+                self.reset_computation();
                 self.views.insert(Path::root(), *root);
                 self.computed = Some(*result);
                 // keep the place in the tree if it still exists (else the expansion fails
@@ -495,11 +498,7 @@ impl AppState {
                         self.tokens = t;
                     }
                     self.top = top;
-                    self.computed = None;
-                    self.views.clear();
-                    self.ablations.clear();
-                    self.graph.trace = None;
-                    self.pending.clear();
+                    self.reset_computation();
                 }
                 Vec::new()
             }
@@ -529,6 +528,7 @@ impl AppState {
             Event::TraceFailed { id, error } => {
                 if id == self.graph.trace_id {
                     self.graph.tracing = None;
+                    self.status = format!("trace failed: {error}");
                     self.graph.error = Some(error);
                 }
                 Vec::new()
@@ -541,6 +541,9 @@ impl AppState {
             } => {
                 self.ablating.remove(&(paths.clone(), mode));
                 if id == self.compute_id {
+                    if let Err(e) = &result {
+                        self.status = format!("causal check failed: {e}");
+                    }
                     self.ablations.insert((paths, mode), result.map(|r| *r));
                 }
                 Vec::new()
@@ -562,13 +565,9 @@ impl AppState {
     /// restarts the worker and reloads the model.
     pub fn worker_died(&mut self) {
         self.computing = false;
-        self.pending.clear();
         self.loading = None;
-        self.computed = None;
-        self.views.clear();
-        self.ablations.clear();
+        self.reset_computation();
         self.ablating.clear();
-        self.graph.trace = None;
         self.graph.tracing = None;
         self.status = "the compute worker stopped unexpectedly and was restarted".into();
     }

@@ -134,6 +134,24 @@ impl WorkerHandle {
         device_info: DeviceInfo,
         wake: impl Fn() + Send + 'static,
     ) -> Self {
+        Self::start(device, device_info, Box::new(wake), false)
+    }
+
+    /// A worker that panics in the middle of every trace and before every ablation (tests of
+    /// the panic reporting; not reachable outside this crate's tests).
+    #[cfg(test)]
+    pub(crate) fn spawn_panicking(device: Device, device_info: DeviceInfo) -> Self {
+        Self::start(device, device_info, Box::new(|| {}), true)
+    }
+
+    fn start(
+        device: Device,
+        device_info: DeviceInfo,
+        wake: Box<dyn Fn() + Send>,
+        inject_panic: bool,
+    ) -> Self {
+        #[cfg(not(test))]
+        let _ = inject_panic;
         let (tx, cmd_rx) = std::sync::mpsc::channel();
         let (ev_tx, rx) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -142,9 +160,11 @@ impl WorkerHandle {
             device_info,
             session: None,
             events: ev_tx,
-            wake: Box::new(wake),
+            wake,
             cancel: cancel.clone(),
             queue: VecDeque::new(),
+            #[cfg(test)]
+            inject_panic,
         };
         let thread = std::thread::Builder::new()
             .name("rdla-worker".into())
@@ -185,6 +205,9 @@ struct Worker {
     wake: Box<dyn Fn() + Send>,
     cancel: Arc<AtomicBool>,
     queue: VecDeque<Command>,
+    /// Panic inside traces and ablations (tests only).
+    #[cfg(test)]
+    inject_panic: bool,
 }
 
 /// The message of a caught panic.
@@ -193,6 +216,37 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The event that reports `cmd` as failed with `error` (a panic while handling it), so the UI
+/// stops waiting for it. Every command that the UI waits on has one.
+fn failed(cmd: &Command, error: String) -> Option<Event> {
+    Some(match cmd {
+        Command::Load { source, id } => Event::LoadFailed {
+            id: *id,
+            source: source.clone(),
+            error,
+        },
+        Command::Compute { id, .. } => Event::ComputeFailed {
+            id: *id,
+            error,
+            tokens: None,
+            top: Vec::new(),
+        },
+        Command::Expand { path, id } => Event::ExpandFailed {
+            id: *id,
+            path: path.clone(),
+            error,
+        },
+        Command::Trace { id, .. } => Event::TraceFailed { id: *id, error },
+        Command::Ablate { paths, mode, id } => Event::Ablated {
+            id: *id,
+            paths: paths.clone(),
+            mode: *mode,
+            result: Err(error),
+        },
+        Command::Shutdown => return None,
+    })
 }
 
 impl Worker {
@@ -247,41 +301,31 @@ impl Worker {
             let Some(cmd) = self.queue.pop_front() else {
                 continue;
             };
-            // what to report if handling the command panics
-            let on_panic = match &cmd {
-                Command::Load { source, id } => Some((*id, Err(source.clone()))),
-                Command::Compute { id, .. } => Some((*id, Ok(None))),
-                Command::Expand { path, id } => Some((*id, Ok(Some(path.clone())))),
-                Command::Trace { .. } | Command::Ablate { .. } | Command::Shutdown => None,
-            };
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| match cmd {
-                Command::Load { source, id } => self.load(source, id),
-                Command::Compute { request, id } => self.compute(&request, id),
-                Command::Expand { path, id } => self.expand(path, id),
-                Command::Trace { from, opts, id } => self.trace(&from, &opts, id),
-                Command::Ablate { paths, mode, id } => self.ablate(paths, mode, id),
-                Command::Shutdown => {}
-            }));
-            if let (Err(p), Some((id, what))) = (result, on_panic) {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(&cmd)));
+            if let Err(p) = result {
                 let error = format!(
                     "internal error (please report it): {}; the loaded model is still usable",
                     panic_message(p.as_ref())
                 );
-                self.emit(match what {
-                    Err(source) => Event::LoadFailed { id, source, error },
-                    Ok(None) => Event::ComputeFailed {
-                        id,
-                        error,
-                        tokens: None,
-                        top: Vec::new(),
-                    },
-                    Ok(Some(path)) => Event::ExpandFailed { id, path, error },
-                });
+                if let Some(e) = failed(&cmd, error) {
+                    self.emit(e);
+                }
             }
         }
     }
 
-    fn load(&mut self, source: ModelSource, id: u64) {
+    fn handle(&mut self, cmd: &Command) {
+        match cmd {
+            Command::Load { source, id } => self.load(source, *id),
+            Command::Compute { request, id } => self.compute(request, *id),
+            Command::Expand { path, id } => self.expand(path, *id),
+            Command::Trace { from, opts, id } => self.trace(from, opts, *id),
+            Command::Ablate { paths, mode, id } => self.ablate(paths, *mode, *id),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn load(&mut self, source: &ModelSource, id: u64) {
         let events = self.events.clone();
         let cancel = self.cancel.clone();
         let mut last = Instant::now();
@@ -312,7 +356,7 @@ impl Worker {
             // the previous model stays loaded and usable
             Err(e) => self.emit(Event::LoadFailed {
                 id,
-                source,
+                source: source.clone(),
                 error: e.to_string(),
             }),
         }
@@ -355,9 +399,9 @@ impl Worker {
         self.emit(event);
     }
 
-    fn expand(&mut self, path: Path, id: u64) {
+    fn expand(&mut self, path: &Path, id: u64) {
         let result = match &self.session {
-            Some(s) => s.view(&path).map_err(|e| e.to_string()),
+            Some(s) => s.view(path).map_err(|e| e.to_string()),
             None => Err("nothing computed yet".into()),
         };
         self.emit(match result {
@@ -365,7 +409,11 @@ impl Worker {
                 id,
                 view: Box::new(view),
             },
-            Err(error) => Event::ExpandFailed { id, path, error },
+            Err(error) => Event::ExpandFailed {
+                id,
+                path: path.clone(),
+                error,
+            },
         });
     }
 
@@ -379,7 +427,11 @@ impl Worker {
         let (events, wake) = (&self.events, &self.wake);
         let start = std::time::Instant::now();
         let mut last = start;
+        #[cfg(test)]
+        let inject_panic = self.inject_panic;
         let result = s.trace(from, opts, &mut |done, budget| {
+            #[cfg(test)]
+            assert!(!inject_panic, "injected panic in the middle of a trace");
             if last.elapsed() >= std::time::Duration::from_millis(100) {
                 last = std::time::Instant::now();
                 let _ = events.send(Event::TraceProgress { id, done, budget });
@@ -400,19 +452,101 @@ impl Worker {
         });
     }
 
-    fn ablate(&self, paths: Vec<Path>, mode: AblationMode, id: u64) {
+    fn ablate(&self, paths: &[Path], mode: AblationMode, id: u64) {
+        #[cfg(test)]
+        assert!(!self.inject_panic, "injected panic before an ablation");
         let result = match &self.session {
             Some(s) => s
-                .ablate(&paths, mode, false)
+                .ablate(paths, mode, false)
                 .map(Box::new)
                 .map_err(|e| e.to_string()),
             None => Err("nothing computed yet".into()),
         };
         self.emit(Event::Ablated {
             id,
-            paths,
+            paths: paths.to_vec(),
             mode,
             result,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::settings::Settings;
+    use crate::state::{Action, AppState};
+
+    /// Send `cmds`, then apply the worker's events (and send what they trigger) until the state
+    /// has nothing outstanding.
+    fn settle(w: &WorkerHandle, s: &mut AppState, settings: &mut Settings, mut cmds: Vec<Command>) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            for c in cmds.drain(..) {
+                assert!(w.send(c), "the worker is gone");
+            }
+            if s.is_idle() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match w.rx.recv_timeout(left) {
+                Ok(ev) => cmds = s.apply(ev, settings),
+                Err(e) => panic!("no answer from the worker ({e}); status: {}", s.status),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_trace_or_an_ablation_is_reported_and_the_app_is_idle_again() {
+        let w = WorkerHandle::spawn_panicking(Device::flex(), DeviceInfo::cpu(None));
+        let mut s = AppState::default();
+        let mut settings = Settings::default();
+        let open = s.open(ModelSource::Default);
+        settle(&w, &mut s, &mut settings, vec![open]);
+        assert!(s.computed.is_some(), "{:?}", s.compute_error);
+
+        // a trace that panics in its middle: reported, and nothing is in flight any more
+        let cmds = s.act(Action::Trace(Path::root()), &mut settings);
+        assert!(matches!(cmds.as_slice(), [Command::Trace { .. }]));
+        assert!(!s.is_idle(), "the spinner runs while it traces");
+        settle(&w, &mut s, &mut settings, cmds);
+        assert!(s.graph.tracing.is_none() && s.graph.trace.is_none());
+        let err = s.graph.error.clone().unwrap_or_default();
+        assert!(
+            err.contains("internal error")
+                && err.contains("injected panic in the middle of a trace"),
+            "{err}"
+        );
+        assert!(
+            s.status.contains("trace failed: internal error"),
+            "{}",
+            s.status
+        );
+
+        // an ablation that panics: its result is the error, and it is no longer in flight
+        let paths = vec![Path::parse("L0.mlp").unwrap()];
+        let cmds = s.act(
+            Action::Ablate(paths.clone(), AblationMode::Zero),
+            &mut settings,
+        );
+        assert!(s.is_ablating(&paths, AblationMode::Zero) && !s.is_idle());
+        settle(&w, &mut s, &mut settings, cmds);
+        assert!(!s.is_ablating(&paths, AblationMode::Zero));
+        let r = s.ablations.get(&(paths, AblationMode::Zero)).cloned();
+        let Some(Err(err)) = r else {
+            panic!("expected the ablation's error, got {r:?}")
+        };
+        assert!(err.contains("injected panic before an ablation"), "{err}");
+        assert!(s.status.contains("causal check failed"), "{}", s.status);
+
+        // the loaded model survived both: a drill-down still works
+        let head = Path::parse("L0.attn").unwrap();
+        let cmds = s.act(Action::Navigate(head.clone()), &mut settings);
+        settle(&w, &mut s, &mut settings, cmds);
+        assert_eq!(s.current_view().map(|v| v.path.clone()), Some(head));
     }
 }

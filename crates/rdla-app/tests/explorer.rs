@@ -480,3 +480,33 @@ fn long_prompts_show_a_window_of_positions() {
     assert!(img == shown, "the export is not the window's heatmap");
     assert!(img != full, "the export drew every position");
 }
+
+/// Alt+←/→ go back and forward (egui reports the modifiers with each key: a quick Alt+← whose
+/// Alt is released within the frame still counts), and two arrow presses within one frame
+/// move the selection twice.
+#[test]
+fn alt_arrows_are_history_and_fast_arrows_all_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    click(&mut h, "L0.attn/H1");
+    assert_eq!(h.state().current_path().to_string(), "L0.attn/H1");
+    h.key_press_modifiers(egui::Modifiers::ALT, egui::Key::ArrowLeft);
+    settle(&mut h);
+    assert!(h.state().current_path().is_root());
+    assert_eq!(h.state().state.selected, None, "Alt+← moved the selection");
+    h.key_press_modifiers(egui::Modifiers::ALT, egui::Key::ArrowRight);
+    settle(&mut h);
+    assert_eq!(h.state().current_path().to_string(), "L0.attn/H1");
+    h.key_press_modifiers(egui::Modifiers::ALT, egui::Key::ArrowLeft);
+    settle(&mut h);
+    assert!(h.state().current_path().is_root());
+
+    // two presses in one frame, then Enter: the cell two to the right
+    h.key_press(egui::Key::ArrowRight);
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    assert_eq!(h.state().state.selected, Some((0, 2)));
+    h.key_press(egui::Key::Enter);
+    settle(&mut h);
+    assert_eq!(h.state().current_path().to_string(), "L0.attn/H2");
+}

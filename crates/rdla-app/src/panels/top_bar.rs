@@ -7,28 +7,25 @@ use egui::{RichText, Ui};
 use rdla_session::{ColorMap, ModelSource};
 
 use crate::dialogs::{DialogResult, Dialogs};
-use crate::gguf_models::{self, LocalGguf};
-use crate::hf_cache::{self, CachedModel};
+use crate::hf_cache;
+use crate::local_models::{self, Scan};
 use crate::settings::Settings;
 use crate::state::{Action, AppState};
 use crate::theme;
 
-/// The top bar's own state: the models found in the Hugging Face cache and the path field.
-#[derive(Debug, Default)]
+/// The top bar's own state: the models found on this machine (the Hugging Face cache, Ollama,
+/// LM Studio), looked for in the background, and the path field.
+#[derive(Debug)]
 pub struct TopBar {
-    pub hf_models: Vec<CachedModel>,
-    /// GGUF models of Ollama and LM Studio on this machine.
-    pub gguf_models: Vec<LocalGguf>,
+    pub local: Scan,
     pub path_text: String,
 }
 
 impl TopBar {
-    pub fn new() -> Self {
+    /// Start looking for local models; `wake` is called when they are found (the UI repaints).
+    pub fn new(wake: impl Fn() + Send + 'static) -> Self {
         Self {
-            hf_models: hf_cache::hub_dir()
-                .map(|h| hf_cache::scan(&h))
-                .unwrap_or_default(),
-            gguf_models: gguf_models::scan_all(),
+            local: Scan::start(local_models::scan, wake, local_models::SCAN_TIMEOUT),
             path_text: String::new(),
         }
     }
@@ -41,6 +38,9 @@ impl TopBar {
         dialogs: &mut dyn Dialogs,
         actions: &mut Vec<Action>,
     ) {
+        if let Some(left) = self.local.poll() {
+            ui.ctx().request_repaint_after(left);
+        }
         ui.horizontal_wrapped(|ui| {
             if ui
                 .button("Open model…")
@@ -91,11 +91,16 @@ impl TopBar {
                     ui.close();
                 }
             });
+            let found = self.local.found();
             ui.menu_button("Ollama / LM Studio", |ui| {
-                if self.gguf_models.is_empty() {
+                if let Some(msg) = self.local.message() {
+                    ui.label(msg);
+                }
+                let gguf = found.map_or(&[][..], |f| f.gguf.as_slice());
+                if found.is_some() && gguf.is_empty() {
                     ui.label("no GGUF models found (~/.ollama/models, ~/.lmstudio/models)");
                 }
-                for m in &self.gguf_models {
+                for m in gguf {
                     if ui
                         .button(&m.name)
                         .on_hover_text(m.path.display().to_string())
@@ -107,14 +112,18 @@ impl TopBar {
                 }
             });
             ui.menu_button("Hugging Face cache", |ui| {
-                if self.hf_models.is_empty() {
+                if let Some(msg) = self.local.message() {
+                    ui.label(msg);
+                }
+                let hf = found.map_or(&[][..], |f| f.hf.as_slice());
+                if found.is_some() && hf.is_empty() {
                     ui.label(format!(
                         "no models in {}",
                         hf_cache::hub_dir()
                             .map_or_else(|| "the HF cache".into(), |p| p.display().to_string())
                     ));
                 }
-                for m in &self.hf_models {
+                for m in hf {
                     if ui
                         .button(&m.repo)
                         .on_hover_text(m.dir.display().to_string())
