@@ -27,11 +27,11 @@ pub enum SessionError {
     SameFoil { token: String },
     #[error("refusing to write {}: it is inside the model ({}), and rdla never writes there; choose another place", path.display(), model.display())]
     OutputInModel { path: PathBuf, model: PathBuf },
-    #[error("{}: {source}", path.display())]
+    /// The cause is in the message, not also a source (it was said twice).
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{what} is not a finite number: the model overflows on this input (or its weights are broken)"

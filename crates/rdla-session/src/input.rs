@@ -16,9 +16,9 @@ pub fn prompt_byte_limit(n_ctx: usize) -> u64 {
 /// Read the UTF-8 text of `path`, refusing it once more than `limit` bytes have been read.
 /// Works on FIFOs and devices as well as files (it reads; it never asks for the size).
 pub fn read_text_file(path: &Path, limit: u64) -> Result<String> {
-    let io = |source| SessionError::Io {
+    let io = |error| SessionError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     if file.metadata().map_err(io)?.is_dir() {
@@ -72,5 +72,26 @@ mod tests {
         assert!(err.to_string().contains("not UTF-8"), "{err}");
         let err = read_text_file(tmp.path(), 100).unwrap_err();
         assert!(err.to_string().contains("folder"), "{err}");
+    }
+
+    /// An I/O error says its cause once: in the message, not again as a source that a
+    /// chain-printing caller (`anyhow`'s `{:#}`) would repeat.
+    #[test]
+    fn an_io_error_says_its_cause_once() {
+        let err = read_text_file(Path::new("/nonexistent/prompt.txt"), 100).unwrap_err();
+        let shown = format!("{:#}", anyhow_like(&err));
+        assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
+    }
+
+    /// The message and every source below it, as `anyhow` prints a chain.
+    fn anyhow_like(err: &SessionError) -> String {
+        let mut out = err.to_string();
+        let mut next = std::error::Error::source(err);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
     }
 }

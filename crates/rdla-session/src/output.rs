@@ -31,13 +31,13 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let dir = std::fs::canonicalize(parent).map_err(|source| SessionError::Io {
+    let dir = std::fs::canonicalize(parent).map_err(|error| SessionError::Io {
         path: parent.to_path_buf(),
-        source,
+        error,
     })?;
     let name = path.file_name().ok_or_else(|| SessionError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
     })?;
     Ok(dir.join(name))
 }
@@ -61,9 +61,9 @@ pub fn check_outside(path: &Path, protected: &[PathBuf]) -> Result<PathBuf> {
 /// Write `bytes` to `path` (checked against `protected`): `-` is standard output, an existing
 /// special file is written in place, anything else is replaced atomically.
 pub fn write_outside(path: &Path, protected: &[PathBuf], bytes: &[u8]) -> Result<()> {
-    let io = |source| SessionError::Io {
+    let io = |error| SessionError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if path.as_os_str() == "-" {
         let mut out = std::io::stdout().lock();

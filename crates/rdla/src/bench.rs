@@ -503,7 +503,7 @@ fn validate(a: &BenchArgs, shape: [usize; 4]) -> anyhow::Result<()> {
     );
     if let Some(kv) = a.kv_heads {
         anyhow::ensure!(
-            kv > 0 && shape[1] % kv == 0,
+            kv > 0 && shape[1].is_multiple_of(kv),
             "--kv-heads {kv}: the number of heads ({}) must be a multiple of it",
             shape[1]
         );
