@@ -70,7 +70,10 @@ impl TopBar {
                 .clicked()
             {
                 match dialogs.pick_text() {
-                    DialogResult::Picked(p) => actions.push(read_prompt_file(&p)),
+                    DialogResult::Picked(p) => {
+                        let n_ctx = state.model.as_ref().map(|m| m.n_ctx);
+                        actions.push(read_prompt_file(&p, n_ctx));
+                    }
                     DialogResult::Cancelled => {}
                     DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
                 }
@@ -222,23 +225,17 @@ fn error_banner(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     }
 }
 
-/// Prompts longer than this are refused before they are read (a model's context is far
-/// shorter in tokens).
-const MAX_PROMPT_BYTES: u64 = 8 << 20;
-
-/// The prompt from a text file, or a status message saying why not.
-fn read_prompt_file(p: &std::path::Path) -> Action {
-    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    if size > MAX_PROMPT_BYTES {
-        return Action::Status(format!(
-            "{}: {} MB is too large for a prompt",
-            p.display(),
-            size >> 20
-        ));
+/// The prompt from a text file, or a status message saying why not. Only a regular file is
+/// opened (a FIFO would block the frame), and it is read to at most what the model's context
+/// can hold (`rdla_session::input`; its reported size is never trusted: it was).
+fn read_prompt_file(p: &std::path::Path, n_ctx: Option<usize>) -> Action {
+    if !std::fs::metadata(p).is_ok_and(|m| m.is_file()) {
+        return Action::Status(format!("cannot read {}: not a regular file", p.display()));
     }
-    match std::fs::read_to_string(p) {
+    let limit = rdla_session::input::prompt_byte_limit(n_ctx.unwrap_or(0));
+    match rdla_session::input::read_text_file(p, limit) {
         Ok(text) => Action::SetPrompt(text),
-        Err(e) => Action::Status(format!("cannot read {}: {e}", p.display())),
+        Err(e) => Action::Status(format!("cannot read {e}")),
     }
 }
 
@@ -253,11 +250,26 @@ mod tests {
         let f = tmp.path().join("p.txt");
         std::fs::write(&f, "Once upon a time\n").unwrap();
         assert_eq!(
-            read_prompt_file(&f),
+            read_prompt_file(&f, Some(64)),
             Action::SetPrompt("Once upon a time\n".into())
         );
-        match read_prompt_file(&tmp.path().join("missing.txt")) {
+        match read_prompt_file(&tmp.path().join("missing.txt"), Some(64)) {
             Action::Status(s) => assert!(s.contains("cannot read"), "{s}"),
+            other => panic!("{other:?}"),
+        }
+        // a regression test: the size was taken from the file's metadata, so `/dev/zero`
+        // (size 0) was read until memory ran out; a FIFO would block the frame
+        for p in ["/dev/zero", "/dev/null"] {
+            match read_prompt_file(std::path::Path::new(p), Some(64)) {
+                Action::Status(s) => assert!(s.contains("not a regular file"), "{s}"),
+                other => panic!("{p}: {other:?}"),
+            }
+        }
+        // a file over what the context holds is refused without reading the rest
+        let big = tmp.path().join("big.txt");
+        std::fs::write(&big, "x".repeat((1 << 20) + 1)).unwrap();
+        match read_prompt_file(&big, Some(64)) {
+            Action::Status(s) => assert!(s.contains("more than 1048576 bytes"), "{s}"),
             other => panic!("{other:?}"),
         }
     }
