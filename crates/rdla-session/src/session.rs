@@ -322,13 +322,26 @@ impl Session {
         &mut self,
         req: &Request,
     ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
-        self.current = None;
         let fail = |error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>| {
             Box::new(ComputeFailure { error, tokens, top })
         };
-        let tokens = self
-            .tokenize(&req.prompt, req.bos)
-            .map_err(|e| fail(e.into(), None, Vec::new()))?;
+        let tokens = self.tokenize(&req.prompt, req.bos).map_err(|e| {
+            self.current = None;
+            fail(e.into(), None, Vec::new())
+        })?;
+        // Same prompt (only the target edited): the answer and foil are checked before the
+        // forward pass, so a bad one fails at once (it took a whole forward pass, 15–25 s on
+        // a long prompt) and the previous computation, its top predictions included, stays.
+        if let Some(cur) = self
+            .current
+            .as_ref()
+            .filter(|c| c.computed.tokens == tokens)
+            && let Err(e) = self.target(req)
+        {
+            let top = cur.computed.top.clone();
+            return Err(fail(e, Some(tokens), top));
+        }
+        self.current = None;
         let t = Instant::now();
         let cache = self
             .model

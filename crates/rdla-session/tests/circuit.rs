@@ -214,3 +214,28 @@ fn an_answer_picked_by_id_is_that_token() {
     req.answer_id = Some(u32::MAX);
     assert!(s.compute(&req).is_err());
 }
+
+/// A regression test (issue #22.22): with the prompt unchanged, an answer that is several
+/// tokens fails before the forward pass and the previous computation stays (it cost a whole
+/// forward pass and dropped the results).
+#[test]
+fn a_bad_answer_on_the_same_prompt_fails_at_once_and_keeps_the_results() {
+    let mut s = session("gpt2_tied");
+    let before = s.computed().unwrap().clone();
+    let mut req = before.request.clone();
+    req.answer = "a label that is several tokens".into();
+    let failure = s.compute(&req).unwrap_err();
+    assert!(
+        matches!(failure.error, rdla_session::SessionError::Token { .. }),
+        "{}",
+        failure.error
+    );
+    assert_eq!(failure.top.len(), before.top.len());
+    let kept = s.computed().expect("the previous computation stays");
+    assert_eq!(kept.overview.target_value, before.overview.target_value);
+    // another prompt with a bad answer still computes its predictions, then fails
+    req.prompt.push_str(" more");
+    let failure = s.compute(&req).unwrap_err();
+    assert!(!failure.top.is_empty());
+    assert!(s.computed().is_none());
+}
