@@ -332,15 +332,20 @@ impl Session {
         // Same prompt (only the target edited): the answer and foil are checked before the
         // forward pass, so a bad one fails at once (it took a whole forward pass, 15–25 s on
         // a long prompt) and the previous computation, its top predictions included, stays.
-        if let Some(cur) = self
+        let checked = match self
             .current
             .as_ref()
             .filter(|c| c.computed.tokens == tokens)
-            && let Err(e) = self.target(req)
         {
-            let top = cur.computed.top.clone();
-            return Err(fail(e, Some(tokens), top));
-        }
+            Some(cur) => match self.target(req) {
+                Ok(target) => Some(target),
+                Err(e) => {
+                    let top = cur.computed.top.clone();
+                    return Err(fail(e, Some(tokens), top));
+                }
+            },
+            None => None,
+        };
         self.current = None;
         let t = Instant::now();
         let cache = self
@@ -351,9 +356,13 @@ impl Session {
         let top = top_predictions(&self.model, &cache, 10)
             .map_err(|e| fail(e, Some(tokens.clone()), Vec::new()))?;
         let forward_ms = ms(t);
-        let target = self
-            .target(req)
-            .map_err(|e| fail(e, Some(tokens.clone()), top.clone()))?;
+        // checked above with the same prompt, or now
+        let target = match checked {
+            Some(target) => target,
+            None => self
+                .target(req)
+                .map_err(|e| fail(e, Some(tokens.clone()), top.clone()))?,
+        };
         let t = Instant::now();
         let memo = std::cell::RefCell::default();
         let derived = (|| -> Result<_> {

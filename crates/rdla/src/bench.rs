@@ -488,6 +488,15 @@ fn generated_bytes(arch: BenchArch, shape: [usize; 4], kv: usize, n_ctx: usize) 
     params * (stored + 4)
 }
 
+/// The key/value heads of a generated checkpoint: `--kv-heads`, else Llama-3.2-1B's 8 or
+/// Gemma-2-2B's 4 (GPT-2 and GPT-Neo have as many as query heads and ignore it).
+fn kv_heads(a: &BenchArgs) -> usize {
+    a.kv_heads.unwrap_or(match a.arch {
+        BenchArch::Gemma2 => 4,
+        _ => 8,
+    })
+}
+
 /// Refuse what cannot run before anything is generated or allocated.
 fn validate(a: &BenchArgs, shape: [usize; 4]) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -508,10 +517,7 @@ fn validate(a: &BenchArgs, shape: [usize; 4]) -> anyhow::Result<()> {
             shape[1]
         );
     }
-    let kv = a.kv_heads.unwrap_or(match a.arch {
-        BenchArch::Gemma2 => 4,
-        _ => 8,
-    });
+    let kv = kv_heads(a);
     let needed = generated_bytes(a.arch, shape, kv.min(shape[1]), n_ctx);
     rdla_model::memory::check(
         || {
@@ -553,12 +559,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             BenchArch::GptNeo => {
                 generate_gpt_neo(&dir, n_layer, n_head, d, vocab, n_ctx, a.window)?
             }
-            BenchArch::Llama => {
-                generate_llama(&dir, n_layer, n_head, a.kv_heads.unwrap_or(8), d, vocab)?
-            }
-            BenchArch::Gemma2 => {
-                generate_gemma2(&dir, n_layer, n_head, a.kv_heads.unwrap_or(4), d, vocab)?
-            }
+            BenchArch::Llama => generate_llama(&dir, n_layer, n_head, kv_heads(a), d, vocab)?,
+            BenchArch::Gemma2 => generate_gemma2(&dir, n_layer, n_head, kv_heads(a), d, vocab)?,
         }
         eprintln!(
             "generated {} in {:.1}s",

@@ -110,9 +110,14 @@ fn main() -> ExitCode {
 
 /// Whether an error is (caused by) a write to a closed pipe.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let broken = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<std::io::Error>().is_some_and(broken)
+            // an export to `-` (its I/O error is in the message, not a source)
+            || matches!(
+                c.downcast_ref::<rdla_session::SessionError>(),
+                Some(rdla_session::SessionError::Io { error, .. }) if broken(error)
+            )
             || c.downcast_ref::<serde_json::Error>()
                 .and_then(|j| j.io_error_kind())
                 .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)

@@ -321,3 +321,25 @@ fn contradicting_arguments_are_errors() {
         "not a PNG alone on stdout"
     );
 }
+
+/// An export to `-` whose reader went away (`rdla attribute --csv - | head -0`) ends
+/// quietly, as `--json -` does: the closed pipe is no error to report.
+#[test]
+fn an_export_to_a_closed_pipe_ends_quietly() {
+    let model = rdla_testutil::fixture("gpt2_tied");
+    let mut args = vec!["attribute", "--model", model.to_str().unwrap()];
+    args.extend_from_slice(&TARGET);
+    args.extend_from_slice(&["--csv", "-"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rdla"))
+        .args(&args)
+        .env("RDLA_SKIP_WGPU", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
