@@ -17,16 +17,7 @@ fn qwen2_gguf() -> PathBuf {
     fixtures_dir().join("gguf").join("qwen2.gguf")
 }
 
-/// The error and its sources, as anyhow's `{:#}` prints them.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
-}
+use rdla_testutil::error_chain as chain;
 
 #[test]
 fn files_that_are_not_gguf_say_what_they_are() {

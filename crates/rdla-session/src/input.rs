@@ -79,19 +79,7 @@ mod tests {
     #[test]
     fn an_io_error_says_its_cause_once() {
         let err = read_text_file(Path::new("/nonexistent/prompt.txt"), 100).unwrap_err();
-        let shown = format!("{:#}", anyhow_like(&err));
+        let shown = rdla_testutil::error_chain(&err);
         assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
-    }
-
-    /// The message and every source below it, as `anyhow` prints a chain.
-    fn anyhow_like(err: &SessionError) -> String {
-        let mut out = err.to_string();
-        let mut next = std::error::Error::source(err);
-        while let Some(e) = next {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            next = e.source();
-        }
-        out
     }
 }
