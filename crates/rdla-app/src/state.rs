@@ -227,7 +227,7 @@ impl AppState {
         if let Some(v) = self.views.get(path) {
             return Some(v.expansion.value);
         }
-        let step = path.steps().last()?.to_string();
+        let step = *path.steps().last()?;
         self.views
             .get(&path.parent())?
             .expansion

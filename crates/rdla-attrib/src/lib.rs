@@ -7,7 +7,7 @@ pub mod path;
 pub mod trace;
 
 pub use engine::{
-    Array, AttribError, Child, Engine, Expansion, Memo, MlpMode, NodeKind, Overview, ScoreTable,
-    Target, TokenReadout, TokenValue, Units,
+    Array, AttribError, Child, ChildLayout, Engine, Expansion, Memo, MlpMode, NodeKind, Overview,
+    ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units,
 };
 pub use path::{Comp, Layout, Path, Side, Step, Versus};

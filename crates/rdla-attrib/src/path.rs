@@ -57,6 +57,25 @@ impl Side {
     }
 }
 
+/// Steps, sides and paths are written as the path grammar spells them.
+macro_rules! serialize_as_display {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+
+serialize_as_display!(Step, Side, Path);
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The most characters of user text an error message repeats.
 const EXCERPT_CHARS: usize = 120;
 

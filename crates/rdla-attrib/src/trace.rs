@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::{Engine, Expansion, NodeKind, Resolved, Result};
-use crate::path::{Comp, Path, Step};
+use crate::engine::{Engine, Resolved, Result, Site, SiteAt};
+use crate::path::{Path, Step};
 
 /// What to trace and how far.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +53,7 @@ impl Default for TraceOptions {
 /// A traced path and its exact value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TracedPath {
-    pub path: String,
+    pub path: Path,
     pub value: f32,
 }
 
@@ -61,9 +61,10 @@ pub struct TracedPath {
 /// at this site (open it with `attribute --path`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphNode {
-    pub id: String,
+    pub id: Path,
     /// `logit`, `embed`, `pos`, `L{l}.attn`, `L{l}.H{h}`, `L{l}.mlp`, `L{l}.N{n}`.
-    pub label: String,
+    #[serde(rename = "label")]
+    pub site: GraphSite,
     /// Drawing row: `-1` for embeddings, `l` for layer `l`'s attention and heads, `l + 0.5`
     /// for its MLP and neurons, `n_layers` for the logit.
     pub layer: f32,
@@ -76,15 +77,15 @@ pub struct GraphNode {
 /// The summed contribution of the traced paths from one site into another.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphEdge {
-    pub from: String,
-    pub to: String,
+    pub from: Path,
+    pub to: Path,
     pub value: f32,
 }
 
 /// The result of a trace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Trace {
-    pub from: String,
+    pub from: Path,
     pub value: f32,
     pub expanded: usize,
     /// Σ of every unexpanded node, remainder and residual of the traced tree.
@@ -108,6 +109,8 @@ struct Rec {
     step: Option<Step>,
     value: f32,
     site: Option<SiteKey>,
+    /// Nothing to expand below it.
+    leaf: bool,
 }
 
 impl Trace {
@@ -120,19 +123,15 @@ impl Trace {
         let mut nodes: Vec<GraphNode> = self
             .nodes
             .iter()
-            .filter(|n| n.value.abs() >= floor || n.label == "logit")
+            .filter(|n| n.value.abs() >= floor || n.site == GraphSite::Logit)
             .cloned()
             .collect();
         nodes.truncate(max_nodes.max(1));
-        let keep: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let keep: std::collections::HashSet<&Path> = nodes.iter().map(|n| &n.id).collect();
         let edges = self
             .edges
             .iter()
-            .filter(|e| {
-                e.value.abs() >= floor
-                    && keep.contains(e.from.as_str())
-                    && keep.contains(e.to.as_str())
-            })
+            .filter(|e| e.value.abs() >= floor && keep.contains(&e.from) && keep.contains(&e.to))
             .cloned()
             .collect();
         Self {
@@ -174,111 +173,53 @@ impl Ord for Entry {
     }
 }
 
-/// A model site, compactly: what and where.
+/// A site of the graph: the logit it ends in, or a model site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SiteKind {
+pub enum GraphSite {
     Logit,
-    Embed,
-    Pos,
-    Attn(usize),
-    Mlp(usize),
-    Head(usize, usize),
-    Neuron(usize, usize),
+    Model(Site),
 }
 
+impl GraphSite {
+    /// Drawing row: `-1` embeddings, `l` attention, `l + 0.5` MLP, `n_layers` the logit.
+    fn row(self, n_layers: usize) -> f32 {
+        match self {
+            Self::Logit => n_layers as f32,
+            Self::Model(s) => s.row(),
+        }
+    }
+}
+
+/// `logit`, or the model site's label.
+impl std::fmt::Display for GraphSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Logit => f.write_str("logit"),
+            Self::Model(s) => s.fmt(f),
+        }
+    }
+}
+
+impl Serialize for GraphSite {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A graph site at a position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SiteKey {
-    kind: SiteKind,
+    site: GraphSite,
     pos: usize,
 }
 
-impl SiteKey {
-    fn label(self) -> String {
-        match self.kind {
-            SiteKind::Logit => "logit".into(),
-            SiteKind::Embed => "embed".into(),
-            SiteKind::Pos => "pos".into(),
-            SiteKind::Attn(l) => format!("L{l}.attn"),
-            SiteKind::Mlp(l) => format!("L{l}.mlp"),
-            SiteKind::Head(l, h) => format!("L{l}.H{h}"),
-            SiteKind::Neuron(l, n) => format!("L{l}.N{n}"),
+impl From<SiteAt> for SiteKey {
+    fn from(s: SiteAt) -> Self {
+        Self {
+            site: GraphSite::Model(s.site),
+            pos: s.pos,
         }
     }
-
-    /// Drawing row: `-1` embeddings, `l` attention, `l + 0.5` MLP, `n_layers` the logit.
-    fn layer(self, n_layers: usize) -> f32 {
-        match self.kind {
-            SiteKind::Logit => n_layers as f32,
-            SiteKind::Embed | SiteKind::Pos => -1.0,
-            SiteKind::Attn(l) | SiteKind::Head(l, _) => l as f32,
-            SiteKind::Mlp(l) | SiteKind::Neuron(l, _) => l as f32 + 0.5,
-        }
-    }
-}
-
-/// Whether a step names a leaf (nothing to expand).
-fn is_leaf_step(step: Option<Step>) -> bool {
-    matches!(
-        step,
-        Some(
-            Step::Bias
-                | Step::Comp(Comp::Embed | Comp::Pos)
-                | Step::Source {
-                    comp: Comp::Embed | Comp::Pos,
-                    ..
-                }
-        )
-    )
-}
-
-fn comp_site(c: Comp, pos: usize) -> SiteKey {
-    let kind = match c {
-        Comp::Embed => SiteKind::Embed,
-        Comp::Pos => SiteKind::Pos,
-        Comp::Attn(l) => SiteKind::Attn(l),
-        Comp::Mlp(l) => SiteKind::Mlp(l),
-    };
-    SiteKey { kind, pos }
-}
-
-/// The site of an expanded node; `None` for nodes that are not sites (scores, sides,
-/// remainders).
-fn site(ex: &Expansion) -> Option<SiteKey> {
-    let pos = ex.position;
-    let kind = match ex.kind {
-        NodeKind::Root => SiteKind::Logit,
-        NodeKind::Component { comp } => return Some(comp_site(comp.0, pos)),
-        NodeKind::Head { layer, head } => SiteKind::Head(layer, head),
-        NodeKind::Neuron { layer, neuron } => SiteKind::Neuron(layer, neuron),
-        NodeKind::Score { .. } | NodeKind::Side { .. } | NodeKind::Bias => return None,
-    };
-    Some(SiteKey { kind, pos })
-}
-
-/// The site of a child step of an expanded node, without expanding it.
-fn child_site(parent: &Expansion, step: Step) -> Option<SiteKey> {
-    let pos = parent.position;
-    let layer_of = |want_attn: bool| match parent.kind {
-        NodeKind::Component { comp } => match comp.0 {
-            Comp::Attn(l) if want_attn => Some(l),
-            Comp::Mlp(l) if !want_attn => Some(l),
-            _ => None,
-        },
-        _ => None,
-    };
-    Some(match step {
-        Step::Comp(c) => comp_site(c, pos),
-        Step::Source { pos, comp } => comp_site(comp, pos),
-        Step::Head(h) => SiteKey {
-            kind: SiteKind::Head(layer_of(true)?, h),
-            pos,
-        },
-        Step::Neuron(n) => SiteKey {
-            kind: SiteKind::Neuron(layer_of(false)?, n),
-            pos,
-        },
-        Step::Bias | Step::Score { .. } | Step::Side(_) => return None,
-    })
 }
 
 /// The traced tree: the arena of nodes and the path of the start.
@@ -384,20 +325,20 @@ impl GraphBuilder {
             .sites
             .into_iter()
             .map(|(k, (idx, _, v))| (k, idx, v))
-            .filter(|(k, _, v)| (*v as f32).abs() >= floor || k.kind == SiteKind::Logit)
+            .filter(|(k, _, v)| (*v as f32).abs() >= floor || k.site == GraphSite::Logit)
             .collect();
         kept.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()).then_with(|| a.1.cmp(&b.1)));
         kept.truncate(max_nodes.max(1));
-        let ids: FastMap<SiteKey, String> = kept
+        let ids: FastMap<SiteKey, Path> = kept
             .iter()
-            .map(|(k, idx, _)| (*k, arena.path(*idx).to_string()))
+            .map(|(k, idx, _)| (*k, arena.path(*idx)))
             .collect();
         let nodes = kept
             .iter()
             .map(|(k, _, v)| GraphNode {
                 id: ids[k].clone(),
-                label: k.label(),
-                layer: k.layer(n_layers),
+                site: k.site,
+                layer: k.site.row(n_layers),
                 position: k.pos,
                 value: *v as f32,
             })
@@ -434,7 +375,11 @@ impl GraphBuilder {
             b.value
                 .abs()
                 .total_cmp(&a.value.abs())
-                .then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to)))
+                // ties in the order of the ids' text
+                .then_with(|| {
+                    (a.from.to_string(), a.to.to_string())
+                        .cmp(&(b.from.to_string(), b.to.to_string()))
+                })
         });
         (nodes, edges)
     }
@@ -462,6 +407,7 @@ impl Engine<'_> {
             step: None,
             value: start_value,
             site: None,
+            leaf: false,
         });
         // each expanded node's children, largest |value| first; `heap` merges the lists
         let mut lists: Vec<Vec<u32>> = vec![vec![root]];
@@ -494,7 +440,7 @@ impl Engine<'_> {
                 });
             }
             let rec = arena.recs[entry.idx as usize];
-            if is_leaf_step(rec.step) {
+            if rec.leaf {
                 if let Some(s) = rec.site {
                     graph.add_site(s, entry.idx, rec.value);
                 }
@@ -511,7 +457,14 @@ impl Engine<'_> {
                 _ => self.resolved(&path)?,
             };
             let mut ex = self.expand_resolved(&node, &path, opts.neurons)?;
-            let here = site(&ex);
+            let here = match (ex.site, path.is_root()) {
+                (Some(s), _) => Some(s.into()),
+                (None, true) => Some(SiteKey {
+                    site: GraphSite::Logit,
+                    pos: ex.position,
+                }),
+                (None, false) => None,
+            };
             if let Some(s) = here {
                 graph.add_site(s, entry.idx, rec.value);
             }
@@ -539,12 +492,12 @@ impl Engine<'_> {
             settled += rest;
             let mut list: Vec<u32> = Vec::with_capacity(ex.children.len());
             for c in &ex.children {
-                let child = child_site(&ex, c.parsed);
                 list.push(arena.push(Rec {
                     parent: Some(entry.idx),
-                    step: Some(c.parsed),
+                    step: Some(c.step),
                     value: c.value,
-                    site: child,
+                    site: c.site.map(SiteKey::from),
+                    leaf: c.leaf,
                 }));
             }
             let by_size = |a: &u32, b: &u32| {
@@ -594,7 +547,7 @@ impl Engine<'_> {
         let paths = frontier
             .iter()
             .map(|&i| TracedPath {
-                path: arena.path(i).to_string(),
+                path: arena.path(i),
                 value: value_of(&i),
             })
             .collect();
@@ -605,7 +558,7 @@ impl Engine<'_> {
             opts.max_nodes,
         );
         Ok(Trace {
-            from: from.to_string(),
+            from: from.clone(),
             value: start_value,
             expanded,
             frontier_total,

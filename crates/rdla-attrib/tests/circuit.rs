@@ -6,7 +6,7 @@
 use rdla_testutil as common;
 
 use common::{Reference, TL_FIXTURES, load_model, max_abs_diff};
-use rdla_attrib::{Engine, Expansion, MlpMode, Path, Target, Units};
+use rdla_attrib::{Engine, Expansion, MlpMode, Path, Step, Target, Units};
 use rdla_model::Device;
 use serde_json::Value;
 
@@ -56,7 +56,7 @@ fn check_expansion(name: &str, ours: &Expansion, ex: &Value) -> f32 {
     let mut e = max_abs_diff(&[ours.value, ours.bias], &[f(&ex["value"]), f(&ex["bias"])]);
     let theirs = ex["children"].as_array().unwrap();
     let steps: Vec<&str> = theirs.iter().map(|c| c["step"].as_str().unwrap()).collect();
-    let our_steps: Vec<&str> = ours.children.iter().map(|c| c.step.as_str()).collect();
+    let our_steps: Vec<String> = ours.children.iter().map(|c| c.step.to_string()).collect();
     assert_eq!(our_steps, steps, "{name}: children of `{path}`");
     let ov: Vec<f32> = ours.children.iter().map(|c| c.value).collect();
     let tv: Vec<f32> = theirs.iter().map(|c| f(&c["value"])).collect();
@@ -79,8 +79,9 @@ fn check_expansion(name: &str, ours: &Expansion, ex: &Value) -> f32 {
                 .iter()
                 .map(|v| v.as_str().unwrap())
                 .collect();
-            assert_eq!(t.rows, rows, "{name}: `{path}` table rows");
-            assert_eq!(t.cols, rows, "{name}: `{path}` table cols");
+            let labels = |v: &[Step]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+            assert_eq!(labels(&t.rows), rows, "{name}: `{path}` table rows");
+            assert_eq!(labels(&t.cols), rows, "{name}: `{path}` table cols");
             let cells: Vec<f32> = t.values.iter().flatten().copied().collect();
             let theirs: Vec<f32> = want["values"]
                 .as_array()
@@ -106,7 +107,10 @@ fn check_expansion(name: &str, ours: &Expansion, ex: &Value) -> f32 {
         (Some(n), Some(want)) => {
             let ours: Vec<(u32, f32)> = n
                 .iter()
-                .map(|c| (c.step[1..].parse().unwrap(), c.value))
+                .map(|c| match c.step {
+                    rdla_attrib::Step::Neuron(n) => (n as u32, c.value),
+                    other => panic!("`{other}` listed among the neurons"),
+                })
                 .collect();
             check_ranked(
                 &format!("{name}: `{path}` neurons"),

@@ -87,7 +87,7 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
                         .iter()
                         .filter(|c| {
                             !matches!(
-                                c.parsed,
+                                c.step,
                                 Step::Comp(Comp::Embed | Comp::Pos)
                                     | Step::Source {
                                         comp: Comp::Embed | Comp::Pos,
@@ -114,7 +114,7 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
                         }
                         if let Some(n) = &ex.neurons {
                             neurons += 1;
-                            path = path.child(n[rng.below(n.len())].parsed);
+                            path = path.child(n[rng.below(n.len())].step);
                             continue;
                         }
                     }
@@ -123,7 +123,7 @@ fn two_hundred_random_paths_to_depth_five_add_up() {
                     } else {
                         deep[rng.below(deep.len())]
                     };
-                    path = path.child(pick.parsed);
+                    path = path.child(pick.step);
                 }
             }
             assert!(checked >= 400, "{name}: only {checked} nodes checked");
@@ -188,7 +188,7 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
                     .expand(&Path::parse(&format!("L{l}.attn/H{h}")).unwrap())
                     .unwrap();
                 for c in &ex.children {
-                    if let Step::Source { pos, comp } = c.parsed {
+                    if let Step::Source { pos, comp } = c.step {
                         let o = ov
                             .head_breakdown
                             .at(&[l, h, pos, ov.layout.index(comp).unwrap()]);
@@ -258,7 +258,7 @@ fn rotary_and_parallel_models_have_their_own_children() {
             .unwrap()
             .children
             .into_iter()
-            .map(|c| c.step)
+            .map(|c| c.step.to_string())
             .collect()
     };
     // no learned positions: no `pos` anywhere

@@ -77,7 +77,7 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         );
         let theirs = ex["children"].as_array().unwrap();
         let steps: Vec<&str> = theirs.iter().map(|c| c["step"].as_str().unwrap()).collect();
-        let our_steps: Vec<&str> = ours.children.iter().map(|c| c.step.as_str()).collect();
+        let our_steps: Vec<String> = ours.children.iter().map(|c| c.step.to_string()).collect();
         assert_eq!(our_steps, steps, "{name}: children of `{path}`");
         let ours_v: Vec<f32> = ours.children.iter().map(|c| c.value).collect();
         let theirs_v: Vec<f32> = theirs.iter().map(|t| val(&t["value"])).collect();

@@ -17,9 +17,9 @@ fn quote(s: &str) -> String {
 /// `token+:{text}` / `token-:{text}` rows.
 pub fn expansion_csv(ex: &Expansion) -> String {
     let mut out = String::from("path,step,value\n");
-    let p = quote(&ex.path);
+    let p = quote(&ex.path.to_string());
     for c in &ex.children {
-        let _ = writeln!(out, "{p},{},{}", quote(&c.step), c.value);
+        let _ = writeln!(out, "{p},{},{}", quote(&c.step.to_string()), c.value);
     }
     let _ = writeln!(out, "{p},bias,{}", ex.bias);
     let _ = writeln!(out, "{p},(residual),{}", ex.residual);

@@ -45,7 +45,7 @@ pub enum SessionError {
     #[error(
         "`{path}` explains an attention score, in score units: the causal check compares the target's real change (logit units) with a node's attributed logit contribution, so it cannot check this node; ablate its site from a path in logit units instead"
     )]
-    AblateInScoreUnits { path: String },
+    AblateInScoreUnits { path: rdla_attrib::Path },
     /// A result that could not be written as JSON.
     #[error("cannot write the JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -321,7 +321,7 @@ mod tests {
             shared_targets: false,
             row_bars: bars,
             column_bars: bars,
-            units: "logit units".into(),
+            units: rdla_attrib::Units::Logit,
         }
     }
 

@@ -2,7 +2,8 @@
 //! top, token positions left to right (only the positions the graph uses), node size by
 //! |value|, edge width by |weight|, colour by sign.
 
-use rdla_attrib::trace::Trace;
+use rdla_attrib::Path;
+use rdla_attrib::trace::{GraphSite, Trace};
 
 use crate::heatmap::{max_abs, printable};
 use crate::png::clip;
@@ -10,9 +11,9 @@ use crate::png::clip;
 /// A placed site.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedNode {
-    /// The site's id: an rdla path.
-    pub id: String,
-    pub label: String,
+    /// The site's id: the path of its largest traced node.
+    pub id: Path,
+    pub site: GraphSite,
     pub value: f32,
     pub x: f32,
     pub y: f32,
@@ -83,14 +84,14 @@ pub fn layout(trace: &Trace, tokens: &[String], n_layers: usize, size: (f32, f32
     // sites sharing a cell (heads of one layer at one position) spread across it
     let mut placed: Vec<PlacedNode> = Vec::with_capacity(trace.nodes.len());
     for n in &trace.nodes {
-        let same: Vec<&str> = trace
+        let same: Vec<&Path> = trace
             .nodes
             .iter()
             .filter(|m| m.position == n.position && m.layer == n.layer)
-            .map(|m| m.id.as_str())
+            .map(|m| &m.id)
             .collect();
         let k = same.len() as f32;
-        let i = same.iter().position(|&id| id == n.id).unwrap_or(0) as f32;
+        let i = same.iter().position(|&id| *id == n.id).unwrap_or(0) as f32;
         let spread = (col_w * 0.8).min(k * 2.4 * MAX_RADIUS);
         let dx = if k > 1.0 {
             -spread / 2.0 + spread * i / (k - 1.0)
@@ -100,7 +101,7 @@ pub fn layout(trace: &Trace, tokens: &[String], n_layers: usize, size: (f32, f32
         let r_max = MAX_RADIUS.min(row_h * 0.35).min(col_w * 0.4 / k.sqrt());
         placed.push(PlacedNode {
             id: n.id.clone(),
-            label: n.label.clone(),
+            site: n.site,
             value: n.value,
             x: col_x(n.position) + dx,
             y: row_y(n.layer),
@@ -108,7 +109,7 @@ pub fn layout(trace: &Trace, tokens: &[String], n_layers: usize, size: (f32, f32
         });
     }
     let max_e = max_abs(trace.edges.iter().map(|e| e.value)).max(f32::MIN_POSITIVE);
-    let at = |id: &str| placed.iter().find(|n| n.id == id).map(|n| (n.x, n.y));
+    let at = |id: &Path| placed.iter().find(|n| n.id == *id).map(|n| (n.x, n.y));
     let edges = trace
         .edges
         .iter()
@@ -162,10 +163,10 @@ pub fn sign_color(v: f32, t: f32) -> [u8; 3] {
 pub fn summary(trace: &Trace) -> String {
     format!(
         "{} = {:+.4} · {} nodes expanded · traced frontier Σ {:+.4} (Δ {:.1e}) · {} sites, {} edges",
-        if trace.from.is_empty() {
-            "logit"
+        if trace.from.is_root() {
+            "logit".to_string()
         } else {
-            &trace.from
+            trace.from.to_string()
         },
         trace.value,
         trace.expanded,
@@ -178,10 +179,10 @@ pub fn summary(trace: &Trace) -> String {
 
 /// The graph's title: model, start node, target.
 fn title(model: &str, trace: &Trace, target: &str) -> String {
-    let from = if trace.from.is_empty() {
-        "the logit"
+    let from = if trace.from.is_root() {
+        "the logit".to_string()
     } else {
-        &trace.from
+        trace.from.to_string()
     };
     format!("{model} · attribution graph of {from} · {target}")
 }
@@ -268,13 +269,13 @@ mod tests {
     #[test]
     fn graph_json_is_the_trace_and_its_context_in_key_order() {
         let trace = Trace {
-            from: String::new(),
+            from: rdla_attrib::Path::root(),
             value: 1.5,
             expanded: 2,
             frontier_total: 0.25,
             residual_total: 0.0,
             paths: vec![TracedPath {
-                path: "L0.attn".into(),
+                path: rdla_attrib::Path::parse("L0.attn").unwrap(),
                 value: 1.5,
             }],
             nodes: Vec::new(),

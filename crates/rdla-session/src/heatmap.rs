@@ -2,7 +2,7 @@
 //! values (absent cells are `None`), the path each cell leads to, the optional attention strip
 //! above the columns and bars below them, and the colour maps.
 
-use rdla_attrib::Path;
+use rdla_attrib::{Path, Units};
 
 /// A labelled grid of attribution values.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,14 +29,14 @@ pub struct Heatmap {
     pub column_bars: bool,
     /// Draw the row sums as bars beside the rows (a score's query side).
     pub row_bars: bool,
-    /// What the values are measured in (`logit units`, `score units`).
-    pub units: String,
+    /// What the values are measured in.
+    pub units: Units,
 }
 
 impl Heatmap {
     /// The caption of the bars under the columns.
     pub fn bars_caption(&self) -> &'static str {
-        if self.units.starts_with("score") {
+        if self.units == Units::Score {
             "contribution of each key-side column (Σ over the column)"
         } else {
             crate::png::BARS_CAPTION
@@ -226,7 +226,7 @@ mod tests {
                 .collect(),
             column_bars: true,
             row_bars: false,
-            units: "logit units".into(),
+            units: Units::Logit,
             cols,
         }
     }

@@ -401,7 +401,7 @@ impl Canvas<'_> {
             );
         }
         self.text(
-            &hm.units,
+            hm.units.label(),
             LABEL_PT,
             (bar.x, bar.bottom() + 4.0),
             (0.0, 0.0),
@@ -481,7 +481,7 @@ pub fn encode_graph_png(
         cv.disc((x, y), n.radius, crate::graph::sign_color(n.value, 1.0));
         if n.radius >= 6.0 {
             cv.text(
-                &n.label,
+                &n.site.to_string(),
                 VALUE_PT,
                 (x, y - n.radius - 1.0),
                 (0.5, 1.0),

@@ -160,7 +160,7 @@ pub struct NodeView {
 /// beside the nodes' attributed values.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AblationReport {
-    pub paths: Vec<String>,
+    pub paths: Vec<Path>,
     pub mode: AblationMode,
     pub final_scale_frozen: bool,
     /// Each node's value (its contribution along its path).
@@ -555,12 +555,14 @@ impl Session {
                 .iter()
                 .any(|s| matches!(s, rdla_attrib::Step::Score { .. }))
             {
-                return Err(SessionError::AblateInScoreUnits {
-                    path: p.to_string(),
-                });
+                return Err(SessionError::AblateInScoreUnits { path: p.clone() });
             }
-            let (site, pos) = engine.ablation_site(p)?;
-            ablations.push(Ablation { site, pos, mode });
+            let at = engine.ablation_site(p)?;
+            ablations.push(Ablation {
+                site: at.site,
+                pos: at.pos,
+                mode,
+            });
             values.push(engine.value(p)?);
         }
         let last = cur.cache.n_pos() - 1;
@@ -590,7 +592,7 @@ impl Session {
         let ablated = read(engine.target_of(&logits))?;
         let sum: f32 = values.iter().sum();
         Ok(AblationReport {
-            paths: paths.iter().map(ToString::to_string).collect(),
+            paths: paths.to_vec(),
             mode,
             final_scale_frozen: freeze_final,
             node_values: values,

@@ -2,23 +2,11 @@
 //! cell leads), built once per node and computation and shared by the window, `--png` and
 //! the CSV/JSON exports.
 
-use rdla_attrib::engine::CompLabel;
-use rdla_attrib::{Comp, Expansion, Layout, NodeKind, Overview, Path, Side, Step, Units, Versus};
+use rdla_attrib::{
+    ChildLayout, Comp, Expansion, Layout, Overview, Path, Side, Step, Units, Versus,
+};
 
 use crate::heatmap::{Heatmap, printable};
-
-/// The unit of attribution values.
-pub const LOGIT_UNITS: &str = "logit units";
-/// The unit of attention scores and everything below them.
-pub const SCORE_UNITS: &str = "score units";
-
-/// The units a node's numbers are in.
-fn units_label(units: Units) -> &'static str {
-    match units {
-        Units::Logit => LOGIT_UNITS,
-        Units::Score => SCORE_UNITS,
-    }
-}
 
 /// Token labels `"{p}:{token}"` for column headers.
 fn position_labels(token_strs: &[String]) -> Vec<String> {
@@ -65,7 +53,7 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         shared_targets: false,
         row_bars: false,
         column_bars: false,
-        units: LOGIT_UNITS.into(),
+        units: Units::Logit,
         subtitle: if ov.layout.has_pos {
             format!(
                 "target {:.4} = embed {:.4} + pos {:.4} + Σ cells",
@@ -123,7 +111,7 @@ pub fn node_heatmap(
         shared_targets: false,
         row_bars: false,
         column_bars: false,
-        units: units_label(ex.units).into(),
+        units: ex.units,
         row_title: String::new(),
         col_title: String::new(),
         rows: Vec::new(),
@@ -131,25 +119,17 @@ pub fn node_heatmap(
         values: Vec::new(),
         targets: Vec::new(),
     };
-    let by_position = ex
-        .children
-        .iter()
-        .any(|c| matches!(c.parsed, Step::Source { .. }));
-    let by_component = ex
-        .children
-        .iter()
-        .any(|c| matches!(c.parsed, Step::Comp(_)));
     if let Some(t) = &ex.table {
         // a score: query components (rows) × key components (columns)
         hm.row_title = format!("query @{}", ex.position);
         hm.col_title = "key".into();
-        hm.rows = t.rows.clone();
-        hm.cols = t.cols.clone();
+        hm.rows = t.rows.iter().map(ToString::to_string).collect();
+        hm.cols = t.cols.iter().map(ToString::to_string).collect();
         hm.column_bars = true;
         hm.row_bars = true;
         hm.shared_targets = true;
-        let side = |s: Side, label: &str| {
-            Comp::parse(label).map(|c| path.child(Step::Side(s)).child(Step::Comp(c)))
+        let side = |s: Side, step: Step| {
+            matches!(step, Step::Comp(_)).then(|| path.child(Step::Side(s)).child(step))
         };
         let single_key = matches!(
             path.steps().last(),
@@ -163,15 +143,15 @@ pub fn node_heatmap(
                 hm.values.push(Some(*v));
                 // a cell leads to its query-side component (the bias row: to its key-side
                 // component, where that is one node)
-                let to = side(Side::Query, row)
-                    .or_else(|| single_key.then(|| side(Side::Key, col)).flatten());
+                let to = side(Side::Query, *row)
+                    .or_else(|| single_key.then(|| side(Side::Key, *col)).flatten());
                 hm.targets.push(to);
             }
         }
         return hm;
     }
-    match ex.kind {
-        NodeKind::Head { layer, .. } => {
+    match ex.layout {
+        ChildLayout::Sources { layer } => {
             let n_c = layout.pre(layer);
             hm.row_title = "source component".into();
             hm.col_title = "source position".into();
@@ -184,34 +164,32 @@ pub fn node_heatmap(
             hm.targets = vec![None; n_c * n_p];
             hm.column_bars = true;
             for ch in &ex.children {
-                if let Step::Source { pos, comp } = ch.parsed
+                if let Step::Source { pos, comp } = ch.step
                     && pos < n_p
                     && let Some(c) = layout.index(comp)
                 {
                     let i = c * n_p + pos;
                     hm.values[i] = Some(ch.value);
-                    hm.targets[i] = Some(path.child(ch.parsed));
+                    hm.targets[i] = Some(path.child(ch.step));
                 }
             }
         }
-        NodeKind::Component {
-            comp: CompLabel(Comp::Attn(_)),
-        } => {
+        ChildLayout::Heads => {
             hm.row_title = "layer".into();
             hm.col_title = "head".into();
             hm.rows = vec![format!("@{}", ex.position)];
-            hm.cols = ex.children.iter().map(|c| c.step.clone()).collect();
+            hm.cols = ex.children.iter().map(|c| c.step.to_string()).collect();
             hm.values = ex.children.iter().map(|c| Some(c.value)).collect();
             hm.targets = ex
                 .children
                 .iter()
-                .map(|c| Some(path.child(c.parsed)))
+                .map(|c| Some(path.child(c.step)))
                 .collect();
             hm.cols.push("bias".into());
             hm.values.push(Some(ex.bias));
             hm.targets.push(Some(path.child(Step::Bias)));
         }
-        NodeKind::Side { layer, .. } if by_position => {
+        ChildLayout::Keys { layer } => {
             // a contrast's key side: components × the keys it compares
             let n_c = layout.pre(layer);
             let mut keys = ex.source_positions();
@@ -233,23 +211,16 @@ pub fn node_heatmap(
             hm.targets = vec![None; n_c * n_p];
             hm.column_bars = true;
             for ch in &ex.children {
-                if let Step::Source { pos, comp } = ch.parsed
+                if let Step::Source { pos, comp } = ch.step
                     && let (Some(k), Some(c)) =
                         (keys.iter().position(|&p| p == pos), layout.index(comp))
                 {
                     hm.values[c * n_p + k] = Some(ch.value);
-                    hm.targets[c * n_p + k] = Some(path.child(ch.parsed));
+                    hm.targets[c * n_p + k] = Some(path.child(ch.step));
                 }
             }
         }
-        NodeKind::Root
-        | NodeKind::Component {
-            comp: CompLabel(Comp::Mlp(_)),
-        }
-        | NodeKind::Neuron { .. }
-        | NodeKind::Side { .. }
-            if by_component || matches!(ex.kind, NodeKind::Root) =>
-        {
+        ChildLayout::Components => {
             hm.row_title = "layer".into();
             hm.col_title = "component".into();
             let (first_row, mlp_col) = if layout.has_pos {
@@ -265,7 +236,7 @@ pub fn node_heatmap(
             hm.values = vec![None; n];
             hm.targets = vec![None; n];
             for ch in &ex.children {
-                if let Step::Comp(c) = ch.parsed {
+                if let Step::Comp(c) = ch.step {
                     let i = match c {
                         Comp::Embed => 0,
                         Comp::Pos => 1,
@@ -273,7 +244,7 @@ pub fn node_heatmap(
                         Comp::Mlp(l) => 2 * (l + 1) + 1,
                     };
                     hm.values[i] = Some(ch.value);
-                    hm.targets[i] = Some(path.child(ch.parsed));
+                    hm.targets[i] = Some(path.child(ch.step));
                 }
             }
             // drop layers that are entirely absent (downstream of an MLP)
@@ -284,8 +255,8 @@ pub fn node_heatmap(
                 hm.targets.truncate(hm.targets.len() - 2);
             }
         }
-        _ => {
-            hm.rows = vec![ex.path.clone()];
+        ChildLayout::Table | ChildLayout::Cell => {
+            hm.rows = vec![ex.path.to_string()];
             hm.cols = vec![format!("@{}", ex.position)];
             hm.values = vec![Some(ex.value)];
             hm.targets = vec![None];

@@ -65,11 +65,7 @@ fn traced_paths_are_exact_and_the_frontier_adds_up() {
             // every reported path is valid and has the reported value
             assert!(!t.paths.is_empty());
             for p in &t.paths {
-                let v = s
-                    .view(&Path::parse(&p.path).unwrap())
-                    .unwrap()
-                    .expansion
-                    .value;
+                let v = s.view(&p.path).unwrap().expansion.value;
                 assert!(
                     close(f64::from(v), f64::from(p.value), 1.0),
                     "{name}: `{}` traced {} vs expanded {v}",
@@ -85,17 +81,20 @@ fn traced_paths_are_exact_and_the_frontier_adds_up() {
             }
             // every graph node id is a valid path; edges join graph nodes
             for n in &t.nodes {
-                s.validate(&Path::parse(&n.id).unwrap()).unwrap();
+                s.validate(&n.id).unwrap();
             }
-            let ids: std::collections::HashSet<&str> =
-                t.nodes.iter().map(|n| n.id.as_str()).collect();
+            let ids: std::collections::HashSet<&Path> = t.nodes.iter().map(|n| &n.id).collect();
             for e in &t.edges {
-                assert!(ids.contains(e.from.as_str()) && ids.contains(e.to.as_str()));
+                assert!(ids.contains(&e.from) && ids.contains(&e.to));
             }
             if from.is_empty() && !neurons {
                 // the root's site receives exactly the root's children: its in-edges add up
                 // to the value (the root has no remainder)
-                let root = t.nodes.iter().find(|n| n.label == "logit").unwrap();
+                let root = t
+                    .nodes
+                    .iter()
+                    .find(|n| n.site == rdla_attrib::trace::GraphSite::Logit)
+                    .unwrap();
                 let into: f64 = t
                     .edges
                     .iter()

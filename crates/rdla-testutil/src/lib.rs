@@ -39,7 +39,12 @@ pub const GGUF_FIXTURES: [&str; 8] = [
 ];
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    PathBuf::from(
+        // at run time: a test binary built in another checkout sharing the target directory
+        // (CI's clone) must read this checkout's files
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../tests/fixtures")
 }
 
 pub fn fixture(name: &str) -> PathBuf {

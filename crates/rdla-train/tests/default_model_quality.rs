@@ -8,7 +8,12 @@ use rdla_train::data::{HELD_OUT_ITEMS, held_out_prompts};
 use rdla_train::{HELD_OUT_COUNT, HELD_OUT_SEED};
 
 fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/default-model")
+    PathBuf::from(
+        // at run time: a test binary built in another checkout sharing the target directory
+        // (CI's clone) must read this checkout's files
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../assets/default-model")
 }
 
 fn load() -> Model {

@@ -15,7 +15,7 @@ pub struct AttributeArgs {
     pub compute: crate::common::ComputeArgs,
     /// Node to expand, in the path grammar (`L5.attn/H3/8:L2.attn`); empty = root.
     #[arg(long)]
-    pub path: Option<String>,
+    pub path: Option<Path>,
     /// Write the JSON report to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -28,7 +28,7 @@ pub struct AttributeArgs {
     /// Causal check: ablate this node's site in the real forward pass and report the target's
     /// real change beside the node's value (repeat to ablate several sites together).
     #[arg(long, value_name = "PATH")]
-    pub ablate: Vec<String>,
+    pub ablate: Vec<Path>,
     /// What an ablated site becomes: `zero`, or `mean` (its mean over the prompt's positions).
     #[arg(long, default_value = "zero", requires = "ablate")]
     pub ablation: AblationMode,
@@ -47,7 +47,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         ("--png", a.png.as_deref()),
     ])?;
     let (session, load) = crate::common::open_and_compute(&a.compute)?;
-    let path = Path::parse(a.path.as_deref().unwrap_or(""))?;
+    let path = a.path.clone().unwrap_or_default();
     session.validate(&path)?;
     let view = session.view(&path)?;
     let node = a.path.is_some().then_some(&view.expansion);
@@ -55,12 +55,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     let ablation = if a.ablate.is_empty() {
         None
     } else {
-        let paths = a
-            .ablate
-            .iter()
-            .map(|p| Path::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        Some(session.ablate(&paths, a.ablation, a.freeze_final_norm)?)
+        Some(session.ablate(&a.ablate, a.ablation, a.freeze_final_norm)?)
     };
     if let Some(png) = &a.png {
         let (bytes, _) = encode_png(&view.heatmap, PngOptions::default())?;
@@ -101,7 +96,11 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
                     } else {
                         ""
                     },
-                    ab.paths.join(", "),
+                    ab.paths
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     ab.clean,
                     ab.ablated,
                     ab.change,
@@ -145,10 +144,10 @@ fn print_summary(session: &Session, node: Option<&rdla_attrib::Expansion>) -> an
         writeln!(out, "  L{l}.attn/H{h} {v:>10.5}")?;
     }
     if let Some(ex) = node {
-        let name = if ex.path.is_empty() {
-            "<root>"
+        let name = if ex.path.is_root() {
+            "<root>".to_string()
         } else {
-            ex.path.as_str()
+            ex.path.to_string()
         };
         writeln!(
             out,

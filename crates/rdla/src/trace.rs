@@ -15,7 +15,7 @@ pub struct TraceArgs {
     pub compute: crate::common::ComputeArgs,
     /// The node to trace from (path grammar); the root by default.
     #[arg(long, default_value = "")]
-    pub from: String,
+    pub from: Path,
     /// At most this many node expansions.
     #[arg(long, default_value_t = 200)]
     pub budget: usize,
@@ -57,8 +57,8 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         "--max-nodes 0 would draw an empty graph; give at least 1"
     );
     let (session, _) = crate::common::open_and_compute(&a.compute)?;
-    let from = Path::parse(&a.from)?;
-    session.validate(&from)?;
+    let from = &a.from;
+    session.validate(from)?;
     let opts = TraceOptions {
         budget: a.budget,
         time_limit: a.time_limit.map(std::time::Duration::from_millis),
@@ -68,7 +68,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         max_nodes: a.max_nodes,
     };
     let t = Instant::now();
-    let trace = session.trace(&from, &opts, &mut |_, _| true)?;
+    let trace = session.trace(from, &opts, &mut |_, _| true)?;
     let trace_ms = ms(t);
     if let Some(png) = &a.png {
         session.write_output(png, &session.trace_png(&trace)?)?;
@@ -96,7 +96,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "  {:>10.5}  {}@{}  ({})",
-                    n.value, n.label, n.position, n.id
+                    n.value, n.site, n.position, n.id
                 )?;
             }
         }

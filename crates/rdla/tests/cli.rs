@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    PathBuf::from(
+        // at run time: a test binary built in another checkout sharing the target directory
+        // (CI's clone) must read this checkout's files
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../tests/fixtures")
+    .join(name)
 }
 
 fn rdla(args: &[&str]) -> Output {

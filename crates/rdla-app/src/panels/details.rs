@@ -65,11 +65,7 @@ fn circuit_section(
             actions.push(Action::ShowGraph(true));
         }
     });
-    let is_site = matches!(
-        ex.kind,
-        NodeKind::Component { .. } | NodeKind::Head { .. } | NodeKind::Neuron { .. }
-    );
-    if !is_site {
+    if ex.site.is_none() {
         return;
     }
     ui.horizontal(|ui| {
@@ -236,7 +232,7 @@ fn neuron_section(
         .map(|(i, n)| {
             Bar::new(i as f64, f64::from(n.value))
                 .width(0.8)
-                .name(&n.step)
+                .name(n.step.to_string())
                 .fill(if n.value >= 0.0 {
                     theme::POSITIVE
                 } else {
@@ -255,11 +251,11 @@ fn neuron_section(
         .show(ui, |ui| {
             for n in neurons {
                 if ui
-                    .button(&n.step)
-                    .on_hover_text(format!("open {}", here.child(n.parsed)))
+                    .button(n.step.to_string())
+                    .on_hover_text(format!("open {}", here.child(n.step)))
                     .clicked()
                 {
-                    actions.push(Action::Navigate(here.child(n.parsed)));
+                    actions.push(Action::Navigate(here.child(n.step)));
                 }
                 ui.label(format!("{:+.5}", n.value));
                 ui.end_row();

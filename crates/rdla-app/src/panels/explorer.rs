@@ -2,7 +2,7 @@
 //! heatmap (or a leaf's details).
 
 use egui::{RichText, Ui};
-use rdla_attrib::Path;
+use rdla_attrib::{Comp, Path, Step};
 use rdla_session::NodeView;
 
 use crate::panels::heatmap::HeatmapView;
@@ -38,7 +38,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
         let comps: Vec<String> = ov
             .children
             .iter()
-            .filter(|c| matches!(c.step.as_str(), "embed" | "pos"))
+            .filter(|c| matches!(c.step, Step::Comp(Comp::Embed | Comp::Pos)))
             .map(|c| format!("{} {:+.4}", c.step, c.value))
             .collect();
         ui.label(format!(
@@ -316,7 +316,7 @@ fn leaf_details(ui: &mut Ui, state: &AppState, view: &NodeView) {
     let id = state.tokens.ids.get(p).copied().unwrap_or_default();
     egui::Grid::new("leaf").num_columns(2).show(ui, |ui| {
         ui.label("node");
-        ui.label(&e.path);
+        ui.label(e.path.to_string());
         ui.end_row();
         ui.label("position");
         ui.label(p.to_string());

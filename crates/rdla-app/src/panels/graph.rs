@@ -139,25 +139,23 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
             painter.text(
                 c - Vec2::new(0.0, n.radius + 1.0),
                 Align2::CENTER_BOTTOM,
-                &n.label,
+                n.site.to_string(),
                 FontId::proportional(10.0),
                 text,
             );
         }
         let hit = egui::Rect::from_center_size(c, Vec2::splat((2.0 * n.radius).max(10.0)));
-        let resp = ui.interact(hit, id.with(&n.id), Sense::click());
+        let resp = ui.interact(hit, id.with(n.id.to_string()), Sense::click());
         resp.widget_info(|| {
             egui::WidgetInfo::labeled(egui::Role::Button, true, format!("site {}", n.id))
         });
-        if resp.clicked()
-            && let Ok(p) = Path::parse(&n.id)
-        {
-            actions.push(Action::Navigate(p));
+        if resp.clicked() {
+            actions.push(Action::Navigate(n.id.clone()));
             actions.push(Action::ShowGraph(false));
         }
         resp.on_hover_text(format!(
             "{} · value {:+.5} ({:.1}% of {:+.4})\n{}",
-            n.label,
+            n.site,
             n.value,
             100.0 * n.value / trace.value,
             trace.value,
@@ -175,17 +173,11 @@ fn causal_check(
     trace: &rdla_attrib::trace::Trace,
     actions: &mut Vec<Action>,
 ) {
-    let mut sites: Vec<&rdla_attrib::trace::GraphNode> = trace
-        .nodes
-        .iter()
-        .filter(|n| n.id != trace.from && Path::parse(&n.id).is_ok())
-        .collect();
+    let mut sites: Vec<&rdla_attrib::trace::GraphNode> =
+        trace.nodes.iter().filter(|n| n.id != trace.from).collect();
     sites.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
     sites.truncate(state.graph.ablate_top);
-    let paths: Vec<Path> = sites
-        .iter()
-        .filter_map(|n| Path::parse(&n.id).ok())
-        .collect();
+    let paths: Vec<Path> = sites.iter().map(|n| n.id.clone()).collect();
     let mut k = state.graph.ablate_top;
     ui.horizontal_wrapped(|ui| {
         ui.label("Causal check: ablate the top");
@@ -219,7 +211,7 @@ fn causal_check(
             Some(Ok(r)) => {
                 let traced: Vec<String> = sites
                     .iter()
-                    .map(|n| format!("{}@{} {:+.3}", n.label, n.position, n.value))
+                    .map(|n| format!("{}@{} {:+.3}", n.site, n.position, n.value))
                     .collect();
                 ui.label(format!(
                     "{mode:?}: target {:+.4} → {:+.4}, real change {:+.4}; traced values {}",

@@ -341,7 +341,7 @@ impl HeatmapView<'_> {
         pen.painter.text(
             Pos2::new(bar.left(), bar.bottom() + 4.0),
             Align2::LEFT_TOP,
-            &self.hm.units,
+            self.hm.units.label(),
             pen.font.clone(),
             pen.weak,
         );

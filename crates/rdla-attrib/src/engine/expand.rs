@@ -2,12 +2,10 @@
 
 use burn::tensor::Tensor;
 
-use rdla_model::model::ablate::Site;
-
-use super::node::{Kind, Node};
-use super::types::{ScoreTable, TokenReadout, TokenValue, Units};
+use super::node::{Basis, Node, Want};
+use super::types::{ScoreTable, SiteAt, TokenReadout, TokenValue, Units};
 use super::{AttribError, Child, Engine, Expansion, Result};
-use crate::path::{Comp, Path, Step};
+use crate::path::{Path, Step};
 
 /// A node resolved once and kept (its kind, position and readout on the device), for walks
 /// that expand many nodes below it; the readout its children share is computed once, on the
@@ -16,7 +14,7 @@ use crate::path::{Comp, Path, Step};
 #[derive(Debug)]
 pub(crate) struct Resolved {
     node: Node,
-    basis: std::cell::OnceCell<Option<super::node::Basis>>,
+    basis: std::cell::OnceCell<Option<Basis>>,
 }
 
 impl Resolved {
@@ -63,19 +61,24 @@ impl<'a> Cursor<'a> {
 }
 
 impl Engine<'_> {
+    /// The error for a step that is not a child of `parent` (step `index` of `path`).
+    fn invalid_step(&self, parent: &Node, path: &Path, index: usize, step: Step) -> AttribError {
+        AttribError::InvalidStep {
+            path: path.clone(),
+            index,
+            step,
+            parent: parent.kind.ops().describe(parent.pos),
+            valid: parent.kind.ops().valid(self, parent),
+        }
+    }
+
     /// The node at `path`; an invalid step is an error naming it and listing the choices.
     pub(super) fn resolve(&self, path: &Path) -> Result<Node> {
         let mut node = self.root();
         for (i, &s) in path.steps().iter().enumerate() {
             node = self
-                .node_step(&node, s)?
-                .ok_or_else(|| AttribError::InvalidStep {
-                    path: path.to_string(),
-                    index: i + 1,
-                    step: s.to_string(),
-                    parent: self.describe(&node),
-                    valid: self.valid_here(&node),
-                })?;
+                .node_step(&node, s, None)
+                .ok_or_else(|| self.invalid_step(&node, path, i + 1, s))?;
         }
         Ok(node)
     }
@@ -100,28 +103,19 @@ impl Engine<'_> {
 
     /// The child of a resolved node (`path` is the child's path, for messages).
     pub(crate) fn child(&self, parent: &Resolved, step: Step, path: &Path) -> Result<Resolved> {
-        let basis = parent.basis.get_or_init(|| self.child_basis(&parent.node));
-        if let Some(b) = basis
-            && let Some(node) = self.step_with_basis(&parent.node, b, step)
-        {
-            return Ok(Resolved::new(node));
-        }
-        self.node_step(&parent.node, step)?
+        let node = &parent.node;
+        let basis = parent
+            .basis
+            .get_or_init(|| node.kind.ops().basis(self, node));
+        self.node_step(node, step, basis.as_ref())
             .map(Resolved::new)
-            .ok_or_else(|| AttribError::InvalidStep {
-                path: path.to_string(),
-                index: path.depth(),
-                step: step.to_string(),
-                parent: self.describe(&parent.node),
-                valid: self.valid_here(&parent.node),
-            })
+            .ok_or_else(|| self.invalid_step(node, path, path.depth(), step))
     }
 
     /// [`Engine::expand`] of an already resolved node, without what is shown beside a node
     /// and not needed to walk the tree: the vocabulary readout (a `[d] × [d, V]` product, most
-    /// of an expansion's time on a large vocabulary), unless `neurons` the MLP's neuron
-    /// ranking, and the children's `step` strings (left empty: `parsed` is the step; a head has
-    /// thousands of children). Tracing uses it.
+    /// of an expansion's time on a large vocabulary) and, unless `neurons`, the MLP's neuron
+    /// ranking. Tracing uses it.
     pub(crate) fn expand_resolved(
         &self,
         node: &Resolved,
@@ -131,6 +125,20 @@ impl Engine<'_> {
         self.expand_node(&node.node, path, false, neurons)
     }
 
+    /// A child's place: the site it is (where it is one) and whether it is a leaf.
+    fn child_of(&self, node: &Node, step: Step, value: f32) -> Child {
+        let kind = self.child_kind(node, step);
+        let ops = kind.as_ref().map(|(k, _)| k.ops());
+        Child {
+            step,
+            value,
+            site: kind
+                .as_ref()
+                .and_then(|(k, pos)| k.ops().site().map(|site| SiteAt { site, pos: *pos })),
+            leaf: ops.is_none_or(|o| o.is_leaf()),
+        }
+    }
+
     fn expand_node(
         &self,
         node: &Node,
@@ -138,52 +146,42 @@ impl Engine<'_> {
         tokens: bool,
         neurons: bool,
     ) -> Result<Expansion> {
-        let (value, children, bias) = self.node_all(node)?;
-        let n_children = children.steps.len();
-        let mut parts = vec![value, bias];
-        if let Some(c) = children.values {
-            parts.push(c);
+        let ops = node.kind.ops();
+        let want = Want {
+            neurons,
+            written: tokens,
+        };
+        let parts = ops.expand(self, node, want)?;
+        let n_children = parts.children.steps.len();
+        let mut all = vec![parts.value, parts.bias];
+        if let Some(c) = parts.children.values {
+            all.push(c);
         }
-        let table = self.node_table(node);
         let mut table_shape = None;
-        if let Some((labels, t)) = table {
+        if let Some((labels, t)) = parts.table {
             let [r, c] = t.dims();
             table_shape = Some((labels, r, c));
-            parts.push(t.reshape([r * c]));
+            all.push(t.reshape([r * c]));
         }
-        let neurons = if neurons {
-            self.node_neurons(node)
-        } else {
-            None
-        };
-        let n_neurons = neurons.as_ref().map(|t| t.dims()[0]);
-        if let Some(t) = neurons {
-            parts.push(t);
+        let n_neurons = parts.neurons.as_ref().map(|t| t.dims()[0]);
+        if let Some(t) = parts.neurons {
+            all.push(t);
         }
-        let vocab = if tokens {
-            self.node_written(node)
-                .map(|v| self.vocab_readout(v, node.pos))
-        } else {
-            None
-        };
+        let vocab = parts.written.map(|v| self.vocab_readout(v, node.pos));
         let n_vocab = vocab.as_ref().map(|t| t.dims()[0]);
         if let Some(t) = vocab {
-            parts.push(t);
+            all.push(t);
         }
-        let all = rdla_model::to_vec(Tensor::cat(parts, 0))?;
+        let all = rdla_model::to_vec(Tensor::cat(all, 0))?;
         let mut cur = Cursor { data: &all, off: 0 };
         let head = cur.take(2)?;
         let (value, bias) = (head[0], head[1]);
-        let children: Vec<Child> = children
+        let children: Vec<Child> = parts
+            .children
             .steps
             .into_iter()
             .zip(cur.take(n_children)?)
-            .map(|(s, &v)| Child {
-                // a lean expansion (no token readout: a trace) walks `parsed` only
-                step: if tokens { s.to_string() } else { String::new() },
-                value: v,
-                parsed: s,
-            })
+            .map(|(s, &v)| self.child_of(node, s, v))
             .collect();
         let table = match table_shape {
             Some((labels, r, c)) => {
@@ -202,11 +200,7 @@ impl Engine<'_> {
                 Some(
                     top_indices(v, NEURONS_LISTED, f32::abs)
                         .into_iter()
-                        .map(|i| Child {
-                            step: Step::Neuron(i).to_string(),
-                            value: v[i],
-                            parsed: Step::Neuron(i),
-                        })
+                        .map(|i| self.child_of(node, Step::Neuron(i), v[i]))
                         .collect(),
                 )
             }
@@ -224,21 +218,27 @@ impl Engine<'_> {
             }
         };
         let in_score = path.steps().iter().any(|s| matches!(s, Step::Score { .. }));
+        let position = ops.position(node.pos);
         Ok(Expansion {
-            path: path.to_string(),
-            kind: Self::public_kind(node),
-            position: self.node_position(node),
+            path: path.clone(),
+            kind: ops.public(),
+            position,
             value,
             bias,
             residual: residual as f32,
             children,
-            leaf: self.is_leaf(node),
+            leaf: ops.is_leaf(),
             units: if in_score { Units::Score } else { Units::Logit },
             alternatives: table.is_some(),
             table,
             neurons,
             n_neurons,
             tokens,
+            site: ops.site().map(|site| SiteAt {
+                site,
+                pos: node.pos,
+            }),
+            layout: ops.layout(),
         })
     }
 
@@ -261,27 +261,20 @@ impl Engine<'_> {
     /// The value of the node at `path` alone (no children).
     pub fn value(&self, path: &Path) -> Result<f32> {
         let node = self.resolve(path)?;
-        let v = rdla_model::to_vec(self.node_value(&node)?)?;
+        let v = rdla_model::to_vec(node.kind.ops().value(self, &node)?)?;
         v.first().copied().ok_or(AttribError::Empty)
     }
 
     /// The model site a path's node is, for ablation: a component, head or neuron at its
     /// position. Scores, their sides, remainders and the root are not sites.
-    pub fn ablation_site(&self, path: &Path) -> Result<(Site, usize)> {
+    pub fn ablation_site(&self, path: &Path) -> Result<SiteAt> {
         let node = self.resolve(path)?;
-        let site = match node.kind {
-            Kind::Comp(Comp::Embed) => Site::Embed,
-            Kind::Comp(Comp::Pos) => Site::Pos,
-            Kind::Comp(Comp::Attn(l)) => Site::Attn(l),
-            Kind::Comp(Comp::Mlp(l)) => Site::Mlp(l),
-            Kind::Head { layer, head } => Site::Head { layer, head },
-            Kind::Neuron { layer, n } => Site::Neuron { layer, neuron: n },
-            _ => {
-                return Err(AttribError::NotASite {
-                    path: path.to_string(),
-                });
-            }
-        };
-        Ok((site, node.pos))
+        match node.kind.ops().site() {
+            Some(site) => Ok(SiteAt {
+                site,
+                pos: node.pos,
+            }),
+            None => Err(AttribError::NotASite { path: path.clone() }),
+        }
     }
 }

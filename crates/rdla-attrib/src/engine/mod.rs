@@ -27,8 +27,8 @@ use rdla_model::{Cache, Layout, Model};
 pub(crate) use expand::Resolved;
 pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
 pub use types::{
-    Array, AttribError, Child, CompLabel, Expansion, MlpMode, NodeKind, Overview, Result,
-    ScoreTable, Target, TokenReadout, TokenValue, Units,
+    Array, AttribError, Child, ChildLayout, CompLabel, Expansion, MlpMode, NodeKind, Overview,
+    Result, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units,
 };
 
 /// `m [n, d] · r [d] -> [n]`.

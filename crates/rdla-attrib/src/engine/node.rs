@@ -1,31 +1,137 @@
-//! The nodes of the tree. A node is a kind, the position it sits at and its readout vector;
-//! each kind lives in its own module under `nodes/` (its path steps, value, remainder and
-//! children) and is dispatched from here.
+//! The nodes of the tree and the one interface every kind of node implements.
+//!
+//! A node is a kind, the position it sits at and its readout vector. Each kind is a small
+//! struct in its own module under `nodes/` that implements [`NodeType`]: its value, its
+//! expansion (value, children, remainder and what is shown beside it, each quantity computed
+//! once), which steps name its children, what it is called, the model site it is, whether it
+//! is a leaf and how its children are laid out in a heatmap. The kinds are registered once, in
+//! the [`node_kinds!`] list below; nothing else in the engine, the session or the window
+//! matches on them.
 
 use burn::tensor::Tensor;
+use rdla_model::model::ablate::Site;
 
-use super::nodes::score::{self, ScoreId};
-use super::nodes::{attn, head, leaf, residual};
-use super::{AttribError, CompLabel, Engine, NodeKind, Result};
-use crate::path::{Comp, Side, Step};
+use super::nodes::{attn, head, leaf, mlp, residual, score};
+use super::{AttribError, ChildLayout, Engine, NodeKind, Result};
+use crate::path::{Comp, Step};
 
-/// What a node is.
-#[derive(Debug, Clone)]
-pub(super) enum Kind {
-    /// The target logit at the last position.
-    Root,
-    /// A residual component at a position.
-    Comp(Comp),
-    /// One attention head at a destination position.
-    Head { layer: usize, head: usize },
-    /// One neuron of an MLP (the node's readout is the MLP's).
-    Neuron { layer: usize, n: usize },
-    /// A head's attention score (or a contrast of scores) from its destination.
-    Score(ScoreId),
-    /// One side of a score's decomposition.
-    Side(ScoreId, Side),
-    /// The remainder child of its parent, with its value `[1]`.
-    Bias(Box<Tensor<1>>),
+/// One kind of node. Every method but [`NodeType::public`], [`NodeType::describe`],
+/// [`NodeType::layout`], [`NodeType::value`] and [`NodeType::expand`] has the default of a
+/// node with no children.
+pub(super) trait NodeType {
+    /// What the JSON calls this node (its `kind` and fields).
+    fn public(&self) -> NodeKind;
+
+    /// "head L2.H1 at position 5", for error messages.
+    fn describe(&self, pos: usize) -> String;
+
+    /// How its children are laid out in a heatmap.
+    fn layout(&self) -> ChildLayout;
+
+    /// Its value `[1]`, computed independently of its children.
+    fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>>;
+
+    /// Its value, children, remainder and, as `want` asks, what is shown beside it, each
+    /// quantity computed once.
+    fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts>;
+
+    /// Its remainder `[1]`: the value of its `bias` child (zero where it has none).
+    fn bias(&self, eng: &Engine<'_>, _node: &Node) -> Tensor<1> {
+        eng.zero()
+    }
+
+    /// The model site it is, if it is one (ablation, the trace's graph, the causal check).
+    fn site(&self) -> Option<Site> {
+        None
+    }
+
+    /// Nothing to expand.
+    fn is_leaf(&self) -> bool {
+        false
+    }
+
+    /// Whether it has a `bias` child (its remainder); a leaf has none, nor does a score (its
+    /// children are alternatives).
+    fn has_bias(&self) -> bool {
+        !self.is_leaf()
+    }
+
+    /// The position it is shown at (its own; a single score's key side: the key).
+    fn position(&self, pos: usize) -> usize {
+        pos
+    }
+
+    /// The kind and position of the child `step` names (`bias` aside: every kind's), or
+    /// `None` when `step` is not a child here. Computes no tensor: the validity of a step,
+    /// and the site and leaf-ness of a child, come from here.
+    fn child_kind(&self, _eng: &Engine<'_>, _node: &Node, _step: Step) -> Option<(Kind, usize)> {
+        None
+    }
+
+    /// The readout `[d]` of a child `step` that [`NodeType::child_kind`] accepted.
+    fn child_readout(&self, _eng: &Engine<'_>, node: &Node, _step: Step) -> Tensor<1> {
+        node.readout.clone()
+    }
+
+    /// The part of its children's readouts they share, for walks that resolve many of them.
+    fn basis(&self, _eng: &Engine<'_>, _node: &Node) -> Option<Basis> {
+        None
+    }
+
+    /// The valid child steps, for error messages.
+    fn valid(&self, _eng: &Engine<'_>, _node: &Node) -> String {
+        "nothing (this node is a leaf)".into()
+    }
+}
+
+/// Registers the node kinds: the enum of them, one `From` per kind and the dispatch to
+/// [`NodeType`]. A new kind is its module under `nodes/` and one line here.
+macro_rules! node_kinds {
+    ($($variant:ident($ty:ty),)*) => {
+        /// What a node is: one of the registered kinds.
+        #[derive(Debug, Clone)]
+        pub(super) enum Kind {
+            $($variant($ty),)*
+        }
+
+        impl Kind {
+            /// The kind's implementation of the node interface.
+            pub(super) fn ops(&self) -> &dyn NodeType {
+                match self {
+                    $(Self::$variant(k) => k,)*
+                }
+            }
+        }
+
+        $(impl From<$ty> for Kind {
+            fn from(k: $ty) -> Self {
+                Self::$variant(k)
+            }
+        })*
+    };
+}
+
+node_kinds! {
+    Root(residual::Root),
+    Embedding(leaf::Embedding),
+    Attn(attn::AttnLayer),
+    Mlp(mlp::Mlp),
+    Neuron(mlp::Neuron),
+    Head(head::Head),
+    Score(score::Score),
+    Side(score::ScoreSide),
+    Remainder(leaf::Remainder),
+}
+
+impl Kind {
+    /// The kind of a residual component: an embedding (a leaf), an attention layer or an MLP.
+    pub(super) fn component(c: Comp) -> Self {
+        match c {
+            Comp::Embed | Comp::Pos => leaf::Embedding(c).into(),
+            Comp::Attn(layer) => attn::AttnLayer { layer }.into(),
+            Comp::Mlp(layer) => mlp::Mlp { layer }.into(),
+        }
+    }
 }
 
 /// A node: its kind, its position and its readout vector `[d]`.
@@ -34,6 +140,43 @@ pub(super) struct Node {
     pub kind: Kind,
     pub pos: usize,
     pub readout: Tensor<1>,
+}
+
+/// What an expansion computes beside the value, children and remainder.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Want {
+    /// An MLP's neuron values.
+    pub neurons: bool,
+    /// What the node writes into the residual stream (for its vocabulary readout).
+    pub written: bool,
+}
+
+/// A node's expansion on the device, before the one read-back.
+pub(super) struct Parts {
+    pub value: Tensor<1>,
+    pub children: Children,
+    /// The remainder `[1]` (zero where the node has none).
+    pub bias: Tensor<1>,
+    /// A score's bilinear table and its labels.
+    pub table: Option<(Vec<Step>, Tensor<2>)>,
+    /// An MLP's neuron values `[d_mlp]`.
+    pub neurons: Option<Tensor<1>>,
+    /// What the node writes into the residual stream at its position `[d]`.
+    pub written: Option<Tensor<1>>,
+}
+
+impl Parts {
+    /// Value, children and remainder, nothing beside them.
+    pub fn plain(value: Tensor<1>, children: Children, bias: Tensor<1>) -> Self {
+        Self {
+            value,
+            children,
+            bias,
+            table: None,
+            neurons: None,
+            written: None,
+        }
+    }
 }
 
 /// What a node's children's readouts are made of, computed once per node for walks that
@@ -56,6 +199,23 @@ pub(super) struct Sources {
     pub s1: Tensor<1>,
 }
 
+impl Basis {
+    /// The readout of child `step` from the basis, formed exactly as the kind's
+    /// [`NodeType::child_readout`] forms it; `None` where the basis does not cover the step.
+    fn readout(&self, step: Step) -> Option<Tensor<1>> {
+        match (self, step) {
+            (Self::Same(r), Step::Comp(_)) => Some(r.as_ref().clone()),
+            (Self::Sources(src), Step::Source { pos, .. }) => {
+                let Sources { ov, pattern, s1 } = src.as_ref();
+                let a = pattern.clone().narrow(0, pos, 1);
+                let s = s1.clone().narrow(0, pos, 1);
+                Some(ov.clone() * a / s)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The children of a node: their steps, and their values as one tensor `[n]` (one batched
 /// expression; `None` for a leaf).
 pub(super) struct Children {
@@ -75,258 +235,39 @@ impl Children {
 impl Engine<'_> {
     pub(super) fn root(&self) -> Node {
         Node {
-            kind: Kind::Root,
+            kind: residual::Root.into(),
             pos: self.last,
             readout: self.r_root.clone(),
         }
     }
 
-    /// The node's value `[1]`, computed independently of its children.
-    pub(super) fn node_value(&self, node: &Node) -> Result<Tensor<1>> {
-        Ok(match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::value(self, node)?
-            }
-            Kind::Comp(Comp::Attn(l)) => attn::value(self, node, *l)?,
-            Kind::Head { layer, head } => head::value(self, node, (*layer, *head)),
-            Kind::Score(id) | Kind::Side(id, _) => self.score_value(*id, node.pos),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => leaf::value(self, node)?,
-        })
-    }
-
-    /// The node's remainder `[1]`.
-    pub(super) fn node_bias(&self, node: &Node) -> Tensor<1> {
-        match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::bias(self, node)
-            }
-            Kind::Comp(Comp::Attn(l)) => attn::bias(self, node, *l),
-            Kind::Head { layer, head } => head::bias(self, node, (*layer, *head)),
-            Kind::Side(id, side) => score::side_bias(self, node, *id, *side),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Score(_) | Kind::Bias(_) => self.zero(),
+    /// The kind and position of `node`'s child `step`, `None` when it is not a child there.
+    pub(super) fn child_kind(&self, node: &Node, step: Step) -> Option<(Kind, usize)> {
+        let ops = node.kind.ops();
+        if step == Step::Bias {
+            return ops
+                .has_bias()
+                .then(|| (leaf::Remainder::pending(), node.pos));
         }
+        ops.child_kind(self, node, step)
     }
 
-    /// The node's value, children and remainder, for an expansion: one dispatch over the
-    /// kinds, sharing work where a kind can (a head's `W_O r` and OV readout, an MLP's pass
-    /// over `W_out`).
-    pub(super) fn node_all(&self, node: &Node) -> Result<(Tensor<1>, Children, Tensor<1>)> {
-        let children = match &node.kind {
-            Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                let (children, bias) = residual::children_and_bias(self, node);
-                return Ok((self.node_value(node)?, children, bias));
-            }
-            Kind::Head { layer, head } => return Ok(head::all(self, node, (*layer, *head))),
-            Kind::Root => residual::children(self, node),
-            Kind::Comp(Comp::Attn(l)) => attn::children(self, node, *l),
-            Kind::Score(id) => score::children(self, node, *id),
-            Kind::Side(id, side) => score::side_children(self, node, *id, *side),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => Children::none(),
-        };
-        Ok((self.node_value(node)?, children, self.node_bias(node)))
-    }
-
-    /// The child of `node` that `step` names, or `None` when it is not a child there.
-    pub(super) fn node_step(&self, node: &Node, step: Step) -> Result<Option<Node>> {
-        if step == Step::Bias && !self.is_leaf(node) && !matches!(node.kind, Kind::Score(_)) {
-            return Ok(Some(Node {
-                kind: Kind::Bias(Box::new(self.node_bias(node))),
-                pos: node.pos,
+    /// The child of `node` that `step` names, its readout from `basis` where it covers the
+    /// step; `None` when it is not a child there.
+    pub(super) fn node_step(&self, node: &Node, step: Step, basis: Option<&Basis>) -> Option<Node> {
+        let (kind, pos) = self.child_kind(node, step)?;
+        let ops = node.kind.ops();
+        if let Kind::Remainder(_) = kind {
+            return Some(Node {
+                kind: leaf::Remainder::of(ops.bias(self, node)),
+                pos,
                 readout: node.readout.clone(),
-            }));
+            });
         }
-        Ok(match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::step(self, node, step)
-            }
-            Kind::Comp(Comp::Attn(l)) => attn::step(self, node, *l, step),
-            Kind::Head { layer, head } => head::step(self, node, (*layer, *head), step),
-            Kind::Score(id) => score::step(node, *id, step),
-            Kind::Side(id, side) => score::side_step(self, node, *id, *side, step),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => None,
-        })
-    }
-
-    /// The shared part of `node`'s children's readouts, for kinds with many children.
-    pub(super) fn child_basis(&self, node: &Node) -> Option<Basis> {
-        match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                Some(Basis::Same(Box::new(residual::child_readout(self, node))))
-            }
-            Kind::Head { layer, head } => Some(head::basis(self, node, (*layer, *head))),
-            _ => None,
-        }
-    }
-
-    /// [`Engine::node_step`] from a computed basis; `None` where the basis does not cover the
-    /// step (then `node_step` decides, errors included). The readouts are formed exactly as
-    /// `node_step` forms them.
-    pub(super) fn step_with_basis(&self, node: &Node, basis: &Basis, step: Step) -> Option<Node> {
-        match (basis, step) {
-            (Basis::Same(r), Step::Comp(c)) => {
-                let n = residual::n_inputs(self, node);
-                self.layout.index(c).filter(|&i| i < n)?;
-                Some(Node {
-                    kind: Kind::Comp(c),
-                    pos: node.pos,
-                    readout: r.as_ref().clone(),
-                })
-            }
-            (Basis::Sources(src), Step::Source { pos, comp }) => {
-                let Sources { ov, pattern, s1 } = src.as_ref();
-                let Kind::Head { layer, .. } = node.kind else {
-                    return None;
-                };
-                let up = self
-                    .layout
-                    .index(comp)
-                    .is_some_and(|i| i < self.layout.pre(layer));
-                if !(pos < self.n_pos() && self.allowed(layer, node.pos, pos) && up) {
-                    return None;
-                }
-                let a = pattern.clone().narrow(0, pos, 1);
-                let s = s1.clone().narrow(0, pos, 1);
-                Some(Node {
-                    kind: Kind::Comp(comp),
-                    pos,
-                    readout: ov.clone() * a / s,
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// "head L2.H1 at position 5", for error messages.
-    pub(super) fn describe(&self, node: &Node) -> String {
-        match &node.kind {
-            Kind::Root => "the root".into(),
-            Kind::Comp(c) => format!("`{c}` at position {}", node.pos),
-            Kind::Head { layer, head } => format!("head L{layer}.H{head} at position {}", node.pos),
-            Kind::Neuron { layer, n } => {
-                format!("neuron L{layer}.mlp/N{n} at position {}", node.pos)
-            }
-            Kind::Score(id) => format!(
-                "score `{}` of head L{}.H{} at position {}",
-                Step::Score {
-                    key: id.key,
-                    versus: id.versus
-                },
-                id.layer,
-                id.head,
-                node.pos
-            ),
-            Kind::Side(_, side) => format!("the `{}` side of a score", side.as_str()),
-            Kind::Bias(_) => "`bias`".into(),
-        }
-    }
-
-    /// The valid child steps of `node`, for error messages.
-    pub(super) fn valid_here(&self, node: &Node) -> String {
-        match &node.kind {
-            Kind::Root | Kind::Comp(Comp::Mlp(_)) | Kind::Neuron { .. } => {
-                residual::valid(self, node)
-            }
-            Kind::Comp(Comp::Attn(_)) => attn::valid(self),
-            Kind::Head { layer, .. } => head::valid(self, node, *layer),
-            Kind::Score(_) => "q, k".into(),
-            Kind::Side(id, side) => score::side_valid(self, node, *id, *side),
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_) => {
-                "nothing (this node is a leaf)".into()
-            }
-        }
-    }
-
-    pub(super) fn is_leaf(&self, node: &Node) -> bool {
-        matches!(
-            node.kind,
-            Kind::Comp(Comp::Embed | Comp::Pos) | Kind::Bias(_)
-        )
-    }
-
-    /// The public description of a node's kind.
-    pub(super) fn public_kind(node: &Node) -> NodeKind {
-        match &node.kind {
-            Kind::Root => NodeKind::Root,
-            Kind::Comp(c) => NodeKind::Component {
-                comp: CompLabel(*c),
-            },
-            Kind::Head { layer, head } => NodeKind::Head {
-                layer: *layer,
-                head: *head,
-            },
-            Kind::Neuron { layer, n } => NodeKind::Neuron {
-                layer: *layer,
-                neuron: *n,
-            },
-            Kind::Score(id) => NodeKind::Score {
-                layer: id.layer,
-                head: id.head,
-            },
-            Kind::Side(id, side) => NodeKind::Side {
-                layer: id.layer,
-                head: id.head,
-                side: side.as_str(),
-            },
-            Kind::Bias(_) => NodeKind::Bias,
-        }
-    }
-
-    /// A score node's bilinear table and its labels.
-    pub(super) fn node_table(&self, node: &Node) -> Option<(Vec<String>, Tensor<2>)> {
-        match &node.kind {
-            Kind::Score(id) => Some(self.score_table(*id, node.pos)),
-            _ => None,
-        }
-    }
-
-    /// An MLP node's neuron values `[d_mlp]`.
-    pub(super) fn node_neurons(&self, node: &Node) -> Option<Tensor<1>> {
-        match node.kind {
-            Kind::Comp(Comp::Mlp(l)) => Some(self.neuron_values(l, node.pos, node.readout.clone())),
-            _ => None,
-        }
-    }
-
-    /// What the node writes into the residual stream at its position `[d]` (a component's
-    /// output, a head's `z_h W_O[h]`, a neuron's `a_n W_out[n]`); `None` for nodes that write
-    /// nothing of their own.
-    pub(super) fn node_written(&self, node: &Node) -> Option<Tensor<1>> {
-        let cfg = &self.model.config;
-        match &node.kind {
-            Kind::Comp(c) => {
-                let i = self.layout.index(*c)?;
-                Some(
-                    self.cache
-                        .components
-                        .clone()
-                        .narrow(0, i, 1)
-                        .narrow(1, node.pos, 1)
-                        .reshape([cfg.d_model]),
-                )
-            }
-            Kind::Head { layer, head } => {
-                let z = self
-                    .z_at(&(*layer..*layer + 1), node.pos)
-                    .narrow(1, *head, 1)
-                    .reshape([1, cfg.d_head]);
-                let w_o = self
-                    .model
-                    .weights
-                    .w_o
-                    .clone()
-                    .narrow(0, *layer, 1)
-                    .narrow(1, *head, 1)
-                    .reshape([cfg.d_head, cfg.d_model]);
-                Some(self.post_written(
-                    *layer,
-                    node.pos,
-                    z.matmul(w_o).reshape([cfg.d_model]),
-                    false,
-                ))
-            }
-            Kind::Neuron { layer, n } => Some(self.neuron_output(*layer, node.pos, *n)),
-            _ => None,
-        }
+        let readout = basis
+            .and_then(|b| b.readout(step))
+            .unwrap_or_else(|| ops.child_readout(self, node, step));
+        Some(Node { kind, pos, readout })
     }
 
     /// The vocabulary readout of a written vector at `pos`: `C(v) W_U / s_final[pos]` `[V]`.
@@ -339,40 +280,68 @@ impl Engine<'_> {
             / s
     }
 
-    /// The position a node is shown at: its own, or for a single score's key side the key.
-    pub(super) fn node_position(&self, node: &Node) -> usize {
-        match &node.kind {
-            Kind::Side(id, side) => score::side_position(*id, *side, node.pos),
-            _ => node.pos,
-        }
-    }
-
     pub(super) fn zero(&self) -> Tensor<1> {
         Tensor::<1>::zeros([1], self.device())
     }
 
-    /// `x_c[pos] · r` for one component: `[1]`; a component this model does not have (`pos`
-    /// with rotary embeddings, a layer past the last) is an error, never another component.
-    pub(super) fn comp_value(&self, c: Comp, pos: usize, r: &Tensor<1>) -> Result<Tensor<1>> {
+    /// Component `c` at `pos`: `[1, d]`; a component this model does not have (`pos` with
+    /// rotary embeddings, a layer past the last) is an error, never another component.
+    pub(super) fn comp_row(&self, c: Comp, pos: usize) -> Result<Tensor<2>> {
         let i = self
             .layout
             .index(c)
             .ok_or(AttribError::UnknownComponent { comp: c })?;
-        Ok(super::rows_dot(
-            self.cache
-                .components
-                .clone()
-                .narrow(0, i, 1)
-                .narrow(1, pos, 1)
-                .reshape([1, self.model.config.d_model]),
-            r.clone(),
-        ))
+        Ok(self
+            .cache
+            .components
+            .clone()
+            .narrow(0, i, 1)
+            .narrow(1, pos, 1)
+            .reshape([1, self.model.config.d_model]))
+    }
+
+    /// `x_c[pos] · r` for one component: `[1]` (an unknown component is an error).
+    pub(super) fn comp_value(&self, c: Comp, pos: usize, r: &Tensor<1>) -> Result<Tensor<1>> {
+        Ok(super::rows_dot(self.comp_row(c, pos)?, r.clone()))
+    }
+
+    /// What component `c` writes at `pos`: `[d]`.
+    pub(super) fn comp_written(&self, c: Comp, pos: usize) -> Result<Tensor<1>> {
+        Ok(self.comp_row(c, pos)?.reshape([self.model.config.d_model]))
+    }
+
+    /// Whether component `c` is among the first `n` of the layout (upstream of a point).
+    pub(super) fn among_first(&self, c: Comp, n: usize) -> bool {
+        self.layout.index(c).is_some_and(|i| i < n)
+    }
+
+    /// Steps `Comp(c)` for the first `n` components.
+    pub(super) fn comp_steps(&self, n: usize) -> Vec<Step> {
+        (0..n).map(|i| Step::Comp(self.layout.comp(i))).collect()
+    }
+
+    /// Steps `{p}:{c}` for the first `n` components at each of `positions`, position-major.
+    pub(super) fn source_steps(
+        &self,
+        positions: impl IntoIterator<Item = usize>,
+        n: usize,
+    ) -> Vec<Step> {
+        let layout = self.layout;
+        positions
+            .into_iter()
+            .flat_map(|pos| {
+                (0..n).map(move |c| Step::Source {
+                    pos,
+                    comp: layout.comp(c),
+                })
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Kind, Node};
+    use super::{Kind, Node, Want};
     use crate::engine::{AttribError, Engine, MlpMode, Target};
     use crate::path::Comp;
     use rdla_model::Device;
@@ -394,23 +363,25 @@ mod tests {
             )
             .unwrap();
             let node = Node {
-                kind: Kind::Comp(missing),
+                kind: Kind::component(missing),
                 pos: 1,
                 readout: engine.r_root.clone(),
             };
-            match engine.node_value(&node) {
+            match node.kind.ops().value(&engine, &node) {
                 Err(AttribError::UnknownComponent { comp }) => assert_eq!(comp, missing),
                 Err(e) => panic!("{name}: unexpected error {e}"),
                 Ok(_) => panic!("{name}: `{missing}` was given a value"),
             }
-            // an expansion reports it too (a leaf's expansion is its value and no children)
-            if missing == Comp::Pos {
-                let err = engine.node_all(&node).err().map(|e| e.to_string());
-                assert_eq!(
-                    err.as_deref(),
-                    Some("component `pos` is not in this model's layout")
-                );
-            }
+            // an expansion reports it too
+            let want = Want {
+                neurons: true,
+                written: true,
+            };
+            let err = node.kind.ops().expand(&engine, &node, want).err();
+            assert_eq!(
+                err.map(|e| e.to_string()).as_deref(),
+                Some(format!("component `{missing}` is not in this model's layout").as_str())
+            );
         }
     }
 }

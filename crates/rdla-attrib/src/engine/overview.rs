@@ -67,7 +67,11 @@ impl Engine<'_> {
         let head_bias = Tensor::cat(bias_parts, 0); // [L, H]
 
         // MLPs at q
-        let (r_mlp, mlp_bias) = self.mlp_readouts_and_biases(&ls, q, r_all, None); // [L, d], [L]
+        let parts = self.mlp_parts(&ls, q, r_all);
+        let (r_mlp, mlp_bias) = (
+            self.mlp_input_readout(&ls, q, &parts),
+            self.mlp_remainder(&ls, &parts),
+        ); // [L, d], [L]
         let mlp_breakdown = self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&ls); // [L, C]
 
         let parts = [

@@ -15,9 +15,12 @@ pub(super) fn layers<const D: usize>(t: &Tensor<D>, ls: &Range<usize>) -> Tensor
     t.clone().narrow(0, ls.start, ls.len())
 }
 
-/// The pieces of an MLP at one position, `[Lb, d_mlp]` each.
-struct MlpParts {
-    /// `W_out r`.
+/// The pieces of an MLP at one position, `[Lb, …]` each: what every MLP formula needs,
+/// computed once per expansion.
+pub(super) struct MlpParts {
+    /// The readout pulled back through the MLP's frozen post-norm `[Lb, d]`.
+    rp: Tensor<2>,
+    /// `W_out r` `[Lb, d_mlp]` (one neuron's entry only, after [`MlpParts::only`]).
     wout_r: Tensor<2>,
     /// The factor on the linear path (frozen gate, derivative, or the gate's activation).
     g: Tensor<2>,
@@ -25,6 +28,15 @@ struct MlpParts {
     z: Tensor<2>,
     /// The linear path's pre-activation (gated MLPs only).
     lin: Option<Tensor<2>>,
+    /// Restricted to one neuron.
+    neuron: bool,
+}
+
+impl MlpParts {
+    /// `W_out r` `[Lb, d_mlp]`.
+    pub(super) fn wout_r(&self) -> Tensor<2> {
+        self.wout_r.clone()
+    }
 }
 
 impl Engine<'_> {
@@ -252,31 +264,38 @@ impl Engine<'_> {
         }
     }
 
-    /// What every MLP formula needs at `q`: `W_out r` `[Lb, d_mlp]` (restricted to one neuron
-    /// when `neuron` is given: the neuron's share of the MLP), the gate `g` `[Lb, d_mlp]`, the
-    /// pre-activation `z` `[Lb, d_mlp]` (the gate's in a gated MLP) and, for a gated MLP, the
-    /// linear path's.
-    fn mlp_parts(
-        &self,
-        ls: &Range<usize>,
-        q: usize,
-        r: Tensor<2>,
-        neuron: Option<usize>,
-    ) -> MlpParts {
+    /// What every MLP formula needs at `q` (see [`MlpParts`]), for the readout `r [Lb, d]`.
+    pub(super) fn mlp_parts(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> MlpParts {
         let [lb, d] = r.dims();
-        let r = self.post_readout(ls, q, r, true);
-        let mut wout_r = layers(&self.model.weights.w_out, ls)
-            .matmul(r.reshape([lb, d, 1]))
+        let rp = self.post_readout(ls, q, r, true);
+        let wout_r = layers(&self.model.weights.w_out, ls)
+            .matmul(rp.clone().reshape([lb, d, 1]))
             .squeeze_dim::<2>(2); // [Lb, d_mlp]
-        if let Some(n) = neuron {
-            wout_r = wout_r
-                * self
-                    .one_hot(n, self.model.config.d_mlp)
-                    .unsqueeze_dim::<2>(0);
-        }
         let (z, lin) = self.mlp_pre(ls, q);
         let g = self.gate(z.clone());
-        MlpParts { wout_r, g, z, lin }
+        MlpParts {
+            rp,
+            wout_r,
+            g,
+            z,
+            lin,
+            neuron: false,
+        }
+    }
+
+    /// The parts of neuron `n` alone: its share of the MLP (`W_out r` kept at `n` only).
+    pub(super) fn only_neuron(&self, parts: &MlpParts, n: usize) -> MlpParts {
+        MlpParts {
+            rp: parts.rp.clone(),
+            wout_r: parts.wout_r.clone()
+                * self
+                    .one_hot(n, self.model.config.d_mlp)
+                    .unsqueeze_dim::<2>(0),
+            g: parts.g.clone(),
+            z: parts.z.clone(),
+            lin: parts.lin.clone(),
+            neuron: true,
+        }
     }
 
     /// `[n]`: 1 at `i`, else 0.
@@ -288,123 +307,63 @@ impl Engine<'_> {
 
     /// The readout of the inputs of MLPs `ls` at `q`: `C(W_in (g ⊙ W_out r)) / s2[l, q]`, plus,
     /// for a gated MLP in gradient mode, the gate path
-    /// `W_gate (act'(z_gate) ⊙ z_linear ⊙ W_out r)`: `[Lb, d]`. With `neuron`, the same for
-    /// that neuron alone (DESIGN.md: a neuron's children).
-    pub(super) fn mlp_readouts(
+    /// `W_gate (act'(z_gate) ⊙ z_linear ⊙ W_out r)`: `[Lb, d]`. For one neuron's parts, the
+    /// same for that neuron alone (DESIGN.md: a neuron's children).
+    pub(super) fn mlp_input_readout(
         &self,
         ls: &Range<usize>,
         q: usize,
-        r: Tensor<2>,
-        neuron: Option<usize>,
+        parts: &MlpParts,
     ) -> Tensor<2> {
-        let parts = self.mlp_parts(ls, q, r, neuron);
-        self.mlp_input_readout(ls, q, parts)
-    }
-
-    /// [`Engine::mlp_readouts`] and [`Engine::mlp_biases`] from one pass over `W_out` (an MLP
-    /// node's children and remainder).
-    pub(super) fn mlp_readouts_and_biases(
-        &self,
-        ls: &Range<usize>,
-        q: usize,
-        r: Tensor<2>,
-        neuron: Option<usize>,
-    ) -> (Tensor<2>, Tensor<1>) {
-        let parts = self.mlp_parts(ls, q, r.clone(), neuron);
-        let bias = self.mlp_remainder(ls, q, r, neuron, parts.g.clone(), parts.wout_r.clone());
-        (self.mlp_input_readout(ls, q, parts), bias)
-    }
-
-    /// The readout of the MLP's inputs from its parts (see [`Engine::mlp_readouts`]).
-    fn mlp_input_readout(&self, ls: &Range<usize>, q: usize, parts: MlpParts) -> Tensor<2> {
         let w = &self.model.weights;
-        let MlpParts { wout_r, g, z, lin } = parts;
-        let gw = g * wout_r.clone();
+        let gw = parts.g.clone() * parts.wout_r.clone();
         let mut read = layers(&w.w_in, ls)
             .matmul(gw.unsqueeze_dim::<3>(2))
             .squeeze_dim::<2>(2); // [Lb, d]
         if self.model.config.gated_mlp
             && self.mode == MlpMode::Gradient
-            && let (Some(lin), Some(w_gate)) = (lin, &w.w_gate)
+            && let (Some(lin), Some(w_gate)) = (&parts.lin, &w.w_gate)
         {
-            let gp = act::derivative(self.model.config.act, z) * lin;
+            let gp = act::derivative(self.model.config.act, parts.z.clone()) * lin.clone();
             read = read
                 + layers(w_gate, ls)
-                    .matmul((gp * wout_r).unsqueeze_dim::<3>(2))
+                    .matmul((gp * parts.wout_r.clone()).unsqueeze_dim::<3>(2))
                     .squeeze_dim::<2>(2);
         }
         let s2 = layers(&self.cache.ln2_scale, ls).narrow(1, q, 1); // [Lb, 1]
         self.c(read) / s2
     }
 
-    /// The remainder of MLPs `ls` at `q`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. With
-    /// `neuron`: that neuron's `g_n b_in[n] (W_out[n] · r)` (no `b_out`).
-    pub(super) fn mlp_biases(
-        &self,
-        ls: &Range<usize>,
-        q: usize,
-        r: Tensor<2>,
-        neuron: Option<usize>,
-    ) -> Tensor<1> {
-        let MlpParts { wout_r, g, .. } = self.mlp_parts(ls, q, r.clone(), neuron);
-        self.mlp_remainder(ls, q, r, neuron, g, wout_r)
-    }
-
-    /// `((g ⊙ b_in) W_out + b_out) · r` from the parts already computed.
-    fn mlp_remainder(
-        &self,
-        ls: &Range<usize>,
-        q: usize,
-        r: Tensor<2>,
-        neuron: Option<usize>,
-        g: Tensor<2>,
-        wout_r: Tensor<2>,
-    ) -> Tensor<1> {
+    /// The remainder of MLPs `ls`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. For one neuron's
+    /// parts: that neuron's `g_n b_in[n] (W_out[n] · r)` (no `b_out`).
+    pub(super) fn mlp_remainder(&self, ls: &Range<usize>, parts: &MlpParts) -> Tensor<1> {
         let w = &self.model.weights;
-        let [lb, d] = r.dims();
-        let gated = (g * layers(&w.b_in, ls) * wout_r)
+        let [lb, d] = parts.rp.dims();
+        let gated = (parts.g.clone() * layers(&w.b_in, ls) * parts.wout_r.clone())
             .sum_dim(1)
             .squeeze_dim::<1>(1);
-        if neuron.is_some() {
+        if parts.neuron {
             return gated;
         }
         let b_out = layers(&w.b_out, ls)
             .unsqueeze_dim::<3>(1)
-            .matmul(self.post_readout(ls, q, r, true).reshape([lb, d, 1]))
+            .matmul(parts.rp.clone().reshape([lb, d, 1]))
             .reshape([lb]);
         gated + b_out
     }
 
-    /// The MLP's activations `a = act(z)` (SwiGLU: `silu(z_gate) ⊙ z_up`) at `q`: `[Lb, d_mlp]`.
-    fn mlp_activations(&self, ls: &Range<usize>, q: usize) -> Tensor<2> {
-        let (z, lin) = self.mlp_pre(ls, q);
-        let a = act::apply(self.model.config.act, z);
-        match lin {
-            Some(lin) => a * lin,
-            None => a,
+    /// The MLP's activations `a = act(z)` (SwiGLU: `silu(z_gate) ⊙ z_up`) `[Lb, d_mlp]`: a
+    /// gated MLP's gate is already `act(z_gate)`.
+    pub(super) fn mlp_activations(&self, parts: &MlpParts) -> Tensor<2> {
+        match &parts.lin {
+            Some(lin) => parts.g.clone() * lin.clone(),
+            None => act::apply(self.model.config.act, parts.z.clone()),
         }
     }
 
-    /// Every neuron's value `a_n (W_out[n] · r)` of MLP `l` at `q`: `[d_mlp]`. With `b_out · r`
-    /// they add up to the MLP's value.
-    pub(super) fn neuron_values(&self, l: usize, q: usize, r: Tensor<1>) -> Tensor<1> {
-        let r = self
-            .post_readout(&(l..l + 1), q, r.unsqueeze_dim(0), true)
-            .squeeze_dim::<1>(0);
-        let wout_r = layers(&self.model.weights.w_out, &(l..l + 1))
-            .squeeze_dim::<2>(0)
-            .matmul(r.unsqueeze_dim::<2>(1))
-            .squeeze_dim::<1>(1); // [d_mlp]
-        self.mlp_activations(&(l..l + 1), q).squeeze_dim::<1>(0) * wout_r
-    }
-
-    /// What neuron `n` of MLP `l` writes at `q`: `a_n W_out[n]` `[d]` (through the frozen
-    /// post-norm, where there is one).
-    pub(super) fn neuron_output(&self, l: usize, q: usize, n: usize) -> Tensor<1> {
-        let a = self
-            .mlp_activations(&(l..l + 1), q)
-            .narrow(1, n, 1)
-            .reshape([1]);
+    /// What neuron `n` of MLP `l` writes at `q` with activation `a [1]`: `a_n W_out[n]` `[d]`
+    /// (through the frozen post-norm, where there is one).
+    pub(super) fn neuron_output(&self, l: usize, q: usize, n: usize, a: Tensor<1>) -> Tensor<1> {
         let v = layers(&self.model.weights.w_out, &(l..l + 1))
             .squeeze_dim::<2>(0)
             .narrow(0, n, 1)

@@ -2,9 +2,10 @@
 //! expansion or the overview returns.
 
 use rdla_model::ModelError;
+pub use rdla_model::model::ablate::Site;
 use serde::Serialize;
 
-use crate::path::{Comp, Layout, PathSyntaxError, Step};
+use crate::path::{Comp, Layout, Path, PathSyntaxError, Side, Step};
 
 /// What is attributed: a logit, or a logit difference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,9 +74,9 @@ pub enum AttribError {
         "bad path `{path}`: step {index} `{step}` is not a child of {parent}; valid here: {valid}"
     )]
     InvalidStep {
-        path: String,
+        path: Path,
         index: usize,
-        step: String,
+        step: Step,
         parent: String,
         valid: String,
     },
@@ -88,7 +89,7 @@ pub enum AttribError {
     #[error(
         "`{path}` is not a model site (ablate a component, head or neuron; not the root, a score, a score's side or a remainder)"
     )]
-    NotASite { path: String },
+    NotASite { path: Path },
     #[error("component `{comp}` is not in this model's layout")]
     UnknownComponent { comp: Comp },
     #[error("a read-back from the device returned no values")]
@@ -118,7 +119,7 @@ pub enum NodeKind {
     Side {
         layer: usize,
         head: usize,
-        side: &'static str,
+        side: Side,
     },
     /// The remainder child of its parent.
     Bias,
@@ -134,19 +135,49 @@ impl Serialize for CompLabel {
     }
 }
 
+/// A model site at a position: what ablation replaces, what the trace's graph merges paths
+/// by, what the window offers the causal check on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SiteAt {
+    pub site: Site,
+    pub pos: usize,
+}
+
+/// How a node's children are laid out in a heatmap (each node kind says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildLayout {
+    /// The components of a residual stream at one position (the root, an MLP, a neuron, a
+    /// score's query side or single key side): layers × (attention, MLP).
+    Components,
+    /// An attention layer's heads: one row.
+    Heads,
+    /// A head's sources: the components upstream of `layer` × every position it may see.
+    Sources { layer: usize },
+    /// A contrast's key side: the components upstream of `layer` × the keys it compares.
+    Keys { layer: usize },
+    /// A score's bilinear table (query components × key components).
+    Table,
+    /// A leaf: its value alone.
+    Cell,
+}
+
 /// One child of an expanded node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Child {
-    pub step: String,
+    pub step: Step,
     pub value: f32,
+    /// The model site the child is, if it is one.
     #[serde(skip)]
-    pub parsed: Step,
+    pub site: Option<SiteAt>,
+    /// The child is a leaf (nothing below it).
+    #[serde(skip)]
+    pub leaf: bool,
 }
 
 /// An expanded node: its value, its children, and what does not add up.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Expansion {
-    pub path: String,
+    pub path: Path,
     #[serde(flatten)]
     pub kind: NodeKind,
     /// Position the node sits at (destination position for heads).
@@ -178,6 +209,12 @@ pub struct Expansion {
     /// remainders) have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenReadout>,
+    /// The model site the node is, if it is one.
+    #[serde(skip)]
+    pub site: Option<SiteAt>,
+    /// How its children are laid out in a heatmap.
+    #[serde(skip)]
+    pub layout: ChildLayout,
 }
 
 impl Expansion {
@@ -186,7 +223,7 @@ impl Expansion {
     pub fn source_positions(&self) -> Vec<usize> {
         self.children
             .iter()
-            .filter_map(|c| match c.parsed {
+            .filter_map(|c| match c.step {
                 Step::Source { pos, .. } => Some(pos),
                 _ => None,
             })
@@ -204,12 +241,29 @@ pub enum Units {
     Score,
 }
 
+impl Units {
+    /// How a caption names them: `logit units`, `score units`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Logit => "logit units",
+            Self::Score => "score units",
+        }
+    }
+}
+
+impl std::fmt::Display for Units {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// The bilinear split of a score: `values[row][col]`, rows the query-side components (and
-/// `bias`), columns the key-side components (and `bias`); the cells add up to the score.
+/// `bias`), columns the key-side components (and `bias`), each named by its step below the
+/// side; the cells add up to the score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoreTable {
-    pub rows: Vec<String>,
-    pub cols: Vec<String>,
+    pub rows: Vec<Step>,
+    pub cols: Vec<Step>,
     pub values: Vec<Vec<f32>>,
 }
 

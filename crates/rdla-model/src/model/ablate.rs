@@ -6,8 +6,11 @@
 
 use burn::tensor::Tensor;
 
-/// What is ablated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A model site: something the model computes and writes into the residual stream (at a
+/// position, which the site does not carry). The one taxonomy of sites: ablation replaces
+/// one, the attribution tree names one for every node that is a site, the trace's graph
+/// merges its paths by them and the window offers the causal check on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Site {
     Embed,
     Pos,
@@ -25,6 +28,32 @@ pub enum Site {
         layer: usize,
         neuron: usize,
     },
+}
+
+impl Site {
+    /// The drawing row of a graph: `-1` for the embeddings, `l` for layer `l`'s attention and
+    /// heads, `l + 0.5` for its MLP and neurons.
+    pub fn row(self) -> f32 {
+        match self {
+            Self::Embed | Self::Pos => -1.0,
+            Self::Attn(l) | Self::Head { layer: l, .. } => l as f32,
+            Self::Mlp(l) | Self::Neuron { layer: l, .. } => l as f32 + 0.5,
+        }
+    }
+}
+
+/// `embed`, `pos`, `L{l}.attn`, `L{l}.H{h}`, `L{l}.mlp`, `L{l}.N{n}`.
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embed => f.write_str("embed"),
+            Self::Pos => f.write_str("pos"),
+            Self::Attn(l) => write!(f, "L{l}.attn"),
+            Self::Mlp(l) => write!(f, "L{l}.mlp"),
+            Self::Head { layer, head } => write!(f, "L{layer}.H{head}"),
+            Self::Neuron { layer, neuron } => write!(f, "L{layer}.N{neuron}"),
+        }
+    }
 }
 
 /// What an ablated site is replaced with.

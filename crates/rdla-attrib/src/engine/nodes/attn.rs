@@ -3,51 +3,103 @@
 //! post-norm where the model has one (the heads' readout `r ⊙ w_post / s_post`).
 
 use burn::tensor::Tensor;
+use rdla_model::model::ablate::Site;
 
-use crate::engine::node::{Children, Kind, Node};
-use crate::engine::{Engine, Result};
+use super::head::Head;
+use crate::engine::node::{Children, Kind, Node, NodeType, Parts, Want};
+use crate::engine::readout::layers;
+use crate::engine::{ChildLayout, CompLabel, Engine, NodeKind, Result};
 use crate::path::{Comp, Step};
 
-pub(in crate::engine) fn value(eng: &Engine<'_>, node: &Node, l: usize) -> Result<Tensor<1>> {
-    eng.comp_value(Comp::Attn(l), node.pos, &node.readout)
+/// Attention layer `layer`'s output.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::engine) struct AttnLayer {
+    pub layer: usize,
 }
 
-/// The readout of the layer's heads and `b_O`: `[1, d]`.
-fn inner(eng: &Engine<'_>, node: &Node, l: usize) -> Tensor<2> {
-    eng.post_readout(
-        &(l..l + 1),
-        node.pos,
-        node.readout.clone().unsqueeze_dim(0),
-        false,
-    )
-}
+impl AttnLayer {
+    /// The readout of the layer's heads and `b_O`: `[1, d]`.
+    fn inner(self, eng: &Engine<'_>, node: &Node) -> Tensor<2> {
+        let l = self.layer;
+        eng.post_readout(
+            &(l..l + 1),
+            node.pos,
+            node.readout.clone().unsqueeze_dim(0),
+            false,
+        )
+    }
 
-pub(in crate::engine) fn bias(eng: &Engine<'_>, node: &Node, l: usize) -> Tensor<1> {
-    (crate::engine::readout::layers(&eng.model.weights.b_o, &(l..l + 1)) * inner(eng, node, l))
-        .sum()
-}
-
-pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, l: usize) -> Children {
-    Children {
-        steps: (0..eng.model.config.n_heads).map(Step::Head).collect(),
-        values: Some(
-            eng.head_values(&(l..l + 1), node.pos, inner(eng, node, l))
-                .squeeze_dim::<1>(0),
-        ),
+    /// `b_O · r'` from the heads' readout `[1, d]`.
+    fn bias_of(self, eng: &Engine<'_>, inner: Tensor<2>) -> Tensor<1> {
+        let l = self.layer;
+        (layers(&eng.model.weights.b_o, &(l..l + 1)) * inner).sum()
     }
 }
 
-pub(in crate::engine) fn step(eng: &Engine<'_>, node: &Node, l: usize, step: Step) -> Option<Node> {
-    match step {
-        Step::Head(h) if h < eng.model.config.n_heads => Some(Node {
-            kind: Kind::Head { layer: l, head: h },
-            pos: node.pos,
-            readout: inner(eng, node, l).squeeze_dim::<1>(0),
-        }),
-        _ => None,
+impl NodeType for AttnLayer {
+    fn public(&self) -> NodeKind {
+        NodeKind::Component {
+            comp: CompLabel(Comp::Attn(self.layer)),
+        }
     }
-}
 
-pub(in crate::engine) fn valid(eng: &Engine<'_>) -> String {
-    format!("H0 … H{}, bias", eng.model.config.n_heads - 1)
+    fn describe(&self, pos: usize) -> String {
+        format!("`L{}.attn` at position {pos}", self.layer)
+    }
+
+    fn layout(&self) -> ChildLayout {
+        ChildLayout::Heads
+    }
+
+    fn site(&self) -> Option<Site> {
+        Some(Site::Attn(self.layer))
+    }
+
+    fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        eng.comp_value(Comp::Attn(self.layer), node.pos, &node.readout)
+    }
+
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+        self.bias_of(eng, self.inner(eng, node))
+    }
+
+    fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
+        let l = self.layer;
+        let value = self.value(eng, node)?; // first: an unknown layer is an error here
+        let inner = self.inner(eng, node);
+        let children = Children {
+            steps: (0..eng.model.config.n_heads).map(Step::Head).collect(),
+            values: Some(
+                eng.head_values(&(l..l + 1), node.pos, inner.clone())
+                    .squeeze_dim::<1>(0),
+            ),
+        };
+        let mut parts = Parts::plain(value, children, self.bias_of(eng, inner));
+        if want.written {
+            parts.written = Some(eng.comp_written(Comp::Attn(l), node.pos)?);
+        }
+        Ok(parts)
+    }
+
+    fn child_kind(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Option<(Kind, usize)> {
+        match step {
+            Step::Head(head) if head < eng.model.config.n_heads => Some((
+                Head {
+                    layer: self.layer,
+                    head,
+                }
+                .into(),
+                node.pos,
+            )),
+            _ => None,
+        }
+    }
+
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Tensor<1> {
+        self.inner(eng, node).squeeze_dim::<1>(0)
+    }
+
+    fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {
+        format!("H0 … H{}, bias", eng.model.config.n_heads - 1)
+    }
 }

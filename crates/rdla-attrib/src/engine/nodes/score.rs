@@ -11,9 +11,9 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::engine::Engine;
-use crate::engine::node::{Children, Kind, Node};
+use crate::engine::node::{Children, Kind, Node, NodeType, Parts, Want};
 use crate::engine::readout::layers;
+use crate::engine::{ChildLayout, Engine, NodeKind, Result};
 use crate::path::{Side, Step, Versus};
 
 /// Layer `l`, head `h` of a weight stacked over layers and heads (`[L, H, …]`), keeping both
@@ -156,22 +156,20 @@ impl Engine<'_> {
     }
 
     /// The score (or contrast) value `σ q̂ · k̂_w`: `[1]`.
-    pub(in crate::engine) fn score_value(&self, id: ScoreId, q: usize) -> Tensor<1> {
-        let keys = self.score_keys(id, q);
-        (self.q_hat(id.layer, id.head, q) * self.k_hat_w(id, &keys))
+    fn score_value(&self, id: ScoreId, q: usize, keys: &Keys) -> Tensor<1> {
+        (self.q_hat(id.layer, id.head, q) * self.k_hat_w(id, keys))
             .sum()
             .mul_scalar(self.sigma())
     }
 
     /// The query side: the readout of the components at `q`,
     /// `r_q = σ C(W_Q[h] ρ_q^T k̂_w) / s1[q]` `[d]`, and its bias `σ b_Q[h] · ρ_q^T k̂_w` `[1]`.
-    fn query_side(&self, id: ScoreId, q: usize) -> (Tensor<1>, Tensor<1>) {
+    fn query_side(&self, id: ScoreId, q: usize, keys: &Keys) -> (Tensor<1>, Tensor<1>) {
         let w = &self.model.weights;
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, h) = (id.layer, id.head);
-        let keys = self.score_keys(id, q);
         let y = Self::times(
-            self.rotate_rows(l, self.k_hat_w(id, &keys), &[q], true),
+            self.rotate_rows(l, self.k_hat_w(id, keys), &[q], true),
             self.qk_norm_factor(l, h, &[q], false),
         ); // [1, dh]
         let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
@@ -183,11 +181,10 @@ impl Engine<'_> {
 
     /// The key side: one readout per key, weighted, `w_j σ C(W_K[h'] ρ_j^T q̂) / s1[j]`
     /// `[nk, d]`, and the bias `Σ_j w_j σ b_K[h'] · ρ_j^T q̂` `[1]`.
-    fn key_side(&self, id: ScoreId, q: usize) -> (Keys, Tensor<2>, Tensor<1>) {
+    fn key_side(&self, id: ScoreId, q: usize, keys: &Keys) -> (Tensor<2>, Tensor<1>) {
         let w = &self.model.weights;
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, hk) = (id.layer, id.head / self.group());
-        let keys = self.score_keys(id, q);
         let nk = keys.keys.len();
         let y = Self::times(
             self.rotate_rows(
@@ -205,17 +202,16 @@ impl Engine<'_> {
         let bias = (y.matmul(b_k).reshape([nk]) * keys.w.clone())
             .sum()
             .mul_scalar(self.sigma());
-        (keys, r, bias)
+        (r, bias)
     }
 
     /// The bilinear table `[C'+1, C'+1]` (query components at `q` + bias × key components +
     /// bias, each key column summed over the keys with their weights), and its labels.
-    pub(in crate::engine) fn score_table(&self, id: ScoreId, q: usize) -> (Vec<String>, Tensor<2>) {
+    fn score_table(&self, id: ScoreId, q: usize, keys: &Keys) -> (Vec<Step>, Tensor<2>) {
         let w = &self.model.weights;
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, h, hk) = (id.layer, id.head, id.head / self.group());
         let n = self.layout.pre(l);
-        let keys = self.score_keys(id, q);
         let nk = keys.keys.len();
 
         let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
@@ -254,164 +250,254 @@ impl Engine<'_> {
         let k_parts = self
             .rotate_rows(l, k_parts, &positions, false)
             .reshape([nk, (n + 1) * dh]);
-        let k_w = keys.w.reshape([1, nk]).matmul(k_parts).reshape([n + 1, dh]);
+        let k_w = keys
+            .w
+            .clone()
+            .reshape([1, nk])
+            .matmul(k_parts)
+            .reshape([n + 1, dh]);
         let table = q_parts.matmul(k_w.transpose()).mul_scalar(self.sigma());
-        let mut labels: Vec<String> = (0..n).map(|i| self.layout.comp(i).to_string()).collect();
-        labels.push("bias".into());
+        let mut labels = self.comp_steps(n);
+        labels.push(Step::Bias);
         (labels, table)
     }
 }
 
-pub(in crate::engine) fn children(eng: &Engine<'_>, node: &Node, id: ScoreId) -> Children {
-    let v = eng.score_value(id, node.pos);
-    Children {
-        steps: vec![Step::Side(Side::Query), Step::Side(Side::Key)],
-        values: Some(Tensor::cat(vec![v.clone(), v], 0)),
+/// A head's score to one key, or a contrast of scores, at the head's destination.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::engine) struct Score(pub ScoreId);
+
+impl NodeType for Score {
+    fn public(&self) -> NodeKind {
+        NodeKind::Score {
+            layer: self.0.layer,
+            head: self.0.head,
+        }
+    }
+
+    fn describe(&self, pos: usize) -> String {
+        let id = self.0;
+        let step = Step::Score {
+            key: id.key,
+            versus: id.versus,
+        };
+        format!(
+            "score `{step}` of head L{}.H{} at position {pos}",
+            id.layer, id.head
+        )
+    }
+
+    fn layout(&self) -> ChildLayout {
+        ChildLayout::Table
+    }
+
+    /// Its children are two alternative decompositions, not parts of a sum.
+    fn has_bias(&self) -> bool {
+        false
+    }
+
+    fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        let keys = eng.score_keys(self.0, node.pos);
+        Ok(eng.score_value(self.0, node.pos, &keys))
+    }
+
+    /// The value (shared by both sides, each a complete decomposition of it) and the table,
+    /// from one set of keys.
+    fn expand(&self, eng: &Engine<'_>, node: &Node, _want: Want) -> Result<Parts> {
+        let keys = eng.score_keys(self.0, node.pos);
+        let v = eng.score_value(self.0, node.pos, &keys);
+        let children = Children {
+            steps: vec![Step::Side(Side::Query), Step::Side(Side::Key)],
+            values: Some(Tensor::cat(vec![v.clone(), v.clone()], 0)),
+        };
+        let mut parts = Parts::plain(v, children, eng.zero());
+        parts.table = Some(eng.score_table(self.0, node.pos, &keys));
+        Ok(parts)
+    }
+
+    fn child_kind(&self, _eng: &Engine<'_>, node: &Node, step: Step) -> Option<(Kind, usize)> {
+        let Step::Side(side) = step else {
+            return None;
+        };
+        Some((ScoreSide { id: self.0, side }.into(), node.pos))
+    }
+
+    fn valid(&self, _eng: &Engine<'_>, _node: &Node) -> String {
+        "q, k".into()
     }
 }
 
-pub(in crate::engine) fn step(node: &Node, id: ScoreId, step: Step) -> Option<Node> {
-    let Step::Side(side) = step else {
-        return None;
-    };
-    Some(Node {
-        kind: Kind::Side(id, side),
-        pos: node.pos,
-        readout: node.readout.clone(),
-    })
+/// One side of a score's decomposition: `q` (the keys frozen, the query's components vary)
+/// or `k` (the query frozen, the keys' components vary).
+#[derive(Debug, Clone, Copy)]
+pub(in crate::engine) struct ScoreSide {
+    pub id: ScoreId,
+    pub side: Side,
 }
 
-/// The position a side node's components sit at: the query, or the key of a single score.
-pub(in crate::engine) fn side_position(id: ScoreId, side: Side, q: usize) -> usize {
-    match (side, id.versus) {
-        (Side::Key, Versus::Nothing) => id.key,
-        _ => q,
+impl ScoreSide {
+    /// The readout of the side's components and its remainder, from one set of keys: the
+    /// query's `[1, d]`, or one per key `[nk, d]` (weighted), and the keys.
+    fn readout(self, eng: &Engine<'_>, q: usize) -> (Keys, Tensor<2>, Tensor<1>) {
+        let keys = eng.score_keys(self.id, q);
+        let (r, bias) = match self.side {
+            Side::Query => {
+                let (r, b) = eng.query_side(self.id, q, &keys);
+                (r.unsqueeze_dim(0), b)
+            }
+            Side::Key => eng.key_side(self.id, q, &keys),
+        };
+        (keys, r, bias)
+    }
+
+    /// The components of `resid_pre_l` the side reads.
+    fn n(self, eng: &Engine<'_>) -> usize {
+        eng.layout.pre(self.id.layer)
     }
 }
 
-/// A side's children: the components of `resid_pre_l` (at the query, or at the single key), or
-/// for a contrast's key side `{p}:{component}` over its keys.
-pub(in crate::engine) fn side_children(
-    eng: &Engine<'_>,
-    node: &Node,
-    id: ScoreId,
-    side: Side,
-) -> Children {
-    let n = eng.layout.pre(id.layer);
-    let comps = |c| Step::Comp(eng.layout.comp(c));
-    match side {
-        Side::Query => {
-            let (r, _) = eng.query_side(id, node.pos);
-            Children {
-                steps: (0..n).map(comps).collect(),
-                values: Some(crate::engine::rows_dot(eng.comps_at(n, node.pos), r)),
+impl NodeType for ScoreSide {
+    fn public(&self) -> NodeKind {
+        NodeKind::Side {
+            layer: self.id.layer,
+            head: self.id.head,
+            side: self.side,
+        }
+    }
+
+    fn describe(&self, _pos: usize) -> String {
+        format!("the `{}` side of a score", self.side.as_str())
+    }
+
+    /// The query's components, the single key's components, or a contrast's keys ×
+    /// components.
+    fn layout(&self) -> ChildLayout {
+        match (self.side, self.id.versus) {
+            (Side::Key, Versus::Key(_) | Versus::Mean) => ChildLayout::Keys {
+                layer: self.id.layer,
+            },
+            _ => ChildLayout::Components,
+        }
+    }
+
+    /// The query, or the key of a single score.
+    fn position(&self, pos: usize) -> usize {
+        match (self.side, self.id.versus) {
+            (Side::Key, Versus::Nothing) => self.id.key,
+            _ => pos,
+        }
+    }
+
+    fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        Score(self.id).value(eng, node)
+    }
+
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+        self.readout(eng, node.pos).2
+    }
+
+    /// The children: the components of `resid_pre_l` (at the query, or at the single key),
+    /// or for a contrast's key side `{p}:{component}` over its keys; value, readout and
+    /// remainder from one set of keys.
+    fn expand(&self, eng: &Engine<'_>, node: &Node, _want: Want) -> Result<Parts> {
+        let n = self.n(eng);
+        let (keys, r, bias) = self.readout(eng, node.pos);
+        let value = eng.score_value(self.id, node.pos, &keys);
+        let children = match self.side {
+            Side::Query => Children {
+                steps: eng.comp_steps(n),
+                values: Some(crate::engine::rows_dot(
+                    eng.comps_at(n, node.pos),
+                    r.squeeze_dim::<1>(0),
+                )),
+            },
+            Side::Key => {
+                let nk = keys.keys.len();
+                let d = eng.model.config.d_model;
+                let vals = eng
+                    .cache
+                    .components
+                    .clone()
+                    .narrow(0, 0, n)
+                    .select(1, eng.int_index(&keys.keys))
+                    .swap_dims(0, 1) // [nk, n, d]
+                    .matmul(r.reshape([nk, d, 1]))
+                    .reshape([nk * n]);
+                let steps = if self.id.versus == Versus::Nothing {
+                    eng.comp_steps(n)
+                } else {
+                    eng.source_steps(keys.keys.iter().copied(), n)
+                };
+                Children {
+                    steps,
+                    values: Some(vals),
+                }
+            }
+        };
+        Ok(Parts::plain(value, children, bias))
+    }
+
+    fn child_kind(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Option<(Kind, usize)> {
+        let up = |c| eng.among_first(c, self.n(eng));
+        match (self.side, step, self.id.versus) {
+            (Side::Query, Step::Comp(c), _) if up(c) => Some((Kind::component(c), node.pos)),
+            (Side::Key, Step::Comp(c), Versus::Nothing) if up(c) => {
+                Some((Kind::component(c), self.id.key))
+            }
+            (Side::Key, Step::Source { pos, comp }, Versus::Key(_) | Versus::Mean)
+                if up(comp) && self.key_row(eng, node, pos).is_some() =>
+            {
+                Some((Kind::component(comp), pos))
+            }
+            _ => None,
+        }
+    }
+
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Tensor<1> {
+        let d = eng.model.config.d_model;
+        let (_, r, _) = self.readout(eng, node.pos);
+        let row = match step {
+            Step::Source { pos, .. } => self.key_row(eng, node, pos).unwrap_or(0),
+            _ => 0,
+        };
+        r.narrow(0, row, 1).reshape([d])
+    }
+
+    fn valid(&self, eng: &Engine<'_>, node: &Node) -> String {
+        let id = self.id;
+        let comps = eng.layout.describe_prefix(self.n(eng));
+        match (self.side, id.versus) {
+            (Side::Key, Versus::Key(k2)) => format!(
+                "{{p}}:{{component}} with p in {{{}, {}}} and component in {comps}, or bias",
+                id.key.min(k2),
+                id.key.max(k2)
+            ),
+            (Side::Key, Versus::Mean) => {
+                let (first, _) = eng.visible(id.layer, node.pos);
+                format!(
+                    "{{p}}:{{component}} with p in {first}..={} and component in {comps}, or bias",
+                    node.pos
+                )
+            }
+            _ => format!("{comps}, bias"),
+        }
+    }
+}
+
+impl ScoreSide {
+    /// The row of key `pos` among a contrast's keys (ascending, as [`Engine::score_keys`]
+    /// lists them), without computing them.
+    fn key_row(self, eng: &Engine<'_>, node: &Node, pos: usize) -> Option<usize> {
+        match self.id.versus {
+            Versus::Nothing => (pos == self.id.key).then_some(0),
+            Versus::Key(k2) => {
+                let (lo, hi) = (self.id.key.min(k2), self.id.key.max(k2));
+                [lo, hi].iter().position(|&k| k == pos)
+            }
+            Versus::Mean => {
+                let (first, count) = eng.visible(self.id.layer, node.pos);
+                (first..first + count).contains(&pos).then(|| pos - first)
             }
         }
-        Side::Key => {
-            let (keys, r, _) = eng.key_side(id, node.pos);
-            let nk = keys.keys.len();
-            let d = eng.model.config.d_model;
-            let vals = eng
-                .cache
-                .components
-                .clone()
-                .narrow(0, 0, n)
-                .select(1, eng.int_index(&keys.keys))
-                .swap_dims(0, 1) // [nk, n, d]
-                .matmul(r.reshape([nk, d, 1]))
-                .reshape([nk * n]);
-            let layout = eng.layout;
-            let steps = if id.versus == Versus::Nothing {
-                (0..n).map(comps).collect()
-            } else {
-                keys.keys
-                    .iter()
-                    .flat_map(|&pos| {
-                        (0..n).map(move |c| Step::Source {
-                            pos,
-                            comp: layout.comp(c),
-                        })
-                    })
-                    .collect()
-            };
-            Children {
-                steps,
-                values: Some(vals),
-            }
-        }
-    }
-}
-
-pub(in crate::engine) fn side_bias(
-    eng: &Engine<'_>,
-    node: &Node,
-    id: ScoreId,
-    side: Side,
-) -> Tensor<1> {
-    match side {
-        Side::Query => eng.query_side(id, node.pos).1,
-        Side::Key => eng.key_side(id, node.pos).2,
-    }
-}
-
-pub(in crate::engine) fn side_step(
-    eng: &Engine<'_>,
-    node: &Node,
-    id: ScoreId,
-    side: Side,
-    step: Step,
-) -> Option<Node> {
-    let n = eng.layout.pre(id.layer);
-    let upstream = |c| eng.layout.index(c).is_some_and(|i| i < n);
-    match (side, step, id.versus) {
-        (Side::Query, Step::Comp(c), _) if upstream(c) => Some(Node {
-            kind: Kind::Comp(c),
-            pos: node.pos,
-            readout: eng.query_side(id, node.pos).0,
-        }),
-        (Side::Key, Step::Comp(c), Versus::Nothing) if upstream(c) => Some(Node {
-            kind: Kind::Comp(c),
-            pos: id.key,
-            readout: eng
-                .key_side(id, node.pos)
-                .1
-                .reshape([eng.model.config.d_model]),
-        }),
-        (Side::Key, Step::Source { pos, comp }, Versus::Key(_) | Versus::Mean)
-            if upstream(comp) =>
-        {
-            let (keys, r, _) = eng.key_side(id, node.pos);
-            let row = keys.keys.iter().position(|&k| k == pos)?;
-            Some(Node {
-                kind: Kind::Comp(comp),
-                pos,
-                readout: r.narrow(0, row, 1).reshape([eng.model.config.d_model]),
-            })
-        }
-        _ => None,
-    }
-}
-
-pub(in crate::engine) fn side_valid(
-    eng: &Engine<'_>,
-    node: &Node,
-    id: ScoreId,
-    side: Side,
-) -> String {
-    let comps = eng.layout.describe_prefix(eng.layout.pre(id.layer));
-    match (side, id.versus) {
-        (Side::Key, Versus::Key(k2)) => format!(
-            "{{p}}:{{component}} with p in {{{}, {}}} and component in {comps}, or bias",
-            id.key.min(k2),
-            id.key.max(k2)
-        ),
-        (Side::Key, Versus::Mean) => {
-            let (first, _) = eng.visible(id.layer, node.pos);
-            format!(
-                "{{p}}:{{component}} with p in {first}..={} and component in {comps}, or bias",
-                node.pos
-            )
-        }
-        _ => format!("{comps}, bias"),
     }
 }

@@ -1,0 +1,221 @@
+//! An MLP's output at a position, and one of its neurons. Both are residual nodes: their
+//! children are the components of the MLP's input stream (`resid_mid`, or `resid_pre` in
+//! parallel-residual models) read through the frozen gate, `C(W_in (g ⊙ W_out r)) / s2`; an
+//! MLP also lists its neurons `N{n}` (an alternative decomposition, shown beside the node,
+//! not among its children). An MLP's remainder is `((g ⊙ b_in) W_out + b_out) · r`, a
+//! neuron's `g_n b_in[n] (W_out[n] · r)`.
+
+use burn::tensor::Tensor;
+use rdla_model::model::ablate::Site;
+
+use super::residual::component_child;
+use crate::engine::node::{Basis, Children, Kind, Node, NodeType, Parts, Want};
+use crate::engine::readout::MlpParts;
+use crate::engine::{ChildLayout, CompLabel, Engine, NodeKind, Result};
+use crate::path::{Comp, Step};
+
+/// MLP `layer`'s output.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::engine) struct Mlp {
+    pub layer: usize,
+}
+
+/// Neuron `n` of MLP `layer` (its readout is the MLP's).
+#[derive(Debug, Clone, Copy)]
+pub(in crate::engine) struct Neuron {
+    pub layer: usize,
+    pub n: usize,
+}
+
+/// The parts of MLP `l` at the node's position, for its readout.
+fn parts(eng: &Engine<'_>, l: usize, node: &Node) -> MlpParts {
+    eng.mlp_parts(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
+}
+
+/// The components of the MLP's input stream, read along the parts' input readout.
+fn inputs(eng: &Engine<'_>, l: usize, node: &Node, parts: &MlpParts) -> Children {
+    let n = eng.layout.mid(l);
+    let read = eng.mlp_input_readout(&(l..l + 1), node.pos, parts);
+    Children {
+        steps: eng.comp_steps(n),
+        values: Some(crate::engine::rows_dot(
+            eng.comps_at(n, node.pos),
+            read.squeeze_dim::<1>(0),
+        )),
+    }
+}
+
+impl Mlp {
+    fn input_readout(self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+        let l = self.layer;
+        eng.mlp_input_readout(&(l..l + 1), node.pos, &parts(eng, l, node))
+            .squeeze_dim::<1>(0)
+    }
+}
+
+impl NodeType for Mlp {
+    fn public(&self) -> NodeKind {
+        NodeKind::Component {
+            comp: CompLabel(Comp::Mlp(self.layer)),
+        }
+    }
+
+    fn describe(&self, pos: usize) -> String {
+        format!("`L{}.mlp` at position {pos}", self.layer)
+    }
+
+    fn layout(&self) -> ChildLayout {
+        ChildLayout::Components
+    }
+
+    fn site(&self) -> Option<Site> {
+        Some(Site::Mlp(self.layer))
+    }
+
+    fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        eng.comp_value(Comp::Mlp(self.layer), node.pos, &node.readout)
+    }
+
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+        let l = self.layer;
+        eng.mlp_remainder(&(l..l + 1), &parts(eng, l, node))
+    }
+
+    /// Value, inputs, remainder, neurons and output from one pass over `W_out` and one
+    /// activation.
+    fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
+        let l = self.layer;
+        let value = self.value(eng, node)?; // first: an unknown layer is an error here
+        let p = parts(eng, l, node);
+        let mut out = Parts::plain(
+            value,
+            inputs(eng, l, node, &p),
+            eng.mlp_remainder(&(l..l + 1), &p),
+        );
+        if want.neurons {
+            // a_n (W_out[n] · r); with b_out · r they add up to the MLP's value
+            out.neurons = Some((eng.mlp_activations(&p) * p.wout_r()).squeeze_dim::<1>(0));
+        }
+        if want.written {
+            out.written = Some(eng.comp_written(Comp::Mlp(l), node.pos)?);
+        }
+        Ok(out)
+    }
+
+    fn child_kind(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Option<(Kind, usize)> {
+        match step {
+            Step::Neuron(n) if n < eng.model.config.d_mlp => Some((
+                Neuron {
+                    layer: self.layer,
+                    n,
+                }
+                .into(),
+                node.pos,
+            )),
+            _ => component_child(eng, node, step, eng.layout.mid(self.layer)),
+        }
+    }
+
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Tensor<1> {
+        match step {
+            Step::Neuron(_) => node.readout.clone(), // a neuron reads along the MLP's readout
+            _ => self.input_readout(eng, node),
+        }
+    }
+
+    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Option<Basis> {
+        Some(Basis::Same(Box::new(self.input_readout(eng, node))))
+    }
+
+    fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {
+        format!(
+            "{}, N0 … N{}, bias",
+            eng.layout.describe_prefix(eng.layout.mid(self.layer)),
+            eng.model.config.d_mlp - 1
+        )
+    }
+}
+
+impl Neuron {
+    fn parts(self, eng: &Engine<'_>, node: &Node) -> MlpParts {
+        eng.only_neuron(&parts(eng, self.layer, node), self.n)
+    }
+}
+
+impl NodeType for Neuron {
+    fn public(&self) -> NodeKind {
+        NodeKind::Neuron {
+            layer: self.layer,
+            neuron: self.n,
+        }
+    }
+
+    fn describe(&self, pos: usize) -> String {
+        format!("neuron L{}.mlp/N{} at position {pos}", self.layer, self.n)
+    }
+
+    fn layout(&self) -> ChildLayout {
+        ChildLayout::Components
+    }
+
+    fn site(&self) -> Option<Site> {
+        Some(Site::Neuron {
+            layer: self.layer,
+            neuron: self.n,
+        })
+    }
+
+    fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        let p = parts(eng, self.layer, node);
+        Ok((eng.mlp_activations(&p) * p.wout_r())
+            .narrow(1, self.n, 1)
+            .reshape([1]))
+    }
+
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+        eng.mlp_remainder(&(self.layer..self.layer + 1), &self.parts(eng, node))
+    }
+
+    /// Value, inputs, remainder and output from one pass over `W_out` and one activation.
+    fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
+        let (l, n) = (self.layer, self.n);
+        let whole = parts(eng, l, node);
+        let a = eng.mlp_activations(&whole).narrow(1, n, 1).reshape([1]);
+        let value = a.clone() * whole.wout_r().narrow(1, n, 1).reshape([1]);
+        let p = eng.only_neuron(&whole, n);
+        let mut out = Parts::plain(
+            value,
+            inputs(eng, l, node, &p),
+            eng.mlp_remainder(&(l..l + 1), &p),
+        );
+        if want.written {
+            out.written = Some(eng.neuron_output(l, node.pos, n, a));
+        }
+        Ok(out)
+    }
+
+    fn child_kind(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Option<(Kind, usize)> {
+        component_child(eng, node, step, eng.layout.mid(self.layer))
+    }
+
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Tensor<1> {
+        let l = self.layer;
+        eng.mlp_input_readout(&(l..l + 1), node.pos, &self.parts(eng, node))
+            .squeeze_dim::<1>(0)
+    }
+
+    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Option<Basis> {
+        Some(Basis::Same(Box::new(self.child_readout(
+            eng,
+            node,
+            Step::Bias,
+        ))))
+    }
+
+    fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {
+        format!(
+            "{}, bias",
+            eng.layout.describe_prefix(eng.layout.mid(self.layer))
+        )
+    }
+}
