@@ -16,7 +16,7 @@ use rdla_session::{ModelSource, NodeView};
 use crate::dialogs::{DialogResult, Dialogs};
 use crate::panels::{details, explorer, graph, prompt, status, top_bar::TopBar};
 use crate::settings::Settings;
-use crate::state::{Action, AppState};
+use crate::state::{Action, AppState, Pick};
 use crate::worker::{Command, WorkerHandle};
 
 /// How to start a new worker (the first one, or after one died).
@@ -167,7 +167,7 @@ impl RdlaApp {
     pub fn graph_bytes(&self, ext: &str) -> Result<Vec<u8>, String> {
         let g = &self.state.graph;
         let trace = g.trace.as_ref().ok_or("nothing traced yet")?;
-        let shown = trace.pruned(g.threshold, g.max_nodes);
+        let shown = trace.pruned(g.options.threshold, g.options.max_nodes);
         let model = self.state.model.as_ref().ok_or("no model")?;
         let computed = self.state.computed.as_ref().ok_or("nothing computed")?;
         if ext == "json" {
@@ -251,9 +251,35 @@ impl RdlaApp {
         self.state.status = msg;
     }
 
+    /// What a file dialog's answer asks for: open the model, use the text as the prompt, or
+    /// say why there is none (a cancelled dialog asks for nothing).
+    fn picked(&mut self, pick: Pick) -> Option<Action> {
+        let result = match pick {
+            Pick::ModelFolder => self.dialogs.pick_model(),
+            Pick::Gguf => self.dialogs.pick_gguf(),
+            Pick::PromptText => self.dialogs.pick_text(),
+        };
+        match result {
+            DialogResult::Picked(p) if pick == Pick::PromptText => {
+                let n_ctx = self.state.model.as_ref().map(|m| m.n_ctx);
+                Some(crate::panels::top_bar::read_prompt_file(&p, n_ctx))
+            }
+            DialogResult::Picked(p) => Some(Action::Open(rdla_session::ModelSource::Path(p))),
+            DialogResult::Cancelled => None,
+            DialogResult::Unavailable(why) => Some(Action::Status(why)),
+        }
+    }
+
     fn apply_actions(&mut self, ctx: &egui::Context) {
-        for a in std::mem::take(&mut self.actions) {
+        let mut queue: std::collections::VecDeque<Action> =
+            std::mem::take(&mut self.actions).into();
+        while let Some(a) = queue.pop_front() {
             match a {
+                Action::Pick(pick) => {
+                    if let Some(next) = self.picked(pick) {
+                        queue.push_front(next);
+                    }
+                }
                 Action::CancelLoad => {
                     self.worker.cancel.store(true, Ordering::SeqCst);
                     self.state.status = "loading cancelled".into();
@@ -302,13 +328,8 @@ impl RdlaApp {
     pub fn draw(&mut self, ui: &mut Ui) {
         let ctx = ui.ctx().clone();
         egui::Panel::top("menu").show(ui, |ui| {
-            self.top_bar.show(
-                ui,
-                &self.state,
-                &mut self.settings,
-                self.dialogs.as_mut(),
-                &mut self.actions,
-            );
+            self.top_bar
+                .show(ui, &self.state, &mut self.settings, &mut self.actions);
         });
         egui::Panel::bottom("status")
             .show(ui, |ui| status::show(ui, &self.state, &self.device_info));
@@ -331,7 +352,7 @@ impl RdlaApp {
         egui::CentralPanel::default().show(ui, |ui| {
             if self.state.graph.open {
                 let n_layers = self.state.model.as_ref().map_or(0, |m| m.n_layers);
-                graph::show(ui, &mut self.state, n_layers, &mut self.actions);
+                graph::show(ui, &self.state, n_layers, &mut self.actions);
             } else {
                 explorer::show(ui, &self.state, &self.settings, &mut self.actions);
             }

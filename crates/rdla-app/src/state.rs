@@ -55,16 +55,42 @@ pub enum Action {
     /// Ablate these nodes' sites together in the real forward pass (the causal check: one
     /// node from its details, or the top sites of the traced graph).
     Ablate(Vec<Path>, AblationMode),
-    /// How many traced sites the graph's causal check ablates.
-    SetAblateTop(usize),
+    /// The graph view's controls changed.
+    GraphOptions(GraphOptions),
     ExportGraphPng,
     ExportGraphJson,
+    /// Ask for a file (a model folder, a GGUF file, a prompt text) in a dialog, after the
+    /// frame.
+    Pick(Pick),
+}
+
+/// What a file dialog picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    ModelFolder,
+    Gguf,
+    PromptText,
 }
 
 /// The graph view: its settings, the trace in flight and the last one.
 #[derive(Debug, Clone)]
 pub struct GraphState {
     pub open: bool,
+    /// What the user chose in the graph view's controls.
+    pub options: GraphOptions,
+    /// `(done, budget)` of the trace in flight.
+    pub tracing: Option<(usize, usize)>,
+    pub trace: Option<Trace>,
+    /// How long `trace` took (its JSON export says so).
+    pub trace_ms: f64,
+    pub error: Option<String>,
+    trace_id: u64,
+}
+
+/// The graph view's controls: how to trace, how much of the graph to draw, how many sites
+/// its causal check ablates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraphOptions {
     /// Node expansions per trace.
     pub budget: usize,
     /// Sites and edges below this fraction of |value| are hidden.
@@ -75,24 +101,43 @@ pub struct GraphState {
     pub neurons: bool,
     /// How many of the largest traced sites the graph's causal check ablates together.
     pub ablate_top: usize,
-    /// `(done, budget)` of the trace in flight.
-    pub tracing: Option<(usize, usize)>,
-    pub trace: Option<Trace>,
-    /// How long `trace` took (its JSON export says so).
-    pub trace_ms: f64,
-    pub error: Option<String>,
-    trace_id: u64,
+}
+
+impl Default for GraphOptions {
+    fn default() -> Self {
+        Self {
+            budget: 300,
+            threshold: 0.02,
+            max_nodes: 60,
+            neurons: false,
+            ablate_top: 3,
+        }
+    }
+}
+
+impl GraphOptions {
+    /// The options within their ranges (the controls' ranges, whatever sent them).
+    #[must_use]
+    pub fn clamped(self) -> Self {
+        Self {
+            budget: self.budget.clamp(1, 20_000),
+            threshold: if self.threshold.is_finite() {
+                self.threshold.clamp(0.0, 0.5)
+            } else {
+                Self::default().threshold
+            },
+            max_nodes: self.max_nodes.clamp(2, 500),
+            neurons: self.neurons,
+            ablate_top: self.ablate_top.clamp(1, 20),
+        }
+    }
 }
 
 impl Default for GraphState {
     fn default() -> Self {
         Self {
             open: false,
-            budget: 300,
-            threshold: 0.02,
-            max_nodes: 60,
-            neurons: false,
-            ablate_top: 3,
+            options: GraphOptions::default(),
             tracing: None,
             trace: None,
             trace_ms: 0.0,
@@ -364,13 +409,13 @@ impl AppState {
                 let id = self.id();
                 self.graph.trace_id = id;
                 self.graph.open = true;
-                self.graph.tracing = Some((0, self.graph.budget));
+                self.graph.tracing = Some((0, self.graph.options.budget));
                 self.graph.error = None;
                 vec![Command::Trace {
                     from,
                     opts: TraceOptions {
-                        budget: self.graph.budget,
-                        neurons: self.graph.neurons,
+                        budget: self.graph.options.budget,
+                        neurons: self.graph.options.neurons,
                         // the view prunes; the trace keeps every site
                         threshold: 0.0,
                         max_nodes: usize::MAX,
@@ -384,8 +429,8 @@ impl AppState {
                 self.graph.open = open;
                 Vec::new()
             }
-            Action::SetAblateTop(k) => {
-                self.graph.ablate_top = k.clamp(1, 20);
+            Action::GraphOptions(o) => {
+                self.graph.options = o.clamped();
                 Vec::new()
             }
             Action::Ablate(paths, mode) => {
@@ -407,7 +452,8 @@ impl AppState {
             | Action::ExportCsv
             | Action::CopyPath
             | Action::ExportGraphPng
-            | Action::ExportGraphJson => Vec::new(),
+            | Action::ExportGraphJson
+            | Action::Pick(_) => Vec::new(),
         }
     }
 
@@ -490,6 +536,7 @@ impl AppState {
                 error,
                 tokens,
                 top,
+                kept,
             } => {
                 if id == self.compute_id {
                     self.computing = false;
@@ -498,7 +545,10 @@ impl AppState {
                         self.tokens = t;
                     }
                     self.top = top;
-                    self.reset_computation();
+                    // a bad answer on the same prompt keeps what is on screen
+                    if !kept {
+                        self.reset_computation();
+                    }
                 }
                 Vec::new()
             }
@@ -668,6 +718,7 @@ mod tests {
                     has_bos: true,
                 }),
                 top: Vec::new(),
+                kept: false,
             },
             &mut settings,
         );

@@ -73,12 +73,14 @@ pub enum Event {
         root: Box<NodeView>,
     },
     /// The forward pass failed or the target did not resolve; `tokens`/`top` are filled when
-    /// the prompt itself was fine.
+    /// the prompt itself was fine; `kept`: the previous computation is still current (only
+    /// the target failed, on the same prompt), so its views stay.
     ComputeFailed {
         id: u64,
         error: String,
         tokens: Option<Tokens>,
         top: Vec<Prediction>,
+        kept: bool,
     },
     Expanded {
         id: u64,
@@ -232,6 +234,7 @@ fn failed(cmd: &Command, error: String) -> Option<Event> {
             error,
             tokens: None,
             top: Vec::new(),
+            kept: false,
         },
         Command::Expand { path, id } => Event::ExpandFailed {
             id: *id,
@@ -369,6 +372,7 @@ impl Worker {
                 error: "no model loaded".into(),
                 tokens: None,
                 top: vec![],
+                kept: false,
             });
             return;
         };
@@ -386,6 +390,7 @@ impl Worker {
                         error: e.to_string(),
                         tokens: Some(computed.tokens.clone()),
                         top: computed.top.clone(),
+                        kept: false,
                     },
                 }
             }
@@ -394,6 +399,7 @@ impl Worker {
                 error: f.error.to_string(),
                 tokens: f.tokens,
                 top: f.top,
+                kept: f.kept,
             },
         };
         self.emit(event);

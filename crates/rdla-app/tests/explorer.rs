@@ -180,6 +180,31 @@ fn a_multi_token_answer_is_rejected_with_its_pieces() {
     h.get_by_label("Top next tokens");
 }
 
+/// A typo in the answer on the same prompt fails at once and keeps what is on screen: the
+/// computation, the node open and its view (they were all cleared).
+#[test]
+fn a_bad_answer_on_the_same_prompt_keeps_the_views() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    let last = h.state().state.model.as_ref().unwrap().n_layers - 1;
+    let head = format!("L{last}.attn/H0");
+    click(&mut h, &head);
+    let before = h.state().current_view().unwrap().expansion.value;
+    let field = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Answer");
+    field.focus();
+    field.type_text(" Get some");
+    settle(&mut h);
+    let app = h.state();
+    let err = app.state.compute_error.as_deref().unwrap_or_default();
+    assert!(err.contains("not a single token"), "{err}");
+    assert!(app.state.computed.is_some(), "the computation was dropped");
+    assert_eq!(app.current_path().to_string(), head);
+    let view = app
+        .current_view()
+        .expect("the open node's view was dropped");
+    assert_eq!(view.expansion.value.to_bits(), before.to_bits());
+}
+
 /// The one file with extension `ext` an export wrote into `dir`.
 fn exported(dir: &std::path::Path, ext: &str) -> PathBuf {
     let found: Vec<PathBuf> = std::fs::read_dir(dir)

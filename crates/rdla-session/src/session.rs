@@ -141,6 +141,9 @@ pub struct ComputeFailure {
     pub error: SessionError,
     pub tokens: Option<Tokens>,
     pub top: Vec<Prediction>,
+    /// The previous computation is still the current one (the prompt was unchanged and only
+    /// the target failed): its views stay valid.
+    pub kept: bool,
 }
 
 /// One node, ready to show: its expansion, its heatmap and what the view adds to it.
@@ -323,7 +326,12 @@ impl Session {
         req: &Request,
     ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
         let fail = |error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>| {
-            Box::new(ComputeFailure { error, tokens, top })
+            Box::new(ComputeFailure {
+                error,
+                tokens,
+                top,
+                kept: false,
+            })
         };
         let tokens = self.tokenize(&req.prompt, req.bos).map_err(|e| {
             self.current = None;
@@ -341,7 +349,9 @@ impl Session {
                 Ok(target) => Some(target),
                 Err(e) => {
                     let top = cur.computed.top.clone();
-                    return Err(fail(e, Some(tokens), top));
+                    let mut f = fail(e, Some(tokens), top);
+                    f.kept = true;
+                    return Err(f);
                 }
             },
             None => None,

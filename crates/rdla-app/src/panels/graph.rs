@@ -14,8 +14,10 @@ use rdla_model::model::ablate::AblationMode;
 use crate::state::{Action, AppState};
 use crate::theme;
 
-pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Vec<Action>) {
+pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Action>) {
     let here = state.current_path();
+    // the controls edit a copy; a change is an action, applied after the frame
+    let mut o = state.graph.options;
     ui.horizontal_wrapped(|ui| {
         if ui.button("Back to the heatmap").clicked() {
             actions.push(Action::ShowGraph(false));
@@ -31,21 +33,21 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
             actions.push(Action::Trace(here.clone()));
         }
         ui.label("budget");
-        ui.add(egui::DragValue::new(&mut state.graph.budget).range(1..=20_000))
+        ui.add(egui::DragValue::new(&mut o.budget).range(1..=20_000))
             .on_hover_text("node expansions per trace");
-        ui.checkbox(&mut state.graph.neurons, "neurons")
+        ui.checkbox(&mut o.neurons, "neurons")
             .on_hover_text("split MLPs into their largest neurons");
     });
     ui.horizontal_wrapped(|ui| {
         ui.label("threshold");
         ui.add(
-            egui::Slider::new(&mut state.graph.threshold, 0.0..=0.5)
+            egui::Slider::new(&mut o.threshold, 0.0..=0.5)
                 .logarithmic(true)
                 .custom_formatter(|v, _| format!("{:.1}%", 100.0 * v)),
         )
         .on_hover_text("hide sites and edges below this share of |value|");
         ui.label("max sites");
-        ui.add(egui::DragValue::new(&mut state.graph.max_nodes).range(2..=500));
+        ui.add(egui::DragValue::new(&mut o.max_nodes).range(2..=500));
         if state.graph.trace.is_some() {
             if ui.button("Export PNG…").clicked() {
                 actions.push(Action::ExportGraphPng);
@@ -55,6 +57,9 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
             }
         }
     });
+    if o != state.graph.options {
+        actions.push(Action::GraphOptions(o));
+    }
     if let Some((done, budget)) = state.graph.tracing {
         ui.add(
             egui::ProgressBar::new(done as f32 / budget.max(1) as f32)
@@ -74,14 +79,14 @@ pub fn show(ui: &mut Ui, state: &mut AppState, n_layers: usize, actions: &mut Ve
         }
         return;
     };
-    let shown = trace.pruned(state.graph.threshold, state.graph.max_nodes);
+    let shown = trace.pruned(o.threshold, o.max_nodes);
     ui.add(egui::Label::new(graph::summary(trace)).wrap());
     causal_check(ui, state, trace, actions);
     ui.label(format!(
         "showing {} sites and {} edges (threshold {:.1}% of |value|) · click a site to open it",
         shown.nodes.len(),
         shown.edges.len(),
-        100.0 * state.graph.threshold
+        100.0 * o.threshold
     ));
     // the visible part of the panel (a wide controls row must not widen the drawing)
     let visible = ui.clip_rect().right() - ui.cursor().left();
@@ -176,17 +181,17 @@ fn causal_check(
     let mut sites: Vec<&rdla_attrib::trace::GraphNode> =
         trace.nodes.iter().filter(|n| n.id != trace.from).collect();
     sites.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
-    sites.truncate(state.graph.ablate_top);
+    let mut o = state.graph.options;
+    sites.truncate(o.ablate_top);
     let paths: Vec<Path> = sites.iter().map(|n| n.id.clone()).collect();
-    let mut k = state.graph.ablate_top;
     ui.horizontal_wrapped(|ui| {
         ui.label("Causal check: ablate the top");
         if ui
-            .add(egui::DragValue::new(&mut k).range(1..=20))
+            .add(egui::DragValue::new(&mut o.ablate_top).range(1..=20))
             .on_hover_text("how many of the largest traced sites to ablate together")
             .changed()
         {
-            actions.push(Action::SetAblateTop(k));
+            actions.push(Action::GraphOptions(o));
         }
         ui.label("sites together:");
         for (mode, label) in [

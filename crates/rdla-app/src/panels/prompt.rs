@@ -53,8 +53,18 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
         }
     });
     match (&state.computed, &state.compute_error) {
-        (_, Some(e)) => {
+        (kept, Some(e)) => {
             ui.colored_label(theme::ERROR, e);
+            if let Some(c) = kept {
+                // the same prompt: the previous target's attribution stays on screen
+                ui.label(
+                    RichText::new(format!(
+                        "still showing the previous target ({})",
+                        c.target_label
+                    ))
+                    .weak(),
+                );
+            }
         }
         (Some(c), None) => {
             let mut t = format!("answer id {}", c.target.answer());

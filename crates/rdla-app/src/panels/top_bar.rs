@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use egui::{RichText, Ui};
 use rdla_session::{ColorMap, ModelSource};
 
-use crate::dialogs::{DialogResult, Dialogs};
 use crate::hf_cache;
 use crate::local_models::{self, Scan};
 use crate::settings::Settings;
-use crate::state::{Action, AppState};
+use crate::state::{Action, AppState, Pick};
 use crate::theme;
 
 /// The top bar's own state: the models found on this machine (the Hugging Face cache, Ollama,
@@ -35,47 +34,27 @@ impl TopBar {
         ui: &mut Ui,
         state: &AppState,
         settings: &mut Settings,
-        dialogs: &mut dyn Dialogs,
         actions: &mut Vec<Action>,
     ) {
         if let Some(left) = self.local.poll() {
             ui.ctx().request_repaint_after(left);
         }
         ui.horizontal_wrapped(|ui| {
-            if ui
-                .button("Open model…")
-                .on_hover_text("Pick a model folder")
-                .clicked()
-            {
-                match dialogs.pick_model() {
-                    DialogResult::Picked(p) => actions.push(Action::Open(ModelSource::Path(p))),
-                    DialogResult::Cancelled => {}
-                    DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
-                }
-            }
-            if ui
-                .button("Open GGUF…")
-                .on_hover_text("Pick a .gguf file (llama.cpp, Ollama, LM Studio)")
-                .clicked()
-            {
-                match dialogs.pick_gguf() {
-                    DialogResult::Picked(p) => actions.push(Action::Open(ModelSource::Path(p))),
-                    DialogResult::Cancelled => {}
-                    DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
-                }
-            }
-            if ui
-                .button("Open text…")
-                .on_hover_text("Use a text file (UTF-8) as the prompt")
-                .clicked()
-            {
-                match dialogs.pick_text() {
-                    DialogResult::Picked(p) => {
-                        let n_ctx = state.model.as_ref().map(|m| m.n_ctx);
-                        actions.push(read_prompt_file(&p, n_ctx));
-                    }
-                    DialogResult::Cancelled => {}
-                    DialogResult::Unavailable(why) => actions.push(Action::Status(why)),
+            for (label, tip, pick) in [
+                ("Open model…", "Pick a model folder", Pick::ModelFolder),
+                (
+                    "Open GGUF…",
+                    "Pick a .gguf file (llama.cpp, Ollama, LM Studio)",
+                    Pick::Gguf,
+                ),
+                (
+                    "Open text…",
+                    "Use a text file (UTF-8) as the prompt",
+                    Pick::PromptText,
+                ),
+            ] {
+                if ui.button(label).on_hover_text(tip).clicked() {
+                    actions.push(Action::Pick(pick));
                 }
             }
             ui.menu_button("Recent", |ui| {
@@ -228,7 +207,7 @@ fn error_banner(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
 /// The prompt from a text file, or a status message saying why not. Only a regular file is
 /// opened (a FIFO would block the frame), and it is read to at most what the model's context
 /// can hold (`rdla_session::input`; its reported size is never trusted: it was).
-fn read_prompt_file(p: &std::path::Path, n_ctx: Option<usize>) -> Action {
+pub fn read_prompt_file(p: &std::path::Path, n_ctx: Option<usize>) -> Action {
     if !std::fs::metadata(p).is_ok_and(|m| m.is_file()) {
         return Action::Status(format!("cannot read {}: not a regular file", p.display()));
     }
