@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Architecture guards run by CI:
-#  - the compute core (rdla-model, rdla-attrib, rdla-session) must not depend on GUI crates;
+#  - the compute core (rdla-model, rdla-attrib, rdla-render, rdla-session) must not depend on GUI crates;
 #  - Cargo.lock must hold exactly one wgpu (burn 0.22 and eframe 0.37 share wgpu 30).
 # A failure of the tools themselves (cargo tree, a missing Cargo.lock) is a failure too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-for crate in rdla-model rdla-attrib rdla-session; do
+for crate in rdla-model rdla-attrib rdla-render rdla-session; do
   if ! tree=$(cargo tree -p "$crate" -e normal,build --prefix none --offline 2>&1); then
     echo "check-deps: \`cargo tree -p $crate\` failed:" >&2
     echo "$tree" >&2

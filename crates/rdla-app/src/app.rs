@@ -155,11 +155,9 @@ impl RdlaApp {
             .as_ref()
             .ok_or("nothing to export yet")?;
         let view = self.current_view().ok_or("the view is still computing")?;
-        let text = if view.path.is_root() {
-            rdla_session::csv::overview_csv(&computed.overview)
-        } else {
-            rdla_session::csv::expansion_csv(&view.expansion)
-        };
+        // the overview tables at the root, as `rdla attribute --csv` without `--path`
+        let node = (!view.path.is_root()).then_some(&view.expansion);
+        let text = rdla_session::csv::export(computed, node);
         self.write_export(path, text.as_bytes())
     }
 
@@ -179,7 +177,7 @@ impl RdlaApp {
         rdla_session::graph::png(
             &shown,
             &computed.tokens.strs,
-            model.n_layers,
+            model.config.n_layers,
             &model.name,
             &computed.target_label,
         )
@@ -261,7 +259,7 @@ impl RdlaApp {
         };
         match result {
             DialogResult::Picked(p) if pick == Pick::PromptText => {
-                let n_ctx = self.state.model.as_ref().map(|m| m.n_ctx);
+                let n_ctx = self.state.model.as_ref().map(|m| m.config.n_ctx);
                 Some(crate::panels::top_bar::read_prompt_file(&p, n_ctx))
             }
             DialogResult::Picked(p) => Some(Action::Open(rdla_session::ModelSource::Path(p))),
@@ -351,7 +349,7 @@ impl RdlaApp {
         }
         egui::CentralPanel::default().show(ui, |ui| {
             if self.state.graph.open {
-                let n_layers = self.state.model.as_ref().map_or(0, |m| m.n_layers);
+                let n_layers = self.state.model.as_ref().map_or(0, |m| m.config.n_layers);
                 graph::show(ui, &self.state, n_layers, &mut self.actions);
             } else {
                 explorer::show(ui, &self.state, &self.settings, &mut self.actions);

@@ -500,7 +500,7 @@ impl AppState {
                 self.loading = None;
                 settings.remember(&info.source);
                 self.status = format!("loaded {} in {:.0} ms", info.name, info.load_ms);
-                self.model = Some(info);
+                self.model = Some(*info);
                 // an id means another token in another vocabulary
                 self.answer_pick = None;
                 self.reset_computation();
@@ -637,17 +637,20 @@ mod tests {
     use super::*;
 
     fn info() -> ModelInfo {
+        let config = rdla_model::config::from_value(&serde_json::json!({
+            "model_type": "gpt2",
+            "n_layer": 2,
+            "n_head": 4,
+            "n_embd": 8,
+            "n_positions": 16,
+            "vocab_size": 10,
+        }))
+        .unwrap();
         ModelInfo {
             source: ModelSource::Default,
             name: "m".into(),
-            architecture: "GPT2LMHeadModel",
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 4,
-            d_model: 8,
+            config,
             details: String::new(),
-            n_ctx: 16,
-            d_vocab: 10,
             processing: Vec::new(),
             weights: String::new(),
             protected: Vec::new(),
@@ -668,13 +671,19 @@ mod tests {
             s.apply(
                 Event::Loaded {
                     id: id + 7,
-                    info: info()
+                    info: Box::new(info())
                 },
                 &mut settings
             )
             .is_empty()
         );
-        let cmds = s.apply(Event::Loaded { id, info: info() }, &mut settings);
+        let cmds = s.apply(
+            Event::Loaded {
+                id,
+                info: Box::new(info()),
+            },
+            &mut settings,
+        );
         assert!(matches!(cmds.as_slice(), [Command::Compute { .. }]));
         assert_eq!(settings.recent, vec![ModelSource::Default]);
         assert!(s.computing && !s.is_idle());
@@ -734,7 +743,13 @@ mod tests {
         let Command::Load { id, .. } = s.open(ModelSource::Default) else {
             panic!()
         };
-        s.apply(Event::Loaded { id, info: info() }, &mut settings);
+        s.apply(
+            Event::Loaded {
+                id,
+                info: Box::new(info()),
+            },
+            &mut settings,
+        );
         let Command::Load { id, .. } = s.open(ModelSource::Path("/x".into())) else {
             panic!()
         };
@@ -762,7 +777,13 @@ mod tests {
         let Command::Load { id, .. } = s.open(ModelSource::Default) else {
             panic!()
         };
-        s.apply(Event::Loaded { id, info: info() }, &mut settings);
+        s.apply(
+            Event::Loaded {
+                id,
+                info: Box::new(info()),
+            },
+            &mut settings,
+        );
         let request = |cmds: Vec<Command>| {
             cmds.into_iter()
                 .find_map(|c| match c {
@@ -790,7 +811,13 @@ mod tests {
         let Command::Load { id, .. } = s.open(ModelSource::Default) else {
             panic!()
         };
-        let r = request(s.apply(Event::Loaded { id, info: info() }, &mut settings));
+        let r = request(s.apply(
+            Event::Loaded {
+                id,
+                info: Box::new(info()),
+            },
+            &mut settings,
+        ));
         assert_eq!(r.answer_id, None);
     }
 }

@@ -59,7 +59,7 @@ pub enum Event {
     },
     Loaded {
         id: u64,
-        info: ModelInfo,
+        info: Box<ModelInfo>,
     },
     LoadFailed {
         id: u64,
@@ -354,7 +354,10 @@ impl Worker {
             Ok(session) => {
                 let info = session.info();
                 self.session = Some(session);
-                self.emit(Event::Loaded { id, info });
+                self.emit(Event::Loaded {
+                    id,
+                    info: Box::new(info),
+                });
             }
             // the previous model stays loaded and usable
             Err(e) => self.emit(Event::LoadFailed {

@@ -64,7 +64,7 @@ fn starts_on_the_default_model_and_drills_down() {
         assert!(app.current_path().is_root());
         assert_eq!(app.settings.answer, "3");
     }
-    let n_layers = h.state().state.model.as_ref().unwrap().n_layers;
+    let n_layers = h.state().state.model.as_ref().unwrap().config.n_layers;
     let last = n_layers - 1;
 
     // root view → click a head
@@ -186,7 +186,7 @@ fn a_multi_token_answer_is_rejected_with_its_pieces() {
 fn a_bad_answer_on_the_same_prompt_keeps_the_views() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
-    let last = h.state().state.model.as_ref().unwrap().n_layers - 1;
+    let last = h.state().state.model.as_ref().unwrap().config.n_layers - 1;
     let head = format!("L{last}.attn/H0");
     click(&mut h, &head);
     let before = h.state().current_view().unwrap().expansion.value;
@@ -274,7 +274,7 @@ fn rotary_models_show_their_own_components() {
     let app = h.state();
     assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
     let m = app.state.model.as_ref().unwrap();
-    assert_eq!((m.n_heads, m.n_kv_heads), (4, 2));
+    assert_eq!((m.config.n_heads, m.config.n_kv_heads), (4, 2));
     assert!(
         m.details.contains("RMSNorm") && m.details.contains("llama3"),
         "{}",
@@ -294,7 +294,7 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
     use rdla_attrib::Units;
     let tmp = tempfile::tempdir().unwrap();
     let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
-    let last = h.state().state.model.as_ref().unwrap().n_layers - 1;
+    let last = h.state().state.model.as_ref().unwrap().config.n_layers - 1;
     let head = format!("L{last}.attn/H1");
     click(&mut h, &head);
     // a cell of the attention strip → the score to that key

@@ -111,11 +111,18 @@ pub enum AttnSpan {
 }
 
 impl AttnSpan {
-    pub fn allows(self, q: usize, p: usize) -> bool {
+    /// The keys query `q` sees, a contiguous range ending at `q` — the one place the span is
+    /// turned into positions (the forward pass's kernels, the pattern rows, a head's sources).
+    pub fn visible(self, q: usize) -> std::ops::Range<usize> {
         match self {
-            Self::Global => p <= q,
-            Self::Local(w) => p <= q && q - p < w,
+            Self::Global => 0..q + 1,
+            Self::Local(w) => (q + 1).saturating_sub(w)..q + 1,
         }
+    }
+
+    /// Whether query `q` sees key `p`.
+    pub fn allows(self, q: usize, p: usize) -> bool {
+        self.visible(q).contains(&p)
     }
 }
 

@@ -122,11 +122,8 @@ pub fn softmax_block(
         par_rows(all, k, |first, rows| {
             for (i, row) in rows.chunks_exact_mut(k).enumerate() {
                 let q = q0 + (first + i) % per_group.max(1);
-                let lo = match span {
-                    AttnSpan::Global => 0,
-                    AttnSpan::Local(w) => (q + 1).saturating_sub(w),
-                };
-                let hi = (q + 1).min(k);
+                let seen = span.visible(q);
+                let (lo, hi) = (seen.start, seen.end.min(k));
                 let (head, rest) = row.split_at_mut(lo.min(hi));
                 let (live, tail) = rest.split_at_mut(hi - lo.min(hi));
                 head.fill(0.0);

@@ -4,7 +4,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::model::forward::QUERY_BLOCK;
+use crate::model::layer::QUERY_BLOCK;
 
 const F32: u64 = 4;
 const GIB: f64 = (1u64 << 30) as f64;

@@ -12,6 +12,15 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// The one CSV export of a computation, for the CLI's `--csv` and the window's *Export CSV…*:
+/// a node's children (`node`), or the overview tables.
+pub fn export(computed: &crate::Computed, node: Option<&Expansion>) -> String {
+    match node {
+        Some(ex) => expansion_csv(ex),
+        None => overview_csv(&computed.overview),
+    }
+}
+
 /// `step,value` for every child, then the bias and the residual rows; a score node's table
 /// cells as `q:{row}×k:{col}` steps; an MLP's listed neurons; the vocabulary readout as
 /// `token+:{text}` / `token-:{text}` rows.

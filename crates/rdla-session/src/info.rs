@@ -1,6 +1,6 @@
 //! What the UI and the exports show about a loaded model.
 
-use rdla_model::Model;
+use rdla_model::{Model, ModelConfig};
 
 use crate::session::ModelSource;
 
@@ -9,16 +9,10 @@ use crate::session::ModelSource;
 pub struct ModelInfo {
     pub source: ModelSource,
     pub name: String,
-    pub architecture: &'static str,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    /// Key/value heads (fewer than `n_heads` with grouped-query attention).
-    pub n_kv_heads: usize,
-    pub d_model: usize,
+    /// The model's configuration (layers, heads, widths, context, vocabulary, norms, …).
+    pub config: ModelConfig,
     /// Norm, positions, residual and MLP kind, for the status bar's tooltip.
     pub details: String,
-    pub n_ctx: usize,
-    pub d_vocab: usize,
     pub processing: Vec<&'static str>,
     /// Which weight files were read.
     pub weights: String,
@@ -33,14 +27,8 @@ impl ModelInfo {
         Self {
             source: source.clone(),
             name: m.name.clone(),
-            architecture: c.family.hf_class(),
-            n_layers: c.n_layers,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            d_model: c.d_model,
+            config: c.clone(),
             details: describe_config(c),
-            n_ctx: c.n_ctx,
-            d_vocab: c.d_vocab,
             processing: m.processing.applied(),
             weights: m.weights_source.clone(),
             protected: m.protected.clone(),
@@ -50,14 +38,19 @@ impl ModelInfo {
 
     /// `name · LlamaForCausalLM · 3L 4H (2 KV) d32`.
     pub fn summary(&self) -> String {
-        let kv = if self.n_kv_heads < self.n_heads {
-            format!(" ({} KV)", self.n_kv_heads)
+        let c = &self.config;
+        let kv = if c.n_kv_heads < c.n_heads {
+            format!(" ({} KV)", c.n_kv_heads)
         } else {
             String::new()
         };
         format!(
             "{} · {} · {}L {}H{kv} d{}",
-            self.name, self.architecture, self.n_layers, self.n_heads, self.d_model
+            self.name,
+            c.family.hf_class(),
+            c.n_layers,
+            c.n_heads,
+            c.d_model
         )
     }
 }

@@ -5,17 +5,16 @@
 
 pub mod csv;
 pub mod error;
-pub mod geometry;
 pub mod graph;
-pub mod heatmap;
 pub mod info;
 pub mod input;
 pub mod output;
-pub mod plot;
-pub mod png;
 pub mod report;
 pub mod session;
 pub mod view;
+
+/// Rendering lives in `rdla-render`; its modules are re-exported under their old names.
+pub use rdla_render::{geometry, heatmap, plot, png};
 
 pub use error::{Result, SessionError};
 pub use heatmap::{ColorMap, Heatmap};

@@ -492,7 +492,7 @@ impl Session {
                     layer,
                     head,
                     query: q,
-                    first: (0..=q).find(|&p| span.allows(q, p)).unwrap_or(q),
+                    first: span.visible(q).start,
                     values,
                 });
             }
@@ -538,11 +538,7 @@ impl Session {
 
     /// The CSV of a node's children, or of the overview tables at the root.
     pub fn csv(&self, node: Option<&Expansion>) -> Result<String> {
-        let c = &self.current()?.computed;
-        Ok(match node {
-            Some(ex) => crate::csv::expansion_csv(ex),
-            None => crate::csv::overview_csv(&c.overview),
-        })
+        Ok(crate::csv::export(&self.current()?.computed, node))
     }
 
     /// The causal check: ablate the sites of `paths` together in the real forward pass

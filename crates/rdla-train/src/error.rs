@@ -15,10 +15,8 @@ pub enum TrainError {
     SafeTensors(#[from] safetensors::SafeTensorError),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("image: {0}")]
-    Image(#[from] image::ImageError),
-    #[error("font: {0}")]
-    Font(String),
+    #[error("plot: {0}")]
+    Plot(#[from] rdla_render::png::PngError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("training diverged at step {step} (loss {loss})")]

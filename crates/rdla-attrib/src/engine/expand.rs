@@ -77,7 +77,7 @@ impl Engine<'_> {
         let mut node = self.root();
         for (i, &s) in path.steps().iter().enumerate() {
             node = self
-                .node_step(&node, s, None)
+                .node_step(&node, s, None)?
                 .ok_or_else(|| self.invalid_step(&node, path, i + 1, s))?;
         }
         Ok(node)
@@ -104,10 +104,12 @@ impl Engine<'_> {
     /// The child of a resolved node (`path` is the child's path, for messages).
     pub(crate) fn child(&self, parent: &Resolved, step: Step, path: &Path) -> Result<Resolved> {
         let node = &parent.node;
-        let basis = parent
-            .basis
-            .get_or_init(|| node.kind.ops().basis(self, node));
-        self.node_step(node, step, basis.as_ref())
+        if parent.basis.get().is_none() {
+            let basis = node.kind.ops().basis(self, node)?;
+            let _ = parent.basis.set(basis);
+        }
+        let basis = parent.basis.get().and_then(Option::as_ref);
+        self.node_step(node, step, basis)?
             .map(Resolved::new)
             .ok_or_else(|| self.invalid_step(node, path, path.depth(), step))
     }

@@ -236,7 +236,7 @@ impl<'a> Engine<'a> {
     /// The attention pattern of head `(l, h)` at destination `q`, over all sources.
     pub fn head_pattern(&self, l: usize, h: usize, q: usize) -> Result<Vec<f32>> {
         let row = self
-            .pattern_rows(l..l + 1, q)
+            .pattern_rows(l..l + 1, q)?
             .narrow(1, h, 1)
             .reshape([self.n_pos()]);
         Ok(rdla_model::to_vec(row)?)
@@ -249,7 +249,7 @@ impl<'a> Engine<'a> {
 
     /// The contiguous range of positions layer `l` sees from `q`: `(first, count)`.
     fn visible(&self, l: usize, q: usize) -> (usize, usize) {
-        let first = (0..=q).find(|&p| self.allowed(l, q, p)).unwrap_or(q);
-        (first, q + 1 - first)
+        let seen = self.model.config.attn_spans[l].visible(q);
+        (seen.start, seen.len())
     }
 }

@@ -36,8 +36,8 @@ pub(super) trait NodeType {
     fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts>;
 
     /// Its remainder `[1]`: the value of its `bias` child (zero where it has none).
-    fn bias(&self, eng: &Engine<'_>, _node: &Node) -> Tensor<1> {
-        eng.zero()
+    fn bias(&self, eng: &Engine<'_>, _node: &Node) -> Result<Tensor<1>> {
+        Ok(eng.zero())
     }
 
     /// The model site it is, if it is one (ablation, the trace's graph, the causal check).
@@ -69,13 +69,13 @@ pub(super) trait NodeType {
     }
 
     /// The readout `[d]` of a child `step` that [`NodeType::child_kind`] accepted.
-    fn child_readout(&self, _eng: &Engine<'_>, node: &Node, _step: Step) -> Tensor<1> {
-        node.readout.clone()
+    fn child_readout(&self, _eng: &Engine<'_>, node: &Node, _step: Step) -> Result<Tensor<1>> {
+        Ok(node.readout.clone())
     }
 
     /// The part of its children's readouts they share, for walks that resolve many of them.
-    fn basis(&self, _eng: &Engine<'_>, _node: &Node) -> Option<Basis> {
-        None
+    fn basis(&self, _eng: &Engine<'_>, _node: &Node) -> Result<Option<Basis>> {
+        Ok(None)
     }
 
     /// The valid child steps, for error messages.
@@ -254,20 +254,28 @@ impl Engine<'_> {
 
     /// The child of `node` that `step` names, its readout from `basis` where it covers the
     /// step; `None` when it is not a child there.
-    pub(super) fn node_step(&self, node: &Node, step: Step, basis: Option<&Basis>) -> Option<Node> {
-        let (kind, pos) = self.child_kind(node, step)?;
+    pub(super) fn node_step(
+        &self,
+        node: &Node,
+        step: Step,
+        basis: Option<&Basis>,
+    ) -> Result<Option<Node>> {
+        let Some((kind, pos)) = self.child_kind(node, step) else {
+            return Ok(None);
+        };
         let ops = node.kind.ops();
         if let Kind::Remainder(_) = kind {
-            return Some(Node {
-                kind: leaf::Remainder::of(ops.bias(self, node)),
+            return Ok(Some(Node {
+                kind: leaf::Remainder::of(ops.bias(self, node)?),
                 pos,
                 readout: node.readout.clone(),
-            });
+            }));
         }
-        let readout = basis
-            .and_then(|b| b.readout(step))
-            .unwrap_or_else(|| ops.child_readout(self, node, step));
-        Some(Node { kind, pos, readout })
+        let readout = match basis.and_then(|b| b.readout(step)) {
+            Some(r) => r,
+            None => ops.child_readout(self, node, step)?,
+        };
+        Ok(Some(Node { kind, pos, readout }))
     }
 
     /// The vocabulary readout of a written vector at `pos`: `C(v) W_U / s_final[pos]` `[V]`.

@@ -54,7 +54,7 @@ impl Engine<'_> {
             let cs = start..(start + chunk).min(l_n);
             let r_c = r_attn.clone().narrow(0, cs.start, cs.len());
             let (ov, bias_per_unit) = self.ov_readouts(&cs, r_c); // [Lc, H, d], [Lc, H]
-            let a_q = self.pattern_rows(cs.clone(), q); // [Lc, H, P]
+            let a_q = self.pattern_rows(cs.clone(), q)?; // [Lc, H, P]
             let hb = self.source_values(&cs, ov, a_q.clone()); // [Lc, H, P, C]
             let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [Lc, H]
             dla_parts.push(

@@ -103,36 +103,41 @@ impl Engine<'_> {
     /// through `W_V` and the frozen scales with the same pattern row, so `value − Σ children −
     /// bias` checks the value side of the decomposition (components → normalised input → `v`);
     /// the pattern, shared by both, is checked against TransformerLens by the tests.
-    pub(super) fn head_values(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> Tensor<2> {
+    pub(super) fn head_values(
+        &self,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+    ) -> super::Result<Tensor<2>> {
         let cfg = &self.model.config;
         let (lb, h, d, dh) = (ls.len(), cfg.n_heads, cfg.d_model, cfg.d_head);
-        let z = self.z_at(ls, q).reshape([lb, h, 1, dh]);
+        let z = self.z_at(ls, q)?.reshape([lb, h, 1, dh]);
         let wo_r = layers(&self.model.weights.w_o, ls).matmul(r.reshape([lb, 1, d, 1])); // [Lb, H, dh, 1]
-        z.matmul(wo_r).reshape([lb, h])
+        Ok(z.matmul(wo_r).reshape([lb, h]))
     }
 
     /// The attention pattern rows `A[l, :, q, :]`: `[Lb, H, P]` (one layer's from the memo).
-    pub(super) fn pattern_rows(&self, ls: Range<usize>, q: usize) -> Tensor<3> {
+    pub(super) fn pattern_rows(&self, ls: Range<usize>, q: usize) -> super::Result<Tensor<3>> {
         if ls.len() != 1 {
-            return self.model.pattern_rows(self.cache, ls, q);
+            return Ok(self.model.pattern_rows(self.cache, ls, q)?);
         }
         let key = (ls.start, q);
         if let Some(a) = self.memo().borrow().pattern.get(&key) {
-            return a.clone();
+            return Ok(a.clone());
         }
-        let a = self.model.pattern_rows(self.cache, ls, q);
+        let a = self.model.pattern_rows(self.cache, ls, q)?;
         let mut memo = self.memo().borrow_mut();
         if memo.pattern.len() >= super::MEMO_MAX {
             memo.pattern.clear();
         }
         memo.pattern.insert(key, a.clone());
-        a
+        Ok(a)
     }
 
     /// Each head's `z` at `q` (TL `hook_z`), from the pattern rows: `[Lb, H, dh]`.
-    pub(super) fn z_at(&self, ls: &Range<usize>, q: usize) -> Tensor<3> {
-        self.model
-            .z_from_pattern(self.cache, ls.clone(), q, self.pattern_rows(ls.clone(), q))
+    pub(super) fn z_at(&self, ls: &Range<usize>, q: usize) -> super::Result<Tensor<3>> {
+        let a = self.pattern_rows(ls.clone(), q)?;
+        Ok(self.model.z_from_pattern(self.cache, ls.clone(), q, a))
     }
 
     /// The MLP pre-activations of layers `ls` at `q` (one layer's from the memo).

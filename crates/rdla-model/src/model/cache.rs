@@ -3,22 +3,21 @@
 //! Everything kept is `O(L·P·d)`; queries, attention patterns (`O(L·H·P²)`), each head's `z`
 //! and MLP pre-activations (`O(L·P·d_mlp)`) are recomputed for the positions a node needs,
 //! batched over layers, from the cached keys, values, norm scales and residual components.
-//! The maths is the forward pass's but the code is its own: a layer's input is rebuilt as the
-//! sum of its upstream components normalised with the frozen scale (not the forward pass's
-//! running residual), the query is projected again, and a pattern row goes through its own
-//! mask and Burn's softmax (the forward pass uses the fused CPU kernel or the blocked GPU
-//! path). The numbers agree with the forward pass to float error, and the tests check the
-//! patterns and MLP pre-activations against TransformerLens (`tests/tl_parity.rs`).
+//! A layer's input is rebuilt as the sum of its upstream components, centred and divided by
+//! the frozen scale (not the forward pass's running residual, so it agrees with the forward
+//! pass to float error); from there the maths is the forward pass's own code
+//! (`crate::model::layer`): the same norm affine, the same MLP pre-activation, and a pattern
+//! row is a one-query block of the same span-masked softmax (the fused kernel on the CPU). The
+//! tests check the patterns and MLP pre-activations against TransformerLens
+//! (`tests/tl_parity.rs`).
 
 use std::ops::Range;
 
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
-use crate::config::Norm;
 use crate::layout::Layout;
 use crate::model::Model;
-use crate::model::forward::MASK_VALUE;
+use crate::model::layer::layers;
 
 /// Everything the attribution needs from one forward pass, at every position.
 #[derive(Debug, Clone)]
@@ -57,38 +56,35 @@ impl Cache {
     }
 }
 
-fn layers<const D: usize>(t: &Tensor<D>, ls: &Range<usize>) -> Tensor<D> {
-    t.clone().narrow(0, ls.start, ls.len())
-}
-
 impl Model {
     /// The attention patterns of layers `ls` at destination `q`, `A[l, :, q, :]`: `[Lb, H, P]`
-    /// (0 for keys a layer does not see).
-    pub fn pattern_rows(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
+    /// (0 for keys a layer does not see). Each layer's row is a one-query block of the forward
+    /// pass's own softmax ([`Model::block_softmax`]).
+    pub fn pattern_rows(
+        &self,
+        cache: &Cache,
+        ls: Range<usize>,
+        q: usize,
+    ) -> crate::Result<Tensor<3>> {
         let (lb, n) = (ls.len(), cache.n_pos());
         let (h, kv) = (self.config.n_heads, self.config.n_kv_heads);
         let g = h / kv;
         let seen = self.scores_at(cache, &ls, q); // [Lb, KV, g, q+1]
-        let hidden: Vec<bool> = ls
+        let rows = ls
             .clone()
-            .flat_map(|l| {
-                let span = self.config.attn_spans[l];
-                (0..=q).map(move |p| !span.allows(q, p))
+            .enumerate()
+            .map(|(i, l)| {
+                let s = seen.clone().narrow(0, i, 1).reshape([kv, g, q + 1]);
+                self.block_softmax(s, self.config.attn_spans[l], q, 1)
+                    .map(|a| a.reshape([1, h, q + 1]))
             })
-            .collect();
-        let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [lb, q + 1]), &self.device)
-            .reshape([lb, 1, 1, q + 1])
-            .expand([lb, kv, g, q + 1]);
-        let a = softmax(self.scaled_scores(seen).mask_fill(mask, MASK_VALUE), 3).reshape([
-            lb,
-            h,
-            q + 1,
-        ]);
-        if q + 1 == n {
+            .collect::<crate::Result<Vec<_>>>()?;
+        let a = Tensor::cat(rows, 0); // [Lb, H, q+1]
+        Ok(if q + 1 == n {
             a
         } else {
             Tensor::cat(vec![a, Tensor::zeros([lb, h, n - q - 1], &self.device)], 2)
-        }
+        })
     }
 
     /// Raw scores `q̂ · k̂` (unscaled) of layers `ls` from destination `q` to keys `0..=q`:
@@ -108,9 +104,9 @@ impl Model {
     }
 
     /// Each head's `z = Σ_p A[q,p] v[p]` at `q` (TL `hook_z`): `[Lb, H, dh]`.
-    pub fn z_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
-        let a = self.pattern_rows(cache, ls.clone(), q);
-        self.z_from_pattern(cache, ls, q, a)
+    pub fn z_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> crate::Result<Tensor<3>> {
+        let a = self.pattern_rows(cache, ls.clone(), q)?;
+        Ok(self.z_from_pattern(cache, ls, q, a))
     }
 
     /// `z` at `q` from the pattern rows `a = A[ls, :, q, :]` `[Lb, H, P]` already computed.
@@ -134,11 +130,11 @@ impl Model {
 
     /// The full attention patterns of layer `l`, `[H, P(dest), P(src)]`: `O(H·P²)`, for tests
     /// and small prompts.
-    pub fn patterns(&self, cache: &Cache, l: usize) -> Tensor<3> {
-        let rows: Vec<Tensor<3>> = (0..cache.n_pos())
+    pub fn patterns(&self, cache: &Cache, l: usize) -> crate::Result<Tensor<3>> {
+        let rows = (0..cache.n_pos())
             .map(|q| self.pattern_rows(cache, l..l + 1, q))
-            .collect();
-        Tensor::cat(rows, 0).swap_dims(0, 1)
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(rows, 0).swap_dims(0, 1))
     }
 
     /// The residual stream read by layers `ls` at `q` — the first `upstream(layout, l)`
@@ -163,11 +159,7 @@ impl Model {
         let up = Tensor::<2>::from_data(TensorData::new(up, [ls.len(), c_n]), &self.device);
         let comps = cache.components.clone().narrow(1, q, 1).squeeze_dim::<2>(1); // [C, d]
         let x = up.matmul(comps); // [Lb, d]
-        let xc = match self.config.norm {
-            Norm::LayerNorm => x.clone() - x.mean_dim(1),
-            Norm::RmsNorm => x,
-        };
-        xc / layers(scale, ls).narrow(1, q, 1)
+        self.centred(x) / layers(scale, ls).narrow(1, q, 1)
     }
 
     /// The MLP inputs of layers `ls` at `q`, normalised with the frozen scale: `[Lb, d]`.
@@ -186,10 +178,12 @@ impl Model {
             self.config.d_model,
             self.config.d_head,
         );
-        let mut xn = self.normed_inputs_at(cache, &ls, q, |lay, l| lay.pre(l), &cache.ln1_scale);
-        if let Some((lw, lb_)) = &w.ln1 {
-            xn = xn * layers(lw, &ls) + layers(lb_, &ls);
-        }
+        let xn = Self::ln_affine(
+            self.normed_inputs_at(cache, &ls, q, |lay, l| lay.pre(l), &cache.ln1_scale),
+            w.ln1
+                .as_ref()
+                .map(|(lw, lb_)| (layers(lw, &ls), layers(lb_, &ls))),
+        );
         let mut qv = xn
             .reshape([lb, 1, 1, d])
             .matmul(layers(&w.w_q, &ls)) // [Lb, H, 1, dh]
@@ -223,17 +217,9 @@ impl Model {
         ls: Range<usize>,
         q: usize,
     ) -> (Tensor<2>, Option<Tensor<2>>) {
-        let w = &self.weights;
         let xn = self.mlp_inputs_at(cache, &ls, q).unsqueeze_dim::<3>(1); // [Lb, 1, d]
-        let lin =
-            xn.clone().matmul(layers(&w.w_in, &ls)).squeeze_dim::<2>(1) + layers(&w.b_in, &ls); // [Lb, d_mlp]
-        match &w.w_gate {
-            Some(w_gate) => (
-                xn.matmul(layers(w_gate, &ls)).squeeze_dim::<2>(1),
-                Some(lin),
-            ),
-            None => (lin, None),
-        }
+        let (pre, lin) = self.mlp_pre_activations(xn, &ls);
+        (pre.squeeze_dim::<2>(1), lin.map(|t| t.squeeze_dim::<2>(1)))
     }
 
     /// The MLP pre-activations of layer `l` at every position, `[P, d_mlp]` (and the linear

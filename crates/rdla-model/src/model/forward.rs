@@ -7,141 +7,15 @@
 //! position, an MLP's pre-activation at a position) is recomputed from it on demand, batched,
 //! in [`crate::model::cache`].
 
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::act;
-use crate::config::{AttnSpan, Norm};
 use crate::error::Result;
-use crate::fused;
 use crate::layout::Comp;
 use crate::model::ablate::{Interventions, Site, ablate_rows};
+use crate::model::layer::QUERY_BLOCK;
 use crate::model::{Cache, Model};
 
-/// Masked attention scores on GPU backends (TransformerLens uses -inf; a large finite value
-/// keeps every backend NaN-free — shaders may assume no infinities — and gives the same
-/// softmax). The CPU path (`fused::softmax_block`) skips masked keys instead.
-pub(crate) const MASK_VALUE: f32 = -1.0e30;
-
-/// Queries per attention block.
-pub const QUERY_BLOCK: usize = 256;
-
-/// `[Bq, K]` mask, true where query `q0 + i` may not see key `j`.
-pub(crate) fn block_mask(
-    span: AttnSpan,
-    q0: usize,
-    bq: usize,
-    k: usize,
-    dev: &Device,
-) -> Tensor<2, Bool> {
-    let data: Vec<bool> = (0..bq * k)
-        .map(|i| !span.allows(q0 + i / k, i % k))
-        .collect();
-    Tensor::from_data(TensorData::new(data, [bq, k]), dev)
-}
-
 impl Model {
-    /// LayerNorm (or RMSNorm) with the scale exposed: returns `(normalised x, scale [P])`.
-    /// `x: [P, d]`. Reference: TransformerLens `LayerNormPre` / `LayerNorm` (population
-    /// variance), `RMSNormPre` / `RMSNorm`.
-    pub(crate) fn norm(
-        &self,
-        x: Tensor<2>,
-        wb: Option<(Tensor<1>, Tensor<1>)>,
-    ) -> (Tensor<2>, Tensor<1>) {
-        let xc = match self.config.norm {
-            Norm::LayerNorm => x.clone() - x.mean_dim(1),
-            Norm::RmsNorm => x,
-        };
-        let scale = xc
-            .clone()
-            .square()
-            .mean_dim(1)
-            .add_scalar(self.config.ln_eps)
-            .sqrt(); // [P, 1]
-        let mut xn = xc / scale.clone();
-        if let Some((w, b)) = wb {
-            xn = xn * w.unsqueeze_dim::<2>(0) + b.unsqueeze_dim::<2>(0);
-        }
-        (xn, scale.squeeze_dim::<1>(1))
-    }
-
-    /// A per-head RMSNorm over the last axis of `x [heads, P, dh]` with weight `w [1, dh]`:
-    /// the normalised `x` and its scale `[heads, P]`.
-    fn head_norm(&self, x: Tensor<3>, w: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
-        let s = x
-            .clone()
-            .square()
-            .mean_dim(2)
-            .add_scalar(self.config.ln_eps)
-            .sqrt(); // [heads, P, 1]
-        (
-            x / s.clone() * w.unsqueeze_dim::<3>(0),
-            s.squeeze_dim::<2>(2),
-        )
-    }
-
-    fn layer_ln(ln: &Option<(Tensor<2>, Tensor<2>)>, l: usize) -> Option<(Tensor<1>, Tensor<1>)> {
-        ln.as_ref().map(|(w, b)| {
-            (
-                w.clone().narrow(0, l, 1).squeeze_dim::<1>(0),
-                b.clone().narrow(0, l, 1).squeeze_dim::<1>(0),
-            )
-        })
-    }
-
-    /// Whether this model computes on the CPU backend (the fused host kernels apply).
-    pub(crate) fn on_cpu(&self) -> bool {
-        self.device == Device::flex()
-    }
-
-    /// Softmax of the scaled scores of a block of queries `[KV, g·Bq, K]` (rows grouped per
-    /// key/value head, `Bq` rows per query head), with the layer's span mask, for queries
-    /// `q0 .. q0 + Bq`.
-    pub(crate) fn block_softmax(
-        &self,
-        scores: Tensor<3>,
-        span: AttnSpan,
-        q0: usize,
-        bq: usize,
-    ) -> Result<Tensor<3>> {
-        let (scale, cap) = (self.config.attn_scale, self.config.attn_softcap);
-        if self.on_cpu() {
-            return fused::softmax_block(scores, scale, cap, span, q0, bq, &self.device);
-        }
-        let [g, rows, k] = scores.dims();
-        let mask = block_mask(span, q0, bq, k, &self.device)
-            .unsqueeze_dim::<3>(0)
-            .expand([g * rows / bq, bq, k])
-            .reshape([g, rows, k]);
-        Ok(softmax(
-            self.scaled_scores(scores).mask_fill(mask, MASK_VALUE),
-            2,
-        ))
-    }
-
-    /// Raw scores `q̂·k̂` → the attention logits the softmax reads: times the score scale, then
-    /// soft-capped where the model caps them (Gemma 2: `cap · tanh(s / cap)`).
-    pub(crate) fn scaled_scores<const D: usize>(&self, raw: Tensor<D>) -> Tensor<D> {
-        let s = raw.mul_scalar(self.config.attn_scale);
-        match self.config.attn_softcap {
-            Some(cap) => s.div_scalar(cap).tanh().mul_scalar(cap),
-            None => s,
-        }
-    }
-
-    /// A post-norm (Gemma): `y · w / s`, `s = sqrt(mean(y²) + eps)` over `y [P, d]`, with `w`
-    /// the norm's weight `[1, d]`; returns the normalised `y` and `s [P]`.
-    fn post_norm(&self, y: Tensor<2>, w: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
-        let s = y
-            .clone()
-            .square()
-            .mean_dim(1)
-            .add_scalar(self.config.ln_eps)
-            .sqrt(); // [P, 1]
-        (y / s.clone() * w, s.squeeze_dim::<1>(1))
-    }
-
     /// The forward pass over `ids` (BOS included if wanted), caching what attribution needs.
     ///
     /// Cached activations are written into preallocated tensors as each layer finishes (in
@@ -294,7 +168,8 @@ impl Model {
                 resid_mid.clone()
             };
             let (xn2, s2) = self.norm(mlp_in, Self::layer_ln(&w.ln2, l));
-            let (pre, lin) = self.mlp_pre_activations(xn2, l);
+            let (pre, lin) = self.mlp_pre_activations(xn2.unsqueeze_dim::<3>(0), &(l..l + 1));
+            let (pre, lin) = (pre.squeeze_dim::<2>(0), lin.map(|t| t.squeeze_dim::<2>(0)));
             let mut post = self.mlp_post(pre, lin)?;
             for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
                 if let Site::Neuron { neuron, .. } = a.site {
@@ -321,16 +196,14 @@ impl Model {
         let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
         if let Some(s) = iv.final_scale {
             // the last position normalised by the clean run's scale
-            let xl = x.narrow(0, n - 1, 1);
-            let xc = match cfg.norm {
-                Norm::LayerNorm => xl.clone() - xl.mean_dim(1),
-                Norm::RmsNorm => xl,
-            };
-            let mut xn = xc.div_scalar(s);
-            if let Some((wf, bf)) = &w.ln_f {
-                xn = xn * wf.clone().unsqueeze_dim::<2>(0) + bf.clone().unsqueeze_dim::<2>(0);
-            }
-            xf = xf.slice_assign([n - 1..n, 0..d], xn);
+            let xn = self.centred(x.narrow(0, n - 1, 1)).div_scalar(s);
+            let wb = w.ln_f.as_ref().map(|(wf, bf)| {
+                (
+                    wf.clone().unsqueeze_dim::<2>(0),
+                    bf.clone().unsqueeze_dim::<2>(0),
+                )
+            });
+            xf = xf.slice_assign([n - 1..n, 0..d], Self::ln_affine(xn, wb));
         }
         let last = xf.narrow(0, n - 1, 1); // [1, d]
         let last_logits =
@@ -403,35 +276,5 @@ impl Model {
             return Err(bad(format!("the logit of token {i} at the last position")));
         }
         Ok(())
-    }
-
-    /// The MLP's pre-activations of normalised inputs `xn [P, d]`: `z` (the gate's, in a gated
-    /// MLP) and, for a gated MLP, the linear path `x W_in + b_in`.
-    pub(crate) fn mlp_pre_activations(
-        &self,
-        xn: Tensor<2>,
-        l: usize,
-    ) -> (Tensor<2>, Option<Tensor<2>>) {
-        let w = &self.weights;
-        let layer3 = |t: &Tensor<3>| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
-        let lin = xn.clone().matmul(layer3(&w.w_in)) + w.b_in.clone().narrow(0, l, 1); // [P, d_mlp]
-        match &w.w_gate {
-            Some(w_gate) => (xn.matmul(layer3(w_gate)), Some(lin)),
-            None => (lin, None),
-        }
-    }
-
-    /// `act(z)` (⊙ the linear path in a gated MLP).
-    fn mlp_post(&self, pre: Tensor<2>, lin: Option<Tensor<2>>) -> Result<Tensor<2>> {
-        let a = self.config.act;
-        let act = if self.on_cpu() && fused::has_activation(a) {
-            fused::activation(pre, a, &self.device)?
-        } else {
-            act::apply(a, pre)
-        };
-        Ok(match lin {
-            Some(lin) => act * lin,
-            None => act,
-        })
     }
 }

@@ -4,13 +4,14 @@
 pub mod ablate;
 pub mod cache;
 pub mod forward;
+pub mod layer;
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::arch::{self, Canonical};
-use crate::config::{self, ModelConfig, Norm};
+use crate::config::{self, ModelConfig};
 use crate::error::{ModelError, Result, io_err};
 use crate::process::{self, Processing};
 use crate::rotary::LayerRotary;
@@ -539,15 +540,15 @@ impl Model {
     /// Logits at every position `[P, V]` from a cache (the forward computes only the last).
     pub fn all_logits(&self, cache: &Cache) -> Tensor<2> {
         let resid = cache.components.clone().sum_dim(0).squeeze_dim::<2>(0); // [P, d]
-        let xc = match self.config.norm {
-            Norm::LayerNorm => resid.clone() - resid.mean_dim(1),
-            Norm::RmsNorm => resid,
-        };
-        let mut xn = xc / cache.final_scale.clone().unsqueeze_dim::<2>(1);
-        if let Some((w, b)) = &self.weights.ln_f {
-            xn = xn * w.clone().unsqueeze_dim::<2>(0) + b.clone().unsqueeze_dim::<2>(0);
-        }
-        xn.matmul(self.weights.w_u.clone()) + self.weights.b_u.clone().unsqueeze_dim::<2>(0)
+        let xn = self.centred(resid) / cache.final_scale.clone().unsqueeze_dim::<2>(1);
+        let wb = self.weights.ln_f.as_ref().map(|(w, b)| {
+            (
+                w.clone().unsqueeze_dim::<2>(0),
+                b.clone().unsqueeze_dim::<2>(0),
+            )
+        });
+        Self::ln_affine(xn, wb).matmul(self.weights.w_u.clone())
+            + self.weights.b_u.clone().unsqueeze_dim::<2>(0)
     }
 }
 

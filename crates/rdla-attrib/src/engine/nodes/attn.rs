@@ -59,8 +59,8 @@ impl NodeType for AttnLayer {
         eng.comp_value(Comp::Attn(self.layer), node.pos, &node.readout)
     }
 
-    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
-        self.bias_of(eng, self.inner(eng, node))
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        Ok(self.bias_of(eng, self.inner(eng, node)))
     }
 
     fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
@@ -70,7 +70,7 @@ impl NodeType for AttnLayer {
         let children = Children {
             steps: (0..eng.model.config.n_heads).map(Step::Head).collect(),
             values: Some(
-                eng.head_values(&(l..l + 1), node.pos, inner.clone())
+                eng.head_values(&(l..l + 1), node.pos, inner.clone())?
                     .squeeze_dim::<1>(0),
             ),
         };
@@ -95,8 +95,8 @@ impl NodeType for AttnLayer {
         }
     }
 
-    fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Tensor<1> {
-        self.inner(eng, node).squeeze_dim::<1>(0)
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Result<Tensor<1>> {
+        Ok(self.inner(eng, node).squeeze_dim::<1>(0))
     }
 
     fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {

@@ -31,9 +31,10 @@ impl Head {
     }
 
     /// The head's pattern row `[1, 1, P]`.
-    fn pattern(self, eng: &Engine<'_>, node: &Node) -> Tensor<3> {
-        eng.pattern_rows(self.layer..self.layer + 1, node.pos)
-            .narrow(1, self.head, 1)
+    fn pattern(self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<3>> {
+        Ok(eng
+            .pattern_rows(self.layer..self.layer + 1, node.pos)?
+            .narrow(1, self.head, 1))
     }
 
     /// The `{p}:{c}` children from the head's OV readout `[1, 1, d]` and pattern row
@@ -75,14 +76,14 @@ impl NodeType for Head {
     fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let l = self.layer;
         Ok(eng
-            .head_values(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
+            .head_values(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))?
             .narrow(1, self.head, 1)
             .reshape([1]))
     }
 
-    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let (_, bias) = self.ov(eng, node);
-        bias.reshape([1]) * self.pattern(eng, node).sum()
+        Ok(bias.reshape([1]) * self.pattern(eng, node)?.sum())
     }
 
     /// Value, sources, remainder and what the head writes, from one `W_O[l,h] r`, one OV
@@ -101,7 +102,7 @@ impl NodeType for Head {
             .reshape([dh, d]);
         let wo_r = w_o.clone().matmul(node.readout.clone().reshape([d, 1])); // [dh, 1]
         let z = eng
-            .z_at(&(l..l + 1), node.pos)
+            .z_at(&(l..l + 1), node.pos)?
             .narrow(1, h, 1)
             .reshape([1, dh]);
         let value = z.clone().matmul(wo_r.clone()).reshape([1]);
@@ -121,7 +122,7 @@ impl NodeType for Head {
             .reshape([1, dh])
             .matmul(wo_r)
             .reshape([1]);
-        let a = self.pattern(eng, node);
+        let a = self.pattern(eng, node)?;
         let bias = per_unit * a.clone().sum();
         let mut parts = Parts::plain(value, self.sources(eng, node, ov, a), bias);
         if want.written {
@@ -159,29 +160,29 @@ impl NodeType for Head {
         }
     }
 
-    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Tensor<1> {
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Result<Tensor<1>> {
         let Step::Source { pos, .. } = step else {
-            return node.readout.clone(); // a score reads the head's own readout
+            return Ok(node.readout.clone()); // a score reads the head's own readout
         };
         let l = self.layer;
         let (ov, _) = self.ov(eng, node);
-        let a = self.pattern(eng, node).narrow(2, pos, 1).reshape([1]);
+        let a = self.pattern(eng, node)?.narrow(2, pos, 1).reshape([1]);
         let s = layers(&eng.cache.ln1_scale, &(l..l + 1))
             .narrow(1, pos, 1)
             .reshape([1]);
-        ov.reshape([eng.model.config.d_model]) * a / s
+        Ok(ov.reshape([eng.model.config.d_model]) * a / s)
     }
 
     /// What every source child reads along: the OV readout `[d]`, the pattern row `[P]` and
     /// the layer's input-norm scales `[P]` (see [`NodeType::child_readout`]).
-    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Option<Basis> {
+    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Result<Option<Basis>> {
         let l = self.layer;
         let (ov, _) = self.ov(eng, node);
-        Some(Basis::Sources(Box::new(Sources {
+        Ok(Some(Basis::Sources(Box::new(Sources {
             ov: ov.reshape([eng.model.config.d_model]),
-            pattern: self.pattern(eng, node).reshape([eng.n_pos()]),
+            pattern: self.pattern(eng, node)?.reshape([eng.n_pos()]),
             s1: layers(&eng.cache.ln1_scale, &(l..l + 1)).reshape([eng.n_pos()]),
-        })))
+        }))))
     }
 
     fn valid(&self, eng: &Engine<'_>, node: &Node) -> String {

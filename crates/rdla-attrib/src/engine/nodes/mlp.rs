@@ -76,9 +76,9 @@ impl NodeType for Mlp {
         eng.comp_value(Comp::Mlp(self.layer), node.pos, &node.readout)
     }
 
-    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let l = self.layer;
-        eng.mlp_remainder(&(l..l + 1), &parts(eng, l, node))
+        Ok(eng.mlp_remainder(&(l..l + 1), &parts(eng, l, node)))
     }
 
     /// Value, inputs, remainder, neurons and output from one pass over `W_out` and one
@@ -116,15 +116,15 @@ impl NodeType for Mlp {
         }
     }
 
-    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Tensor<1> {
-        match step {
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Result<Tensor<1>> {
+        Ok(match step {
             Step::Neuron(_) => node.readout.clone(), // a neuron reads along the MLP's readout
             _ => self.input_readout(eng, node),
-        }
+        })
     }
 
-    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Option<Basis> {
-        Some(Basis::Same(Box::new(self.input_readout(eng, node))))
+    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Result<Option<Basis>> {
+        Ok(Some(Basis::Same(Box::new(self.input_readout(eng, node)))))
     }
 
     fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {
@@ -172,8 +172,8 @@ impl NodeType for Neuron {
             .reshape([1]))
     }
 
-    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
-        eng.mlp_remainder(&(self.layer..self.layer + 1), &self.parts(eng, node))
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        Ok(eng.mlp_remainder(&(self.layer..self.layer + 1), &self.parts(eng, node)))
     }
 
     /// Value, inputs, remainder and output from one pass over `W_out` and one activation.
@@ -198,18 +198,16 @@ impl NodeType for Neuron {
         component_child(eng, node, step, eng.layout.mid(self.layer))
     }
 
-    fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Tensor<1> {
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Result<Tensor<1>> {
         let l = self.layer;
-        eng.mlp_input_readout(&(l..l + 1), node.pos, &self.parts(eng, node))
-            .squeeze_dim::<1>(0)
+        Ok(eng
+            .mlp_input_readout(&(l..l + 1), node.pos, &self.parts(eng, node))
+            .squeeze_dim::<1>(0))
     }
 
-    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Option<Basis> {
-        Some(Basis::Same(Box::new(self.child_readout(
-            eng,
-            node,
-            Step::Bias,
-        ))))
+    fn basis(&self, eng: &Engine<'_>, node: &Node) -> Result<Option<Basis>> {
+        let r = self.child_readout(eng, node, Step::Bias)?;
+        Ok(Some(Basis::Same(Box::new(r))))
     }
 
     fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {

@@ -45,8 +45,8 @@ impl NodeType for Root {
         component_child(eng, node, step, eng.layout.n())
     }
 
-    fn basis(&self, _eng: &Engine<'_>, node: &Node) -> Option<Basis> {
-        Some(Basis::Same(Box::new(node.readout.clone())))
+    fn basis(&self, _eng: &Engine<'_>, node: &Node) -> Result<Option<Basis>> {
+        Ok(Some(Basis::Same(Box::new(node.readout.clone()))))
     }
 
     fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {

@@ -43,7 +43,7 @@ impl Engine<'_> {
         Tensor::from_data(TensorData::new(v, [idx.len()]), self.device())
     }
 
-    fn score_keys(&self, id: ScoreId, q: usize) -> Keys {
+    fn score_keys(&self, id: ScoreId, q: usize) -> Result<Keys> {
         let consts = |pairs: Vec<(usize, f32)>| {
             let (keys, w): (Vec<usize>, Vec<f32>) = pairs.into_iter().unzip();
             let n = keys.len();
@@ -52,7 +52,7 @@ impl Engine<'_> {
                 w: Tensor::from_data(TensorData::new(w, [n]), self.device()),
             }
         };
-        match id.versus {
+        Ok(match id.versus {
             Versus::Nothing => consts(vec![(id.key, 1.0)]),
             Versus::Key(k2) => {
                 let mut pairs = vec![(id.key, 1.0), (k2, -1.0)];
@@ -62,7 +62,7 @@ impl Engine<'_> {
             Versus::Mean => {
                 let (first, count) = self.visible(id.layer, q);
                 let row = self
-                    .pattern_rows(id.layer..id.layer + 1, q)
+                    .pattern_rows(id.layer..id.layer + 1, q)?
                     .narrow(1, id.head, 1)
                     .reshape([self.n_pos()])
                     .narrow(0, first, count);
@@ -71,7 +71,7 @@ impl Engine<'_> {
                     w: self.one_hot(id.key - first, count) - row,
                 }
             }
-        }
+        })
     }
 
     /// Rotate each row of `x [rows, dh]` with layer `l`'s rotary embedding to position `positions[i]` (`inverse`: back from it);
@@ -297,14 +297,14 @@ impl NodeType for Score {
     }
 
     fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
-        let keys = eng.score_keys(self.0, node.pos);
+        let keys = eng.score_keys(self.0, node.pos)?;
         Ok(eng.score_value(self.0, node.pos, &keys))
     }
 
     /// The value (shared by both sides, each a complete decomposition of it) and the table,
     /// from one set of keys.
     fn expand(&self, eng: &Engine<'_>, node: &Node, _want: Want) -> Result<Parts> {
-        let keys = eng.score_keys(self.0, node.pos);
+        let keys = eng.score_keys(self.0, node.pos)?;
         let v = eng.score_value(self.0, node.pos, &keys);
         let children = Children {
             steps: vec![Step::Side(Side::Query), Step::Side(Side::Key)],
@@ -338,8 +338,8 @@ pub(in crate::engine) struct ScoreSide {
 impl ScoreSide {
     /// The readout of the side's components and its remainder, from one set of keys: the
     /// query's `[1, d]`, or one per key `[nk, d]` (weighted), and the keys.
-    fn readout(self, eng: &Engine<'_>, q: usize) -> (Keys, Tensor<2>, Tensor<1>) {
-        let keys = eng.score_keys(self.id, q);
+    fn readout(self, eng: &Engine<'_>, q: usize) -> Result<(Keys, Tensor<2>, Tensor<1>)> {
+        let keys = eng.score_keys(self.id, q)?;
         let (r, bias) = match self.side {
             Side::Query => {
                 let (r, b) = eng.query_side(self.id, q, &keys);
@@ -347,7 +347,7 @@ impl ScoreSide {
             }
             Side::Key => eng.key_side(self.id, q, &keys),
         };
-        (keys, r, bias)
+        Ok((keys, r, bias))
     }
 
     /// The components of `resid_pre_l` the side reads.
@@ -392,8 +392,8 @@ impl NodeType for ScoreSide {
         Score(self.id).value(eng, node)
     }
 
-    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
-        self.readout(eng, node.pos).2
+    fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
+        Ok(self.readout(eng, node.pos)?.2)
     }
 
     /// The children: the components of `resid_pre_l` (at the query, or at the single key),
@@ -401,7 +401,7 @@ impl NodeType for ScoreSide {
     /// remainder from one set of keys.
     fn expand(&self, eng: &Engine<'_>, node: &Node, _want: Want) -> Result<Parts> {
         let n = self.n(eng);
-        let (keys, r, bias) = self.readout(eng, node.pos);
+        let (keys, r, bias) = self.readout(eng, node.pos)?;
         let value = eng.score_value(self.id, node.pos, &keys);
         let children = match self.side {
             Side::Query => Children {
@@ -453,14 +453,14 @@ impl NodeType for ScoreSide {
         }
     }
 
-    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Tensor<1> {
+    fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Result<Tensor<1>> {
         let d = eng.model.config.d_model;
-        let (_, r, _) = self.readout(eng, node.pos);
+        let (_, r, _) = self.readout(eng, node.pos)?;
         let row = match step {
             Step::Source { pos, .. } => self.key_row(eng, node, pos).unwrap_or(0),
             _ => 0,
         };
-        r.narrow(0, row, 1).reshape([d])
+        Ok(r.narrow(0, row, 1).reshape([d]))
     }
 
     fn valid(&self, eng: &Engine<'_>, node: &Node) -> String {

@@ -1,6 +1,7 @@
-//! A small line plot (measured points joined by a line, a least-squares line through them,
-//! ticks and labels), for the benchmark's memory-against-prompt-length curve. Same font and
-//! pixel helpers as the heatmap renderer.
+//! Line plots and their drawing primitives (tick steps, anti-aliased segments): the
+//! benchmark's memory-against-prompt-length curve here (measured points joined by a line, a
+//! least-squares line through them), the default model's loss curve in [`crate::loss`]. Same
+//! font and text helpers as the heatmap renderer.
 
 use image::RgbImage;
 
@@ -29,7 +30,7 @@ pub struct LinePlot<'a> {
 }
 
 /// A step of 1, 2 or 5 × 10^k giving about `n` ticks over `range`.
-fn nice_step(range: f64, n: f64) -> f64 {
+pub fn nice_step(range: f64, n: f64) -> f64 {
     let raw = (range / n).max(f64::MIN_POSITIVE);
     let mag = 10f64.powf(raw.log10().floor());
     let f = raw / mag;
@@ -44,25 +45,41 @@ fn nice_step(range: f64, n: f64) -> f64 {
     }
 }
 
-/// Anti-aliased segment (coverage from the distance to the segment).
-fn line(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), width: f32, c: [u8; 3]) {
+/// Blend colour `c` into pixel `(x, y)` with coverage `a` (outside the image: nothing).
+pub fn blend(img: &mut RgbImage, x: i64, y: i64, c: [u8; 3], a: f32) {
+    if x < 0 || y < 0 || x >= i64::from(img.width()) || y >= i64::from(img.height()) || a <= 0.0 {
+        return;
+    }
+    let a = a.min(1.0);
+    let p = img.get_pixel_mut(x as u32, y as u32);
+    for (ch, &target) in p.0.iter_mut().zip(&c) {
+        let v = f32::from(*ch) * (1.0 - a) + f32::from(target) * a;
+        *ch = v.round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// Anti-aliased segment of the given width (coverage from the distance to the segment); a
+/// point when `a == b` (a dot of that diameter).
+pub fn line(
+    img: &mut RgbImage,
+    (x0, y0): (f32, f32),
+    (x1, y1): (f32, f32),
+    width: f32,
+    c: [u8; 3],
+) {
     let r = width / 2.0 + 1.0;
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let len2 = (dx * dx + dy * dy).max(1e-9);
-    let (x0, x1) = (a.0.min(b.0) - r, a.0.max(b.0) + r);
-    let (y0, y1) = (a.1.min(b.1) - r, a.1.max(b.1) + r);
-    for y in (y0.floor() as i64).max(0)..=(y1.ceil() as i64).min(i64::from(H) - 1) {
-        for x in (x0.floor() as i64).max(0)..=(x1.ceil() as i64).min(i64::from(W) - 1) {
+    let (minx, maxx) = (x0.min(x1) - r, x0.max(x1) + r);
+    let (miny, maxy) = (y0.min(y1) - r, y0.max(y1) + r);
+    let (dx, dy) = (x1 - x0, y1 - y0);
+    let len2 = (dx * dx + dy * dy).max(1e-12);
+    let (w, h) = (i64::from(img.width()), i64::from(img.height()));
+    for y in (miny.floor() as i64).max(0)..=(maxy.ceil() as i64).min(h - 1) {
+        for x in (minx.floor() as i64).max(0)..=(maxx.ceil() as i64).min(w - 1) {
             let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-            let t = (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0);
-            let (qx, qy) = (a.0 + t * dx - px, a.1 + t * dy - py);
-            let cov = (width / 2.0 + 0.5 - (qx * qx + qy * qy).sqrt()).clamp(0.0, 1.0);
-            if cov > 0.0 {
-                let p = img.get_pixel_mut(x as u32, y as u32);
-                for (ch, &v) in p.0.iter_mut().zip(&c) {
-                    *ch = (f32::from(*ch) * (1.0 - cov) + f32::from(v) * cov) as u8;
-                }
-            }
+            let t = (((px - x0) * dx + (py - y0) * dy) / len2).clamp(0.0, 1.0);
+            let (qx, qy) = (x0 + t * dx - px, y0 + t * dy - py);
+            let dist = (qx * qx + qy * qy).sqrt();
+            blend(img, x, y, c, width / 2.0 + 0.5 - dist);
         }
     }
 }
