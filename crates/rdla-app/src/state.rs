@@ -736,20 +736,24 @@ mod tests {
         assert!(s.compute_error.as_deref().unwrap().contains("answer"));
     }
 
-    #[test]
-    fn a_failed_load_keeps_the_previous_model() {
-        let mut s = AppState::default();
-        let mut settings = Settings::default();
+    /// Open the default model and answer the load; returns the commands that follow.
+    fn load(s: &mut AppState, settings: &mut Settings) -> Vec<Command> {
         let Command::Load { id, .. } = s.open(ModelSource::Default) else {
-            panic!()
+            panic!("expected a load")
         };
         s.apply(
             Event::Loaded {
                 id,
                 info: Box::new(info()),
             },
-            &mut settings,
-        );
+            settings,
+        )
+    }
+
+    #[test]
+    fn a_failed_load_keeps_the_previous_model() {
+        let (mut s, mut settings) = (AppState::default(), Settings::default());
+        load(&mut s, &mut settings);
         let Command::Load { id, .. } = s.open(ModelSource::Path("/x".into())) else {
             panic!()
         };
@@ -772,18 +776,8 @@ mod tests {
     /// and another model forgets the pick.
     #[test]
     fn a_picked_answer_is_sent_by_id_until_the_field_changes() {
-        let mut s = AppState::default();
-        let mut settings = Settings::default();
-        let Command::Load { id, .. } = s.open(ModelSource::Default) else {
-            panic!()
-        };
-        s.apply(
-            Event::Loaded {
-                id,
-                info: Box::new(info()),
-            },
-            &mut settings,
-        );
+        let (mut s, mut settings) = (AppState::default(), Settings::default());
+        load(&mut s, &mut settings);
         let request = |cmds: Vec<Command>| {
             cmds.into_iter()
                 .find_map(|c| match c {

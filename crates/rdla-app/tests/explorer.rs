@@ -34,6 +34,16 @@ fn click(h: &mut Harness<'_, RdlaApp>, label: &str) {
     settle(h);
 }
 
+/// The model opened and the attribution computed, without an error.
+fn assert_computed(app: &RdlaApp) {
+    assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
+    assert!(
+        app.state.compute_error.is_none(),
+        "{:?}",
+        app.state.compute_error
+    );
+}
+
 /// Step until the worker has answered everything.
 fn settle(h: &mut Harness<'_, RdlaApp>) {
     for _ in 0..3000 {
@@ -54,12 +64,7 @@ fn starts_on_the_default_model_and_drills_down() {
     let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
     {
         let app = h.state();
-        assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
-        assert!(
-            app.state.compute_error.is_none(),
-            "{:?}",
-            app.state.compute_error
-        );
+        assert_computed(app);
         assert!(app.state.computed.is_some());
         assert!(app.current_path().is_root());
         assert_eq!(app.settings.answer, "3");
@@ -241,12 +246,7 @@ fn rotary_models_show_their_own_components() {
     let mut h = harness(tmp.path().to_path_buf(), opts);
     {
         let app = h.state();
-        assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
-        assert!(
-            app.state.compute_error.is_none(),
-            "{:?}",
-            app.state.compute_error
-        );
+        assert_computed(app);
         let hm = app.current_view().unwrap().heatmap.clone();
         assert_eq!(hm.rows, ["L0", "L1", "L2"]);
         assert!(!hm.subtitle.contains("pos"), "{}", hm.subtitle);

@@ -148,14 +148,8 @@ fn check_fixture(name: &str, device: &Device) {
     let model = load_model(name, device);
     let answer = c["answer_id"].as_u64().unwrap() as u32;
     assert_eq!(answer, r.u32("answer_id"));
-    let cache = model.run(&r.token_ids()).unwrap();
-    let engine = Engine::new(
-        &model,
-        &cache,
-        Target::Logit { answer },
-        MlpMode::FrozenGate,
-    )
-    .unwrap();
+    let (cache, target) = (model.run(&r.token_ids()).unwrap(), Target::Logit { answer });
+    let engine = Engine::new(&model, &cache, target, MlpMode::FrozenGate).unwrap();
     let mut worst = 0.0f32;
     let (mut scores, mut contrasts, mut neurons) = (0, 0, 0);
     for ex in c["expansions"].as_array().unwrap() {

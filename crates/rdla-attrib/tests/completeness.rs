@@ -43,6 +43,13 @@ fn relative_residual(ex: &rdla_attrib::Expansion) -> f64 {
     f64::from(ex.residual.abs()) / scale.max(1e-12)
 }
 
+/// The reference's answer logit.
+fn answer_of(r: &Reference) -> Target {
+    Target::Logit {
+        answer: r.u32("answer_id"),
+    }
+}
+
 #[test]
 fn two_hundred_random_paths_to_depth_five_add_up() {
     for (fi, name) in TL_FIXTURES.iter().enumerate() {
@@ -142,15 +149,7 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
         let r = Reference::load(name);
         let model = load_model(name, &Device::flex());
         let cache = model.run(&r.token_ids()).unwrap();
-        let engine = Engine::new(
-            &model,
-            &cache,
-            Target::Logit {
-                answer: r.u32("answer_id"),
-            },
-            MlpMode::FrozenGate,
-        )
-        .unwrap();
+        let engine = Engine::new(&model, &cache, answer_of(&r), MlpMode::FrozenGate).unwrap();
         let ov = engine.overview().unwrap();
         // the head breakdown a layer at a time (as for thousands of positions) is the same
         let one_layer_chunks = engine.overview_in_chunks(1).unwrap();
@@ -278,15 +277,7 @@ fn bad_paths_name_the_step_and_the_choices() {
     let r = Reference::load("gptneo_local");
     let model = load_model("gptneo_local", &Device::flex());
     let cache = model.run(&r.token_ids()).unwrap();
-    let engine = Engine::new(
-        &model,
-        &cache,
-        Target::Logit {
-            answer: r.u32("answer_id"),
-        },
-        MlpMode::FrozenGate,
-    )
-    .unwrap();
+    let engine = Engine::new(&model, &cache, answer_of(&r), MlpMode::FrozenGate).unwrap();
     let msg = |p: &str| expand_str(&engine, p).unwrap_err().to_string();
     let m = msg("L9.attn");
     assert!(m.contains("step 1") && m.contains("L3.mlp"), "{m}");

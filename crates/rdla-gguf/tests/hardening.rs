@@ -13,13 +13,10 @@ use rdla_gguf::{GgufError, GgufFile, MetaArray, MetaValue};
 
 /// The whole chain of `e` as anyhow's `{:#}` prints it.
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
+    let chain: Vec<String> = std::iter::successors(Some(e), |e| (*e).source())
+        .map(ToString::to_string)
+        .collect();
+    chain.join(": ")
 }
 
 fn open(name: &str) -> GgufFile {

@@ -274,11 +274,7 @@ pub fn loss_curve_png(
     title: &str,
     subtitle: &str,
 ) -> Result<Vec<u8>, PngError> {
-    let img = render_loss_curve(losses, accuracy, title, subtitle)?;
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|source| PngError::Encode { source })?;
-    Ok(out.into_inner())
+    crate::png::encode(&render_loss_curve(losses, accuracy, title, subtitle)?)
 }
 
 #[cfg(test)]

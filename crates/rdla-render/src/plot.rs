@@ -193,10 +193,7 @@ pub fn line_plot_png(plot: &LinePlot<'_>) -> Result<Vec<u8>, PngError> {
         let s = format!("{y:.0}");
         text(&mut img, 13.0, &s, cx + 8.0, cy - 22.0, SERIES);
     }
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|source| PngError::Encode { source })?;
-    Ok(out.into_inner())
+    crate::png::encode(&img)
 }
 
 #[cfg(test)]

@@ -420,14 +420,18 @@ pub fn strip_color(a: f32) -> [u8; 3] {
     [v, v, 255]
 }
 
-/// Render `hm` and encode it as PNG bytes.
-pub fn encode_png(hm: &Heatmap, opts: PngOptions) -> Result<(Vec<u8>, (u32, u32)), PngError> {
-    let img = render(hm, opts)?;
-    let dims = img.dimensions();
+/// An image as PNG bytes: the one encoder of every picture rdla writes.
+pub fn encode(img: &RgbImage) -> Result<Vec<u8>, PngError> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)
         .map_err(|source| PngError::Encode { source })?;
-    Ok((out.into_inner(), dims))
+    Ok(out.into_inner())
+}
+
+/// Render `hm` and encode it as PNG bytes.
+pub fn encode_png(hm: &Heatmap, opts: PngOptions) -> Result<(Vec<u8>, (u32, u32)), PngError> {
+    let img = render(hm, opts)?;
+    Ok((encode(&img)?, img.dimensions()))
 }
 
 /// Render an attribution graph (laid out by [`crate::graph::layout`], the window's layout) to
@@ -490,12 +494,7 @@ pub fn encode_graph_png(
             );
         }
     }
-    let dims = cv.img.dimensions();
-    let mut out = std::io::Cursor::new(Vec::new());
-    cv.img
-        .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|source| PngError::Encode { source })?;
-    Ok((out.into_inner(), dims))
+    Ok((encode(&cv.img)?, cv.img.dimensions()))
 }
 
 impl Canvas<'_> {

@@ -609,15 +609,14 @@ impl Session {
         })
     }
 
-    /// Trace the tree below `from` (best-first by |value|, under `opts`' budget); `progress`
-    /// sees (expanded, budget) and stops the trace by returning `false`.
+    /// [`rdla_attrib::Engine::trace`] over the current computation, from `start`.
     pub fn trace(
         &self,
-        from: &Path,
+        start: &Path,
         opts: &TraceOptions,
-        progress: &mut dyn FnMut(usize, usize) -> bool,
+        on_progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Trace> {
-        Ok(self.engine()?.trace(from, opts, progress)?)
+        Ok(self.engine()?.trace(start, opts, on_progress)?)
     }
 
     /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens, the

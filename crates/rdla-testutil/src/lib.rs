@@ -294,11 +294,8 @@ pub fn hf_cache_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
 /// An error and its sources as anyhow's `{:#}` prints them (`a: b: c`), to check that a cause
 /// is said once.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
+    let chain: Vec<String> = std::iter::successors(Some(e), |e| (*e).source())
+        .map(ToString::to_string)
+        .collect();
+    chain.join(": ")
 }

@@ -1,26 +1,11 @@
 //! `rdla attribute` end to end: the JSON contract, exports, and clear errors.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(
-        // at run time: a test binary built in another checkout sharing the target directory
-        // (CI's clone) must read this checkout's files
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("../../tests/fixtures")
-    .join(name)
-}
-
-fn rdla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rdla"))
-        .args(args)
-        .env("RDLA_SKIP_WGPU", "1")
-        .output()
-        .unwrap()
-}
+use common::{assert_ok, fixture, rdla};
 
 fn reference(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
@@ -47,11 +32,7 @@ fn list_prompt_json_on_gpt_neo() {
         "--json",
         "-",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = reference("gptneo_local");
     assert_eq!(j["token_ids"], r["token_ids"]);
@@ -123,11 +104,7 @@ fn logit_difference_and_exports() {
         "--png",
         png.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(j["foil_id"], r["foil_id"]);
@@ -157,11 +134,7 @@ fn logit_difference_and_exports() {
         "--png",
         png2.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let csv2 = std::fs::read_to_string(&csv2).unwrap();
     assert!(csv2.contains("head_breakdown,2,3,"));
     assert!(image::open(&png2).is_ok());
@@ -294,11 +267,7 @@ fn mistral_json_has_no_pos_and_per_query_heads() {
         "--json",
         "-",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["component_labels"], r["component_labels"]);
     assert_eq!(j["component_labels"][1], "L0.attn");
@@ -328,11 +297,7 @@ fn mistral_json_has_no_pos_and_per_query_heads() {
 }
 
 fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -5,32 +5,18 @@
 //! can hold.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::{Command, Output};
 
-fn rdla(args: &[&str]) -> Output {
-    rdla_in(None, None, args)
-}
-
-/// `rdla` run in `cwd` and with its own temporary folder, to see what it leaves behind.
-fn rdla_in(
-    cwd: Option<&std::path::Path>,
-    tmpdir: Option<&std::path::Path>,
-    args: &[&str],
-) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rdla"));
-    c.args(args).env("RDLA_SKIP_WGPU", "1");
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    if let Some(t) = tmpdir {
-        c.env("TMPDIR", t);
-    }
-    c.output().unwrap()
-}
+use common::{assert_ok, rdla, rdla_in};
 
 fn rdla_in_tmp(tmpdir: &std::path::Path, args: &[&str]) -> Output {
     rdla_in(None, Some(tmpdir), args)
 }
+
+/// One length, one repetition: a bench run that only checks what it refuses or writes.
+const QUICK_BENCH: [&str; 6] = ["--lengths", "4", "--reps", "1", "--load-reps", "1"];
 
 fn is_empty(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
@@ -73,11 +59,7 @@ fn hugging_face_cache_blobs_are_protected() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("r.json");
     let out = attribute(model, &["--json", out_file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(std::fs::metadata(&out_file).unwrap().len() > 0);
 }
 
@@ -91,11 +73,7 @@ fn a_dash_is_standard_output_for_every_export() {
     args.extend_from_slice(&TARGET);
     args.extend_from_slice(&["--csv", "-"]);
     let out = rdla_in(Some(cwd.path()), None, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().count() > 2 && text.contains(','), "{text}");
     assert!(
@@ -154,20 +132,11 @@ fn bench_small_shapes_and_bounds() {
         let out = rdla_in_tmp(
             tmpdir.path(),
             &[
-                "bench",
-                "--shape",
-                &format!("{layers},2,8,16"),
-                "--lengths",
-                "4",
-                "--reps",
-                "1",
-                "--load-reps",
-                "1",
-                "--trace-budget",
-                "10",
-                "--json",
-                json.to_str().unwrap(),
-            ],
+                &["bench", "--shape", &format!("{layers},2,8,16")][..],
+                &QUICK_BENCH,
+                &["--trace-budget", "10", "--json", json.to_str().unwrap()],
+            ]
+            .concat(),
         );
         assert!(
             out.status.success(),
@@ -185,21 +154,11 @@ fn bench_small_shapes_and_bounds() {
     // a model folder given with --existing is protected from --json
     refused_and_untouched(
         &[
-            "bench",
-            "--dir",
-            "{model}",
-            "--existing",
-            "--lengths",
-            "4",
-            "--reps",
-            "1",
-            "--load-reps",
-            "1",
-            "--trace-budget",
-            "0",
-            "--json",
-            "{weights}",
-        ],
+            &["bench", "--dir", "{model}", "--existing"][..],
+            &QUICK_BENCH,
+            &["--trace-budget", "0", "--json", "{weights}"],
+        ]
+        .concat(),
         "refusing",
     );
     // a length no machine can hold is refused at once, before generating anything
@@ -311,11 +270,7 @@ fn contradicting_arguments_are_errors() {
     assert!(!std::path::Path::new(same).exists());
     // one export to stdout is fine, and the summary does not mix into it
     let out = attribute(m, &["--png", "-"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         out.stdout.starts_with(b"\x89PNG"),
         "not a PNG alone on stdout"

@@ -21,7 +21,6 @@ mod readout;
 pub mod types;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use rdla_model::config::Norm;
 use rdla_model::{Cache, Layout, Model};
 
 pub(crate) use expand::Resolved;
@@ -34,12 +33,6 @@ pub use types::{
 /// `m [n, d] · r [d] -> [n]`.
 fn rows_dot(m: Tensor<2>, r: Tensor<1>) -> Tensor<1> {
     m.matmul(r.unsqueeze_dim::<2>(1)).squeeze_dim::<1>(1)
-}
-
-/// `C(v) = v − mean(v)` over the last axis (LayerNorm models).
-fn center<const D: usize>(v: Tensor<D>) -> Tensor<D> {
-    let mean = v.clone().mean_dim(D - 1);
-    v - mean
 }
 
 /// What the engine keeps between expansions: results that depend on a layer and a position
@@ -163,12 +156,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// `C(v)`: centring over the last axis for LayerNorm models, the identity for RMSNorm.
+    /// `C(v)`: centring over the last axis for LayerNorm models, the identity for RMSNorm
+    /// (the model's own, [`Model::centred`]).
     fn c<const D: usize>(&self, v: Tensor<D>) -> Tensor<D> {
-        match self.model.config.norm {
-            Norm::LayerNorm => center(v),
-            Norm::RmsNorm => v,
-        }
+        self.model.centred(v)
     }
 
     /// The component layout of this model.

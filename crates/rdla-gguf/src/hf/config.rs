@@ -35,6 +35,28 @@ struct Common<'a> {
 }
 
 impl Common<'_> {
+    /// The keys every RMSNorm family (Llama-style and Gemma) spells alike — widths, heads,
+    /// context (`default_ctx` when the file has none), norm epsilon, rotary base — and
+    /// `extra`, the family's own.
+    fn rms_family_config(&self, eps: f64, n_ff: usize, default_ctx: usize, extra: Value) -> Value {
+        let hp = &self.hp;
+        let mut cfg = json!({
+            "hidden_size": hp.n_embd,
+            "intermediate_size": n_ff,
+            "num_hidden_layers": hp.n_layer,
+            "num_attention_heads": hp.n_head,
+            "num_key_value_heads": hp.n_head_kv,
+            "head_dim": hp.head_dim,
+            "max_position_embeddings": self.n_ctx.unwrap_or(default_ctx),
+            "rms_norm_eps": eps,
+            "rope_theta": self.rope_theta,
+        });
+        if let (Some(all), Value::Object(own)) = (cfg.as_object_mut(), extra) {
+            all.extend(own);
+        }
+        cfg
+    }
+
     /// The full key of `{arch}.{key}`.
     fn k(&self, key: &str) -> String {
         format!("{}.{key}", self.arch)
@@ -142,19 +164,11 @@ impl GgufFile {
         let eps = self.need_positive(&c.k("attention.layer_norm_rms_epsilon"))?;
         let n_ff = c.need_n_ff()?;
         let has = |s: &str| self.tensor(&format!("blk.0.{s}")).is_some();
-        let mut cfg = json!({
-            "hidden_size": hp.n_embd,
-            "intermediate_size": n_ff,
-            "num_hidden_layers": hp.n_layer,
-            "num_attention_heads": hp.n_head,
-            "num_key_value_heads": hp.n_head_kv,
-            "head_dim": hp.head_dim,
-            "max_position_embeddings": c.n_ctx.unwrap_or(2048),
-            "rms_norm_eps": eps,
-            "rope_theta": c.rope_theta,
+        let own = json!({
             "rope_scaling": self.rope_scaling(c.arch, c.rope_theta, c.rope_dim)?,
             "hidden_act": "silu",
         });
+        let mut cfg = c.rms_family_config(eps, n_ff, 2048, own);
         match c.arch {
             "llama" => {
                 cfg["attention_bias"] = json!(has("attn_q.bias"));
@@ -214,20 +228,12 @@ impl GgufFile {
         let window = self
             .opt_usize(&c.k("attention.sliding_window"))?
             .unwrap_or(4096);
-        let mut cfg = json!({
-            "hidden_size": hp.n_embd,
-            "intermediate_size": n_ff,
-            "num_hidden_layers": hp.n_layer,
-            "num_attention_heads": hp.n_head,
-            "num_key_value_heads": hp.n_head_kv,
-            "head_dim": hp.head_dim,
-            "max_position_embeddings": c.n_ctx.unwrap_or(8192),
-            "rms_norm_eps": eps,
-            "rope_theta": c.rope_theta,
+        let own = json!({
             "hidden_activation": "gelu_pytorch_tanh",
             "query_pre_attn_scalar": qpas,
             "sliding_window": window,
         });
+        let mut cfg = c.rms_family_config(eps, n_ff, 8192, own);
         if v3 {
             cfg["rope_scaling"] = self.rope_scaling(c.arch, c.rope_theta, c.rope_dim)?;
             cfg["rope_local_base_freq"] = json!(10000.0);

@@ -180,20 +180,12 @@ impl Weights {
         let n = stacks.n_layers;
         let ln =
             |p: Option<(Stack, Stack)>| p.map(|(w, b)| (w.upload(n, device), b.upload(n, device)));
-        let Canonical {
-            w_e,
-            w_pos,
-            ln_f,
-            w_u,
-            b_u,
-            ..
-        } = c;
         Self {
-            w_e: upload(w_e, device),
-            w_pos: w_pos.map(|t| upload(t, device)),
+            w_e: upload(c.w_e, device),
+            w_pos: c.w_pos.map(|t| upload(t, device)),
             ln1: ln(stacks.ln1),
             ln2: ln(stacks.ln2),
-            ln_f: ln_f.map(|ln| {
+            ln_f: c.ln_f.map(|ln| {
                 let d = ln.w.len();
                 (
                     Tensor::from_data(TensorData::new(ln.w, [d]), device),
@@ -219,8 +211,8 @@ impl Weights {
             post_norm: stacks
                 .post_norm
                 .map(|(a, m)| (a.upload(n, device), m.upload(n, device))),
-            w_u: upload(w_u, device),
-            b_u: upload(b_u, device),
+            w_u: upload(c.w_u, device),
+            b_u: upload(c.b_u, device),
         }
     }
 }
