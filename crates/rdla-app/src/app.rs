@@ -278,6 +278,18 @@ impl RdlaApp {
                         queue.push_front(next);
                     }
                 }
+                Action::CancelCompute => {
+                    self.worker.wanted.store(0, Ordering::SeqCst);
+                    let cmds = self.state.act(Action::CancelCompute, &mut self.settings);
+                    self.send(cmds);
+                }
+                // an edit stops the computation in progress (its result would be stale); the
+                // debounced recompute follows
+                Action::Edited if self.state.computing => {
+                    self.worker.wanted.store(0, Ordering::SeqCst);
+                    let cmds = self.state.act(Action::Edited, &mut self.settings);
+                    self.send(cmds);
+                }
                 Action::CancelLoad => {
                     self.worker.cancel.store(true, Ordering::SeqCst);
                     self.state.status = "loading cancelled".into();
@@ -317,8 +329,11 @@ impl RdlaApp {
         if let Some(left) = wait {
             ctx.request_repaint_after(left);
         }
+        // the worker wakes the UI with every event (progress included); this is only a
+        // slow safety net, not an animation (a spinner's continuous repaint cost more CPU
+        // than the computation on a software renderer)
         if !self.is_idle() {
-            ctx.request_repaint_after(Duration::from_millis(50));
+            ctx.request_repaint_after(Duration::from_secs(1));
         }
     }
 

@@ -24,55 +24,65 @@ pub trait Dialogs {
 #[derive(Debug, Default)]
 pub struct RfdDialogs;
 
-const NO_DIALOG: &str = "no file dialog appeared? rfd needs xdg-desktop-portal or zenity on Linux";
+const NO_DIALOG: &str = "no file dialog appeared: rfd needs xdg-desktop-portal or zenity on Linux";
+
+/// A dialog that gives nothing back this soon never appeared (no portal, no zenity); later,
+/// the user closed it.
+const SHOWN_AT_LEAST: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// What rfd's answer means: a path, a dialog the user closed, or none shown at all (rfd says
+/// `None` for both; the time it took tells them apart). `unavailable` says what to do instead.
+fn answered(
+    started: std::time::Instant,
+    picked: Option<PathBuf>,
+    unavailable: impl FnOnce() -> String,
+) -> DialogResult {
+    match picked {
+        Some(p) => DialogResult::Picked(p),
+        None if started.elapsed() >= SHOWN_AT_LEAST => DialogResult::Cancelled,
+        None => DialogResult::Unavailable(unavailable()),
+    }
+}
 
 impl Dialogs for RfdDialogs {
     fn pick_model(&mut self) -> DialogResult {
-        match rfd::FileDialog::new()
+        let t = std::time::Instant::now();
+        let picked = rfd::FileDialog::new()
             .set_title("Open a Hugging Face model folder")
-            .pick_folder()
-        {
-            Some(p) => DialogResult::Picked(p),
-            None => DialogResult::Unavailable(format!(
-                "no folder chosen ({NO_DIALOG}; you can also type a path or drop a folder on the window)"
-            )),
-        }
+            .pick_folder();
+        answered(t, picked, || {
+            format!("{NO_DIALOG}; you can also type a path or drop a folder on the window")
+        })
     }
 
     fn pick_gguf(&mut self) -> DialogResult {
-        match rfd::FileDialog::new()
+        let t = std::time::Instant::now();
+        let picked = rfd::FileDialog::new()
             .set_title("Open a GGUF model file")
             .add_filter("GGUF", &["gguf"])
-            .pick_file()
-        {
-            Some(p) => DialogResult::Picked(p),
-            None => DialogResult::Unavailable(format!(
-                "no file chosen ({NO_DIALOG}; you can also type its path)"
-            )),
-        }
+            .pick_file();
+        answered(t, picked, || {
+            format!("{NO_DIALOG}; you can also type its path")
+        })
     }
 
     fn pick_text(&mut self) -> DialogResult {
-        match rfd::FileDialog::new()
+        let t = std::time::Instant::now();
+        let picked = rfd::FileDialog::new()
             .set_title("Open a text file as the prompt")
             .add_filter("Text", &["txt", "md", "json", "jsonl", "csv", "py", "rs"])
             .add_filter("Any file", &["*"])
-            .pick_file()
-        {
-            Some(p) => DialogResult::Picked(p),
-            None => DialogResult::Unavailable(format!("no file chosen ({NO_DIALOG})")),
-        }
+            .pick_file();
+        answered(t, picked, || format!("{NO_DIALOG}; paste the text instead"))
     }
 
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult {
-        match rfd::FileDialog::new()
+        let t = std::time::Instant::now();
+        let picked = rfd::FileDialog::new()
             .set_file_name(default_name)
             .add_filter(extension.to_uppercase(), &[extension])
-            .save_file()
-        {
-            Some(p) => DialogResult::Picked(p),
-            None => DialogResult::Unavailable(format!("nothing saved ({NO_DIALOG})")),
-        }
+            .save_file();
+        answered(t, picked, || format!("nothing saved: {NO_DIALOG}"))
     }
 }
 
@@ -102,5 +112,30 @@ impl Dialogs for ScriptedDialogs {
         self.save_dir.as_ref().map_or(DialogResult::Cancelled, |d| {
             DialogResult::Picked(d.join(default_name))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// rfd answers `None` both when the user closes the dialog and when none could be shown;
+    /// a cancelled save said "no file dialog appeared?".
+    #[test]
+    fn a_closed_dialog_is_a_cancel_and_an_instant_none_is_no_dialog() {
+        let long_ago = std::time::Instant::now() - 2 * SHOWN_AT_LEAST;
+        assert_eq!(
+            answered(long_ago, None, || "none".into()),
+            DialogResult::Cancelled
+        );
+        assert_eq!(
+            answered(std::time::Instant::now(), None, || "none".into()),
+            DialogResult::Unavailable("none".into())
+        );
+        let p = PathBuf::from("/x");
+        assert_eq!(
+            answered(std::time::Instant::now(), Some(p.clone()), || "none".into()),
+            DialogResult::Picked(p)
+        );
     }
 }

@@ -10,7 +10,7 @@ use rdla_attrib::Path;
 use rdla_attrib::trace::{Trace, TraceOptions};
 use rdla_model::model::ablate::AblationMode;
 use rdla_session::{
-    AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Tokens,
+    AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Stage, Tokens,
 };
 
 use crate::settings::Settings;
@@ -24,6 +24,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(350);
 pub enum Action {
     Open(ModelSource),
     CancelLoad,
+    /// Stop the computation in progress (it stops at its next layer).
+    CancelCompute,
     Navigate(Path),
     Back,
     Forward,
@@ -173,6 +175,11 @@ impl Default for Nav {
 }
 
 impl Nav {
+    /// Nothing opened yet: only the root has been shown (the first-run hint is shown then).
+    pub fn is_fresh(&self) -> bool {
+        self.history.len() == 1
+    }
+
     pub fn current(&self) -> Path {
         self.history.get(self.index).cloned().unwrap_or_default()
     }
@@ -211,6 +218,50 @@ impl Nav {
     }
 }
 
+/// How far the computation in progress is.
+#[derive(Debug, Clone, Copy)]
+pub struct ComputeProgress {
+    pub started: Instant,
+    /// `None` until the first report (tokenizing, the first layer).
+    pub stage: Option<Stage>,
+}
+
+impl ComputeProgress {
+    /// The fraction done (the forward pass is counted as all of it) and, once a layer is
+    /// done, the time left at the pace so far.
+    pub fn estimate(&self) -> (f32, Option<Duration>) {
+        match self.stage {
+            Some(Stage::Forward { layer, layers }) if layer > 0 && layers > 0 => {
+                let f = layer as f32 / layers as f32;
+                let spent = self.started.elapsed().as_secs_f32();
+                (f, Some(Duration::from_secs_f32(spent * (1.0 - f) / f)))
+            }
+            Some(Stage::Attribution) => (1.0, None),
+            _ => (0.0, None),
+        }
+    }
+
+    /// "forward pass: layer 12 of 26 · 0:34 elapsed · about 1:10 left".
+    pub fn describe(&self) -> String {
+        let clock = |d: Duration| {
+            let s = d.as_secs();
+            format!("{}:{:02}", s / 60, s % 60)
+        };
+        let elapsed = clock(self.started.elapsed());
+        let (_, left) = self.estimate();
+        match (self.stage, left) {
+            (Some(Stage::Forward { layer, layers }), Some(left)) => format!(
+                "forward pass: layer {layer} of {layers} · {elapsed} elapsed · about {} left",
+                clock(left)
+            ),
+            (Some(Stage::Attribution), _) => {
+                format!("attribution (overview and root) · {elapsed} elapsed")
+            }
+            _ => format!("tokenizing and the first layer · {elapsed} elapsed"),
+        }
+    }
+}
+
 /// Everything the explorer knows at run time (the persisted part is [`Settings`]).
 #[derive(Debug, Default)]
 pub struct AppState {
@@ -220,6 +271,8 @@ pub struct AppState {
     pub load_error: Option<String>,
     compute_id: u64,
     pub computing: bool,
+    /// The computation in progress: when it started and the last stage it reported.
+    pub progress: Option<ComputeProgress>,
     pub dirty_since: Option<Instant>,
     pub computed: Option<Computed>,
     pub compute_error: Option<String>,
@@ -311,6 +364,10 @@ impl AppState {
         let id = self.id();
         self.compute_id = id;
         self.computing = true;
+        self.progress = Some(ComputeProgress {
+            started: Instant::now(),
+            stage: None,
+        });
         let request = Request {
             prompt: settings.prompt.clone(),
             answer: settings.answer.clone(),
@@ -447,6 +504,14 @@ impl AppState {
                     id: self.compute_id,
                 }]
             }
+            Action::CancelCompute => {
+                if self.computing {
+                    self.status = "cancelling the computation…".into();
+                }
+                // an edit waiting for its debounce would start it again
+                self.dirty_since = None;
+                Vec::new()
+            }
             Action::CancelLoad
             | Action::ExportPng
             | Action::ExportCsv
@@ -519,10 +584,10 @@ impl AppState {
                     return Vec::new();
                 }
                 self.computing = false;
+                self.progress = None;
                 self.compute_error = None;
                 self.tokens = result.tokens.clone();
                 self.top = result.top.clone();
-                self.last_ms = Some(result.forward_ms + result.attribution_ms);
                 self.reset_computation();
                 self.views.insert(Path::root(), *root);
                 self.computed = Some(*result);
@@ -537,9 +602,17 @@ impl AppState {
                 tokens,
                 top,
                 kept,
+                cancelled,
             } => {
-                if id == self.compute_id {
+                if id == self.compute_id && cancelled {
+                    // the session dropped its computation: nothing on screen is usable
                     self.computing = false;
+                    self.progress = None;
+                    self.reset_computation();
+                    self.status = "computation cancelled".into();
+                } else if id == self.compute_id {
+                    self.computing = false;
+                    self.progress = None;
                     self.compute_error = Some(error);
                     if let Some(t) = tokens {
                         self.tokens = t;
@@ -558,6 +631,12 @@ impl AppState {
                     self.last_ms = Some(view.ms);
                     self.expand_error = None;
                     self.views.insert(view.path.clone(), *view);
+                }
+                Vec::new()
+            }
+            Event::ComputeProgress { id, stage } => {
+                if let Some(p) = self.progress.as_mut().filter(|_| id == self.compute_id) {
+                    p.stage = Some(stage);
                 }
                 Vec::new()
             }
@@ -728,6 +807,7 @@ mod tests {
                 }),
                 top: Vec::new(),
                 kept: false,
+                cancelled: false,
             },
             &mut settings,
         );
@@ -813,5 +893,29 @@ mod tests {
             &mut settings,
         ));
         assert_eq!(r.answer_id, None);
+    }
+
+    /// The progress row's estimate: nothing before the first layer, the pace so far after.
+    #[test]
+    fn progress_estimates_the_time_left_from_the_layers_done() {
+        let started = Instant::now() - Duration::from_secs(10);
+        let mut p = ComputeProgress {
+            started,
+            stage: None,
+        };
+        assert_eq!(p.estimate(), (0.0, None));
+        assert!(p.describe().starts_with("tokenizing"), "{}", p.describe());
+        p.stage = Some(Stage::Forward {
+            layer: 5,
+            layers: 20,
+        });
+        let (f, left) = p.estimate();
+        assert!((f - 0.25).abs() < 1e-6);
+        let left = left.unwrap().as_secs_f32();
+        assert!((29.0..32.0).contains(&left), "{left}");
+        assert!(p.describe().contains("layer 5 of 20"), "{}", p.describe());
+        assert!(p.describe().contains("about 0:3"), "{}", p.describe());
+        p.stage = Some(Stage::Attribution);
+        assert_eq!(p.estimate(), (1.0, None));
     }
 }

@@ -10,6 +10,8 @@ pub const WARN: Color32 = Color32::from_rgb(230, 150, 40);
 pub const OK: Color32 = Color32::from_rgb(90, 170, 90);
 /// The background of the load-error banner.
 pub const ERROR_BANNER: Color32 = Color32::from_rgb(90, 20, 20);
+/// Behind the notice that the results shown are the previous computation's.
+pub const STALE_BANNER: Color32 = Color32::from_rgb(110, 80, 20);
 /// The BOS token in the token strip.
 pub const BOS: Color32 = Color32::from_rgb(70, 70, 120);
 /// The selected heatmap cell's outline.

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use rdla_model::model::ablate::AblationMode;
 use rdla_model::{Device, DeviceInfo};
 use rdla_session::{
     AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Session,
-    Tokens,
+    Stage, Tokens,
 };
 
 /// Commands from the UI.
@@ -81,6 +81,8 @@ pub enum Event {
         tokens: Option<Tokens>,
         top: Vec<Prediction>,
         kept: bool,
+        /// It was cancelled (no longer wanted): not an error to show.
+        cancelled: bool,
     },
     Expanded {
         id: u64,
@@ -95,6 +97,11 @@ pub enum Event {
         id: u64,
         done: usize,
         budget: usize,
+    },
+    /// The computation `id` reached `stage`.
+    ComputeProgress {
+        id: u64,
+        stage: Stage,
     },
     Traced {
         id: u64,
@@ -120,6 +127,9 @@ pub struct WorkerHandle {
     pub rx: Receiver<Event>,
     /// Set to cancel a load in progress.
     pub cancel: Arc<AtomicBool>,
+    /// The computation the UI still wants (the id of the latest `Compute` sent; 0: none): a
+    /// computation that is no longer wanted stops at its next layer.
+    pub wanted: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -157,7 +167,9 @@ impl WorkerHandle {
         let (tx, cmd_rx) = std::sync::mpsc::channel();
         let (ev_tx, rx) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
+        let wanted = Arc::new(AtomicU64::new(0));
         let worker = Worker {
+            wanted: wanted.clone(),
             device,
             device_info,
             session: None,
@@ -176,14 +188,17 @@ impl WorkerHandle {
             tx,
             rx,
             cancel,
+            wanted,
             thread,
         }
     }
 
     /// Send a command; `false` when the worker is gone (the UI then restarts it).
     pub fn send(&self, cmd: Command) -> bool {
-        if matches!(cmd, Command::Load { .. }) {
-            self.cancel.store(false, Ordering::SeqCst);
+        match &cmd {
+            Command::Load { .. } => self.cancel.store(false, Ordering::SeqCst),
+            Command::Compute { id, .. } => self.wanted.store(*id, Ordering::SeqCst),
+            _ => {}
         }
         self.tx.send(cmd).is_ok()
     }
@@ -206,6 +221,8 @@ struct Worker {
     events: Sender<Event>,
     wake: Box<dyn Fn() + Send>,
     cancel: Arc<AtomicBool>,
+    /// See [`WorkerHandle::wanted`].
+    wanted: Arc<AtomicU64>,
     queue: VecDeque<Command>,
     /// Panic inside traces and ablations (tests only).
     #[cfg(test)]
@@ -235,6 +252,7 @@ fn failed(cmd: &Command, error: String) -> Option<Event> {
             tokens: None,
             top: Vec::new(),
             kept: false,
+            cancelled: false,
         },
         Command::Expand { path, id } => Event::ExpandFailed {
             id: *id,
@@ -376,10 +394,26 @@ impl Worker {
                 tokens: None,
                 top: vec![],
                 kept: false,
+                cancelled: false,
             });
             return;
         };
-        let event = match session.compute(request) {
+        let (events, wake, wanted) = (&self.events, &self.wake, &self.wanted);
+        let mut last: Option<(Instant, Stage)> = None;
+        let mut progress = |stage: Stage| {
+            // every stage change, and the forward pass's layers at most every 100 ms
+            let due = last.is_none_or(|(t, s)| {
+                std::mem::discriminant(&s) != std::mem::discriminant(&stage)
+                    || t.elapsed() >= std::time::Duration::from_millis(100)
+            });
+            if due {
+                last = Some((Instant::now(), stage));
+                let _ = events.send(Event::ComputeProgress { id, stage });
+                wake();
+            }
+            wanted.load(Ordering::SeqCst) == id
+        };
+        let event = match session.compute_with_progress(request, &mut progress) {
             Ok(computed) => {
                 let computed = Box::new(computed.clone());
                 match session.view(&Path::root()) {
@@ -394,6 +428,7 @@ impl Worker {
                         tokens: Some(computed.tokens.clone()),
                         top: computed.top.clone(),
                         kept: false,
+                        cancelled: false,
                     },
                 }
             }
@@ -403,6 +438,10 @@ impl Worker {
                 tokens: f.tokens,
                 top: f.top,
                 kept: f.kept,
+                cancelled: matches!(
+                    f.error,
+                    rdla_session::SessionError::Model(rdla_model::ModelError::ComputeCancelled)
+                ),
             },
         };
         self.emit(event);
@@ -557,5 +596,55 @@ mod tests {
         let cmds = s.act(Action::Navigate(head.clone()), &mut settings);
         settle(&w, &mut s, &mut settings, cmds);
         assert_eq!(s.current_view().map(|v| v.path.clone()), Some(head));
+    }
+
+    /// A computation the UI no longer wants (a Cancel, or an edit) stops at its next layer:
+    /// it reports its stage first, then a cancellation that is not an error; the state is
+    /// idle again, holds no stale computation, and says so.
+    #[test]
+    fn a_computation_no_longer_wanted_stops_and_is_not_an_error() {
+        let w = WorkerHandle::spawn(Device::flex(), DeviceInfo::cpu(None), || {});
+        let mut s = AppState::default();
+        let mut settings = Settings::default();
+        let open = s.open(ModelSource::Default);
+        settle(&w, &mut s, &mut settings, vec![open]);
+        assert!(s.computed.is_some(), "{:?}", s.compute_error);
+
+        let cmds = s.act(Action::Recompute, &mut settings);
+        let [Command::Compute { .. }] = cmds.as_slice() else {
+            panic!("expected a computation, got {cmds:?}")
+        };
+        // sent without marking it wanted (the UI cancelled it at once)
+        for c in cmds {
+            w.tx.send(c).unwrap();
+        }
+        let (mut stages, mut cancelled) = (Vec::new(), None);
+        while !s.is_idle() {
+            let ev = w.rx.recv_timeout(Duration::from_secs(120)).unwrap();
+            match &ev {
+                Event::ComputeProgress { stage, .. } => stages.push(*stage),
+                Event::ComputeFailed { cancelled: c, .. } => cancelled = Some(*c),
+                _ => {}
+            }
+            let more = s.apply(ev, &mut settings);
+            assert!(more.is_empty(), "{more:?}");
+        }
+        assert_eq!(cancelled, Some(true));
+        assert!(
+            matches!(
+                stages.as_slice(),
+                [rdla_session::Stage::Forward { layer: 1, .. }]
+            ),
+            "{stages:?}"
+        );
+        assert!(s.computed.is_none() && s.views.is_empty());
+        assert!(s.compute_error.is_none(), "{:?}", s.compute_error);
+        assert_eq!(s.status, "computation cancelled");
+        assert!(s.progress.is_none());
+
+        // and a wanted one runs to the end
+        let cmds = s.act(Action::Recompute, &mut settings);
+        settle(&w, &mut s, &mut settings, cmds);
+        assert!(s.computed.is_some(), "{:?}", s.compute_error);
     }
 }

@@ -321,6 +321,15 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
         h.state().current_view().unwrap().expansion.units,
         Units::Score
     );
+    // the table's labels: a column header opens the key side's component, a row label the
+    // query side's (the key side was reachable only through the all-zero bias row)
+    click(&mut h, &format!("crumb {score}"));
+    let key_side = format!("{score}/k/L0.attn");
+    click(&mut h, &format!("column {key_side}"));
+    assert_eq!(h.state().current_path().to_string(), key_side);
+    click(&mut h, &format!("crumb {score}"));
+    click(&mut h, &format!("row {side}"));
+    assert_eq!(h.state().current_path().to_string(), side);
     // back to the score, then the contrast with the average key
     click(&mut h, &format!("crumb {score}"));
     click(&mut h, "more than average");

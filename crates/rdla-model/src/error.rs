@@ -111,6 +111,8 @@ pub enum ModelError {
     Device(String),
     #[error("loading was cancelled")]
     Cancelled,
+    #[error("the computation was cancelled")]
+    ComputeCancelled,
     #[error(
         "{what} is not a finite number: the forward pass leaves f32's range on this input (the weights are finite, but too large for it)"
     )]

@@ -87,6 +87,8 @@ pub struct Geometry {
 }
 
 const GAP: f32 = 4.0;
+/// The shortest row: one line of label text.
+const ROW_MIN_H: f32 = LABEL_PT + 2.0;
 const SUMS_W: f32 = 58.0;
 const BAR_W: f32 = 14.0;
 const BAR_TICKS_W: f32 = 56.0;
@@ -161,7 +163,9 @@ impl Geometry {
         };
         let fixed_h = y + bars_h + line + margin;
         let cell_w = ((fit.width - fixed_w) / n_c as f32).clamp(4.0, 56.0);
-        let cell_h = ((fit.height - fixed_h) / (n_r as f32 + 1.0)).clamp(4.0, 30.0);
+        // every row keeps its label: a row is never shorter than a line of label text (a tall
+        // grid scrolls in the window and makes a taller PNG)
+        let cell_h = ((fit.height - fixed_h) / (n_r as f32 + 1.0)).clamp(ROW_MIN_H, 30.0);
         let grid = Rect::new(grid_x, y, cell_w * n_c as f32, cell_h * n_r as f32);
         let col_sums = Rect::new(grid_x, grid.bottom() + 2.0, grid.w, cell_h);
         let bars = hm
@@ -318,6 +322,9 @@ mod tests {
             targets: vec![None; rows * cols],
             strip: strip.then(|| ("attention".into(), vec![0.5; cols])),
             strip_targets: Vec::new(),
+            row_targets: Vec::new(),
+            col_targets: Vec::new(),
+            range: None,
             shared_targets: false,
             row_bars: bars,
             column_bars: bars,
@@ -327,6 +334,25 @@ mod tests {
 
     fn measure(s: &str, pt: f32) -> f32 {
         s.chars().count() as f32 * pt * 0.6
+    }
+
+    /// Every row keeps its label however many rows there are (a 66-row head of an 8B model
+    /// labelled every fourth row).
+    #[test]
+    fn every_row_is_labelled() {
+        for rows in [3, 66, 162] {
+            let g = Geometry::new(
+                &hm(rows, 40, true, true),
+                Fit {
+                    width: 1200.0,
+                    height: 700.0,
+                    header: false,
+                },
+                &|s: &str, pt: f32| s.len() as f32 * pt * 0.6,
+            );
+            assert_eq!(g.row_step, 1, "{rows} rows");
+            assert!(g.cell.1 >= LABEL_PT, "{rows} rows: {}", g.cell.1);
+        }
     }
 
     /// A regression test for the PNG that cut its colour bar off below a two-row view: the

@@ -31,6 +31,15 @@ pub struct Heatmap {
     pub row_bars: bool,
     /// What the values are measured in.
     pub units: Units,
+    /// Where clicking a row label leads (empty: nowhere); a score's table: the query side's
+    /// component.
+    pub row_targets: Vec<Option<Path>>,
+    /// Where clicking a column label leads (empty: nowhere); a score's table: the key side's
+    /// component (a contrast's: its key side).
+    pub col_targets: Vec<Option<Path>>,
+    /// The colour range when it is not this grid's own `max_abs` (a window of a long
+    /// heatmap keeps the whole heatmap's, so colours compare across windows).
+    pub range: Option<f32>,
 }
 
 impl Heatmap {
@@ -65,6 +74,11 @@ impl Heatmap {
     /// are drawn as missing and reported by the completeness line).
     pub fn max_abs(&self) -> f32 {
         max_abs(self.values.iter().flatten().copied())
+    }
+
+    /// The symmetric colour range: the whole heatmap's largest |value| (see [`Heatmap::range`]).
+    pub fn color_range(&self) -> f32 {
+        self.range.unwrap_or_else(|| self.max_abs())
     }
 
     pub fn row_sums(&self) -> Vec<f32> {
@@ -102,6 +116,8 @@ impl Heatmap {
                 .as_ref()
                 .map(|(label, v)| (label.clone(), v.get(a..b).unwrap_or_default().to_vec())),
             strip_targets: self.strip_targets.get(a..b).unwrap_or_default().to_vec(),
+            col_targets: self.col_targets.get(a..b).unwrap_or_default().to_vec(),
+            range: Some(self.color_range()),
             ..self.clone()
         }
     }
@@ -228,7 +244,29 @@ mod tests {
             row_bars: false,
             units: Units::Logit,
             cols,
+            row_targets: Vec::new(),
+            col_targets: Vec::new(),
+            range: None,
         }
+    }
+
+    /// A window of a long heatmap keeps the whole heatmap's colour range (each window was
+    /// scaled to its own, so colours did not compare across windows).
+    #[test]
+    fn a_window_keeps_the_whole_colour_range() {
+        let hm = three_by_five();
+        let w = hm.columns(2..4);
+        assert!(
+            w.max_abs() < hm.max_abs(),
+            "{} {}",
+            w.max_abs(),
+            hm.max_abs()
+        );
+        assert_eq!(w.color_range().to_bits(), hm.max_abs().to_bits());
+        assert_eq!(
+            w.columns(0..1).color_range().to_bits(),
+            hm.max_abs().to_bits()
+        );
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Canvas<'_> {
 
     /// The grid and its row and column labels.
     fn cells(&mut self, hm: &Heatmap, g: &Geometry, cm: ColorMap) {
-        let range = hm.max_abs();
+        let range = hm.color_range();
         for r in 0..hm.n_rows() {
             for c in 0..hm.n_cols() {
                 let cell = g.cell_rect(r, c);
@@ -382,7 +382,7 @@ impl Canvas<'_> {
 
     /// The colour bar (top = +range, bottom = −range), its ticks and the units.
     fn colour_bar(&mut self, hm: &Heatmap, g: &Geometry, cm: ColorMap) {
-        let range = hm.max_abs();
+        let range = hm.color_range();
         let bar = g.colour_bar;
         let steps = (bar.h * self.scale).max(2.0) as usize;
         for i in 0..steps {

@@ -22,5 +22,5 @@ pub use info::ModelInfo;
 pub use report::{Prediction, Timings, top_predictions};
 pub use session::{
     AblationReport, AttentionRow, ComputeFailure, Computed, ModelSource, NodeView, Request,
-    Session, SoftCapped, Tokens, ms,
+    Session, SoftCapped, Stage, Tokens, ms,
 };

@@ -159,6 +159,15 @@ pub struct NodeView {
     pub ms: f64,
 }
 
+/// What a computation is doing ([`Session::compute_with_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The forward pass: `layer` of `layers` done.
+    Forward { layer: usize, layers: usize },
+    /// The attribution: the overview and the root's expansion.
+    Attribution,
+}
+
 /// The causal check of some nodes: the target's real change when their sites are ablated,
 /// beside the nodes' attributed values.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -325,6 +334,17 @@ impl Session {
         &mut self,
         req: &Request,
     ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
+        self.compute_with_progress(req, &mut |_| true)
+    }
+
+    /// [`Session::compute`], telling `progress` each [`Stage`] as it starts (the forward pass
+    /// after every layer); when it returns `false` the computation stops there with
+    /// `ModelError::ComputeCancelled`, and the session holds no computation.
+    pub fn compute_with_progress(
+        &mut self,
+        req: &Request,
+        progress: &mut dyn FnMut(Stage) -> bool,
+    ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
         let fail = |error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>| {
             Box::new(ComputeFailure {
                 error,
@@ -360,7 +380,9 @@ impl Session {
         let t = Instant::now();
         let cache = self
             .model
-            .run(&tokens.ids)
+            .run_with_progress(&tokens.ids, &mut |layer, layers| {
+                progress(Stage::Forward { layer, layers })
+            })
             .map_err(|e| fail(e.into(), Some(tokens.clone()), Vec::new()))?;
         // make the timing honest on asynchronous devices
         let top = top_predictions(&self.model, &cache, 10)
@@ -373,6 +395,10 @@ impl Session {
                 .target(req)
                 .map_err(|e| fail(e, Some(tokens.clone()), top.clone()))?,
         };
+        if !progress(Stage::Attribution) {
+            let cancelled = rdla_model::ModelError::ComputeCancelled.into();
+            return Err(fail(cancelled, Some(tokens), top));
+        }
         let t = Instant::now();
         let memo = std::cell::RefCell::default();
         let derived = (|| -> Result<_> {

@@ -50,6 +50,9 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         title: title.to_string(),
         strip: None,
         strip_targets: Vec::new(),
+        row_targets: Vec::new(),
+        col_targets: Vec::new(),
+        range: None,
         shared_targets: false,
         row_bars: false,
         column_bars: false,
@@ -108,6 +111,9 @@ pub fn node_heatmap(
         subtitle,
         strip: None,
         strip_targets: Vec::new(),
+        row_targets: Vec::new(),
+        col_targets: Vec::new(),
+        range: None,
         shared_targets: false,
         row_bars: false,
         column_bars: false,
@@ -138,6 +144,24 @@ pub fn node_heatmap(
                 ..
             })
         );
+        // row labels open the query side's component, column labels the key side's (a
+        // contrast's key side has no single component per column: its side)
+        let whole = |s: Side| Some(path.child(Step::Side(s)));
+        hm.row_targets = t
+            .rows
+            .iter()
+            .map(|&r| side(Side::Query, r).or_else(|| whole(Side::Query)))
+            .collect();
+        hm.col_targets = t
+            .cols
+            .iter()
+            .map(|&c| {
+                single_key
+                    .then(|| side(Side::Key, c))
+                    .flatten()
+                    .or_else(|| whole(Side::Key))
+            })
+            .collect();
         for (row, vals) in t.rows.iter().zip(&t.values) {
             for (col, v) in t.cols.iter().zip(vals) {
                 hm.values.push(Some(*v));

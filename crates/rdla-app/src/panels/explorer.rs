@@ -18,15 +18,41 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
             );
         } else if state.compute_error.is_some() {
             ui.label("Fix the prompt or the answer to see the attribution.");
+        } else if state.computing {
+            ui.label("Computing the attribution (progress above)…");
         } else {
-            ui.spinner();
+            ui.label("Press Recompute (or edit the prompt) to compute the attribution.");
         }
         return;
     }
+    if state.computing {
+        // the previous prompt's results stay until the new ones arrive: say so
+        egui::Frame::new()
+            .fill(theme::STALE_BANNER)
+            .inner_margin(4.0)
+            .show(ui, |ui| {
+                ui.label(
+                    RichText::new(
+                        "Stale: these results are for the previous prompt or target; the new \
+                         computation is under way.",
+                    )
+                    .color(egui::Color32::WHITE),
+                );
+            });
+    }
     let here = state.current_path();
     breadcrumbs(ui, state, &here, actions);
+    if here.is_root() && state.nav.is_fresh() {
+        ui.label(
+            RichText::new(
+                "Click a cell to open that node · Backspace goes up, Alt+←/→ back and forward · \
+                 Trace (in the details) draws the largest paths as a graph.",
+            )
+            .weak(),
+        );
+    }
     let Some(view) = state.current_view() else {
-        ui.spinner();
+        ui.label("expanding…");
         if let Some(e) = &state.expand_error {
             ui.colored_label(theme::ERROR, e);
         }
@@ -82,6 +108,16 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
             .strip_clicked
             .and_then(|c| full.strip_targets.get(c + first))
         {
+            actions.push(Action::Navigate(t.clone()));
+        }
+        let label_target = resp
+            .row_clicked
+            .and_then(|r| full.row_targets.get(r))
+            .or_else(|| {
+                resp.col_clicked
+                    .and_then(|c| full.col_targets.get(c + first))
+            });
+        if let Some(Some(t)) = label_target {
             actions.push(Action::Navigate(t.clone()));
         }
     });
@@ -142,11 +178,11 @@ fn column_window(
         ui.label("· show");
         ui.add(egui::DragValue::new(&mut len).range(8..=n.min(512)))
             .on_hover_text("columns drawn at once");
-        if ui.button("−").on_hover_text("show more columns").clicked() {
+        if ui.button("+").on_hover_text("show more columns").clicked() {
             len = (len * 2).min(n.min(512));
         }
         if ui
-            .button("+")
+            .button("−")
             .on_hover_text("show fewer, wider columns")
             .clicked()
         {

@@ -21,6 +21,10 @@ pub struct HeatmapResponse {
     /// A cell of the attention strip was clicked (its column).
     pub strip_clicked: Option<usize>,
     pub hovered: Option<(usize, usize)>,
+    /// A row label with a target was clicked (a score's table: its query side).
+    pub row_clicked: Option<usize>,
+    /// A column label with a target was clicked (a score's table: its key side).
+    pub col_clicked: Option<usize>,
 }
 
 pub struct HeatmapView<'a> {
@@ -97,6 +101,7 @@ impl HeatmapView<'_> {
             font: FontId::proportional(LABEL_PT),
         };
         self.labels(&pen);
+        self.label_targets(ui, &pen, &mut out);
         self.strip(ui, &pen, &mut out);
         self.cells(ui, &pen, &mut out);
         let col_sums = self.sums(ui, &pen);
@@ -138,6 +143,41 @@ impl HeatmapView<'_> {
                 Align2::RIGHT_CENTER,
                 &clip(label, 24),
             );
+        }
+    }
+
+    /// Row and column labels that lead somewhere (a score's table: the query side's and the
+    /// key side's components) are buttons, labelled `row {path}` / `column {path}`.
+    fn label_targets(&self, ui: &Ui, pen: &Pen<'_>, out: &mut HeatmapResponse) {
+        let (hm, g) = (self.hm, &pen.g);
+        let id = ui.scope_id().with(("labels", &hm.title));
+        let rows = hm.row_targets.iter().enumerate().take(hm.n_rows());
+        for (r, target) in rows.filter_map(|(r, t)| Some((r, t.as_ref()?))) {
+            let cell = pen.rect(g.cell_rect(r, 0));
+            let left = pen.rect(g.row_labels).left();
+            let rect = Rect::from_x_y_ranges(left..=pen.label_right(), cell.y_range());
+            let resp = ui.interact(rect, id.with(("row", r)), Sense::click());
+            resp.widget_info(|| {
+                egui::WidgetInfo::labeled(Role::Button, true, format!("row {target}"))
+            });
+            if resp.clicked() {
+                out.row_clicked = Some(r);
+            }
+            resp.on_hover_text(format!("open {target}"));
+        }
+        let cols = hm.col_targets.iter().enumerate().take(hm.n_cols());
+        for (c, target) in cols.filter_map(|(c, t)| Some((c, t.as_ref()?))) {
+            let cell = pen.rect(g.cell_rect(0, c));
+            let labels = pen.rect(g.col_labels);
+            let rect = Rect::from_x_y_ranges(cell.x_range(), labels.y_range());
+            let resp = ui.interact(rect, id.with(("col", c)), Sense::click());
+            resp.widget_info(|| {
+                egui::WidgetInfo::labeled(Role::Button, true, format!("column {target}"))
+            });
+            if resp.clicked() {
+                out.col_clicked = Some(c);
+            }
+            resp.on_hover_text(format!("open {target}"));
         }
     }
 
@@ -188,7 +228,7 @@ impl HeatmapView<'_> {
     /// The grid: coloured cells, values when they fit, the selection, interaction.
     fn cells(&self, ui: &Ui, pen: &Pen<'_>, out: &mut HeatmapResponse) {
         let (hm, g) = (self.hm, &pen.g);
-        let range = hm.max_abs();
+        let range = hm.color_range();
         let id = ui
             .scope_id()
             .with(("heatmap", &hm.title, hm.n_rows(), hm.n_cols()));
@@ -317,7 +357,7 @@ impl HeatmapView<'_> {
 
     /// The colour bar, its ticks and the units.
     fn colour_bar(&self, pen: &Pen<'_>) {
-        let range = self.hm.max_abs();
+        let range = self.hm.color_range();
         let bar = pen.rect(pen.g.colour_bar);
         let steps = 64;
         for i in 0..steps {

@@ -29,9 +29,19 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
     if r.changed() {
         actions.push(Action::Edited);
     }
-    if ui.checkbox(&mut settings.bos, "Prepend BOS").changed() {
-        actions.push(Action::Edited);
-    }
+    ui.horizontal(|ui| {
+        if ui.checkbox(&mut settings.bos, "Prepend BOS").changed() {
+            actions.push(Action::Edited);
+        }
+        let can = state.model.is_some() && !state.computing;
+        if ui
+            .add_enabled(can, egui::Button::new("Recompute"))
+            .on_hover_text("run the forward pass and the attribution now")
+            .clicked()
+        {
+            actions.push(Action::Recompute);
+        }
+    });
     token_strip(ui, state);
     ui.separator();
     egui::Grid::new("target").num_columns(2).show(ui, |ui| {

@@ -9,7 +9,9 @@ use crate::state::AppState;
 pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
     ui.horizontal(|ui| {
         if !state.is_idle() {
-            ui.spinner();
+            // no spinner: its animation repaints every frame
+            ui.label("working…");
+            ui.separator();
         }
         let dev = if device.is_gpu() {
             format!("GPU: {device}")
@@ -27,10 +29,33 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
             ));
             ui.separator();
         }
+        if let Some(c) = &state.computed {
+            ui.label(format!(
+                "prompt {} (forward {}, attribution {})",
+                duration(c.forward_ms + c.attribution_ms),
+                duration(c.forward_ms),
+                duration(c.attribution_ms)
+            ))
+            .on_hover_text("the last computation of the prompt and target");
+            ui.separator();
+        }
         if let Some(ms) = state.last_ms {
-            ui.label(format!("last computation {ms:.1} ms"));
+            ui.label(format!("last view {}", duration(ms)))
+                .on_hover_text("the last node expanded");
             ui.separator();
         }
         ui.label(&state.status);
     });
+}
+
+/// `12.3 ms`, `4.1 s`, `3:58`.
+fn duration(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 60_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        let s = (ms / 1000.0).round() as u64;
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }

@@ -150,6 +150,7 @@ impl TopBar {
                 });
         });
         loading_row(ui, state, actions);
+        computing_row(ui, state, actions);
         error_banner(ui, state, actions);
     }
 }
@@ -158,7 +159,6 @@ impl TopBar {
 fn loading_row(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     if let Some(l) = &state.loading {
         ui.horizontal(|ui| {
-            ui.spinner();
             ui.label(format!("Loading {}", l.source));
             let frac = if l.total > 0 {
                 l.done as f32 / l.total as f32
@@ -179,6 +179,29 @@ fn loading_row(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             }
         });
     }
+}
+
+/// The computation in progress: its stage, time so far and left, and a Cancel button (an
+/// edit of the prompt or target cancels it too).
+fn computing_row(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let Some(p) = state.progress.filter(|_| state.computing) else {
+        return;
+    };
+    ui.horizontal(|ui| {
+        let (fraction, _) = p.estimate();
+        ui.add(
+            egui::ProgressBar::new(fraction)
+                .desired_width(420.0)
+                .text(p.describe()),
+        );
+        if ui
+            .button("Cancel computation")
+            .on_hover_text("stop the forward pass at its next layer (editing the prompt does too)")
+            .clicked()
+        {
+            actions.push(Action::CancelCompute);
+        }
+    });
 }
 
 /// A model that failed to load: why, and that the previous one is still there.

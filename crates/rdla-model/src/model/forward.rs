@@ -22,7 +22,17 @@ impl Model {
     /// place on the CPU backend), rather than collected per layer and stacked at the end,
     /// which would hold two copies of the cache at once.
     pub fn run(&self, ids: &[u32]) -> Result<Cache> {
-        self.forward(ids, &Interventions::default())
+        self.forward(ids, &Interventions::default(), &mut |_, _| true)
+    }
+
+    /// [`Model::run`], telling `progress` `(layers done, layers)` after each layer; when it
+    /// returns `false` the pass stops there with [`crate::ModelError::ComputeCancelled`].
+    pub fn run_with_progress(
+        &self,
+        ids: &[u32],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Cache> {
+        self.forward(ids, &Interventions::default(), progress)
     }
 
     /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
@@ -37,10 +47,15 @@ impl Model {
                 )));
             }
         }
-        Ok(self.forward(ids, iv)?.last_logits)
+        Ok(self.forward(ids, iv, &mut |_, _| true)?.last_logits)
     }
 
-    fn forward(&self, ids: &[u32], iv: &Interventions) -> Result<Cache> {
+    fn forward(
+        &self,
+        ids: &[u32],
+        iv: &Interventions,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Cache> {
         self.check_tokens(ids)?;
         let cfg = &self.config;
         let w = &self.weights;
@@ -191,6 +206,9 @@ impl Model {
             let c = layout.mlp(l);
             comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
             s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
+            if !progress(l + 1, n_l) {
+                return Err(crate::error::ModelError::ComputeCancelled);
+            }
         }
 
         let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
