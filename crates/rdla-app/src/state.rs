@@ -276,8 +276,9 @@ pub struct AppState {
     pub dirty_since: Option<Instant>,
     pub computed: Option<Computed>,
     pub compute_error: Option<String>,
-    pub tokens: Tokens,
-    pub top: Vec<Prediction>,
+    /// The tokens and predictions shown when there is no computation (the last failed or
+    /// cancelled one's); with a computation they are its own ([`AppState::tokens`]).
+    without_computation: Option<(Tokens, Vec<Prediction>)>,
     pub nav: Nav,
     /// Views of the current computation, by path (the root's included): built once by the
     /// worker, drawn every frame.
@@ -299,6 +300,29 @@ impl AppState {
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// The prompt's tokens as last tokenized: the computation's, or a failed one's.
+    pub fn tokens(&self) -> &Tokens {
+        static NONE: Tokens = Tokens {
+            ids: Vec::new(),
+            strs: Vec::new(),
+            has_bos: false,
+        };
+        match (&self.computed, &self.without_computation) {
+            (Some(c), _) => &c.tokens,
+            (None, Some((t, _))) => t,
+            (None, None) => &NONE,
+        }
+    }
+
+    /// The model's top next tokens: the computation's, or a failed one's.
+    pub fn top(&self) -> &[Prediction] {
+        match (&self.computed, &self.without_computation) {
+            (Some(c), _) => &c.top,
+            (None, Some((_, top))) => top,
+            (None, None) => &[],
+        }
     }
 
     /// Whether the worker has nothing outstanding (for tests and the spinner).
@@ -586,8 +610,7 @@ impl AppState {
                 self.computing = false;
                 self.progress = None;
                 self.compute_error = None;
-                self.tokens = result.tokens.clone();
-                self.top = result.top.clone();
+                self.without_computation = None;
                 self.reset_computation();
                 self.views.insert(Path::root(), *root);
                 self.computed = Some(*result);
@@ -605,7 +628,9 @@ impl AppState {
                 cancelled,
             } => {
                 if id == self.compute_id && cancelled {
-                    // the session dropped its computation: nothing on screen is usable
+                    // the session dropped its computation: nothing on screen is usable but
+                    // the tokens and predictions
+                    self.without_computation = Some((self.tokens().clone(), self.top().to_vec()));
                     self.computing = false;
                     self.progress = None;
                     self.reset_computation();
@@ -614,12 +639,10 @@ impl AppState {
                     self.computing = false;
                     self.progress = None;
                     self.compute_error = Some(error);
-                    if let Some(t) = tokens {
-                        self.tokens = t;
-                    }
-                    self.top = top;
                     // a bad answer on the same prompt keeps what is on screen
                     if !kept {
+                        let tokens = tokens.unwrap_or_else(|| self.tokens().clone());
+                        self.without_computation = Some((tokens, top));
                         self.reset_computation();
                     }
                 }
@@ -812,7 +835,7 @@ mod tests {
             &mut settings,
         );
         assert!(s.is_idle());
-        assert_eq!(s.tokens.ids, [0, 1]);
+        assert_eq!(s.tokens().ids, [0, 1]);
         assert!(s.compute_error.as_deref().unwrap().contains("answer"));
     }
 

@@ -482,7 +482,7 @@ fn long_prompts_show_a_window_of_positions() {
     };
     let mut h = harness(tmp.path().to_path_buf(), opts);
     assert!(h.state().state.compute_error.is_none());
-    let n = h.state().state.tokens.ids.len();
+    let n = h.state().state.tokens().ids.len();
     assert!(n > 120, "{n} tokens");
     click(&mut h, "L2.attn/H1");
     let view = h.state().current_view().unwrap().clone();

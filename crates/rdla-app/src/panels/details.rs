@@ -111,7 +111,7 @@ fn circuit_section(
 fn token_label(state: &AppState, p: usize) -> String {
     format!(
         "{p}:{}",
-        printable(state.tokens.strs.get(p).map_or("", String::as_str))
+        printable(state.tokens().strs.get(p).map_or("", String::as_str))
     )
 }
 

@@ -348,8 +348,8 @@ fn completeness(ui: &mut Ui, view: &NodeView) {
 fn leaf_details(ui: &mut Ui, state: &AppState, view: &NodeView) {
     let e = &view.expansion;
     let p = e.position;
-    let tok = state.tokens.strs.get(p).cloned().unwrap_or_default();
-    let id = state.tokens.ids.get(p).copied().unwrap_or_default();
+    let tok = state.tokens().strs.get(p).cloned().unwrap_or_default();
+    let id = state.tokens().ids.get(p).copied().unwrap_or_default();
     egui::Grid::new("leaf").num_columns(2).show(ui, |ui| {
         ui.label("node");
         ui.label(e.path.to_string());

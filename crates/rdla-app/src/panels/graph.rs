@@ -92,7 +92,7 @@ pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Ac
     let visible = ui.clip_rect().right() - ui.cursor().left();
     let avail = ui.available_size();
     let size = (avail.x.min(visible).max(300.0), avail.y.max(240.0));
-    let layout = graph::layout(&shown, &state.tokens.strs, n_layers, size);
+    let layout = graph::layout(&shown, &state.tokens().strs, n_layers, size);
     let (rect, _) = ui.allocate_exact_size(Vec2::new(size.0, size.1), Sense::hover());
     let o = rect.min;
     let painter = ui.painter_at(rect);

@@ -120,7 +120,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
             ui.strong("logit");
             ui.strong("prob");
             ui.end_row();
-            for (i, p) in state.top.iter().enumerate() {
+            for (i, p) in state.top().iter().enumerate() {
                 ui.label(format!("{}", i + 1));
                 if ui
                     .button(format!("{:?}", p.token))
@@ -145,7 +145,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
 fn token_strip(ui: &mut Ui, state: &AppState) {
     const PAD: f32 = 3.0;
     const GAP: f32 = 2.0;
-    let t = &state.tokens;
+    let t = state.tokens();
     if t.ids.is_empty() {
         return;
     }
