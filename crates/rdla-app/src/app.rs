@@ -170,7 +170,7 @@ impl RdlaApp {
         let computed = self.state.computed.as_ref().ok_or("nothing computed")?;
         if ext == "json" {
             // the CLI's document: tokens, target label and ids, the trace's time
-            let context = rdla_session::graph::GraphContext::of(&model.name, computed, g.trace_ms);
+            let context = rdla_session::graph::GraphContext::of(model.name(), computed, g.trace_ms);
             let v = rdla_session::graph::json(&shown, context);
             return serde_json::to_vec(&v).map_err(|e| e.to_string());
         }
@@ -178,18 +178,14 @@ impl RdlaApp {
             &shown,
             &computed.tokens.strs,
             model.config.n_layers,
-            &model.name,
+            model.name(),
             &computed.target_label,
         )
         .map_err(|e| e.to_string())
     }
 
     fn export_graph(&mut self, ext: &str) {
-        let model = self
-            .state
-            .model
-            .as_ref()
-            .map_or("model", |m| m.name.as_str());
+        let model = self.state.model.as_ref().map_or("model", |m| m.name());
         let name = format!("rdla-{}-graph.{ext}", model.replace(['/', ' '], "_"));
         let msg = match self.dialogs.save_file(&name, ext) {
             DialogResult::Picked(p) => match self
@@ -217,11 +213,7 @@ impl RdlaApp {
 
     /// The default file name of an export of the current view.
     fn export_name(&self, ext: &str) -> String {
-        let model = self
-            .state
-            .model
-            .as_ref()
-            .map_or("model", |m| m.name.as_str());
+        let model = self.state.model.as_ref().map_or("model", |m| m.name());
         self.current_view()
             .map_or_else(|| format!("rdla-view.{ext}"), |v| v.file_name(model, ext))
     }

@@ -588,7 +588,7 @@ impl AppState {
                 }
                 self.loading = None;
                 settings.remember(&info.source);
-                self.status = format!("loaded {} in {:.0} ms", info.name, info.load_ms);
+                self.status = format!("loaded {} in {:.0} ms", info.name(), info.load_ms);
                 self.model = Some(*info);
                 // an id means another token in another vocabulary
                 self.answer_pick = None;
@@ -748,13 +748,22 @@ mod tests {
             "vocab_size": 10,
         }))
         .unwrap();
+        let facts = rdla_session::ModelFacts {
+            name: "m".into(),
+            dir: "/m".into(),
+            architecture: config.family.hf_class(),
+            n_layers: config.n_layers,
+            n_heads: config.n_heads,
+            d_model: config.d_model,
+            d_vocab: config.d_vocab,
+            weights: String::new(),
+        };
         ModelInfo {
             source: ModelSource::Default,
-            name: "m".into(),
+            facts,
             config,
             details: String::new(),
             processing: Vec::new(),
-            weights: String::new(),
             protected: Vec::new(),
             load_ms: 1.0,
         }

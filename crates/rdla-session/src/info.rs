@@ -4,18 +4,50 @@ use rdla_model::{Model, ModelConfig};
 
 use crate::session::ModelSource;
 
+/// What is said about a model wherever it is named: the JSON report's `model`, the
+/// benchmark's JSON, the window's status bar. Written once, from the model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelFacts {
+    pub name: String,
+    /// Where it was read from (a folder, or a GGUF file).
+    pub dir: String,
+    /// The Hugging Face class of its family (`LlamaForCausalLM`).
+    pub architecture: &'static str,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub d_model: usize,
+    pub d_vocab: usize,
+    /// Which weight files were read.
+    pub weights: String,
+}
+
+impl ModelFacts {
+    pub fn of(m: &Model) -> Self {
+        let c = &m.config;
+        Self {
+            name: m.name.clone(),
+            dir: m.dir.display().to_string(),
+            architecture: c.family.hf_class(),
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            d_model: c.d_model,
+            d_vocab: c.d_vocab,
+            weights: m.weights_source.clone(),
+        }
+    }
+}
+
 /// A loaded model, as the UI sees it.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     pub source: ModelSource,
-    pub name: String,
+    /// Its name, shape and weight files, as every export says them.
+    pub facts: ModelFacts,
     /// The model's configuration (layers, heads, widths, context, vocabulary, norms, …).
     pub config: ModelConfig,
     /// Norm, positions, residual and MLP kind, for the status bar's tooltip.
     pub details: String,
     pub processing: Vec<&'static str>,
-    /// Which weight files were read.
-    pub weights: String,
     /// What exports must never be written into (the model's folder, or its file).
     pub protected: Vec<std::path::PathBuf>,
     pub load_ms: f64,
@@ -26,31 +58,31 @@ impl ModelInfo {
         let c = &m.config;
         Self {
             source: source.clone(),
-            name: m.name.clone(),
+            facts: ModelFacts::of(m),
             config: c.clone(),
             details: describe_config(c),
             processing: m.processing.applied(),
-            weights: m.weights_source.clone(),
             protected: m.protected.clone(),
             load_ms,
         }
     }
 
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.facts.name
+    }
+
     /// `name · LlamaForCausalLM · 3L 4H (2 KV) d32`.
     pub fn summary(&self) -> String {
-        let c = &self.config;
-        let kv = if c.n_kv_heads < c.n_heads {
-            format!(" ({} KV)", c.n_kv_heads)
+        let (f, kv) = (&self.facts, self.config.n_kv_heads);
+        let kv = if kv < f.n_heads {
+            format!(" ({kv} KV)")
         } else {
             String::new()
         };
         format!(
             "{} · {} · {}L {}H{kv} d{}",
-            self.name,
-            c.family.hf_class(),
-            c.n_layers,
-            c.n_heads,
-            c.d_model
+            f.name, f.architecture, f.n_layers, f.n_heads, f.d_model
         )
     }
 }

@@ -18,7 +18,7 @@ pub use rdla_render::{geometry, heatmap, plot, png};
 
 pub use error::{Result, SessionError};
 pub use heatmap::{ColorMap, Heatmap};
-pub use info::ModelInfo;
+pub use info::{ModelFacts, ModelInfo};
 pub use report::{Prediction, Timings, top_predictions};
 pub use session::{
     AblationReport, AttentionRow, ComputeFailure, Computed, ModelSource, NodeView, Request,

@@ -74,18 +74,8 @@ pub fn report_json(
     full_breakdown: bool,
 ) -> serde_json::Result<Value> {
     let o = &c.overview;
-    let cfg = &model.config;
     let mut v = json!({
-        "model": {
-            "name": model.name,
-            "dir": model.dir.display().to_string(),
-            "architecture": cfg.family.hf_class(),
-            "n_layers": cfg.n_layers,
-            "n_heads": cfg.n_heads,
-            "d_model": cfg.d_model,
-            "d_vocab": cfg.d_vocab,
-            "weights": model.weights_source,
-        },
+        "model": crate::info::ModelFacts::of(model),
         "processing": model.processing.applied(),
         "device": device,
         "mlp_mode": c.request.mlp_mode.as_str(),

@@ -612,10 +612,11 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     let load = median(loads.clone());
     let load_min = loads.iter().copied().fold(f64::INFINITY, f64::min);
     let cfg = &model.config;
-    let (n_layer, n_head, d, vocab) = (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab);
+    let facts = rdla_session::ModelFacts::of(&model);
+    let (n_layer, n_head, d, vocab) = (facts.n_layers, facts.n_heads, facts.d_model, facts.d_vocab);
     println!(
         "# rdla bench: {} {n_layer}L {n_head}H d{d} V{vocab} on {info}",
-        cfg.family.hf_class()
+        facts.architecture
     );
     println!("load + processing: {load:.0} ms");
     println!(
@@ -699,7 +700,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "impl": "rdla",
             "device": info.to_string(),
-            "architecture": cfg.family.hf_class(),
+            "model": facts,
             "shape": [n_layer, n_head, d, vocab],
             "weight_bytes": weight_bytes,
             "threads": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

@@ -24,7 +24,7 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
             ui.label(m.summary()).on_hover_text(format!(
                 "{}\nweights: {}\nweight processing: {}",
                 m.details,
-                m.weights,
+                m.facts.weights,
                 m.processing.join(", ")
             ));
             ui.separator();
