@@ -14,6 +14,8 @@ use rdla_session::{
 };
 
 use crate::settings::Settings;
+#[cfg(test)]
+use crate::worker::WorkerError;
 use crate::worker::{Command, Event};
 
 /// Debounce between an edit and the recomputation it triggers.
@@ -625,9 +627,8 @@ impl AppState {
                 tokens,
                 top,
                 kept,
-                cancelled,
             } => {
-                if id == self.compute_id && cancelled {
+                if id == self.compute_id && error.is_cancelled() {
                     // the session dropped its computation: nothing on screen is usable but
                     // the tokens and predictions
                     self.without_computation = Some((self.tokens().clone(), self.top().to_vec()));
@@ -638,7 +639,7 @@ impl AppState {
                 } else if id == self.compute_id {
                     self.computing = false;
                     self.progress = None;
-                    self.compute_error = Some(error);
+                    self.compute_error = Some(error.to_string());
                     // a bad answer on the same prompt keeps what is on screen
                     if !kept {
                         let tokens = tokens.unwrap_or_else(|| self.tokens().clone());
@@ -681,7 +682,7 @@ impl AppState {
                 if id == self.graph.trace_id {
                     self.graph.tracing = None;
                     self.status = format!("trace failed: {error}");
-                    self.graph.error = Some(error);
+                    self.graph.error = Some(error.to_string());
                 }
                 Vec::new()
             }
@@ -696,14 +697,15 @@ impl AppState {
                     if let Err(e) = &result {
                         self.status = format!("causal check failed: {e}");
                     }
-                    self.ablations.insert((paths, mode), result.map(|r| *r));
+                    let shown = result.map(|r| *r).map_err(|e| e.to_string());
+                    self.ablations.insert((paths, mode), shown);
                 }
                 Vec::new()
             }
             Event::ExpandFailed { id, path, error } => {
                 if id == self.compute_id {
                     self.pending.remove(&path);
-                    self.expand_error = Some(error);
+                    self.expand_error = Some(error.to_string());
                     if self.nav.current() == path {
                         self.nav.go(Path::root());
                     }
@@ -831,7 +833,7 @@ mod tests {
         s.apply(
             Event::ComputeFailed {
                 id: *id,
-                error: "answer: not one token".into(),
+                error: WorkerError::Panic("answer: not one token".into()),
                 tokens: Some(Tokens {
                     ids: vec![0, 1],
                     strs: vec!["a".into(), "b".into()],
@@ -839,7 +841,6 @@ mod tests {
                 }),
                 top: Vec::new(),
                 kept: false,
-                cancelled: false,
             },
             &mut settings,
         );
@@ -873,7 +874,7 @@ mod tests {
             Event::LoadFailed {
                 id,
                 source: ModelSource::Path("/x".into()),
-                error: "no config.json".into(),
+                error: WorkerError::Panic("no config.json at /x".into()),
             },
             &mut settings,
         );

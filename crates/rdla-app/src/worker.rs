@@ -16,7 +16,7 @@ use rdla_model::model::ablate::AblationMode;
 use rdla_model::{Device, DeviceInfo};
 use rdla_session::{
     AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Session,
-    Stage, Tokens,
+    SessionError, Stage, Tokens,
 };
 
 /// Commands from the UI.
@@ -64,7 +64,7 @@ pub enum Event {
     LoadFailed {
         id: u64,
         source: ModelSource,
-        error: String,
+        error: WorkerError,
     },
     Computed {
         id: u64,
@@ -77,12 +77,10 @@ pub enum Event {
     /// the target failed, on the same prompt), so its views stay.
     ComputeFailed {
         id: u64,
-        error: String,
+        error: WorkerError,
         tokens: Option<Tokens>,
         top: Vec<Prediction>,
         kept: bool,
-        /// It was cancelled (no longer wanted): not an error to show.
-        cancelled: bool,
     },
     Expanded {
         id: u64,
@@ -91,7 +89,7 @@ pub enum Event {
     ExpandFailed {
         id: u64,
         path: Path,
-        error: String,
+        error: WorkerError,
     },
     TraceProgress {
         id: u64,
@@ -111,14 +109,41 @@ pub enum Event {
     },
     TraceFailed {
         id: u64,
-        error: String,
+        error: WorkerError,
     },
     Ablated {
         id: u64,
         paths: Vec<Path>,
         mode: AblationMode,
-        result: Result<Box<AblationReport>, String>,
+        result: Result<Box<AblationReport>, WorkerError>,
     },
+}
+
+/// Why the worker could not do what it was asked. The session's errors stay typed (shared,
+/// so events stay cheap to clone); they become text only where the window shows them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Session(Arc<SessionError>),
+    /// The command panicked; the session survived it.
+    #[error("internal error (please report it): {0}; the loaded model is still usable")]
+    Panic(String),
+    #[error("no model loaded")]
+    NoModel,
+}
+
+impl From<SessionError> for WorkerError {
+    fn from(e: SessionError) -> Self {
+        Self::Session(Arc::new(e))
+    }
+}
+
+impl WorkerError {
+    /// A computation stopped because the UI no longer wanted it: not an error to show.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Session(e)
+            if matches!(**e, SessionError::Model(rdla_model::ModelError::ComputeCancelled)))
+    }
 }
 
 /// The UI's handle on the worker thread.
@@ -239,7 +264,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// The event that reports `cmd` as failed with `error` (a panic while handling it), so the UI
 /// stops waiting for it. Every command that the UI waits on has one.
-fn failed(cmd: &Command, error: String) -> Option<Event> {
+fn failed(cmd: &Command, error: WorkerError) -> Option<Event> {
     Some(match cmd {
         Command::Load { source, id } => Event::LoadFailed {
             id: *id,
@@ -252,7 +277,6 @@ fn failed(cmd: &Command, error: String) -> Option<Event> {
             tokens: None,
             top: Vec::new(),
             kept: false,
-            cancelled: false,
         },
         Command::Expand { path, id } => Event::ExpandFailed {
             id: *id,
@@ -324,10 +348,7 @@ impl Worker {
             };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(&cmd)));
             if let Err(p) = result {
-                let error = format!(
-                    "internal error (please report it): {}; the loaded model is still usable",
-                    panic_message(p.as_ref())
-                );
+                let error = WorkerError::Panic(panic_message(p.as_ref()));
                 if let Some(e) = failed(&cmd, error) {
                     self.emit(e);
                 }
@@ -381,7 +402,7 @@ impl Worker {
             Err(e) => self.emit(Event::LoadFailed {
                 id,
                 source: source.clone(),
-                error: e.to_string(),
+                error: e.into(),
             }),
         }
     }
@@ -390,11 +411,10 @@ impl Worker {
         let Some(session) = self.session.as_mut() else {
             self.emit(Event::ComputeFailed {
                 id,
-                error: "no model loaded".into(),
+                error: WorkerError::NoModel,
                 tokens: None,
                 top: vec![],
                 kept: false,
-                cancelled: false,
             });
             return;
         };
@@ -424,24 +444,19 @@ impl Worker {
                     },
                     Err(e) => Event::ComputeFailed {
                         id,
-                        error: e.to_string(),
+                        error: e.into(),
                         tokens: Some(computed.tokens.clone()),
                         top: computed.top.clone(),
                         kept: false,
-                        cancelled: false,
                     },
                 }
             }
             Err(f) => Event::ComputeFailed {
                 id,
-                error: f.error.to_string(),
+                error: f.error.into(),
                 tokens: f.tokens,
                 top: f.top,
                 kept: f.kept,
-                cancelled: matches!(
-                    f.error,
-                    rdla_session::SessionError::Model(rdla_model::ModelError::ComputeCancelled)
-                ),
             },
         };
         self.emit(event);
@@ -449,8 +464,8 @@ impl Worker {
 
     fn expand(&mut self, path: &Path, id: u64) {
         let result = match &self.session {
-            Some(s) => s.view(path).map_err(|e| e.to_string()),
-            None => Err("nothing computed yet".into()),
+            Some(s) => s.view(path).map_err(WorkerError::from),
+            None => Err(WorkerError::NoModel),
         };
         self.emit(match result {
             Ok(view) => Event::Expanded {
@@ -469,7 +484,7 @@ impl Worker {
         let Some(s) = &self.session else {
             return self.emit(Event::TraceFailed {
                 id,
-                error: "nothing computed yet".into(),
+                error: WorkerError::NoModel,
             });
         };
         let (events, wake) = (&self.events, &self.wake);
@@ -495,7 +510,7 @@ impl Worker {
             },
             Err(e) => Event::TraceFailed {
                 id,
-                error: e.to_string(),
+                error: e.into(),
             },
         });
     }
@@ -507,8 +522,8 @@ impl Worker {
             Some(s) => s
                 .ablate(paths, mode, false)
                 .map(Box::new)
-                .map_err(|e| e.to_string()),
-            None => Err("nothing computed yet".into()),
+                .map_err(WorkerError::from),
+            None => Err(WorkerError::NoModel),
         };
         self.emit(Event::Ablated {
             id,
@@ -623,7 +638,7 @@ mod tests {
             let ev = w.rx.recv_timeout(Duration::from_secs(120)).unwrap();
             match &ev {
                 Event::ComputeProgress { stage, .. } => stages.push(*stage),
-                Event::ComputeFailed { cancelled: c, .. } => cancelled = Some(*c),
+                Event::ComputeFailed { error, .. } => cancelled = Some(error.is_cancelled()),
                 _ => {}
             }
             let more = s.apply(ev, &mut settings);
