@@ -70,7 +70,7 @@ impl RdlaApp {
         app
     }
 
-    /// Whether the worker has nothing outstanding (for tests and the spinner).
+    /// Whether the worker has nothing outstanding (for tests and the status bar).
     pub fn is_idle(&self) -> bool {
         self.state.is_idle()
     }

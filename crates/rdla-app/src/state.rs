@@ -327,7 +327,7 @@ impl AppState {
         }
     }
 
-    /// Whether the worker has nothing outstanding (for tests and the spinner).
+    /// Whether the worker has nothing outstanding (for tests and the status bar).
     pub fn is_idle(&self) -> bool {
         self.loading.is_none()
             && !self.computing

@@ -575,7 +575,7 @@ mod tests {
         // a trace that panics in its middle: reported, and nothing is in flight any more
         let cmds = s.act(Action::Trace(Path::root()), &mut settings);
         assert!(matches!(cmds.as_slice(), [Command::Trace { .. }]));
-        assert!(!s.is_idle(), "the spinner runs while it traces");
+        assert!(!s.is_idle(), "the status bar says it works while it traces");
         settle(&w, &mut s, &mut settings, cmds);
         assert!(s.graph.tracing.is_none() && s.graph.trace.is_none());
         let err = s.graph.error.clone().unwrap_or_default();
