@@ -43,6 +43,30 @@ pub struct Heatmap {
 }
 
 impl Heatmap {
+    /// A heatmap titled `title` in `units`, with nothing in it yet (no rows, strip, bars or
+    /// targets): what a view fills in.
+    pub fn empty(title: &str, units: Units) -> Self {
+        Self {
+            title: title.to_string(),
+            subtitle: String::new(),
+            row_title: String::new(),
+            col_title: String::new(),
+            rows: Vec::new(),
+            cols: Vec::new(),
+            values: Vec::new(),
+            targets: Vec::new(),
+            shared_targets: false,
+            strip: None,
+            strip_targets: Vec::new(),
+            column_bars: false,
+            row_bars: false,
+            units,
+            row_targets: Vec::new(),
+            col_targets: Vec::new(),
+            range: None,
+        }
+    }
+
     /// The caption of the bars under the columns.
     pub fn bars_caption(&self) -> &'static str {
         if self.units == Units::Score {

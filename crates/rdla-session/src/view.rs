@@ -47,16 +47,6 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         targets.push(Some(Path::root().child(Step::Comp(Comp::Mlp(l)))));
     }
     Heatmap {
-        title: title.to_string(),
-        strip: None,
-        strip_targets: Vec::new(),
-        row_targets: Vec::new(),
-        col_targets: Vec::new(),
-        range: None,
-        shared_targets: false,
-        row_bars: false,
-        column_bars: false,
-        units: Units::Logit,
         subtitle: if ov.layout.has_pos {
             format!(
                 "target {:.4} = embed {:.4} + pos {:.4} + Σ cells",
@@ -74,6 +64,7 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
         cols,
         values,
         targets,
+        ..Heatmap::empty(title, Units::Logit)
     }
 }
 
@@ -107,23 +98,8 @@ pub fn node_heatmap(
         )
     };
     let mut hm = Heatmap {
-        title: title.to_string(),
         subtitle,
-        strip: None,
-        strip_targets: Vec::new(),
-        row_targets: Vec::new(),
-        col_targets: Vec::new(),
-        range: None,
-        shared_targets: false,
-        row_bars: false,
-        column_bars: false,
-        units: ex.units,
-        row_title: String::new(),
-        col_title: String::new(),
-        rows: Vec::new(),
-        cols: Vec::new(),
-        values: Vec::new(),
-        targets: Vec::new(),
+        ..Heatmap::empty(title, ex.units)
     };
     if let Some(t) = &ex.table {
         // a score: query components (rows) × key components (columns)
