@@ -48,7 +48,6 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     ])?;
     let (session, load) = crate::common::open_and_compute(&a.compute)?;
     let path = a.path.clone().unwrap_or_default();
-    session.validate(&path)?;
     let view = session.view(&path)?;
     let node = a.path.is_some().then_some(&view.expansion);
 

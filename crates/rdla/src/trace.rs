@@ -58,7 +58,6 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     );
     let (session, _) = crate::common::open_and_compute(&a.compute)?;
     let from = &a.from;
-    session.validate(from)?;
     let opts = TraceOptions {
         budget: a.budget,
         time_limit: a.time_limit.map(std::time::Duration::from_millis),
