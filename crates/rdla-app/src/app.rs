@@ -264,23 +264,18 @@ impl RdlaApp {
         let mut queue: std::collections::VecDeque<Action> =
             std::mem::take(&mut self.actions).into();
         while let Some(a) = queue.pop_front() {
+            // a Cancel, or an edit (its result would be stale; the debounced recompute
+            // follows), stops the computation in progress at its next layer
+            let stops = matches!(a, Action::CancelCompute)
+                || (matches!(a, Action::Edited) && self.state.computing);
+            if stops {
+                self.worker.wanted.store(0, Ordering::SeqCst);
+            }
             match a {
                 Action::Pick(pick) => {
                     if let Some(next) = self.picked(pick) {
                         queue.push_front(next);
                     }
-                }
-                Action::CancelCompute => {
-                    self.worker.wanted.store(0, Ordering::SeqCst);
-                    let cmds = self.state.act(Action::CancelCompute, &mut self.settings);
-                    self.send(cmds);
-                }
-                // an edit stops the computation in progress (its result would be stale); the
-                // debounced recompute follows
-                Action::Edited if self.state.computing => {
-                    self.worker.wanted.store(0, Ordering::SeqCst);
-                    let cmds = self.state.act(Action::Edited, &mut self.settings);
-                    self.send(cmds);
                 }
                 Action::CancelLoad => {
                     self.worker.cancel.store(true, Ordering::SeqCst);

@@ -1,11 +1,11 @@
 //! The default model's training curve: per-step losses (raw, and their moving average) and,
 //! on a right-hand axis, validation accuracy. `rdla-train` writes it beside the weights.
 
-use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
 
 use crate::plot::{blend, line, nice_step};
-use crate::png::PngError;
+use crate::png::{PngError, blit, rasterize, text_width};
 
 const W: u32 = 900;
 const H: u32 = 520;
@@ -19,12 +19,8 @@ struct Text<'a> {
 }
 
 impl Text<'_> {
-    fn width(&self, size: f32, s: &str) -> f32 {
-        let f = self.font.as_scaled(PxScale::from(size));
-        s.chars().map(|ch| f.h_advance(f.glyph_id(ch))).sum()
-    }
-
-    /// Draw with the baseline at `y`; `align` 0 = left, 0.5 = centre, 1 = right of `x`.
+    /// Draw with the baseline at `y`; `align` 0 = left, 0.5 = centre, 1 = right of `x`
+    /// (the heatmap renderer's rasteriser, placed by its baseline).
     fn draw(
         &self,
         img: &mut RgbImage,
@@ -34,26 +30,16 @@ impl Text<'_> {
         s: &str,
         c: [u8; 3],
     ) {
-        let scale = PxScale::from(size);
-        let f = self.font.as_scaled(scale);
-        let mut pen = x - align * self.width(size, s);
-        for ch in s.chars() {
-            let id = f.glyph_id(ch);
-            let glyph = id.with_scale_and_position(scale, point(pen, y));
-            pen += f.h_advance(id);
-            if let Some(o) = self.font.outline_glyph(glyph) {
-                let b = o.px_bounds();
-                o.draw(|gx, gy, cov| {
-                    blend(
-                        img,
-                        i64::from(gx) + b.min.x as i64,
-                        i64::from(gy) + b.min.y as i64,
-                        c,
-                        cov,
-                    );
-                });
-            }
-        }
+        let left = x - align * text_width(&self.font, size, s);
+        let ascent = self.font.as_scaled(PxScale::from(size)).ascent();
+        let mask = rasterize(&self.font, size, s);
+        blit(
+            img,
+            &mask,
+            left.round() as i32,
+            (y - ascent).round() as i32,
+            c,
+        );
     }
 }
 

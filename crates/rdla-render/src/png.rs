@@ -516,17 +516,10 @@ impl Canvas<'_> {
         }
     }
 
-    /// A straight line of width `width` (points), drawn as discs along it.
+    /// A straight anti-aliased line of width `width` (points; at least 1.5 pixels).
     fn line(&mut self, a: (f32, f32), b: (f32, f32), width: f32, color: [u8; 3]) {
-        let len = ((b.0 - a.0).powi(2) + (b.1 - a.1).powi(2)).sqrt();
-        let steps = (len * self.scale).ceil().max(1.0) as usize;
-        for i in 0..=steps {
-            let t = i as f32 / steps as f32;
-            self.disc(
-                (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t),
-                (width / 2.0).max(0.75 / self.scale),
-                color,
-            );
-        }
+        let px = |p: (f32, f32)| (p.0 * self.scale, p.1 * self.scale);
+        let w = (width * self.scale).max(1.5);
+        crate::plot::line(&mut self.img, px(a), px(b), w, color);
     }
 }

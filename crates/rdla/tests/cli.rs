@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{assert_ok, fixture, rdla};
+use common::{assert_ok, attribute, fixture, rdla};
 
 fn reference(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
@@ -119,21 +119,15 @@ fn logit_difference_and_exports() {
     // overview CSV and root PNG without --path
     let csv2 = tmp.path().join("o.csv");
     let png2 = tmp.path().join("o.png");
-    let out = rdla(&[
-        "attribute",
-        "--model",
+    let out = attribute(
         fixture("gpt2_tied").to_str().unwrap(),
-        "--prompt",
-        "Get some apples.",
-        "--answer",
-        ".",
-        "--device",
-        "cpu",
-        "--csv",
-        csv2.to_str().unwrap(),
-        "--png",
-        png2.to_str().unwrap(),
-    ]);
+        &[
+            "--csv",
+            csv2.to_str().unwrap(),
+            "--png",
+            png2.to_str().unwrap(),
+        ],
+    );
     assert_ok(&out);
     let csv2 = std::fs::read_to_string(&csv2).unwrap();
     assert!(csv2.contains("head_breakdown,2,3,"));
@@ -228,19 +222,10 @@ fn refuses_to_overwrite_model_files() {
     let tmp = rdla_testutil::copy_fixture("gpt2_tied");
     let weights = tmp.path().join("model.safetensors");
     let before = std::fs::read(&weights).unwrap();
-    let out = rdla(&[
-        "attribute",
-        "--model",
+    let out = attribute(
         tmp.path().to_str().unwrap(),
-        "--prompt",
-        "Get some apples.",
-        "--answer",
-        ".",
-        "--device",
-        "cpu",
-        "--json",
-        weights.to_str().unwrap(),
-    ]);
+        &["--json", weights.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
     assert_eq!(before, std::fs::read(&weights).unwrap());

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{assert_ok, rdla, rdla_in};
+use common::{TARGET, assert_ok, attribute, rdla, rdla_in};
 
 fn rdla_in_tmp(tmpdir: &std::path::Path, args: &[&str]) -> Output {
     rdla_in(None, Some(tmpdir), args)
@@ -20,23 +20,6 @@ const QUICK_BENCH: [&str; 6] = ["--lengths", "4", "--reps", "1", "--load-reps", 
 
 fn is_empty(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
-}
-
-/// The prompt, answer and device every run here uses.
-const TARGET: [&str; 6] = [
-    "--prompt",
-    "Get some apples.",
-    "--answer",
-    ".",
-    "--device",
-    "cpu",
-];
-
-fn attribute(model: &str, extra: &[&str]) -> Output {
-    let mut args = vec!["attribute", "--model", model];
-    args.extend_from_slice(&TARGET);
-    args.extend_from_slice(extra);
-    rdla(&args)
 }
 
 /// A regression test: the guard protected the snapshot folder, whose files are links into

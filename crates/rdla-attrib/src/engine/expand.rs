@@ -130,14 +130,21 @@ impl Engine<'_> {
     /// A child's place: the site it is (where it is one) and whether it is a leaf.
     fn child_of(&self, node: &Node, step: Step, value: f32) -> Child {
         let kind = self.child_kind(node, step);
-        let ops = kind.as_ref().map(|(k, _)| k.ops());
+        let (site, leaf) = match &kind {
+            Some((k, pos)) => {
+                let ops = k.ops();
+                (
+                    ops.site().map(|site| SiteAt { site, pos: *pos }),
+                    ops.is_leaf(),
+                )
+            }
+            None => (None, true),
+        };
         Child {
             step,
             value,
-            site: kind
-                .as_ref()
-                .and_then(|(k, pos)| k.ops().site().map(|site| SiteAt { site, pos: *pos })),
-            leaf: ops.is_none_or(|o| o.is_leaf()),
+            site,
+            leaf,
         }
     }
 

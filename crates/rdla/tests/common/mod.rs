@@ -40,3 +40,21 @@ pub fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A short prompt, its answer and the CPU: the target most runs use.
+pub const TARGET: [&str; 6] = [
+    "--prompt",
+    "Get some apples.",
+    "--answer",
+    ".",
+    "--device",
+    "cpu",
+];
+
+/// `rdla attribute --model MODEL` on [`TARGET`], then `extra`.
+pub fn attribute(model: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["attribute", "--model", model];
+    args.extend_from_slice(&TARGET);
+    args.extend_from_slice(extra);
+    rdla(&args)
+}
