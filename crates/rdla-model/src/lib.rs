@@ -15,6 +15,7 @@ pub mod model;
 pub mod process;
 pub mod rotary;
 pub mod tokenizer;
+pub mod vocab;
 pub mod weights;
 
 pub use arch::Family;

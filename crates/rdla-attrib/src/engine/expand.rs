@@ -1,6 +1,7 @@
 //! Walking a path and expanding the node it names.
 
 use burn::tensor::Tensor;
+use rdla_model::vocab::{Extremes, top_indices};
 
 use super::node::{Basis, Node, Want};
 use super::types::{ScoreTable, SiteAt, TokenReadout, TokenValue, Units};
@@ -30,18 +31,6 @@ impl Resolved {
 pub const NEURONS_LISTED: usize = 20;
 /// How many tokens a vocabulary readout lists in each direction.
 pub const TOKENS_LISTED: usize = 10;
-
-/// The indices of the `k` largest `key(v)`, ties to the lower index.
-fn top_indices(values: &[f32], k: usize, key: impl Fn(f32) -> f32) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    let cmp = |&a: &usize, &b: &usize| key(values[b]).total_cmp(&key(values[a])).then(a.cmp(&b));
-    if idx.len() > k {
-        idx.select_nth_unstable_by(k, cmp);
-        idx.truncate(k);
-    }
-    idx.sort_by(cmp);
-    idx
-}
 
 /// Splits one flat read-back into its parts.
 struct Cursor<'a> {
@@ -176,6 +165,8 @@ impl Engine<'_> {
         if let Some(t) = parts.neurons {
             all.push(t);
         }
+        // on the CPU the written direction is read back and ranked through the model's
+        // sketch of W_U; elsewhere the full product rides along in this one read-back
         let vocab = parts.written.map(|v| self.vocab_readout(v, node.pos));
         let n_vocab = vocab.as_ref().map(|t| t.dims()[0]);
         if let Some(t) = vocab {
@@ -216,7 +207,7 @@ impl Engine<'_> {
             None => None,
         };
         let tokens = match n_vocab {
-            Some(n) => Some(self.token_readout(cur.take(n)?)),
+            Some(n) => Some(self.token_readout(cur.take(n)?)?),
             None => None,
         };
         let residual = match &table {
@@ -251,20 +242,27 @@ impl Engine<'_> {
         })
     }
 
-    fn token_readout(&self, logits: &[f32]) -> TokenReadout {
-        let list = |idx: Vec<usize>| {
-            idx.into_iter()
-                .map(|i| TokenValue {
-                    id: i as u32,
-                    token: self.model.tokenizer.token_str(i as u32),
-                    value: logits[i],
+    /// The tokens a readout lists from what [`Engine::vocab_readout`] read back: the
+    /// logits themselves, or the direction whose logits the model ranks.
+    fn token_readout(&self, read: &[f32]) -> Result<TokenReadout> {
+        let ext = if self.vocab_direction() {
+            self.model.vocab_extremes(read, TOKENS_LISTED)?
+        } else {
+            Extremes::of(read, TOKENS_LISTED)
+        };
+        let list = |l: Vec<(u32, f32)>| {
+            l.into_iter()
+                .map(|(id, value)| TokenValue {
+                    id,
+                    token: self.model.tokenizer.token_str(id),
+                    value,
                 })
                 .collect()
         };
-        TokenReadout {
-            up: list(top_indices(logits, TOKENS_LISTED, |v| v)),
-            down: list(top_indices(logits, TOKENS_LISTED, |v| -v)),
-        }
+        Ok(TokenReadout {
+            up: list(ext.up),
+            down: list(ext.down),
+        })
     }
 
     /// The value of the node at `path` alone (no children).

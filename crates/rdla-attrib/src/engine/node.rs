@@ -278,14 +278,24 @@ impl Engine<'_> {
         Ok(Some(Node { kind, pos, readout }))
     }
 
-    /// The vocabulary readout of a written vector at `pos`: `C(v) W_U / s_final[pos]` `[V]`.
+    /// What a vocabulary readout of a written vector at `pos` reads back: on the CPU the
+    /// direction `C(v) / s_final[pos]` `[d]`, whose extremes over `W_U` the model finds
+    /// through its sketch (see `rdla_model::vocab`); elsewhere the full readout
+    /// `C(v) W_U / s_final[pos]` `[V]`.
     pub(super) fn vocab_readout(&self, v: Tensor<1>, pos: usize) -> Tensor<1> {
         let s = self.cache.final_scale.clone().narrow(0, pos, 1);
-        self.c(v)
-            .unsqueeze_dim::<2>(0)
+        let c = self.c(v) / s;
+        if self.vocab_direction() {
+            return c;
+        }
+        c.unsqueeze_dim::<2>(0)
             .matmul(self.model.weights.w_u.clone())
             .squeeze_dim::<1>(0)
-            / s
+    }
+
+    /// Whether vocabulary readouts read back the direction (CPU) or the full logits.
+    pub(super) fn vocab_direction(&self) -> bool {
+        self.model.on_cpu()
     }
 
     pub(super) fn zero(&self) -> Tensor<1> {

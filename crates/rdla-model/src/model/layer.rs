@@ -114,7 +114,7 @@ impl Model {
     }
 
     /// Whether this model computes on the CPU backend (the fused host kernels apply).
-    pub(crate) fn on_cpu(&self) -> bool {
+    pub fn on_cpu(&self) -> bool {
         self.device == Device::flex()
     }
 

@@ -7,6 +7,7 @@ pub mod forward;
 pub mod layer;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -16,6 +17,7 @@ use crate::error::{ModelError, Result, io_err};
 use crate::process::{self, Processing};
 use crate::rotary::LayerRotary;
 use crate::tokenizer::Tokenizer;
+use crate::vocab::{Extremes, VocabSketch};
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
 pub use cache::Cache;
@@ -234,6 +236,9 @@ pub struct Model {
     /// What rdla must never write into: the model's folder (or its file, for a single-file
     /// model).
     pub protected: Vec<PathBuf>,
+    /// The quantised copy of `W_U` that narrows vocabulary readouts on the CPU, built on
+    /// first use.
+    vocab_sketch: OnceLock<VocabSketch>,
 }
 
 /// Whether `path` is a GGUF file: by its magic bytes, so Ollama's blobs (`sha256-…`, no
@@ -496,7 +501,27 @@ impl Model {
             tokenizer,
             weights,
             device: device.clone(),
+            vocab_sketch: OnceLock::new(),
         })
+    }
+
+    /// The `k` tokens the vector `c` (`[d]`, on the host, already centred and scaled as a
+    /// final-norm input) writes most and least: `c · W_U`'s extremes, exactly. On the CPU a
+    /// quantised sketch of `W_U` (built on first use) narrows the candidates, so a readout
+    /// reads a quarter of the bytes ([`crate::vocab`]); on a GPU it is the full product.
+    pub fn vocab_extremes(&self, c: &[f32], k: usize) -> Result<Extremes> {
+        let sketch = if self.on_cpu() {
+            if self.vocab_sketch.get().is_none() {
+                // two threads racing here build the same sketch; one is kept
+                let _ = self
+                    .vocab_sketch
+                    .set(VocabSketch::build(&self.weights.w_u)?);
+            }
+            self.vocab_sketch.get()
+        } else {
+            None
+        };
+        crate::vocab::extremes(c, &self.weights.w_u, sketch, k)
     }
 
     /// Check a token sequence fits the model.
