@@ -35,8 +35,10 @@ pub fn available_bytes() -> Option<u64> {
 }
 
 /// The processed model in `f32`: embeddings, blocks, and the unembedding (a separate `[d, V]`
-/// copy even when tied), plus one block in flight while loading.
-pub fn model_bytes(cfg: &ModelConfig) -> u64 {
+/// copy even when tied), plus one block in flight while loading. With `tokens_in_place` the
+/// embedding and unembedding stay where they lie on disk: what is held for them instead is the
+/// vocabulary readouts' `i8` sketch of `W_U` (`V·d` bytes) and a few `[V]` vectors.
+pub fn model_bytes(cfg: &ModelConfig, tokens_in_place: bool) -> u64 {
     let (d, v, l) = (cfg.d_model as u64, cfg.d_vocab as u64, cfg.n_layers as u64);
     let (h, kv, dh, dm) = (
         cfg.n_heads as u64,
@@ -53,7 +55,12 @@ pub fn model_bytes(cfg: &ModelConfig) -> u64 {
     } else {
         0
     };
-    F32 * (2 * v * d + v + pos + (l + 1) * block)
+    let tokens = if tokens_in_place {
+        v * d / F32 + 4 * v
+    } else {
+        2 * v * d + v
+    };
+    F32 * (tokens + pos + (l + 1) * block)
 }
 
 /// The peak of one forward pass with its cache and the overview at `n` tokens: the
@@ -109,8 +116,11 @@ mod tests {
     #[test]
     fn estimates_match_the_measured_scale() {
         let cfg = smollm2_shape();
-        let model = model_bytes(&cfg) as f64 / GIB;
+        let model = model_bytes(&cfg, false) as f64 / GIB;
         assert!((0.5..1.0).contains(&model), "{model} GiB");
+        // SmolLM2's tied 49,152 × 576 embedding: two f32 copies (216 MiB), or its i8 sketch
+        let saved = (model_bytes(&cfg, false) - model_bytes(&cfg, true)) as f64 / GIB;
+        assert!((0.15..0.2).contains(&saved), "{saved} GiB");
         let p8k = prompt_bytes(&cfg, 8192) as f64 / GIB;
         assert!((1.5..5.0).contains(&p8k), "{p8k} GiB");
         let p4k = prompt_bytes(&cfg, 4096) as f64 / GIB;

@@ -18,10 +18,14 @@
 //! which differs by summation order). When the bounds leave too many candidates (a
 //! degenerate vector) or the input is not finite, the full product is used.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use std::ops::Range;
+use std::sync::Arc;
 
-use crate::error::Result;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::error::{ModelError, Result};
 use crate::model::to_vec;
+use crate::weights::RowReader;
 
 /// The `k` largest and `k` smallest entries of a readout, as `(token id, value)`, largest
 /// (resp. smallest) first, ties to the lower id.
@@ -92,23 +96,24 @@ pub struct VocabSketch {
 const BUILD_CHUNK: usize = 4096;
 
 impl VocabSketch {
-    /// Quantise `w_u` `[d, V]`, a chunk of columns at a time (no full host copy).
-    pub fn build(w_u: &Tensor<2>) -> Result<Self> {
-        let [d, v] = w_u.dims();
+    /// Quantise an unembedding, a chunk of tokens at a time (no full host copy).
+    pub fn build(u: &Unembedding) -> Result<Self> {
+        let (d, v) = u.dims();
         let mut q = vec![0i8; v * d];
         let mut scale = vec![0f32; v];
         let mut err = vec![0f32; v];
+        let mut block = Vec::new();
         let mut v0 = 0;
         while v0 < v {
             let n = BUILD_CHUNK.min(v - v0);
-            let block = to_vec(w_u.clone().narrow(1, v0, n))?; // [d, n]
-            for j in 0..n {
-                let col = (0..d).map(|i| block[i * n + j]);
-                let max = col.clone().fold(0f32, |m, x| m.max(x.abs()));
+            block.clear();
+            u.columns(v0..v0 + n, &mut block)?; // [n, d]
+            for (j, col) in block.chunks_exact(d).enumerate() {
+                let max = col.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let s = if max > 0.0 { max / SKETCH_LEVELS } else { 1.0 };
                 let row = &mut q[(v0 + j) * d..(v0 + j + 1) * d];
                 let mut e2 = 0f64;
-                for (qi, x) in row.iter_mut().zip(col) {
+                for (qi, &x) in row.iter_mut().zip(col) {
                     let r = (x / s).round().clamp(-SKETCH_LEVELS, SKETCH_LEVELS);
                     *qi = r as i8;
                     let e = f64::from(x) - f64::from(s) * f64::from(r);
@@ -282,26 +287,365 @@ fn dot_i8(c: &[f32], q: &[i8]) -> f32 {
         .sum::<f32>()
 }
 
-/// The extremes of `c · w_u` (`c` on the host, `[d]`; `w_u` `[d, V]` on its device), exactly:
-/// through `sketch` where it narrows the candidates, else from the full product.
+/// The extremes of `c · W_U` (`c` on the host, `[d]`), exactly: through `sketch` where it
+/// narrows the candidates, else from the full product.
 pub fn extremes(
     c: &[f32],
-    w_u: &Tensor<2>,
+    u: &Unembedding,
     sketch: Option<&VocabSketch>,
     k: usize,
 ) -> Result<Extremes> {
-    let device = w_u.device();
-    let row = Tensor::<2>::from_data(TensorData::new(c.to_vec(), [1, c.len()]), &device);
     match sketch.and_then(|s| s.candidates(c, k)) {
-        Some(ids) => {
-            let idx = Tensor::<1, Int>::from_data(
-                TensorData::new(ids.iter().map(|&i| i64::from(i)).collect(), [ids.len()]),
-                &device,
-            );
-            let exact = to_vec(row.matmul(w_u.clone().select(1, idx)))?;
-            Ok(Extremes::of_subset(&exact, Some(&ids), k))
+        Some(ids) => Ok(Extremes::of_subset(&u.product_at(c, &ids)?, Some(&ids), k)),
+        None => Ok(Extremes::of(&u.product(c)?, k)),
+    }
+}
+
+/// The unembedding `W_U` `[d, V]` as TransformerLens processes it (`ln_final` folded in,
+/// centred), however it is held.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per model, beside ~20 other tensors of this size
+pub enum Unembedding {
+    /// Processed, on the device.
+    Resident(Tensor<2>),
+    /// Left where it lies; columns are processed as they are read.
+    Stored(Arc<StoredVocab>),
+}
+
+impl Unembedding {
+    /// `(d, V)`
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::Resident(w) => {
+                let [d, v] = w.dims();
+                (d, v)
+            }
+            Self::Stored(s) => (s.d, s.v),
         }
-        None => Ok(Extremes::of(&to_vec(row.matmul(w_u.clone()))?, k)),
+    }
+
+    /// Columns `r` of `W_U`, appended to `out` as rows (`[n, d]`, token-major).
+    pub fn columns(&self, r: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Self::Resident(w) => {
+                let [d, _] = w.dims();
+                let n = r.len();
+                let block = to_vec(w.clone().narrow(1, r.start, n))?; // [d, n]
+                out.reserve(n * d);
+                for j in 0..n {
+                    out.extend((0..d).map(|i| block[i * n + j]));
+                }
+                Ok(())
+            }
+            Self::Stored(s) => s.columns(r, out),
+        }
+    }
+
+    /// Columns `ids` of `W_U` on `device`: `[d, n]`.
+    pub fn columns_at(&self, ids: &[u32], device: &Device) -> Result<Tensor<2>> {
+        match self {
+            Self::Resident(w) => Ok(w.clone().select(1, id_tensor(ids, &w.device()))),
+            Self::Stored(s) => {
+                let mut rows = Vec::with_capacity(ids.len() * s.d);
+                for &id in ids {
+                    s.columns(id as usize..id as usize + 1, &mut rows)?;
+                }
+                let t = Tensor::<2>::from_data(TensorData::new(rows, [ids.len(), s.d]), device);
+                Ok(t.transpose())
+            }
+        }
+    }
+
+    /// `c · W_U` `[V]` (no bias).
+    pub fn product(&self, c: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Resident(w) => to_vec(host_row(c, &w.device()).matmul(w.clone())),
+            Self::Stored(s) => s.product(c),
+        }
+    }
+
+    /// `c · W_U[:, ids]` (no bias).
+    pub fn product_at(&self, c: &[f32], ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Resident(w) => {
+                let dev = w.device();
+                to_vec(host_row(c, &dev).matmul(w.clone().select(1, id_tensor(ids, &dev))))
+            }
+            Self::Stored(s) => {
+                let prep = s.prepare(c);
+                let mut row = Vec::with_capacity(s.d);
+                ids.iter()
+                    .map(|&id| {
+                        row.clear();
+                        s.raw().read(id as usize..id as usize + 1, &mut row)?;
+                        Ok(prep.apply(&row, s.kappa[id as usize]))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn host_row(c: &[f32], device: &Device) -> Tensor<2> {
+    Tensor::<2>::from_data(TensorData::new(c.to_vec(), [1, c.len()]), device)
+}
+
+fn id_tensor(ids: &[u32], device: &Device) -> Tensor<1, Int> {
+    Tensor::<1, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i64::from(i)).collect(), [ids.len()]),
+        device,
+    )
+}
+
+/// How the stored token matrices become TransformerLens's processed ones (see
+/// [`crate::process`]): what [`crate::process::process_globals`] does to `W_E`, and to
+/// `W_U`/`b_U` with `ln_final` folded in.
+#[derive(Debug, Clone)]
+pub struct VocabProcessing {
+    /// What each embedding row is multiplied by first (Gemma's `sqrt(d_model)`).
+    pub embed_scale: f32,
+    /// Centre each embedding row over `d_model`.
+    pub centre_embed: bool,
+    /// `ln_final` folded into `W_U` (weight, bias).
+    pub fold: Option<(Vec<f32>, Vec<f32>)>,
+    /// After the fold, centre each column of `W_U` over `d_model` (a LayerNorm fold).
+    pub centre_cols: bool,
+    /// Centre `W_U` and `b_U` over the vocabulary.
+    pub centre_vocab: bool,
+}
+
+/// The embedding and unembedding left where they lie on disk (a memory-mapped safetensors
+/// file, or GGUF blocks), read a block of tokens at a time and processed as read: no `f32`
+/// copy of either is held. One pass at opening computes what processing needs from the whole
+/// matrix (each token's mean, the mean over the vocabulary, the folded bias).
+#[derive(Debug)]
+pub struct StoredVocab {
+    embed: RowReader,
+    /// An untied `lm_head` `[V, d]`; `None`: the embedding is tied.
+    lm_head: Option<RowReader>,
+    proc: VocabProcessing,
+    d: usize,
+    v: usize,
+    /// Per token, the mean over `d_model` of its folded column (subtracted when
+    /// `centre_cols`; 0 otherwise).
+    kappa: Vec<f32>,
+    /// The mean over the vocabulary of the folded, column-centred matrix `[d]` (subtracted
+    /// when `centre_vocab`; 0 otherwise).
+    mu: Vec<f32>,
+    /// The processed `b_U` `[V]`.
+    b_u: Vec<f32>,
+}
+
+/// Tokens read per block.
+const ROW_CHUNK: usize = 1024;
+
+/// `c` prepared for products with raw stored columns: `c·u_j = (c ⊙ w)·e_j − κ_j Σc − c·μ`.
+struct Prepared {
+    a: Vec<f32>,
+    sum: f32,
+    dot_mu: f32,
+}
+
+impl Prepared {
+    fn apply(&self, raw: &[f32], kappa: f32) -> f32 {
+        dot(&self.a, raw) - kappa * self.sum - self.dot_mu
+    }
+}
+
+/// `Σ a_i b_i` in 16 independent lanes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const W: usize = 16;
+    let mut acc = [0f32; W];
+    let (ac, bc) = (a.chunks_exact(W), b.chunks_exact(W));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..W {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let head: f32 = acc.iter().sum();
+    head + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
+}
+
+impl StoredVocab {
+    /// Open: one pass over the unembedding's stored rows (checking every value is finite).
+    pub fn open(
+        embed: RowReader,
+        lm_head: Option<RowReader>,
+        proc: VocabProcessing,
+    ) -> Result<Self> {
+        let (v, d) = (embed.rows(), embed.cols());
+        if let Some(lm) = &lm_head
+            && (lm.rows(), lm.cols()) != (v, d)
+        {
+            return Err(ModelError::WrongShape {
+                key: lm.key().to_string(),
+                expected: vec![v, d],
+                actual: vec![lm.rows(), lm.cols()],
+            });
+        }
+        let mut me = Self {
+            embed,
+            lm_head,
+            proc,
+            d,
+            v,
+            kappa: vec![0.0; v],
+            mu: vec![0.0; d],
+            b_u: vec![0.0; v],
+        };
+        let mut sum_y = vec![0f64; d];
+        let mut bias = vec![0f64; v];
+        let mut rows = Vec::with_capacity(ROW_CHUNK * d);
+        let mut folded = vec![0f32; d];
+        for v0 in (0..v).step_by(ROW_CHUNK) {
+            let n = ROW_CHUNK.min(v - v0);
+            rows.clear();
+            me.raw().read(v0..v0 + n, &mut rows)?;
+            if !rows.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    key: me.raw().key().to_string(),
+                });
+            }
+            for (j, e) in rows.chunks_exact(d).enumerate() {
+                let mut mean = 0f64;
+                for (m, (&x, f)) in e.iter().zip(&mut folded).enumerate() {
+                    *f = match &me.proc.fold {
+                        Some((w, b)) => {
+                            bias[v0 + j] += f64::from(x) * f64::from(b[m]);
+                            x * w[m]
+                        }
+                        None => x,
+                    };
+                    mean += f64::from(*f);
+                }
+                let kappa = if me.proc.centre_cols {
+                    (mean / d as f64) as f32
+                } else {
+                    0.0
+                };
+                me.kappa[v0 + j] = kappa;
+                for (acc, &f) in sum_y.iter_mut().zip(&folded) {
+                    *acc += f64::from(f - kappa);
+                }
+            }
+        }
+        let mut b_u: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        if me.proc.centre_vocab {
+            me.mu = sum_y.iter().map(|&s| (s / v as f64) as f32).collect();
+            let mean = (b_u.iter().map(|&b| f64::from(b)).sum::<f64>() / v as f64) as f32;
+            b_u.iter_mut().for_each(|b| *b -= mean);
+        }
+        me.b_u = b_u;
+        Ok(me)
+    }
+
+    fn raw(&self) -> &RowReader {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The processed `b_U` `[V]`.
+    pub fn b_u(&self) -> &[f32] {
+        &self.b_u
+    }
+
+    /// Bytes of the token matrices as stored (memory-mapped or read on demand).
+    pub fn stored_bytes(&self) -> u64 {
+        self.embed.stored_bytes() + self.lm_head.as_ref().map_or(0, RowReader::stored_bytes)
+    }
+
+    fn prepare(&self, c: &[f32]) -> Prepared {
+        let a = match &self.proc.fold {
+            Some((w, _)) => c.iter().zip(w).map(|(x, w)| x * w).collect(),
+            None => c.to_vec(),
+        };
+        Prepared {
+            a,
+            sum: c.iter().sum(),
+            dot_mu: dot(c, &self.mu),
+        }
+    }
+
+    /// Processed embedding rows of `ids`: `[n, d]`, row-major.
+    pub fn embed_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let d = self.d;
+        let mut out = Vec::with_capacity(ids.len() * d);
+        for &id in ids {
+            let at = out.len();
+            self.embed.read(id as usize..id as usize + 1, &mut out)?;
+            let row = &mut out[at..];
+            if self.proc.embed_scale != 1.0 {
+                row.iter_mut().for_each(|x| *x *= self.proc.embed_scale);
+            }
+            if !row.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    key: self.embed.key().to_string(),
+                });
+            }
+            if self.proc.centre_embed {
+                let mean = (row.iter().map(|&x| f64::from(x)).sum::<f64>() / d as f64) as f32;
+                row.iter_mut().for_each(|x| *x -= mean);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Processed columns `r` of `W_U`, appended to `out` as rows `[n, d]`.
+    fn columns(&self, r: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+        let at = out.len();
+        let first = r.start;
+        self.raw().read(r, out)?;
+        for (j, col) in out[at..].chunks_exact_mut(self.d).enumerate() {
+            let kappa = self.kappa[first + j];
+            for (m, x) in col.iter_mut().enumerate() {
+                let f = match &self.proc.fold {
+                    Some((w, _)) => *x * w[m],
+                    None => *x,
+                };
+                *x = (f - kappa) - self.mu[m];
+            }
+        }
+        Ok(())
+    }
+
+    /// `c · W_U` `[V]`, a block of stored rows at a time, on every core.
+    fn product(&self, c: &[f32]) -> Result<Vec<f32>> {
+        let prep = self.prepare(c);
+        let mut out = vec![0f32; self.v];
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let per = self.v.div_ceil(threads).max(ROW_CHUNK);
+        let run = |first: usize, part: &mut [f32]| -> Result<()> {
+            let mut rows = Vec::with_capacity(ROW_CHUNK * self.d);
+            for (b, block) in part.chunks_mut(ROW_CHUNK).enumerate() {
+                let v0 = first + b * ROW_CHUNK;
+                rows.clear();
+                self.raw().read(v0..v0 + block.len(), &mut rows)?;
+                for (j, (o, e)) in block.iter_mut().zip(rows.chunks_exact(self.d)).enumerate() {
+                    *o = prep.apply(e, self.kappa[v0 + j]);
+                }
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let mut parts = out.chunks_mut(per).enumerate();
+            let first = parts.next();
+            let handles: Vec<_> = parts
+                .map(|(i, part)| {
+                    let run = &run;
+                    s.spawn(move || run(i * per, part))
+                })
+                .collect();
+            let mut res = first.map_or(Ok(()), |(_, part)| run(0, part));
+            for h in handles {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(ModelError::Device("a readout thread panicked".into()))
+                });
+                res = res.and(r);
+            }
+            res
+        })?;
+        Ok(out)
     }
 }
 
@@ -327,7 +671,10 @@ mod tests {
 
     fn check(d: usize, v: usize, w: Vec<f32>, c: &[f32], k: usize) {
         let dev = Device::flex();
-        let w_u = Tensor::<2>::from_data(TensorData::new(w.clone(), [d, v]), &dev);
+        let w_u = Unembedding::Resident(Tensor::<2>::from_data(
+            TensorData::new(w.clone(), [d, v]),
+            &dev,
+        ));
         let sketch = VocabSketch::build(&w_u).unwrap();
         // the reference: every token's value in f64, ranked
         let full: Vec<f32> = (0..v)
@@ -362,7 +709,7 @@ mod tests {
         let c = noise(2, d);
         check(d, v, w.clone(), &c, 10);
         let dev = Device::flex();
-        let w_u = Tensor::<2>::from_data(TensorData::new(w, [d, v]), &dev);
+        let w_u = Unembedding::Resident(Tensor::<2>::from_data(TensorData::new(w, [d, v]), &dev));
         let ids = VocabSketch::build(&w_u)
             .unwrap()
             .candidates(&c, 10)
@@ -396,7 +743,10 @@ mod tests {
         let (d, v) = (32, 600);
         let w = noise(5, d * v);
         let dev = Device::flex();
-        let w_u = Tensor::<2>::from_data(TensorData::new(w.clone(), [d, v]), &dev);
+        let w_u = Unembedding::Resident(Tensor::<2>::from_data(
+            TensorData::new(w.clone(), [d, v]),
+            &dev,
+        ));
         let sketch = VocabSketch::build(&w_u).unwrap();
         assert!(sketch.candidates(&vec![0.0; d], 10).is_none()); // every value ties at 0
         let mut c = noise(6, d);

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{ModelError, Result, io_err};
 
@@ -91,7 +92,7 @@ enum Location {
 
 /// A GGUF file read as the Hugging Face checkpoint it was converted from.
 struct GgufSource {
-    file: rdla_gguf::GgufFile,
+    file: Arc<rdla_gguf::GgufFile>,
     tensors: Vec<rdla_gguf::HfTensor>,
 }
 
@@ -410,7 +411,10 @@ impl WeightStore {
             torch: HashMap::new(),
             torch_path: PathBuf::new(),
             entries,
-            gguf: Some(GgufSource { file, tensors }),
+            gguf: Some(GgufSource {
+                file: Arc::new(file),
+                tensors,
+            }),
         })
     }
 
@@ -527,6 +531,159 @@ impl WeightStore {
             });
         }
         Ok(HostTensor::new(entry.shape.clone(), data))
+    }
+}
+
+/// A `[rows, cols]` matrix read a block of rows at a time from where it lies (a
+/// memory-mapped safetensors file, or a GGUF file's blocks), converted to `f32` as read: an
+/// embedding or an `lm_head` without a resident `f32` copy.
+#[derive(Clone)]
+pub struct RowReader {
+    key: String,
+    rows: usize,
+    cols: usize,
+    src: RowSrc,
+}
+
+#[derive(Clone)]
+enum RowSrc {
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        path: PathBuf,
+        start: usize,
+        ty: SrcType,
+    },
+    Gguf {
+        file: Arc<rdla_gguf::GgufFile>,
+        tensor: rdla_gguf::HfTensor,
+    },
+}
+
+impl std::fmt::Debug for RowReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowReader")
+            .field("key", &self.key)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RowReader {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored key, for messages.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes of the matrix as stored.
+    pub fn stored_bytes(&self) -> u64 {
+        match &self.src {
+            RowSrc::Mapped { ty, .. } => (self.rows * self.cols * ty.size()) as u64,
+            RowSrc::Gguf { file, tensor } => file
+                .tensors()
+                .get(tensor.source)
+                .map_or(0, |t| file.tensor_bytes(t).map_or(0, |b| b.len() as u64)),
+        }
+    }
+
+    /// Append rows `r` (row-major, `cols` each) to `out`.
+    pub fn read(&self, r: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+        if r.start > r.end || r.end > self.rows {
+            return Err(ModelError::WrongShape {
+                key: format!("{} rows {r:?}", self.key),
+                expected: vec![self.rows, self.cols],
+                actual: vec![r.end, self.cols],
+            });
+        }
+        match &self.src {
+            RowSrc::Mapped {
+                map,
+                path,
+                start,
+                ty,
+            } => {
+                let row = self.cols * ty.size();
+                let bytes = map
+                    .get(start + r.start * row..start + r.end * row)
+                    .ok_or_else(|| ModelError::Safetensors {
+                        path: path.clone(),
+                        reason: format!("tensor `{}` lies past the end of the file", self.key),
+                    })?;
+                convert_into(bytes, *ty, out);
+                Ok(())
+            }
+            RowSrc::Gguf { file, tensor } => match file.read_hf_rows(tensor, r, out) {
+                Some(res) => Ok(res?),
+                None => Err(ModelError::MissingTensor {
+                    key: self.key.clone(),
+                    tried: vec![self.key.clone()],
+                }),
+            },
+        }
+    }
+}
+
+impl WeightStore {
+    /// Whether 2-D tensors can generally be read where they lie ([`WeightStore::rows`]): not
+    /// for a PyTorch checkpoint.
+    pub fn reads_rows_in_place(&self) -> bool {
+        self.torch.is_empty()
+    }
+
+    /// A reader for the rows of the 2-D tensor `key` where it lies, when its storage allows
+    /// one: safetensors in f32/f16/bf16/f64, or GGUF rows of whole blocks with no layout change.
+    /// `None` for PyTorch checkpoints and other layouts (those are read whole).
+    pub fn rows(&self, key: &str) -> Option<RowReader> {
+        let entry = self.entries.get(key)?;
+        let [rows, cols] = entry.shape[..] else {
+            return None;
+        };
+        let src = match &entry.loc {
+            Location::Safetensors {
+                file,
+                dtype,
+                start,
+                end,
+            } => {
+                let ty = safetensors_src(*dtype)?;
+                if end - start != rows * cols * ty.size() {
+                    return None;
+                }
+                let sf = self.files.get(*file)?;
+                RowSrc::Mapped {
+                    map: Arc::new(map_file(&sf.path).ok()?),
+                    path: sf.path.clone(),
+                    start: *start,
+                    ty,
+                }
+            }
+            Location::Pytorch { .. } => return None,
+            Location::Gguf { index } => {
+                let g = self.gguf.as_ref()?;
+                let tensor = g.tensors.get(*index)?.clone();
+                if !g.file.has_hf_rows(&tensor) {
+                    return None;
+                }
+                RowSrc::Gguf {
+                    file: Arc::clone(&g.file),
+                    tensor,
+                }
+            }
+        };
+        Some(RowReader {
+            key: key.to_string(),
+            rows,
+            cols,
+            src,
+        })
     }
 }
 

@@ -154,7 +154,7 @@ fn config_body((which, edits): (usize, Edits)) {
     }
     if let Ok(cfg) = config::from_value(&c) {
         // what a valid config sizes must be small enough to estimate
-        let _ = rdla_model::memory::model_bytes(&cfg);
+        let _ = rdla_model::memory::model_bytes(&cfg, true);
         let _ = cfg.layout().labels();
     }
 }

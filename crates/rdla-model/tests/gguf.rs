@@ -84,3 +84,43 @@ fn a_gguf_without_extension_is_recognised_and_garbage_is_an_error() {
     // the fixture directory itself is not a GGUF
     assert!(!rdla_model::model::is_gguf(&fixture("qwen2")));
 }
+
+/// On the CPU the token matrices are read where they lie: no f32 copy of the embedding or
+/// the unembedding is held, and a block of rows read from the file equals those rows of the
+/// whole tensor read at once.
+#[test]
+fn token_matrices_stay_in_the_file_and_read_rows_exactly() {
+    use rdla_model::WeightStore;
+    use rdla_model::vocab::Unembedding;
+    for name in rdla_testutil::GGUF_FIXTURES {
+        let path = gguf(name);
+        let m = Model::load(&path, &Device::flex(), Processing::default(), &mut |_| true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            m.weights.w_e.is_none() && matches!(m.weights.w_u, Unembedding::Stored(_)),
+            "{name}: the token matrices were copied"
+        );
+        let store = WeightStore::open_gguf(rdla_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        let key = store
+            .keys()
+            .find(|k| {
+                k.ends_with("embed_tokens.weight")
+                    || k.ends_with("wte.weight")
+                    || k.ends_with("embed_in.weight")
+            })
+            .unwrap_or_else(|| panic!("{name}: no embedding key"))
+            .to_string();
+        let whole = store.read_f32(&key).unwrap();
+        let rows = store
+            .rows(&key)
+            .unwrap_or_else(|| panic!("{name}: {key} has no rows"));
+        let d = rows.cols();
+        let mut got = Vec::new();
+        rows.read(3..rows.rows(), &mut got).unwrap();
+        assert_eq!(got, whole.data[3 * d..], "{name}: rows 3.. of {key}");
+        assert!(
+            rows.read(0..rows.rows() + 1, &mut got).is_err(),
+            "{name}: past the end"
+        );
+    }
+}

@@ -46,7 +46,7 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         cfg.final_softcap.is_some(),
         "{name}: final soft-cap"
     );
-    let logits = slice(model.all_logits(&cache));
+    let logits = slice(model.all_logits(&cache).unwrap());
     if precap {
         check(
             "logits (pre-cap)",
@@ -152,7 +152,13 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
 
     // processed weights against TransformerLens' state dict
     let w = &model.weights;
-    check("W_E", slice(w.w_e.clone()), r.tensor("tl.embed.W_E"));
+    // the token matrices as the model serves them (read where they lie on the CPU)
+    let all_ids: Vec<u32> = (0..v as u32).collect();
+    check(
+        "W_E",
+        slice(model.embed(&all_ids).unwrap()),
+        r.tensor("tl.embed.W_E"),
+    );
     if let Some(w_pos) = &w.w_pos {
         check(
             "W_pos",
@@ -160,7 +166,11 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
             r.tensor("tl.pos_embed.W_pos"),
         );
     }
-    check("W_U", slice(w.w_u.clone()), r.tensor("tl.unembed.W_U"));
+    check(
+        "W_U",
+        slice(model.unembed_columns(&all_ids).unwrap()),
+        r.tensor("tl.unembed.W_U"),
+    );
     check("b_U", slice(w.b_u.clone()), r.tensor("tl.unembed.b_U"));
     let per_layer = |t: Vec<f32>, l: usize| {
         let n = t.len() / cfg.n_layers;
@@ -265,7 +275,7 @@ fn unprocessed_matches_hugging_face() {
         )
         .unwrap();
         let cache = model.run(&r.token_ids()).unwrap();
-        let out: Vec<f32> = slice(model.all_logits(&cache))
+        let out: Vec<f32> = slice(model.all_logits(&cache).unwrap())
             .into_iter()
             .map(|l| model.config.output_logit(l))
             .collect();
@@ -304,7 +314,7 @@ fn rotary_matches_hugging_face_past_position_64() {
     )
     .unwrap();
     let cache = model.run(&r.token_ids()).unwrap();
-    let ours = slice(model.all_logits(&cache));
+    let ours = slice(model.all_logits(&cache).unwrap());
     let hf = r.tensor("hf_logits");
     let v = model.config.d_vocab;
     let late = max_abs_diff(&ours[64 * v..], &hf[64 * v..]);

@@ -245,10 +245,10 @@ impl Engine<'_> {
     /// The tokens a readout lists from what [`Engine::vocab_readout`] read back: the
     /// logits themselves, or the direction whose logits the model ranks.
     fn token_readout(&self, read: &[f32]) -> Result<TokenReadout> {
-        let ext = if self.vocab_direction() {
-            self.model.vocab_extremes(read, TOKENS_LISTED)?
-        } else {
+        let ext = if self.full_vocab_product().is_some() {
             Extremes::of(read, TOKENS_LISTED)
+        } else {
+            self.model.vocab_extremes(read, TOKENS_LISTED)?
         };
         let list = |l: Vec<(u32, f32)>| {
             l.into_iter()

@@ -132,7 +132,7 @@ impl<'a> Engine<'a> {
             }
         }
         let last = cache.n_pos() - 1;
-        let u = Self::unembed_direction(model, target);
+        let u = Self::unembed_direction(model, target)?;
         let s = cache.final_scale.clone().narrow(0, last, 1);
         let mut engine = Self {
             model,
@@ -180,19 +180,17 @@ impl<'a> Engine<'a> {
         self.model.config.kv_group()
     }
 
-    fn unembed_direction(model: &Model, target: Target) -> Tensor<1> {
-        let col = |id: u32| {
-            model
-                .weights
-                .w_u
-                .clone()
-                .narrow(1, id as usize, 1)
-                .squeeze_dim::<1>(1)
+    fn unembed_direction(model: &Model, target: Target) -> Result<Tensor<1>> {
+        let ids = match target {
+            Target::Logit { answer } => vec![answer],
+            Target::Diff { answer, foil } => vec![answer, foil],
         };
-        match target {
-            Target::Logit { answer } => col(answer),
-            Target::Diff { answer, foil } => col(answer) - col(foil),
-        }
+        let cols = model.unembed_columns(&ids)?; // [d, n]
+        let col = |i: usize| cols.clone().narrow(1, i, 1).squeeze_dim::<1>(1);
+        Ok(match target {
+            Target::Logit { .. } => col(0),
+            Target::Diff { .. } => col(0) - col(1),
+        })
     }
 
     /// Root value `logit(answer) − b_U[answer]` (or the difference) from the real logits,

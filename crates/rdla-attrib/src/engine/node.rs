@@ -278,24 +278,29 @@ impl Engine<'_> {
         Ok(Some(Node { kind, pos, readout }))
     }
 
-    /// What a vocabulary readout of a written vector at `pos` reads back: on the CPU the
-    /// direction `C(v) / s_final[pos]` `[d]`, whose extremes over `W_U` the model finds
-    /// through its sketch (see `rdla_model::vocab`); elsewhere the full readout
-    /// `C(v) W_U / s_final[pos]` `[V]`.
+    /// What a vocabulary readout of a written vector at `pos` reads back: the direction
+    /// `C(v) / s_final[pos]` `[d]`, whose extremes over `W_U` the model finds (on the CPU
+    /// through its sketch, see `rdla_model::vocab`), or — with `W_U` resident on a GPU — the
+    /// full readout `C(v) W_U / s_final[pos]` `[V]`, which rides along in the expansion's one
+    /// read-back.
     pub(super) fn vocab_readout(&self, v: Tensor<1>, pos: usize) -> Tensor<1> {
         let s = self.cache.final_scale.clone().narrow(0, pos, 1);
         let c = self.c(v) / s;
-        if self.vocab_direction() {
-            return c;
+        match self.full_vocab_product() {
+            Some(w_u) => c
+                .unsqueeze_dim::<2>(0)
+                .matmul(w_u.clone())
+                .squeeze_dim::<1>(0),
+            None => c,
         }
-        c.unsqueeze_dim::<2>(0)
-            .matmul(self.model.weights.w_u.clone())
-            .squeeze_dim::<1>(0)
     }
 
-    /// Whether vocabulary readouts read back the direction (CPU) or the full logits.
-    pub(super) fn vocab_direction(&self) -> bool {
-        self.model.on_cpu()
+    /// `W_U`, when vocabulary readouts take its full product on the device.
+    pub(super) fn full_vocab_product(&self) -> Option<&Tensor<2>> {
+        match &self.model.weights.w_u {
+            rdla_model::vocab::Unembedding::Resident(w_u) if !self.model.on_cpu() => Some(w_u),
+            _ => None,
+        }
     }
 
     pub(super) fn zero(&self) -> Tensor<1> {

@@ -337,6 +337,52 @@ impl GgufFile {
         })
     }
 
+    /// Rows `rows` of an HF matrix stored without a layout change (an embedding or an
+    /// `lm_head`, `[V, d]`), dequantised and appended to `out`: a block of tokens without
+    /// reading the rest. `None` when the tensor is stored with a layout change (its rows are
+    /// not GGUF rows) or its rows are not whole quantisation blocks.
+    pub fn read_hf_rows(
+        &self,
+        t: &HfTensor,
+        rows: std::ops::Range<usize>,
+        out: &mut Vec<f32>,
+    ) -> Option<Result<()>> {
+        let src = self.tensors().get(t.source)?;
+        if t.transform != HfTransform::None || src.dims.len() != 2 {
+            return None;
+        }
+        let (n_rows, row_len) = rows_cols(src);
+        let (block_elems, block_bytes) = src.ggml_type.block_layout();
+        if !src.ggml_type.is_supported() || row_len == 0 || row_len % block_elems != 0 {
+            return None;
+        }
+        if rows.start > rows.end || rows.end > n_rows {
+            return Some(Err(GgufError::BadDims {
+                tensor: src.name.clone(),
+                dims: src.dims.clone(),
+                reason: format!("rows {rows:?} asked of {n_rows}"),
+            }));
+        }
+        let row_bytes = row_len / block_elems * block_bytes;
+        Some(self.tensor_bytes(src).and_then(|bytes| {
+            let slice = bytes
+                .get(rows.start * row_bytes..rows.end * row_bytes)
+                .ok_or_else(|| GgufError::BadDims {
+                    tensor: src.name.clone(),
+                    dims: src.dims.clone(),
+                    reason: format!("{} bytes of data are too few", bytes.len()),
+                })?;
+            crate::dequant::dequantize_into(src.ggml_type, slice, out);
+            Ok(())
+        }))
+    }
+
+    /// Whether [`GgufFile::read_hf_rows`] can read `t` a block of rows at a time.
+    pub fn has_hf_rows(&self, t: &HfTensor) -> bool {
+        let mut probe = Vec::new();
+        matches!(self.read_hf_rows(t, 0..0, &mut probe), Some(Ok(())))
+    }
+
     /// Read one HF tensor: dequantised, layout changes undone, row-major over `t.shape`.
     pub fn read_hf(&self, t: &HfTensor) -> Result<Vec<f32>> {
         let src = self

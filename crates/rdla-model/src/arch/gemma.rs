@@ -300,7 +300,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
         cfg.d_mlp,
         cfg.d_vocab,
     );
-    let mut w_e = k.get("embed_tokens.weight", &[v, d])?;
+    let w_e = k.embedding("embed_tokens.weight", &[v, d])?;
     let w_u = k.unembed_while(cfg, &w_e, |k| {
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}");
@@ -351,9 +351,9 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
     })?;
     let ln_f = norm(k, "norm", d)?;
     // the embedding is scaled after the (tied) unembedding was taken from it
-    let normalizer = (d as f64).sqrt() as f32;
-    w_e.data.iter_mut().for_each(|x| *x *= normalizer);
-    Ok(Canonical::without_blocks(w_e, None, ln_f, w_u))
+    let mut canon = Canonical::without_blocks(w_e, None, ln_f, w_u);
+    canon.scale_embedding((d as f64).sqrt() as f32);
+    Ok(canon)
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ fn attention_layers(r: &Raw, n_layers: usize) -> Result<Vec<String>> {
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
-    let w_e = k.get("wte.weight", &[v, d])?;
+    let w_e = k.embedding("wte.weight", &[v, d])?;
     let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);
     // the blocks are read while a tied unembedding is transposed on another thread
     let w_u = k.unembed_while(cfg, &w_e, |k| {

@@ -92,7 +92,7 @@ fn split_qkv(
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
     let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
-    let w_e = k.get("embed_in.weight", &[v, d])?;
+    let w_e = k.embedding("embed_in.weight", &[v, d])?;
     let w_u = k.unembed_while(cfg, &w_e, |k| {
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}");

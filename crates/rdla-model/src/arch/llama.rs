@@ -209,7 +209,7 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
     );
     // Phi-3 fuses q/k/v and gate/up
     let fused = std::ptr::eq(cfg.family, &PHI3);
-    let w_e = k.get("embed_tokens.weight", &[v, d])?;
+    let w_e = k.embedding("embed_tokens.weight", &[v, d])?;
     let w_u = k.unembed_while(cfg, &w_e, |k| {
         for l in 0..cfg.n_layers {
             let p = format!("layers.{l}");

@@ -68,9 +68,36 @@ pub struct Canonical {
     pub ln_f: Option<LayerNormParams>,
     pub w_u: HostTensor,
     pub b_u: HostTensor,
+    /// What the embedding's stored rows are multiplied by (Gemma: `sqrt(d_model)`).
+    pub embed_scale: f32,
+    /// Where the embedding and unembedding were left on disk instead of being read
+    /// ([`Keys::embedding`]); `w_e` and `w_u` are then empty placeholders of their shapes.
+    pub stored: Option<StoredKeys>,
+}
+
+/// The stored keys of token matrices left where they lie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKeys {
+    pub embed: String,
+    /// The untied unembedding `[V, d]`; `None`: tied to the embedding.
+    pub lm_head: Option<String>,
+}
+
+/// An empty tensor standing for a matrix left on disk.
+fn placeholder(shape: Vec<usize>) -> HostTensor {
+    HostTensor {
+        shape,
+        data: Vec::new(),
+    }
 }
 
 impl Canonical {
+    /// Multiply the embedding by `s` (also when it stays on disk: rows are scaled as read).
+    pub fn scale_embedding(&mut self, s: f32) {
+        self.w_e.data.iter_mut().for_each(|x| *x *= s);
+        self.embed_scale *= s;
+    }
+
     /// The model-wide tensors of a checkpoint without an unembedding bias (every supported
     /// family: `b_U = 0` before processing); the blocks go to the streaming sink instead.
     pub fn without_blocks(
@@ -87,6 +114,8 @@ impl Canonical {
             ln_f: Some(ln_f),
             w_u,
             b_u: HostTensor::zeros(vec![v]),
+            embed_scale: 1.0,
+            stored: None,
         }
     }
 }
@@ -191,10 +220,16 @@ pub fn load_canonical(
     progress: &mut ProgressFn<'_>,
 ) -> Result<Canonical> {
     let mut layers = Vec::with_capacity(cfg.n_layers);
-    let mut canon = load_streaming(cfg, store, progress, &mut |layer| {
-        layers.push(layer);
-        Ok(())
-    })?;
+    let mut canon = load_streaming(
+        cfg,
+        store,
+        progress,
+        &mut |layer| {
+            layers.push(layer);
+            Ok(())
+        },
+        false,
+    )?;
     canon.layers = layers;
     Ok(canon)
 }
@@ -202,17 +237,24 @@ pub fn load_canonical(
 /// Read the checkpoint, handing each block to `sink` as soon as it is read (so a caller can
 /// process and pack one block at a time instead of holding two copies of the model). The
 /// returned [`Canonical`] holds everything but the blocks (`layers` is empty).
+///
+/// With `leave_token_matrices`, an embedding and unembedding whose rows can be read where
+/// they lie ([`WeightStore::rows`]) are not read: the result names them in
+/// [`Canonical::stored`] instead.
 pub fn load_streaming(
     cfg: &ModelConfig,
     store: &WeightStore,
     progress: &mut ProgressFn<'_>,
     sink: &mut LayerSink<'_>,
+    leave_token_matrices: bool,
 ) -> Result<Canonical> {
     let family = cfg.family;
     let mut keys = Keys::new(store, progress, family.prefix, family.lm_head);
+    keys.leave_token_matrices = leave_token_matrices;
     keys.check_layers(cfg.n_layers)?;
-    let canon = (family.load)(cfg, &mut keys, sink)?;
+    let mut canon = (family.load)(cfg, &mut keys, sink)?;
     keys.finish()?;
+    canon.stored = keys.stored.take();
     Ok(canon)
 }
 
@@ -226,6 +268,9 @@ pub struct Keys<'a, 'p> {
     prefix: &'static [&'static str],
     /// The untied unembedding's keys (outside the prefix).
     lm_head: &'static [&'static str],
+    /// Leave the token matrices on disk where their rows can be read there.
+    leave_token_matrices: bool,
+    stored: Option<StoredKeys>,
 }
 
 impl<'a, 'p> Keys<'a, 'p> {
@@ -243,6 +288,8 @@ impl<'a, 'p> Keys<'a, 'p> {
             total,
             prefix,
             lm_head,
+            leave_token_matrices: false,
+            stored: None,
         }
     }
 
@@ -330,6 +377,36 @@ impl<'a, 'p> Keys<'a, 'p> {
         Ok(t)
     }
 
+    /// The embedding `name` `[V, d]`: read like [`Keys::get`], or — when token matrices are
+    /// left on disk and its rows (and an untied `lm_head`'s) can be read where they lie — an
+    /// empty placeholder, with the key recorded.
+    pub fn embedding(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let key = self.find(name);
+        let lm_head = self.lm_head_key();
+        let readable = |k: &str| {
+            self.store
+                .rows(k)
+                .is_some_and(|r| [r.rows(), r.cols()] == shape)
+        };
+        let leave = self.leave_token_matrices
+            && key
+                .as_deref()
+                .is_some_and(|k| self.store.shape(k) == Some(shape) && readable(k))
+            && lm_head.is_none_or(readable);
+        match key {
+            Some(key) if leave => {
+                self.done += self.store.nbytes(&key) + lm_head.map_or(0, |k| self.store.nbytes(k));
+                self.report()?;
+                self.stored = Some(StoredKeys {
+                    embed: key,
+                    lm_head: lm_head.map(str::to_string),
+                });
+                Ok(placeholder(shape.to_vec()))
+            }
+            _ => self.get(name, shape),
+        }
+    }
+
     pub fn layer_norm(&mut self, prefix: &str, d: usize) -> Result<LayerNormParams> {
         Ok(LayerNormParams {
             w: self.get(&format!("{prefix}.weight"), &[d])?.data,
@@ -363,6 +440,10 @@ impl<'a, 'p> Keys<'a, 'p> {
         w_e: &HostTensor,
         blocks: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<HostTensor> {
+        if self.stored.is_some() {
+            blocks(self)?;
+            return Ok(placeholder(vec![cfg.d_model, cfg.d_vocab]));
+        }
         if !cfg.tie_word_embeddings || self.lm_head_key().is_some() {
             blocks(self)?;
             return self.unembed(cfg, w_e);

@@ -7,7 +7,7 @@
 //! position, an MLP's pre-activation at a position) is recomputed from it on demand, batched,
 //! in [`crate::model::cache`].
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::error::Result;
 use crate::layout::Comp;
@@ -69,11 +69,9 @@ impl Model {
             cfg.d_model,
         );
         let (n_l, n_c, g) = (cfg.n_layers, layout.n(), cfg.kv_group());
-        let id_data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let id_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(id_data, [n]), dev);
         let rotary = self.rotary_tables(n);
 
-        let mut embed = w.w_e.clone().select(0, id_t); // [P, d]
+        let mut embed = self.embed(ids)?; // [P, d]
         for a in iv.at(|s| s == Site::Embed) {
             embed = ablate_rows(embed, a.pos, None, a.mode);
         }
@@ -224,8 +222,7 @@ impl Model {
             xf = xf.slice_assign([n - 1..n, 0..d], Self::ln_affine(xn, wb));
         }
         let last = xf.narrow(0, n - 1, 1); // [1, d]
-        let last_logits =
-            (last.matmul(w.w_u.clone()) + w.b_u.clone().unsqueeze_dim::<2>(0)).squeeze_dim::<1>(0);
+        let last_logits = self.logits(last)?.squeeze_dim::<1>(0);
 
         let cache = Cache {
             token_ids: ids.to_vec(),

@@ -7,7 +7,7 @@ pub mod forward;
 pub mod layer;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -17,7 +17,7 @@ use crate::error::{ModelError, Result, io_err};
 use crate::process::{self, Processing};
 use crate::rotary::LayerRotary;
 use crate::tokenizer::Tokenizer;
-use crate::vocab::{Extremes, VocabSketch};
+use crate::vocab::{Extremes, StoredVocab, Unembedding, VocabProcessing, VocabSketch};
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
 pub use cache::Cache;
@@ -25,8 +25,9 @@ pub use cache::Cache;
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
 #[derive(Debug, Clone)]
 pub struct Weights {
-    /// `[V, d]`
-    pub w_e: Tensor<2>,
+    /// `[V, d]`, when resident (else the embedding's rows are read where they lie through
+    /// [`Weights::w_u`]'s [`Unembedding::Stored`]).
+    pub w_e: Option<Tensor<2>>,
     /// `[n_ctx, d]` (learned positions only)
     pub w_pos: Option<Tensor<2>>,
     /// LayerNorm weight and bias `[L, d]` each, present only when not folded.
@@ -63,7 +64,7 @@ pub struct Weights {
     /// Weights of the post-attention and post-MLP RMSNorms `[L, d]` each (Gemma).
     pub post_norm: Option<(Tensor<2>, Tensor<2>)>,
     /// `[d, V]`
-    pub w_u: Tensor<2>,
+    pub w_u: Unembedding,
     /// `[V]`
     pub b_u: Tensor<1>,
 }
@@ -177,13 +178,31 @@ impl LayerStacks {
 }
 
 impl Weights {
-    /// Upload the processed model-wide tensors and the stacked blocks.
-    fn upload(c: Canonical, stacks: LayerStacks, device: &Device) -> Self {
+    /// Upload the processed model-wide tensors and the stacked blocks; token matrices left
+    /// on disk (`stored`) stay there.
+    fn upload(
+        c: Canonical,
+        stacks: LayerStacks,
+        stored: Option<StoredVocab>,
+        device: &Device,
+    ) -> Self {
         let n = stacks.n_layers;
+        let (w_e, w_u, b_u) = match stored {
+            Some(s) => {
+                let v = s.b_u().len();
+                let b_u = Tensor::from_data(TensorData::new(s.b_u().to_vec(), [v]), device);
+                (None, Unembedding::Stored(Arc::new(s)), b_u)
+            }
+            None => (
+                Some(upload(c.w_e, device)),
+                Unembedding::Resident(upload(c.w_u, device)),
+                upload(c.b_u, device),
+            ),
+        };
         let ln =
             |p: Option<(Stack, Stack)>| p.map(|(w, b)| (w.upload(n, device), b.upload(n, device)));
         Self {
-            w_e: upload(c.w_e, device),
+            w_e,
             w_pos: c.w_pos.map(|t| upload(t, device)),
             ln1: ln(stacks.ln1),
             ln2: ln(stacks.ln2),
@@ -213,8 +232,8 @@ impl Weights {
             post_norm: stacks
                 .post_norm
                 .map(|(a, m)| (a.upload(n, device), m.upload(n, device))),
-            w_u: upload(c.w_u, device),
-            b_u: upload(c.b_u, device),
+            w_u,
+            b_u,
         }
     }
 }
@@ -466,7 +485,9 @@ impl Model {
         progress: &mut ProgressFn<'_>,
     ) -> Result<Self> {
         // Stream: each block is processed and packed as soon as it is read, so the host holds
-        // the packed model plus one block, never a second full copy.
+        // the packed model plus one block, never a second full copy. On the CPU the token
+        // matrices stay where they lie when their rows can be read there.
+        let leave = *device == Device::flex();
         crate::memory::check(
             || {
                 format!(
@@ -477,20 +498,58 @@ impl Model {
                     config.d_vocab
                 )
             },
-            crate::memory::model_bytes(&config),
+            crate::memory::model_bytes(&config, leave && store.reads_rows_in_place()),
             crate::memory::available_bytes(),
         )?;
         let processing = processing.for_config(&config);
         let norm = config.norm;
         let mut stacks = LayerStacks::new(config.n_layers);
-        let mut canon = arch::load_streaming(&config, store, progress, &mut |mut layer| {
-            process::process_layer(&mut layer, processing, norm);
-            stacks.push(&layer);
-            Ok(())
-        })?;
+        let mut canon = arch::load_streaming(
+            &config,
+            store,
+            progress,
+            &mut |mut layer| {
+                process::process_layer(&mut layer, processing, norm);
+                stacks.push(&layer);
+                Ok(())
+            },
+            leave,
+        )?;
+        let vocab_proc = VocabProcessing {
+            embed_scale: canon.embed_scale,
+            centre_embed: processing.center_writing_weights
+                && processing.fold_ln
+                && norm == crate::config::Norm::LayerNorm,
+            fold: canon
+                .ln_f
+                .as_ref()
+                .filter(|_| processing.fold_ln)
+                .map(|ln| (ln.w.clone(), ln.b.clone())),
+            centre_cols: processing.fold_ln
+                && canon.ln_f.is_some()
+                && norm == crate::config::Norm::LayerNorm,
+            centre_vocab: processing.center_unembed,
+        };
+        let stored = match &canon.stored {
+            Some(keys) => {
+                let reader = |key: &str| {
+                    store.rows(key).ok_or_else(|| ModelError::MissingTensor {
+                        key: key.to_string(),
+                        tried: vec![key.to_string()],
+                    })
+                };
+                let lm_head = keys.lm_head.as_deref().map(reader).transpose()?;
+                Some(StoredVocab::open(
+                    reader(&keys.embed)?,
+                    lm_head,
+                    vocab_proc,
+                )?)
+            }
+            None => None,
+        };
         process::process_globals(&mut canon, processing, norm);
         debug_assert_eq!(stacks.count, config.n_layers);
-        let weights = Weights::upload(canon, stacks, device);
+        let weights = Weights::upload(canon, stacks, stored, device);
         Ok(Self {
             name: display_name(dir),
             dir: dir.to_path_buf(),
@@ -555,7 +614,7 @@ impl Model {
     }
 
     /// Logits at every position `[P, V]` from a cache (the forward computes only the last).
-    pub fn all_logits(&self, cache: &Cache) -> Tensor<2> {
+    pub fn all_logits(&self, cache: &Cache) -> Result<Tensor<2>> {
         let resid = cache.components.clone().sum_dim(0).squeeze_dim::<2>(0); // [P, d]
         let xn = self.centred(resid) / cache.final_scale.clone().unsqueeze_dim::<2>(1);
         let wb = self.weights.ln_f.as_ref().map(|(w, b)| {
@@ -564,8 +623,55 @@ impl Model {
                 b.clone().unsqueeze_dim::<2>(0),
             )
         });
-        Self::ln_affine(xn, wb).matmul(self.weights.w_u.clone())
-            + self.weights.b_u.clone().unsqueeze_dim::<2>(0)
+        self.logits(Self::ln_affine(xn, wb))
+    }
+
+    /// Logits of final-norm outputs `x` `[n, d]`: `x W_U + b_U` `[n, V]`.
+    pub fn logits(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        let b_u = self.weights.b_u.clone().unsqueeze_dim::<2>(0);
+        match &self.weights.w_u {
+            Unembedding::Resident(w_u) => Ok(x.matmul(w_u.clone()) + b_u),
+            u @ Unembedding::Stored(_) => {
+                let [n, d] = x.dims();
+                let host = to_vec(x)?;
+                let mut out = Vec::new();
+                for row in host.chunks_exact(d) {
+                    out.extend(u.product(row)?);
+                }
+                let v = out.len() / n.max(1);
+                Ok(Tensor::<2>::from_data(TensorData::new(out, [n, v]), &self.device) + b_u)
+            }
+        }
+    }
+
+    /// Embedding rows of `ids` `[n, d]`, processed.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor<2>> {
+        let n = ids.len();
+        match (&self.weights.w_e, &self.weights.w_u) {
+            (Some(w_e), _) => {
+                let idx: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+                let idx = Tensor::<1, burn::tensor::Int>::from_data(
+                    TensorData::new(idx, [n]),
+                    &self.device,
+                );
+                Ok(w_e.clone().select(0, idx))
+            }
+            (None, Unembedding::Stored(s)) => {
+                let d = self.config.d_model;
+                Ok(Tensor::from_data(
+                    TensorData::new(s.embed_rows(ids)?, [n, d]),
+                    &self.device,
+                ))
+            }
+            (None, Unembedding::Resident(_)) => Err(ModelError::Device(
+                "the embedding is neither resident nor stored".into(),
+            )),
+        }
+    }
+
+    /// Columns `ids` of the processed unembedding `[d, n]`.
+    pub fn unembed_columns(&self, ids: &[u32]) -> Result<Tensor<2>> {
+        self.weights.w_u.columns_at(ids, &self.device)
     }
 }
 
