@@ -759,6 +759,9 @@ mod tests {
             d_model: config.d_model,
             d_vocab: config.d_vocab,
             weights: String::new(),
+            disk_bytes: 0,
+            held_bytes: 0,
+            tokens_in_place: false,
         };
         ModelInfo {
             source: ModelSource::Default,

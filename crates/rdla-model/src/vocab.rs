@@ -209,29 +209,18 @@ const PAR_MIN_TOKENS: usize = 2048;
 
 impl Approx<'_> {
     fn run(self) {
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let s = self.sketch;
-        let per = s.v.div_ceil(threads).max(PAR_MIN_TOKENS);
-        std::thread::scope(|scope| {
-            let mut parts = self
-                .out
-                .chunks_mut(per)
-                .zip(s.q.chunks(per * s.d))
-                .zip(s.scale.chunks(per));
-            let first = parts.next();
-            for ((out, q), scale) in parts {
-                let c = self.c;
-                scope.spawn(move || Rows { c, q, scale, out }.dispatch());
+        let (s, c) = (self.sketch, self.c);
+        // infallible: each part only computes
+        let _ = par_parts(self.out, PAR_MIN_TOKENS, |first, out| {
+            let n = out.len();
+            Rows {
+                c,
+                q: &s.q[first * s.d..(first + n) * s.d],
+                scale: &s.scale[first..first + n],
+                out,
             }
-            if let Some(((out, q), scale)) = first {
-                Rows {
-                    c: self.c,
-                    q,
-                    scale,
-                    out,
-                }
-                .dispatch();
-            }
+            .dispatch();
+            Ok(())
         });
     }
 }
@@ -439,6 +428,37 @@ pub struct StoredVocab {
 /// Tokens read per block.
 const ROW_CHUNK: usize = 1024;
 
+/// Run `f(first, part)` over `out` cut into one part per core (each at least `min` long,
+/// `first` its offset), the calling thread taking the first; the results in order, or the
+/// first error.
+fn par_parts<T: Send, R: Send>(
+    out: &mut [T],
+    min: usize,
+    f: impl Fn(usize, &mut [T]) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let per = out.len().div_ceil(threads).max(min).max(1);
+    std::thread::scope(|s| {
+        let mut parts = out.chunks_mut(per).enumerate();
+        let first = parts.next();
+        let f = &f;
+        let handles: Vec<_> = parts
+            .map(|(i, part)| s.spawn(move || f(i * per, part)))
+            .collect();
+        let mut results = Vec::with_capacity(handles.len() + 1);
+        if let Some((_, part)) = first {
+            results.push(f(0, part));
+        }
+        for h in handles {
+            results
+                .push(h.join().unwrap_or_else(|_| {
+                    Err(ModelError::Device("a worker thread panicked".into()))
+                }));
+        }
+        results.into_iter().collect()
+    })
+}
+
 /// `c` prepared for products with raw stored columns: `c·u_j = (c ⊙ w)·e_j − κ_j Σc − c·μ`.
 struct Prepared {
     a: Vec<f32>,
@@ -495,42 +515,15 @@ impl StoredVocab {
             mu: vec![0.0; d],
             b_u: vec![0.0; v],
         };
+        // per token (κ_j, unrounded b_U[j]); per part, Σ_j (w ⊙ e_j − κ_j) in f64
+        let mut stats = vec![(0f32, 0f64); v];
+        let sums = par_parts(&mut stats, ROW_CHUNK, |first, part| me.stats(first, part))?;
         let mut sum_y = vec![0f64; d];
-        let mut bias = vec![0f64; v];
-        let mut rows = Vec::with_capacity(ROW_CHUNK * d);
-        let mut folded = vec![0f32; d];
-        for v0 in (0..v).step_by(ROW_CHUNK) {
-            let n = ROW_CHUNK.min(v - v0);
-            rows.clear();
-            me.raw().read(v0..v0 + n, &mut rows)?;
-            if !rows.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                return Err(ModelError::NonFinite {
-                    key: me.raw().key().to_string(),
-                });
-            }
-            for (j, e) in rows.chunks_exact(d).enumerate() {
-                let mut mean = 0f64;
-                for (m, (&x, f)) in e.iter().zip(&mut folded).enumerate() {
-                    *f = match &me.proc.fold {
-                        Some((w, b)) => {
-                            bias[v0 + j] += f64::from(x) * f64::from(b[m]);
-                            x * w[m]
-                        }
-                        None => x,
-                    };
-                    mean += f64::from(*f);
-                }
-                let kappa = if me.proc.centre_cols {
-                    (mean / d as f64) as f32
-                } else {
-                    0.0
-                };
-                me.kappa[v0 + j] = kappa;
-                for (acc, &f) in sum_y.iter_mut().zip(&folded) {
-                    *acc += f64::from(f - kappa);
-                }
-            }
+        for part in sums {
+            sum_y.iter_mut().zip(part).for_each(|(a, x)| *a += x);
         }
+        me.kappa = stats.iter().map(|s| s.0).collect();
+        let bias: Vec<f64> = stats.iter().map(|s| s.1).collect();
         let mut b_u: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
         if me.proc.centre_vocab {
             me.mu = sum_y.iter().map(|&s| (s / v as f64) as f32).collect();
@@ -539,6 +532,48 @@ impl StoredVocab {
         }
         me.b_u = b_u;
         Ok(me)
+    }
+
+    /// Opening's pass over tokens `first..first + out.len()`: each one's `(κ_j, b_U[j])`,
+    /// and the part's `Σ_j (w ⊙ e_j − κ_j)` `[d]`.
+    fn stats(&self, first: usize, out: &mut [(f32, f64)]) -> Result<Vec<f64>> {
+        let d = self.d;
+        let mut sum_y = vec![0f64; d];
+        let mut rows = Vec::with_capacity(ROW_CHUNK * d);
+        let mut folded = vec![0f32; d];
+        for (b, block) in out.chunks_mut(ROW_CHUNK).enumerate() {
+            let v0 = first + b * ROW_CHUNK;
+            rows.clear();
+            self.raw().read(v0..v0 + block.len(), &mut rows)?;
+            if !rows.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    key: self.raw().key().to_string(),
+                });
+            }
+            for (stat, e) in block.iter_mut().zip(rows.chunks_exact(d)) {
+                let (mut mean, mut bias) = (0f64, 0f64);
+                for (m, (&x, f)) in e.iter().zip(&mut folded).enumerate() {
+                    *f = match &self.proc.fold {
+                        Some((w, b)) => {
+                            bias += f64::from(x) * f64::from(b[m]);
+                            x * w[m]
+                        }
+                        None => x,
+                    };
+                    mean += f64::from(*f);
+                }
+                let kappa = if self.proc.centre_cols {
+                    (mean / d as f64) as f32
+                } else {
+                    0.0
+                };
+                *stat = (kappa, bias);
+                for (acc, &f) in sum_y.iter_mut().zip(&folded) {
+                    *acc += f64::from(f - kappa);
+                }
+            }
+        }
+        Ok(sum_y)
     }
 
     fn raw(&self) -> &RowReader {
@@ -613,9 +648,7 @@ impl StoredVocab {
     fn product(&self, c: &[f32]) -> Result<Vec<f32>> {
         let prep = self.prepare(c);
         let mut out = vec![0f32; self.v];
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let per = self.v.div_ceil(threads).max(ROW_CHUNK);
-        let run = |first: usize, part: &mut [f32]| -> Result<()> {
+        par_parts(&mut out, ROW_CHUNK, |first, part| {
             let mut rows = Vec::with_capacity(ROW_CHUNK * self.d);
             for (b, block) in part.chunks_mut(ROW_CHUNK).enumerate() {
                 let v0 = first + b * ROW_CHUNK;
@@ -626,24 +659,6 @@ impl StoredVocab {
                 }
             }
             Ok(())
-        };
-        std::thread::scope(|s| {
-            let mut parts = out.chunks_mut(per).enumerate();
-            let first = parts.next();
-            let handles: Vec<_> = parts
-                .map(|(i, part)| {
-                    let run = &run;
-                    s.spawn(move || run(i * per, part))
-                })
-                .collect();
-            let mut res = first.map_or(Ok(()), |(_, part)| run(0, part));
-            for h in handles {
-                let r = h.join().unwrap_or_else(|_| {
-                    Err(ModelError::Device("a readout thread panicked".into()))
-                });
-                res = res.and(r);
-            }
-            res
         })?;
         Ok(out)
     }

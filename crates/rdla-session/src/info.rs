@@ -19,6 +19,13 @@ pub struct ModelFacts {
     pub d_vocab: usize,
     /// Which weight files were read.
     pub weights: String,
+    /// Bytes of the weight files on disk.
+    pub disk_bytes: u64,
+    /// About how many bytes the model holds in memory.
+    pub held_bytes: u64,
+    /// Whether the embedding and unembedding are read where they lie on disk (the CPU) rather
+    /// than held in `f32`.
+    pub tokens_in_place: bool,
 }
 
 impl ModelFacts {
@@ -33,6 +40,9 @@ impl ModelFacts {
             d_model: c.d_model,
             d_vocab: c.d_vocab,
             weights: m.weights_source.clone(),
+            disk_bytes: m.disk_bytes,
+            held_bytes: m.held_bytes(),
+            tokens_in_place: m.tokens_in_place(),
         }
     }
 }
@@ -84,6 +94,29 @@ impl ModelInfo {
             "{} · {} · {}L {}H{kv} d{}",
             f.name, f.architecture, f.n_layers, f.n_heads, f.d_model
         )
+    }
+}
+
+impl ModelFacts {
+    /// `253 MB on disk · about 412 MB in memory`.
+    pub fn memory_line(&self) -> String {
+        format!(
+            "{} on disk · about {} in memory",
+            bytes(self.disk_bytes),
+            bytes(self.held_bytes)
+        )
+    }
+}
+
+/// `812 kB`, `253 MB`, `4.9 GB` (decimal units, as file managers show file sizes).
+pub fn bytes(n: u64) -> String {
+    let n = n as f64;
+    if n < 1e6 {
+        format!("{:.0} kB", n / 1e3)
+    } else if n < 1e9 {
+        format!("{:.0} MB", n / 1e6)
+    } else {
+        format!("{:.1} GB", n / 1e9)
     }
 }
 
@@ -147,4 +180,14 @@ fn describe_config(c: &rdla_model::ModelConfig) -> String {
         "{norm} · {pos} · {resid} · {heads} of {} · {mlp}{extras} · context {} · vocabulary {} · stored as {}",
         c.d_head, c.n_ctx, c.d_vocab, c.dtype
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_like_a_file_manager() {
+        assert_eq!(super::bytes(812_345), "812 kB");
+        assert_eq!(super::bytes(253_400_000), "253 MB");
+        assert_eq!(super::bytes(4_920_000_000), "4.9 GB");
+    }
 }

@@ -28,6 +28,14 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
                 m.processing.join(", ")
             ));
             ui.separator();
+            let where_tokens = if m.facts.tokens_in_place {
+                "the embedding and unembedding are read where they lie on disk \
+                 (memory-mapped, or GGUF blocks dequantised a block of tokens at a time)"
+            } else {
+                "every weight is held in memory in f32"
+            };
+            ui.label(m.facts.memory_line()).on_hover_text(where_tokens);
+            ui.separator();
         }
         if let Some(c) = &state.computed {
             ui.label(format!(

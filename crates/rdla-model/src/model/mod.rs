@@ -252,6 +252,8 @@ pub struct Model {
     pub name: String,
     /// Which weight files were read.
     pub weights_source: String,
+    /// Bytes of the weight files on disk.
+    pub disk_bytes: u64,
     /// What rdla must never write into: the model's folder (or its file, for a single-file
     /// model).
     pub protected: Vec<PathBuf>,
@@ -554,6 +556,12 @@ impl Model {
             name: display_name(dir),
             dir: dir.to_path_buf(),
             weights_source: store.description.clone(),
+            disk_bytes: store
+                .paths
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum(),
             protected: protected_paths(Some(dir), &store.paths),
             config,
             processing,
@@ -667,6 +675,18 @@ impl Model {
                 "the embedding is neither resident nor stored".into(),
             )),
         }
+    }
+
+    /// Whether the embedding and unembedding are read where they lie on disk (else both are
+    /// held, processed, in `f32`).
+    pub fn tokens_in_place(&self) -> bool {
+        matches!(self.weights.w_u, Unembedding::Stored(_))
+    }
+
+    /// About how many bytes the loaded model holds in memory (the estimate checked before
+    /// loading; the readout sketch included when the token matrices are read in place).
+    pub fn held_bytes(&self) -> u64 {
+        crate::memory::model_bytes(&self.config, self.tokens_in_place())
     }
 
     /// Columns `ids` of the processed unembedding `[d, n]`.
