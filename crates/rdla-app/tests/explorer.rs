@@ -282,6 +282,9 @@ fn rotary_models_show_their_own_components() {
     );
     assert!(!m.processing.contains(&"center_writing_weights"));
     h.get_by_label("llama_gqa · LlamaForCausalLM · 3L 4H (2 KV) d32");
+    // on the CPU its token matrices stay in the file; the status bar says what it holds
+    assert!(m.facts.tokens_in_place && m.facts.disk_bytes > 0);
+    h.get_by_label(&m.facts.memory_line());
     let hm = app.current_view().unwrap().heatmap.clone();
     assert_eq!(hm.cols, ["H0", "H1", "H2", "H3", "attn bias", "MLP"]);
     click(&mut h, "L2.attn/H3");

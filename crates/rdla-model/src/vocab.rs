@@ -428,6 +428,9 @@ pub struct StoredVocab {
 /// Tokens read per block.
 const ROW_CHUNK: usize = 1024;
 
+/// Bytes of `f32` rows converted per block of a full product (about an L2 cache).
+const PRODUCT_BLOCK_BYTES: usize = 256 << 10;
+
 /// Run `f(first, part)` over `out` cut into one part per core (each at least `min` long,
 /// `first` its offset), the calling thread taking the first; the results in order, or the
 /// first error.
@@ -648,15 +651,20 @@ impl StoredVocab {
     fn product(&self, c: &[f32]) -> Result<Vec<f32>> {
         let prep = self.prepare(c);
         let mut out = vec![0f32; self.v];
+        // small blocks: a converted block is still in cache when it is multiplied
+        let block_rows = (PRODUCT_BLOCK_BYTES / (4 * self.d)).max(1);
         par_parts(&mut out, ROW_CHUNK, |first, part| {
-            let mut rows = Vec::with_capacity(ROW_CHUNK * self.d);
-            for (b, block) in part.chunks_mut(ROW_CHUNK).enumerate() {
-                let v0 = first + b * ROW_CHUNK;
-                rows.clear();
-                self.raw().read(v0..v0 + block.len(), &mut rows)?;
-                for (j, (o, e)) in block.iter_mut().zip(rows.chunks_exact(self.d)).enumerate() {
-                    *o = prep.apply(e, self.kappa[v0 + j]);
-                }
+            let mut scratch = Vec::with_capacity(block_rows * self.d);
+            for (b, block) in part.chunks_mut(block_rows).enumerate() {
+                let v0 = first + b * block_rows;
+                self.raw()
+                    .with_rows(v0..v0 + block.len(), &mut scratch, |rows| {
+                        for (j, (o, e)) in
+                            block.iter_mut().zip(rows.chunks_exact(self.d)).enumerate()
+                        {
+                            *o = prep.apply(e, self.kappa[v0 + j]);
+                        }
+                    })?;
             }
             Ok(())
         })?;

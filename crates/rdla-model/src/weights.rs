@@ -594,6 +594,37 @@ impl RowReader {
         }
     }
 
+    /// Rows `r` as `f32` (row-major, `cols` each) handed to `f`: in place when they are
+    /// stored as aligned little-endian `f32` (no copy), else converted into `scratch`.
+    pub fn with_rows<R>(
+        &self,
+        r: Range<usize>,
+        scratch: &mut Vec<f32>,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R> {
+        if let RowSrc::Mapped {
+            map,
+            start,
+            ty: SrcType::F32,
+            ..
+        } = &self.src
+            && cfg!(target_endian = "little")
+            && r.start <= r.end
+            && r.end <= self.rows
+        {
+            let row = self.cols * 4;
+            if let Some(Ok(rows)) = map
+                .get(start + r.start * row..start + r.end * row)
+                .map(bytemuck::try_cast_slice::<u8, f32>)
+            {
+                return Ok(f(rows));
+            }
+        }
+        scratch.clear();
+        self.read(r, scratch)?;
+        Ok(f(scratch))
+    }
+
     /// Append rows `r` (row-major, `cols` each) to `out`.
     pub fn read(&self, r: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
         if r.start > r.end || r.end > self.rows {
