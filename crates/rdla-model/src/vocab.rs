@@ -251,29 +251,9 @@ impl pulp::WithSimd for Rows<'_> {
             .zip(self.q.chunks_exact(d))
             .zip(self.scale)
         {
-            *o = s * dot_i8(self.c, q);
+            *o = s * dot(self.c, q);
         }
     }
-}
-
-/// `Σ c_i q_i` in 16 independent lanes (so it vectorises).
-#[inline(always)]
-fn dot_i8(c: &[f32], q: &[i8]) -> f32 {
-    const W: usize = 16;
-    let mut acc = [0f32; W];
-    let (cc, qc) = (c.chunks_exact(W), q.chunks_exact(W));
-    let (cr, qr) = (cc.remainder(), qc.remainder());
-    for (x, y) in cc.zip(qc) {
-        for l in 0..W {
-            acc[l] += x[l] * f32::from(y[l]);
-        }
-    }
-    let head: f32 = acc.iter().sum();
-    head + cr
-        .iter()
-        .zip(qr)
-        .map(|(x, &y)| x * f32::from(y))
-        .sum::<f32>()
 }
 
 /// The extremes of `c · W_U` (`c` on the host, `[d]`), exactly: through `sketch` where it
@@ -475,20 +455,23 @@ impl Prepared {
     }
 }
 
-/// `Σ a_i b_i` in 16 independent lanes.
+/// `Σ a_i b_i` in 16 independent lanes (so it vectorises), `b` in `f32` or `i8`.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: Copy>(a: &[f32], b: &[T]) -> f32
+where
+    f32: From<T>,
+{
     const W: usize = 16;
     let mut acc = [0f32; W];
     let (ac, bc) = (a.chunks_exact(W), b.chunks_exact(W));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
         for l in 0..W {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * f32::from(y[l]);
         }
     }
     let head: f32 = acc.iter().sum();
-    head + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
+    head + ar.iter().zip(br).map(|(x, &y)| x * f32::from(y)).sum::<f32>()
 }
 
 impl StoredVocab {
