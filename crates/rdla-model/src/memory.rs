@@ -2,6 +2,9 @@
 //! need more memory than the machine has is a clear error ("needs about X GiB; this machine has
 //! Y GiB available"), never an allocation failure that aborts the process.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::model::layer::QUERY_BLOCK;
@@ -96,6 +99,129 @@ pub fn check(what: impl FnOnce() -> String, needed: u64, available: Option<u64>)
     }
 }
 
+/// The memory budget set with `--max-memory` (0: none set).
+static BUDGET: AtomicU64 = AtomicU64::new(0);
+
+/// The share of available memory the budget defaults to.
+const DEFAULT_SHARE: f64 = 0.8;
+
+/// What rdla may hold, the model and the prompt's cache together: `--max-memory`, or by
+/// default 80 % of the memory available when first asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Budget {
+    pub bytes: u64,
+    /// Set by the user (`--max-memory`), not the default.
+    pub explicit: bool,
+}
+
+/// Set the process's budget (`--max-memory`).
+pub fn set_budget(bytes: u64) {
+    BUDGET.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// The process's budget; `None` when none was set and available memory is unknown.
+pub fn budget() -> Option<Budget> {
+    static DEFAULT: OnceLock<Option<u64>> = OnceLock::new();
+    match BUDGET.load(Ordering::Relaxed) {
+        0 => DEFAULT
+            .get_or_init(|| available_bytes().map(|a| (a as f64 * DEFAULT_SHARE) as u64))
+            .map(|bytes| Budget {
+                bytes,
+                explicit: false,
+            }),
+        bytes => Some(Budget {
+            bytes,
+            explicit: true,
+        }),
+    }
+}
+
+/// A size as people write it: `6GiB`, `500MiB`, `1.5GB`, `800M`, `4g`, or plain bytes.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 6GiB, 500MiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => (1u64 << 20) as f64,
+        "g" | "gb" => 1e9,
+        "gib" => GIB,
+        "t" | "tb" => 1e12,
+        "tib" => GIB * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use KiB, MiB, GiB, …)"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0) {
+        return Err(format!("`{text}` is not a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `needed` more bytes on top of `held` against the machine ([`check`]) and the budget:
+/// over the budget is [`ModelError::OverBudget`], naming the budget that would do.
+pub fn check_budget(what: impl Fn() -> String, needed: u64, held: u64) -> Result<()> {
+    check(&what, needed, available_bytes())?;
+    match budget() {
+        Some(b) if held.saturating_add(needed) > b.bytes => Err(ModelError::OverBudget {
+            what: what(),
+            needed_gib: needed as f64 / GIB,
+            held_gib: held as f64 / GIB,
+            budget_gib: b.bytes as f64 / GIB,
+            how: if b.explicit {
+                "--max-memory".into()
+            } else {
+                format!(
+                    "the default, {:.0} % of the memory available; --max-memory sets it",
+                    DEFAULT_SHARE * 100.0
+                )
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The process's peak resident memory so far (`VmHWM`, Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What the JSON reports under `memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryReport {
+    pub budget_bytes: Option<u64>,
+    /// Whether the budget was set with `--max-memory` (else the default).
+    pub budget_explicit: bool,
+    pub peak_bytes: Option<u64>,
+    /// Layers read from disk again during the computation (0: every layer is resident).
+    pub streamed_layers: u64,
+}
+
+/// The memory report now.
+pub fn report() -> MemoryReport {
+    let b = budget();
+    MemoryReport {
+        budget_bytes: b.map(|b| b.bytes),
+        budget_explicit: b.is_some_and(|b| b.explicit),
+        peak_bytes: peak_rss_bytes(),
+        streamed_layers: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -125,6 +251,18 @@ mod tests {
         assert!((1.5..5.0).contains(&p8k), "{p8k} GiB");
         let p4k = prompt_bytes(&cfg, 4096) as f64 / GIB;
         assert!(p8k / p4k < 2.2, "{p4k} → {p8k}: not linear");
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("6GiB"), Ok(6 << 30));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("800m"), Ok(800_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "GiB", "-1GiB", "6 parsecs", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -471,7 +471,11 @@ where
         }
     }
     let head: f32 = acc.iter().sum();
-    head + ar.iter().zip(br).map(|(x, &y)| x * f32::from(y)).sum::<f32>()
+    head + ar
+        .iter()
+        .zip(br)
+        .map(|(x, &y)| x * f32::from(y))
+        .sum::<f32>()
 }
 
 impl StoredVocab {

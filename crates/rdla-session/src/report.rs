@@ -89,6 +89,7 @@ pub fn report_json(
         "component_labels": o.layout.labels(),
         "unembed_bias": c.unembed_bias,
         "timings_ms": timings,
+        "memory": rdla_model::memory::report(),
     });
     if let Some(map) = v.as_object_mut() {
         // inserted, not written inside `json!` (which would serialise a second copy of

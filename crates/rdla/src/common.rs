@@ -40,6 +40,10 @@ pub struct ComputeArgs {
     /// MLP linearisation: `frozen-gate` (exact) or `gradient` (approximate, shows residual).
     #[arg(long, default_value = "frozen-gate")]
     pub mlp_mode: MlpMode,
+    /// Memory budget for the model and the prompt together (e.g. 6GiB, 500MiB; default 80 %
+    /// of the memory available). A model or prompt over it is an error naming what it needs.
+    #[arg(long, value_name = "SIZE", value_parser = rdla_model::memory::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 /// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given); a
@@ -57,6 +61,9 @@ fn read_prompt(text: Option<&str>, file: Option<&Path>, n_ctx: usize) -> anyhow:
 
 /// Open the model and compute the request; returns the session and the load time (ms).
 pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
+    if let Some(bytes) = a.max_memory {
+        rdla_model::memory::set_budget(bytes);
+    }
     let t_load = Instant::now();
     let (device, info) = select_device(a.device)?;
     let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)

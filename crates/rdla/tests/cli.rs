@@ -593,3 +593,35 @@ fn a_runaway_tokenizer_regex_is_a_quiet_error() {
         "pre-tokenizer pattern",
     );
 }
+
+/// `--max-memory` holds: a budget smaller than the model is a clear error naming the budget
+/// that would do, a bad size is refused by the parser, and a budget that fits is reported in
+/// the JSON's `memory` with the process's peak.
+#[test]
+fn a_memory_budget_holds_and_is_reported() {
+    let model = fixture("gpt2_tied");
+    let m = model.to_str().unwrap();
+    let out = attribute(m, &["--max-memory", "1KiB"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the memory budget is 0.00 GiB (--max-memory)")
+            && err.contains("needs at least"),
+        "{err}"
+    );
+    let out = attribute(m, &["--max-memory", "6 parsecs"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+
+    let out = attribute(m, &["--max-memory", "2GiB", "--json", "-"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mem = &v["memory"];
+    assert_eq!(mem["budget_bytes"], 2u64 << 30, "{mem}");
+    assert_eq!(mem["budget_explicit"], true, "{mem}");
+    assert_eq!(mem["streamed_layers"], 0, "{mem}");
+    let peak = mem["peak_bytes"].as_u64().unwrap();
+    assert!(peak > 1 << 20 && peak < 2u64 << 30, "{mem}");
+    // the model facts say where the token matrices are
+    assert_eq!(v["model"]["tokens_in_place"], true, "{}", v["model"]);
+}

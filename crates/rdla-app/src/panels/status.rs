@@ -36,6 +36,19 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
             };
             ui.label(m.facts.memory_line()).on_hover_text(where_tokens);
             ui.separator();
+            if let Some(b) = rdla_model::memory::budget() {
+                let how = if b.explicit {
+                    "set with --max-memory"
+                } else {
+                    "the default: 80 % of the memory available at start; --max-memory sets it"
+                };
+                ui.label(format!("budget {}", rdla_session::info::bytes(b.bytes)))
+                    .on_hover_text(format!(
+                        "what the model and a prompt may hold together ({how}); every layer is \
+                     resident, so a model or prompt over it is refused with what it needs"
+                    ));
+                ui.separator();
+            }
         }
         if let Some(c) = &state.computed {
             ui.label(format!(

@@ -490,7 +490,7 @@ impl Model {
         // the packed model plus one block, never a second full copy. On the CPU the token
         // matrices stay where they lie when their rows can be read there.
         let leave = *device == Device::flex();
-        crate::memory::check(
+        crate::memory::check_budget(
             || {
                 format!(
                     "loading this {} ({} layers, d_model {}, vocabulary {}) in f32",
@@ -501,7 +501,7 @@ impl Model {
                 )
             },
             crate::memory::model_bytes(&config, leave && store.reads_rows_in_place()),
-            crate::memory::available_bytes(),
+            0,
         )?;
         let processing = processing.for_config(&config);
         let norm = config.norm;
@@ -608,10 +608,10 @@ impl Model {
                 vocab: self.config.d_vocab,
             });
         }
-        crate::memory::check(
+        crate::memory::check_budget(
             || format!("a {}-token prompt on this model", ids.len()),
             crate::memory::prompt_bytes(&self.config, ids.len()),
-            crate::memory::available_bytes(),
+            self.held_bytes(),
         )
     }
 
