@@ -148,6 +148,10 @@ pub fn create_app(
     if let Some(a) = &opts.answer {
         settings.answer.clone_from(a);
     }
+    // a remembered budget that no longer parses is dropped (the field shows it empty)
+    if settings.apply_budget(true).is_err() {
+        settings.max_memory.clear();
+    }
     install_fonts(&cc.egui_ctx);
     let (device, info) = device_for(cc.wgpu_render_state.as_ref());
     let ctx = cc.egui_ctx.clone();

@@ -21,6 +21,8 @@ pub struct Settings {
     pub colormap: ColorMap,
     /// Most recent first.
     pub recent: Vec<ModelSource>,
+    /// The memory budget as typed (`6GiB`, …); empty: the default (80 % of available).
+    pub max_memory: String,
 }
 
 impl Default for Settings {
@@ -33,6 +35,7 @@ impl Default for Settings {
             mlp_mode: MlpMode::FrozenGate,
             colormap: ColorMap::BlueWhiteRed,
             recent: Vec::new(),
+            max_memory: String::new(),
         }
     }
 }
@@ -40,6 +43,21 @@ impl Default for Settings {
 impl Settings {
     pub const KEY: &'static str = "rdla-settings";
     const MAX_RECENT: usize = 10;
+
+    /// Make the typed memory budget the process's (empty: the default); an error says why a
+    /// text is not a size. `--max-memory` on the command line wins over a remembered one:
+    /// `at_start` leaves a budget set there alone.
+    pub fn apply_budget(&self, at_start: bool) -> Result<(), String> {
+        use rdla_model::memory;
+        if at_start && memory::budget().is_some_and(|b| b.explicit) {
+            return Ok(());
+        }
+        if self.max_memory.trim().is_empty() {
+            memory::clear_budget();
+            return Ok(());
+        }
+        memory::parse_size(&self.max_memory).map(memory::set_budget)
+    }
 
     pub fn remember(&mut self, source: &ModelSource) {
         self.recent.retain(|s| s != source);
@@ -88,6 +106,31 @@ pub fn guard_storage_file(path: &Path) -> Result<Option<String>, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_typed_budget_applies_and_a_bad_one_says_why() {
+        use rdla_model::memory::budget;
+        let mut s = super::Settings {
+            max_memory: "64GiB".into(),
+            ..Default::default()
+        };
+        // larger than the default, so tests running beside this one are not constrained
+        s.apply_budget(false).unwrap();
+        assert_eq!(
+            budget().map(|b| (b.bytes, b.explicit)),
+            Some((64 << 30, true))
+        );
+        s.max_memory = "lots".into();
+        assert!(s.apply_budget(false).unwrap_err().contains("not a size"));
+        assert_eq!(
+            budget().map(|b| b.bytes),
+            Some(64 << 30),
+            "a bad text changes nothing"
+        );
+        s.max_memory.clear();
+        s.apply_budget(false).unwrap();
+        assert!(!budget().is_some_and(|b| b.explicit));
+    }
 
     #[test]
     fn a_settings_file_that_is_not_a_small_regular_file_is_moved_aside() {

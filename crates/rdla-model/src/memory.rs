@@ -119,6 +119,11 @@ pub fn set_budget(bytes: u64) {
     BUDGET.store(bytes.max(1), Ordering::Relaxed);
 }
 
+/// Back to the default budget (80 % of available).
+pub fn clear_budget() {
+    BUDGET.store(0, Ordering::Relaxed);
+}
+
 /// The process's budget; `None` when none was set and available memory is unknown.
 pub fn budget() -> Option<Budget> {
     static DEFAULT: OnceLock<Option<u64>> = OnceLock::new();

@@ -9,6 +9,37 @@ use crate::settings::Settings;
 use crate::state::{Action, AppState};
 use crate::theme;
 
+/// The memory budget field: what the next model and prompt may hold (applied as typed; the
+/// status bar shows the budget in force).
+fn memory_budget(ui: &mut Ui, settings: &mut Settings) {
+    ui.horizontal(|ui| {
+        ui.label("Memory budget:");
+        // an empty field shows the budget in force: `--max-memory`'s, or the default
+        let hint = match rdla_model::memory::budget() {
+            Some(b) if b.explicit => rdla_session::info::bytes(b.bytes),
+            _ => "80 % of free".to_string(),
+        };
+        let r = ui.add(
+            egui::TextEdit::singleline(&mut settings.max_memory)
+                .desired_width(90.0)
+                .hint_text(hint),
+        );
+        let r = r.on_hover_text(
+            "what the model and a prompt may hold together, e.g. 6GiB or 500MiB; empty: 80 % of \
+             the memory available. Checked before the next model or prompt is loaded.",
+        );
+        if r.changed() {
+            // a budget that does not parse leaves the one in force
+            let _ = settings.apply_budget(false);
+        }
+        if let Err(e) = rdla_model::memory::parse_size(&settings.max_memory)
+            && !settings.max_memory.trim().is_empty()
+        {
+            ui.colored_label(theme::ERROR, e);
+        }
+    });
+}
+
 pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mut Vec<Action>) {
     ui.heading("Prompt");
     // a long prompt (pages of text, a file) scrolls inside the editor instead of pushing the
@@ -109,6 +140,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
             actions.push(Action::Edited);
         }
     });
+    memory_budget(ui, settings);
     ui.separator();
     ui.heading("Top next tokens");
     egui::Grid::new("top")
