@@ -134,6 +134,14 @@ impl std::fmt::Debug for WeightStore {
     }
 }
 
+/// `key` is not in the checkpoint (under that one spelling).
+fn missing(key: &str) -> ModelError {
+    ModelError::MissingTensor {
+        key: key.to_string(),
+        tried: vec![key.to_string()],
+    }
+}
+
 /// Memory-map a file read-only.
 #[allow(unsafe_code)] // memory-mapping is the only way to read multi-GB checkpoints without copying them
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {
@@ -437,13 +445,7 @@ impl WeightStore {
 
     /// Read one tensor, converting it to `f32`.
     pub fn read_f32(&self, key: &str) -> Result<HostTensor> {
-        let entry = self
-            .entries
-            .get(key)
-            .ok_or_else(|| ModelError::MissingTensor {
-                key: key.to_string(),
-                tried: vec![key.to_string()],
-            })?;
+        let entry = self.entries.get(key).ok_or_else(|| missing(key))?;
         let n: usize = entry.shape.iter().product();
         let data = match &entry.loc {
             Location::Safetensors {
@@ -470,13 +472,7 @@ impl WeightStore {
                 read_converted(sf, *start, *end, src, n)?
             }
             Location::Pytorch { dtype } => {
-                let t = self
-                    .torch
-                    .get(key)
-                    .ok_or_else(|| ModelError::MissingTensor {
-                        key: key.to_string(),
-                        tried: vec![key.to_string()],
-                    })?;
+                let t = self.torch.get(key).ok_or_else(|| missing(key))?;
                 let bytes = t.read().map_err(|e| ModelError::Pytorch {
                     path: self.torch_path.clone(),
                     reason: e.to_string(),
@@ -499,20 +495,8 @@ impl WeightStore {
                 out
             }
             Location::Gguf { index } => {
-                let g = self
-                    .gguf
-                    .as_ref()
-                    .ok_or_else(|| ModelError::MissingTensor {
-                        key: key.to_string(),
-                        tried: vec![key.to_string()],
-                    })?;
-                let t = g
-                    .tensors
-                    .get(*index)
-                    .ok_or_else(|| ModelError::MissingTensor {
-                        key: key.to_string(),
-                        tried: vec![key.to_string()],
-                    })?;
+                let g = self.gguf.as_ref().ok_or_else(|| missing(key))?;
+                let t = g.tensors.get(*index).ok_or_else(|| missing(key))?;
                 let data = g.file.read_hf(t)?;
                 if data.len() != n {
                     return Err(ModelError::WrongShape {
@@ -653,10 +637,7 @@ impl RowReader {
             }
             RowSrc::Gguf { file, tensor } => match file.read_hf_rows(tensor, r, out) {
                 Some(res) => Ok(res?),
-                None => Err(ModelError::MissingTensor {
-                    key: self.key.clone(),
-                    tried: vec![self.key.clone()],
-                }),
+                None => Err(missing(&self.key)),
             },
         }
     }
