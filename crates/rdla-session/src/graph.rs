@@ -17,6 +17,8 @@ pub struct GraphContext<'a> {
     pub target_label: &'a str,
     pub target: rdla_attrib::Target,
     pub trace_ms: f64,
+    /// The process's memory budget and peak when the trace was exported (`None`: left out).
+    pub memory: Option<rdla_model::memory::MemoryReport>,
 }
 
 impl<'a> GraphContext<'a> {
@@ -29,12 +31,14 @@ impl<'a> GraphContext<'a> {
             target_label: &computed.target_label,
             target: computed.target,
             trace_ms,
+            memory: Some(rdla_model::memory::report()),
         }
     }
 }
 
 /// The graph's JSON document (DESIGN.md §3, tracing): the trace's fields and `model`,
-/// `token_ids`, `token_strs`, `target`, `answer_id`, `foil_id`, `trace_ms`, in key order.
+/// `token_ids`, `token_strs`, `target`, `answer_id`, `foil_id`, `trace_ms`, `memory`, in key
+/// order.
 pub fn json<'a>(trace: &'a Trace, context: GraphContext<'a>) -> GraphJson<'a> {
     GraphJson { trace, context }
 }
@@ -61,6 +65,12 @@ impl serde::Serialize for GraphJson<'_> {
         map.insert("answer_id".into(), c.target.answer().into());
         map.insert("foil_id".into(), c.target.foil().into());
         map.insert("trace_ms".into(), c.trace_ms.into());
+        if let Some(m) = &c.memory {
+            map.insert(
+                "memory".into(),
+                serde_json::to_value(m).map_err(S::Error::custom)?,
+            );
+        }
         v.serialize(s)
     }
 }
@@ -97,12 +107,18 @@ mod tests {
                 target_label: "logit \" a\"",
                 target: rdla_attrib::Target::Diff { answer: 7, foil: 3 },
                 trace_ms: 2.5,
+                memory: Some(rdla_model::memory::MemoryReport {
+                    budget_bytes: Some(100),
+                    budget_explicit: true,
+                    peak_bytes: Some(200),
+                    streamed_layers: 0,
+                }),
             },
         );
         let bytes = serde_json::to_vec(&doc).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            r#"{"answer_id":7,"edges":[],"expanded":2,"foil_id":3,"from":"","frontier_total":0.25,"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"trace_ms":2.5,"value":1.5}"#
+            r#"{"answer_id":7,"edges":[],"expanded":2,"foil_id":3,"from":"","frontier_total":0.25,"memory":{"budget_bytes":100,"budget_explicit":true,"peak_bytes":200,"streamed_layers":0},"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"trace_ms":2.5,"value":1.5}"#
         );
         assert_eq!(
             serde_json::to_value(doc).unwrap()["model"],

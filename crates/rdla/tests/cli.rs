@@ -624,4 +624,18 @@ fn a_memory_budget_holds_and_is_reported() {
     assert!(peak > 1 << 20 && peak < 2u64 << 30, "{mem}");
     // the model facts say where the token matrices are
     assert_eq!(v["model"]["tokens_in_place"], true, "{}", v["model"]);
+
+    // the trace's graph JSON reports it too
+    let mut args = vec!["trace", "--model", m];
+    args.extend_from_slice(&common::TARGET);
+    args.extend_from_slice(&["--budget", "5", "--max-memory", "3GiB", "--json", "-"]);
+    let out = rdla(&args);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["memory"]["budget_bytes"], 3u64 << 30, "{}", v["memory"]);
+    assert!(
+        v["memory"]["peak_bytes"]
+            .as_u64()
+            .is_some_and(|p| p > 1 << 20)
+    );
 }
