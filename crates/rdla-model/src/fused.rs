@@ -7,12 +7,11 @@
 //! tensor expressions. Both paths compute the same function; masked pattern entries are
 //! exactly 0 in both.
 
-use std::sync::OnceLock;
-
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{Activation, AttnSpan};
 use crate::error::{ModelError, Result};
+use crate::par::par_parts;
 
 /// `e^x` for `x ≤ 88`, to about 1 ulp (Cephes `expf`: `x = n ln2 + r`, a degree-6 polynomial
 /// for `e^r` on `|r| ≤ ln2/2`, then `2^n` through the exponent bits). Unlike `f32::exp` (a
@@ -60,32 +59,16 @@ fn lanes(
 /// Below this many elements a kernel runs on the calling thread only.
 const PAR_MIN: usize = 1 << 15;
 
-fn threads() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
-}
-
-/// Run `f(first_row, rows)` over `data` split into whole rows of `row_len`, on up to
-/// [`threads()`] threads (the calling thread takes the first share).
+/// Run `f(first_row, rows)` over `data` split into whole rows of `row_len`, on up to one
+/// thread per core (the calling thread takes the first share).
 fn par_rows(data: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows = data.len() / row_len.max(1);
-    let n = threads().min(rows).max(1);
-    if n == 1 || data.len() < PAR_MIN {
-        f(0, data);
-        return;
-    }
-    let per = rows.div_ceil(n);
-    std::thread::scope(|s| {
-        let mut chunks = data.chunks_mut(per * row_len).enumerate();
-        let first = chunks.next();
-        for (i, chunk) in chunks {
-            let f = &f;
-            s.spawn(move || f(i * per, chunk));
-        }
-        if let Some((_, chunk)) = first {
-            f(0, chunk);
-        }
-    });
+    let row_len = row_len.max(1);
+    let done: Result<Vec<()>, std::convert::Infallible> =
+        par_parts(data, row_len, PAR_MIN, |first, rows| {
+            f(first / row_len, rows);
+            Ok(())
+        });
+    let Ok(_) = done;
 }
 
 /// Apply `kernel` to the tensor's buffer in place (zero-copy for a uniquely owned tensor on

@@ -12,6 +12,7 @@ mod fused;
 pub mod layout;
 pub mod memory;
 pub mod model;
+mod par;
 pub mod process;
 pub mod rotary;
 pub mod tokenizer;

@@ -25,6 +25,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
 use crate::model::to_vec;
+use crate::par::par_parts;
 use crate::weights::RowReader;
 
 /// The `k` largest and `k` smallest entries of a readout, as `(token id, value)`, largest
@@ -108,6 +109,13 @@ impl VocabSketch {
             let n = BUILD_CHUNK.min(v - v0);
             block.clear();
             u.columns(v0..v0 + n, &mut block)?; // [n, d]
+            // a NaN would vanish from the max below and make its token's bound NaN, which no
+            // comparison selects: refuse it (the loaders already refuse non-finite weights)
+            if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    key: "unembed.W_U (processed)".into(),
+                });
+            }
             for (j, col) in block.chunks_exact(d).enumerate() {
                 let max = col.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let s = if max > 0.0 { max / SKETCH_LEVELS } else { 1.0 };
@@ -204,14 +212,13 @@ struct Approx<'a> {
     out: &'a mut [f32],
 }
 
-/// Tokens per thread below which one thread does all of them.
+/// Below this many tokens one thread does all of them.
 const PAR_MIN_TOKENS: usize = 2048;
 
 impl Approx<'_> {
     fn run(self) {
         let (s, c) = (self.sketch, self.c);
-        // infallible: each part only computes
-        let _ = par_parts(self.out, PAR_MIN_TOKENS, |first, out| {
+        let done = par_parts(self.out, 1, PAR_MIN_TOKENS, |first, out| {
             let n = out.len();
             Rows {
                 c,
@@ -220,8 +227,9 @@ impl Approx<'_> {
                 out,
             }
             .dispatch();
-            Ok(())
+            Ok::<(), std::convert::Infallible>(())
         });
+        let Ok(_) = done;
     }
 }
 
@@ -342,12 +350,12 @@ impl Unembedding {
             }
             Self::Stored(s) => {
                 let prep = s.prepare(c);
-                let mut row = Vec::with_capacity(s.d);
+                let mut scratch = Vec::with_capacity(s.d);
                 ids.iter()
                     .map(|&id| {
-                        row.clear();
-                        s.raw().read(id as usize..id as usize + 1, &mut row)?;
-                        Ok(prep.apply(&row, s.kappa[id as usize]))
+                        let j = id as usize;
+                        s.raw()
+                            .with_rows(j..j + 1, &mut scratch, |e| prep.apply(e, s.kappa[j]))
                     })
                     .collect()
             }
@@ -410,37 +418,6 @@ const ROW_CHUNK: usize = 1024;
 
 /// Bytes of `f32` rows converted per block of a full product (about an L2 cache).
 const PRODUCT_BLOCK_BYTES: usize = 256 << 10;
-
-/// Run `f(first, part)` over `out` cut into one part per core (each at least `min` long,
-/// `first` its offset), the calling thread taking the first; the results in order, or the
-/// first error.
-fn par_parts<T: Send, R: Send>(
-    out: &mut [T],
-    min: usize,
-    f: impl Fn(usize, &mut [T]) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let per = out.len().div_ceil(threads).max(min).max(1);
-    std::thread::scope(|s| {
-        let mut parts = out.chunks_mut(per).enumerate();
-        let first = parts.next();
-        let f = &f;
-        let handles: Vec<_> = parts
-            .map(|(i, part)| s.spawn(move || f(i * per, part)))
-            .collect();
-        let mut results = Vec::with_capacity(handles.len() + 1);
-        if let Some((_, part)) = first {
-            results.push(f(0, part));
-        }
-        for h in handles {
-            results
-                .push(h.join().unwrap_or_else(|_| {
-                    Err(ModelError::Device("a worker thread panicked".into()))
-                }));
-        }
-        results.into_iter().collect()
-    })
-}
 
 /// `c` prepared for products with raw stored columns: `c·u_j = (c ⊙ w)·e_j − κ_j Σc − c·μ`.
 struct Prepared {
@@ -507,7 +484,9 @@ impl StoredVocab {
         };
         // per token (κ_j, unrounded b_U[j]); per part, Σ_j (w ⊙ e_j − κ_j) in f64
         let mut stats = vec![(0f32, 0f64); v];
-        let sums = par_parts(&mut stats, ROW_CHUNK, |first, part| me.stats(first, part))?;
+        let sums = par_parts(&mut stats, 1, ROW_CHUNK, |first, part| {
+            me.stats(first, part)
+        })?;
         let mut sum_y = vec![0f64; d];
         for part in sums {
             sum_y.iter_mut().zip(part).for_each(|(a, x)| *a += x);
@@ -640,7 +619,7 @@ impl StoredVocab {
         let mut out = vec![0f32; self.v];
         // small blocks: a converted block is still in cache when it is multiplied
         let block_rows = (PRODUCT_BLOCK_BYTES / (4 * self.d)).max(1);
-        par_parts(&mut out, ROW_CHUNK, |first, part| {
+        par_parts(&mut out, 1, ROW_CHUNK, |first, part| {
             let mut scratch = Vec::with_capacity(block_rows * self.d);
             for (b, block) in part.chunks_mut(block_rows).enumerate() {
                 let v0 = first + b * block_rows;
@@ -653,7 +632,7 @@ impl StoredVocab {
                         }
                     })?;
             }
-            Ok(())
+            Ok::<(), ModelError>(())
         })?;
         Ok(out)
     }

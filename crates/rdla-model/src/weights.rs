@@ -443,6 +443,30 @@ impl WeightStore {
         self.entries.get(key).map_or(0, |e| e.nbytes)
     }
 
+    /// The file and element type of a safetensors tensor of `n` elements stored in `len`
+    /// bytes: its dtype must convert to `f32` and its bytes hold exactly `n` elements.
+    fn safetensors_span(
+        &self,
+        key: &str,
+        n: usize,
+        file: usize,
+        dtype: safetensors::Dtype,
+        len: usize,
+    ) -> Result<(&SfFile, SrcType)> {
+        let sf = self.files.get(file).ok_or_else(|| missing(key))?;
+        let src = safetensors_src(dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+            key: key.to_string(),
+            dtype: format!("{dtype:?}"),
+        })?;
+        if len != n * src.size() {
+            return Err(ModelError::Safetensors {
+                path: sf.path.clone(),
+                reason: format!("tensor `{key}` has {len} bytes for {n} elements"),
+            });
+        }
+        Ok((sf, src))
+    }
+
     /// Read one tensor, converting it to `f32`.
     pub fn read_f32(&self, key: &str) -> Result<HostTensor> {
         let entry = self.entries.get(key).ok_or_else(|| missing(key))?;
@@ -454,21 +478,7 @@ impl WeightStore {
                 start,
                 end,
             } => {
-                let sf = &self.files[*file];
-                let src = safetensors_src(*dtype).ok_or_else(|| ModelError::UnsupportedDtype {
-                    key: key.to_string(),
-                    dtype: format!("{dtype:?}"),
-                })?;
-                let size = src.size();
-                if end - start != n * size {
-                    return Err(ModelError::Safetensors {
-                        path: sf.path.clone(),
-                        reason: format!(
-                            "tensor `{key}` has {} bytes for {n} elements",
-                            end - start
-                        ),
-                    });
-                }
+                let (sf, src) = self.safetensors_span(key, n, *file, *dtype, *end - *start)?;
                 read_converted(sf, *start, *end, src, n)?
             }
             Location::Pytorch { dtype } => {
@@ -665,11 +675,9 @@ impl WeightStore {
                 start,
                 end,
             } => {
-                let ty = safetensors_src(*dtype)?;
-                if end - start != rows * cols * ty.size() {
-                    return None;
-                }
-                let sf = self.files.get(*file)?;
+                let (sf, ty) = self
+                    .safetensors_span(key, rows * cols, *file, *dtype, *end - *start)
+                    .ok()?;
                 RowSrc::Mapped {
                     map: Arc::new(map_file(&sf.path).ok()?),
                     path: sf.path.clone(),

@@ -40,10 +40,26 @@ pub struct ComputeArgs {
     /// MLP linearisation: `frozen-gate` (exact) or `gradient` (approximate, shows residual).
     #[arg(long, default_value = "frozen-gate")]
     pub mlp_mode: MlpMode,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+}
+
+/// `--max-memory`, shared by the explorer and the headless commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemoryArgs {
     /// Memory budget for the model and the prompt together (e.g. 6GiB, 500MiB; default 80 %
     /// of the memory available). A model or prompt over it is an error naming what it needs.
     #[arg(long, value_name = "SIZE", value_parser = rdla_model::memory::parse_size)]
     pub max_memory: Option<u64>,
+}
+
+impl MemoryArgs {
+    /// Make the given budget the process's.
+    pub fn apply(&self) {
+        if let Some(bytes) = self.max_memory {
+            rdla_model::memory::set_budget(bytes);
+        }
+    }
 }
 
 /// The prompt from `--prompt` or `--prompt-file` (clap makes sure exactly one is given); a
@@ -61,9 +77,7 @@ fn read_prompt(text: Option<&str>, file: Option<&Path>, n_ctx: usize) -> anyhow:
 
 /// Open the model and compute the request; returns the session and the load time (ms).
 pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
-    if let Some(bytes) = a.max_memory {
-        rdla_model::memory::set_budget(bytes);
-    }
+    a.memory.apply();
     let t_load = Instant::now();
     let (device, info) = select_device(a.device)?;
     let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)

@@ -47,10 +47,8 @@ struct ExploreArgs {
     /// Answer token, spelled exactly as the tokenizer spells it.
     #[arg(long)]
     answer: Option<String>,
-    /// Memory budget for the model and the prompt together (e.g. 6GiB, 500MiB; default 80 %
-    /// of the memory available).
-    #[arg(long, value_name = "SIZE", value_parser = rdla_model::memory::parse_size)]
-    max_memory: Option<u64>,
+    #[command(flatten)]
+    memory: common::MemoryArgs,
 }
 
 /// glibc returns freed memory to the kernel eagerly (allocations above a dynamic threshold are
@@ -129,9 +127,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn explore(args: ExploreArgs) -> anyhow::Result<()> {
-    if let Some(bytes) = args.max_memory {
-        rdla_model::memory::set_budget(bytes);
-    }
+    args.memory.apply();
     rdla_app::run(rdla_app::StartOptions {
         model: args.model,
         prompt: args.prompt,
