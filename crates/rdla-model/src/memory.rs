@@ -37,12 +37,9 @@ pub fn available_bytes() -> Option<u64> {
     Some(avail)
 }
 
-/// The processed model in `f32`: embeddings, blocks, and the unembedding (a separate `[d, V]`
-/// copy even when tied), plus one block in flight while loading. With `tokens_in_place` the
-/// embedding and unembedding stay where they lie on disk: what is held for them instead is the
-/// vocabulary readouts' `i8` sketch of `W_U` (`V·d` bytes) and a few `[V]` vectors.
-pub fn model_bytes(cfg: &ModelConfig, tokens_in_place: bool) -> u64 {
-    let (d, v, l) = (cfg.d_model as u64, cfg.d_vocab as u64, cfg.n_layers as u64);
+/// One processed block in `f32` (its matrices, biases and norm weights).
+pub fn block_bytes(cfg: &ModelConfig) -> u64 {
+    let d = cfg.d_model as u64;
     let (h, kv, dh, dm) = (
         cfg.n_heads as u64,
         cfg.n_kv_heads as u64,
@@ -52,7 +49,21 @@ pub fn model_bytes(cfg: &ModelConfig, tokens_in_place: bool) -> u64 {
     let attn = d * dh * (h + 2 * kv) + h * dh * d + dh * (h + 2 * kv) + d;
     let mlp = d * dm * if cfg.gated_mlp { 3 } else { 2 } + dm + d;
     let norms = 6 * d + 2 * dh;
-    let block = attn + mlp + norms;
+    F32 * (attn + mlp + norms)
+}
+
+/// What a model holds besides its blocks: [`model_bytes`] without them.
+pub fn global_bytes(cfg: &ModelConfig, tokens_in_place: bool) -> u64 {
+    model_bytes(cfg, tokens_in_place) - (cfg.n_layers as u64 + 1) * block_bytes(cfg)
+}
+
+/// The processed model in `f32`: embeddings, blocks, and the unembedding (a separate `[d, V]`
+/// copy even when tied), plus one block in flight while loading. With `tokens_in_place` the
+/// embedding and unembedding stay where they lie on disk: what is held for them instead is the
+/// vocabulary readouts' `i8` sketch of `W_U` (`V·d` bytes) and a few `[V]` vectors.
+pub fn model_bytes(cfg: &ModelConfig, tokens_in_place: bool) -> u64 {
+    let (d, v, l) = (cfg.d_model as u64, cfg.d_vocab as u64, cfg.n_layers as u64);
+    let block = block_bytes(cfg) / F32;
     let pos = if cfg.has_pos() {
         cfg.n_ctx as u64 * d
     } else {
@@ -64,6 +75,50 @@ pub fn model_bytes(cfg: &ModelConfig, tokens_in_place: bool) -> u64 {
         2 * v * d + v
     };
     F32 * (tokens + pos + (l + 1) * block)
+}
+
+/// Tokens of prompt a resident model must leave room for in the budget: a model whose
+/// processed blocks leave less streams its layers instead.
+pub const RESERVED_PROMPT: usize = 512;
+
+/// The environment variable that caps the processed layers held (`RDLA_LAYER_CACHE=2`):
+/// every model streams its layers, holding at most that many. The test suites run under it
+/// to check that streaming gives the same numbers.
+pub const LAYER_CACHE_ENV: &str = "RDLA_LAYER_CACHE";
+
+/// The cap set with [`LAYER_CACHE_ENV`].
+pub fn forced_layer_cache() -> Option<usize> {
+    std::env::var(LAYER_CACHE_ENV)
+        .ok()?
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .map(|n| n.max(1))
+}
+
+/// Whether a model of `cfg` streams its layers: forced, or its processed blocks and a
+/// [`RESERVED_PROMPT`]-token prompt do not fit the budget.
+pub fn should_stream(cfg: &ModelConfig, tokens_in_place: bool) -> bool {
+    if forced_layer_cache().is_some() {
+        return true;
+    }
+    let reserve = prompt_bytes(cfg, RESERVED_PROMPT.min(cfg.n_ctx));
+    budget().is_some_and(|b| model_bytes(cfg, tokens_in_place).saturating_add(reserve) > b.bytes)
+}
+
+/// How many processed layers a streaming model of `cfg` holds beside a prompt needing
+/// `prompt` bytes: half the layers that fit the rest of the budget (the other half is room
+/// for the concatenated range an expansion reads), at least one, at most every layer.
+pub fn layer_capacity(cfg: &ModelConfig, tokens_in_place: bool, prompt: u64) -> usize {
+    let slots = budget().map_or(cfg.n_layers, |b| {
+        let room = b
+            .bytes
+            .saturating_sub(global_bytes(cfg, tokens_in_place))
+            .saturating_sub(prompt);
+        usize::try_from(room / block_bytes(cfg).max(1)).unwrap_or(usize::MAX)
+    });
+    let cap = (slots / 2).clamp(1, cfg.n_layers.max(1));
+    forced_layer_cache().map_or(cap, |f| cap.min(f))
 }
 
 /// The peak of one forward pass with its cache and the overview at `n` tokens: the
@@ -97,6 +152,20 @@ pub fn check(what: impl FnOnce() -> String, needed: u64, available: Option<u64>)
         }),
         _ => Ok(()),
     }
+}
+
+/// Layers read from the checkpoint again, in this process.
+static STREAMED: AtomicU64 = AtomicU64::new(0);
+
+/// Count one layer read from the checkpoint when it was used.
+pub fn count_streamed_layer() {
+    STREAMED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many layers this process has read from the checkpoint when they were used (0: every
+/// model it opened held its layers).
+pub fn streamed_layers() -> u64 {
+    STREAMED.load(Ordering::Relaxed)
 }
 
 /// The memory budget set with `--max-memory` (0: none set).
@@ -223,7 +292,7 @@ pub fn report() -> MemoryReport {
         budget_bytes: b.map(|b| b.bytes),
         budget_explicit: b.is_some_and(|b| b.explicit),
         peak_bytes: peak_rss_bytes(),
-        streamed_layers: 0,
+        streamed_layers: streamed_layers(),
     }
 }
 

@@ -71,7 +71,7 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
     let s2 = slice(cache.ln2_scale.clone());
     for l in 0..cfg.n_layers {
         let pats = slice(model.patterns(&cache, l).unwrap());
-        let (pre, lin) = model.mlp_pre(&cache, l);
+        let (pre, lin) = model.mlp_pre(&cache, l).unwrap();
         check(
             &format!("attn_out.{l}"),
             comp(layout.attn(l)),
@@ -172,10 +172,6 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         r.tensor("tl.unembed.W_U"),
     );
     check("b_U", slice(w.b_u.clone()), r.tensor("tl.unembed.b_U"));
-    let per_layer = |t: Vec<f32>, l: usize| {
-        let n = t.len() / cfg.n_layers;
-        t[l * n..(l + 1) * n].to_vec()
-    };
     // TransformerLens stores grouped key/value weights as `_W_K` (`n_kv` heads)
     let tl_key = |l: usize, key: &str| {
         let plain = format!("tl.blocks.{l}.{key}");
@@ -189,46 +185,33 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         }
     };
     for l in 0..cfg.n_layers {
+        // one layer's blocks as the model serves them (read again when the layers stream)
+        let w = model.blocks(&(l..l + 1)).unwrap();
+        let w = &w;
         for (ours, key) in [
             (&w.w_q, "attn.W_Q"),
             (&w.w_k, "attn.W_K"),
             (&w.w_v, "attn.W_V"),
             (&w.w_o, "attn.W_O"),
         ] {
-            check(
-                key,
-                per_layer(slice(ours.clone()), l),
-                r.tensor(&tl_key(l, key)),
-            );
+            check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
         }
         for (ours, key) in [
             (&w.b_q, "attn.b_Q"),
             (&w.b_k, "attn.b_K"),
             (&w.b_v, "attn.b_V"),
         ] {
-            check(
-                key,
-                per_layer(slice(ours.clone()), l),
-                r.tensor(&tl_key(l, key)),
-            );
+            check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
         }
         for (ours, key) in [(&w.w_in, "mlp.W_in"), (&w.w_out, "mlp.W_out")] {
-            check(
-                key,
-                per_layer(slice(ours.clone()), l),
-                r.tensor(&tl_key(l, key)),
-            );
+            check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
         }
         for (ours, key) in [
             (&w.b_o, "attn.b_O"),
             (&w.b_in, "mlp.b_in"),
             (&w.b_out, "mlp.b_out"),
         ] {
-            check(
-                key,
-                per_layer(slice(ours.clone()), l),
-                r.tensor(&tl_key(l, key)),
-            );
+            check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
         }
         assert_eq!(
             w.w_gate.is_some(),
@@ -237,7 +220,7 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         if let Some(g) = &w.w_gate {
             check(
                 "mlp.W_gate",
-                per_layer(slice(g.clone()), l),
+                slice(g.clone()),
                 r.tensor(&format!("tl.blocks.{l}.mlp.W_gate")),
             );
         }
@@ -297,7 +280,7 @@ fn processing_is_reported() {
             "fold_value_biases"
         ]
     );
-    assert!(model.weights.ln1.is_none() && model.weights.ln_f.is_none());
+    assert!(model.blocks(&(0..1)).unwrap().ln1.is_none() && model.weights.ln_f.is_none());
 }
 
 /// Rotary embeddings pinned against Hugging Face's own logits at positions past 64 (the

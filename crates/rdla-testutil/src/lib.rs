@@ -222,7 +222,7 @@ pub fn gguf_twin(name: &str, device: &Device) -> Model {
         &dir,
         config,
         tokenizer,
-        &WeightStore::open_safetensors(vec![
+        WeightStore::open_safetensors(vec![
             fixtures_dir()
                 .join("gguf")
                 .join(format!("{name}.expected.safetensors")),

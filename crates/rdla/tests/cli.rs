@@ -619,7 +619,14 @@ fn a_memory_budget_holds_and_is_reported() {
     let mem = &v["memory"];
     assert_eq!(mem["budget_bytes"], 2u64 << 30, "{mem}");
     assert_eq!(mem["budget_explicit"], true, "{mem}");
-    assert_eq!(mem["streamed_layers"], 0, "{mem}");
+    // the model fits: its layers are held, unless the suite runs with every layer streamed
+    // (RDLA_LAYER_CACHE, as CI's second pass does)
+    let streamed = mem["streamed_layers"].as_u64().unwrap();
+    if std::env::var_os("RDLA_LAYER_CACHE").is_some() {
+        assert!(streamed > 0, "{mem}");
+    } else {
+        assert_eq!(streamed, 0, "{mem}");
+    }
     let peak = mem["peak_bytes"].as_u64().unwrap();
     assert!(peak > 1 << 20 && peak < 2u64 << 30, "{mem}");
     // the model facts say where the token matrices are

@@ -25,7 +25,6 @@ impl Engine<'_> {
     /// (at least one layer): the same numbers whatever the chunking (tested).
     pub fn overview_in_chunks(&self, chunk_values: usize) -> Result<Overview> {
         let cfg = &self.model.config;
-        let w = &self.model.weights;
         let (l_n, h_n, d, c_n, p_n) = (
             cfg.n_layers,
             cfg.n_heads,
@@ -34,45 +33,51 @@ impl Engine<'_> {
             self.n_pos(),
         );
         let q = self.last;
-        let ls = 0..l_n;
         let r = self.r_root.clone();
         let r_all = r.clone().unsqueeze_dim::<2>(0).expand([l_n, d]); // [L, d]
 
         // root children
         let components = super::rows_dot(self.comps_at(c_n, q), r); // [C]
-        let r_attn = self.post_readout(&ls, q, r_all.clone(), false); // [L, d]
-        let attn_bias = (w.b_o.clone() * r_attn.clone())
-            .sum_dim(1)
-            .squeeze_dim::<1>(1); // [L]
 
-        // heads, a chunk of layers at a time
+        // a chunk of layers at a time: each chunk's blocks are fetched once (a view when the
+        // layers are resident, read where they lie when they stream)
         let per_layer = (h_n * p_n * c_n).max(1);
-        let chunk = (chunk_values / per_layer).clamp(1, l_n);
+        let chunk = (chunk_values / per_layer)
+            .min(self.model.layer_chunk())
+            .clamp(1, l_n);
         let mut breakdown: Vec<f32> = Vec::with_capacity(l_n * per_layer);
-        let (mut dla_parts, mut bias_parts) = (Vec::new(), Vec::new());
+        let mut chunks: [Vec<Tensor<2>>; 3] = Default::default(); // head DLA, head bias, MLP breakdown
+        let mut rows: [Vec<Tensor<1>>; 2] = Default::default(); // attention bias, MLP bias
         for start in (0..l_n).step_by(chunk) {
             let cs = start..(start + chunk).min(l_n);
-            let r_c = r_attn.clone().narrow(0, cs.start, cs.len());
-            let (ov, bias_per_unit) = self.ov_readouts(&cs, r_c); // [Lc, H, d], [Lc, H]
-            let a_q = self.pattern_rows(cs.clone(), q)?; // [Lc, H, P]
+            let b = self.blocks_in(&cs)?;
+            let r_c = r_all.clone().narrow(0, cs.start, cs.len());
+            let r_attn = self.post_readout(&b, &cs, q, r_c.clone(), false); // [Lc, d]
+            rows[0].push(
+                (b.b_o.clone() * r_attn.clone())
+                    .sum_dim(1)
+                    .squeeze_dim::<1>(1),
+            );
+
+            // heads
+            let (ov, bias_per_unit) = self.ov_readouts(&b, r_attn); // [Lc, H, d], [Lc, H]
+            let a_q = self.pattern_rows_in(Some(&b), cs.clone(), q)?; // [Lc, H, P]
             let hb = self.source_values(&cs, ov, a_q.clone()); // [Lc, H, P, C]
             let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [Lc, H]
-            dla_parts.push(
+            chunks[0].push(
                 hb.clone().sum_dim(3).sum_dim(2).reshape([cs.len(), h_n]) + head_bias.clone(),
             );
-            bias_parts.push(head_bias);
+            chunks[1].push(head_bias);
             breakdown.extend(rdla_model::to_vec(hb.reshape([cs.len() * per_layer]))?);
-        }
-        let head_dla = Tensor::cat(dla_parts, 0); // [L, H]
-        let head_bias = Tensor::cat(bias_parts, 0); // [L, H]
 
-        // MLPs at q
-        let parts = self.mlp_parts(&ls, q, r_all);
-        let (r_mlp, mlp_bias) = (
-            self.mlp_input_readout(&ls, q, &parts),
-            self.mlp_remainder(&ls, &parts),
-        ); // [L, d], [L]
-        let mlp_breakdown = self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&ls); // [L, C]
+            // MLPs at q
+            let parts = self.mlp_parts(&b, &cs, q, r_c)?;
+            let r_mlp = self.mlp_input_readout(&b, &cs, q, &parts); // [Lc, d]
+            rows[1].push(self.mlp_remainder(&b, &parts));
+            chunks[2].push(self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&cs)); // [Lc, C]
+        }
+        let [head_dla, head_bias, mlp_breakdown] = chunks.map(|c| Tensor::cat(c, 0));
+        let [attn_bias, mlp_bias] = rows.map(|c| Tensor::cat(c, 0));
 
         let parts = [
             (components, vec![c_n]),

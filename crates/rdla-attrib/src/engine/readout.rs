@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use burn::tensor::{Tensor, TensorData};
 use rdla_model::act;
+use rdla_model::model::Blocks;
 
 use super::{Engine, MlpMode};
 
@@ -40,39 +41,57 @@ impl MlpParts {
 }
 
 impl Engine<'_> {
+    /// Layer `l`'s processed blocks `[1, …]` (read where they lie when the layers stream).
+    pub(super) fn blocks(&self, l: usize) -> super::Result<Blocks> {
+        self.blocks_in(&(l..l + 1))
+    }
+
+    /// Layers `ls`'s processed blocks `[Lb, …]`: fetched once per expansion and handed to
+    /// the formulas below.
+    pub(super) fn blocks_in(&self, ls: &Range<usize>) -> super::Result<Blocks> {
+        Ok(self.model.blocks(ls)?)
+    }
+
     /// Readouts `r [Lb, d]` of the attention outputs (`mlp: false`) or MLP outputs of layers
     /// `ls` at `q`, pulled back through their frozen post-norms (Gemma): `r ⊙ w_post /
     /// s_post[l, q]`, the readout of the block's output before its norm (DESIGN.md §1.1). The
     /// identity in models without post-norms.
     pub(super) fn post_readout(
         &self,
+        b: &Blocks,
         ls: &Range<usize>,
         q: usize,
         r: Tensor<2>,
         mlp: bool,
     ) -> Tensor<2> {
-        let (Some((wa, wm)), Some((sa, sm))) =
-            (&self.model.weights.post_norm, &self.cache.post_scale)
-        else {
+        let (Some((wa, wm)), Some((sa, sm))) = (&b.post_norm, &self.cache.post_scale) else {
             return r;
         };
         let (w, s) = if mlp { (wm, sm) } else { (wa, sa) };
-        r * layers(w, ls) / layers(s, ls).narrow(1, q, 1)
+        r * w.clone() / layers(s, ls).narrow(1, q, 1)
     }
 
     /// What a block of layer `l` writes at `q` from its pre-norm output `v [d]`: `v ⊙ w_post /
     /// s_post[l, q]` (the identity without post-norms).
-    pub(super) fn post_written(&self, l: usize, q: usize, v: Tensor<1>, mlp: bool) -> Tensor<1> {
-        self.post_readout(&(l..l + 1), q, v.unsqueeze_dim(0), mlp)
+    pub(super) fn post_written(
+        &self,
+        b: &Blocks,
+        l: usize,
+        q: usize,
+        v: Tensor<1>,
+        mlp: bool,
+    ) -> Tensor<1> {
+        self.post_readout(b, &(l..l + 1), q, v.unsqueeze_dim(0), mlp)
             .squeeze_dim::<1>(0)
     }
 
     /// `W_O[l,h] r_l`, grouped by key/value head: `[Lb, KV, dh, g]`.
-    fn wo_r(&self, ls: &Range<usize>, r: Tensor<2>) -> Tensor<4> {
+    fn wo_r(&self, b: &Blocks, r: Tensor<2>) -> Tensor<4> {
         let cfg = &self.model.config;
-        let (lb, d) = (ls.len(), cfg.d_model);
+        let (lb, d) = (b.n_layers(), cfg.d_model);
         let (kv, dh) = (cfg.n_kv_heads, cfg.d_head);
-        layers(&self.model.weights.w_o, ls)
+        b.w_o
+            .clone()
             .matmul(r.reshape([lb, 1, d, 1])) // [Lb, H, dh, 1]
             .reshape([lb, kv, self.group(), dh])
             .swap_dims(2, 3)
@@ -81,16 +100,19 @@ impl Engine<'_> {
     /// The OV readout of every head: `C(W_V[l,h'] W_O[l,h] r_l)` `[Lb, H, d]`, and the value
     /// bias per unit of attention `b_V[l,h'] W_O[l,h] · r_l` `[Lb, H]` (0 after folding).
     /// Query heads are grouped by the key/value head they read, so no weight is repeated.
-    pub(super) fn ov_readouts(&self, ls: &Range<usize>, r: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
+    pub(super) fn ov_readouts(&self, b: &Blocks, r: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
         let cfg = &self.model.config;
-        let (lb, h, d) = (ls.len(), cfg.n_heads, cfg.d_model);
-        let w = &self.model.weights;
-        let wo_r = self.wo_r(ls, r); // [Lb, KV, dh, g]
-        let ov = self.c(layers(&w.w_v, ls)
+        let (lb, h, d) = (b.n_layers(), cfg.n_heads, cfg.d_model);
+        let wo_r = self.wo_r(b, r); // [Lb, KV, dh, g]
+        let ov = self.c(b
+            .w_v
+            .clone()
             .matmul(wo_r.clone()) // [Lb, KV, d, g]
             .swap_dims(2, 3)
             .reshape([lb, h, d]));
-        let bias = layers(&w.b_v, ls)
+        let bias = b
+            .b_v
+            .clone()
             .unsqueeze_dim::<4>(2) // [Lb, KV, 1, dh]
             .matmul(wo_r)
             .reshape([lb, h]);
@@ -105,6 +127,7 @@ impl Engine<'_> {
     /// the pattern, shared by both, is checked against TransformerLens by the tests.
     pub(super) fn head_values(
         &self,
+        b: &Blocks,
         ls: &Range<usize>,
         q: usize,
         r: Tensor<2>,
@@ -112,20 +135,34 @@ impl Engine<'_> {
         let cfg = &self.model.config;
         let (lb, h, d, dh) = (ls.len(), cfg.n_heads, cfg.d_model, cfg.d_head);
         let z = self.z_at(ls, q)?.reshape([lb, h, 1, dh]);
-        let wo_r = layers(&self.model.weights.w_o, ls).matmul(r.reshape([lb, 1, d, 1])); // [Lb, H, dh, 1]
+        let wo_r = b.w_o.clone().matmul(r.reshape([lb, 1, d, 1])); // [Lb, H, dh, 1]
         Ok(z.matmul(wo_r).reshape([lb, h]))
     }
 
     /// The attention pattern rows `A[l, :, q, :]`: `[Lb, H, P]` (one layer's from the memo).
     pub(super) fn pattern_rows(&self, ls: Range<usize>, q: usize) -> super::Result<Tensor<3>> {
+        self.pattern_rows_in(None, ls, q)
+    }
+
+    /// [`Engine::pattern_rows`] of layers whose blocks `b` are already fetched.
+    pub(super) fn pattern_rows_in(
+        &self,
+        b: Option<&Blocks>,
+        ls: Range<usize>,
+        q: usize,
+    ) -> super::Result<Tensor<3>> {
+        let fetch = |ls: Range<usize>| match b {
+            Some(b) => self.model.pattern_rows_in(b, self.cache, ls, q),
+            None => self.model.pattern_rows(self.cache, ls, q),
+        };
         if ls.len() != 1 {
-            return Ok(self.model.pattern_rows(self.cache, ls, q)?);
+            return Ok(fetch(ls)?);
         }
         let key = (ls.start, q);
         if let Some(a) = self.memo().borrow().pattern.get(&key) {
             return Ok(a.clone());
         }
-        let a = self.model.pattern_rows(self.cache, ls, q)?;
+        let a = fetch(ls)?;
         let mut memo = self.memo().borrow_mut();
         if memo.pattern.len() >= super::MEMO_MAX {
             memo.pattern.clear();
@@ -141,21 +178,26 @@ impl Engine<'_> {
     }
 
     /// The MLP pre-activations of layers `ls` at `q` (one layer's from the memo).
-    pub(super) fn mlp_pre(&self, ls: &Range<usize>, q: usize) -> (Tensor<2>, Option<Tensor<2>>) {
+    fn mlp_pre(
+        &self,
+        b: &Blocks,
+        ls: &Range<usize>,
+        q: usize,
+    ) -> super::Result<(Tensor<2>, Option<Tensor<2>>)> {
         if ls.len() != 1 {
-            return self.model.mlp_pre_at(self.cache, ls.clone(), q);
+            return Ok(self.model.mlp_pre_in(b, self.cache, ls.clone(), q));
         }
         let key = (ls.start, q);
         if let Some(p) = self.memo().borrow().mlp_pre.get(&key) {
-            return p.clone();
+            return Ok(p.clone());
         }
-        let p = self.model.mlp_pre_at(self.cache, ls.clone(), q);
+        let p = self.model.mlp_pre_in(b, self.cache, ls.clone(), q);
         let mut memo = self.memo().borrow_mut();
         if memo.mlp_pre.len() >= super::MEMO_MAX {
             memo.mlp_pre.clear();
         }
         memo.mlp_pre.insert(key, p.clone());
-        p
+        Ok(p)
     }
 
     /// The values of the sources `(p, c)` of heads, `x_c[p] · A[l,h,q,p] · ov[l,h] / s1[l,p]`,
@@ -270,22 +312,30 @@ impl Engine<'_> {
     }
 
     /// What every MLP formula needs at `q` (see [`MlpParts`]), for the readout `r [Lb, d]`.
-    pub(super) fn mlp_parts(&self, ls: &Range<usize>, q: usize, r: Tensor<2>) -> MlpParts {
+    pub(super) fn mlp_parts(
+        &self,
+        b: &Blocks,
+        ls: &Range<usize>,
+        q: usize,
+        r: Tensor<2>,
+    ) -> super::Result<MlpParts> {
         let [lb, d] = r.dims();
-        let rp = self.post_readout(ls, q, r, true);
-        let wout_r = layers(&self.model.weights.w_out, ls)
+        let rp = self.post_readout(b, ls, q, r, true);
+        let wout_r = b
+            .w_out
+            .clone()
             .matmul(rp.clone().reshape([lb, d, 1]))
             .squeeze_dim::<2>(2); // [Lb, d_mlp]
-        let (z, lin) = self.mlp_pre(ls, q);
+        let (z, lin) = self.mlp_pre(b, ls, q)?;
         let g = self.gate(z.clone());
-        MlpParts {
+        Ok(MlpParts {
             rp,
             wout_r,
             g,
             z,
             lin,
             neuron: false,
-        }
+        })
     }
 
     /// The parts of neuron `n` alone: its share of the MLP (`W_out r` kept at `n` only).
@@ -316,13 +366,15 @@ impl Engine<'_> {
     /// same for that neuron alone (DESIGN.md: a neuron's children).
     pub(super) fn mlp_input_readout(
         &self,
+        w: &Blocks,
         ls: &Range<usize>,
         q: usize,
         parts: &MlpParts,
     ) -> Tensor<2> {
-        let w = &self.model.weights;
         let gw = parts.g.clone() * parts.wout_r.clone();
-        let mut read = layers(&w.w_in, ls)
+        let mut read = w
+            .w_in
+            .clone()
             .matmul(gw.unsqueeze_dim::<3>(2))
             .squeeze_dim::<2>(2); // [Lb, d]
         if self.model.config.gated_mlp
@@ -331,7 +383,8 @@ impl Engine<'_> {
         {
             let gp = act::derivative(self.model.config.act, parts.z.clone()) * lin.clone();
             read = read
-                + layers(w_gate, ls)
+                + w_gate
+                    .clone()
                     .matmul((gp * parts.wout_r.clone()).unsqueeze_dim::<3>(2))
                     .squeeze_dim::<2>(2);
         }
@@ -341,16 +394,17 @@ impl Engine<'_> {
 
     /// The remainder of MLPs `ls`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. For one neuron's
     /// parts: that neuron's `g_n b_in[n] (W_out[n] · r)` (no `b_out`).
-    pub(super) fn mlp_remainder(&self, ls: &Range<usize>, parts: &MlpParts) -> Tensor<1> {
-        let w = &self.model.weights;
+    pub(super) fn mlp_remainder(&self, w: &Blocks, parts: &MlpParts) -> Tensor<1> {
         let [lb, d] = parts.rp.dims();
-        let gated = (parts.g.clone() * layers(&w.b_in, ls) * parts.wout_r.clone())
+        let gated = (parts.g.clone() * w.b_in.clone() * parts.wout_r.clone())
             .sum_dim(1)
             .squeeze_dim::<1>(1);
         if parts.neuron {
             return gated;
         }
-        let b_out = layers(&w.b_out, ls)
+        let b_out = w
+            .b_out
+            .clone()
             .unsqueeze_dim::<3>(1)
             .matmul(parts.rp.clone().reshape([lb, d, 1]))
             .reshape([lb]);
@@ -368,12 +422,21 @@ impl Engine<'_> {
 
     /// What neuron `n` of MLP `l` writes at `q` with activation `a [1]`: `a_n W_out[n]` `[d]`
     /// (through the frozen post-norm, where there is one).
-    pub(super) fn neuron_output(&self, l: usize, q: usize, n: usize, a: Tensor<1>) -> Tensor<1> {
-        let v = layers(&self.model.weights.w_out, &(l..l + 1))
+    pub(super) fn neuron_output(
+        &self,
+        b: &Blocks,
+        l: usize,
+        q: usize,
+        n: usize,
+        a: Tensor<1>,
+    ) -> Tensor<1> {
+        let v = b
+            .w_out
+            .clone()
             .squeeze_dim::<2>(0)
             .narrow(0, n, 1)
             .squeeze_dim::<1>(0)
             * a;
-        self.post_written(l, q, v, true)
+        self.post_written(b, l, q, v, true)
     }
 }

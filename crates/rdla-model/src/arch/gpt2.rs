@@ -36,6 +36,7 @@ pub static FAMILY: Family = Family {
     lm_head: &["lm_head.weight"],
     config,
     load,
+    layer,
 };
 
 /// GPT-2's `config.json` spelling.
@@ -115,46 +116,47 @@ pub(super) fn learned_head_dim(
 }
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
-    let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
     let w_e = k.embedding("wte.weight", &[v, d])?;
     let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);
     // the blocks are read while a tied unembedding is transposed on another thread
-    let w_u = k.unembed_while(cfg, &w_e, |k| {
-        for l in 0..cfg.n_layers {
-            let p = format!("h.{l}");
-            let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
-            let c_attn = k.get(&format!("{p}.attn.c_attn.weight"), &[d, 3 * d])?;
-            let c_attn_b = k.get(&format!("{p}.attn.c_attn.bias"), &[3 * d])?;
-            let c_proj = k.get(&format!("{p}.attn.c_proj.weight"), &[d, d])?;
-            let b_o = k.get(&format!("{p}.attn.c_proj.bias"), &[d])?;
-            let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
-            let w_in = k.get(&format!("{p}.mlp.c_fc.weight"), &[d, dm])?;
-            let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
-            let w_out = k.get(&format!("{p}.mlp.c_proj.weight"), &[dm, d])?;
-            let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
-            sink(CanonLayer {
-                ln1: Some(ln1),
-                w_q: heads_from_in_major(&c_attn, 0, h, dh),
-                w_k: heads_from_in_major(&c_attn, d, h, dh),
-                w_v: heads_from_in_major(&c_attn, 2 * d, h, dh),
-                b_q: bias_heads(&c_attn_b.data, 0, h, dh),
-                b_k: bias_heads(&c_attn_b.data, d, h, dh),
-                b_v: bias_heads(&c_attn_b.data, 2 * d, h, dh),
-                // rows of c_proj are (head, d_head): the memory layout of [H, dh, d] already
-                w_o: reshape(c_proj, vec![h, dh, d]),
-                b_o,
-                ln2: Some(ln2),
-                w_in,
-                b_in,
-                w_gate: None,
-                qk_norm: None,
-                w_out,
-                b_out,
-                post_norm: None,
-            })?;
-        }
-        Ok(())
-    })?;
+    let w_u = k.unembed_while(cfg, &w_e, |k| k.blocks(cfg, sink))?;
     let ln_f = k.layer_norm("ln_f", d)?;
     Ok(Canonical::without_blocks(w_e, w_pos, ln_f, w_u))
+}
+
+/// Block `l`, read from the checkpoint (the loader's loop and the layer streamer both call this).
+fn layer(cfg: &ModelConfig, k: &mut Keys<'_, '_>, l: usize) -> Result<CanonLayer> {
+    let (d, h, dh, dm) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+    let p = format!("h.{l}");
+    let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
+    let c_attn = k.get(&format!("{p}.attn.c_attn.weight"), &[d, 3 * d])?;
+    let c_attn_b = k.get(&format!("{p}.attn.c_attn.bias"), &[3 * d])?;
+    let c_proj = k.get(&format!("{p}.attn.c_proj.weight"), &[d, d])?;
+    let b_o = k.get(&format!("{p}.attn.c_proj.bias"), &[d])?;
+    let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
+    let w_in = k.get(&format!("{p}.mlp.c_fc.weight"), &[d, dm])?;
+    let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
+    let w_out = k.get(&format!("{p}.mlp.c_proj.weight"), &[dm, d])?;
+    let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
+    Ok(CanonLayer {
+        ln1: Some(ln1),
+        w_q: heads_from_in_major(&c_attn, 0, h, dh),
+        w_k: heads_from_in_major(&c_attn, d, h, dh),
+        w_v: heads_from_in_major(&c_attn, 2 * d, h, dh),
+        b_q: bias_heads(&c_attn_b.data, 0, h, dh),
+        b_k: bias_heads(&c_attn_b.data, d, h, dh),
+        b_v: bias_heads(&c_attn_b.data, 2 * d, h, dh),
+        // rows of c_proj are (head, d_head): the memory layout of [H, dh, d] already
+        w_o: reshape(c_proj, vec![h, dh, d]),
+        b_o,
+        ln2: Some(ln2),
+        w_in,
+        b_in,
+        w_gate: None,
+        qk_norm: None,
+        w_out,
+        b_out,
+        post_norm: None,
+    })
 }

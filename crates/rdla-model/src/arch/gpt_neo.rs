@@ -37,6 +37,7 @@ pub static FAMILY: Family = Family {
     lm_head: &["lm_head.weight"],
     config,
     load,
+    layer,
 };
 
 /// GPT-Neo's `config.json` spelling.
@@ -176,48 +177,49 @@ fn attention_layers(r: &Raw, n_layers: usize) -> Result<Vec<String>> {
 }
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
-    let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
     let w_e = k.embedding("wte.weight", &[v, d])?;
     let w_pos = Some(k.get("wpe.weight", &[cfg.n_ctx, d])?);
     // the blocks are read while a tied unembedding is transposed on another thread
-    let w_u = k.unembed_while(cfg, &w_e, |k| {
-        for l in 0..cfg.n_layers {
-            let p = format!("h.{l}");
-            let a = format!("{p}.attn.attention");
-            let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
-            let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
-            let kk = k.get(&format!("{a}.k_proj.weight"), &[h * dh, d])?;
-            let vv = k.get(&format!("{a}.v_proj.weight"), &[h * dh, d])?;
-            let o = k.get(&format!("{a}.out_proj.weight"), &[d, h * dh])?;
-            let b_o = k.get(&format!("{a}.out_proj.bias"), &[d])?;
-            let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
-            let fc = k.get(&format!("{p}.mlp.c_fc.weight"), &[dm, d])?;
-            let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
-            let proj = k.get(&format!("{p}.mlp.c_proj.weight"), &[d, dm])?;
-            let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
-            sink(CanonLayer {
-                ln1: Some(ln1),
-                w_q: heads_from_out_major(&q, h, dh),
-                w_k: heads_from_out_major(&kk, h, dh),
-                w_v: heads_from_out_major(&vv, h, dh),
-                b_q: HostTensor::zeros(vec![h, dh]),
-                b_k: HostTensor::zeros(vec![h, dh]),
-                b_v: HostTensor::zeros(vec![h, dh]),
-                // out_proj is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
-                w_o: reshape(transpose(&o), vec![h, dh, d]),
-                b_o,
-                ln2: Some(ln2),
-                w_in: transpose(&fc),
-                b_in,
-                w_gate: None,
-                qk_norm: None,
-                w_out: transpose(&proj),
-                b_out,
-                post_norm: None,
-            })?;
-        }
-        Ok(())
-    })?;
+    let w_u = k.unembed_while(cfg, &w_e, |k| k.blocks(cfg, sink))?;
     let ln_f = k.layer_norm("ln_f", d)?;
     Ok(Canonical::without_blocks(w_e, w_pos, ln_f, w_u))
+}
+
+/// Block `l`, read from the checkpoint (the loader's loop and the layer streamer both call this).
+fn layer(cfg: &ModelConfig, k: &mut Keys<'_, '_>, l: usize) -> Result<CanonLayer> {
+    let (d, h, dh, dm) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+    let p = format!("h.{l}");
+    let a = format!("{p}.attn.attention");
+    let ln1 = k.layer_norm(&format!("{p}.ln_1"), d)?;
+    let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
+    let kk = k.get(&format!("{a}.k_proj.weight"), &[h * dh, d])?;
+    let vv = k.get(&format!("{a}.v_proj.weight"), &[h * dh, d])?;
+    let o = k.get(&format!("{a}.out_proj.weight"), &[d, h * dh])?;
+    let b_o = k.get(&format!("{a}.out_proj.bias"), &[d])?;
+    let ln2 = k.layer_norm(&format!("{p}.ln_2"), d)?;
+    let fc = k.get(&format!("{p}.mlp.c_fc.weight"), &[dm, d])?;
+    let b_in = k.get(&format!("{p}.mlp.c_fc.bias"), &[dm])?;
+    let proj = k.get(&format!("{p}.mlp.c_proj.weight"), &[d, dm])?;
+    let b_out = k.get(&format!("{p}.mlp.c_proj.bias"), &[d])?;
+    Ok(CanonLayer {
+        ln1: Some(ln1),
+        w_q: heads_from_out_major(&q, h, dh),
+        w_k: heads_from_out_major(&kk, h, dh),
+        w_v: heads_from_out_major(&vv, h, dh),
+        b_q: HostTensor::zeros(vec![h, dh]),
+        b_k: HostTensor::zeros(vec![h, dh]),
+        b_v: HostTensor::zeros(vec![h, dh]),
+        // out_proj is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
+        w_o: reshape(transpose(&o), vec![h, dh, d]),
+        b_o,
+        ln2: Some(ln2),
+        w_in: transpose(&fc),
+        b_in,
+        w_gate: None,
+        qk_norm: None,
+        w_out: transpose(&proj),
+        b_out,
+        post_norm: None,
+    })
 }

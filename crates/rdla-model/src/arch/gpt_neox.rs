@@ -32,6 +32,7 @@ pub static FAMILY: Family = Family {
     lm_head: &["embed_out.weight"],
     config,
     load,
+    layer,
 };
 
 /// GPT-NeoX's own `config.json` fields (sizes and rotary parameters are shared).
@@ -91,48 +92,49 @@ fn split_qkv(
 }
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
-    let (d, h, dh, dm, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
     let w_e = k.embedding("embed_in.weight", &[v, d])?;
-    let w_u = k.unembed_while(cfg, &w_e, |k| {
-        for l in 0..cfg.n_layers {
-            let p = format!("layers.{l}");
-            let a = format!("{p}.attention");
-            let ln1 = k.layer_norm(&format!("{p}.input_layernorm"), d)?;
-            let qkv = k.get(&format!("{a}.query_key_value.weight"), &[3 * h * dh, d])?;
-            let qkv_b = k.get_or_zeros(&format!("{a}.query_key_value.bias"), &[3 * h * dh])?;
-            let o = k.get(&format!("{a}.dense.weight"), &[d, h * dh])?;
-            let b_o = k.get_or_zeros(&format!("{a}.dense.bias"), &[d])?;
-            let ln2 = k.layer_norm(&format!("{p}.post_attention_layernorm"), d)?;
-            let fc = k.get(&format!("{p}.mlp.dense_h_to_4h.weight"), &[dm, d])?;
-            let b_in = k.get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[dm])?;
-            let proj = k.get(&format!("{p}.mlp.dense_4h_to_h.weight"), &[d, dm])?;
-            let b_out = k.get(&format!("{p}.mlp.dense_4h_to_h.bias"), &[d])?;
-            let (w_q, b_q) = split_qkv(&qkv, &qkv_b, 0, h, dh);
-            let (w_k, b_k) = split_qkv(&qkv, &qkv_b, 1, h, dh);
-            let (w_v, b_v) = split_qkv(&qkv, &qkv_b, 2, h, dh);
-            sink(CanonLayer {
-                ln1: Some(ln1),
-                w_q,
-                b_q,
-                w_k,
-                b_k,
-                w_v,
-                b_v,
-                // dense is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
-                w_o: reshape(transpose(&o), vec![h, dh, d]),
-                b_o,
-                ln2: Some(ln2),
-                w_in: transpose(&fc),
-                b_in,
-                w_gate: None,
-                qk_norm: None,
-                w_out: transpose(&proj),
-                b_out,
-                post_norm: None,
-            })?;
-        }
-        Ok(())
-    })?;
+    let w_u = k.unembed_while(cfg, &w_e, |k| k.blocks(cfg, sink))?;
     let ln_f = k.layer_norm("final_layer_norm", d)?;
     Ok(Canonical::without_blocks(w_e, None, ln_f, w_u))
+}
+
+/// Block `l`, read from the checkpoint (the loader's loop and the layer streamer both call this).
+fn layer(cfg: &ModelConfig, k: &mut Keys<'_, '_>, l: usize) -> Result<CanonLayer> {
+    let (d, h, dh, dm) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+    let p = format!("layers.{l}");
+    let a = format!("{p}.attention");
+    let ln1 = k.layer_norm(&format!("{p}.input_layernorm"), d)?;
+    let qkv = k.get(&format!("{a}.query_key_value.weight"), &[3 * h * dh, d])?;
+    let qkv_b = k.get_or_zeros(&format!("{a}.query_key_value.bias"), &[3 * h * dh])?;
+    let o = k.get(&format!("{a}.dense.weight"), &[d, h * dh])?;
+    let b_o = k.get_or_zeros(&format!("{a}.dense.bias"), &[d])?;
+    let ln2 = k.layer_norm(&format!("{p}.post_attention_layernorm"), d)?;
+    let fc = k.get(&format!("{p}.mlp.dense_h_to_4h.weight"), &[dm, d])?;
+    let b_in = k.get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[dm])?;
+    let proj = k.get(&format!("{p}.mlp.dense_4h_to_h.weight"), &[d, dm])?;
+    let b_out = k.get(&format!("{p}.mlp.dense_4h_to_h.bias"), &[d])?;
+    let (w_q, b_q) = split_qkv(&qkv, &qkv_b, 0, h, dh);
+    let (w_k, b_k) = split_qkv(&qkv, &qkv_b, 1, h, dh);
+    let (w_v, b_v) = split_qkv(&qkv, &qkv_b, 2, h, dh);
+    Ok(CanonLayer {
+        ln1: Some(ln1),
+        w_q,
+        b_q,
+        w_k,
+        b_k,
+        w_v,
+        b_v,
+        // dense is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
+        w_o: reshape(transpose(&o), vec![h, dh, d]),
+        b_o,
+        ln2: Some(ln2),
+        w_in: transpose(&fc),
+        b_in,
+        w_gate: None,
+        qk_norm: None,
+        w_out: transpose(&proj),
+        b_out,
+        post_norm: None,
+    })
 }

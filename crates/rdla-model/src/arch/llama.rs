@@ -46,6 +46,7 @@ const fn member(
         lm_head: &["lm_head.weight"],
         config,
         load,
+        layer,
     }
 }
 
@@ -199,91 +200,91 @@ fn qwen2_spans(r: &Raw, n_layers: usize) -> Result<Vec<AttnSpan>> {
 }
 
 fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Result<Canonical> {
-    let (d, h, kv, dh, dm, v) = (
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
+    let w_e = k.embedding("embed_tokens.weight", &[v, d])?;
+    let w_u = k.unembed_while(cfg, &w_e, |k| k.blocks(cfg, sink))?;
+    let ln_f = k.rms_norm("norm", d)?;
+    Ok(Canonical::without_blocks(w_e, None, ln_f, w_u))
+}
+
+/// Block `l`, read from the checkpoint (the loader's loop and the layer streamer both call this).
+fn layer(cfg: &ModelConfig, k: &mut Keys<'_, '_>, l: usize) -> Result<CanonLayer> {
+    let (d, h, kv, dh, dm) = (
         cfg.d_model,
         cfg.n_heads,
         cfg.n_kv_heads,
         cfg.d_head,
         cfg.d_mlp,
-        cfg.d_vocab,
     );
     // Phi-3 fuses q/k/v and gate/up
     let fused = std::ptr::eq(cfg.family, &PHI3);
-    let w_e = k.embedding("embed_tokens.weight", &[v, d])?;
-    let w_u = k.unembed_while(cfg, &w_e, |k| {
-        for l in 0..cfg.n_layers {
-            let p = format!("layers.{l}");
-            let a = format!("{p}.self_attn");
-            let ln1 = k.rms_norm(&format!("{p}.input_layernorm"), d)?;
-            let (q, kk, vv) = if fused {
-                let qkv = k.get(&format!("{a}.qkv_proj.weight"), &[(h + 2 * kv) * dh, d])?;
-                (
-                    rows(&qkv, 0, h * dh),
-                    rows(&qkv, h * dh, (h + kv) * dh),
-                    rows(&qkv, (h + kv) * dh, (h + 2 * kv) * dh),
-                )
-            } else {
-                (
-                    k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?,
-                    k.get(&format!("{a}.k_proj.weight"), &[kv * dh, d])?,
-                    k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?,
-                )
-            };
-            // Qwen2 always has q/k/v biases: a missing one is a broken checkpoint, not zeros
-            let qkv_bias = |k: &mut Keys<'_, '_>, name: &str, n: usize| {
-                if std::ptr::eq(cfg.family, &QWEN2) {
-                    k.get(name, &[n])
-                } else {
-                    k.get_or_zeros(name, &[n])
-                }
-            };
-            let b_q = qkv_bias(k, &format!("{a}.q_proj.bias"), h * dh)?;
-            let b_k = qkv_bias(k, &format!("{a}.k_proj.bias"), kv * dh)?;
-            let b_v = qkv_bias(k, &format!("{a}.v_proj.bias"), kv * dh)?;
-            let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
-            let b_o = k.get_or_zeros(&format!("{a}.o_proj.bias"), &[d])?;
-            let ln2 = k.rms_norm(&format!("{p}.post_attention_layernorm"), d)?;
-            let qk_norm = if cfg.qk_norm {
-                Some((
-                    k.get(&format!("{a}.q_norm.weight"), &[dh])?,
-                    k.get(&format!("{a}.k_norm.weight"), &[dh])?,
-                ))
-            } else {
-                None
-            };
-            let (gate, up) = if fused {
-                let gu = k.get(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * dm, d])?;
-                (rows(&gu, 0, dm), rows(&gu, dm, 2 * dm))
-            } else {
-                (
-                    k.get(&format!("{p}.mlp.gate_proj.weight"), &[dm, d])?,
-                    k.get(&format!("{p}.mlp.up_proj.weight"), &[dm, d])?,
-                )
-            };
-            let down = k.get(&format!("{p}.mlp.down_proj.weight"), &[d, dm])?;
-            sink(CanonLayer {
-                ln1: Some(ln1),
-                w_q: heads_from_out_major(&q, h, dh),
-                w_k: heads_from_out_major(&kk, kv, dh),
-                w_v: heads_from_out_major(&vv, kv, dh),
-                b_q: reshape(b_q, vec![h, dh]),
-                b_k: reshape(b_k, vec![kv, dh]),
-                b_v: reshape(b_v, vec![kv, dh]),
-                // o_proj is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
-                w_o: reshape(transpose(&o), vec![h, dh, d]),
-                b_o,
-                ln2: Some(ln2),
-                w_in: transpose(&up),
-                b_in: HostTensor::zeros(vec![dm]),
-                w_gate: Some(transpose(&gate)),
-                qk_norm,
-                w_out: transpose(&down),
-                b_out: HostTensor::zeros(vec![d]),
-                post_norm: None,
-            })?;
+    let p = format!("layers.{l}");
+    let a = format!("{p}.self_attn");
+    let ln1 = k.rms_norm(&format!("{p}.input_layernorm"), d)?;
+    let (q, kk, vv) = if fused {
+        let qkv = k.get(&format!("{a}.qkv_proj.weight"), &[(h + 2 * kv) * dh, d])?;
+        (
+            rows(&qkv, 0, h * dh),
+            rows(&qkv, h * dh, (h + kv) * dh),
+            rows(&qkv, (h + kv) * dh, (h + 2 * kv) * dh),
+        )
+    } else {
+        (
+            k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?,
+            k.get(&format!("{a}.k_proj.weight"), &[kv * dh, d])?,
+            k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?,
+        )
+    };
+    // Qwen2 always has q/k/v biases: a missing one is a broken checkpoint, not zeros
+    let qkv_bias = |k: &mut Keys<'_, '_>, name: &str, n: usize| {
+        if std::ptr::eq(cfg.family, &QWEN2) {
+            k.get(name, &[n])
+        } else {
+            k.get_or_zeros(name, &[n])
         }
-        Ok(())
-    })?;
-    let ln_f = k.rms_norm("norm", d)?;
-    Ok(Canonical::without_blocks(w_e, None, ln_f, w_u))
+    };
+    let b_q = qkv_bias(k, &format!("{a}.q_proj.bias"), h * dh)?;
+    let b_k = qkv_bias(k, &format!("{a}.k_proj.bias"), kv * dh)?;
+    let b_v = qkv_bias(k, &format!("{a}.v_proj.bias"), kv * dh)?;
+    let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
+    let b_o = k.get_or_zeros(&format!("{a}.o_proj.bias"), &[d])?;
+    let ln2 = k.rms_norm(&format!("{p}.post_attention_layernorm"), d)?;
+    let qk_norm = if cfg.qk_norm {
+        Some((
+            k.get(&format!("{a}.q_norm.weight"), &[dh])?,
+            k.get(&format!("{a}.k_norm.weight"), &[dh])?,
+        ))
+    } else {
+        None
+    };
+    let (gate, up) = if fused {
+        let gu = k.get(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * dm, d])?;
+        (rows(&gu, 0, dm), rows(&gu, dm, 2 * dm))
+    } else {
+        (
+            k.get(&format!("{p}.mlp.gate_proj.weight"), &[dm, d])?,
+            k.get(&format!("{p}.mlp.up_proj.weight"), &[dm, d])?,
+        )
+    };
+    let down = k.get(&format!("{p}.mlp.down_proj.weight"), &[d, dm])?;
+    Ok(CanonLayer {
+        ln1: Some(ln1),
+        w_q: heads_from_out_major(&q, h, dh),
+        w_k: heads_from_out_major(&kk, kv, dh),
+        w_v: heads_from_out_major(&vv, kv, dh),
+        b_q: reshape(b_q, vec![h, dh]),
+        b_k: reshape(b_k, vec![kv, dh]),
+        b_v: reshape(b_v, vec![kv, dh]),
+        // o_proj is [d, (head, d_head)]: its transpose has the memory layout of [H, dh, d]
+        w_o: reshape(transpose(&o), vec![h, dh, d]),
+        b_o,
+        ln2: Some(ln2),
+        w_in: transpose(&up),
+        b_in: HostTensor::zeros(vec![dm]),
+        w_gate: Some(transpose(&gate)),
+        qk_norm,
+        w_out: transpose(&down),
+        b_out: HostTensor::zeros(vec![d]),
+        post_norm: None,
+    })
 }

@@ -136,8 +136,11 @@ pub struct Family {
     pub lm_head: &'static [&'static str],
     /// `config.json` → validated config.
     pub config: fn(&serde_json::Value) -> Result<ModelConfig>,
-    /// The key table: read the checkpoint, handing each block to the sink.
+    /// The key table: read the model-wide tensors, and the blocks through [`Keys::blocks`]
+    /// (which hands each to the sink).
     pub load: fn(&ModelConfig, &mut Keys<'_, '_>, &mut LayerSink<'_>) -> Result<Canonical>,
+    /// The key table of one block: read block `l`.
+    pub layer: fn(&ModelConfig, &mut Keys<'_, '_>, usize) -> Result<CanonLayer>,
 }
 
 impl Family {
@@ -229,6 +232,7 @@ pub fn load_canonical(
             Ok(())
         },
         false,
+        false,
     )?;
     canon.layers = layers;
     Ok(canon)
@@ -241,21 +245,58 @@ pub fn load_canonical(
 /// With `leave_token_matrices`, an embedding and unembedding whose rows can be read where
 /// they lie ([`WeightStore::rows`]) are not read: the result names them in
 /// [`Canonical::stored`] instead.
+///
+/// With `skip_blocks`, no block is read (the sink is never called): the layers are read one
+/// at a time later, with [`read_layer`].
 pub fn load_streaming(
     cfg: &ModelConfig,
     store: &WeightStore,
     progress: &mut ProgressFn<'_>,
     sink: &mut LayerSink<'_>,
     leave_token_matrices: bool,
+    skip_blocks: bool,
 ) -> Result<Canonical> {
     let family = cfg.family;
     let mut keys = Keys::new(store, progress, family.prefix, family.lm_head);
     keys.leave_token_matrices = leave_token_matrices;
+    keys.skip_blocks = skip_blocks;
     keys.check_layers(cfg.n_layers)?;
     let mut canon = (family.load)(cfg, &mut keys, sink)?;
     keys.finish()?;
     canon.stored = keys.stored.take();
     Ok(canon)
+}
+
+/// Read block 0, and check that every other block has the tensors block 0 was read from,
+/// with the same shapes, from the checkpoint's header alone (nothing else is read): a
+/// streaming model finds a missing or misshapen tensor when it opens, not in the middle of
+/// a forward pass.
+pub fn read_layer_checking_others(cfg: &ModelConfig, store: &WeightStore) -> Result<CanonLayer> {
+    let family = cfg.family;
+    let mut quiet = |_: LoadProgress| true;
+    let mut keys = Keys::new(store, &mut quiet, family.prefix, family.lm_head);
+    keys.asked = Some(Vec::new());
+    let first = (family.layer)(cfg, &mut keys, 0)?;
+    let asked = keys.asked.take().unwrap_or_default();
+    for l in 1..cfg.n_layers {
+        for a in &asked {
+            let name = in_layer(&a.name, l);
+            if a.optional && !keys.has(&name) {
+                continue;
+            }
+            keys.checked(&name, &a.shape)?;
+        }
+    }
+    Ok(first)
+}
+
+/// Read block `l` alone (the layer streamer: a layer is read again each time it is needed
+/// and not held).
+pub fn read_layer(cfg: &ModelConfig, store: &WeightStore, l: usize) -> Result<CanonLayer> {
+    let family = cfg.family;
+    let mut quiet = |_: LoadProgress| true;
+    let mut keys = Keys::new(store, &mut quiet, family.prefix, family.lm_head);
+    (family.layer)(cfg, &mut keys, l)
 }
 
 /// Tensor lookup with the architecture's optional prefix (`transformer.`, `gpt_neox.`,
@@ -270,7 +311,30 @@ pub struct Keys<'a, 'p> {
     lm_head: &'static [&'static str],
     /// Leave the token matrices on disk where their rows can be read there.
     leave_token_matrices: bool,
+    /// Read no block ([`load_streaming`]'s `skip_blocks`).
+    skip_blocks: bool,
     stored: Option<StoredKeys>,
+    /// The names and shapes asked for, when recorded ([`read_layer_checking_others`]).
+    asked: Option<Vec<Asked>>,
+}
+
+/// A tensor a key table asked for: its name, its shape and whether it may be absent (an
+/// optional bias).
+#[derive(Debug, Clone)]
+struct Asked {
+    name: String,
+    shape: Vec<usize>,
+    optional: bool,
+}
+
+/// `name` of block 0 (`layers.0.…`, `h.0.…`) as block `l`'s.
+fn in_layer(name: &str, l: usize) -> String {
+    for head in ["layers", "h"] {
+        if let Some(rest) = name.strip_prefix(&format!("{head}.0.")) {
+            return format!("{head}.{l}.{rest}");
+        }
+    }
+    name.to_string()
 }
 
 impl<'a, 'p> Keys<'a, 'p> {
@@ -289,8 +353,29 @@ impl<'a, 'p> Keys<'a, 'p> {
             prefix,
             lm_head,
             leave_token_matrices: false,
+            skip_blocks: false,
             stored: None,
+            asked: None,
         }
+    }
+
+    /// Read every block of `cfg`'s model in order, handing each to `sink` (none when blocks
+    /// are skipped).
+    pub fn blocks(&mut self, cfg: &ModelConfig, sink: &mut LayerSink<'_>) -> Result<()> {
+        if self.skip_blocks {
+            let bytes: u64 = self
+                .store
+                .keys()
+                .filter(|k| block_layer(self.prefix, k).is_some())
+                .map(|k| self.store.nbytes(k))
+                .sum();
+            self.done += bytes;
+            return self.report();
+        }
+        for l in 0..cfg.n_layers {
+            sink((cfg.family.layer)(cfg, self, l)?)?;
+        }
+        Ok(())
     }
 
     /// A checkpoint with more layers than its config declares is refused (reading only the
@@ -298,18 +383,7 @@ impl<'a, 'p> Keys<'a, 'p> {
     /// `h.{l}.…` (after the family's prefix) with `l ≥ n_layers`.
     fn check_layers(&self, n_layers: usize) -> Result<()> {
         for key in self.store.keys() {
-            // the model's own blocks only (a multimodal checkpoint's vision tower has others)
-            let bare = self
-                .prefix
-                .iter()
-                .find_map(|p| key.strip_prefix(p))
-                .unwrap_or(key);
-            let mut parts = bare.split('.');
-            let layer = match (parts.next(), parts.next()) {
-                (Some("layers" | "h"), Some(l)) => l.parse::<usize>().ok(),
-                _ => None,
-            };
-            if let Some(layer) = layer.filter(|&l| l >= n_layers) {
+            if let Some(layer) = block_layer(self.prefix, key).filter(|&l| l >= n_layers) {
                 return Err(ModelError::UnexpectedLayer {
                     key: key.to_string(),
                     layer,
@@ -357,8 +431,8 @@ impl<'a, 'p> Keys<'a, 'p> {
         self.find(name).is_some()
     }
 
-    /// Read `name` and check its shape.
-    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+    /// The stored key of `name`, its shape checked (without reading it).
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<String> {
         let key = self.find(name).ok_or_else(|| ModelError::MissingTensor {
             key: name.to_string(),
             tried: self.candidates(name),
@@ -371,6 +445,27 @@ impl<'a, 'p> Keys<'a, 'p> {
                 actual: actual.to_vec(),
             });
         }
+        Ok(key)
+    }
+
+    fn ask(&mut self, name: &str, shape: &[usize], optional: bool) {
+        if let Some(asked) = &mut self.asked {
+            asked.push(Asked {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                optional,
+            });
+        }
+    }
+
+    /// Read `name` and check its shape.
+    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        self.ask(name, shape, false);
+        self.read(name, shape)
+    }
+
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let key = self.checked(name, shape)?;
         let t = self.store.read_f32(&key)?;
         self.done += self.store.nbytes(&key);
         self.report()?;
@@ -424,8 +519,9 @@ impl<'a, 'p> Keys<'a, 'p> {
 
     /// `name` if stored, else zeros of `shape` (an optional bias).
     pub fn get_or_zeros(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        self.ask(name, shape, true);
         if self.has(name) {
-            self.get(name, shape)
+            self.read(name, shape)
         } else {
             Ok(HostTensor::zeros(shape.to_vec()))
         }
@@ -483,6 +579,21 @@ impl<'a, 'p> Keys<'a, 'p> {
             .iter()
             .copied()
             .find(|k| self.store.contains(k))
+    }
+}
+
+/// The layer of a block key `layers.{l}.…` / `h.{l}.…` (after one of the family's
+/// prefixes); `None` for any other key (a multimodal checkpoint's vision tower has blocks of
+/// its own under other names).
+fn block_layer(prefix: &[&str], key: &str) -> Option<usize> {
+    let bare = prefix
+        .iter()
+        .find_map(|p| key.strip_prefix(p))
+        .unwrap_or(key);
+    let mut parts = bare.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("layers" | "h"), Some(l)) => l.parse::<usize>().ok(),
+        _ => None,
     }
 }
 

@@ -16,8 +16,8 @@ use std::ops::Range;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::layout::Layout;
-use crate::model::Model;
 use crate::model::layer::layers;
+use crate::model::{Blocks, Model};
 
 /// Everything the attribution needs from one forward pass, at every position.
 #[derive(Debug, Clone)]
@@ -66,10 +66,21 @@ impl Model {
         ls: Range<usize>,
         q: usize,
     ) -> crate::Result<Tensor<3>> {
+        self.pattern_rows_in(&self.blocks(&ls)?, cache, ls, q)
+    }
+
+    /// [`Model::pattern_rows`] with layers `ls`'s blocks `b` already fetched.
+    pub fn pattern_rows_in(
+        &self,
+        b: &Blocks,
+        cache: &Cache,
+        ls: Range<usize>,
+        q: usize,
+    ) -> crate::Result<Tensor<3>> {
         let (lb, n) = (ls.len(), cache.n_pos());
         let (h, kv) = (self.config.n_heads, self.config.n_kv_heads);
         let g = h / kv;
-        let seen = self.scores_at(cache, &ls, q); // [Lb, KV, g, q+1]
+        let seen = self.scores_at(b, cache, &ls, q); // [Lb, KV, g, q+1]
         let rows = ls
             .clone()
             .enumerate()
@@ -89,7 +100,7 @@ impl Model {
 
     /// Raw scores `q̂ · k̂` (unscaled) of layers `ls` from destination `q` to keys `0..=q`:
     /// `[Lb, KV, g, q+1]`.
-    fn scores_at(&self, cache: &Cache, ls: &Range<usize>, q: usize) -> Tensor<4> {
+    fn scores_at(&self, b: &Blocks, cache: &Cache, ls: &Range<usize>, q: usize) -> Tensor<4> {
         let lb = ls.len();
         let (h, kv, dh) = (
             self.config.n_heads,
@@ -97,7 +108,7 @@ impl Model {
             self.config.d_head,
         );
         let qv = self
-            .q_at(cache, ls.clone(), q)
+            .q_in(b, cache, ls.clone(), q)
             .reshape([lb, kv, h / kv, dh]);
         let keys = layers(&cache.k, ls).narrow(2, 0, q + 1); // [Lb, KV, q+1, dh]
         qv.matmul(keys.swap_dims(2, 3))
@@ -170,8 +181,12 @@ impl Model {
     /// The queries of layers `ls` at position `q` as the scores use them (bias added, q-normed
     /// with the frozen scale, rotated): `[Lb, H, dh]`, recomputed from the residual
     /// components with the forward pass's formulas.
-    pub fn q_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
-        let w = &self.weights;
+    pub fn q_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> crate::Result<Tensor<3>> {
+        Ok(self.q_in(&self.blocks(&ls)?, cache, ls, q))
+    }
+
+    /// [`Model::q_at`] with layers `ls`'s blocks `w` already fetched.
+    pub fn q_in(&self, w: &Blocks, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
         let (lb, h, d, dh) = (
             ls.len(),
             self.config.n_heads,
@@ -180,18 +195,16 @@ impl Model {
         );
         let xn = Self::ln_affine(
             self.normed_inputs_at(cache, &ls, q, |lay, l| lay.pre(l), &cache.ln1_scale),
-            w.ln1
-                .as_ref()
-                .map(|(lw, lb_)| (layers(lw, &ls), layers(lb_, &ls))),
+            w.ln1.clone(),
         );
         let mut qv = xn
             .reshape([lb, 1, 1, d])
-            .matmul(layers(&w.w_q, &ls)) // [Lb, H, 1, dh]
+            .matmul(w.w_q.clone()) // [Lb, H, 1, dh]
             .reshape([lb, h, dh])
-            + layers(&w.b_q, &ls);
+            + w.b_q.clone();
         if let (Some((wq, _)), Some((sq, _))) = (&w.qk_norm, &cache.qk_scale) {
             let s = layers(sq, &ls).narrow(2, q, 1); // [Lb, H, 1]
-            qv = qv / s * layers(wq, &ls).reshape([lb, 1, dh]);
+            qv = qv / s * wq.clone().reshape([lb, 1, dh]);
         }
         match &cache.rotary {
             Some(rot) => {
@@ -216,23 +229,40 @@ impl Model {
         cache: &Cache,
         ls: Range<usize>,
         q: usize,
+    ) -> crate::Result<(Tensor<2>, Option<Tensor<2>>)> {
+        Ok(self.mlp_pre_in(&self.blocks(&ls)?, cache, ls, q))
+    }
+
+    /// [`Model::mlp_pre_at`] with layers `ls`'s blocks `b` already fetched.
+    pub fn mlp_pre_in(
+        &self,
+        b: &Blocks,
+        cache: &Cache,
+        ls: Range<usize>,
+        q: usize,
     ) -> (Tensor<2>, Option<Tensor<2>>) {
         let xn = self.mlp_inputs_at(cache, &ls, q).unsqueeze_dim::<3>(1); // [Lb, 1, d]
-        let (pre, lin) = self.mlp_pre_activations(xn, &ls);
+        let (pre, lin) = self.mlp_pre_activations(b, xn);
         (pre.squeeze_dim::<2>(1), lin.map(|t| t.squeeze_dim::<2>(1)))
     }
 
     /// The MLP pre-activations of layer `l` at every position, `[P, d_mlp]` (and the linear
     /// path of a gated MLP): for tests.
-    pub fn mlp_pre(&self, cache: &Cache, l: usize) -> (Tensor<2>, Option<Tensor<2>>) {
+    pub fn mlp_pre(
+        &self,
+        cache: &Cache,
+        l: usize,
+    ) -> crate::Result<(Tensor<2>, Option<Tensor<2>>)> {
         let (pre, lin): (Vec<_>, Vec<_>) = (0..cache.n_pos())
             .map(|q| self.mlp_pre_at(cache, l..l + 1, q))
+            .collect::<crate::Result<Vec<_>>>()?
+            .into_iter()
             .unzip();
-        (
+        Ok((
             Tensor::cat(pre, 0),
             lin.into_iter()
                 .collect::<Option<Vec<_>>>()
                 .map(|v| Tensor::cat(v, 0)),
-        )
+        ))
     }
 }

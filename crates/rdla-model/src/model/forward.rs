@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::layout::Comp;
 use crate::model::ablate::{Interventions, Site, ablate_rows};
 use crate::model::layer::QUERY_BLOCK;
-use crate::model::{Cache, Model};
+use crate::model::{Blocks, Cache, Model};
 
 impl Model {
     /// The forward pass over `ids` (BOS included if wanted), caching what attribution needs.
@@ -93,121 +93,141 @@ impl Model {
         let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
         let mut post_scales: Option<(Tensor<2>, Tensor<2>)> = None;
 
-        for l in 0..n_l {
-            let layer = |t: &Tensor<4>| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
-            let layer3 = |t: &Tensor<3>| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
-            let layer2 = |t: &Tensor<2>| t.clone().narrow(0, l, 1); // [1, ·]
-            let rotate = |t: Tensor<3>| match &rotary {
-                Some(r) => r.layer(l).apply(t, 0),
-                None => t,
-            };
+        // Streamed layers: the next one is read and processed on another thread while this
+        // one computes.
+        let stream = w.layers.stream();
+        let state = std::thread::scope(|scope| -> Result<_> {
+            let mut next: Option<std::thread::ScopedJoinHandle<'_, Result<Blocks>>> = None;
+            for l in 0..n_l {
+                let b = match next.take() {
+                    Some(h) => h.join().map_err(|_| {
+                        crate::error::ModelError::Device(format!("reading layer {l} panicked"))
+                    })??,
+                    None => self.blocks(&(l..l + 1))?,
+                };
+                if let Some(st) = stream
+                    && l + 1 < n_l
+                {
+                    next = Some(scope.spawn(move || st.layer(l + 1)));
+                }
+                let layer = |t: &Tensor<4>| t.clone().squeeze_dim::<3>(0);
+                let layer3 = |t: &Tensor<3>| t.clone().squeeze_dim::<2>(0);
+                let layer2 = |t: &Tensor<2>| t.clone(); // [1, ·]
+                let rotate = |t: Tensor<3>| match &rotary {
+                    Some(r) => r.layer(l).apply(t, 0),
+                    None => t,
+                };
 
-            // attention: queries, keys and values for every position, then blocks of queries
-            let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&w.ln1, l));
-            let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
-            let q = xh.clone().matmul(layer(&w.w_q)) + layer3(&w.b_q).unsqueeze_dim::<3>(1); // [H, P, dh]
-            let k = xh.clone().matmul(layer(&w.w_k)) + layer3(&w.b_k).unsqueeze_dim::<3>(1); // [KV, P, dh]
-            let (q, k) = match &w.qk_norm {
-                Some((qn, kn)) => {
-                    let (q, sq) = self.head_norm(q, layer2(qn));
-                    let (k, sk) = self.head_norm(k, layer2(kn));
-                    let (qs, ks) = qk_scales.get_or_insert_with(|| {
+                // attention: queries, keys and values for every position, then blocks of queries
+                let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&b.ln1, 0));
+                let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
+                let q = xh.clone().matmul(layer(&b.w_q)) + layer3(&b.b_q).unsqueeze_dim::<3>(1); // [H, P, dh]
+                let k = xh.clone().matmul(layer(&b.w_k)) + layer3(&b.b_k).unsqueeze_dim::<3>(1); // [KV, P, dh]
+                let (q, k) = match &b.qk_norm {
+                    Some((qn, kn)) => {
+                        let (q, sq) = self.head_norm(q, layer2(qn));
+                        let (k, sk) = self.head_norm(k, layer2(kn));
+                        let (qs, ks) = qk_scales.get_or_insert_with(|| {
+                            (
+                                Tensor::<3>::empty([n_l, h, n], dev),
+                                Tensor::<3>::empty([n_l, kv, n], dev),
+                            )
+                        });
+                        *qs = qs
+                            .clone()
+                            .slice_assign([l..l + 1, 0..h, 0..n], sq.unsqueeze_dim::<3>(0));
+                        *ks = ks
+                            .clone()
+                            .slice_assign([l..l + 1, 0..kv, 0..n], sk.unsqueeze_dim::<3>(0));
+                        (q, k)
+                    }
+                    None => (q, k),
+                };
+                let q = rotate(q);
+                let k = rotate(k);
+                let v = xh.matmul(layer(&b.w_v)) + layer3(&b.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
+                let span = cfg.attn_spans[l];
+                let mut z = Tensor::<3>::empty([h, n, dh], dev);
+                for q0 in (0..n).step_by(QUERY_BLOCK) {
+                    let bq = QUERY_BLOCK.min(n - q0);
+                    let k_end = q0 + bq; // no query of the block sees past its last position
+                    let qb = q.clone().narrow(1, q0, bq).reshape([kv, g * bq, dh]); // query heads grouped by key/value head
+                    let scores = qb.matmul(k.clone().narrow(1, 0, k_end).swap_dims(1, 2)); // [KV, g·Bq, K]
+                    let pattern = self.block_softmax(scores, span, q0, bq)?;
+                    let zb = pattern
+                        .matmul(v.clone().narrow(1, 0, k_end)) // [KV, g·Bq, dh]
+                        .reshape([h, bq, dh]);
+                    z = z.slice_assign([0..h, q0..q0 + bq, 0..dh], zb);
+                }
+                let mut z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
+                for a in iv.at(|s| matches!(s, Site::Head { layer, .. } if layer == l)) {
+                    if let Site::Head { head, .. } = a.site {
+                        z_flat =
+                            ablate_rows(z_flat, a.pos, Some(head * dh..(head + 1) * dh), a.mode);
+                    }
+                }
+                let w_o = layer(&b.w_o).reshape([h * dh, d]);
+                let mut attn_out = z_flat.matmul(w_o) + layer2(&b.b_o); // [P, d]
+                if let Some((pa, _)) = &b.post_norm {
+                    let (y, s) = self.post_norm(attn_out, layer2(pa));
+                    attn_out = y;
+                    let (sa, _) = post_scales.get_or_insert_with(|| {
                         (
-                            Tensor::<3>::empty([n_l, h, n], dev),
-                            Tensor::<3>::empty([n_l, kv, n], dev),
+                            Tensor::<2>::empty([n_l, n], dev),
+                            Tensor::<2>::empty([n_l, n], dev),
                         )
                     });
-                    *qs = qs
+                    *sa = sa
                         .clone()
-                        .slice_assign([l..l + 1, 0..h, 0..n], sq.unsqueeze_dim::<3>(0));
-                    *ks = ks
-                        .clone()
-                        .slice_assign([l..l + 1, 0..kv, 0..n], sk.unsqueeze_dim::<3>(0));
-                    (q, k)
+                        .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
                 }
-                None => (q, k),
-            };
-            let q = rotate(q);
-            let k = rotate(k);
-            let v = xh.matmul(layer(&w.w_v)) + layer3(&w.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
-            let span = cfg.attn_spans[l];
-            let mut z = Tensor::<3>::empty([h, n, dh], dev);
-            for q0 in (0..n).step_by(QUERY_BLOCK) {
-                let bq = QUERY_BLOCK.min(n - q0);
-                let k_end = q0 + bq; // no query of the block sees past its last position
-                let qb = q.clone().narrow(1, q0, bq).reshape([kv, g * bq, dh]); // query heads grouped by key/value head
-                let scores = qb.matmul(k.clone().narrow(1, 0, k_end).swap_dims(1, 2)); // [KV, g·Bq, K]
-                let pattern = self.block_softmax(scores, span, q0, bq)?;
-                let zb = pattern
-                    .matmul(v.clone().narrow(1, 0, k_end)) // [KV, g·Bq, dh]
-                    .reshape([h, bq, dh]);
-                z = z.slice_assign([0..h, q0..q0 + bq, 0..dh], zb);
-            }
-            let mut z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
-            for a in iv.at(|s| matches!(s, Site::Head { layer, .. } if layer == l)) {
-                if let Site::Head { head, .. } = a.site {
-                    z_flat = ablate_rows(z_flat, a.pos, Some(head * dh..(head + 1) * dh), a.mode);
+                for a in iv.at(|s| s == Site::Attn(l)) {
+                    attn_out = ablate_rows(attn_out, a.pos, None, a.mode);
                 }
-            }
-            let w_o = layer(&w.w_o).reshape([h * dh, d]);
-            let mut attn_out = z_flat.matmul(w_o) + layer2(&w.b_o); // [P, d]
-            if let Some((pa, _)) = &w.post_norm {
-                let (y, s) = self.post_norm(attn_out, layer2(pa));
-                attn_out = y;
-                let (sa, _) = post_scales.get_or_insert_with(|| {
-                    (
-                        Tensor::<2>::empty([n_l, n], dev),
-                        Tensor::<2>::empty([n_l, n], dev),
-                    )
-                });
-                *sa = sa
-                    .clone()
-                    .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
-            }
-            for a in iv.at(|s| s == Site::Attn(l)) {
-                attn_out = ablate_rows(attn_out, a.pos, None, a.mode);
-            }
-            let resid_mid = x.clone() + attn_out.clone();
-            let c = layout.attn(l);
-            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
-            s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
-            ks = ks.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], k.unsqueeze_dim::<4>(0));
-            vs = vs.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], v.unsqueeze_dim::<4>(0));
+                let resid_mid = x.clone() + attn_out.clone();
+                let c = layout.attn(l);
+                comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
+                s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
+                ks = ks.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], k.unsqueeze_dim::<4>(0));
+                vs = vs.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], v.unsqueeze_dim::<4>(0));
 
-            // MLP: reads resid_mid, or resid_pre with a parallel residual
-            let mlp_in = if cfg.parallel_residual {
-                x
-            } else {
-                resid_mid.clone()
-            };
-            let (xn2, s2) = self.norm(mlp_in, Self::layer_ln(&w.ln2, l));
-            let (pre, lin) = self.mlp_pre_activations(xn2.unsqueeze_dim::<3>(0), &(l..l + 1));
-            let (pre, lin) = (pre.squeeze_dim::<2>(0), lin.map(|t| t.squeeze_dim::<2>(0)));
-            let mut post = self.mlp_post(pre, lin)?;
-            for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
-                if let Site::Neuron { neuron, .. } = a.site {
-                    post = ablate_rows(post, a.pos, Some(neuron..neuron + 1), a.mode);
+                // MLP: reads resid_mid, or resid_pre with a parallel residual
+                let mlp_in = if cfg.parallel_residual {
+                    x
+                } else {
+                    resid_mid.clone()
+                };
+                let (xn2, s2) = self.norm(mlp_in, Self::layer_ln(&b.ln2, 0));
+                let (pre, lin) = self.mlp_pre_activations(&b, xn2.unsqueeze_dim::<3>(0));
+                let (pre, lin) = (pre.squeeze_dim::<2>(0), lin.map(|t| t.squeeze_dim::<2>(0)));
+                let mut post = self.mlp_post(pre, lin)?;
+                for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
+                    if let Site::Neuron { neuron, .. } = a.site {
+                        post = ablate_rows(post, a.pos, Some(neuron..neuron + 1), a.mode);
+                    }
+                }
+                let mut mlp_out = post.matmul(layer3(&b.w_out)) + layer2(&b.b_out); // [P, d]
+                if let (Some((_, pm)), Some((_, sm))) = (&b.post_norm, &mut post_scales) {
+                    let (y, s) = self.post_norm(mlp_out, layer2(pm));
+                    mlp_out = y;
+                    *sm = sm
+                        .clone()
+                        .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
+                }
+                for a in iv.at(|s| s == Site::Mlp(l)) {
+                    mlp_out = ablate_rows(mlp_out, a.pos, None, a.mode);
+                }
+                x = resid_mid + mlp_out.clone();
+                let c = layout.mlp(l);
+                comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
+                s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
+                if !progress(l + 1, n_l) {
+                    return Err(crate::error::ModelError::ComputeCancelled);
                 }
             }
-            let mut mlp_out = post.matmul(layer3(&w.w_out)) + layer2(&w.b_out); // [P, d]
-            if let (Some((_, pm)), Some((_, sm))) = (&w.post_norm, &mut post_scales) {
-                let (y, s) = self.post_norm(mlp_out, layer2(pm));
-                mlp_out = y;
-                *sm = sm
-                    .clone()
-                    .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
-            }
-            for a in iv.at(|s| s == Site::Mlp(l)) {
-                mlp_out = ablate_rows(mlp_out, a.pos, None, a.mode);
-            }
-            x = resid_mid + mlp_out.clone();
-            let c = layout.mlp(l);
-            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
-            s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
-            if !progress(l + 1, n_l) {
-                return Err(crate::error::ModelError::ComputeCancelled);
-            }
-        }
+            Ok((x, comps, s1s, s2s, ks, vs, qk_scales, post_scales))
+        })?;
+        let (x, comps, s1s, s2s, ks, vs, qk_scales, post_scales) = state;
 
         let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
         if let Some(s) = iv.final_scale {

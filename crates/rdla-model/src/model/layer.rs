@@ -13,7 +13,7 @@ use crate::act;
 use crate::config::{AttnSpan, Norm};
 use crate::error::Result;
 use crate::fused;
-use crate::model::Model;
+use crate::model::{Blocks, Model};
 
 /// Masked attention scores on GPU backends (TransformerLens uses -inf; a large finite value
 /// keeps every backend NaN-free — shaders may assume no infinities — and gives the same
@@ -161,18 +161,16 @@ impl Model {
     }
 
     /// The MLP's pre-activations of normalised inputs `xn [Lb, n, d]` (`n` positions of each
-    /// of layers `ls`): `z` (the gate's, in a gated MLP) and, for a gated MLP, the linear path
-    /// `x W_in + b_in`: `[Lb, n, d_mlp]` each.
+    /// of the layers of `b`): `z` (the gate's, in a gated MLP) and, for a gated MLP, the
+    /// linear path `x W_in + b_in`: `[Lb, n, d_mlp]` each.
     pub(crate) fn mlp_pre_activations(
         &self,
+        b: &Blocks,
         xn: Tensor<3>,
-        ls: &Range<usize>,
     ) -> (Tensor<3>, Option<Tensor<3>>) {
-        let w = &self.weights;
-        let lin =
-            xn.clone().matmul(layers(&w.w_in, ls)) + layers(&w.b_in, ls).unsqueeze_dim::<3>(1); // [Lb, n, d_mlp]
-        match &w.w_gate {
-            Some(w_gate) => (xn.matmul(layers(w_gate, ls)), Some(lin)),
+        let lin = xn.clone().matmul(b.w_in.clone()) + b.b_in.clone().unsqueeze_dim::<3>(1); // [Lb, n, d_mlp]
+        match &b.w_gate {
+            Some(w_gate) => (xn.matmul(w_gate.clone()), Some(lin)),
             None => (lin, None),
         }
     }

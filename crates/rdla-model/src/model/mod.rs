@@ -2,6 +2,7 @@
 //! [`cache`]) its forward pass and the activation cache it leaves.
 
 pub mod ablate;
+pub mod blocks;
 pub mod cache;
 pub mod forward;
 pub mod layer;
@@ -20,7 +21,10 @@ use crate::tokenizer::Tokenizer;
 use crate::vocab::{Extremes, StoredVocab, Unembedding, VocabProcessing, VocabSketch};
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
+pub use blocks::{Blocks, LayerSource, LayerStream};
 pub use cache::Cache;
+
+use blocks::LayerStacks;
 
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
 #[derive(Debug, Clone)]
@@ -30,39 +34,10 @@ pub struct Weights {
     pub w_e: Option<Tensor<2>>,
     /// `[n_ctx, d]` (learned positions only)
     pub w_pos: Option<Tensor<2>>,
-    /// LayerNorm weight and bias `[L, d]` each, present only when not folded.
-    pub ln1: Option<(Tensor<2>, Tensor<2>)>,
-    pub ln2: Option<(Tensor<2>, Tensor<2>)>,
     /// `[d]` each, present only when not folded.
     pub ln_f: Option<(Tensor<1>, Tensor<1>)>,
-    /// `[L, H, d, dh]`
-    pub w_q: Tensor<4>,
-    /// `[L, KV, d, dh]` (KV = H without grouped-query attention)
-    pub w_k: Tensor<4>,
-    pub w_v: Tensor<4>,
-    /// `[L, H, dh]`
-    pub b_q: Tensor<3>,
-    /// `[L, KV, dh]`
-    pub b_k: Tensor<3>,
-    pub b_v: Tensor<3>,
-    /// `[L, H, dh, d]`
-    pub w_o: Tensor<4>,
-    /// `[L, d]`
-    pub b_o: Tensor<2>,
-    /// `[L, d, d_mlp]` (the linear path of a gated MLP)
-    pub w_in: Tensor<3>,
-    /// `[L, d, d_mlp]`, gated MLPs only
-    pub w_gate: Option<Tensor<3>>,
-    /// `[L, d_mlp]`
-    pub b_in: Tensor<2>,
-    /// `[L, d_mlp, d]`
-    pub w_out: Tensor<3>,
-    /// `[L, d]`
-    pub b_out: Tensor<2>,
-    /// Per-head RMSNorm weights of queries and keys `[L, dh]` each (Qwen3, Gemma 3).
-    pub qk_norm: Option<(Tensor<2>, Tensor<2>)>,
-    /// Weights of the post-attention and post-MLP RMSNorms `[L, d]` each (Gemma).
-    pub post_norm: Option<(Tensor<2>, Tensor<2>)>,
+    /// The blocks, held or streamed ([`Model::blocks`] reads a range of them).
+    pub layers: Arc<LayerSource>,
     /// `[d, V]`
     pub w_u: Unembedding,
     /// `[V]`
@@ -74,119 +49,15 @@ fn upload<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(t.data, t.shape), device)
 }
 
-/// One weight stacked over layers, filled one block at a time.
-#[derive(Debug, Default)]
-struct Stack {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
-
-impl Stack {
-    fn push(&mut self, shape: &[usize], data: &[f32], n_layers: usize) {
-        if self.data.is_empty() {
-            self.data.reserve_exact(n_layers * data.len());
-            self.shape = shape.to_vec();
-        }
-        self.data.extend_from_slice(data);
-    }
-
-    fn push_t(&mut self, t: &HostTensor, n_layers: usize) {
-        self.push(&t.shape, &t.data, n_layers);
-    }
-
-    fn upload<const D: usize>(self, n_layers: usize, device: &Device) -> Tensor<D> {
-        let mut shape = vec![n_layers];
-        shape.extend(self.shape);
-        Tensor::from_data(TensorData::new(self.data, shape), device)
-    }
-}
-
-/// Host buffers for every stacked block weight. Blocks arrive one at a time (already
-/// processed) and are appended, so loading never holds more than one extra block.
-#[derive(Debug, Default)]
-struct LayerStacks {
-    n_layers: usize,
-    count: usize,
-    w_q: Stack,
-    w_k: Stack,
-    w_v: Stack,
-    b_q: Stack,
-    b_k: Stack,
-    b_v: Stack,
-    w_o: Stack,
-    b_o: Stack,
-    w_in: Stack,
-    b_in: Stack,
-    w_gate: Option<Stack>,
-    w_out: Stack,
-    b_out: Stack,
-    qk_norm: Option<(Stack, Stack)>,
-    post_norm: Option<(Stack, Stack)>,
-    /// LayerNorm weights and biases (only when not folded).
-    ln1: Option<(Stack, Stack)>,
-    ln2: Option<(Stack, Stack)>,
-}
-
-impl LayerStacks {
-    fn new(n_layers: usize) -> Self {
-        Self {
-            n_layers,
-            ..Self::default()
-        }
-    }
-
-    fn push(&mut self, l: &arch::CanonLayer) {
-        let n = self.n_layers;
-        for (stack, t) in [
-            (&mut self.w_q, &l.w_q),
-            (&mut self.w_k, &l.w_k),
-            (&mut self.w_v, &l.w_v),
-            (&mut self.b_q, &l.b_q),
-            (&mut self.b_k, &l.b_k),
-            (&mut self.b_v, &l.b_v),
-            (&mut self.w_o, &l.w_o),
-            (&mut self.b_o, &l.b_o),
-            (&mut self.w_in, &l.w_in),
-            (&mut self.b_in, &l.b_in),
-            (&mut self.w_out, &l.w_out),
-            (&mut self.b_out, &l.b_out),
-        ] {
-            stack.push_t(t, n);
-        }
-        if let Some(g) = &l.w_gate {
-            self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
-        }
-        for (dst, src) in [
-            (&mut self.qk_norm, &l.qk_norm),
-            (&mut self.post_norm, &l.post_norm),
-        ] {
-            if let Some((a, b)) = src {
-                let (sa, sb) = dst.get_or_insert_with(Default::default);
-                sa.push_t(a, n);
-                sb.push_t(b, n);
-            }
-        }
-        for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
-            if let Some(ln) = src {
-                let (w, b) = dst.get_or_insert_with(Default::default);
-                w.push(&[ln.w.len()], &ln.w, n);
-                b.push(&[ln.b.len()], &ln.b, n);
-            }
-        }
-        self.count += 1;
-    }
-}
-
 impl Weights {
     /// Upload the processed model-wide tensors and the stacked blocks; token matrices left
     /// on disk (`stored`) stay there.
     fn upload(
         c: Canonical,
-        stacks: LayerStacks,
+        layers: LayerSource,
         stored: Option<StoredVocab>,
         device: &Device,
     ) -> Self {
-        let n = stacks.n_layers;
         let (w_e, w_u, b_u) = match stored {
             Some(s) => {
                 let v = s.b_u().len();
@@ -199,13 +70,9 @@ impl Weights {
                 upload(c.b_u, device),
             ),
         };
-        let ln =
-            |p: Option<(Stack, Stack)>| p.map(|(w, b)| (w.upload(n, device), b.upload(n, device)));
         Self {
             w_e,
             w_pos: c.w_pos.map(|t| upload(t, device)),
-            ln1: ln(stacks.ln1),
-            ln2: ln(stacks.ln2),
             ln_f: c.ln_f.map(|ln| {
                 let d = ln.w.len();
                 (
@@ -213,25 +80,7 @@ impl Weights {
                     Tensor::from_data(TensorData::new(ln.b, [d]), device),
                 )
             }),
-            w_q: stacks.w_q.upload(n, device),
-            w_k: stacks.w_k.upload(n, device),
-            w_v: stacks.w_v.upload(n, device),
-            b_q: stacks.b_q.upload(n, device),
-            b_k: stacks.b_k.upload(n, device),
-            b_v: stacks.b_v.upload(n, device),
-            w_o: stacks.w_o.upload(n, device),
-            b_o: stacks.b_o.upload(n, device),
-            w_in: stacks.w_in.upload(n, device),
-            b_in: stacks.b_in.upload(n, device),
-            w_gate: stacks.w_gate.map(|g| g.upload(n, device)),
-            w_out: stacks.w_out.upload(n, device),
-            b_out: stacks.b_out.upload(n, device),
-            qk_norm: stacks
-                .qk_norm
-                .map(|(q, k)| (q.upload(n, device), k.upload(n, device))),
-            post_norm: stacks
-                .post_norm
-                .map(|(a, m)| (a.upload(n, device), m.upload(n, device))),
+            layers: Arc::new(layers),
             w_u,
             b_u,
         }
@@ -444,9 +293,7 @@ impl Model {
         let config = read_config(&dir)?;
         let tokenizer = Tokenizer::from_dir(&dir, config.bos_token_id)?;
         let store = WeightStore::open_dir(&dir)?;
-        Self::from_store(
-            &dir, config, tokenizer, &store, device, processing, progress,
-        )
+        Self::from_store(&dir, config, tokenizer, store, device, processing, progress)
     }
 
     /// Load a single GGUF file (llama.cpp's format: Ollama, LM Studio): its metadata becomes
@@ -465,9 +312,8 @@ impl Model {
         let dir = path
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let mut model = Self::from_store(
-            &dir, config, tokenizer, &store, device, processing, progress,
-        )?;
+        let mut model =
+            Self::from_store(&dir, config, tokenizer, store, device, processing, progress)?;
         model.name = path
             .file_stem()
             .map_or_else(|| model.name.clone(), |s| s.to_string_lossy().into_owned());
@@ -481,34 +327,52 @@ impl Model {
         dir: &Path,
         config: ModelConfig,
         tokenizer: Tokenizer,
-        store: &WeightStore,
+        store: WeightStore,
         device: &Device,
         processing: Processing,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Self> {
-        // Stream: each block is processed and packed as soon as it is read, so the host holds
-        // the packed model plus one block, never a second full copy. On the CPU the token
-        // matrices stay where they lie when their rows can be read there.
+        // Each block is processed and packed as soon as it is read, so the host holds the
+        // packed model plus one block, never a second full copy. On the CPU the token matrices
+        // stay where they lie when their rows can be read there. A model whose processed
+        // blocks do not fit the budget (with room for a prompt) reads no block now: its
+        // layers stream, each read where it lies when it is used.
         let leave = *device == Device::flex();
-        crate::memory::check_budget(
-            || {
+        let in_place = leave && store.reads_rows_in_place();
+        let stream = crate::memory::should_stream(&config, in_place);
+        let what = |how: &str| {
+            let config = &config;
+            let how = how.to_string();
+            move || {
                 format!(
-                    "loading this {} ({} layers, d_model {}, vocabulary {}) in f32",
+                    "{how} this {} ({} layers, d_model {}, vocabulary {}) in f32",
                     config.family.hf_class(),
                     config.n_layers,
                     config.d_model,
                     config.d_vocab
                 )
-            },
-            crate::memory::model_bytes(&config, leave && store.reads_rows_in_place()),
-            0,
-        )?;
+            }
+        };
+        if stream {
+            crate::memory::check_budget(
+                what("streaming the layers of"),
+                crate::memory::global_bytes(&config, in_place)
+                    + 2 * crate::memory::block_bytes(&config),
+                0,
+            )?;
+        } else {
+            crate::memory::check_budget(
+                what("loading"),
+                crate::memory::model_bytes(&config, in_place),
+                0,
+            )?;
+        }
         let processing = processing.for_config(&config);
         let norm = config.norm;
         let mut stacks = LayerStacks::new(config.n_layers);
         let mut canon = arch::load_streaming(
             &config,
-            store,
+            &store,
             progress,
             &mut |mut layer| {
                 process::process_layer(&mut layer, processing, norm);
@@ -516,6 +380,7 @@ impl Model {
                 Ok(())
             },
             leave,
+            stream,
         )?;
         let vocab_proc = VocabProcessing {
             embed_scale: canon.embed_scale,
@@ -550,19 +415,35 @@ impl Model {
             None => None,
         };
         process::process_globals(&mut canon, processing, norm);
-        debug_assert_eq!(stacks.count, config.n_layers);
-        let weights = Weights::upload(canon, stacks, stored, device);
+        let (description, paths) = (store.description.clone(), store.paths.clone());
+        let layers = if stream {
+            // block 0 is read (and kept), the others' tensors checked from the header
+            let first = arch::read_layer_checking_others(&config, &store)?;
+            let capacity = crate::memory::layer_capacity(&config, in_place, 0);
+            let stream = LayerStream::new(
+                Arc::new(store),
+                config.clone(),
+                processing,
+                device.clone(),
+                capacity,
+            );
+            stream.insert(0, stream.prepare(first));
+            LayerSource::Streamed(stream)
+        } else {
+            debug_assert_eq!(stacks.count, config.n_layers);
+            LayerSource::Resident(stacks.upload(device))
+        };
+        let weights = Weights::upload(canon, layers, stored, device);
         Ok(Self {
             name: display_name(dir),
             dir: dir.to_path_buf(),
-            weights_source: store.description.clone(),
-            disk_bytes: store
-                .paths
+            weights_source: description,
+            disk_bytes: paths
                 .iter()
                 .filter_map(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len())
                 .sum(),
-            protected: protected_paths(Some(dir), &store.paths),
+            protected: protected_paths(Some(dir), &paths),
             config,
             processing,
             tokenizer,
@@ -608,11 +489,47 @@ impl Model {
                 vocab: self.config.d_vocab,
             });
         }
-        crate::memory::check_budget(
-            || format!("a {}-token prompt on this model", ids.len()),
-            crate::memory::prompt_bytes(&self.config, ids.len()),
-            self.held_bytes(),
-        )
+        let what = || format!("a {}-token prompt on this model", ids.len());
+        let prompt = crate::memory::prompt_bytes(&self.config, ids.len());
+        match self.weights.layers.stream() {
+            None => crate::memory::check_budget(what, prompt, self.held_bytes()),
+            Some(stream) => {
+                // the prompt's cache and two layers (one in use, the next being read); the
+                // rest of the budget holds processed layers
+                let in_place = self.tokens_in_place();
+                crate::memory::check_budget(
+                    || format!("{} with its layers streamed", what()),
+                    prompt + 2 * crate::memory::block_bytes(&self.config),
+                    crate::memory::global_bytes(&self.config, in_place),
+                )?;
+                stream.set_capacity(crate::memory::layer_capacity(
+                    &self.config,
+                    in_place,
+                    prompt,
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Layers `ls`'s processed blocks: a view of the resident ones, or read (and cached)
+    /// where they lie when the layers stream.
+    pub fn blocks(&self, ls: &std::ops::Range<usize>) -> Result<Blocks> {
+        self.weights.layers.blocks(ls)
+    }
+
+    /// Whether the layers stream from the checkpoint (they did not fit the memory budget).
+    pub fn streams_layers(&self) -> bool {
+        self.weights.layers.stream().is_some()
+    }
+
+    /// How many layers a batched expression takes at once: all of them when they are
+    /// resident, as many as the layer cache holds when they stream.
+    pub fn layer_chunk(&self) -> usize {
+        self.weights
+            .layers
+            .stream()
+            .map_or(self.config.n_layers, |s| s.capacity().max(1))
     }
 
     /// The rotary tables of every layer for a prompt of `n` positions (`None` without
@@ -686,7 +603,14 @@ impl Model {
     /// About how many bytes the loaded model holds in memory (the estimate checked before
     /// loading; the readout sketch included when the token matrices are read in place).
     pub fn held_bytes(&self) -> u64 {
-        crate::memory::model_bytes(&self.config, self.tokens_in_place())
+        let in_place = self.tokens_in_place();
+        match self.weights.layers.stream() {
+            None => crate::memory::model_bytes(&self.config, in_place),
+            Some(s) => {
+                crate::memory::global_bytes(&self.config, in_place)
+                    + s.capacity() as u64 * crate::memory::block_bytes(&self.config)
+            }
+        }
     }
 
     /// Columns `ids` of the processed unembedding `[d, n]`.

@@ -7,9 +7,9 @@ use rdla_model::model::ablate::Site;
 
 use super::head::Head;
 use crate::engine::node::{Children, Kind, Node, NodeType, Parts, Want};
-use crate::engine::readout::layers;
 use crate::engine::{ChildLayout, CompLabel, Engine, NodeKind, Result};
 use crate::path::{Comp, Step};
+use rdla_model::model::Blocks;
 
 /// Attention layer `layer`'s output.
 #[derive(Debug, Clone, Copy)]
@@ -19,9 +19,10 @@ pub(in crate::engine) struct AttnLayer {
 
 impl AttnLayer {
     /// The readout of the layer's heads and `b_O`: `[1, d]`.
-    fn inner(self, eng: &Engine<'_>, node: &Node) -> Tensor<2> {
+    fn inner(self, eng: &Engine<'_>, b: &Blocks, node: &Node) -> Tensor<2> {
         let l = self.layer;
         eng.post_readout(
+            b,
             &(l..l + 1),
             node.pos,
             node.readout.clone().unsqueeze_dim(0),
@@ -30,9 +31,8 @@ impl AttnLayer {
     }
 
     /// `b_O · r'` from the heads' readout `[1, d]`.
-    fn bias_of(self, eng: &Engine<'_>, inner: Tensor<2>) -> Tensor<1> {
-        let l = self.layer;
-        (layers(&eng.model.weights.b_o, &(l..l + 1)) * inner).sum()
+    fn bias_of(b: &Blocks, inner: Tensor<2>) -> Tensor<1> {
+        (b.b_o.clone() * inner).sum()
     }
 }
 
@@ -60,21 +60,23 @@ impl NodeType for AttnLayer {
     }
 
     fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
-        Ok(self.bias_of(eng, self.inner(eng, node)))
+        let b = eng.blocks(self.layer)?;
+        Ok(Self::bias_of(&b, self.inner(eng, &b, node)))
     }
 
     fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
         let l = self.layer;
         let value = self.value(eng, node)?; // first: an unknown layer is an error here
-        let inner = self.inner(eng, node);
+        let b = eng.blocks(l)?;
+        let inner = self.inner(eng, &b, node);
         let children = Children {
             steps: (0..eng.model.config.n_heads).map(Step::Head).collect(),
             values: Some(
-                eng.head_values(&(l..l + 1), node.pos, inner.clone())?
+                eng.head_values(&b, &(l..l + 1), node.pos, inner.clone())?
                     .squeeze_dim::<1>(0),
             ),
         };
-        let mut parts = Parts::plain(value, children, self.bias_of(eng, inner));
+        let mut parts = Parts::plain(value, children, Self::bias_of(&b, inner));
         if want.written {
             parts.written = Some(eng.comp_written(Comp::Attn(l), node.pos)?);
         }
@@ -96,7 +98,9 @@ impl NodeType for AttnLayer {
     }
 
     fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Result<Tensor<1>> {
-        Ok(self.inner(eng, node).squeeze_dim::<1>(0))
+        Ok(self
+            .inner(eng, &eng.blocks(self.layer)?, node)
+            .squeeze_dim::<1>(0))
     }
 
     fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {

@@ -24,10 +24,10 @@ pub(in crate::engine) struct Head {
 impl Head {
     /// The head's OV readout `C(W_V W_O r)` `[1, 1, d]` and value bias per unit attention
     /// `[1, 1]`.
-    fn ov(self, eng: &Engine<'_>, node: &Node) -> (Tensor<3>, Tensor<2>) {
-        let l = self.layer;
-        let (ov, bias) = eng.ov_readouts(&(l..l + 1), node.readout.clone().unsqueeze_dim(0));
-        (ov.narrow(1, self.head, 1), bias.narrow(1, self.head, 1))
+    fn ov(self, eng: &Engine<'_>, node: &Node) -> Result<(Tensor<3>, Tensor<2>)> {
+        let b = eng.blocks(self.layer)?;
+        let (ov, bias) = eng.ov_readouts(&b, node.readout.clone().unsqueeze_dim(0));
+        Ok((ov.narrow(1, self.head, 1), bias.narrow(1, self.head, 1)))
     }
 
     /// The head's pattern row `[1, 1, P]`.
@@ -76,13 +76,18 @@ impl NodeType for Head {
     fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let l = self.layer;
         Ok(eng
-            .head_values(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))?
+            .head_values(
+                &eng.blocks(l)?,
+                &(l..l + 1),
+                node.pos,
+                node.readout.clone().unsqueeze_dim(0),
+            )?
             .narrow(1, self.head, 1)
             .reshape([1]))
     }
 
     fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
-        let (_, bias) = self.ov(eng, node);
+        let (_, bias) = self.ov(eng, node)?;
         Ok(bias.reshape([1]) * self.pattern(eng, node)?.sum())
     }
 
@@ -91,15 +96,10 @@ impl NodeType for Head {
     /// layer).
     fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
         let (l, h) = (self.layer, self.head);
-        let w = &eng.model.weights;
+        let w = eng.blocks(l)?;
         let (d, dh) = (eng.model.config.d_model, eng.model.config.d_head);
         let hk = h / eng.group();
-        let w_o = w
-            .w_o
-            .clone()
-            .narrow(0, l, 1)
-            .narrow(1, h, 1)
-            .reshape([dh, d]);
+        let w_o = w.w_o.clone().narrow(1, h, 1).reshape([dh, d]);
         let wo_r = w_o.clone().matmul(node.readout.clone().reshape([d, 1])); // [dh, 1]
         let z = eng
             .z_at(&(l..l + 1), node.pos)?
@@ -109,7 +109,6 @@ impl NodeType for Head {
         let ov = eng.c(w
             .w_v
             .clone()
-            .narrow(0, l, 1)
             .narrow(1, hk, 1)
             .reshape([d, dh])
             .matmul(wo_r.clone())
@@ -117,7 +116,6 @@ impl NodeType for Head {
         let per_unit = w
             .b_v
             .clone()
-            .narrow(0, l, 1)
             .narrow(1, hk, 1)
             .reshape([1, dh])
             .matmul(wo_r)
@@ -128,7 +126,7 @@ impl NodeType for Head {
         if want.written {
             // z_h W_O[h], through the frozen post-norm where there is one
             let written = z.matmul(w_o).reshape([d]);
-            parts.written = Some(eng.post_written(l, node.pos, written, false));
+            parts.written = Some(eng.post_written(&w, l, node.pos, written, false));
         }
         Ok(parts)
     }
@@ -165,7 +163,7 @@ impl NodeType for Head {
             return Ok(node.readout.clone()); // a score reads the head's own readout
         };
         let l = self.layer;
-        let (ov, _) = self.ov(eng, node);
+        let (ov, _) = self.ov(eng, node)?;
         let a = self.pattern(eng, node)?.narrow(2, pos, 1).reshape([1]);
         let s = layers(&eng.cache.ln1_scale, &(l..l + 1))
             .narrow(1, pos, 1)
@@ -177,7 +175,7 @@ impl NodeType for Head {
     /// the layer's input-norm scales `[P]` (see [`NodeType::child_readout`]).
     fn basis(&self, eng: &Engine<'_>, node: &Node) -> Result<Option<Basis>> {
         let l = self.layer;
-        let (ov, _) = self.ov(eng, node);
+        let (ov, _) = self.ov(eng, node)?;
         Ok(Some(Basis::Sources(Box::new(Sources {
             ov: ov.reshape([eng.model.config.d_model]),
             pattern: self.pattern(eng, node)?.reshape([eng.n_pos()]),

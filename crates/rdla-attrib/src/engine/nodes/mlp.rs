@@ -6,6 +6,7 @@
 //! neuron's `g_n b_in[n] (W_out[n] · r)`.
 
 use burn::tensor::Tensor;
+use rdla_model::model::Blocks;
 use rdla_model::model::ablate::Site;
 
 use super::residual::component_child;
@@ -28,14 +29,22 @@ pub(in crate::engine) struct Neuron {
 }
 
 /// The parts of MLP `l` at the node's position, for its readout.
-fn parts(eng: &Engine<'_>, l: usize, node: &Node) -> MlpParts {
-    eng.mlp_parts(&(l..l + 1), node.pos, node.readout.clone().unsqueeze_dim(0))
+/// The parts of MLP `l` at the node's position, for its readout, with the layer's blocks.
+fn parts(eng: &Engine<'_>, l: usize, node: &Node) -> Result<(Blocks, MlpParts)> {
+    let b = eng.blocks(l)?;
+    let p = eng.mlp_parts(
+        &b,
+        &(l..l + 1),
+        node.pos,
+        node.readout.clone().unsqueeze_dim(0),
+    )?;
+    Ok((b, p))
 }
 
 /// The components of the MLP's input stream, read along the parts' input readout.
-fn inputs(eng: &Engine<'_>, l: usize, node: &Node, parts: &MlpParts) -> Children {
+fn inputs(eng: &Engine<'_>, b: &Blocks, l: usize, node: &Node, parts: &MlpParts) -> Children {
     let n = eng.layout.mid(l);
-    let read = eng.mlp_input_readout(&(l..l + 1), node.pos, parts);
+    let read = eng.mlp_input_readout(b, &(l..l + 1), node.pos, parts);
     Children {
         steps: eng.comp_steps(n),
         values: Some(crate::engine::rows_dot(
@@ -46,10 +55,12 @@ fn inputs(eng: &Engine<'_>, l: usize, node: &Node, parts: &MlpParts) -> Children
 }
 
 impl Mlp {
-    fn input_readout(self, eng: &Engine<'_>, node: &Node) -> Tensor<1> {
+    fn input_readout(self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let l = self.layer;
-        eng.mlp_input_readout(&(l..l + 1), node.pos, &parts(eng, l, node))
-            .squeeze_dim::<1>(0)
+        let (b, p) = parts(eng, l, node)?;
+        Ok(eng
+            .mlp_input_readout(&b, &(l..l + 1), node.pos, &p)
+            .squeeze_dim::<1>(0))
     }
 }
 
@@ -77,8 +88,8 @@ impl NodeType for Mlp {
     }
 
     fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
-        let l = self.layer;
-        Ok(eng.mlp_remainder(&(l..l + 1), &parts(eng, l, node)))
+        let (b, p) = parts(eng, self.layer, node)?;
+        Ok(eng.mlp_remainder(&b, &p))
     }
 
     /// Value, inputs, remainder, neurons and output from one pass over `W_out` and one
@@ -86,11 +97,11 @@ impl NodeType for Mlp {
     fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
         let l = self.layer;
         let value = self.value(eng, node)?; // first: an unknown layer is an error here
-        let p = parts(eng, l, node);
+        let (b, p) = parts(eng, l, node)?;
         let mut out = Parts::plain(
             value,
-            inputs(eng, l, node, &p),
-            eng.mlp_remainder(&(l..l + 1), &p),
+            inputs(eng, &b, l, node, &p),
+            eng.mlp_remainder(&b, &p),
         );
         if want.neurons {
             // a_n (W_out[n] · r); with b_out · r they add up to the MLP's value
@@ -119,12 +130,12 @@ impl NodeType for Mlp {
     fn child_readout(&self, eng: &Engine<'_>, node: &Node, step: Step) -> Result<Tensor<1>> {
         Ok(match step {
             Step::Neuron(_) => node.readout.clone(), // a neuron reads along the MLP's readout
-            _ => self.input_readout(eng, node),
+            _ => self.input_readout(eng, node)?,
         })
     }
 
     fn basis(&self, eng: &Engine<'_>, node: &Node) -> Result<Option<Basis>> {
-        Ok(Some(Basis::Same(Box::new(self.input_readout(eng, node)))))
+        Ok(Some(Basis::Same(Box::new(self.input_readout(eng, node)?))))
     }
 
     fn valid(&self, eng: &Engine<'_>, _node: &Node) -> String {
@@ -137,8 +148,9 @@ impl NodeType for Mlp {
 }
 
 impl Neuron {
-    fn parts(self, eng: &Engine<'_>, node: &Node) -> MlpParts {
-        eng.only_neuron(&parts(eng, self.layer, node), self.n)
+    fn parts(self, eng: &Engine<'_>, node: &Node) -> Result<(Blocks, MlpParts)> {
+        let (b, p) = parts(eng, self.layer, node)?;
+        Ok((b, eng.only_neuron(&p, self.n)))
     }
 }
 
@@ -166,30 +178,31 @@ impl NodeType for Neuron {
     }
 
     fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
-        let p = parts(eng, self.layer, node);
+        let (_, p) = parts(eng, self.layer, node)?;
         Ok((eng.mlp_activations(&p) * p.wout_r())
             .narrow(1, self.n, 1)
             .reshape([1]))
     }
 
     fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
-        Ok(eng.mlp_remainder(&(self.layer..self.layer + 1), &self.parts(eng, node)))
+        let (b, p) = self.parts(eng, node)?;
+        Ok(eng.mlp_remainder(&b, &p))
     }
 
     /// Value, inputs, remainder and output from one pass over `W_out` and one activation.
     fn expand(&self, eng: &Engine<'_>, node: &Node, want: Want) -> Result<Parts> {
         let (l, n) = (self.layer, self.n);
-        let whole = parts(eng, l, node);
+        let (b, whole) = parts(eng, l, node)?;
         let a = eng.mlp_activations(&whole).narrow(1, n, 1).reshape([1]);
         let value = a.clone() * whole.wout_r().narrow(1, n, 1).reshape([1]);
         let p = eng.only_neuron(&whole, n);
         let mut out = Parts::plain(
             value,
-            inputs(eng, l, node, &p),
-            eng.mlp_remainder(&(l..l + 1), &p),
+            inputs(eng, &b, l, node, &p),
+            eng.mlp_remainder(&b, &p),
         );
         if want.written {
-            out.written = Some(eng.neuron_output(l, node.pos, n, a));
+            out.written = Some(eng.neuron_output(&b, l, node.pos, n, a));
         }
         Ok(out)
     }
@@ -200,8 +213,9 @@ impl NodeType for Neuron {
 
     fn child_readout(&self, eng: &Engine<'_>, node: &Node, _step: Step) -> Result<Tensor<1>> {
         let l = self.layer;
+        let (b, p) = self.parts(eng, node)?;
         Ok(eng
-            .mlp_input_readout(&(l..l + 1), node.pos, &self.parts(eng, node))
+            .mlp_input_readout(&b, &(l..l + 1), node.pos, &p)
             .squeeze_dim::<1>(0))
     }
 

@@ -92,16 +92,20 @@ impl Engine<'_> {
         h: usize,
         positions: &[usize],
         key: bool,
-    ) -> Option<Tensor<2>> {
-        let (wq, wk) = self.model.weights.qk_norm.as_ref()?;
-        let (sq, sk) = self.cache.qk_scale.as_ref()?;
+    ) -> Result<Option<Tensor<2>>> {
+        let Some((sq, sk)) = self.cache.qk_scale.as_ref() else {
+            return Ok(None);
+        };
+        let Some((wq, wk)) = self.blocks(l)?.qk_norm else {
+            return Ok(None);
+        };
         let (w, s) = if key { (wk, sk) } else { (wq, sq) };
         let dh = self.model.config.d_head;
         let p = self.n_pos();
         let scale = head_slice(s, l, h)
             .reshape([p])
             .select(0, self.int_index(positions)); // [n]
-        Some(w.clone().narrow(0, l, 1).reshape([1, dh]) / scale.unsqueeze_dim::<2>(1))
+        Ok(Some(w.reshape([1, dh]) / scale.unsqueeze_dim::<2>(1)))
     }
 
     /// `x [n, dh] ⊙ factor` where there is a q/k norm.
@@ -118,12 +122,13 @@ impl Engine<'_> {
     }
 
     /// The rotated query `q̂` of head `h` at `q`: `[1, dh]`.
-    fn q_hat(&self, l: usize, h: usize, q: usize) -> Tensor<2> {
+    fn q_hat(&self, l: usize, h: usize, q: usize) -> Result<Tensor<2>> {
         let dh = self.model.config.d_head;
-        self.model
-            .q_at(self.cache, l..l + 1, q)
+        Ok(self
+            .model
+            .q_at(self.cache, l..l + 1, q)?
             .narrow(1, h, 1)
-            .reshape([1, dh])
+            .reshape([1, dh]))
     }
 
     /// The rotated keys `k̂` of key/value head `hk` at `keys`: `[nk, dh]`.
@@ -156,75 +161,75 @@ impl Engine<'_> {
     }
 
     /// The score (or contrast) value `σ q̂ · k̂_w`: `[1]`.
-    fn score_value(&self, id: ScoreId, q: usize, keys: &Keys) -> Tensor<1> {
-        (self.q_hat(id.layer, id.head, q) * self.k_hat_w(id, keys))
+    fn score_value(&self, id: ScoreId, q: usize, keys: &Keys) -> Result<Tensor<1>> {
+        Ok((self.q_hat(id.layer, id.head, q)? * self.k_hat_w(id, keys))
             .sum()
-            .mul_scalar(self.sigma())
+            .mul_scalar(self.sigma()))
     }
 
     /// The query side: the readout of the components at `q`,
     /// `r_q = σ C(W_Q[h] ρ_q^T k̂_w) / s1[q]` `[d]`, and its bias `σ b_Q[h] · ρ_q^T k̂_w` `[1]`.
-    fn query_side(&self, id: ScoreId, q: usize, keys: &Keys) -> (Tensor<1>, Tensor<1>) {
-        let w = &self.model.weights;
+    fn query_side(&self, id: ScoreId, q: usize, keys: &Keys) -> Result<(Tensor<1>, Tensor<1>)> {
+        let w = self.blocks(id.layer)?;
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, h) = (id.layer, id.head);
         let y = Self::times(
             self.rotate_rows(l, self.k_hat_w(id, keys), &[q], true),
-            self.qk_norm_factor(l, h, &[q], false),
+            self.qk_norm_factor(l, h, &[q], false)?,
         ); // [1, dh]
-        let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
+        let w_q = head_slice(&w.w_q, 0, h).reshape([d, dh]);
         let r = self.c(w_q.matmul(y.clone().transpose()).reshape([d])) / self.s1_at(l, &[q])
             * self.sigma();
-        let b_q = head_slice(&w.b_q, l, h).reshape([1, dh]);
-        (r, (b_q * y).sum().mul_scalar(self.sigma()))
+        let b_q = head_slice(&w.b_q, 0, h).reshape([1, dh]);
+        Ok((r, (b_q * y).sum().mul_scalar(self.sigma())))
     }
 
     /// The key side: one readout per key, weighted, `w_j σ C(W_K[h'] ρ_j^T q̂) / s1[j]`
     /// `[nk, d]`, and the bias `Σ_j w_j σ b_K[h'] · ρ_j^T q̂` `[1]`.
-    fn key_side(&self, id: ScoreId, q: usize, keys: &Keys) -> (Tensor<2>, Tensor<1>) {
-        let w = &self.model.weights;
+    fn key_side(&self, id: ScoreId, q: usize, keys: &Keys) -> Result<(Tensor<2>, Tensor<1>)> {
+        let w = self.blocks(id.layer)?;
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, hk) = (id.layer, id.head / self.group());
         let nk = keys.keys.len();
         let y = Self::times(
             self.rotate_rows(
                 l,
-                self.q_hat(l, id.head, q).expand([nk, dh]),
+                self.q_hat(l, id.head, q)?.expand([nk, dh]),
                 &keys.keys,
                 true,
             ),
-            self.qk_norm_factor(l, hk, &keys.keys, true),
+            self.qk_norm_factor(l, hk, &keys.keys, true)?,
         ); // [nk, dh]
-        let w_k = head_slice(&w.w_k, l, hk).reshape([d, dh]);
+        let w_k = head_slice(&w.w_k, 0, hk).reshape([d, dh]);
         let weight = (keys.w.clone() / self.s1_at(l, &keys.keys)).mul_scalar(self.sigma());
         let r = self.c(y.clone().matmul(w_k.transpose())) * weight.unsqueeze_dim::<2>(1); // [nk, d]
-        let b_k = head_slice(&w.b_k, l, hk).reshape([dh, 1]);
+        let b_k = head_slice(&w.b_k, 0, hk).reshape([dh, 1]);
         let bias = (y.matmul(b_k).reshape([nk]) * keys.w.clone())
             .sum()
             .mul_scalar(self.sigma());
-        (r, bias)
+        Ok((r, bias))
     }
 
     /// The bilinear table `[C'+1, C'+1]` (query components at `q` + bias × key components +
     /// bias, each key column summed over the keys with their weights), and its labels.
-    fn score_table(&self, id: ScoreId, q: usize, keys: &Keys) -> (Vec<Step>, Tensor<2>) {
-        let w = &self.model.weights;
+    fn score_table(&self, id: ScoreId, q: usize, keys: &Keys) -> Result<(Vec<Step>, Tensor<2>)> {
+        let w = self.blocks(id.layer)?;
         let (d, dh) = (self.model.config.d_model, self.model.config.d_head);
         let (l, h, hk) = (id.layer, id.head, id.head / self.group());
         let n = self.layout.pre(l);
         let nk = keys.keys.len();
 
-        let w_q = head_slice(&w.w_q, l, h).reshape([d, dh]);
-        let b_q = head_slice(&w.b_q, l, h).reshape([1, dh]);
+        let w_q = head_slice(&w.w_q, 0, h).reshape([d, dh]);
+        let b_q = head_slice(&w.b_q, 0, h).reshape([1, dh]);
         let xq = self.c(self.comps_at(n, q)) / self.s1_at(l, &[q]).unsqueeze_dim::<2>(1); // [n, d]
         let q_parts = Self::times(
             Tensor::cat(vec![xq.matmul(w_q), b_q], 0), // [n+1, dh]
-            self.qk_norm_factor(l, h, &[q], false),
+            self.qk_norm_factor(l, h, &[q], false)?,
         );
         let q_parts = self.rotate_rows(l, q_parts, &vec![q; n + 1], false);
 
-        let w_k = head_slice(&w.w_k, l, hk).reshape([1, d, dh]);
-        let b_k = head_slice(&w.b_k, l, hk).reshape([1, 1, dh]);
+        let w_k = head_slice(&w.w_k, 0, hk).reshape([1, d, dh]);
+        let b_k = head_slice(&w.b_k, 0, hk).reshape([1, 1, dh]);
         let xk = self
             .c(self
                 .cache
@@ -238,7 +243,7 @@ impl Engine<'_> {
             vec![xk.matmul(w_k.expand([nk, d, dh])), b_k.expand([nk, 1, dh])],
             1,
         ); // [nk, n+1, dh]
-        if let Some(f) = self.qk_norm_factor(l, hk, &keys.keys, true) {
+        if let Some(f) = self.qk_norm_factor(l, hk, &keys.keys, true)? {
             k_parts = k_parts * f.unsqueeze_dim::<3>(1); // [nk, 1, dh]
         }
         let k_parts = k_parts.reshape([nk * (n + 1), dh]);
@@ -259,7 +264,7 @@ impl Engine<'_> {
         let table = q_parts.matmul(k_w.transpose()).mul_scalar(self.sigma());
         let mut labels = self.comp_steps(n);
         labels.push(Step::Bias);
-        (labels, table)
+        Ok((labels, table))
     }
 }
 
@@ -298,20 +303,20 @@ impl NodeType for Score {
 
     fn value(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let keys = eng.score_keys(self.0, node.pos)?;
-        Ok(eng.score_value(self.0, node.pos, &keys))
+        eng.score_value(self.0, node.pos, &keys)
     }
 
     /// The value (shared by both sides, each a complete decomposition of it) and the table,
     /// from one set of keys.
     fn expand(&self, eng: &Engine<'_>, node: &Node, _want: Want) -> Result<Parts> {
         let keys = eng.score_keys(self.0, node.pos)?;
-        let v = eng.score_value(self.0, node.pos, &keys);
+        let v = eng.score_value(self.0, node.pos, &keys)?;
         let children = Children {
             steps: vec![Step::Side(Side::Query), Step::Side(Side::Key)],
             values: Some(Tensor::cat(vec![v.clone(), v.clone()], 0)),
         };
         let mut parts = Parts::plain(v, children, eng.zero());
-        parts.table = Some(eng.score_table(self.0, node.pos, &keys));
+        parts.table = Some(eng.score_table(self.0, node.pos, &keys)?);
         Ok(parts)
     }
 
@@ -342,10 +347,10 @@ impl ScoreSide {
         let keys = eng.score_keys(self.id, q)?;
         let (r, bias) = match self.side {
             Side::Query => {
-                let (r, b) = eng.query_side(self.id, q, &keys);
+                let (r, b) = eng.query_side(self.id, q, &keys)?;
                 (r.unsqueeze_dim(0), b)
             }
-            Side::Key => eng.key_side(self.id, q, &keys),
+            Side::Key => eng.key_side(self.id, q, &keys)?,
         };
         Ok((keys, r, bias))
     }
@@ -402,7 +407,7 @@ impl NodeType for ScoreSide {
     fn expand(&self, eng: &Engine<'_>, node: &Node, _want: Want) -> Result<Parts> {
         let n = self.n(eng);
         let (keys, r, bias) = self.readout(eng, node.pos)?;
-        let value = eng.score_value(self.id, node.pos, &keys);
+        let value = eng.score_value(self.id, node.pos, &keys)?;
         let children = match self.side {
             Side::Query => Children {
                 steps: eng.comp_steps(n),
