@@ -762,6 +762,7 @@ mod tests {
             disk_bytes: 0,
             held_bytes: 0,
             tokens_in_place: false,
+            streamed_layer_cache: None,
         };
         ModelInfo {
             source: ModelSource::Default,

@@ -142,7 +142,31 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }
 }
 
+/// Drop a read-only map's pages from this process's resident memory (they stay in the page
+/// cache and are read back from the file when next touched).
+#[allow(unsafe_code)] // madvise(MADV_DONTNEED) on a read-only private file mapping
+pub fn release_map_pages(map: &memmap2::Mmap) {
+    #[cfg(unix)]
+    {
+        // SAFETY: the map is read-only and private and this process never writes to it, so
+        // dropping its pages only makes the next access fault them back in from the file:
+        // every slice into it keeps reading the file's bytes. A failure only means the pages
+        // stay resident.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    }
+    #[cfg(not(unix))]
+    let _ = map;
+}
+
 impl GgufFile {
+    /// Drop the file's mapped pages from this process's resident memory (a streamed
+    /// layer's blocks were read and converted; the page cache keeps them for the next read).
+    pub fn release_pages(&self) {
+        if let Backing::Map(m) = &self.backing {
+            release_map_pages(m);
+        }
+    }
+
     /// Open `path` read-only, memory-map it and validate the header and every tensor's
     /// data range.
     pub fn open(path: &Path) -> Result<Self> {

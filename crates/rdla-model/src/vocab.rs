@@ -133,6 +133,9 @@ impl VocabSketch {
             }
             v0 += n;
         }
+        if let Unembedding::Stored(st) = u {
+            st.release_pages();
+        }
         Ok(Self {
             d,
             v,
@@ -500,6 +503,7 @@ impl StoredVocab {
             b_u.iter_mut().for_each(|b| *b -= mean);
         }
         me.b_u = b_u;
+        me.release_pages();
         Ok(me)
     }
 
@@ -634,7 +638,16 @@ impl StoredVocab {
             }
             Ok::<(), ModelError>(())
         })?;
+        self.release_pages();
         Ok(out)
+    }
+
+    /// Drop the stored rows' mapped pages from resident memory after a pass over them all.
+    pub fn release_pages(&self) {
+        self.embed.release_pages();
+        if let Some(lm) = &self.lm_head {
+            lm.release_pages();
+        }
     }
 }
 

@@ -468,6 +468,14 @@ impl WeightStore {
     }
 
     /// Read one tensor, converting it to `f32`.
+    /// Drop the pages of a memory-mapped checkpoint (GGUF) read so far from this process's
+    /// resident memory; safetensors are read with positioned reads and hold none.
+    pub fn release_pages(&self) {
+        if let Some(g) = &self.gguf {
+            g.file.release_pages();
+        }
+    }
+
     pub fn read_f32(&self, key: &str) -> Result<HostTensor> {
         let entry = self.entries.get(key).ok_or_else(|| missing(key))?;
         let n: usize = entry.shape.iter().product();
@@ -575,6 +583,15 @@ impl RowReader {
     /// The stored key, for messages.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Drop the mapped pages read so far from this process's resident memory (after a pass
+    /// over every row: they would otherwise count as the process's own memory).
+    pub fn release_pages(&self) {
+        match &self.src {
+            RowSrc::Mapped { map, .. } => rdla_gguf::release_map_pages(map),
+            RowSrc::Gguf { file, .. } => file.release_pages(),
+        }
     }
 
     /// Bytes of the matrix as stored.

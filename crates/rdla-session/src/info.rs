@@ -26,6 +26,9 @@ pub struct ModelFacts {
     /// Whether the embedding and unembedding are read where they lie on disk (the CPU) rather
     /// than held in `f32`.
     pub tokens_in_place: bool,
+    /// How many processed layers are held when the layers stream from disk (they did not
+    /// fit the memory budget); `None`: every layer is held.
+    pub streamed_layer_cache: Option<usize>,
 }
 
 impl ModelFacts {
@@ -43,6 +46,7 @@ impl ModelFacts {
             disk_bytes: m.disk_bytes,
             held_bytes: m.held_bytes(),
             tokens_in_place: m.tokens_in_place(),
+            streamed_layer_cache: m.streams_layers().then(|| m.layer_chunk()),
         }
     }
 }
@@ -100,8 +104,12 @@ impl ModelInfo {
 impl ModelFacts {
     /// `253 MB on disk · about 412 MB in memory`.
     pub fn memory_line(&self) -> String {
+        let streams = match self.streamed_layer_cache {
+            Some(n) => format!(" · layers stream ({n} of {} held)", self.n_layers),
+            None => String::new(),
+        };
         format!(
-            "{} on disk · about {} in memory",
+            "{} on disk · about {} in memory{streams}",
             bytes(self.disk_bytes),
             bytes(self.held_bytes)
         )

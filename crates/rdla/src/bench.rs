@@ -87,6 +87,8 @@ pub struct BenchArgs {
     /// lengths; Linux).
     #[arg(long, value_name = "FILE")]
     pub rss_plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub memory: crate::common::MemoryArgs,
 }
 
 /// xorshift64* + Box–Muller: deterministic normal samples without a dependency.
@@ -593,10 +595,8 @@ fn refuse_non_empty(dir: &FsPath) -> anyhow::Result<()> {
 }
 
 fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
+    a.memory.apply();
     let (device, info) = select_device(a.device)?;
-    let weight_bytes = std::fs::metadata(dir.join("model.safetensors"))
-        .map(|m| m.len())
-        .unwrap_or(0);
     let mut loads = Vec::new();
     let mut model = None;
     for _ in 0..a.load_reps.max(1) {
@@ -619,6 +619,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         facts.architecture
     );
     println!("load + processing: {load:.0} ms");
+    println!("{}", facts.memory_line());
     println!(
         "| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) | qk node (ms) | MLP + neurons (ms) | trace (ms) | peak RSS (MiB) |"
     );
@@ -681,6 +682,12 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "trace_ms": trace, "trace_budget": a.trace_budget, "peak_rss_mib": peak_rss_mib(),
         }));
     }
+    let mem = rdla_model::memory::report();
+    println!(
+        "layers read from disk when used: {} · peak RSS {}",
+        mem.streamed_layers,
+        mem.peak_bytes.map_or("?".into(), rdla_session::info::bytes)
+    );
     if let Some(file) = &a.rss_plot {
         let subtitle = format!(
             "{} shape {n_layer} layers, {n_head} heads, d {d}, V {vocab} · {} · one process, high-water mark after each length",
@@ -702,7 +709,8 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "device": info.to_string(),
             "model": facts,
             "shape": [n_layer, n_head, d, vocab],
-            "weight_bytes": weight_bytes,
+            "weight_bytes": facts.disk_bytes,
+            "memory": rdla_model::memory::report(),
             "threads": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             "load_ms": load,
             "load_min_ms": load_min,

@@ -32,9 +32,19 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
                 "the embedding and unembedding are read where they lie on disk \
                  (memory-mapped, or GGUF blocks dequantised a block of tokens at a time)"
             } else {
-                "every weight is held in memory in f32"
+                "the embedding and unembedding are held in memory in f32"
             };
-            ui.label(m.facts.memory_line()).on_hover_text(where_tokens);
+            let where_layers = match m.facts.streamed_layer_cache {
+                Some(n) => format!(
+                    "the layers did not fit the memory budget: each is read from disk where it \
+                     lies when it is used (processed as at loading), and the {n} most recently \
+                     used are kept; the forward pass reads the next layer while one computes, \
+                     and a drill-down reads the layers it needs"
+                ),
+                None => "every layer is held in memory, processed, in f32".into(),
+            };
+            ui.label(m.facts.memory_line())
+                .on_hover_text(format!("{where_tokens}; {where_layers}"));
             ui.separator();
             if let Some(b) = rdla_model::memory::budget() {
                 let how = if b.explicit {
@@ -44,8 +54,9 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
                 };
                 ui.label(format!("budget {}", rdla_session::info::bytes(b.bytes)))
                     .on_hover_text(format!(
-                        "what the model and a prompt may hold together ({how}); every layer is \
-                     resident, so a model or prompt over it is refused with what it needs"
+                        "what the model and a prompt may hold together ({how}); a model whose \
+                     layers do not fit streams them, and below one layer and the prompt's \
+                     cache a prompt is refused with what it needs"
                     ));
                 ui.separator();
             }

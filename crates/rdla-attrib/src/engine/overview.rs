@@ -48,7 +48,11 @@ impl Engine<'_> {
         let mut breakdown: Vec<f32> = Vec::with_capacity(l_n * per_layer);
         let mut chunks: [Vec<Tensor<2>>; 3] = Default::default(); // head DLA, head bias, MLP breakdown
         let mut rows: [Vec<Tensor<1>>; 2] = Default::default(); // attention bias, MLP bias
-        for start in (0..l_n).step_by(chunk) {
+        // last chunk first: a streaming model still holds the layers its forward pass read
+        // last, and the chunks are put back in order below
+        let starts: Vec<usize> = (0..l_n).step_by(chunk).collect();
+        let mut parts_hb: Vec<Vec<f32>> = Vec::with_capacity(starts.len());
+        for &start in starts.iter().rev() {
             let cs = start..(start + chunk).min(l_n);
             let b = self.blocks_in(&cs)?;
             let r_c = r_all.clone().narrow(0, cs.start, cs.len());
@@ -68,7 +72,7 @@ impl Engine<'_> {
                 hb.clone().sum_dim(3).sum_dim(2).reshape([cs.len(), h_n]) + head_bias.clone(),
             );
             chunks[1].push(head_bias);
-            breakdown.extend(rdla_model::to_vec(hb.reshape([cs.len() * per_layer]))?);
+            parts_hb.push(rdla_model::to_vec(hb.reshape([cs.len() * per_layer]))?);
 
             // MLPs at q
             let parts = self.mlp_parts(&b, &cs, q, r_c)?;
@@ -76,8 +80,17 @@ impl Engine<'_> {
             rows[1].push(self.mlp_remainder(&b, &parts));
             chunks[2].push(self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&cs)); // [Lc, C]
         }
-        let [head_dla, head_bias, mlp_breakdown] = chunks.map(|c| Tensor::cat(c, 0));
-        let [attn_bias, mlp_bias] = rows.map(|c| Tensor::cat(c, 0));
+        let [head_dla, head_bias, mlp_breakdown] = chunks.map(|mut c| {
+            c.reverse();
+            Tensor::cat(c, 0)
+        });
+        let [attn_bias, mlp_bias] = rows.map(|mut c| {
+            c.reverse();
+            Tensor::cat(c, 0)
+        });
+        for part in parts_hb.into_iter().rev() {
+            breakdown.extend(part);
+        }
 
         let parts = [
             (components, vec![c_n]),

@@ -304,6 +304,60 @@ fn load(cfg: &ModelConfig, k: &mut Keys<'_, '_>, sink: &mut LayerSink<'_>) -> Re
     Ok(canon)
 }
 
+/// Block `l`, read from the checkpoint (the loader's loop and the layer streamer both call this).
+fn layer(cfg: &ModelConfig, k: &mut Keys<'_, '_>, l: usize) -> Result<CanonLayer> {
+    let (d, h, kv, dh, dm) = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.d_head,
+        cfg.d_mlp,
+    );
+    let p = format!("layers.{l}");
+    let a = format!("{p}.self_attn");
+    let ln1 = norm(k, &format!("{p}.input_layernorm"), d)?;
+    let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
+    let kk = k.get(&format!("{a}.k_proj.weight"), &[kv * dh, d])?;
+    let vv = k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?;
+    let qk_norm = if cfg.qk_norm {
+        Some((
+            plus_one(k.get(&format!("{a}.q_norm.weight"), &[dh])?),
+            plus_one(k.get(&format!("{a}.k_norm.weight"), &[dh])?),
+        ))
+    } else {
+        None
+    };
+    let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
+    let post_attn = norm(k, &format!("{p}.post_attention_layernorm"), d)?;
+    let ln2 = norm(k, &format!("{p}.pre_feedforward_layernorm"), d)?;
+    let gate = k.get(&format!("{p}.mlp.gate_proj.weight"), &[dm, d])?;
+    let up = k.get(&format!("{p}.mlp.up_proj.weight"), &[dm, d])?;
+    let down = k.get(&format!("{p}.mlp.down_proj.weight"), &[d, dm])?;
+    let post_mlp = norm(k, &format!("{p}.post_feedforward_layernorm"), d)?;
+    Ok(CanonLayer {
+        ln1: Some(ln1),
+        w_q: heads_from_out_major(&q, h, dh),
+        w_k: heads_from_out_major(&kk, kv, dh),
+        w_v: heads_from_out_major(&vv, kv, dh),
+        b_q: HostTensor::zeros(vec![h, dh]),
+        b_k: HostTensor::zeros(vec![kv, dh]),
+        b_v: HostTensor::zeros(vec![kv, dh]),
+        w_o: reshape(transpose(&o), vec![h, dh, d]),
+        b_o: HostTensor::zeros(vec![d]),
+        ln2: Some(ln2),
+        w_in: transpose(&up),
+        b_in: HostTensor::zeros(vec![dm]),
+        w_gate: Some(transpose(&gate)),
+        w_out: transpose(&down),
+        b_out: HostTensor::zeros(vec![d]),
+        qk_norm,
+        post_norm: Some((
+            HostTensor::new(vec![d], post_attn.w),
+            HostTensor::new(vec![d], post_mlp.w),
+        )),
+    })
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -374,58 +428,4 @@ mod tests {
         assert!((l.inv_freq[1] - 10_000f64.powf(-2.0 / 8.0)).abs() < 1e-12);
         assert!((g.inv_freq[1] - 1e6f64.powf(-2.0 / 8.0) / 8.0).abs() < 1e-12);
     }
-}
-
-/// Block `l`, read from the checkpoint (the loader's loop and the layer streamer both call this).
-fn layer(cfg: &ModelConfig, k: &mut Keys<'_, '_>, l: usize) -> Result<CanonLayer> {
-    let (d, h, kv, dh, dm) = (
-        cfg.d_model,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.d_head,
-        cfg.d_mlp,
-    );
-    let p = format!("layers.{l}");
-    let a = format!("{p}.self_attn");
-    let ln1 = norm(k, &format!("{p}.input_layernorm"), d)?;
-    let q = k.get(&format!("{a}.q_proj.weight"), &[h * dh, d])?;
-    let kk = k.get(&format!("{a}.k_proj.weight"), &[kv * dh, d])?;
-    let vv = k.get(&format!("{a}.v_proj.weight"), &[kv * dh, d])?;
-    let qk_norm = if cfg.qk_norm {
-        Some((
-            plus_one(k.get(&format!("{a}.q_norm.weight"), &[dh])?),
-            plus_one(k.get(&format!("{a}.k_norm.weight"), &[dh])?),
-        ))
-    } else {
-        None
-    };
-    let o = k.get(&format!("{a}.o_proj.weight"), &[d, h * dh])?;
-    let post_attn = norm(k, &format!("{p}.post_attention_layernorm"), d)?;
-    let ln2 = norm(k, &format!("{p}.pre_feedforward_layernorm"), d)?;
-    let gate = k.get(&format!("{p}.mlp.gate_proj.weight"), &[dm, d])?;
-    let up = k.get(&format!("{p}.mlp.up_proj.weight"), &[dm, d])?;
-    let down = k.get(&format!("{p}.mlp.down_proj.weight"), &[d, dm])?;
-    let post_mlp = norm(k, &format!("{p}.post_feedforward_layernorm"), d)?;
-    Ok(CanonLayer {
-        ln1: Some(ln1),
-        w_q: heads_from_out_major(&q, h, dh),
-        w_k: heads_from_out_major(&kk, kv, dh),
-        w_v: heads_from_out_major(&vv, kv, dh),
-        b_q: HostTensor::zeros(vec![h, dh]),
-        b_k: HostTensor::zeros(vec![kv, dh]),
-        b_v: HostTensor::zeros(vec![kv, dh]),
-        w_o: reshape(transpose(&o), vec![h, dh, d]),
-        b_o: HostTensor::zeros(vec![d]),
-        ln2: Some(ln2),
-        w_in: transpose(&up),
-        b_in: HostTensor::zeros(vec![dm]),
-        w_gate: Some(transpose(&gate)),
-        w_out: transpose(&down),
-        b_out: HostTensor::zeros(vec![d]),
-        qk_norm,
-        post_norm: Some((
-            HostTensor::new(vec![d], post_attn.w),
-            HostTensor::new(vec![d], post_mlp.w),
-        )),
-    })
 }

@@ -597,20 +597,28 @@ fn block_layer(prefix: &[&str], key: &str) -> Option<usize> {
     }
 }
 
-/// `[r, c] -> [c, r]`, in cache-sized tiles (a `[V, d]` embedding is large).
+/// `[r, c] -> [c, r]`, in cache-sized tiles, the output's rows split over the cores (a
+/// `[V, d]` embedding or a `[d_mlp, d]` projection is large, and a streamed layer has three).
 pub fn transpose(t: &HostTensor) -> HostTensor {
     const TILE: usize = 32;
     let (r, c) = (t.shape[0], t.shape[1]);
     let mut out = vec![0.0; r * c];
-    for i0 in (0..r).step_by(TILE) {
-        for j0 in (0..c).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(r) {
-                for j in j0..(j0 + TILE).min(c) {
-                    out[j * r + i] = t.data[i * c + j];
+    let _ = crate::par::par_parts(&mut out, r.max(1), 1 << 16, |first, part| {
+        let j_first = first / r.max(1);
+        let rows = part.len() / r.max(1);
+        for j0 in (0..rows).step_by(TILE) {
+            for i0 in (0..r).step_by(TILE) {
+                for j in j0..(j0 + TILE).min(rows) {
+                    let col = j_first + j;
+                    let end = (i0 + TILE).min(r);
+                    for (i, x) in part[j * r + i0..j * r + end].iter_mut().enumerate() {
+                        *x = t.data[(i0 + i) * c + col];
+                    }
                 }
             }
         }
-    }
+        Ok::<(), std::convert::Infallible>(())
+    });
     HostTensor::new(vec![c, r], out)
 }
 

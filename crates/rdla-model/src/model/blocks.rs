@@ -139,6 +139,45 @@ impl Blocks {
         }
     }
 
+    /// One processed block as a stack of one layer, its buffers moved onto `device`.
+    fn from_layer(l: CanonLayer, device: &Device) -> Self {
+        fn up<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
+            let mut shape = vec![1];
+            shape.extend(t.shape);
+            Tensor::from_data(TensorData::new(t.data, shape), device)
+        }
+        let ln = |p: Option<crate::arch::LayerNormParams>| {
+            p.map(|ln| {
+                let (d, e) = (ln.w.len(), ln.b.len());
+                (
+                    up(HostTensor::new(vec![d], ln.w), device),
+                    up(HostTensor::new(vec![e], ln.b), device),
+                )
+            })
+        };
+        let pair =
+            |p: Option<(HostTensor, HostTensor)>| p.map(|(a, b)| (up(a, device), up(b, device)));
+        Self {
+            ln1: ln(l.ln1),
+            ln2: ln(l.ln2),
+            w_q: up(l.w_q, device),
+            w_k: up(l.w_k, device),
+            w_v: up(l.w_v, device),
+            b_q: up(l.b_q, device),
+            b_k: up(l.b_k, device),
+            b_v: up(l.b_v, device),
+            w_o: up(l.w_o, device),
+            b_o: up(l.b_o, device),
+            w_in: up(l.w_in, device),
+            w_gate: l.w_gate.map(|g| up(g, device)),
+            b_in: up(l.b_in, device),
+            w_out: up(l.w_out, device),
+            b_out: up(l.b_out, device),
+            qk_norm: pair(l.qk_norm),
+            post_norm: pair(l.post_norm),
+        }
+    }
+
     /// The layer axis' length.
     pub fn n_layers(&self) -> usize {
         self.w_q.dims()[0]
@@ -284,9 +323,9 @@ impl LayerStacks {
 #[derive(Debug)]
 pub enum LayerSource {
     /// Every layer, held.
-    Resident(Blocks),
+    Resident(Box<Blocks>),
     /// Read from the checkpoint when used.
-    Streamed(LayerStream),
+    Streamed(Box<LayerStream>),
 }
 
 /// The least-recently-used processed layers, most recent last.
@@ -404,17 +443,17 @@ impl LayerStream {
             )));
         }
         let layer = arch::read_layer(&self.config, &self.store, l)?;
+        // the file's pages were copied into f32: they need not stay this process's memory
+        self.store.release_pages();
         crate::memory::count_streamed_layer();
         Ok(self.prepare(layer))
     }
 
-    /// Process and upload a block as read.
+    /// Process and upload a block as read (its buffers move onto the device: no copy on
+    /// the CPU backend).
     pub(crate) fn prepare(&self, mut layer: CanonLayer) -> Blocks {
         process::process_layer(&mut layer, self.processing, self.config.norm);
-        let mut stacks = LayerStacks::new(1);
-        stacks.push(&layer);
-        drop(layer);
-        stacks.upload(&self.device)
+        Blocks::from_layer(layer, &self.device)
     }
 }
 

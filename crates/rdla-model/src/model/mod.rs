@@ -382,6 +382,8 @@ impl Model {
             leave,
             stream,
         )?;
+        // what was read from a mapped file is held in f32 now: its pages need not stay
+        store.release_pages();
         let vocab_proc = VocabProcessing {
             embed_scale: canon.embed_scale,
             centre_embed: processing.center_writing_weights
@@ -419,6 +421,7 @@ impl Model {
         let layers = if stream {
             // block 0 is read (and kept), the others' tensors checked from the header
             let first = arch::read_layer_checking_others(&config, &store)?;
+            store.release_pages();
             let capacity = crate::memory::layer_capacity(&config, in_place, 0);
             let stream = LayerStream::new(
                 Arc::new(store),
@@ -428,10 +431,10 @@ impl Model {
                 capacity,
             );
             stream.insert(0, stream.prepare(first));
-            LayerSource::Streamed(stream)
+            LayerSource::Streamed(Box::new(stream))
         } else {
             debug_assert_eq!(stacks.count, config.n_layers);
-            LayerSource::Resident(stacks.upload(device))
+            LayerSource::Resident(Box::new(stacks.upload(device)))
         };
         let weights = Weights::upload(canon, layers, stored, device);
         Ok(Self {

@@ -1,0 +1,97 @@
+"""A Llama-3.1-8B-shaped GGUF with random weights in llama.cpp's Q4_K_M mix, to time rdla on
+a model larger than its memory budget (docs/PERFORMANCE.md, "Streaming an 8B model").
+
+Shape: 32 layers, d_model 4096, 32 heads with 8 key/value heads, d_mlp 14336, vocabulary
+128,256, untied output, rope_theta 500000 with llama3 rope factors. Tensors are written as
+quantised blocks directly (random codes, scales chosen so a weight's spread is about
+1/sqrt(d_in)): Q4_K everywhere, Q6_K for the output matrix and for attn_v / ffn_down in every
+other layer (what Q4_K_M does). About 4.6 GB on disk. Needs gguf and numpy (pip); reuses the
+fixture generator's metadata writer.
+
+Usage: python3 bench/gen_llama8b_gguf.py OUT.gguf [N_LAYERS]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/fixtures/gguf"))
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as T
+import generate as G
+
+out = sys.argv[1]
+n_layers = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+V, d, ff, H, KV = 128256, 4096, 14336, 32, 8
+hd = d // H
+cfg = dict(num_hidden_layers=n_layers, max_position_embeddings=131072, hidden_size=d,
+           intermediate_size=ff, num_attention_heads=H, num_key_value_heads=KV,
+           rope_theta=500000.0, rms_norm_eps=1e-5, vocab_size=V,
+           rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192))
+w = gguf.GGUFWriter(out, arch="llama")
+w.add_name("llama-3.1-8b-shaped")
+G.set_params(w, "llama", cfg)
+rng = np.random.default_rng(0)
+
+# a SentencePiece-style vocabulary of V pieces (the tokenizer is not what is timed)
+tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+tokens += ["\u2581".encode(), b"w", "\u2581w".encode()]
+tokens += [("\u2581w%d" % i if i % 2 else "p%d" % i).encode() for i in range(V - len(tokens))]
+types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.BYTE] * 256
+types += [gguf.TokenType.NORMAL] * (V - len(types))
+scores = [0.0] * 259 + [-(i / V) for i in range(V - 259)]
+w.add_tokenizer_model("llama"); w.add_tokenizer_pre("default")
+w.add_token_list(tokens); w.add_token_scores(scores); w.add_token_types(types)
+w.add_bos_token_id(1); w.add_eos_token_id(2); w.add_unk_token_id(0)
+w.add_add_bos_token(True); w.add_add_eos_token(False)
+
+
+def f16(x):
+    return np.array([x], dtype=np.float16).view(np.uint8)
+
+
+def q4_k(rows, cols, std):
+    """Random Q4_K blocks (144 bytes per 256 values: d, dmin, 12 bytes of 6-bit scales and
+    mins, 128 bytes of 4-bit codes). A value is d·sc·q − dmin·m with sc, m ≤ 63, q ≤ 15."""
+    n = rows * cols // 256
+    b = rng.integers(0, 256, size=(n, 144), dtype=np.uint8)
+    b[:, 0:2] = f16(std / (31.5 * 4.6))
+    b[:, 2:4] = f16(std * 7.5 / (31.5 * 4.6))
+    return b.reshape(rows, cols // 256 * 144)
+
+
+def q6_k(rows, cols, std):
+    """Random Q6_K blocks (210 bytes per 256 values: 128 + 64 bytes of 6-bit codes, 16 int8
+    scales, d). A value is d·scale·(q − 32)."""
+    n = rows * cols // 256
+    b = rng.integers(0, 256, size=(n, 210), dtype=np.uint8)
+    b[:, 208:210] = f16(std / (74.0 * 18.5))
+    return b.reshape(rows, cols // 256 * 210)
+
+
+def t(name, rows, cols, q=T.Q4_K):
+    std = cols ** -0.5
+    data = q4_k(rows, cols, std) if q == T.Q4_K else q6_k(rows, cols, std)
+    w.add_tensor(name, data, raw_dtype=q)
+
+
+def norm(name, n):
+    w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+
+t("token_embd.weight", V, d)
+w.add_tensor("rope_freqs.weight", G.llama3_rope_factors(cfg))
+norm("output_norm.weight", d)
+t("output.weight", V, d, q=T.Q6_K)
+for l in range(n_layers):
+    b = f"blk.{l}."
+    mixed = T.Q6_K if l % 2 == 0 else T.Q4_K
+    norm(b + "attn_norm.weight", d)
+    t(b + "attn_q.weight", H * hd, d); t(b + "attn_k.weight", KV * hd, d)
+    t(b + "attn_v.weight", KV * hd, d, q=mixed)
+    t(b + "attn_output.weight", d, H * hd)
+    norm(b + "ffn_norm.weight", d)
+    t(b + "ffn_gate.weight", ff, d); t(b + "ffn_up.weight", ff, d)
+    t(b + "ffn_down.weight", d, ff, q=mixed)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+print("wrote", out)
