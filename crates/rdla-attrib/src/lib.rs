@@ -8,6 +8,6 @@ pub mod trace;
 
 pub use engine::{
     Array, AttribError, Child, ChildLayout, Engine, Expansion, Memo, MlpMode, NodeKind, Overview,
-    ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units,
+    ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units, run_with_overview,
 };
 pub use path::{Comp, Layout, Path, Side, Step, Versus};

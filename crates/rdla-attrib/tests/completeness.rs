@@ -156,6 +156,36 @@ fn overview_levels_agree_with_each_other_and_with_expansions() {
         assert_eq!(one_layer_chunks.head_breakdown, ov.head_breakdown, "{name}");
         assert_eq!(one_layer_chunks.head_dla, ov.head_dla, "{name}");
         assert_eq!(one_layer_chunks.head_bias, ov.head_bias, "{name}");
+        // computed during the forward pass, along the unscaled readout and divided by the
+        // final scale at the end (what a streaming model does): the same to float rounding
+        let (_, fused) = rdla_attrib::run_with_overview(
+            &model,
+            &r.token_ids(),
+            answer_of(&r),
+            MlpMode::FrozenGate,
+            &mut |_, _| true,
+        )
+        .unwrap();
+        for (what, a, b) in [
+            ("components", &fused.components, &ov.components),
+            ("attn_bias", &fused.attn_bias, &ov.attn_bias),
+            ("head_dla", &fused.head_dla, &ov.head_dla),
+            ("head_bias", &fused.head_bias, &ov.head_bias),
+            ("head_breakdown", &fused.head_breakdown, &ov.head_breakdown),
+            ("mlp_breakdown", &fused.mlp_breakdown, &ov.mlp_breakdown),
+            ("mlp_bias", &fused.mlp_bias, &ov.mlp_bias),
+        ] {
+            assert_eq!(a.shape, b.shape, "{name}: {what}");
+            let scale = b.data.iter().fold(1f32, |m, x| m.max(x.abs()));
+            for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
+                // written so that a NaN on either side fails
+                assert!(
+                    (x - y).abs() <= 1e-5 * scale,
+                    "{name}: {what}[{i}] {x} (during the forward) vs {y}"
+                );
+            }
+        }
+        assert_eq!(fused.target_value, ov.target_value, "{name}");
         let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
         // root: Σ components = target value
         let total: f32 = ov.components.data.iter().sum();

@@ -378,12 +378,40 @@ impl Session {
         };
         self.current = None;
         let t = Instant::now();
-        let cache = self
-            .model
-            .run_with_progress(&tokens.ids, &mut |layer, layers| {
-                progress(Stage::Forward { layer, layers })
-            })
-            .map_err(|e| fail(e.into(), Some(tokens.clone()), Vec::new()))?;
+        // A model whose layers stream computes its overview during the forward pass, while
+        // each layer is held (its target is needed first): every layer is read once, not twice.
+        // (A bad target takes the plain path: its predictions are computed, then it fails.)
+        let mut fused = None;
+        let early = match checked {
+            Some(target) => Some(target),
+            None if self.model.streams_layers() => self.target(req).ok(),
+            None => None,
+        }
+        .filter(|_| self.model.streams_layers());
+        let cache = if let Some(target) = early {
+            let (cache, overview) = rdla_attrib::run_with_overview(
+                &self.model,
+                &tokens.ids,
+                target,
+                req.mlp_mode,
+                &mut |layer, layers| progress(Stage::Forward { layer, layers }),
+            )
+            .map_err(|e| {
+                let e = match e {
+                    rdla_attrib::AttribError::Model(m) => SessionError::Model(m),
+                    other => other.into(),
+                };
+                fail(e, Some(tokens.clone()), Vec::new())
+            })?;
+            fused = Some(overview);
+            cache
+        } else {
+            self.model
+                .run_with_progress(&tokens.ids, &mut |layer, layers| {
+                    progress(Stage::Forward { layer, layers })
+                })
+                .map_err(|e| fail(e.into(), Some(tokens.clone()), Vec::new()))?
+        };
         // make the timing honest on asynchronous devices
         let top = top_predictions(&self.model, &cache, 10)
             .map_err(|e| fail(e, Some(tokens.clone()), Vec::new()))?;
@@ -403,7 +431,10 @@ impl Session {
         let memo = std::cell::RefCell::default();
         let derived = (|| -> Result<_> {
             let engine = Engine::with_memo(&self.model, &cache, target, req.mlp_mode, &memo)?;
-            let overview = engine.overview()?;
+            let overview = match fused {
+                Some(overview) => overview,
+                None => engine.overview()?,
+            };
             let root = engine.expand(&Path::root())?;
             let b_u = rdla_model::to_vec(self.model.weights.b_u.clone())?;
             let get = |id: u32| b_u.get(id as usize).copied().unwrap_or(0.0);

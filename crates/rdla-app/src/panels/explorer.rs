@@ -52,7 +52,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
         );
     }
     let Some(view) = state.current_view() else {
-        ui.label("expanding…");
+        ui.label(expanding_text(state, &here));
         if let Some(e) = &state.expand_error {
             ui.colored_label(theme::ERROR, e);
         }
@@ -365,4 +365,44 @@ fn leaf_details(ui: &mut Ui, state: &AppState, view: &NodeView) {
         ui.end_row();
     });
     ui.label("A leaf: the token (or position) embedding itself, or a remainder; nothing further upstream.");
+}
+
+/// "expanding…", and on a model whose layers stream, which layers the node reads (those not
+/// among the held ones are read from disk first).
+fn expanding_text(state: &AppState, path: &Path) -> String {
+    let Some(held) = state
+        .model
+        .as_ref()
+        .and_then(|m| m.facts.streamed_layer_cache)
+    else {
+        return "expanding…".into();
+    };
+    let mut layers: Vec<usize> = path
+        .steps()
+        .iter()
+        .filter_map(|s| match s {
+            Step::Comp(Comp::Attn(l) | Comp::Mlp(l))
+            | Step::Source {
+                comp: Comp::Attn(l) | Comp::Mlp(l),
+                ..
+            } => Some(*l),
+            _ => None,
+        })
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let named: Vec<String> = layers.iter().map(|l| format!("L{l}")).collect();
+    format!(
+        "expanding… this model's layers stream from disk ({held} held at a time): {} read \
+         first where not held",
+        if named.is_empty() {
+            "the layers it needs are".to_string()
+        } else {
+            format!(
+                "{} {}",
+                named.join(", "),
+                if named.len() == 1 { "is" } else { "are" }
+            )
+        }
+    )
 }

@@ -25,6 +25,7 @@ use rdla_model::{Cache, Layout, Model};
 
 pub(crate) use expand::Resolved;
 pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
+pub use overview::run_with_overview;
 pub use types::{
     Array, AttribError, Child, ChildLayout, CompLabel, Expansion, MlpMode, NodeKind, Overview,
     Result, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units,
@@ -145,6 +146,20 @@ impl<'a> Engine<'a> {
             memo,
         };
         engine.r_root = engine.c(u) / s;
+        Ok(engine)
+    }
+
+    /// An engine whose root readout is `C(u)`, before the final norm's scale: over a forward
+    /// pass still under way (`run_with_overview`), whose final scale is not known yet.
+    fn unscaled(model: &'a Model, cache: &'a Cache, target: Target, mode: MlpMode) -> Result<Self> {
+        let mut engine = Self::build(
+            model,
+            cache,
+            target,
+            mode,
+            MemoRef::Own(std::cell::RefCell::default()),
+        )?;
+        engine.r_root = engine.c(Self::unembed_direction(model, target)?);
         Ok(engine)
     }
 

@@ -4,9 +4,14 @@
 //! same readout formulas as a single node's expansion, batched over all layers (the head
 //! breakdown over chunks of layers when the prompt is long).
 
-use burn::tensor::Tensor;
+use std::ops::Range;
 
-use super::{Array, AttribError, Engine, Overview, Result};
+use burn::tensor::Tensor;
+use rdla_model::model::Blocks;
+
+use rdla_model::{Cache, Model};
+
+use super::{Array, AttribError, Engine, MlpMode, Overview, Result, Target};
 
 /// Values of the head breakdown computed at once: layers are taken in chunks of at most this
 /// many `H·P·C` values (all of them for small models and prompts; a few layers at a time for
@@ -25,72 +30,104 @@ impl Engine<'_> {
     /// (at least one layer): the same numbers whatever the chunking (tested).
     pub fn overview_in_chunks(&self, chunk_values: usize) -> Result<Overview> {
         let cfg = &self.model.config;
-        let (l_n, h_n, d, c_n, p_n) = (
-            cfg.n_layers,
-            cfg.n_heads,
-            cfg.d_model,
-            self.layout.n(),
-            self.n_pos(),
-        );
-        let q = self.last;
-        let r = self.r_root.clone();
-        let r_all = r.clone().unsqueeze_dim::<2>(0).expand([l_n, d]); // [L, d]
-
-        // root children
-        let components = super::rows_dot(self.comps_at(c_n, q), r); // [C]
-
+        let (l_n, h_n, c_n, p_n) = (cfg.n_layers, cfg.n_heads, self.layout.n(), self.n_pos());
         // a chunk of layers at a time: each chunk's blocks are fetched once (a view when the
         // layers are resident, read where they lie when they stream)
         let per_layer = (h_n * p_n * c_n).max(1);
         let chunk = (chunk_values / per_layer)
             .min(self.model.layer_chunk())
             .clamp(1, l_n);
-        let mut breakdown: Vec<f32> = Vec::with_capacity(l_n * per_layer);
-        let mut chunks: [Vec<Tensor<2>>; 3] = Default::default(); // head DLA, head bias, MLP breakdown
-        let mut rows: [Vec<Tensor<1>>; 2] = Default::default(); // attention bias, MLP bias
         // last chunk first: a streaming model still holds the layers its forward pass read
-        // last, and the chunks are put back in order below
+        // last (the chunks are put back in order when assembled)
         let starts: Vec<usize> = (0..l_n).step_by(chunk).collect();
-        let mut parts_hb: Vec<Vec<f32>> = Vec::with_capacity(starts.len());
+        let mut chunks = Vec::with_capacity(starts.len());
         for &start in starts.iter().rev() {
             let cs = start..(start + chunk).min(l_n);
             let b = self.blocks_in(&cs)?;
-            let r_c = r_all.clone().narrow(0, cs.start, cs.len());
-            let r_attn = self.post_readout(&b, &cs, q, r_c.clone(), false); // [Lc, d]
-            rows[0].push(
-                (b.b_o.clone() * r_attn.clone())
-                    .sum_dim(1)
-                    .squeeze_dim::<1>(1),
-            );
-
-            // heads
-            let (ov, bias_per_unit) = self.ov_readouts(&b, r_attn); // [Lc, H, d], [Lc, H]
-            let a_q = self.pattern_rows_in(Some(&b), cs.clone(), q)?; // [Lc, H, P]
-            let hb = self.source_values(&cs, ov, a_q.clone()); // [Lc, H, P, C]
-            let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [Lc, H]
-            chunks[0].push(
-                hb.clone().sum_dim(3).sum_dim(2).reshape([cs.len(), h_n]) + head_bias.clone(),
-            );
-            chunks[1].push(head_bias);
-            parts_hb.push(rdla_model::to_vec(hb.reshape([cs.len() * per_layer]))?);
-
-            // MLPs at q
-            let parts = self.mlp_parts(&b, &cs, q, r_c)?;
-            let r_mlp = self.mlp_input_readout(&b, &cs, q, &parts); // [Lc, d]
-            rows[1].push(self.mlp_remainder(&b, &parts));
-            chunks[2].push(self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(&cs)); // [Lc, C]
+            chunks.push(self.overview_chunk(&b, &cs)?);
         }
-        let [head_dla, head_bias, mlp_breakdown] = chunks.map(|mut c| {
-            c.reverse();
-            Tensor::cat(c, 0)
-        });
-        let [attn_bias, mlp_bias] = rows.map(|mut c| {
-            c.reverse();
-            Tensor::cat(c, 0)
-        });
-        for part in parts_hb.into_iter().rev() {
-            breakdown.extend(part);
+        self.assemble(chunks, None)
+    }
+
+    /// The overview's part from layers `cs` (their blocks `b`), read along the engine's root
+    /// readout.
+    pub(super) fn overview_chunk(&self, b: &Blocks, cs: &Range<usize>) -> Result<OverviewChunk> {
+        let cfg = &self.model.config;
+        let (h_n, d, c_n) = (cfg.n_heads, cfg.d_model, self.layout.n());
+        let per_layer = (h_n * self.n_pos() * c_n).max(1);
+        let q = self.last;
+        let r_c = self
+            .r_root
+            .clone()
+            .unsqueeze_dim::<2>(0)
+            .expand([cs.len(), d]); // [Lc, d]
+        let r_attn = self.post_readout(b, cs, q, r_c.clone(), false); // [Lc, d]
+        let attn_bias = (b.b_o.clone() * r_attn.clone())
+            .sum_dim(1)
+            .squeeze_dim::<1>(1);
+
+        // heads
+        let (ov, bias_per_unit) = self.ov_readouts(b, r_attn); // [Lc, H, d], [Lc, H]
+        let a_q = self.pattern_rows_in(Some(b), cs.clone(), q)?; // [Lc, H, P]
+        let hb = self.source_values(cs, ov, a_q.clone()); // [Lc, H, P, C]
+        let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [Lc, H]
+        let head_dla =
+            hb.clone().sum_dim(3).sum_dim(2).reshape([cs.len(), h_n]) + head_bias.clone();
+
+        // MLPs at q
+        let parts = self.mlp_parts(b, cs, q, r_c)?;
+        let r_mlp = self.mlp_input_readout(b, cs, q, &parts); // [Lc, d]
+        Ok(OverviewChunk {
+            layers: cs.clone(),
+            attn_bias,
+            head_dla,
+            head_bias,
+            breakdown: hb.reshape([cs.len() * per_layer]),
+            mlp_breakdown: self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(cs), // [Lc, C]
+            mlp_bias: self.mlp_remainder(b, &parts),
+        })
+    }
+
+    /// The overview from its chunks (in any order, covering every layer once), each divided
+    /// by `scale` when given (chunks computed along an unscaled readout).
+    fn assemble(
+        &self,
+        mut chunks: Vec<OverviewChunk>,
+        scale: Option<Tensor<1>>,
+    ) -> Result<Overview> {
+        let cfg = &self.model.config;
+        let (l_n, h_n, c_n, p_n) = (cfg.n_layers, cfg.n_heads, self.layout.n(), self.n_pos());
+        let per_layer = (h_n * p_n * c_n).max(1);
+        chunks.sort_by_key(|c| c.layers.start);
+        if chunks.iter().map(|c| c.layers.len()).sum::<usize>() != l_n {
+            return Err(AttribError::Empty);
         }
+        let div1 = |t: Tensor<1>| match &scale {
+            Some(s) => t / s.clone(),
+            None => t,
+        };
+        let div2 = |t: Tensor<2>| match &scale {
+            Some(s) => t / s.clone().unsqueeze_dim::<2>(0),
+            None => t,
+        };
+        let mut breakdown: Vec<f32> = Vec::with_capacity(l_n * per_layer);
+        let (mut attn_bias, mut head_dla, mut head_bias) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut mlp_breakdown, mut mlp_bias) = (Vec::new(), Vec::new());
+        for c in chunks {
+            breakdown.extend(rdla_model::to_vec(div1(c.breakdown))?);
+            attn_bias.push(div1(c.attn_bias));
+            head_dla.push(div2(c.head_dla));
+            head_bias.push(div2(c.head_bias));
+            mlp_breakdown.push(div2(c.mlp_breakdown));
+            mlp_bias.push(div1(c.mlp_bias));
+        }
+        let attn_bias = Tensor::cat(attn_bias, 0);
+        let head_dla = Tensor::cat(head_dla, 0);
+        let head_bias = Tensor::cat(head_bias, 0);
+        let mlp_breakdown = Tensor::cat(mlp_breakdown, 0);
+        let mlp_bias = Tensor::cat(mlp_bias, 0);
+        // root children
+        let components = super::rows_dot(self.comps_at(c_n, self.last), self.r_root.clone()); // [C]
 
         let parts = [
             (components, vec![c_n]),
@@ -128,4 +165,60 @@ impl Engine<'_> {
             mlp_bias: next()?,
         })
     }
+}
+
+/// One chunk of layers' part of the overview (see [`Engine::overview_chunk`]).
+pub(super) struct OverviewChunk {
+    layers: Range<usize>,
+    /// `[Lc]`
+    attn_bias: Tensor<1>,
+    /// `[Lc, H]` each
+    head_dla: Tensor<2>,
+    head_bias: Tensor<2>,
+    /// `[Lc·H·P·C]`
+    breakdown: Tensor<1>,
+    /// `[Lc, C]`
+    mlp_breakdown: Tensor<2>,
+    /// `[Lc]`
+    mlp_bias: Tensor<1>,
+}
+
+/// The forward pass over `ids` and the overview of `target`, computed together: each layer's
+/// part of the overview is computed while the forward pass holds the layer, along the root's
+/// readout before the final norm's scale (every part is linear in it), and divided by that
+/// scale at the end. A model whose layers stream reads each layer once instead of twice; the
+/// numbers are [`Engine::overview`]'s (to float rounding: the scale is applied last).
+pub fn run_with_overview(
+    model: &Model,
+    ids: &[u32],
+    target: Target,
+    mode: MlpMode,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(Cache, Overview)> {
+    let mut chunks = Vec::with_capacity(model.config.n_layers);
+    let mut failed = None;
+    let cache = model.run_observed(ids, progress, &mut |l, b, partial| {
+        let chunk = Engine::unscaled(model, partial, target, mode)
+            .and_then(|eng| eng.overview_chunk(b, &(l..l + 1)));
+        match chunk {
+            Ok(c) => {
+                chunks.push(c);
+                Ok(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                Err(rdla_model::ModelError::ComputeCancelled)
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let cache = cache?;
+    let ov = {
+        let engine = Engine::new(model, &cache, target, mode)?;
+        let s = cache.final_scale.clone().narrow(0, engine.last, 1);
+        engine.assemble(chunks, Some(s))?
+    };
+    Ok((cache, ov))
 }

@@ -15,6 +15,9 @@ use crate::model::ablate::{Interventions, Site, ablate_rows};
 use crate::model::layer::QUERY_BLOCK;
 use crate::model::{Blocks, Cache, Model};
 
+/// Sees each layer's blocks and the cache so far, as the forward pass finishes the layer.
+pub type Observer<'a> = dyn FnMut(usize, &Blocks, &Cache) -> Result<()> + 'a;
+
 impl Model {
     /// The forward pass over `ids` (BOS included if wanted), caching what attribution needs.
     ///
@@ -22,7 +25,7 @@ impl Model {
     /// place on the CPU backend), rather than collected per layer and stacked at the end,
     /// which would hold two copies of the cache at once.
     pub fn run(&self, ids: &[u32]) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), &mut |_, _| true)
+        self.forward(ids, &Interventions::default(), &mut |_, _| true, None)
     }
 
     /// [`Model::run`], telling `progress` `(layers done, layers)` after each layer; when it
@@ -32,7 +35,7 @@ impl Model {
         ids: &[u32],
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), progress)
+        self.forward(ids, &Interventions::default(), progress, None)
     }
 
     /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
@@ -47,7 +50,20 @@ impl Model {
                 )));
             }
         }
-        Ok(self.forward(ids, iv, &mut |_, _| true)?.last_logits)
+        Ok(self.forward(ids, iv, &mut |_, _| true, None)?.last_logits)
+    }
+
+    /// [`Model::run_with_progress`], handing `observe` each layer's blocks and the cache as it
+    /// stands once that layer is done (later layers' components are zero, their other entries
+    /// unset): what can be computed from a layer while it is held — a streaming model's
+    /// overview — is computed then instead of reading the layer again.
+    pub fn run_observed(
+        &self,
+        ids: &[u32],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+        observe: &mut Observer<'_>,
+    ) -> Result<Cache> {
+        self.forward(ids, &Interventions::default(), progress, Some(observe))
     }
 
     fn forward(
@@ -55,6 +71,7 @@ impl Model {
         ids: &[u32],
         iv: &Interventions,
         progress: &mut dyn FnMut(usize, usize) -> bool,
+        mut observe: Option<&mut Observer<'_>>,
     ) -> Result<Cache> {
         self.check_tokens(ids)?;
         let cfg = &self.config;
@@ -75,8 +92,13 @@ impl Model {
         for a in iv.at(|s| s == Site::Embed) {
             embed = ablate_rows(embed, a.pos, None, a.mode);
         }
-        let mut comps = Tensor::<3>::empty([n_c, n, d], dev)
-            .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
+        // an observer reads the components of layers not yet computed (times zero)
+        let mut comps = if observe.is_some() {
+            Tensor::<3>::zeros([n_c, n, d], dev)
+        } else {
+            Tensor::<3>::empty([n_c, n, d], dev)
+        }
+        .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
         let mut x = embed;
         if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
             let mut pos = w_pos.clone().narrow(0, 0, n); // [P, d]
@@ -221,6 +243,23 @@ impl Model {
                 let c = layout.mlp(l);
                 comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
                 s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
+                if let Some(obs) = observe.as_mut() {
+                    let partial = Cache {
+                        token_ids: ids.to_vec(),
+                        layout,
+                        components: comps.clone(),
+                        ln1_scale: s1s.clone(),
+                        ln2_scale: s2s.clone(),
+                        final_scale: Tensor::ones([n], dev),
+                        rotary: rotary.clone(),
+                        k: ks.clone(),
+                        v: vs.clone(),
+                        qk_scale: qk_scales.clone(),
+                        post_scale: post_scales.clone(),
+                        last_logits: Tensor::zeros([1], dev),
+                    };
+                    obs(l, &b, &partial)?;
+                }
                 if !progress(l + 1, n_l) {
                     return Err(crate::error::ModelError::ComputeCancelled);
                 }

@@ -23,6 +23,7 @@ use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
 pub use blocks::{Blocks, LayerSource, LayerStream};
 pub use cache::Cache;
+pub use forward::Observer;
 
 use blocks::LayerStacks;
 
