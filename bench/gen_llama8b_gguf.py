@@ -8,7 +8,11 @@ quantised blocks directly (random codes, scales chosen so a weight's spread is a
 other layer (what Q4_K_M does). About 4.6 GB on disk. Needs gguf and numpy (pip); reuses the
 fixture generator's metadata writer.
 
-Usage: python3 bench/gen_llama8b_gguf.py OUT.gguf [N_LAYERS]
+With `qwen3` as the third argument: the Qwen3-8B shape instead (36 layers, d_model 4096,
+32 heads with 8 key/value heads, head_dim 128, d_mlp 12288, vocabulary 151,936, untied
+output, rope_theta 1e6, per-head RMSNorms on queries and keys), the same quantisation mix.
+
+Usage: python3 bench/gen_llama8b_gguf.py OUT.gguf [N_LAYERS] [llama|qwen3]
 """
 import sys
 from pathlib import Path
@@ -20,17 +24,25 @@ from gguf import GGMLQuantizationType as T
 import generate as G
 
 out = sys.argv[1]
-n_layers = int(sys.argv[2]) if len(sys.argv) > 2 else 32
-V, d, ff, H, KV = 128256, 4096, 14336, 32, 8
-hd = d // H
-cfg = dict(num_hidden_layers=n_layers, max_position_embeddings=131072, hidden_size=d,
-           intermediate_size=ff, num_attention_heads=H, num_key_value_heads=KV,
-           rope_theta=500000.0, rms_norm_eps=1e-5, vocab_size=V,
-           rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=8192))
-w = gguf.GGUFWriter(out, arch="llama")
-w.add_name("llama-3.1-8b-shaped")
-G.set_params(w, "llama", cfg)
+arch = sys.argv[3] if len(sys.argv) > 3 else "llama"
+assert arch in ("llama", "qwen3"), arch
+n_layers = int(sys.argv[2]) if len(sys.argv) > 2 else (32 if arch == "llama" else 36)
+if arch == "llama":
+    V, d, ff, H, KV = 128256, 4096, 14336, 32, 8
+    hd = d // H
+    cfg = dict(num_hidden_layers=n_layers, max_position_embeddings=131072, hidden_size=d,
+               intermediate_size=ff, num_attention_heads=H, num_key_value_heads=KV,
+               rope_theta=500000.0, rms_norm_eps=1e-5, vocab_size=V,
+               rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                 high_freq_factor=4.0, original_max_position_embeddings=8192))
+else:
+    V, d, ff, H, KV, hd = 151936, 4096, 12288, 32, 8, 128
+    cfg = dict(num_hidden_layers=n_layers, max_position_embeddings=40960, hidden_size=d,
+               intermediate_size=ff, num_attention_heads=H, num_key_value_heads=KV,
+               head_dim=hd, rope_theta=1000000.0, rms_norm_eps=1e-6, vocab_size=V)
+w = gguf.GGUFWriter(out, arch=arch)
+w.add_name(f"{arch}-8b-shaped")
+G.set_params(w, arch, cfg)
 rng = np.random.default_rng(0)
 
 # a SentencePiece-style vocabulary of V pieces (the tokenizer is not what is timed)
@@ -80,7 +92,8 @@ def norm(name, n):
 
 
 t("token_embd.weight", V, d)
-w.add_tensor("rope_freqs.weight", G.llama3_rope_factors(cfg))
+if arch == "llama":
+    w.add_tensor("rope_freqs.weight", G.llama3_rope_factors(cfg))
 norm("output_norm.weight", d)
 t("output.weight", V, d, q=T.Q6_K)
 for l in range(n_layers):
@@ -90,6 +103,8 @@ for l in range(n_layers):
     t(b + "attn_q.weight", H * hd, d); t(b + "attn_k.weight", KV * hd, d)
     t(b + "attn_v.weight", KV * hd, d, q=mixed)
     t(b + "attn_output.weight", d, H * hd)
+    if arch == "qwen3":
+        norm(b + "attn_q_norm.weight", hd); norm(b + "attn_k_norm.weight", hd)
     norm(b + "ffn_norm.weight", d)
     t(b + "ffn_gate.weight", ff, d); t(b + "ffn_up.weight", ff, d)
     t(b + "ffn_down.weight", d, ff, q=mixed)
