@@ -622,10 +622,13 @@ fn a_memory_budget_holds_and_is_reported() {
     // the model fits: its layers are held, unless the suite runs with every layer streamed
     // (RDLA_LAYER_CACHE, as CI's second pass does)
     let streamed = mem["streamed_layers"].as_u64().unwrap();
+    let cache = &v["model"]["streamed_layer_cache"];
     if std::env::var_os("RDLA_LAYER_CACHE").is_some() {
         assert!(streamed > 0, "{mem}");
+        assert_eq!(cache, 1, "{}", v["model"]);
     } else {
         assert_eq!(streamed, 0, "{mem}");
+        assert!(cache.is_null(), "{}", v["model"]);
     }
     let peak = mem["peak_bytes"].as_u64().unwrap();
     assert!(peak > 1 << 20 && peak < 2u64 << 30, "{mem}");
