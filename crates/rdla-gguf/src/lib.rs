@@ -96,14 +96,15 @@ impl TensorInfo {
 }
 
 enum Backing {
-    Map(memmap2::Mmap),
+    /// The mapped file, and the file itself for positioned reads of whole tensors.
+    Map(memmap2::Mmap, File),
     Bytes(Vec<u8>),
 }
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Map(m) => m,
+            Backing::Map(m, _) => m,
             Backing::Bytes(b) => b,
         }
     }
@@ -162,7 +163,7 @@ impl GgufFile {
     /// Drop the file's mapped pages from this process's resident memory (a streamed
     /// layer's blocks were read and converted; the page cache keeps them for the next read).
     pub fn release_pages(&self) {
-        if let Backing::Map(m) = &self.backing {
+        if let Backing::Map(m, _) = &self.backing {
             release_map_pages(m);
         }
     }
@@ -180,7 +181,7 @@ impl GgufFile {
         let backing = if len < 64 {
             Backing::Bytes(std::fs::read(path).map_err(io)?)
         } else {
-            Backing::Map(map_file(&file).map_err(io)?)
+            Backing::Map(map_file(&file).map_err(io)?, file)
         };
         Self::from_backing(path.to_path_buf(), backing)
     }
@@ -365,6 +366,26 @@ impl GgufFile {
             })
     }
 
+    /// A tensor's bytes for a whole-tensor read: a positioned read from the file (Unix), so a
+    /// file truncated or replaced since it was opened is an I/O error here rather than a
+    /// fault on a mapped page that is gone (a model whose layers stream reads them for as
+    /// long as it is open); the bytes in memory otherwise.
+    fn read_tensor_bytes(&self, t: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let bytes = self.tensor_bytes(t)?; // the range checked against the length at open
+        #[cfg(unix)]
+        if let Backing::Map(_, file) = &self.backing {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; bytes.len()];
+            file.read_exact_at(&mut buf, t.data.start)
+                .map_err(|error| GgufError::Io {
+                    path: self.path.clone(),
+                    error,
+                })?;
+            return Ok(std::borrow::Cow::Owned(buf));
+        }
+        Ok(std::borrow::Cow::Borrowed(bytes))
+    }
+
     /// Dequantise a tensor to `f32`, in GGUF element order (row-major over the PyTorch
     /// shape [`TensorInfo::shape`]). Bit-exact with llama.cpp's reference dequantisation.
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
@@ -374,7 +395,8 @@ impl GgufFile {
                 ty: t.ggml_type.name().to_string(),
             });
         }
-        let bytes = self.tensor_bytes(t)?;
+        let bytes = self.read_tensor_bytes(t)?;
+        let bytes: &[u8] = &bytes;
         let (block_elems, block_bytes) = t.ggml_type.block_layout();
         let n = parse::checked_n_elements(&t.dims).unwrap_or(u64::MAX);
         let expect_bytes = (n / block_elems as u64).checked_mul(block_bytes as u64);

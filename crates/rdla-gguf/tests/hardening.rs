@@ -446,3 +446,33 @@ fn a_long_sentencepiece_piece_is_not_quadratic() {
     let tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap();
     assert_eq!(tok.get_vocab_size(false), 401);
 }
+
+/// A file truncated after it was opened (a download replaced, a disk cleaned up) while a model
+/// streams its layers from it: reading a whole tensor that is no longer there is an I/O error
+/// naming the file, not a fault on a mapped page that is gone (which would kill the process).
+#[test]
+fn a_file_truncated_after_opening_is_an_io_error_when_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("m.gguf");
+    std::fs::copy(common::fixture("llama_gqa.gguf"), &path).unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    let last = f
+        .tensors()
+        .iter()
+        .max_by_key(|t| t.data.end)
+        .unwrap()
+        .clone();
+    // readable as opened
+    assert!(f.dequantize(&last).is_ok());
+    // cut the file before the last tensor's data
+    let keep = last.data.start;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(keep)
+        .unwrap();
+    let err = f.dequantize(&last).unwrap_err();
+    assert!(matches!(err, GgufError::Io { .. }), "{err:?}");
+    assert!(chain(&err).contains("m.gguf"), "{}", chain(&err));
+}
