@@ -135,7 +135,7 @@ impl std::fmt::Debug for WeightStore {
 }
 
 /// `key` is not in the checkpoint (under that one spelling).
-fn missing(key: &str) -> ModelError {
+pub(crate) fn missing(key: &str) -> ModelError {
     ModelError::MissingTensor {
         key: key.to_string(),
         tried: vec![key.to_string()],
@@ -468,14 +468,6 @@ impl WeightStore {
     }
 
     /// Read one tensor, converting it to `f32`.
-    /// Drop the pages of a memory-mapped checkpoint (GGUF) read so far from this process's
-    /// resident memory; safetensors are read with positioned reads and hold none.
-    pub fn release_pages(&self) {
-        if let Some(g) = &self.gguf {
-            g.file.release_pages();
-        }
-    }
-
     pub fn read_f32(&self, key: &str) -> Result<HostTensor> {
         let entry = self.entries.get(key).ok_or_else(|| missing(key))?;
         let n: usize = entry.shape.iter().product();

@@ -382,12 +382,11 @@ impl Session {
         // each layer is held (its target is needed first): every layer is read once, not twice.
         // (A bad target takes the plain path: its predictions are computed, then it fails.)
         let mut fused = None;
-        let early = match checked {
-            Some(target) => Some(target),
-            None if self.model.streams_layers() => self.target(req).ok(),
-            None => None,
-        }
-        .filter(|_| self.model.streams_layers());
+        let early = if self.model.streams_layers() {
+            checked.or_else(|| self.target(req).ok())
+        } else {
+            None
+        };
         let cache = if let Some(target) = early {
             let (cache, overview) = rdla_attrib::run_with_overview(
                 &self.model,

@@ -100,6 +100,7 @@ impl<'a> Engine<'a> {
             target,
             mode,
             MemoRef::Own(std::cell::RefCell::default()),
+            true,
         )
     }
 
@@ -113,15 +114,17 @@ impl<'a> Engine<'a> {
         mode: MlpMode,
         memo: &'a std::cell::RefCell<Memo>,
     ) -> Result<Self> {
-        Self::build(model, cache, target, mode, MemoRef::Shared(memo))
+        Self::build(model, cache, target, mode, MemoRef::Shared(memo), true)
     }
 
+    /// The engine; its root readout is `C(u) / s_final[P−1]`, or `C(u)` when not `scaled`.
     fn build(
         model: &'a Model,
         cache: &'a Cache,
         target: Target,
         mode: MlpMode,
         memo: MemoRef<'a>,
+        scaled: bool,
     ) -> Result<Self> {
         if !model.processing.fold_ln {
             return Err(AttribError::NotFolded);
@@ -145,22 +148,24 @@ impl<'a> Engine<'a> {
             r_root: u.clone(),
             memo,
         };
-        engine.r_root = engine.c(u) / s;
+        engine.r_root = engine.c(u);
+        if scaled {
+            engine.r_root = engine.r_root.clone() / s;
+        }
         Ok(engine)
     }
 
     /// An engine whose root readout is `C(u)`, before the final norm's scale: over a forward
     /// pass still under way (`run_with_overview`), whose final scale is not known yet.
     fn unscaled(model: &'a Model, cache: &'a Cache, target: Target, mode: MlpMode) -> Result<Self> {
-        let mut engine = Self::build(
+        Self::build(
             model,
             cache,
             target,
             mode,
             MemoRef::Own(std::cell::RefCell::default()),
-        )?;
-        engine.r_root = engine.c(Self::unembed_direction(model, target)?);
-        Ok(engine)
+            false,
+        )
     }
 
     /// The memo this engine reads and fills.

@@ -139,45 +139,6 @@ impl Blocks {
         }
     }
 
-    /// One processed block as a stack of one layer, its buffers moved onto `device`.
-    fn from_layer(l: CanonLayer, device: &Device) -> Self {
-        fn up<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
-            let mut shape = vec![1];
-            shape.extend(t.shape);
-            Tensor::from_data(TensorData::new(t.data, shape), device)
-        }
-        let ln = |p: Option<crate::arch::LayerNormParams>| {
-            p.map(|ln| {
-                let (d, e) = (ln.w.len(), ln.b.len());
-                (
-                    up(HostTensor::new(vec![d], ln.w), device),
-                    up(HostTensor::new(vec![e], ln.b), device),
-                )
-            })
-        };
-        let pair =
-            |p: Option<(HostTensor, HostTensor)>| p.map(|(a, b)| (up(a, device), up(b, device)));
-        Self {
-            ln1: ln(l.ln1),
-            ln2: ln(l.ln2),
-            w_q: up(l.w_q, device),
-            w_k: up(l.w_k, device),
-            w_v: up(l.w_v, device),
-            b_q: up(l.b_q, device),
-            b_k: up(l.b_k, device),
-            b_v: up(l.b_v, device),
-            w_o: up(l.w_o, device),
-            b_o: up(l.b_o, device),
-            w_in: up(l.w_in, device),
-            w_gate: l.w_gate.map(|g| up(g, device)),
-            b_in: up(l.b_in, device),
-            w_out: up(l.w_out, device),
-            b_out: up(l.b_out, device),
-            qk_norm: pair(l.qk_norm),
-            post_norm: pair(l.post_norm),
-        }
-    }
-
     /// The layer axis' length.
     pub fn n_layers(&self) -> usize {
         self.w_q.dims()[0]
@@ -192,16 +153,22 @@ struct Stack {
 }
 
 impl Stack {
-    fn push(&mut self, shape: &[usize], data: &[f32], n_layers: usize) {
+    /// Append one layer's tensor: moved as is into a stack of one layer (a streamed layer is
+    /// not copied), copied after the others otherwise.
+    fn push(&mut self, shape: Vec<usize>, data: Vec<f32>, n_layers: usize) {
         if self.data.is_empty() {
+            self.shape = shape;
+            if n_layers == 1 {
+                self.data = data;
+                return;
+            }
             self.data.reserve_exact(n_layers * data.len());
-            self.shape = shape.to_vec();
         }
-        self.data.extend_from_slice(data);
+        self.data.extend_from_slice(&data);
     }
 
-    fn push_t(&mut self, t: &HostTensor, n_layers: usize) {
-        self.push(&t.shape, &t.data, n_layers);
+    fn push_t(&mut self, t: HostTensor, n_layers: usize) {
+        self.push(t.shape, t.data, n_layers);
     }
 
     fn upload<const D: usize>(self, n_layers: usize, device: &Device) -> Tensor<D> {
@@ -253,30 +220,30 @@ impl LayerStacks {
         }
     }
 
-    pub(crate) fn push(&mut self, l: &CanonLayer) {
+    pub(crate) fn push(&mut self, l: CanonLayer) {
         let n = self.n_layers;
         for (stack, t) in [
-            (&mut self.w_q, &l.w_q),
-            (&mut self.w_k, &l.w_k),
-            (&mut self.w_v, &l.w_v),
-            (&mut self.b_q, &l.b_q),
-            (&mut self.b_k, &l.b_k),
-            (&mut self.b_v, &l.b_v),
-            (&mut self.w_o, &l.w_o),
-            (&mut self.b_o, &l.b_o),
-            (&mut self.w_in, &l.w_in),
-            (&mut self.b_in, &l.b_in),
-            (&mut self.w_out, &l.w_out),
-            (&mut self.b_out, &l.b_out),
+            (&mut self.w_q, l.w_q),
+            (&mut self.w_k, l.w_k),
+            (&mut self.w_v, l.w_v),
+            (&mut self.b_q, l.b_q),
+            (&mut self.b_k, l.b_k),
+            (&mut self.b_v, l.b_v),
+            (&mut self.w_o, l.w_o),
+            (&mut self.b_o, l.b_o),
+            (&mut self.w_in, l.w_in),
+            (&mut self.b_in, l.b_in),
+            (&mut self.w_out, l.w_out),
+            (&mut self.b_out, l.b_out),
         ] {
             stack.push_t(t, n);
         }
-        if let Some(g) = &l.w_gate {
+        if let Some(g) = l.w_gate {
             self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
         }
         for (dst, src) in [
-            (&mut self.qk_norm, &l.qk_norm),
-            (&mut self.post_norm, &l.post_norm),
+            (&mut self.qk_norm, l.qk_norm),
+            (&mut self.post_norm, l.post_norm),
         ] {
             if let Some((a, b)) = src {
                 let (sa, sb) = dst.get_or_insert_with(Default::default);
@@ -284,11 +251,11 @@ impl LayerStacks {
                 sb.push_t(b, n);
             }
         }
-        for (dst, src) in [(&mut self.ln1, &l.ln1), (&mut self.ln2, &l.ln2)] {
+        for (dst, src) in [(&mut self.ln1, l.ln1), (&mut self.ln2, l.ln2)] {
             if let Some(ln) = src {
                 let (w, b) = dst.get_or_insert_with(Default::default);
-                w.push(&[ln.w.len()], &ln.w, n);
-                b.push(&[ln.b.len()], &ln.b, n);
+                w.push(vec![ln.w.len()], ln.w, n);
+                b.push(vec![ln.b.len()], ln.b, n);
             }
         }
         self.count += 1;
@@ -429,11 +396,6 @@ impl LayerStream {
         self.lru().insert(l, b);
     }
 
-    /// Whether layer `l` is held.
-    pub fn holds(&self, l: usize) -> bool {
-        self.lru().held.iter().any(|(k, _)| *k == l)
-    }
-
     /// Read, process and upload layer `l` (counted in [`crate::memory::streamed_layers`]).
     fn read(&self, l: usize) -> Result<Blocks> {
         if l >= self.config.n_layers {
@@ -443,8 +405,6 @@ impl LayerStream {
             )));
         }
         let layer = arch::read_layer(&self.config, &self.store, l)?;
-        // the file's pages were copied into f32: they need not stay this process's memory
-        self.store.release_pages();
         crate::memory::count_streamed_layer();
         Ok(self.prepare(layer))
     }
@@ -453,7 +413,9 @@ impl LayerStream {
     /// the CPU backend).
     pub(crate) fn prepare(&self, mut layer: CanonLayer) -> Blocks {
         process::process_layer(&mut layer, self.processing, self.config.norm);
-        Blocks::from_layer(layer, &self.device)
+        let mut stack = LayerStacks::new(1);
+        stack.push(layer);
+        stack.upload(&self.device)
     }
 }
 

@@ -341,29 +341,25 @@ impl Model {
         let leave = *device == Device::flex();
         let in_place = leave && store.reads_rows_in_place();
         let stream = crate::memory::should_stream(&config, in_place);
-        let what = |how: &str| {
-            let config = &config;
-            let how = how.to_string();
-            move || {
-                format!(
-                    "{how} this {} ({} layers, d_model {}, vocabulary {}) in f32",
-                    config.family.hf_class(),
-                    config.n_layers,
-                    config.d_model,
-                    config.d_vocab
-                )
-            }
+        let model = || {
+            format!(
+                "this {} ({} layers, d_model {}, vocabulary {}) in f32",
+                config.family.hf_class(),
+                config.n_layers,
+                config.d_model,
+                config.d_vocab
+            )
         };
         if stream {
             crate::memory::check_budget(
-                what("streaming the layers of"),
+                || format!("streaming the layers of {}", model()),
                 crate::memory::global_bytes(&config, in_place)
                     + 2 * crate::memory::block_bytes(&config),
                 0,
             )?;
         } else {
             crate::memory::check_budget(
-                what("loading"),
+                || format!("loading {}", model()),
                 crate::memory::model_bytes(&config, in_place),
                 0,
             )?;
@@ -377,14 +373,12 @@ impl Model {
             progress,
             &mut |mut layer| {
                 process::process_layer(&mut layer, processing, norm);
-                stacks.push(&layer);
+                stacks.push(layer);
                 Ok(())
             },
             leave,
             stream,
         )?;
-        // what was read from a mapped file is held in f32 now: its pages need not stay
-        store.release_pages();
         let vocab_proc = VocabProcessing {
             embed_scale: canon.embed_scale,
             centre_embed: processing.center_writing_weights
@@ -402,12 +396,8 @@ impl Model {
         };
         let stored = match &canon.stored {
             Some(keys) => {
-                let reader = |key: &str| {
-                    store.rows(key).ok_or_else(|| ModelError::MissingTensor {
-                        key: key.to_string(),
-                        tried: vec![key.to_string()],
-                    })
-                };
+                let reader =
+                    |key: &str| store.rows(key).ok_or_else(|| crate::weights::missing(key));
                 let lm_head = keys.lm_head.as_deref().map(reader).transpose()?;
                 Some(StoredVocab::open(
                     reader(&keys.embed)?,
@@ -422,7 +412,6 @@ impl Model {
         let layers = if stream {
             // block 0 is read (and kept), the others' tensors checked from the header
             let first = arch::read_layer_checking_others(&config, &store)?;
-            store.release_pages();
             let capacity = crate::memory::layer_capacity(&config, in_place, 0);
             let stream = LayerStream::new(
                 Arc::new(store),
