@@ -340,7 +340,13 @@ impl RdlaApp {
             .max_size((width * 0.4).max(240.0))
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    prompt::show(ui, &self.state, &mut self.settings, &mut self.actions);
+                    prompt::show(
+                        ui,
+                        &self.state,
+                        &mut self.settings,
+                        &mut self.actions,
+                        self.device_info.is_gpu(),
+                    );
                 });
             });
         if self.state.current_view().is_some() {

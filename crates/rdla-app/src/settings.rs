@@ -23,6 +23,8 @@ pub struct Settings {
     pub recent: Vec<ModelSource>,
     /// The memory budget as typed (`6GiB`, …); empty: the default (80 % of available).
     pub max_memory: String,
+    /// The GPU memory budget as typed; empty: none (the memory budget applies).
+    pub max_gpu_memory: String,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
             colormap: ColorMap::BlueWhiteRed,
             recent: Vec::new(),
             max_memory: String::new(),
+            max_gpu_memory: String::new(),
         }
     }
 }
@@ -44,19 +47,35 @@ impl Settings {
     pub const KEY: &'static str = "rdla-settings";
     const MAX_RECENT: usize = 10;
 
-    /// Make the typed memory budget the process's (empty: the default); an error says why a
-    /// text is not a size. `--max-memory` on the command line wins over a remembered one:
-    /// `at_start` leaves a budget set there alone.
+    /// Make the typed memory and GPU memory budgets the process's (empty: the default, and
+    /// no GPU budget); an error says why a text is not a size (that budget is left as it
+    /// was). `--max-memory` / `--max-gpu-memory` on the command line win over remembered
+    /// ones: `at_start` leaves a budget set there alone.
     pub fn apply_budget(&self, at_start: bool) -> Result<(), String> {
         use rdla_model::memory;
-        if at_start && memory::budget().is_some_and(|b| b.explicit) {
-            return Ok(());
-        }
-        if self.max_memory.trim().is_empty() {
-            memory::clear_budget();
-            return Ok(());
-        }
-        memory::parse_size(&self.max_memory).map(memory::set_budget)
+        let apply = |text: &str, set_before: bool, set: fn(u64), clear: fn()| {
+            if at_start && set_before {
+                Ok(())
+            } else if text.trim().is_empty() {
+                clear();
+                Ok(())
+            } else {
+                memory::parse_size(text).map(set)
+            }
+        };
+        let host = apply(
+            &self.max_memory,
+            memory::budget().is_some_and(|b| b.explicit),
+            memory::set_budget,
+            memory::clear_budget,
+        );
+        let gpu = apply(
+            &self.max_gpu_memory,
+            memory::gpu_budget().is_some(),
+            memory::set_gpu_budget,
+            memory::clear_gpu_budget,
+        );
+        host.and(gpu)
     }
 
     pub fn remember(&mut self, source: &ModelSource) {
@@ -130,6 +149,22 @@ mod tests {
         s.max_memory.clear();
         s.apply_budget(false).unwrap();
         assert!(!budget().is_some_and(|b| b.explicit));
+
+        // the GPU budget likewise (nothing in the other tests runs on a GPU)
+        use rdla_model::memory::gpu_budget;
+        s.max_gpu_memory = "12GiB".into();
+        s.apply_budget(false).unwrap();
+        assert_eq!(gpu_budget(), Some(12 << 30));
+        s.max_gpu_memory = "12 parsecs".into();
+        assert!(s.apply_budget(false).unwrap_err().contains("unknown unit"));
+        assert_eq!(gpu_budget(), Some(12 << 30), "a bad text changes nothing");
+        // a budget given on the command line is not replaced by a remembered one at start
+        s.max_gpu_memory = "1GiB".into();
+        s.apply_budget(true).unwrap();
+        assert_eq!(gpu_budget(), Some(12 << 30));
+        s.max_gpu_memory.clear();
+        s.apply_budget(false).unwrap();
+        assert_eq!(gpu_budget(), None);
     }
 
     #[test]

@@ -134,12 +134,14 @@ pub enum ModelError {
         available_gib: f64,
     },
     #[error(
-        "{what} needs about {needed_gib:.2} GiB of memory{}; the memory budget is {budget_gib:.2} GiB ({how}): it needs at least {:.2} GiB",
+        "{what} needs about {needed_gib:.2} GiB of {which}{}; the {which} budget is {budget_gib:.2} GiB ({how}): it needs at least {:.2} GiB",
         if *held_gib > 0.0 { format!(" on top of the {held_gib:.2} GiB the model holds") } else { String::new() },
         needed_gib + held_gib
     )]
     OverBudget {
         what: String,
+        /// `memory`, or `GPU memory` for a model on a GPU under `--max-gpu-memory`.
+        which: &'static str,
         needed_gib: f64,
         held_gib: f64,
         budget_gib: f64,

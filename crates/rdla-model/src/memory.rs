@@ -97,20 +97,21 @@ pub fn forced_layer_cache() -> Option<usize> {
 }
 
 /// Whether a model of `cfg` streams its layers: forced, or its processed blocks and a
-/// [`RESERVED_PROMPT`]-token prompt do not fit the budget.
-pub fn should_stream(cfg: &ModelConfig, tokens_in_place: bool) -> bool {
+/// [`RESERVED_PROMPT`]-token prompt do not fit the budget (on a GPU, the smaller of the
+/// memory and GPU memory budgets: [`limit`]).
+pub fn should_stream(cfg: &ModelConfig, tokens_in_place: bool, gpu: bool) -> bool {
     if forced_layer_cache().is_some() {
         return true;
     }
     let reserve = prompt_bytes(cfg, RESERVED_PROMPT.min(cfg.n_ctx));
-    budget().is_some_and(|b| model_bytes(cfg, tokens_in_place).saturating_add(reserve) > b.bytes)
+    limit(gpu).is_some_and(|b| model_bytes(cfg, tokens_in_place).saturating_add(reserve) > b.bytes)
 }
 
 /// How many processed layers a streaming model of `cfg` holds beside a prompt needing
 /// `prompt` bytes: half the layers that fit the rest of the budget (the other half is room
 /// for the concatenated range an expansion reads), at least one, at most every layer.
-pub fn layer_capacity(cfg: &ModelConfig, tokens_in_place: bool, prompt: u64) -> usize {
-    let slots = budget().map_or(cfg.n_layers, |b| {
+pub fn layer_capacity(cfg: &ModelConfig, tokens_in_place: bool, prompt: u64, gpu: bool) -> usize {
+    let slots = limit(gpu).map_or(cfg.n_layers, |b| {
         let room = b
             .bytes
             .saturating_sub(global_bytes(cfg, tokens_in_place))
@@ -156,10 +157,18 @@ pub fn check(what: impl FnOnce() -> String, needed: u64, available: Option<u64>)
 
 /// Layers read from the checkpoint again, in this process.
 static STREAMED: AtomicU64 = AtomicU64::new(0);
+static STREAMED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// Count one layer read from the checkpoint when it was used.
-pub fn count_streamed_layer() {
+/// Count one layer (or its attention part) read from the checkpoint when it was used: `bytes`
+/// of stored tensors.
+pub fn count_streamed_layer(bytes: u64) {
     STREAMED.fetch_add(1, Ordering::Relaxed);
+    STREAMED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// The stored bytes of the layers counted by [`streamed_layers`].
+pub fn streamed_bytes() -> u64 {
+    STREAMED_BYTES.load(Ordering::Relaxed)
 }
 
 /// How many layers this process has read from the checkpoint when they were used (0: every
@@ -210,6 +219,66 @@ pub fn budget() -> Option<Budget> {
     }
 }
 
+/// The GPU memory budget set with `--max-gpu-memory` (0: none set).
+static GPU_BUDGET: AtomicU64 = AtomicU64::new(0);
+
+/// Set the GPU memory budget (`--max-gpu-memory`): what a model on a GPU may place there,
+/// its layers and the prompt's cache and working tensors together. wgpu does not report a
+/// GPU's memory, so there is no default: without it a GPU model works under the memory
+/// budget alone.
+pub fn set_gpu_budget(bytes: u64) {
+    GPU_BUDGET.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// No GPU memory budget.
+pub fn clear_gpu_budget() {
+    GPU_BUDGET.store(0, Ordering::Relaxed);
+}
+
+/// The GPU memory budget, when set.
+pub fn gpu_budget() -> Option<u64> {
+    match GPU_BUDGET.load(Ordering::Relaxed) {
+        0 => None,
+        b => Some(b),
+    }
+}
+
+/// The budget a model works under, which it is and how it was set: the memory budget, or on
+/// a GPU the GPU memory budget when that is smaller (a GPU model's layers, cache and working
+/// tensors are on the GPU; what the host holds for it is smaller still).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub bytes: u64,
+    /// `memory` or `GPU memory`.
+    pub which: &'static str,
+    pub how: String,
+}
+
+/// See [`Limit`]; `None` when no budget is known.
+pub fn limit(gpu: bool) -> Option<Limit> {
+    let host = budget().map(|b| Limit {
+        bytes: b.bytes,
+        which: "memory",
+        how: if b.explicit {
+            "--max-memory".into()
+        } else {
+            format!(
+                "the default, {:.0} % of the memory available; --max-memory sets it",
+                DEFAULT_SHARE * 100.0
+            )
+        },
+    });
+    let device = gpu_budget().filter(|_| gpu).map(|bytes| Limit {
+        bytes,
+        which: "GPU memory",
+        how: "--max-gpu-memory".into(),
+    });
+    match (host, device) {
+        (Some(h), Some(g)) => Some(if g.bytes <= h.bytes { g } else { h }),
+        (h, g) => h.or(g),
+    }
+}
+
 /// A size as people write it: `6GiB`, `500MiB`, `1.5GB`, `800M`, `4g`, or plain bytes.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
@@ -243,24 +312,21 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// `needed` more bytes on top of `held` against the machine ([`check`]) and the budget:
-/// over the budget is [`ModelError::OverBudget`], naming the budget that would do.
-pub fn check_budget(what: impl Fn() -> String, needed: u64, held: u64) -> Result<()> {
+/// `needed` more bytes on top of `held` against the machine ([`check`]: what goes to a GPU
+/// passes through the host) and the budget ([`limit`]):
+/// over the budget is [`ModelError::OverBudget`], naming the budget that would do. On a GPU
+/// this is the estimate of GPU memory checked before a model is placed there and before a
+/// forward pass.
+pub fn check_budget(what: impl Fn() -> String, needed: u64, held: u64, gpu: bool) -> Result<()> {
     check(&what, needed, available_bytes())?;
-    match budget() {
+    match limit(gpu) {
         Some(b) if held.saturating_add(needed) > b.bytes => Err(ModelError::OverBudget {
             what: what(),
+            which: b.which,
             needed_gib: needed as f64 / GIB,
             held_gib: held as f64 / GIB,
             budget_gib: b.bytes as f64 / GIB,
-            how: if b.explicit {
-                "--max-memory".into()
-            } else {
-                format!(
-                    "the default, {:.0} % of the memory available; --max-memory sets it",
-                    DEFAULT_SHARE * 100.0
-                )
-            },
+            how: b.how,
         }),
         _ => Ok(()),
     }
@@ -283,6 +349,10 @@ pub struct MemoryReport {
     pub peak_bytes: Option<u64>,
     /// Layers read from disk again during the computation (0: every layer is resident).
     pub streamed_layers: u64,
+    /// Their bytes as stored in the checkpoint (an attention-only read counts its own).
+    pub streamed_bytes: u64,
+    /// `--max-gpu-memory`, when set.
+    pub gpu_budget_bytes: Option<u64>,
 }
 
 /// The memory report now.
@@ -293,6 +363,8 @@ pub fn report() -> MemoryReport {
         budget_explicit: b.is_some_and(|b| b.explicit),
         peak_bytes: peak_rss_bytes(),
         streamed_layers: streamed_layers(),
+        streamed_bytes: streamed_bytes(),
+        gpu_budget_bytes: gpu_budget(),
     }
 }
 

@@ -89,16 +89,18 @@ pub fn process(w: &mut Canonical, p: Processing, norm: Norm) {
 }
 
 /// The per-block part of [`process`]: fold `ln1`/`ln2`, centre `W_O`, `b_O`, `W_out`, `b_out`,
-/// fold `b_V` into `b_O`.
+/// fold `b_V` into `b_O`. A block read without its MLP (placeholders) has only its attention
+/// processed; the MLP's steps touch nothing else.
 pub fn process_layer(layer: &mut CanonLayer, p: Processing, norm: Norm) {
     let center = norm == Norm::LayerNorm;
+    let has_mlp = !layer.w_in.is_placeholder();
     if p.fold_ln {
         if let Some(ln1) = layer.ln1.take() {
             fold_into_reader(&mut layer.w_q, &mut layer.b_q, &ln1, center);
             fold_into_reader(&mut layer.w_k, &mut layer.b_k, &ln1, center);
             fold_into_reader(&mut layer.w_v, &mut layer.b_v, &ln1, center);
         }
-        if let Some(ln2) = layer.ln2.take() {
+        if let Some(ln2) = layer.ln2.take().filter(|_| has_mlp) {
             fold_into_reader(&mut layer.w_in, &mut layer.b_in, &ln2, center);
             if let Some(w_gate) = &mut layer.w_gate {
                 // no gate bias: fold into a scratch one (all-zero for RMSNorm, whose bias is 0)
@@ -110,8 +112,10 @@ pub fn process_layer(layer: &mut CanonLayer, p: Processing, norm: Norm) {
     if p.center_writing_weights && p.fold_ln && center {
         center_rows(&mut layer.w_o);
         center_rows(&mut layer.b_o);
-        center_rows(&mut layer.w_out);
-        center_rows(&mut layer.b_out);
+        if has_mlp {
+            center_rows(&mut layer.w_out);
+            center_rows(&mut layer.b_out);
+        }
     }
     if p.fold_value_biases {
         fold_value_biases(layer);

@@ -97,42 +97,53 @@ pub struct VocabSketch {
 const BUILD_CHUNK: usize = 4096;
 
 impl VocabSketch {
-    /// Quantise an unembedding, a chunk of tokens at a time (no full host copy).
+    /// Quantise an unembedding, a chunk of tokens at a time (no full host copy), the tokens
+    /// split over the cores.
     pub fn build(u: &Unembedding) -> Result<Self> {
         let (d, v) = u.dims();
         let mut q = vec![0i8; v * d];
-        let mut scale = vec![0f32; v];
-        let mut err = vec![0f32; v];
-        let mut block = Vec::new();
-        let mut v0 = 0;
-        while v0 < v {
-            let n = BUILD_CHUNK.min(v - v0);
-            block.clear();
-            u.columns(v0..v0 + n, &mut block)?; // [n, d]
-            // a NaN would vanish from the max below and make its token's bound NaN, which no
-            // comparison selects: refuse it (the loaders already refuse non-finite weights)
-            if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                return Err(ModelError::NonFinite {
-                    key: "unembed.W_U (processed)".into(),
-                });
-            }
-            for (j, col) in block.chunks_exact(d).enumerate() {
-                let max = col.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let s = if max > 0.0 { max / SKETCH_LEVELS } else { 1.0 };
-                let row = &mut q[(v0 + j) * d..(v0 + j + 1) * d];
-                let mut e2 = 0f64;
-                for (qi, &x) in row.iter_mut().zip(col) {
-                    let r = (x / s).round().clamp(-SKETCH_LEVELS, SKETCH_LEVELS);
-                    *qi = r as i8;
-                    let e = f64::from(x) - f64::from(s) * f64::from(r);
-                    e2 += e * e;
+        // each part quantises its own tokens and returns their scales and error bounds
+        let parts = par_parts(
+            &mut q,
+            d.max(1),
+            0,
+            |first, part| -> Result<Vec<(f32, f32)>> {
+                let (t0, nt) = (first / d.max(1), part.len() / d.max(1));
+                let mut out = Vec::with_capacity(nt);
+                let mut block = Vec::new();
+                let mut j0 = 0;
+                while j0 < nt {
+                    let n = BUILD_CHUNK.min(nt - j0);
+                    block.clear();
+                    u.columns(t0 + j0..t0 + j0 + n, &mut block)?; // [n, d]
+                    // a NaN would vanish from the max below and make its token's bound NaN, which
+                    // no comparison selects: refuse it (the loaders already refuse non-finite
+                    // weights)
+                    if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                        return Err(ModelError::NonFinite {
+                            key: "unembed.W_U (processed)".into(),
+                        });
+                    }
+                    for (j, col) in block.chunks_exact(d).enumerate() {
+                        let max = col.iter().fold(0f32, |m, x| m.max(x.abs()));
+                        let s = if max > 0.0 { max / SKETCH_LEVELS } else { 1.0 };
+                        let row = &mut part[(j0 + j) * d..(j0 + j + 1) * d];
+                        let mut e2 = 0f64;
+                        for (qi, &x) in row.iter_mut().zip(col) {
+                            let r = (x / s).round().clamp(-SKETCH_LEVELS, SKETCH_LEVELS);
+                            *qi = r as i8;
+                            let e = f64::from(x) - f64::from(s) * f64::from(r);
+                            e2 += e * e;
+                        }
+                        // rounded up, so the bound stays a bound after the cast to f32
+                        out.push((s, (e2.sqrt() * (1.0 + 1e-6)) as f32 + f32::MIN_POSITIVE));
+                    }
+                    j0 += n;
                 }
-                scale[v0 + j] = s;
-                // rounded up, so the bound stays a bound after the cast to f32
-                err[v0 + j] = (e2.sqrt() * (1.0 + 1e-6)) as f32 + f32::MIN_POSITIVE;
-            }
-            v0 += n;
-        }
+                Ok(out)
+            },
+        )?;
+        let (scale, err): (Vec<f32>, Vec<f32>) = parts.into_iter().flatten().unzip();
         if let Unembedding::Stored(st) = u {
             st.release_pages();
         }

@@ -34,6 +34,20 @@ impl HostTensor {
         }
     }
 
+    /// An empty tensor standing for one of `shape` that was not read (a token matrix left on
+    /// disk, or a block's MLP when only its attention is needed).
+    pub fn placeholder(shape: Vec<usize>) -> Self {
+        Self {
+            shape,
+            data: Vec::new(),
+        }
+    }
+
+    /// Whether this stands for a tensor that was not read ([`HostTensor::placeholder`]).
+    pub fn is_placeholder(&self) -> bool {
+        self.data.is_empty() && self.shape.iter().product::<usize>() > 0
+    }
+
     /// Element at a full multi-index.
     pub fn at(&self, idx: &[usize]) -> f32 {
         let mut flat = 0;

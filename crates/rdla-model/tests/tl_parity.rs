@@ -185,32 +185,51 @@ fn check_fixture(name: &str, device: &Device) -> f32 {
         }
     };
     for l in 0..cfg.n_layers {
-        // one layer's blocks as the model serves them (read again when the layers stream)
-        let w = model.blocks(&(l..l + 1)).unwrap();
-        let w = &w;
-        for (ours, key) in [
-            (&w.w_q, "attn.W_Q"),
-            (&w.w_k, "attn.W_K"),
-            (&w.w_v, "attn.W_V"),
-            (&w.w_o, "attn.W_O"),
-        ] {
-            check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
+        // one layer's blocks as the model serves them (read again when the layers stream):
+        // first its attention alone (a streamed layer not held is read without its MLP),
+        // then the whole layer
+        let attn = model.attention_blocks(&(l..l + 1)).unwrap();
+        let whole = model.blocks(&(l..l + 1)).unwrap();
+        if l > 0
+            && model
+                .weights
+                .layers
+                .stream()
+                .is_some_and(|s| s.capacity() == 1)
+        {
+            // holding one layer (the one before), this one was read without its MLP
+            assert!(
+                attn.mlp.is_none(),
+                "{name}: layer {l} read whole for its attention"
+            );
         }
-        for (ours, key) in [
-            (&w.b_q, "attn.b_Q"),
-            (&w.b_k, "attn.b_K"),
-            (&w.b_v, "attn.b_V"),
-        ] {
-            check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
+        for w in [&attn, &whole] {
+            for (ours, key) in [
+                (&w.w_q, "attn.W_Q"),
+                (&w.w_k, "attn.W_K"),
+                (&w.w_v, "attn.W_V"),
+                (&w.w_o, "attn.W_O"),
+            ] {
+                check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
+            }
+            for (ours, key) in [
+                (&w.b_q, "attn.b_Q"),
+                (&w.b_k, "attn.b_K"),
+                (&w.b_v, "attn.b_V"),
+            ] {
+                check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
+            }
+            check(
+                "attn.b_O",
+                slice(w.b_o.clone()),
+                r.tensor(&tl_key(l, "attn.b_O")),
+            );
         }
+        let w = whole.mlp().expect("a whole layer has its MLP");
         for (ours, key) in [(&w.w_in, "mlp.W_in"), (&w.w_out, "mlp.W_out")] {
             check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
         }
-        for (ours, key) in [
-            (&w.b_o, "attn.b_O"),
-            (&w.b_in, "mlp.b_in"),
-            (&w.b_out, "mlp.b_out"),
-        ] {
+        for (ours, key) in [(&w.b_in, "mlp.b_in"), (&w.b_out, "mlp.b_out")] {
             check(key, slice(ours.clone()), r.tensor(&tl_key(l, key)));
         }
         assert_eq!(

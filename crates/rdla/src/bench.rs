@@ -38,11 +38,33 @@ pub enum BenchArch {
     Gemma2,
 }
 
+/// A released model's shape, generated in bf16 with random weights (`--preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPreset {
+    /// Llama-3.1-8B: 32 layers, d 4096, 32 heads / 8 key-value heads, d_mlp 14,336,
+    /// vocabulary 128,256, untied, llama3 rope scaling (16.1 GB).
+    #[value(name = "llama3-8b")]
+    Llama3_8b,
+    /// Qwen3-8B: 36 layers, d 4096, 32 / 8 heads of 128, d_mlp 12,288, vocabulary 151,936,
+    /// q/k norms, untied (16.4 GB).
+    #[value(name = "qwen3-8b")]
+    Qwen3_8b,
+    /// Llama-3.1-70B: 80 layers, d 8192, 64 / 8 heads, d_mlp 28,672, vocabulary 128,256,
+    /// untied (141 GB).
+    #[value(name = "llama3-70b")]
+    Llama3_70b,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Architecture of the generated checkpoint.
     #[arg(long, value_enum, default_value = "gpt2")]
     pub arch: BenchArch,
+    /// Generate a released model's shape instead (bf16 safetensors, written one tensor at a
+    /// time: give --dir on a disk with room, and --generate-only to keep it for
+    /// `--existing --max-memory` runs).
+    #[arg(long, value_enum, conflicts_with_all = ["shape", "kv_heads"])]
+    pub preset: Option<BenchPreset>,
     /// Shape: n_layer,n_head,n_embd,vocab (default: GPT-2 small, or TinyStories-1M for gpt-neo).
     #[arg(long)]
     pub shape: Option<String>,
@@ -112,17 +134,87 @@ fn bf16_bits(x: f32) -> u16 {
     ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// Random tensors in file order, written as one `model.safetensors` (f32, or bf16).
+/// Random tensors, written as one `model.safetensors` (f32, or bf16). Each tensor is
+/// generated when the file is written, one at a time (an 8B checkpoint is 16 GB in bf16 and
+/// never held), from its own seed split over the cores.
 struct Writer {
-    rng: Rng,
     bf16: bool,
-    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+    tensors: Vec<Spec>,
+}
+
+/// One random tensor: entries `mean + std·N(0,1)` from `seed`.
+struct Spec {
+    name: String,
+    shape: Vec<usize>,
+    mean: f32,
+    std: f32,
+    seed: u64,
+    bf16: bool,
+}
+
+impl Spec {
+    fn width(&self) -> usize {
+        if self.bf16 { 2 } else { 4 }
+    }
+
+    fn generate(&self) -> Vec<u8> {
+        // chunks of a fixed number of elements, each from its own generator, so the values
+        // do not depend on how many cores share the work
+        const CHUNK: usize = 1 << 16;
+        let w = self.width();
+        let n: usize = self.shape.iter().product();
+        let mut out = vec![0u8; n * w];
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let per = n.div_ceil(CHUNK).div_ceil(threads).max(1) * CHUNK * w;
+        std::thread::scope(|scope| {
+            for (t, part) in out.chunks_mut(per).enumerate() {
+                scope.spawn(move || {
+                    for (c, chunk) in part.chunks_mut(CHUNK * w).enumerate() {
+                        let index = (t * per / (CHUNK * w) + c) as u64;
+                        let mut rng = Rng((self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                            .wrapping_add(1)
+                            | 1);
+                        for x in chunk.chunks_exact_mut(w) {
+                            let v = self.mean + self.std * rng.normal();
+                            if self.bf16 {
+                                x.copy_from_slice(&bf16_bits(v).to_le_bytes());
+                            } else {
+                                x.copy_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        out
+    }
+}
+
+impl safetensors::View for &Spec {
+    fn dtype(&self) -> safetensors::Dtype {
+        if self.bf16 {
+            safetensors::Dtype::BF16
+        } else {
+            safetensors::Dtype::F32
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(self.generate())
+    }
+
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.width()
+    }
 }
 
 impl Writer {
     fn new() -> Self {
         Self {
-            rng: Rng(0x5EED_0000_0000_0001),
             bf16: false,
             tensors: Vec::new(),
         }
@@ -130,17 +222,16 @@ impl Writer {
 
     /// A tensor with entries `mean + std·N(0,1)`.
     fn add(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) {
-        let n: usize = shape.iter().product();
-        let mut bytes = Vec::with_capacity(n * if self.bf16 { 2 } else { 4 });
-        for _ in 0..n {
-            let x = mean + std * self.rng.normal();
-            if self.bf16 {
-                bytes.extend_from_slice(&bf16_bits(x).to_le_bytes());
-            } else {
-                bytes.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        self.tensors.push((name.into(), shape.to_vec(), bytes));
+        let seed = 0x5EED_0000_0000_0001u64
+            .wrapping_add((self.tensors.len() as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        self.tensors.push(Spec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            mean,
+            std,
+            seed,
+            bf16: self.bf16,
+        });
     }
 
     /// LayerNorm weight ~ 1 ± 0.1 and bias ~ ±0.1 (every parameter random).
@@ -156,19 +247,17 @@ impl Writer {
         extra: HashMap<String, String>,
     ) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let dtype = if self.bf16 {
-            safetensors::Dtype::BF16
-        } else {
-            safetensors::Dtype::F32
-        };
-        let views = self
-            .tensors
-            .iter()
-            .map(|(k, s, b)| {
-                safetensors::tensor::TensorView::new(dtype, s.clone(), b).map(|v| (k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        safetensors::serialize_to_file(views, Some(extra), &dir.join("model.safetensors"))?;
+        let file = dir.join("model.safetensors");
+        let written = safetensors::serialize_to_file(
+            self.tensors.iter().map(|t| (t.name.clone(), t)),
+            Some(extra),
+            &file,
+        );
+        if let Err(e) = written {
+            // a partial checkpoint (a full disk) is not left behind as if it were one
+            let _ = std::fs::remove_file(&file);
+            return Err(e).with_context(|| format!("writing {}", file.display()));
+        }
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_string_pretty(config)?,
@@ -320,6 +409,59 @@ pub fn generate_llama(
         "attention_bias": false, "mlp_bias": false, "tie_word_embeddings": true,
         "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16"
     });
+    w.write(dir, &config, format_pt())
+}
+
+/// Write [`BenchPreset`]'s shape in bf16 with random weights (every norm weight random too),
+/// with its `config.json` (Llama-3.1's llama3 rope scaling, Qwen3's q/k norms).
+pub fn generate_preset(dir: &FsPath, preset: BenchPreset) -> anyhow::Result<()> {
+    let (l, h, kv, d, dm, v, qwen) = match preset {
+        BenchPreset::Llama3_8b => (32, 32, 8, 4096, 14_336, 128_256, false),
+        BenchPreset::Qwen3_8b => (36, 32, 8, 4096, 12_288, 151_936, true),
+        BenchPreset::Llama3_70b => (80, 64, 8, 8192, 28_672, 128_256, false),
+    };
+    let dh = 128;
+    let mut w = llama_layout(
+        (l, h, kv, d, v),
+        (dh, dm),
+        &["post_attention_layernorm"],
+        1.0,
+    );
+    if qwen {
+        for i in 0..l {
+            for n in ["q_norm", "k_norm"] {
+                w.add(
+                    format!("model.layers.{i}.self_attn.{n}.weight"),
+                    &[dh],
+                    1.0,
+                    0.1,
+                );
+            }
+        }
+    }
+    w.add("lm_head.weight", &[v, d], 0.0, 0.02);
+    let mut config = serde_json::json!({
+        "num_hidden_layers": l, "num_attention_heads": h, "num_key_value_heads": kv,
+        "hidden_size": d, "head_dim": dh, "intermediate_size": dm, "vocab_size": v,
+        "hidden_act": "silu", "attention_bias": false, "tie_word_embeddings": false,
+        "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16"
+    });
+    let extra = if qwen {
+        serde_json::json!({
+            "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+            "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0
+        })
+    } else {
+        serde_json::json!({
+            "model_type": "llama", "architectures": ["LlamaForCausalLM"], "mlp_bias": false,
+            "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        })
+    };
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
     w.write(dir, &config, format_pt())
 }
 
@@ -557,7 +699,21 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    if !a.existing {
+    if let (Some(preset), false) = (a.preset, a.existing) {
+        if a.dir.is_some() {
+            refuse_non_empty(&dir)?;
+        }
+        let t = Instant::now();
+        generate_preset(&dir, preset)?;
+        eprintln!(
+            "generated {} in {:.1}s",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        if a.generate_only {
+            return Ok(());
+        }
+    } else if !a.existing {
         let [n_layer, n_head, d, vocab] = parse_shape(a)?;
         validate(a, [n_layer, n_head, d, vocab])?;
         if a.dir.is_some() {
@@ -687,6 +843,17 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         );
         let path = Path::parse(&path_text)?;
         let (drill, drill_min, drill_cold) = time_cold_ms(a.reps, || Ok(engine.expand(&path)?))?;
+        // the same drill-down into another layer, after the one-time work above: what a
+        // first visit to a layer costs when the layers stream (it is read then)
+        let other = format!(
+            "L{}.attn/H0/{}:{}",
+            n_layer - 1,
+            p.saturating_sub(2),
+            drill_source(n_layer / 2)
+        );
+        let t = Instant::now();
+        engine.expand(&Path::parse(&other)?)?;
+        let other_cold = t.elapsed().as_secs_f64() * 1e3;
         let qk_path = Path::parse(&format!("L{}.attn/H0/qk:{}", n_layer - 1, p / 2))?;
         let (qk, _, qk_cold) = time_cold_ms(a.reps, || Ok(engine.expand(&qk_path)?))?;
         let mlp_path = Path::parse(&format!("L{}.mlp", n_layer - 1))?;
@@ -709,7 +876,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "| {p} | {fwd:.1} | {ov:.1} | {drill:.2} | {qk:.2} | {mlp:.2} | {trace:.0} | {rss:.0} |"
         );
         firsts.push(format!(
-            "{p} tokens, first call (one-time work: the readout sketch; layers read where not held): drill-down {drill_cold:.0} ms, qk node {qk_cold:.0} ms, MLP + neurons {mlp_cold:.0} ms"
+            "{p} tokens, first call (one-time work: the readout sketch; layers read where not held): drill-down {drill_cold:.0} ms, qk node {qk_cold:.0} ms, MLP + neurons {mlp_cold:.0} ms; then a drill-down into another layer ({other}): {other_cold:.0} ms"
         ));
         rows.push(serde_json::json!({
             "tokens": p, "forward_ms": fwd, "overview_ms": ov, "drill_ms": drill,
@@ -717,6 +884,7 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "drill_path": path_text, "qk_ms": qk, "mlp_neurons_ms": mlp,
             "forward_with_overview_ms": fused_ms,
             "first_drill_ms": drill_cold, "first_qk_ms": qk_cold, "first_mlp_neurons_ms": mlp_cold,
+            "other_layer_drill_path": other, "other_layer_drill_ms": other_cold,
             "trace_ms": trace, "trace_budget": a.trace_budget, "peak_rss_mib": peak_rss_mib(),
         }));
     }
@@ -725,8 +893,9 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     }
     let mem = rdla_model::memory::report();
     println!(
-        "layers read from disk when used: {} · peak RSS {}",
+        "layers read from disk when used: {} ({} as stored) · peak RSS {}",
         mem.streamed_layers,
+        rdla_session::info::bytes(mem.streamed_bytes),
         mem.peak_bytes.map_or("?".into(), rdla_session::info::bytes)
     );
     if let Some(file) = &a.rss_plot {

@@ -44,20 +44,30 @@ pub struct ComputeArgs {
     pub memory: MemoryArgs,
 }
 
-/// `--max-memory`, shared by the explorer and the headless commands.
+/// `--max-memory` and `--max-gpu-memory`, shared by the explorer and the headless commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MemoryArgs {
     /// Memory budget for the model and the prompt together (e.g. 6GiB, 500MiB; default 80 %
-    /// of the memory available). A model or prompt over it is an error naming what it needs.
+    /// of the memory available). A model whose layers do not fit streams them; a prompt over
+    /// it is an error naming what it needs.
     #[arg(long, value_name = "SIZE", value_parser = rdla_model::memory::parse_size)]
     pub max_memory: Option<u64>,
+    /// GPU memory budget for a model on a GPU: its layers, the prompt's cache and a forward
+    /// pass's working tensors there (e.g. 12GiB). Layers that do not fit stream to the GPU;
+    /// a prompt over it is an error naming what it needs. No default (wgpu does not report
+    /// a GPU's memory): without it the memory budget applies.
+    #[arg(long, value_name = "SIZE", value_parser = rdla_model::memory::parse_size)]
+    pub max_gpu_memory: Option<u64>,
 }
 
 impl MemoryArgs {
-    /// Make the given budget the process's.
+    /// Make the given budgets the process's.
     pub fn apply(&self) {
         if let Some(bytes) = self.max_memory {
             rdla_model::memory::set_budget(bytes);
+        }
+        if let Some(bytes) = self.max_gpu_memory {
+            rdla_model::memory::set_gpu_budget(bytes);
         }
     }
 }

@@ -622,12 +622,19 @@ fn a_memory_budget_holds_and_is_reported() {
     // the model fits: its layers are held, unless the suite runs with every layer streamed
     // (RDLA_LAYER_CACHE, as CI's second pass does)
     let streamed = mem["streamed_layers"].as_u64().unwrap();
+    let streamed_bytes = mem["streamed_bytes"].as_u64().unwrap();
     let cache = &v["model"]["streamed_layer_cache"];
     if std::env::var_os("RDLA_LAYER_CACHE").is_some() {
         assert!(streamed > 0, "{mem}");
+        // at least one whole block per layer read, at most the whole file per layer read
+        let disk = v["model"]["disk_bytes"].as_u64().unwrap();
+        assert!(
+            streamed_bytes > 0 && streamed_bytes < streamed * disk,
+            "{mem}"
+        );
         assert_eq!(cache, 1, "{}", v["model"]);
     } else {
-        assert_eq!(streamed, 0, "{mem}");
+        assert_eq!((streamed, streamed_bytes), (0, 0), "{mem}");
         assert!(cache.is_null(), "{}", v["model"]);
     }
     let peak = mem["peak_bytes"].as_u64().unwrap();

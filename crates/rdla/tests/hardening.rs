@@ -101,6 +101,18 @@ fn bench_never_generates_over_an_existing_folder() {
         ],
         "not empty",
     );
+    // a released model's shape likewise (refused before a byte of its 16 GB is written)
+    refused_and_untouched(
+        &[
+            "bench",
+            "--dir",
+            "{model}",
+            "--generate-only",
+            "--preset",
+            "llama3-8b",
+        ],
+        "not empty",
+    );
 }
 
 /// `rdla bench` runs 1- and 2-layer shapes (its drill-down path was not upstream of the last

@@ -9,38 +9,78 @@ use crate::settings::Settings;
 use crate::state::{Action, AppState};
 use crate::theme;
 
-/// The memory budget field: what the next model and prompt may hold (applied as typed; the
-/// status bar shows the budget in force).
-fn memory_budget(ui: &mut Ui, settings: &mut Settings) {
+/// The memory budget fields (the GPU's on a GPU): what the next model and prompt may hold
+/// (applied as typed; the status bar shows the budgets in force).
+fn memory_budget(ui: &mut Ui, settings: &mut Settings, gpu: bool) {
+    // an empty field shows the budget in force: `--max-memory`'s, or the default
+    let hint = match rdla_model::memory::budget() {
+        Some(b) if b.explicit => rdla_session::info::bytes(b.bytes),
+        _ => "80 % of free".to_string(),
+    };
+    budget_field(
+        ui,
+        settings,
+        |s| &mut s.max_memory,
+        "Memory budget:",
+        hint,
+        "what the model and a prompt may hold together, e.g. 6GiB or 500MiB; empty: 80 % of \
+         the memory available. A model whose layers do not fit streams them; checked before the \
+         next model or prompt is loaded.",
+    );
+    if gpu {
+        let hint = rdla_model::memory::gpu_budget()
+            .map_or_else(|| "none".to_string(), rdla_session::info::bytes);
+        budget_field(
+            ui,
+            settings,
+            |s| &mut s.max_gpu_memory,
+            "GPU budget:",
+            hint,
+            "what the model's layers, a prompt's cache and a forward pass's working tensors may \
+             take on the GPU, e.g. 12GiB; empty: none (wgpu does not report a GPU's memory; the \
+             memory budget applies). Layers that do not fit stream to the GPU; checked before \
+             the next model or prompt is loaded.",
+        );
+    }
+}
+
+/// One budget's text field, applied as typed; a text that is not a size says why.
+fn budget_field(
+    ui: &mut Ui,
+    settings: &mut Settings,
+    field: fn(&mut Settings) -> &mut String,
+    label: &str,
+    hint: String,
+    hover: &str,
+) {
     ui.horizontal(|ui| {
-        ui.label("Memory budget:");
-        // an empty field shows the budget in force: `--max-memory`'s, or the default
-        let hint = match rdla_model::memory::budget() {
-            Some(b) if b.explicit => rdla_session::info::bytes(b.bytes),
-            _ => "80 % of free".to_string(),
-        };
+        ui.label(label);
         let r = ui.add(
-            egui::TextEdit::singleline(&mut settings.max_memory)
+            egui::TextEdit::singleline(field(settings))
                 .desired_width(90.0)
                 .hint_text(hint),
         );
-        let r = r.on_hover_text(
-            "what the model and a prompt may hold together, e.g. 6GiB or 500MiB; empty: 80 % of \
-             the memory available. Checked before the next model or prompt is loaded.",
-        );
-        if r.changed() {
+        if r.on_hover_text(hover).changed() {
             // a budget that does not parse leaves the one in force
             let _ = settings.apply_budget(false);
         }
-        if let Err(e) = rdla_model::memory::parse_size(&settings.max_memory)
-            && !settings.max_memory.trim().is_empty()
+        let text = field(settings).trim().to_string();
+        if let Err(e) = rdla_model::memory::parse_size(&text)
+            && !text.is_empty()
         {
             ui.colored_label(theme::ERROR, e);
         }
     });
 }
 
-pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mut Vec<Action>) {
+/// The panel; `gpu`: the model runs on a GPU (its budget field is shown).
+pub fn show(
+    ui: &mut Ui,
+    state: &AppState,
+    settings: &mut Settings,
+    actions: &mut Vec<Action>,
+    gpu: bool,
+) {
     ui.heading("Prompt");
     // a long prompt (pages of text, a file) scrolls inside the editor instead of pushing the
     // tokens and the answer off the panel
@@ -140,7 +180,7 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mu
             actions.push(Action::Edited);
         }
     });
-    memory_budget(ui, settings);
+    memory_budget(ui, settings, gpu);
     ui.separator();
     ui.heading("Top next tokens");
     egui::Grid::new("top")

@@ -60,6 +60,16 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
                     ));
                 ui.separator();
             }
+            if let Some(g) = rdla_model::memory::gpu_budget().filter(|_| device.is_gpu()) {
+                ui.label(format!("GPU budget {}", rdla_session::info::bytes(g)))
+                    .on_hover_text(
+                        "what the model's layers, a prompt's cache and a forward pass's working \
+                         tensors may take on the GPU (--max-gpu-memory, or the field under the \
+                         prompt); checked before a model is placed there and before each forward \
+                         pass",
+                    );
+                ui.separator();
+            }
         }
         if let Some(c) = &state.computed {
             ui.label(format!(

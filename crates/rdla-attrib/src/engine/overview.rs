@@ -76,7 +76,7 @@ impl Engine<'_> {
 
         // MLPs at q
         let parts = self.mlp_parts(b, cs, q, r_c)?;
-        let r_mlp = self.mlp_input_readout(b, cs, q, &parts); // [Lc, d]
+        let r_mlp = self.mlp_input_readout(b, cs, q, &parts)?; // [Lc, d]
         Ok(OverviewChunk {
             layers: cs.clone(),
             attn_bias,
@@ -84,7 +84,7 @@ impl Engine<'_> {
             head_bias,
             breakdown: hb.reshape([cs.len() * per_layer]),
             mlp_breakdown: self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(cs), // [Lc, C]
-            mlp_bias: self.mlp_remainder(b, &parts),
+            mlp_bias: self.mlp_remainder(b, &parts)?,
         })
     }
 

@@ -41,8 +41,14 @@ impl MlpParts {
 }
 
 impl Engine<'_> {
-    /// Layer `l`'s processed blocks `[1, …]` (read where they lie when the layers stream).
+    /// Layer `l`'s processed blocks `[1, …]`, for formulas that read no MLP weight (a
+    /// streamed layer not held is read without its MLP: [`Blocks::mlp`] may be absent).
     pub(super) fn blocks(&self, l: usize) -> super::Result<Blocks> {
+        Ok(self.model.attention_blocks(&(l..l + 1))?)
+    }
+
+    /// Layer `l`'s processed blocks `[1, …]`, its MLP's included.
+    pub(super) fn whole_blocks(&self, l: usize) -> super::Result<Blocks> {
         self.blocks_in(&(l..l + 1))
     }
 
@@ -185,13 +191,13 @@ impl Engine<'_> {
         q: usize,
     ) -> super::Result<(Tensor<2>, Option<Tensor<2>>)> {
         if ls.len() != 1 {
-            return Ok(self.model.mlp_pre_in(b, self.cache, ls.clone(), q));
+            return Ok(self.model.mlp_pre_in(b, self.cache, ls.clone(), q)?);
         }
         let key = (ls.start, q);
         if let Some(p) = self.memo().borrow().mlp_pre.get(&key) {
             return Ok(p.clone());
         }
-        let p = self.model.mlp_pre_in(b, self.cache, ls.clone(), q);
+        let p = self.model.mlp_pre_in(b, self.cache, ls.clone(), q)?;
         let mut memo = self.memo().borrow_mut();
         if memo.mlp_pre.len() >= super::MEMO_MAX {
             memo.mlp_pre.clear();
@@ -322,6 +328,7 @@ impl Engine<'_> {
         let [lb, d] = r.dims();
         let rp = self.post_readout(b, ls, q, r, true);
         let wout_r = b
+            .mlp()?
             .w_out
             .clone()
             .matmul(rp.clone().reshape([lb, d, 1]))
@@ -370,7 +377,8 @@ impl Engine<'_> {
         ls: &Range<usize>,
         q: usize,
         parts: &MlpParts,
-    ) -> Tensor<2> {
+    ) -> super::Result<Tensor<2>> {
+        let w = w.mlp()?;
         let gw = parts.g.clone() * parts.wout_r.clone();
         let mut read = w
             .w_in
@@ -389,18 +397,19 @@ impl Engine<'_> {
                     .squeeze_dim::<2>(2);
         }
         let s2 = layers(&self.cache.ln2_scale, ls).narrow(1, q, 1); // [Lb, 1]
-        self.c(read) / s2
+        Ok(self.c(read) / s2)
     }
 
     /// The remainder of MLPs `ls`: `((g ⊙ b_in) W_out + b_out) · r`: `[Lb]`. For one neuron's
     /// parts: that neuron's `g_n b_in[n] (W_out[n] · r)` (no `b_out`).
-    pub(super) fn mlp_remainder(&self, w: &Blocks, parts: &MlpParts) -> Tensor<1> {
+    pub(super) fn mlp_remainder(&self, w: &Blocks, parts: &MlpParts) -> super::Result<Tensor<1>> {
+        let w = w.mlp()?;
         let [lb, d] = parts.rp.dims();
         let gated = (parts.g.clone() * w.b_in.clone() * parts.wout_r.clone())
             .sum_dim(1)
             .squeeze_dim::<1>(1);
         if parts.neuron {
-            return gated;
+            return Ok(gated);
         }
         let b_out = w
             .b_out
@@ -408,7 +417,7 @@ impl Engine<'_> {
             .unsqueeze_dim::<3>(1)
             .matmul(parts.rp.clone().reshape([lb, d, 1]))
             .reshape([lb]);
-        gated + b_out
+        Ok(gated + b_out)
     }
 
     /// The MLP's activations `a = act(z)` (SwiGLU: `silu(z_gate) ⊙ z_up`) `[Lb, d_mlp]`: a
@@ -429,14 +438,15 @@ impl Engine<'_> {
         q: usize,
         n: usize,
         a: Tensor<1>,
-    ) -> Tensor<1> {
+    ) -> super::Result<Tensor<1>> {
         let v = b
+            .mlp()?
             .w_out
             .clone()
             .squeeze_dim::<2>(0)
             .narrow(0, n, 1)
             .squeeze_dim::<1>(0)
             * a;
-        self.post_written(b, l, q, v, true)
+        Ok(self.post_written(b, l, q, v, true))
     }
 }

@@ -147,9 +147,12 @@ fn phi3_config(json: &serde_json::Value) -> Result<ModelConfig> {
     })
 }
 
-/// Rows `a..b` of a `[rows, cols]` tensor.
+/// Rows `a..b` of a `[rows, cols]` tensor (of a placeholder: a placeholder).
 fn rows(t: &HostTensor, a: usize, b: usize) -> HostTensor {
     let cols = t.shape[1];
+    if t.is_placeholder() {
+        return HostTensor::placeholder(vec![b - a, cols]);
+    }
     HostTensor::new(vec![b - a, cols], t.data[a * cols..b * cols].to_vec())
 }
 

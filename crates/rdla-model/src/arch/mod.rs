@@ -83,14 +83,6 @@ pub struct StoredKeys {
     pub lm_head: Option<String>,
 }
 
-/// An empty tensor standing for a matrix left on disk.
-fn placeholder(shape: Vec<usize>) -> HostTensor {
-    HostTensor {
-        shape,
-        data: Vec::new(),
-    }
-}
-
 impl Canonical {
     /// Multiply the embedding by `s` (also when it stays on disk: rows are scaled as read).
     pub fn scale_embedding(&mut self, s: f32) {
@@ -291,12 +283,28 @@ pub fn read_layer_checking_others(cfg: &ModelConfig, store: &WeightStore) -> Res
 }
 
 /// Read block `l` alone (the layer streamer: a layer is read again each time it is needed
-/// and not held).
-pub fn read_layer(cfg: &ModelConfig, store: &WeightStore, l: usize) -> Result<CanonLayer> {
+/// and not held). Without `mlp`, the MLP's tensors (every key under `mlp.`) are not read:
+/// they are placeholders of their shapes ([`HostTensor::is_placeholder`]), most of a
+/// block's bytes left on disk when an expansion needs the attention alone. Also returns the
+/// stored bytes read.
+pub fn read_layer(
+    cfg: &ModelConfig,
+    store: &WeightStore,
+    l: usize,
+    mlp: bool,
+) -> Result<(CanonLayer, u64)> {
     let family = cfg.family;
     let mut quiet = |_: LoadProgress| true;
     let mut keys = Keys::new(store, &mut quiet, family.prefix, family.lm_head);
-    (family.layer)(cfg, &mut keys, l)
+    keys.skip_mlp = !mlp;
+    let layer = (family.layer)(cfg, &mut keys, l)?;
+    Ok((layer, keys.done))
+}
+
+/// Whether `name` is one of a block's MLP tensors (`h.3.mlp.c_fc.weight`,
+/// `layers.3.mlp.down_proj.weight`: every family's, and GGUF's once named as Hugging Face's).
+fn is_mlp_key(name: &str) -> bool {
+    name.contains(".mlp.")
 }
 
 /// Tensor lookup with the architecture's optional prefix (`transformer.`, `gpt_neox.`,
@@ -313,6 +321,8 @@ pub struct Keys<'a, 'p> {
     leave_token_matrices: bool,
     /// Read no block ([`load_streaming`]'s `skip_blocks`).
     skip_blocks: bool,
+    /// Leave a block's MLP tensors unread ([`read_layer`] without `mlp`).
+    skip_mlp: bool,
     stored: Option<StoredKeys>,
     /// The names and shapes asked for, when recorded ([`read_layer_checking_others`]).
     asked: Option<Vec<Asked>>,
@@ -354,6 +364,7 @@ impl<'a, 'p> Keys<'a, 'p> {
             lm_head,
             leave_token_matrices: false,
             skip_blocks: false,
+            skip_mlp: false,
             stored: None,
             asked: None,
         }
@@ -466,6 +477,9 @@ impl<'a, 'p> Keys<'a, 'p> {
 
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let key = self.checked(name, shape)?;
+        if self.skip_mlp && is_mlp_key(name) {
+            return Ok(HostTensor::placeholder(shape.to_vec()));
+        }
         let t = self.store.read_f32(&key)?;
         self.done += self.store.nbytes(&key);
         self.report()?;
@@ -496,7 +510,7 @@ impl<'a, 'p> Keys<'a, 'p> {
                     embed: key,
                     lm_head: lm_head.map(str::to_string),
                 });
-                Ok(placeholder(shape.to_vec()))
+                Ok(HostTensor::placeholder(shape.to_vec()))
             }
             _ => self.get(name, shape),
         }
@@ -538,7 +552,7 @@ impl<'a, 'p> Keys<'a, 'p> {
     ) -> Result<HostTensor> {
         if self.stored.is_some() {
             blocks(self)?;
-            return Ok(placeholder(vec![cfg.d_model, cfg.d_vocab]));
+            return Ok(HostTensor::placeholder(vec![cfg.d_model, cfg.d_vocab]));
         }
         if !cfg.tie_word_embeddings || self.lm_head_key().is_some() {
             blocks(self)?;
@@ -597,29 +611,38 @@ fn block_layer(prefix: &[&str], key: &str) -> Option<usize> {
     }
 }
 
-/// `[r, c] -> [c, r]`, in cache-sized tiles, the output's rows split over the cores (a
-/// `[V, d]` embedding or a `[d_mlp, d]` projection is large, and a streamed layer has three).
+/// `[r, c] -> [c, r]`, the output's rows split over the cores (a `[V, d]` embedding or a
+/// `[d_mlp, d]` projection is large, and a streamed layer has three). A placeholder stays one,
+/// of the transposed shape.
 pub fn transpose(t: &HostTensor) -> HostTensor {
-    const TILE: usize = 32;
     let (r, c) = (t.shape[0], t.shape[1]);
+    if t.is_placeholder() {
+        return HostTensor::placeholder(vec![c, r]);
+    }
     let mut out = vec![0.0; r * c];
     let _ = crate::par::par_parts(&mut out, r.max(1), 1 << 16, |first, part| {
-        let j_first = first / r.max(1);
-        let rows = part.len() / r.max(1);
-        for j0 in (0..rows).step_by(TILE) {
-            for i0 in (0..r).step_by(TILE) {
-                for j in j0..(j0 + TILE).min(rows) {
-                    let col = j_first + j;
-                    let end = (i0 + TILE).min(r);
-                    for (i, x) in part[j * r + i0..j * r + end].iter_mut().enumerate() {
-                        *x = t.data[(i0 + i) * c + col];
-                    }
-                }
-            }
-        }
+        transpose_rows(&t.data, r, c, first / r.max(1), part);
         Ok::<(), std::convert::Infallible>(())
     });
     HostTensor::new(vec![c, r], out)
+}
+
+/// Rows `j_first..` of the transpose `[c, r]` of `src [r, c]` into `part` (a whole number of
+/// rows of length `r`), in cache-sized tiles.
+fn transpose_rows(src: &[f32], r: usize, c: usize, j_first: usize, part: &mut [f32]) {
+    const TILE: usize = 32;
+    let rows = part.len() / r.max(1);
+    for j0 in (0..rows).step_by(TILE) {
+        for i0 in (0..r).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(rows) {
+                let col = j_first + j;
+                let end = (i0 + TILE).min(r);
+                for (i, x) in part[j * r + i0..j * r + end].iter_mut().enumerate() {
+                    *x = src[(i0 + i) * c + col];
+                }
+            }
+        }
+    }
 }
 
 /// Columns `[off, off + H·dh)` of an `[d, cols]` matrix (Conv1D, input-major) as `[H, d, dh]`.
@@ -636,17 +659,19 @@ pub fn heads_from_in_major(w: &HostTensor, off: usize, h: usize, dh: usize) -> H
     HostTensor::new(vec![h, d, dh], out)
 }
 
-/// An `nn.Linear` weight `[H·dh, d]` (output-major) as `[H, d, dh]`.
+/// An `nn.Linear` weight `[H·dh, d]` (output-major) as `[H, d, dh]`: each head's `[dh, d]`
+/// rows transposed, the heads split over the cores.
 pub fn heads_from_out_major(w: &HostTensor, h: usize, dh: usize) -> HostTensor {
     let d = w.shape[1];
-    let mut out = vec![0.0; h * d * dh];
-    for hh in 0..h {
-        for k in 0..dh {
-            for m in 0..d {
-                out[(hh * d + m) * dh + k] = w.data[(hh * dh + k) * d + m];
-            }
+    let per_head = d * dh;
+    let mut out = vec![0.0; h * per_head];
+    let _ = crate::par::par_parts(&mut out, per_head.max(1), 1 << 16, |first, part| {
+        for (i, head) in part.chunks_exact_mut(per_head.max(1)).enumerate() {
+            let hh = first / per_head.max(1) + i;
+            transpose_rows(&w.data[hh * per_head..(hh + 1) * per_head], dh, d, 0, head);
         }
-    }
+        Ok::<(), std::convert::Infallible>(())
+    });
     HostTensor::new(vec![h, d, dh], out)
 }
 

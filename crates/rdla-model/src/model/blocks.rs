@@ -7,7 +7,9 @@
 //! precision: f32, f16, bf16, GGUF blocks), processed exactly as at loading (the same
 //! `process::process_layer`), uploaded, and kept in a least-recently-used cache of processed
 //! layers sized by the budget; the forward pass prepares the next layer on another thread
-//! while the current one computes, and an expansion fetches the layers it reads.
+//! while the current one computes, and an expansion fetches the layers it reads — only their
+//! attention ([`Part::Attention`]) when it reads no MLP weight: most of a block's bytes are
+//! its MLP's (`3·d·d_mlp` of a gated MLP against `2·d·(H + KV)·d_head`).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -20,6 +22,15 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::process::{self, Processing};
 use crate::weights::{HostTensor, WeightStore};
+
+/// What an expansion reads of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The attention's weights and the norms ([`Blocks::mlp`] may be absent).
+    Attention,
+    /// Everything.
+    Whole,
+}
 
 /// Processed block weights of a range of layers `Lb`, stacked over a leading layer axis.
 #[derive(Debug, Clone)]
@@ -41,6 +52,17 @@ pub struct Blocks {
     pub w_o: Tensor<4>,
     /// `[Lb, d]`
     pub b_o: Tensor<2>,
+    /// The MLPs' weights; absent when only the attention was read ([`Part::Attention`]).
+    pub mlp: Option<MlpBlocks>,
+    /// Per-head RMSNorm weights of queries and keys `[Lb, dh]` each (Qwen3, Gemma 3).
+    pub qk_norm: Option<(Tensor<2>, Tensor<2>)>,
+    /// Weights of the post-attention and post-MLP RMSNorms `[Lb, d]` each (Gemma).
+    pub post_norm: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+/// The MLP weights of a range of layers `Lb`.
+#[derive(Debug, Clone)]
+pub struct MlpBlocks {
     /// `[Lb, d, d_mlp]` (the linear path of a gated MLP)
     pub w_in: Tensor<3>,
     /// `[Lb, d, d_mlp]`, gated MLPs only
@@ -51,10 +73,33 @@ pub struct Blocks {
     pub w_out: Tensor<3>,
     /// `[Lb, d]`
     pub b_out: Tensor<2>,
-    /// Per-head RMSNorm weights of queries and keys `[Lb, dh]` each (Qwen3, Gemma 3).
-    pub qk_norm: Option<(Tensor<2>, Tensor<2>)>,
-    /// Weights of the post-attention and post-MLP RMSNorms `[Lb, d]` each (Gemma).
-    pub post_norm: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+impl MlpBlocks {
+    fn narrow(&self, ls: &Range<usize>) -> Self {
+        Self {
+            w_in: narrow(&self.w_in, ls),
+            w_gate: self.w_gate.as_ref().map(|t| narrow(t, ls)),
+            b_in: narrow(&self.b_in, ls),
+            w_out: narrow(&self.w_out, ls),
+            b_out: narrow(&self.b_out, ls),
+        }
+    }
+
+    fn cat(parts: &[&Self]) -> Self {
+        let cat =
+            |f: &dyn Fn(&Self) -> Tensor<3>| Tensor::cat(parts.iter().map(|m| f(m)).collect(), 0);
+        let cat2 =
+            |f: &dyn Fn(&Self) -> Tensor<2>| Tensor::cat(parts.iter().map(|m| f(m)).collect(), 0);
+        let gates: Option<Vec<Tensor<3>>> = parts.iter().map(|m| m.w_gate.clone()).collect();
+        Self {
+            w_in: cat(&|m| m.w_in.clone()),
+            w_gate: gates.map(|g| Tensor::cat(g, 0)),
+            b_in: cat2(&|m| m.b_in.clone()),
+            w_out: cat(&|m| m.w_out.clone()),
+            b_out: cat2(&|m| m.b_out.clone()),
+        }
+    }
 }
 
 /// `t`'s layers `ls` (relative to its own first layer).
@@ -106,11 +151,7 @@ impl Blocks {
             b_v: narrow(&self.b_v, ls),
             w_o: narrow(&self.w_o, ls),
             b_o: narrow(&self.b_o, ls),
-            w_in: narrow(&self.w_in, ls),
-            w_gate: self.w_gate.as_ref().map(|t| narrow(t, ls)),
-            b_in: narrow(&self.b_in, ls),
-            w_out: narrow(&self.w_out, ls),
-            b_out: narrow(&self.b_out, ls),
+            mlp: self.mlp.as_ref().map(|m| m.narrow(ls)),
             qk_norm: narrow_pair(&self.qk_norm, ls),
             post_norm: narrow_pair(&self.post_norm, ls),
         }
@@ -129,11 +170,11 @@ impl Blocks {
             b_v: cat(parts, |b| b.b_v.clone()),
             w_o: cat(parts, |b| b.w_o.clone()),
             b_o: cat(parts, |b| b.b_o.clone()),
-            w_in: cat(parts, |b| b.w_in.clone()),
-            w_gate: cat_opt(parts, |b| b.w_gate.clone()),
-            b_in: cat(parts, |b| b.b_in.clone()),
-            w_out: cat(parts, |b| b.w_out.clone()),
-            b_out: cat(parts, |b| b.b_out.clone()),
+            mlp: parts
+                .iter()
+                .map(|b| b.mlp.as_ref())
+                .collect::<Option<Vec<_>>>()
+                .map(|m| MlpBlocks::cat(&m)),
             qk_norm: cat_pair(parts, |b| &b.qk_norm),
             post_norm: cat_pair(parts, |b| &b.post_norm),
         }
@@ -142,6 +183,16 @@ impl Blocks {
     /// The layer axis' length.
     pub fn n_layers(&self) -> usize {
         self.w_q.dims()[0]
+    }
+
+    /// The MLPs' weights (an error, not a panic, if only the attention was read: a caller
+    /// that reads the MLP fetches [`Part::Whole`]).
+    pub fn mlp(&self) -> Result<&MlpBlocks> {
+        self.mlp.as_ref().ok_or_else(|| {
+            ModelError::Device(
+                "these layers were read without their MLP weights (an attention-only read)".into(),
+            )
+        })
     }
 }
 
@@ -231,15 +282,22 @@ impl LayerStacks {
             (&mut self.b_v, l.b_v),
             (&mut self.w_o, l.w_o),
             (&mut self.b_o, l.b_o),
-            (&mut self.w_in, l.w_in),
-            (&mut self.b_in, l.b_in),
-            (&mut self.w_out, l.w_out),
-            (&mut self.b_out, l.b_out),
         ] {
             stack.push_t(t, n);
         }
-        if let Some(g) = l.w_gate {
-            self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
+        // a block read without its MLP has placeholders there: its stack holds no MLP
+        if !l.w_in.is_placeholder() {
+            for (stack, t) in [
+                (&mut self.w_in, l.w_in),
+                (&mut self.b_in, l.b_in),
+                (&mut self.w_out, l.w_out),
+                (&mut self.b_out, l.b_out),
+            ] {
+                stack.push_t(t, n);
+            }
+            if let Some(g) = l.w_gate {
+                self.w_gate.get_or_insert_with(Stack::default).push_t(g, n);
+            }
         }
         for (dst, src) in [
             (&mut self.qk_norm, l.qk_norm),
@@ -275,11 +333,13 @@ impl LayerStacks {
             b_v: self.b_v.upload(n, device),
             w_o: self.w_o.upload(n, device),
             b_o: self.b_o.upload(n, device),
-            w_in: self.w_in.upload(n, device),
-            w_gate: self.w_gate.map(|g| g.upload(n, device)),
-            b_in: self.b_in.upload(n, device),
-            w_out: self.w_out.upload(n, device),
-            b_out: self.b_out.upload(n, device),
+            mlp: (!self.w_in.data.is_empty()).then(|| MlpBlocks {
+                w_in: self.w_in.upload(n, device),
+                w_gate: self.w_gate.map(|g| g.upload(n, device)),
+                b_in: self.b_in.upload(n, device),
+                w_out: self.w_out.upload(n, device),
+                b_out: self.b_out.upload(n, device),
+            }),
             qk_norm: upload_pair(self.qk_norm, n, device),
             post_norm: upload_pair(self.post_norm, n, device),
         }
@@ -304,17 +364,25 @@ struct Lru {
 }
 
 impl Lru {
-    fn take(&mut self, l: usize) -> Option<Blocks> {
-        let i = self.held.iter().position(|(k, _)| *k == l)?;
+    /// Layer `l`, if held with `part` (a whole layer serves an attention-only request).
+    fn take(&mut self, l: usize, part: Part) -> Option<Blocks> {
+        let i = self
+            .held
+            .iter()
+            .position(|(k, b)| *k == l && (part == Part::Attention || b.mlp.is_some()))?;
         let entry = self.held.remove(i)?;
         let b = entry.1.clone();
         self.held.push_back(entry);
         Some(b)
     }
 
+    /// Hold `b` as layer `l` (replacing an attention-only entry by a whole one).
     fn insert(&mut self, l: usize, b: Blocks) {
-        if self.held.iter().any(|(k, _)| *k == l) {
-            return;
+        if let Some(i) = self.held.iter().position(|(k, _)| *k == l) {
+            if self.held[i].1.mlp.is_some() || b.mlp.is_none() {
+                return;
+            }
+            self.held.remove(i);
         }
         self.held.push_back((l, b));
         while self.held.len() > self.capacity.max(1) {
@@ -381,12 +449,13 @@ impl LayerStream {
         }
     }
 
-    /// Layer `l`'s processed blocks `[1, …]`: from the cache, or read, processed and cached.
-    pub fn layer(&self, l: usize) -> Result<Blocks> {
-        if let Some(b) = self.lru().take(l) {
+    /// Layer `l`'s processed blocks `[1, …]` (at least `part` of them): from the cache, or
+    /// read, processed and cached.
+    pub fn layer(&self, l: usize, part: Part) -> Result<Blocks> {
+        if let Some(b) = self.lru().take(l, part) {
             return Ok(b);
         }
-        let b = self.read(l)?;
+        let b = self.read(l, part)?;
         self.lru().insert(l, b.clone());
         Ok(b)
     }
@@ -396,16 +465,17 @@ impl LayerStream {
         self.lru().insert(l, b);
     }
 
-    /// Read, process and upload layer `l` (counted in [`crate::memory::streamed_layers`]).
-    fn read(&self, l: usize) -> Result<Blocks> {
+    /// Read, process and upload `part` of layer `l` (counted in
+    /// [`crate::memory::streamed_layers`]).
+    fn read(&self, l: usize, part: Part) -> Result<Blocks> {
         if l >= self.config.n_layers {
             return Err(ModelError::Device(format!(
                 "layer {l} of a {}-layer model",
                 self.config.n_layers
             )));
         }
-        let layer = arch::read_layer(&self.config, &self.store, l)?;
-        crate::memory::count_streamed_layer();
+        let (layer, bytes) = arch::read_layer(&self.config, &self.store, l, part == Part::Whole)?;
+        crate::memory::count_streamed_layer(bytes);
         Ok(self.prepare(layer))
     }
 
@@ -420,13 +490,16 @@ impl LayerStream {
 }
 
 impl LayerSource {
-    /// Layers `ls` of the model: a view of the resident blocks, or the streamed layers (one
-    /// layer from the cache as is; several concatenated).
-    pub fn blocks(&self, ls: &Range<usize>) -> Result<Blocks> {
+    /// `part` of layers `ls` of the model (or more): a view of the resident blocks, or the
+    /// streamed layers (one layer from the cache as is; several concatenated).
+    pub fn blocks(&self, ls: &Range<usize>, part: Part) -> Result<Blocks> {
         match self {
             Self::Resident(b) => Ok(b.narrow(ls)),
             Self::Streamed(s) => {
-                let parts = ls.clone().map(|l| s.layer(l)).collect::<Result<Vec<_>>>()?;
+                let parts = ls
+                    .clone()
+                    .map(|l| s.layer(l, part))
+                    .collect::<Result<Vec<_>>>()?;
                 match parts.as_slice() {
                     [] => Err(ModelError::Device("an empty range of layers".into())),
                     [one] => Ok(one.clone()),

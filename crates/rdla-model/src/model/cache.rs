@@ -66,7 +66,7 @@ impl Model {
         ls: Range<usize>,
         q: usize,
     ) -> crate::Result<Tensor<3>> {
-        self.pattern_rows_in(&self.blocks(&ls)?, cache, ls, q)
+        self.pattern_rows_in(&self.attention_blocks(&ls)?, cache, ls, q)
     }
 
     /// [`Model::pattern_rows`] with layers `ls`'s blocks `b` already fetched.
@@ -182,7 +182,7 @@ impl Model {
     /// with the frozen scale, rotated): `[Lb, H, dh]`, recomputed from the residual
     /// components with the forward pass's formulas.
     pub fn q_at(&self, cache: &Cache, ls: Range<usize>, q: usize) -> crate::Result<Tensor<3>> {
-        Ok(self.q_in(&self.blocks(&ls)?, cache, ls, q))
+        Ok(self.q_in(&self.attention_blocks(&ls)?, cache, ls, q))
     }
 
     /// [`Model::q_at`] with layers `ls`'s blocks `w` already fetched.
@@ -230,7 +230,7 @@ impl Model {
         ls: Range<usize>,
         q: usize,
     ) -> crate::Result<(Tensor<2>, Option<Tensor<2>>)> {
-        Ok(self.mlp_pre_in(&self.blocks(&ls)?, cache, ls, q))
+        self.mlp_pre_in(&self.blocks(&ls)?, cache, ls, q)
     }
 
     /// [`Model::mlp_pre_at`] with layers `ls`'s blocks `b` already fetched.
@@ -240,10 +240,10 @@ impl Model {
         cache: &Cache,
         ls: Range<usize>,
         q: usize,
-    ) -> (Tensor<2>, Option<Tensor<2>>) {
+    ) -> crate::Result<(Tensor<2>, Option<Tensor<2>>)> {
         let xn = self.mlp_inputs_at(cache, &ls, q).unsqueeze_dim::<3>(1); // [Lb, 1, d]
-        let (pre, lin) = self.mlp_pre_activations(b, xn);
-        (pre.squeeze_dim::<2>(1), lin.map(|t| t.squeeze_dim::<2>(1)))
+        let (pre, lin) = self.mlp_pre_activations(b, xn)?;
+        Ok((pre.squeeze_dim::<2>(1), lin.map(|t| t.squeeze_dim::<2>(1))))
     }
 
     /// The MLP pre-activations of layer `l` at every position, `[P, d_mlp]` (and the linear

@@ -130,7 +130,7 @@ impl Model {
                 if let Some(st) = stream
                     && l + 1 < n_l
                 {
-                    next = Some(scope.spawn(move || st.layer(l + 1)));
+                    next = Some(scope.spawn(move || st.layer(l + 1, super::Part::Whole)));
                 }
                 let layer = |t: &Tensor<4>| t.clone().squeeze_dim::<3>(0);
                 let layer3 = |t: &Tensor<3>| t.clone().squeeze_dim::<2>(0);
@@ -220,7 +220,7 @@ impl Model {
                     resid_mid.clone()
                 };
                 let (xn2, s2) = self.norm(mlp_in, Self::layer_ln(&b.ln2, 0));
-                let (pre, lin) = self.mlp_pre_activations(&b, xn2.unsqueeze_dim::<3>(0));
+                let (pre, lin) = self.mlp_pre_activations(&b, xn2.unsqueeze_dim::<3>(0))?;
                 let (pre, lin) = (pre.squeeze_dim::<2>(0), lin.map(|t| t.squeeze_dim::<2>(0)));
                 let mut post = self.mlp_post(pre, lin)?;
                 for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
@@ -228,7 +228,8 @@ impl Model {
                         post = ablate_rows(post, a.pos, Some(neuron..neuron + 1), a.mode);
                     }
                 }
-                let mut mlp_out = post.matmul(layer3(&b.w_out)) + layer2(&b.b_out); // [P, d]
+                let m = b.mlp()?;
+                let mut mlp_out = post.matmul(layer3(&m.w_out)) + layer2(&m.b_out); // [P, d]
                 if let (Some((_, pm)), Some((_, sm))) = (&b.post_norm, &mut post_scales) {
                     let (y, s) = self.post_norm(mlp_out, layer2(pm));
                     mlp_out = y;

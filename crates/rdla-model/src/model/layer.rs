@@ -167,12 +167,13 @@ impl Model {
         &self,
         b: &Blocks,
         xn: Tensor<3>,
-    ) -> (Tensor<3>, Option<Tensor<3>>) {
-        let lin = xn.clone().matmul(b.w_in.clone()) + b.b_in.clone().unsqueeze_dim::<3>(1); // [Lb, n, d_mlp]
-        match &b.w_gate {
+    ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
+        let m = b.mlp()?;
+        let lin = xn.clone().matmul(m.w_in.clone()) + m.b_in.clone().unsqueeze_dim::<3>(1); // [Lb, n, d_mlp]
+        Ok(match &m.w_gate {
             Some(w_gate) => (xn.matmul(w_gate.clone()), Some(lin)),
             None => (lin, None),
-        }
+        })
     }
 
     /// `act(z)` (⊙ the linear path in a gated MLP).

@@ -21,7 +21,7 @@ use crate::tokenizer::Tokenizer;
 use crate::vocab::{Extremes, StoredVocab, Unembedding, VocabProcessing, VocabSketch};
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
-pub use blocks::{Blocks, LayerSource, LayerStream};
+pub use blocks::{Blocks, LayerSource, LayerStream, MlpBlocks, Part};
 pub use cache::Cache;
 pub use forward::Observer;
 
@@ -340,7 +340,8 @@ impl Model {
         // layers stream, each read where it lies when it is used.
         let leave = *device == Device::flex();
         let in_place = leave && store.reads_rows_in_place();
-        let stream = crate::memory::should_stream(&config, in_place);
+        let gpu = !leave;
+        let stream = crate::memory::should_stream(&config, in_place, gpu);
         let model = || {
             format!(
                 "this {} ({} layers, d_model {}, vocabulary {}) in f32",
@@ -356,12 +357,14 @@ impl Model {
                 crate::memory::global_bytes(&config, in_place)
                     + 2 * crate::memory::block_bytes(&config),
                 0,
+                gpu,
             )?;
         } else {
             crate::memory::check_budget(
                 || format!("loading {}", model()),
                 crate::memory::model_bytes(&config, in_place),
                 0,
+                gpu,
             )?;
         }
         let processing = processing.for_config(&config);
@@ -412,7 +415,7 @@ impl Model {
         let layers = if stream {
             // block 0 is read (and kept), the others' tensors checked from the header
             let first = arch::read_layer_checking_others(&config, &store)?;
-            let capacity = crate::memory::layer_capacity(&config, in_place, 0);
+            let capacity = crate::memory::layer_capacity(&config, in_place, 0, gpu);
             let stream = LayerStream::new(
                 Arc::new(store),
                 config.clone(),
@@ -485,7 +488,7 @@ impl Model {
         let what = || format!("a {}-token prompt on this model", ids.len());
         let prompt = crate::memory::prompt_bytes(&self.config, ids.len());
         match self.weights.layers.stream() {
-            None => crate::memory::check_budget(what, prompt, self.held_bytes()),
+            None => crate::memory::check_budget(what, prompt, self.held_bytes(), !self.on_cpu()),
             Some(stream) => {
                 // the prompt's cache and two layers (one in use, the next being read); the
                 // rest of the budget holds processed layers
@@ -494,11 +497,13 @@ impl Model {
                     || format!("{} with its layers streamed", what()),
                     prompt + 2 * crate::memory::block_bytes(&self.config),
                     crate::memory::global_bytes(&self.config, in_place),
+                    !self.on_cpu(),
                 )?;
                 stream.set_capacity(crate::memory::layer_capacity(
                     &self.config,
                     in_place,
                     prompt,
+                    !self.on_cpu(),
                 ));
                 Ok(())
             }
@@ -508,7 +513,13 @@ impl Model {
     /// Layers `ls`'s processed blocks: a view of the resident ones, or read (and cached)
     /// where they lie when the layers stream.
     pub fn blocks(&self, ls: &std::ops::Range<usize>) -> Result<Blocks> {
-        self.weights.layers.blocks(ls)
+        self.weights.layers.blocks(ls, Part::Whole)
+    }
+
+    /// [`Model::blocks`] for a caller that reads no MLP weight: a streamed layer not held is
+    /// read without its MLP (most of its bytes), and [`Blocks::mlp`] may be absent.
+    pub fn attention_blocks(&self, ls: &std::ops::Range<usize>) -> Result<Blocks> {
+        self.weights.layers.blocks(ls, Part::Attention)
     }
 
     /// Whether the layers stream from the checkpoint (they did not fit the memory budget).

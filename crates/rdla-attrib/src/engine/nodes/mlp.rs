@@ -31,7 +31,7 @@ pub(in crate::engine) struct Neuron {
 /// The parts of MLP `l` at the node's position, for its readout.
 /// The parts of MLP `l` at the node's position, for its readout, with the layer's blocks.
 fn parts(eng: &Engine<'_>, l: usize, node: &Node) -> Result<(Blocks, MlpParts)> {
-    let b = eng.blocks(l)?;
+    let b = eng.whole_blocks(l)?;
     let p = eng.mlp_parts(
         &b,
         &(l..l + 1),
@@ -42,16 +42,22 @@ fn parts(eng: &Engine<'_>, l: usize, node: &Node) -> Result<(Blocks, MlpParts)> 
 }
 
 /// The components of the MLP's input stream, read along the parts' input readout.
-fn inputs(eng: &Engine<'_>, b: &Blocks, l: usize, node: &Node, parts: &MlpParts) -> Children {
+fn inputs(
+    eng: &Engine<'_>,
+    b: &Blocks,
+    l: usize,
+    node: &Node,
+    parts: &MlpParts,
+) -> Result<Children> {
     let n = eng.layout.mid(l);
-    let read = eng.mlp_input_readout(b, &(l..l + 1), node.pos, parts);
-    Children {
+    let read = eng.mlp_input_readout(b, &(l..l + 1), node.pos, parts)?;
+    Ok(Children {
         steps: eng.comp_steps(n),
         values: Some(crate::engine::rows_dot(
             eng.comps_at(n, node.pos),
             read.squeeze_dim::<1>(0),
         )),
-    }
+    })
 }
 
 impl Mlp {
@@ -59,7 +65,7 @@ impl Mlp {
         let l = self.layer;
         let (b, p) = parts(eng, l, node)?;
         Ok(eng
-            .mlp_input_readout(&b, &(l..l + 1), node.pos, &p)
+            .mlp_input_readout(&b, &(l..l + 1), node.pos, &p)?
             .squeeze_dim::<1>(0))
     }
 }
@@ -89,7 +95,7 @@ impl NodeType for Mlp {
 
     fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let (b, p) = parts(eng, self.layer, node)?;
-        Ok(eng.mlp_remainder(&b, &p))
+        eng.mlp_remainder(&b, &p)
     }
 
     /// Value, inputs, remainder, neurons and output from one pass over `W_out` and one
@@ -100,8 +106,8 @@ impl NodeType for Mlp {
         let (b, p) = parts(eng, l, node)?;
         let mut out = Parts::plain(
             value,
-            inputs(eng, &b, l, node, &p),
-            eng.mlp_remainder(&b, &p),
+            inputs(eng, &b, l, node, &p)?,
+            eng.mlp_remainder(&b, &p)?,
         );
         if want.neurons {
             // a_n (W_out[n] · r); with b_out · r they add up to the MLP's value
@@ -186,7 +192,7 @@ impl NodeType for Neuron {
 
     fn bias(&self, eng: &Engine<'_>, node: &Node) -> Result<Tensor<1>> {
         let (b, p) = self.parts(eng, node)?;
-        Ok(eng.mlp_remainder(&b, &p))
+        eng.mlp_remainder(&b, &p)
     }
 
     /// Value, inputs, remainder and output from one pass over `W_out` and one activation.
@@ -198,11 +204,11 @@ impl NodeType for Neuron {
         let p = eng.only_neuron(&whole, n);
         let mut out = Parts::plain(
             value,
-            inputs(eng, &b, l, node, &p),
-            eng.mlp_remainder(&b, &p),
+            inputs(eng, &b, l, node, &p)?,
+            eng.mlp_remainder(&b, &p)?,
         );
         if want.written {
-            out.written = Some(eng.neuron_output(&b, l, node.pos, n, a));
+            out.written = Some(eng.neuron_output(&b, l, node.pos, n, a)?);
         }
         Ok(out)
     }
@@ -215,7 +221,7 @@ impl NodeType for Neuron {
         let l = self.layer;
         let (b, p) = self.parts(eng, node)?;
         Ok(eng
-            .mlp_input_readout(&b, &(l..l + 1), node.pos, &p)
+            .mlp_input_readout(&b, &(l..l + 1), node.pos, &p)?
             .squeeze_dim::<1>(0))
     }
 
