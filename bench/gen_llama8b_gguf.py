@@ -11,8 +11,13 @@ fixture generator's metadata writer.
 With `qwen3` as the third argument: the Qwen3-8B shape instead (36 layers, d_model 4096,
 32 heads with 8 key/value heads, head_dim 128, d_mlp 12288, vocabulary 151,936, untied
 output, rope_theta 1e6, per-head RMSNorms on queries and keys), the same quantisation mix.
+With `llama70b`: the Llama-3.1-70B shape (80 layers, d_model 8192, 64 heads with 8 key/value
+heads, d_mlp 28672, vocabulary 128,256; about 40 GB).
 
-Usage: python3 bench/gen_llama8b_gguf.py OUT.gguf [N_LAYERS] [llama|qwen3]
+Tensors are generated and written one at a time after the header (the writer never holds
+the model), so the 70B file needs its disk space and little memory.
+
+Usage: python3 bench/gen_llama8b_gguf.py OUT.gguf [N_LAYERS] [llama|qwen3|llama70b]
 """
 import sys
 from pathlib import Path
@@ -24,11 +29,12 @@ from gguf import GGMLQuantizationType as T
 import generate as G
 
 out = sys.argv[1]
-arch = sys.argv[3] if len(sys.argv) > 3 else "llama"
-assert arch in ("llama", "qwen3"), arch
-n_layers = int(sys.argv[2]) if len(sys.argv) > 2 else (32 if arch == "llama" else 36)
+shape = sys.argv[3] if len(sys.argv) > 3 else "llama"
+assert shape in ("llama", "qwen3", "llama70b"), shape
+arch = "qwen3" if shape == "qwen3" else "llama"
+n_layers = int(sys.argv[2]) if len(sys.argv) > 2 else {"llama": 32, "qwen3": 36, "llama70b": 80}[shape]
 if arch == "llama":
-    V, d, ff, H, KV = 128256, 4096, 14336, 32, 8
+    V, d, ff, H, KV = (128256, 4096, 14336, 32, 8) if shape == "llama" else (128256, 8192, 28672, 64, 8)
     hd = d // H
     cfg = dict(num_hidden_layers=n_layers, max_position_embeddings=131072, hidden_size=d,
                intermediate_size=ff, num_attention_heads=H, num_key_value_heads=KV,
@@ -41,7 +47,7 @@ else:
                intermediate_size=ff, num_attention_heads=H, num_key_value_heads=KV,
                head_dim=hd, rope_theta=1000000.0, rms_norm_eps=1e-6, vocab_size=V)
 w = gguf.GGUFWriter(out, arch=arch)
-w.add_name(f"{arch}-8b-shaped")
+w.add_name(f"{shape}-shaped")
 G.set_params(w, arch, cfg)
 rng = np.random.default_rng(0)
 
@@ -81,19 +87,30 @@ def q6_k(rows, cols, std):
     return b.reshape(rows, cols // 256 * 210)
 
 
+# every tensor as (name, byte shape, quantisation, make): registered first, so the header can
+# be written, then made and written one at a time
+specs = []
+
+
 def t(name, rows, cols, q=T.Q4_K):
     std = cols ** -0.5
-    data = q4_k(rows, cols, std) if q == T.Q4_K else q6_k(rows, cols, std)
-    w.add_tensor(name, data, raw_dtype=q)
+    per = 144 if q == T.Q4_K else 210
+    make = (lambda: q4_k(rows, cols, std)) if q == T.Q4_K else (lambda: q6_k(rows, cols, std))
+    specs.append((name, (rows, cols // 256 * per), np.uint8, q, make))
 
 
 def norm(name, n):
-    w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+    specs.append((name, (n,), np.float32, None,
+                  lambda: (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)))
+
+
+def plain(name, array):
+    specs.append((name, array.shape, array.dtype, None, lambda: array))
 
 
 t("token_embd.weight", V, d)
 if arch == "llama":
-    w.add_tensor("rope_freqs.weight", G.llama3_rope_factors(cfg))
+    plain("rope_freqs.weight", G.llama3_rope_factors(cfg))
 norm("output_norm.weight", d)
 t("output.weight", V, d, q=T.Q6_K)
 for l in range(n_layers):
@@ -108,5 +125,13 @@ for l in range(n_layers):
     norm(b + "ffn_norm.weight", d)
     t(b + "ffn_gate.weight", ff, d); t(b + "ffn_up.weight", ff, d)
     t(b + "ffn_down.weight", d, ff, q=mixed)
-w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+for name, shape_, dtype, q, _ in specs:
+    nbytes = int(np.prod(shape_)) * np.dtype(dtype).itemsize
+    w.add_tensor_info(name, shape_, np.dtype(dtype), nbytes, raw_dtype=q)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_ti_data_to_file()
+for name, shape_, dtype, q, make in specs:
+    data = make()
+    assert data.shape == tuple(shape_) and data.dtype == dtype, name
+    w.write_tensor_data(data)
+w.close()
 print("wrote", out)
