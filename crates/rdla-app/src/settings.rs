@@ -25,6 +25,8 @@ pub struct Settings {
     pub max_memory: String,
     /// The GPU memory budget as typed; empty: none (the memory budget applies).
     pub max_gpu_memory: String,
+    /// The "compare with…" prompt as typed (compared only when asked).
+    pub contrast_prompt: String,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             recent: Vec::new(),
             max_memory: String::new(),
             max_gpu_memory: String::new(),
+            contrast_prompt: String::new(),
         }
     }
 }

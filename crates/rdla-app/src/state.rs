@@ -59,6 +59,8 @@ pub enum Action {
     /// Ablate these nodes' sites together in the real forward pass (the causal check: one
     /// node from its details, or the top sites of the traced graph).
     Ablate(Vec<Path>, AblationMode),
+    /// Compare every view with this prompt (the same target), or stop comparing (`None`).
+    Compare(Option<String>),
     /// The graph view's controls changed.
     GraphOptions(GraphOptions),
     ExportGraphPng,
@@ -296,6 +298,19 @@ pub struct AppState {
     ablating: HashSet<(Vec<Path>, AblationMode)>,
     /// The answer picked by id (and the text it was shown as) on the current model.
     answer_pick: Option<(u32, String)>,
+    /// The contrast: the prompt every view is compared with (set once the worker computed
+    /// it), the one being computed, and why the last one failed.
+    pub contrast: ContrastState,
+}
+
+/// "Compare with…": the views show this prompt's values minus another's.
+#[derive(Debug, Default)]
+pub struct ContrastState {
+    /// The prompt the views compare with (the worker's session holds its computation).
+    pub active: Option<String>,
+    /// Being computed (`Some(None)`: being switched off).
+    pub pending: Option<Option<String>>,
+    pub error: Option<String>,
 }
 
 impl AppState {
@@ -335,6 +350,7 @@ impl AppState {
             && self.dirty_since.is_none()
             && self.graph.tracing.is_none()
             && self.ablating.is_empty()
+            && (self.contrast.pending.is_none() || self.computed.is_none())
     }
 
     pub fn current_path(&self) -> Path {
@@ -485,6 +501,7 @@ impl AppState {
                 self.status = s;
                 Vec::new()
             }
+            Action::Compare(prompt) => self.compare(prompt),
             Action::Trace(from) => {
                 if self.computed.is_none() {
                     return Vec::new();
@@ -566,6 +583,23 @@ impl AppState {
 
     /// Forget the current computation and everything derived from it: its views, the
     /// expansions asked for, its causal checks and its trace.
+    /// Ask the worker to compare with `prompt` (or to stop comparing).
+    fn compare(&mut self, prompt: Option<String>) -> Vec<Command> {
+        let prompt = prompt.filter(|p| !p.trim().is_empty());
+        self.contrast.error = None;
+        if self.computed.is_none() {
+            // nothing to compare yet: applied when the computation arrives
+            self.contrast.active = None;
+            self.contrast.pending = Some(prompt);
+            return Vec::new();
+        }
+        self.contrast.pending = Some(prompt.clone());
+        vec![Command::Contrast {
+            prompt,
+            id: self.compute_id,
+        }]
+    }
+
     fn reset_computation(&mut self) {
         self.computed = None;
         self.views.clear();
@@ -616,10 +650,41 @@ impl AppState {
                 self.reset_computation();
                 self.views.insert(Path::root(), *root);
                 self.computed = Some(*result);
+                // a new computation compares with nothing: the contrast prompt (the one
+                // asked for meanwhile, else the one in force) is computed again for it
+                let again = match self.contrast.pending.take() {
+                    Some(p) => p,
+                    None => self.contrast.active.take(),
+                };
+                self.contrast.active = None;
+                if let Some(p) = again {
+                    return self.compare(Some(p));
+                }
                 // keep the place in the tree if it still exists (else the expansion fails
                 // and the view goes back to the root)
                 let here = self.nav.current();
                 self.expand(&here)
+            }
+            Event::Contrasted { id, prompt, root } => {
+                if id != self.compute_id {
+                    return Vec::new();
+                }
+                self.contrast.pending = None;
+                self.contrast.error = None;
+                self.contrast.active = prompt;
+                // every view changes meaning (values, or deltas)
+                self.views.clear();
+                self.pending.clear();
+                self.views.insert(Path::root(), *root);
+                let here = self.nav.current();
+                self.expand(&here)
+            }
+            Event::ContrastFailed { id, error } => {
+                if id == self.compute_id {
+                    self.contrast.pending = None;
+                    self.contrast.error = Some(error.to_string());
+                }
+                Vec::new()
             }
             Event::ComputeFailed {
                 id,

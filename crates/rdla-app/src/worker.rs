@@ -46,6 +46,11 @@ pub enum Command {
         mode: AblationMode,
         id: u64,
     },
+    /// Compare every view with this prompt (the deltas), or stop comparing (`None`).
+    Contrast {
+        prompt: Option<String>,
+        id: u64,
+    },
     Shutdown,
 }
 
@@ -116,6 +121,18 @@ pub enum Event {
         paths: Vec<Path>,
         mode: AblationMode,
         result: Result<Box<AblationReport>, WorkerError>,
+    },
+    /// The views now compare with `prompt` (`None`: they no longer compare); `root` is the
+    /// root's view as it now is.
+    Contrasted {
+        id: u64,
+        prompt: Option<String>,
+        root: Box<NodeView>,
+    },
+    /// The contrast prompt could not be computed; the views are as they were.
+    ContrastFailed {
+        id: u64,
+        error: WorkerError,
     },
 }
 
@@ -290,6 +307,7 @@ fn failed(cmd: &Command, error: WorkerError) -> Option<Event> {
             mode: *mode,
             result: Err(error),
         },
+        Command::Contrast { id, .. } => Event::ContrastFailed { id: *id, error },
         Command::Shutdown => return None,
     })
 }
@@ -363,6 +381,7 @@ impl Worker {
             Command::Expand { path, id } => self.expand(path, *id),
             Command::Trace { from, opts, id } => self.trace(from, opts, *id),
             Command::Ablate { paths, mode, id } => self.ablate(paths, *mode, *id),
+            Command::Contrast { prompt, id } => self.contrast(prompt.as_deref(), *id),
             Command::Shutdown => {}
         }
     }
@@ -477,6 +496,24 @@ impl Worker {
                 path: path.clone(),
                 error,
             },
+        });
+    }
+
+    fn contrast(&mut self, prompt: Option<&str>, id: u64) {
+        let result = match &mut self.session {
+            Some(s) => s
+                .set_contrast(prompt)
+                .and_then(|()| s.view(&Path::root()))
+                .map_err(WorkerError::from),
+            None => Err(WorkerError::NoModel),
+        };
+        self.emit(match result {
+            Ok(root) => Event::Contrasted {
+                id,
+                prompt: prompt.map(str::to_string),
+                root: Box::new(root),
+            },
+            Err(error) => Event::ContrastFailed { id, error },
         });
     }
 

@@ -551,3 +551,89 @@ fn alt_arrows_are_history_and_fast_arrows_all_count() {
     settle(&mut h);
     assert_eq!(h.state().current_path().to_string(), "L0.attn/H2");
 }
+
+/// "Compare with…": every heatmap becomes this prompt's values minus the contrast prompt's,
+/// each cell keeping both (the tooltip's numbers), the deltas add up at the node, a
+/// different-length prompt is refused below the root with the reason, and "Stop comparing"
+/// brings the values back.
+#[test]
+fn compare_with_a_second_prompt_shows_the_deltas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    assert_computed(h.state());
+    let plain_root = h.state().current_view().unwrap().heatmap.clone();
+    assert!(plain_root.contrast.is_empty());
+
+    // the same story with the fruits swapped: the same number of tokens
+    let field = h.get_by_label("Contrast prompt");
+    field.focus();
+    field.type_text("1. Get some oranges.\n2. Get some apples.\n");
+    h.step();
+    click(&mut h, "Compare");
+    {
+        let app = h.state();
+        assert!(
+            app.state.contrast.error.is_none(),
+            "{:?}",
+            app.state.contrast.error
+        );
+        assert!(app.state.contrast.active.is_some());
+        let hm = &app.current_view().unwrap().heatmap;
+        assert!(hm.title.contains("this prompt −"), "{}", hm.title);
+        assert_eq!(hm.contrast.len(), hm.values.len());
+        // each cell: this prompt's value (the plain root's) minus the contrast prompt's
+        let mut differs = false;
+        for ((v, pair), plain) in hm.values.iter().zip(&hm.contrast).zip(&plain_root.values) {
+            let (Some(v), Some((ours, theirs)), Some(plain)) = (v, pair, plain) else {
+                continue;
+            };
+            assert!((ours - plain).abs() <= 1e-5, "{ours} vs {plain}");
+            assert!(
+                (v - (ours - theirs)).abs() <= 1e-5,
+                "{v} vs {ours} − {theirs}"
+            );
+            differs |= v.abs() > 1e-4;
+        }
+        assert!(differs, "the two prompts give the same values everywhere");
+    }
+
+    // a head: its sources' deltas add up to its delta
+    let n_layers = h.state().state.model.as_ref().unwrap().config.n_layers;
+    let head = format!("L{}.attn/H0", n_layers - 1);
+    click(&mut h, &head);
+    {
+        let view = h.state().current_view().unwrap();
+        assert_eq!(view.path.to_string(), head);
+        assert!(!view.heatmap.contrast.is_empty());
+        let ex = &view.expansion;
+        let sum: f32 = ex.children.iter().map(|c| c.value).sum();
+        assert!(
+            (ex.value - (sum + ex.bias + ex.residual)).abs() <= 1e-4,
+            "Δ {} vs Σ {sum} + {} + {}",
+            ex.value,
+            ex.bias,
+            ex.residual
+        );
+        let both = view.contrast.as_ref().unwrap();
+        assert!((ex.value - (both.value - both.contrast_value)).abs() <= 1e-5);
+    }
+
+    // a prompt of another length: the root compares, the head says why it cannot
+    click(&mut h, "crumb root");
+    let field = h.get_by_label("Contrast prompt");
+    field.focus();
+    field.type_text(" 3. Get some pears.");
+    h.step();
+    click(&mut h, "Compare");
+    assert!(h.state().state.contrast.error.is_none());
+    click(&mut h, &head);
+    let err = h.state().state.expand_error.clone().unwrap_or_default();
+    assert!(err.contains("same number of tokens"), "{err}");
+
+    click(&mut h, "Stop comparing");
+    let app = h.state();
+    assert!(app.state.contrast.active.is_none());
+    let hm = &app.current_view().unwrap().heatmap;
+    assert!(hm.contrast.is_empty());
+    assert_eq!(hm.values, plain_root.values);
+}

@@ -325,6 +325,7 @@ mod tests {
             row_targets: Vec::new(),
             col_targets: Vec::new(),
             range: None,
+            contrast: Vec::new(),
             shared_targets: false,
             row_bars: bars,
             column_bars: bars,

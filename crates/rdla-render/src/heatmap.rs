@@ -40,6 +40,10 @@ pub struct Heatmap {
     /// The colour range when it is not this grid's own `max_abs` (a window of a long
     /// heatmap keeps the whole heatmap's, so colours compare across windows).
     pub range: Option<f32>,
+    /// A contrast's heatmap (`values` are this prompt's minus the contrast prompt's): each
+    /// cell's two values, this prompt's and the contrast prompt's, for its tooltip. Empty
+    /// for a plain heatmap.
+    pub contrast: Vec<Option<(f32, f32)>>,
 }
 
 impl Heatmap {
@@ -64,6 +68,7 @@ impl Heatmap {
             row_targets: Vec::new(),
             col_targets: Vec::new(),
             range: None,
+            contrast: Vec::new(),
         }
     }
 
@@ -271,6 +276,7 @@ mod tests {
             row_targets: Vec::new(),
             col_targets: Vec::new(),
             range: None,
+            contrast: Vec::new(),
         }
     }
 

@@ -51,6 +51,9 @@ pub enum SessionError {
     Json(#[from] serde_json::Error),
     #[error("nothing has been computed yet")]
     NotComputed,
+    /// A contrast prompt that cannot be compared with this one (the reason).
+    #[error("contrast prompt: {0}")]
+    Contrast(String),
 }
 
 pub type Result<T, E = SessionError> = std::result::Result<T, E>;

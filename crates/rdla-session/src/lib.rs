@@ -3,6 +3,7 @@
 //! expand a path → the view of a node (heatmap, title) → exports (JSON, CSV, PNG) written
 //! safely. The CLI and the GUI worker are thin adapters around [`Session`]. No GUI dependency.
 
+pub mod contrast;
 pub mod csv;
 pub mod error;
 pub mod graph;
@@ -16,6 +17,7 @@ pub mod view;
 /// Rendering lives in `rdla-render`; its modules are re-exported under their old names.
 pub use rdla_render::{geometry, heatmap, plot, png};
 
+pub use contrast::{Contrast, NodeContrast};
 pub use error::{Result, SessionError};
 pub use heatmap::{ColorMap, Heatmap};
 pub use info::{ModelFacts, ModelInfo};

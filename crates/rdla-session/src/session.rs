@@ -155,6 +155,9 @@ pub struct NodeView {
     /// At a score node: its head's attention pattern from the query, over the keys the head
     /// can see (the key picker of the QK view).
     pub attention: Option<AttentionRow>,
+    /// While a contrast prompt is set: the node on both prompts (`expansion` and `heatmap`
+    /// are then the deltas).
+    pub contrast: Option<Box<crate::NodeContrast>>,
     /// Milliseconds the expansion took.
     pub ms: f64,
 }
@@ -229,6 +232,18 @@ struct Current {
     /// What every engine over `cache` memoises (pattern rows, MLP pre-activations), kept for
     /// as long as this prompt's computation: each view, ablation and trace builds an engine,
     /// and they no longer start from nothing.
+    memo: std::cell::RefCell<rdla_attrib::Memo>,
+    /// The prompt every view is compared with, when one is set ([`Session::set_contrast`]).
+    contrast: Option<ContrastRun>,
+}
+
+/// The contrast prompt's own computation, for the views' deltas.
+struct ContrastRun {
+    prompt: String,
+    tokens: Tokens,
+    cache: Cache,
+    overview: rdla_attrib::Overview,
+    root: Expansion,
     memo: std::cell::RefCell<rdla_attrib::Memo>,
 }
 
@@ -469,6 +484,7 @@ impl Session {
                 cache,
                 computed,
                 memo,
+                contrast: None,
             })
             .computed)
     }
@@ -507,6 +523,157 @@ impl Session {
         )?)
     }
 
+    /// A forward pass over `ids` and its overview for `target` (a streaming model computes
+    /// the overview during the forward pass, each layer read once).
+    fn run_and_overview(
+        &self,
+        ids: &[u32],
+        target: Target,
+        mode: MlpMode,
+    ) -> Result<(Cache, rdla_attrib::Overview)> {
+        if self.model.streams_layers() {
+            return Ok(rdla_attrib::run_with_overview(
+                &self.model,
+                ids,
+                target,
+                mode,
+                &mut |_, _| true,
+            )?);
+        }
+        let cache = self.model.run(ids)?;
+        let overview = Engine::new(&self.model, &cache, target, mode)?.overview()?;
+        Ok((cache, overview))
+    }
+
+    /// The current target on a second `prompt` (DESIGN.md §3, "Contrast"): its root
+    /// quantities, this prompt's minus its, and — below the root, where both prompts must have
+    /// the same number of tokens — `path`'s node on both prompts.
+    pub fn contrast(&self, prompt: &str, path: &Path) -> Result<crate::Contrast> {
+        let cur = self.current()?;
+        let c = &cur.computed;
+        let tokens = self.tokenize(prompt, c.request.bos)?;
+        if !path.is_root() {
+            self.validate(path)?;
+            if tokens.ids.len() != c.tokens.ids.len() {
+                return Err(crate::contrast::length_mismatch(
+                    path,
+                    c.tokens.ids.len(),
+                    tokens.ids.len(),
+                ));
+            }
+        }
+        let (cache, overview) = self.run_and_overview(&tokens.ids, c.target, c.request.mlp_mode)?;
+        let node = if path.is_root() {
+            None
+        } else {
+            let theirs =
+                Engine::new(&self.model, &cache, c.target, c.request.mlp_mode)?.expand(path)?;
+            let ours = self.engine()?.expand(path)?;
+            Some(crate::NodeContrast::of(&ours, &theirs)?)
+        };
+        Ok(crate::Contrast {
+            prompt: prompt.to_string(),
+            tokens,
+            delta: crate::contrast::overview_delta(&c.overview, &overview)?,
+            overview,
+            node,
+        })
+    }
+
+    /// Compare every view with `prompt` (the same target): the heatmaps become this prompt's
+    /// values minus its, each cell keeping both values; below the root both prompts need the
+    /// same number of tokens. `None` ends the comparison. A new computation ends it too.
+    pub fn set_contrast(&mut self, prompt: Option<&str>) -> Result<()> {
+        let Some(prompt) = prompt else {
+            if let Some(cur) = self.current.as_mut() {
+                cur.contrast = None;
+            }
+            return Ok(());
+        };
+        let run = {
+            let cur = self.current()?;
+            let c = &cur.computed;
+            let tokens = self.tokenize(prompt, c.request.bos)?;
+            let (cache, overview) =
+                self.run_and_overview(&tokens.ids, c.target, c.request.mlp_mode)?;
+            let root = Engine::new(&self.model, &cache, c.target, c.request.mlp_mode)?
+                .expand(&Path::root())?;
+            ContrastRun {
+                prompt: prompt.to_string(),
+                tokens,
+                cache,
+                overview,
+                root,
+                memo: std::cell::RefCell::default(),
+            }
+        };
+        if let Some(cur) = self.current.as_mut() {
+            cur.contrast = Some(run);
+        }
+        Ok(())
+    }
+
+    /// The prompt the views are compared with, and its tokens.
+    pub fn contrast_prompt(&self) -> Option<(&str, &Tokens)> {
+        let k = self.current.as_ref()?.contrast.as_ref()?;
+        Some((k.prompt.as_str(), &k.tokens))
+    }
+
+    /// [`Session::view`] while a contrast prompt is set: the deltas.
+    fn contrast_view(&self, path: &Path, cur: &Current, k: &ContrastRun) -> Result<NodeView> {
+        let t = Instant::now();
+        let c = &cur.computed;
+        let title = format!(
+            "{} · this prompt − {:?}",
+            view_title(&self.model.name, path, &c.target_label),
+            clip(&printable(&k.prompt), 40)
+        );
+        let (node, mut heatmap, ours, theirs) = if path.is_root() {
+            let delta = crate::contrast::overview_delta(&c.overview, &k.overview)?;
+            (
+                crate::NodeContrast::of(&c.root, &k.root)?,
+                root_heatmap(&delta, &title),
+                root_heatmap(&c.overview, &title),
+                root_heatmap(&k.overview, &title),
+            )
+        } else {
+            self.validate(path)?;
+            if c.tokens.ids.len() != k.tokens.ids.len() {
+                return Err(crate::contrast::length_mismatch(
+                    path,
+                    c.tokens.ids.len(),
+                    k.tokens.ids.len(),
+                ));
+            }
+            let a = self.engine()?.expand(path)?;
+            let b =
+                Engine::with_memo(&self.model, &k.cache, c.target, c.request.mlp_mode, &k.memo)?
+                    .expand(path)?;
+            let node = crate::NodeContrast::of(&a, &b)?;
+            let strs = &c.tokens.strs;
+            let layout = cur.cache.layout;
+            (
+                node.clone(),
+                node_heatmap(&node.delta, path, strs, layout, &title),
+                node_heatmap(&a, path, strs, layout, &title),
+                node_heatmap(&b, path, &k.tokens.strs, layout, &title),
+            )
+        };
+        heatmap.contrast = crate::contrast::cell_pairs(&ours, &theirs);
+        heatmap.subtitle = format!(
+            "Δ {:+.4} = {:.4} (this prompt) − {:.4} (contrast) · {}",
+            node.delta.value, node.value, node.contrast_value, heatmap.subtitle
+        );
+        Ok(NodeView {
+            path: path.clone(),
+            expansion: node.delta.clone(),
+            heatmap,
+            attention: None,
+            contrast: Some(Box::new(node)),
+            ms: ms(t),
+        })
+    }
+
     /// Check that `path` names a node.
     pub fn validate(&self, path: &Path) -> Result<()> {
         Ok(self.engine()?.validate(path)?)
@@ -517,6 +684,9 @@ impl Session {
     pub fn view(&self, path: &Path) -> Result<NodeView> {
         let t = Instant::now();
         let cur = self.current()?;
+        if let Some(k) = &cur.contrast {
+            return self.contrast_view(path, cur, k);
+        }
         let c = &cur.computed;
         let title = view_title(&self.model.name, path, &c.target_label);
         let mut attention = None;
@@ -564,6 +734,7 @@ impl Session {
             expansion,
             heatmap,
             attention,
+            contrast: None,
             ms: ms(t),
         })
     }

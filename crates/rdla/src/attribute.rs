@@ -38,6 +38,10 @@ pub struct AttributeArgs {
     /// Hold the final norm's scale at the clean run's value in the ablated run.
     #[arg(long, requires = "ablate")]
     pub freeze_final_norm: bool,
+    /// A second prompt for the same answer (and foil): the JSON gains `contrast`, its values
+    /// and this prompt's minus its (with --path below the root: the same token count).
+    #[arg(long, value_name = "TEXT")]
+    pub contrast_prompt: Option<String>,
 }
 
 pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
@@ -51,6 +55,11 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     let view = session.view(&path)?;
     let node = a.path.is_some().then_some(&view.expansion);
 
+    let contrast = a
+        .contrast_prompt
+        .as_deref()
+        .map(|p| session.contrast(p, &path))
+        .transpose()?;
     let ablation = if a.ablate.is_empty() {
         None
     } else {
@@ -68,6 +77,9 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         if let (Some(ab), Some(map)) = (&ablation, r.as_object_mut()) {
             map.insert("ablation".into(), serde_json::to_value(ab)?);
         }
+        if let (Some(c), Some(map)) = (&contrast, r.as_object_mut()) {
+            map.insert("contrast".into(), c.to_json());
+        }
         Ok(r)
     };
     match a.json.as_deref() {
@@ -84,6 +96,9 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         None if stdout_taken => {}
         None => {
             print_summary(&session, node)?;
+            if let Some(c) = &contrast {
+                print_contrast(&session, c)?;
+            }
             if let Some(ab) = &ablation {
                 let mut out = std::io::stdout().lock();
                 writeln!(
@@ -158,6 +173,50 @@ fn print_summary(session: &Session, node: Option<&rdla_attrib::Expansion>) -> an
         for c in ch.iter().take(10) {
             writeln!(out, "  {:<16} {:>10.5}", c.step, c.value)?;
         }
+    }
+    Ok(())
+}
+
+/// The contrast in words: both targets, the delta, and the largest component and head deltas.
+fn print_contrast(session: &Session, c: &rdla_session::Contrast) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let ours = session.computed().context("nothing computed")?;
+    writeln!(
+        out,
+        "contrast prompt ({} tokens): target {:.5}; this prompt {:.5}; delta {:+.5}",
+        c.tokens.ids.len(),
+        c.overview.target_value,
+        ours.overview.target_value,
+        c.delta.target_value
+    )?;
+    let d = &c.delta;
+    let mut comps: Vec<(String, f32)> = d
+        .layout
+        .labels()
+        .into_iter()
+        .zip(d.components.data.iter().copied())
+        .collect();
+    comps.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    writeln!(out, "largest component deltas:")?;
+    for (label, v) in comps.iter().take(5) {
+        writeln!(out, "  {label:<12} {v:+.5}")?;
+    }
+    let (l_n, h_n) = (d.head_dla.shape[0], d.head_dla.shape[1]);
+    let mut heads: Vec<(usize, usize, f32)> = (0..l_n)
+        .flat_map(|l| (0..h_n).map(move |h| (l, h)))
+        .map(|(l, h)| (l, h, d.head_dla.at(&[l, h])))
+        .collect();
+    heads.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+    writeln!(out, "largest head deltas:")?;
+    for (l, h, v) in heads.iter().take(5) {
+        writeln!(out, "  L{l}.attn/H{h} {v:+.5}")?;
+    }
+    if let Some(n) = &c.node {
+        writeln!(
+            out,
+            "{}: {:.5} here, {:.5} there, delta {:+.5}",
+            n.delta.path, n.value, n.contrast_value, n.delta.value
+        )?;
     }
     Ok(())
 }

@@ -656,3 +656,142 @@ fn a_memory_budget_holds_and_is_reported() {
             .is_some_and(|p| p > 1 << 20)
     );
 }
+
+/// `--contrast-prompt`: the contrast prompt's values are those of its own run, every delta is
+/// the difference of the two runs, and the deltas add up (Σ component deltas = target delta;
+/// at a node, Σ child deltas + bias + residual = value delta). Below the root, prompts of
+/// different lengths are refused with the reason.
+#[test]
+fn contrast_deltas_are_the_difference_of_two_runs_and_add_up() {
+    let m = common::fixture("gpt2_untied");
+    let m = m.to_str().unwrap();
+    let run = |prompt: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "attribute",
+            "--model",
+            m,
+            "--prompt",
+            prompt,
+            "--answer",
+            ".",
+            "--device",
+            "cpu",
+            "--json",
+            "-",
+        ];
+        args.extend_from_slice(extra);
+        let out = common::rdla(&args);
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        fn rec(v: &serde_json::Value, out: &mut Vec<f64>) {
+            match v {
+                serde_json::Value::Array(a) => a.iter().for_each(|x| rec(x, out)),
+                // a null (NaN) is no number: the comparison below fails on it
+                other => out.push(other.as_f64().unwrap_or(f64::NAN)),
+            }
+        }
+        let mut out = Vec::new();
+        rec(v, &mut out);
+        out
+    };
+    let close = |what: &str, got: &[f64], want: &[f64]| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    };
+    let a_text = "Get some apples.";
+    let a = run(a_text, &[]);
+    let n_a = a["token_ids"].as_array().unwrap().len();
+    // a contrast prompt of the same length, for the drill-down below
+    let b_text = [
+        "Get some pears.",
+        "Eat some apples.",
+        "Get many apples.",
+        "Get the apples.",
+    ]
+    .into_iter()
+    .find(|p| run(p, &[])["token_ids"].as_array().unwrap().len() == n_a)
+    .expect("a same-length contrast prompt");
+    let b = run(b_text, &[]);
+
+    let with = run(a_text, &["--contrast-prompt", b_text]);
+    let c = &with["contrast"];
+    assert_eq!(c["prompt"], b_text);
+    assert_eq!(c["token_ids"], b["token_ids"]);
+    close(
+        "target_value",
+        &floats(&c["target_value"]),
+        &floats(&b["target_value"]),
+    );
+    for key in ["components", "head_dla"] {
+        close(key, &floats(&c[key]), &floats(&b[key]));
+        let want: Vec<f64> = floats(&a[key])
+            .iter()
+            .zip(floats(&b[key]))
+            .map(|(x, y)| x - y)
+            .collect();
+        close(&format!("delta.{key}"), &floats(&c["delta"][key]), &want);
+    }
+    let dt = floats(&c["delta"]["target_value"])[0];
+    close(
+        "delta.target_value",
+        &[dt],
+        &[floats(&a["target_value"])[0] - floats(&b["target_value"])[0]],
+    );
+    // Σ component deltas = target delta
+    let sum: f64 = floats(&c["delta"]["components"]).iter().sum();
+    close("Σ component deltas", &[sum], &[dt]);
+
+    // a head of the last layer, expanded on both prompts
+    let n_layers = a["head_dla"].as_array().unwrap().len();
+    let path = format!("L{}.attn/H0", n_layers - 1);
+    let na = run(a_text, &["--path", &path]);
+    let nb = run(b_text, &["--path", &path]);
+    let with = run(a_text, &["--path", &path, "--contrast-prompt", b_text]);
+    let node = &with["contrast"]["node"];
+    assert_eq!(node["path"], path.as_str());
+    let kids = node["children"].as_array().unwrap();
+    let (ka, kb) = (
+        na["node"]["children"].as_array().unwrap(),
+        nb["node"]["children"].as_array().unwrap(),
+    );
+    assert!(!kids.is_empty() && kids.len() == ka.len() && kids.len() == kb.len());
+    let mut sum = 0.0;
+    for ((k, x), y) in kids.iter().zip(ka).zip(kb) {
+        let (va, vb) = (floats(&x["value"])[0], floats(&y["value"])[0]);
+        close("child value", &floats(&k["value"]), &[va]);
+        close("child contrast_value", &floats(&k["contrast_value"]), &[vb]);
+        close("child delta", &floats(&k["delta"]), &[va - vb]);
+        sum += floats(&k["delta"])[0];
+    }
+    let d = &node["delta"];
+    let dv = floats(&d["value"])[0];
+    close(
+        "node delta",
+        &[dv],
+        &[floats(&na["node"]["value"])[0] - floats(&nb["node"]["value"])[0]],
+    );
+    close(
+        "Σ child deltas + bias + residual",
+        &[sum + floats(&d["bias"])[0] + floats(&d["residual"])[0]],
+        &[dv],
+    );
+
+    // different lengths: fine at the root, refused below it with the reason
+    let longer = "Get some apples and some oranges and some pears.";
+    let root = run(a_text, &["--contrast-prompt", longer]);
+    assert!(root["contrast"]["delta"]["target_value"].is_number());
+    let mut args = vec!["attribute", "--model", m];
+    args.extend_from_slice(&common::TARGET);
+    args.extend_from_slice(&["--path", &path, "--contrast-prompt", longer]);
+    let out = common::rdla(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("same number of tokens"), "{err}");
+}

@@ -434,7 +434,16 @@ impl HeatmapView<'_> {
         resp.on_hover_ui(|ui| {
             ui.label(format!("{}: {}", hm.row_title, hm.rows[r]));
             ui.label(format!("{}: {}", hm.col_title, hm.cols[c]));
-            ui.label(format!("value {v:+.5} ({})", hm.units));
+            match hm.contrast.get(r * hm.n_cols() + c).copied().flatten() {
+                Some((ours, theirs)) => {
+                    ui.label(format!("Δ {v:+.5} ({})", hm.units));
+                    ui.label(format!("this prompt {ours:+.5}"));
+                    ui.label(format!("contrast prompt {theirs:+.5}"));
+                }
+                None => {
+                    ui.label(format!("value {v:+.5} ({})", hm.units));
+                }
+            }
             ui.label(format!("share of parent {share}"));
             if let Some(t) = target {
                 ui.label(format!("click: {t}"));

@@ -44,6 +44,69 @@ fn memory_budget(ui: &mut Ui, settings: &mut Settings, gpu: bool) {
     }
 }
 
+/// "Compare with…": a second prompt for the same target; every heatmap then shows this
+/// prompt's values minus its (both on hover).
+fn compare(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mut Vec<Action>) {
+    ui.separator();
+    ui.label("Compare with…").on_hover_text(
+        "a second prompt for the same answer (and foil): every heatmap shows this prompt's \
+         values minus its, with both values on hover. Below the root both prompts need the \
+         same number of tokens (swap a name for a name of one token, say).",
+    );
+    let r = ui.add(
+        egui::TextEdit::multiline(&mut settings.contrast_prompt)
+            .desired_rows(2)
+            .desired_width(ui.available_width())
+            .font(egui::TextStyle::Monospace),
+    );
+    r.widget_info(|| {
+        egui::WidgetInfo::labeled(egui::Role::MultilineTextInput, true, "Contrast prompt")
+    });
+    let c = &state.contrast;
+    ui.horizontal(|ui| {
+        let can = state.computed.is_some() && c.pending.is_none();
+        let text = settings.contrast_prompt.trim().to_string();
+        if ui
+            .add_enabled(can && !text.is_empty(), egui::Button::new("Compare"))
+            .on_hover_text("compute the contrast prompt and show the deltas")
+            .clicked()
+        {
+            actions.push(Action::Compare(Some(settings.contrast_prompt.clone())));
+        }
+        if ui
+            .add_enabled(
+                can && c.active.is_some(),
+                egui::Button::new("Stop comparing"),
+            )
+            .clicked()
+        {
+            actions.push(Action::Compare(None));
+        }
+    });
+    if let Some(p) = &c.pending {
+        ui.spinner();
+        ui.label(
+            RichText::new(if p.is_some() {
+                "computing the contrast prompt…"
+            } else {
+                "back to this prompt's values…"
+            })
+            .weak(),
+        );
+    } else if let Some(p) = &c.active {
+        ui.label(
+            RichText::new(format!(
+                "showing Δ = this prompt − {:?}",
+                rdla_session::png::clip(&printable(p), 40)
+            ))
+            .color(theme::OK),
+        );
+    }
+    if let Some(e) = &c.error {
+        ui.colored_label(theme::ERROR, e);
+    }
+}
+
 /// One budget's text field, applied as typed; a text that is not a size says why.
 fn budget_field(
     ui: &mut Ui,
@@ -180,6 +243,7 @@ pub fn show(
             actions.push(Action::Edited);
         }
     });
+    compare(ui, state, settings, actions);
     memory_budget(ui, settings, gpu);
     ui.separator();
     ui.heading("Top next tokens");
