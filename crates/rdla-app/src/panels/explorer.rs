@@ -4,6 +4,7 @@
 use egui::{RichText, Ui};
 use rdla_attrib::{Comp, Path, Step};
 use rdla_session::NodeView;
+use rdla_session::heatmap::printable;
 
 use crate::panels::heatmap::HeatmapView;
 use crate::settings::Settings;
@@ -58,6 +59,20 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
         }
         return;
     };
+    if let (Some(both), Some(other)) = (&view.contrast, &state.contrast.active) {
+        // every number below is a delta: say so, with the node's two values
+        ui.label(
+            RichText::new(format!(
+                "Δ = this prompt − “{}”: {:+.5} = {:+.5} − {:+.5} · every cell and sum below is a \
+                 delta (hover a cell for both values)",
+                rdla_session::png::clip(&printable(other), 48),
+                both.delta.value,
+                both.value,
+                both.contrast_value
+            ))
+            .color(theme::OK),
+        );
+    }
     completeness(ui, view);
     if here.is_root() {
         let ov = &view.expansion;

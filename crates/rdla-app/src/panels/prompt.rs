@@ -96,7 +96,7 @@ fn compare(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mut
     } else if let Some(p) = &c.active {
         ui.label(
             RichText::new(format!(
-                "showing Δ = this prompt − {:?}",
+                "showing Δ = this prompt − “{}”",
                 rdla_session::png::clip(&printable(p), 40)
             ))
             .color(theme::OK),
