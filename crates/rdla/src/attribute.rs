@@ -148,13 +148,8 @@ fn print_summary(session: &Session, node: Option<&rdla_attrib::Expansion>) -> an
     for (l, v) in ov.layout.labels().iter().zip(&ov.components.data) {
         writeln!(out, "  {l:<10} {v:>10.5}")?;
     }
-    let mut heads: Vec<(usize, usize, f32)> = (0..ov.head_dla.shape[0])
-        .flat_map(|l| (0..ov.head_dla.shape[1]).map(move |h| (l, h)))
-        .map(|(l, h)| (l, h, ov.head_dla.at(&[l, h])))
-        .collect();
-    heads.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
     writeln!(out, "top heads:")?;
-    for (l, h, v) in heads.iter().take(5) {
+    for (l, h, v) in largest_heads(&ov.head_dla, 5) {
         writeln!(out, "  L{l}.attn/H{h} {v:>10.5}")?;
     }
     if let Some(ex) = node {
@@ -201,14 +196,8 @@ fn print_contrast(session: &Session, c: &rdla_session::Contrast) -> anyhow::Resu
     for (label, v) in comps.iter().take(5) {
         writeln!(out, "  {label:<12} {v:+.5}")?;
     }
-    let (l_n, h_n) = (d.head_dla.shape[0], d.head_dla.shape[1]);
-    let mut heads: Vec<(usize, usize, f32)> = (0..l_n)
-        .flat_map(|l| (0..h_n).map(move |h| (l, h)))
-        .map(|(l, h)| (l, h, d.head_dla.at(&[l, h])))
-        .collect();
-    heads.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
     writeln!(out, "largest head deltas:")?;
-    for (l, h, v) in heads.iter().take(5) {
+    for (l, h, v) in largest_heads(&d.head_dla, 5) {
         writeln!(out, "  L{l}.attn/H{h} {v:+.5}")?;
     }
     if let Some(n) = &c.node {
@@ -219,4 +208,16 @@ fn print_contrast(session: &Session, c: &rdla_session::Contrast) -> anyhow::Resu
         )?;
     }
     Ok(())
+}
+
+/// The `k` entries of a `[L, H]` table largest by `|value|`: `(layer, head, value)`.
+fn largest_heads(t: &rdla_attrib::Array, k: usize) -> Vec<(usize, usize, f32)> {
+    let (l_n, h_n) = (t.shape[0], t.shape[1]);
+    let mut heads: Vec<(usize, usize, f32)> = (0..l_n)
+        .flat_map(|l| (0..h_n).map(move |h| (l, h)))
+        .map(|(l, h)| (l, h, t.at(&[l, h])))
+        .collect();
+    heads.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+    heads.truncate(k);
+    heads
 }

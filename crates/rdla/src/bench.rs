@@ -699,37 +699,15 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    if let (Some(preset), false) = (a.preset, a.existing) {
+    if !a.existing {
+        if a.preset.is_none() {
+            validate(a, parse_shape(a)?)?;
+        }
         if a.dir.is_some() {
             refuse_non_empty(&dir)?;
         }
         let t = Instant::now();
-        generate_preset(&dir, preset)?;
-        eprintln!(
-            "generated {} in {:.1}s",
-            dir.display(),
-            t.elapsed().as_secs_f64()
-        );
-        if a.generate_only {
-            return Ok(());
-        }
-    } else if !a.existing {
-        let [n_layer, n_head, d, vocab] = parse_shape(a)?;
-        validate(a, [n_layer, n_head, d, vocab])?;
-        if a.dir.is_some() {
-            refuse_non_empty(&dir)?;
-        }
-        let max_len = a.lengths.iter().copied().max().unwrap_or(16);
-        let n_ctx = generated_context(a.arch, max_len);
-        let t = Instant::now();
-        match a.arch {
-            BenchArch::Gpt2 => generate_gpt2(&dir, n_layer, n_head, d, vocab, n_ctx)?,
-            BenchArch::GptNeo => {
-                generate_gpt_neo(&dir, n_layer, n_head, d, vocab, n_ctx, a.window)?
-            }
-            BenchArch::Llama => generate_llama(&dir, n_layer, n_head, kv_heads(a), d, vocab)?,
-            BenchArch::Gemma2 => generate_gemma2(&dir, n_layer, n_head, kv_heads(a), d, vocab)?,
-        }
+        generate(a, &dir)?;
         eprintln!(
             "generated {} in {:.1}s",
             dir.display(),
@@ -740,6 +718,22 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     bench_dir(a, &dir)
+}
+
+/// Write the checkpoint `a` asks for (a preset, or an architecture and shape) into `dir`.
+fn generate(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
+    if let Some(preset) = a.preset {
+        return generate_preset(dir, preset);
+    }
+    let [n_layer, n_head, d, vocab] = parse_shape(a)?;
+    let max_len = a.lengths.iter().copied().max().unwrap_or(16);
+    let n_ctx = generated_context(a.arch, max_len);
+    match a.arch {
+        BenchArch::Gpt2 => generate_gpt2(dir, n_layer, n_head, d, vocab, n_ctx),
+        BenchArch::GptNeo => generate_gpt_neo(dir, n_layer, n_head, d, vocab, n_ctx, a.window),
+        BenchArch::Llama => generate_llama(dir, n_layer, n_head, kv_heads(a), d, vocab),
+        BenchArch::Gemma2 => generate_gemma2(dir, n_layer, n_head, kv_heads(a), d, vocab),
+    }
 }
 
 /// `--dir` must be new or empty: generating writes `config.json`, `model.safetensors` and

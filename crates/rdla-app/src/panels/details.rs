@@ -23,10 +23,13 @@ pub fn show(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         circuit_section(ui, state, ex, &here, actions);
         ui.separator();
         if let NodeKind::Head { .. } = ex.kind {
-            ui.label(
+            ui.label(if view.contrast.is_some() {
+                "A contrast shows no attention strip (each prompt attends in its own way): \
+                 stop comparing to see this head's pattern and open its QK scores."
+            } else {
                 "Click a cell of the attention strip above the heatmap to see why this head \
-                 attended there: its QK score, split into query × key components.",
-            );
+                 attended there: its QK score, split into query × key components."
+            });
             ui.separator();
         }
         if let (Some(row), Some(Step::Score { key, versus })) =
