@@ -215,6 +215,7 @@ impl WorkerHandle {
             device,
             device_info,
             session: None,
+            readouts_unprepared: false,
             events: ev_tx,
             wake,
             cancel: cancel.clone(),
@@ -266,6 +267,10 @@ struct Worker {
     /// See [`WorkerHandle::wanted`].
     wanted: Arc<AtomicU64>,
     queue: VecDeque<Command>,
+    /// The loaded model's vocabulary readouts are not prepared yet: done once the first
+    /// computation is on screen and nothing else is asked (the first readout then does not
+    /// wait for it).
+    readouts_unprepared: bool,
     /// Panic inside traces and ablations (tests only).
     #[cfg(test)]
     inject_panic: bool,
@@ -353,6 +358,12 @@ impl Worker {
     fn run(mut self, rx: &Receiver<Command>) {
         loop {
             if self.queue.is_empty() {
+                self.prepare_when_idle(rx);
+                if matches!(self.queue.front(), Some(Command::Shutdown)) {
+                    return;
+                }
+            }
+            if self.queue.is_empty() {
                 match rx.recv() {
                     Ok(Command::Shutdown) | Err(_) => return,
                     Ok(c) => self.queue.push_back(c),
@@ -371,6 +382,29 @@ impl Worker {
                     self.emit(e);
                 }
             }
+        }
+    }
+
+    /// With nothing asked and a computation on screen, prepare the model's vocabulary readouts
+    /// (a pass over the unembedding: seconds on a large vocabulary), unless a command came in
+    /// meanwhile. A failure here is the first readout's to report.
+    fn prepare_when_idle(&mut self, rx: &Receiver<Command>) {
+        let ready = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.computed().is_some());
+        if !(self.readouts_unprepared && ready) {
+            return;
+        }
+        if let Ok(c) = rx.try_recv() {
+            self.queue.push_back(c);
+            return;
+        }
+        self.readouts_unprepared = false;
+        if let Some(s) = &self.session {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                s.model().prepare_vocab_readouts()
+            }));
         }
     }
 
@@ -412,6 +446,7 @@ impl Worker {
             Ok(session) => {
                 let info = session.info();
                 self.session = Some(session);
+                self.readouts_unprepared = true;
                 self.emit(Event::Loaded {
                     id,
                     info: Box::new(info),

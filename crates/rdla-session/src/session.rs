@@ -524,13 +524,28 @@ impl Session {
     }
 
     /// A forward pass over `ids` and its overview for `target` (a streaming model computes
-    /// the overview during the forward pass, each layer read once).
+    /// the overview during the forward pass, each layer read once), beside the current
+    /// computation's cache, which stays held: its estimate and this one's are checked against
+    /// the budget together first.
     fn run_and_overview(
         &self,
         ids: &[u32],
         target: Target,
         mode: MlpMode,
     ) -> Result<(Cache, rdla_attrib::Overview)> {
+        let beside = self.current()?.computed.tokens.ids.len();
+        let cfg = &self.model.config;
+        rdla_model::memory::check_budget(
+            || {
+                format!(
+                    "a {}-token contrast prompt beside this {beside}-token prompt",
+                    ids.len()
+                )
+            },
+            rdla_model::memory::prompt_bytes(cfg, ids.len()),
+            self.model.held_bytes() + rdla_model::memory::prompt_bytes(cfg, beside),
+            !self.model.on_cpu(),
+        )?;
         if self.model.streams_layers() {
             return Ok(rdla_attrib::run_with_overview(
                 &self.model,

@@ -455,17 +455,25 @@ impl Model {
     /// reads a quarter of the bytes ([`crate::vocab`]); on a GPU it is the full product.
     pub fn vocab_extremes(&self, c: &[f32], k: usize) -> Result<Extremes> {
         let sketch = if self.on_cpu() {
-            if self.vocab_sketch.get().is_none() {
-                // two threads racing here build the same sketch; one is kept
-                let _ = self
-                    .vocab_sketch
-                    .set(VocabSketch::build(&self.weights.w_u)?);
-            }
+            // two threads racing here build the same sketch; one is kept
+            self.prepare_vocab_readouts()?;
             self.vocab_sketch.get()
         } else {
             None
         };
         crate::vocab::extremes(c, &self.weights.w_u, sketch, k)
+    }
+
+    /// Build what vocabulary readouts use on the CPU (the `i8` sketch of `W_U`, one pass over
+    /// the unembedding) now, so that the first readout does not wait for it. The explorer
+    /// calls this on its worker once a computation is on screen and nothing else is asked.
+    pub fn prepare_vocab_readouts(&self) -> Result<()> {
+        if self.on_cpu() && self.vocab_sketch.get().is_none() {
+            let _ = self
+                .vocab_sketch
+                .set(VocabSketch::build(&self.weights.w_u)?);
+        }
+        Ok(())
     }
 
     /// Check a token sequence fits the model.
