@@ -402,9 +402,8 @@ impl Worker {
         }
         self.readouts_unprepared = false;
         if let Some(s) = &self.session {
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                s.model().prepare_vocab_readouts()
-            }));
+            let _ =
+                std::panic::catch_unwind(AssertUnwindSafe(|| s.model().prepare_vocab_readouts()));
         }
     }
 

@@ -13,12 +13,15 @@ pub fn show(ui: &mut Ui, state: &AppState, device: &DeviceInfo) {
             ui.label("working…");
             ui.separator();
         }
-        let dev = if device.is_gpu() {
-            format!("GPU: {device}")
-        } else {
-            format!("{device}")
+        // the reason the GPU is not used goes in the tooltip: the bar keeps room for the
+        // model, the budget and the timings on a narrow window
+        match (&device.note, device.is_gpu()) {
+            (_, true) => ui.label(format!("GPU: {device}")),
+            (Some(why), false) => ui
+                .label(format!("{} · no GPU", device.name))
+                .on_hover_text(format!("computing on the CPU: {why}")),
+            (None, false) => ui.label(&device.name),
         };
-        ui.label(dev);
         ui.separator();
         if let Some(m) = &state.model {
             ui.label(m.summary()).on_hover_text(format!(
