@@ -13,12 +13,12 @@ use rdla_session::census::{self, CensusOptions};
 use rdla_session::{ModelSource, Session};
 
 #[derive(Debug, Clone, clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct CensusArgs {
     #[command(subcommand)]
     pub merge: Option<MergeCommand>,
     #[command(flatten)]
-    pub run: Option<RunArgs>,
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -37,14 +37,14 @@ pub enum MergeCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Model directory (or a file inside one), a GGUF file, or `default`.
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, required = true)]
+    pub model: Option<String>,
     /// The prompts: JSONL (`{"prompt", "answer", "foil"?}` per line) or CSV with those columns.
-    #[arg(long)]
-    pub prompts: PathBuf,
+    #[arg(long, required = true)]
+    pub prompts: Option<PathBuf>,
     /// A new or empty folder for prompts.parquet, nodes.parquet and summary.parquet.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
     /// 1: root children, heads and attention biases; 2: also each head's children summed
     /// over source positions (`L{l}.attn/H{h}/*:{component}`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -103,16 +103,16 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let a = a
-        .run
-        .as_ref()
-        .context("give --model, --prompts and --out (or `census merge`)")?;
+    let a = &a.run;
+    let (Some(model), Some(prompts), Some(out)) = (&a.model, &a.prompts, &a.out) else {
+        anyhow::bail!("give --model, --prompts and --out (or `census merge`)");
+    };
     a.memory.apply();
     // the file first: a bad record is reported before the model is loaded
-    let records = census::read_records(&a.prompts)?;
+    let records = census::read_records(prompts)?;
     let (device, info) = select_device(a.device)?;
-    let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)
-        .with_context(|| format!("cannot load model {}", a.model))?;
+    let mut session = Session::open(ModelSource::parse(model), &device, info, &mut |_| true)
+        .with_context(|| format!("cannot load model {model}"))?;
     let opts = CensusOptions {
         depth: a.depth,
         shard: a.shard.unwrap_or((0, 1)),
@@ -140,13 +140,13 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
         }
         true
     };
-    let done = census::run(&mut session, &records, &a.out, &opts, &mut progress)?;
+    let done = census::run(&mut session, &records, out, &opts, &mut progress)?;
     eprintln!(
         "census: {} prompts × {} nodes in {:.1} s → {}",
         done.prompts,
         done.nodes,
         t.elapsed().as_secs_f64(),
-        a.out.display()
+        out.display()
     );
     if !done.skipped.is_empty() {
         eprintln!("skipped {} records:", done.skipped.len());

@@ -885,7 +885,14 @@ fn census_equals_attribute_and_shards_merge() {
                     && nodes["path"][k].as_deref() == Some(path)
             })
             .unwrap_or_else(|| panic!("no row for prompt {i}, {path}"));
-        nodes["value"][k].as_deref().unwrap().parse().unwrap()
+        // the f32 exactly (its shortest text, parsed as f32, then widened)
+        f64::from(
+            nodes["value"][k]
+                .as_deref()
+                .unwrap()
+                .parse::<f32>()
+                .unwrap(),
+        )
     };
     let close = |what: &str, got: f64, want: f64| {
         assert!(
