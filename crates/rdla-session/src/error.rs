@@ -54,6 +54,9 @@ pub enum SessionError {
     /// A contrast prompt that cannot be compared with this one (the reason).
     #[error("contrast prompt: {0}")]
     Contrast(String),
+    /// A census that cannot run or be merged (the reason, naming the record or file).
+    #[error("census: {0}")]
+    Census(String),
 }
 
 pub type Result<T, E = SessionError> = std::result::Result<T, E>;

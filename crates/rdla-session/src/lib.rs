@@ -3,6 +3,7 @@
 //! expand a path → the view of a node (heatmap, title) → exports (JSON, CSV, PNG) written
 //! safely. The CLI and the GUI worker are thin adapters around [`Session`]. No GUI dependency.
 
+pub mod census;
 pub mod contrast;
 pub mod csv;
 pub mod error;

@@ -628,6 +628,31 @@ impl Session {
         Ok(())
     }
 
+    /// Check a request without computing it: its prompt tokenizes within the context and its
+    /// answer and foil are one token each (what a census checks of every record first).
+    pub fn check_request(&self, req: &Request) -> Result<()> {
+        self.tokenize(&req.prompt, req.bos)?;
+        self.target(req).map(|_| ())
+    }
+
+    /// The answer's probability at the last position of the current computation (softmax
+    /// over the logits the model outputs, in f64).
+    pub fn answer_prob(&self) -> Result<f32> {
+        let cur = self.current()?;
+        let cfg = &self.model.config;
+        let logits: Vec<f64> = rdla_model::to_vec(cur.cache.last_logits.clone())?
+            .into_iter()
+            .map(|l| f64::from(cfg.output_logit(l)))
+            .collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        let a = logits
+            .get(cur.computed.target.answer() as usize)
+            .copied()
+            .unwrap_or(f64::NAN);
+        Ok(((a - max).exp() / z) as f32)
+    }
+
     /// The prompt the views are compared with, and its tokens.
     pub fn contrast_prompt(&self) -> Option<(&str, &Tokens)> {
         let k = self.current.as_ref()?.contrast.as_ref()?;

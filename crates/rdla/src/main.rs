@@ -4,6 +4,7 @@
 
 mod attribute;
 mod bench;
+mod census;
 mod common;
 mod trace;
 
@@ -34,6 +35,8 @@ enum Command {
     Trace(trace::TraceArgs),
     /// Benchmark load, forward, overview and drill-down on a generated GPT-2-small-shaped checkpoint.
     Bench(bench::BenchArgs),
+    /// Attribute every prompt of a file (JSONL or CSV) and write Parquet tables; `merge` joins shards.
+    Census(census::CensusArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Some(Command::Attribute(a)) => attribute::run(&a),
         Some(Command::Bench(b)) => bench::run(&b),
         Some(Command::Trace(t)) => trace::run(&t),
+        Some(Command::Census(c)) => census::run(&c),
         Some(Command::Explore(e)) => explore(e),
         None => explore(cli.explore),
     };

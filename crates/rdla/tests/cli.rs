@@ -795,3 +795,300 @@ fn contrast_deltas_are_the_difference_of_two_runs_and_add_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("same number of tokens"), "{err}");
 }
+
+/// Every column of a census table as `f64`s (numbers) or strings, by name.
+fn parquet_columns(
+    file: &std::path::Path,
+) -> std::collections::HashMap<String, Vec<Option<String>>> {
+    use arrow_array::Array as _;
+    let f = std::fs::File::open(file).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out: std::collections::HashMap<String, Vec<Option<String>>> = Default::default();
+    for batch in reader {
+        let batch = batch.unwrap();
+        for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+            let v = out.entry(field.name().clone()).or_default();
+            for r in 0..col.len() {
+                // every value as text (floats exactly, with `{:?}`), null as None
+                let any = col.as_any();
+                let text = if col.is_null(r) {
+                    None
+                } else if let Some(a) = any.downcast_ref::<arrow_array::StringArray>() {
+                    Some(a.value(r).to_string())
+                } else if let Some(a) = any.downcast_ref::<arrow_array::UInt32Array>() {
+                    Some(a.value(r).to_string())
+                } else if let Some(a) = any.downcast_ref::<arrow_array::Float32Array>() {
+                    Some(format!("{:?}", a.value(r)))
+                } else if let Some(a) = any.downcast_ref::<arrow_array::Float64Array>() {
+                    Some(format!("{:?}", a.value(r)))
+                } else {
+                    panic!("unexpected column type {:?}", field.data_type())
+                };
+                v.push(text);
+            }
+        }
+    }
+    out
+}
+
+/// `rdla census`: every number equals `attribute`'s for the same prompt (root children,
+/// heads, attention biases, and at depth 2 each head's children summed by component); the
+/// summary agrees with statistics recomputed here from the node rows; two shards merge into
+/// exactly the unsharded tables; a malformed record names its line and writes nothing; a
+/// multi-token answer is refused, or skipped and listed with --skip-bad.
+#[test]
+fn census_equals_attribute_and_shards_merge() {
+    let m = common::fixture("gpt2_untied");
+    let m = m.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = [
+        "Get some apples.",
+        "Get some pears.",
+        "Eat the apples and the pears.",
+        "Some apples.",
+        "Get apples, get pears.",
+    ];
+    let jsonl: String = prompts
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({"prompt": p, "answer": "."})))
+        .collect();
+    let file = tmp.path().join("p.jsonl");
+    std::fs::write(&file, &jsonl).unwrap();
+    let census = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "census",
+            "--model",
+            m,
+            "--prompts",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--depth",
+            "2",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let out = rdla(&args);
+        assert_ok(&out);
+    };
+    let all = tmp.path().join("all");
+    census(&all, &[]);
+    let nodes = parquet_columns(&all.join("nodes.parquet"));
+    let value = |i: usize, path: &str| -> f64 {
+        let k = (0..nodes["path"].len())
+            .find(|&k| {
+                nodes["prompt_index"][k].as_deref() == Some(&i.to_string())
+                    && nodes["path"][k].as_deref() == Some(path)
+            })
+            .unwrap_or_else(|| panic!("no row for prompt {i}, {path}"));
+        // the f32 exactly (its shortest text, parsed as f32, then widened)
+        f64::from(
+            nodes["value"][k]
+                .as_deref()
+                .unwrap()
+                .parse::<f32>()
+                .unwrap(),
+        )
+    };
+    let close = |what: &str, got: f64, want: f64| {
+        assert!(
+            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+            "{what}: {got} vs {want}"
+        );
+    };
+    for i in [0, 3] {
+        let run = |extra: &[&str]| -> serde_json::Value {
+            let mut args = vec!["attribute", "--model", m, "--prompt", prompts[i]];
+            args.extend_from_slice(&["--answer", ".", "--device", "cpu", "--json", "-"]);
+            args.extend_from_slice(extra);
+            let out = rdla(&args);
+            assert_ok(&out);
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let a = run(&[]);
+        for (label, v) in a["component_labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(a["components"].as_array().unwrap())
+        {
+            close(
+                label.as_str().unwrap(),
+                value(i, label.as_str().unwrap()),
+                v.as_f64().unwrap(),
+            );
+        }
+        let heads = a["head_dla"].as_array().unwrap();
+        for (l, row) in heads.iter().enumerate() {
+            for (h, v) in row.as_array().unwrap().iter().enumerate() {
+                close(
+                    "head",
+                    value(i, &format!("L{l}.attn/H{h}")),
+                    v.as_f64().unwrap(),
+                );
+            }
+            close(
+                "attn bias",
+                value(i, &format!("L{l}.attn/bias")),
+                a["attn_bias"][l].as_f64().unwrap(),
+            );
+        }
+        // depth 2: the last layer's head 1, its children summed by component
+        let head = format!("L{}.attn/H1", heads.len() - 1);
+        let n = run(&["--path", &head]);
+        let mut by_comp: std::collections::BTreeMap<String, f64> = Default::default();
+        for c in n["node"]["children"].as_array().unwrap() {
+            let step = c["step"].as_str().unwrap();
+            let key = step
+                .split_once(':')
+                .map_or(step, |(_, comp)| comp)
+                .to_string();
+            *by_comp.entry(key).or_default() += c["value"].as_f64().unwrap();
+        }
+        by_comp.insert("bias".into(), n["node"]["bias"].as_f64().unwrap());
+        for (comp, sum) in &by_comp {
+            let path = if comp == "bias" {
+                format!("{head}/bias")
+            } else {
+                format!("{head}/*:{comp}")
+            };
+            close(&path, value(i, &path), *sum);
+        }
+        let p = parquet_columns(&all.join("prompts.parquet"));
+        let row = p["prompt_index"]
+            .iter()
+            .position(|x| x.as_deref() == Some(&i.to_string()))
+            .unwrap();
+        close(
+            "target_value",
+            p["target_value"][row].as_deref().unwrap().parse().unwrap(),
+            a["target_value"].as_f64().unwrap(),
+        );
+    }
+
+    // the summary, recomputed from the node rows
+    let summary = parquet_columns(&all.join("summary.parquet"));
+    let paths: Vec<String> = summary["path"].iter().map(|p| p.clone().unwrap()).collect();
+    let n_prompts = prompts.len() as f64;
+    for (k, path) in paths.iter().enumerate() {
+        let vals: Vec<f64> = (0..prompts.len()).map(|i| value(i, path)).collect();
+        let mean = vals.iter().sum::<f64>() / n_prompts;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n_prompts - 1.0);
+        let get = |c: &str| -> f64 { summary[c][k].as_deref().unwrap().parse().unwrap() };
+        let tight = |what: &str, got: f64, want: f64| {
+            assert!(
+                (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                "{path} {what}: {got} vs {want}"
+            );
+        };
+        tight("mean", get("mean"), mean);
+        tight("std", get("std"), var.sqrt());
+        tight(
+            "ci95_low",
+            get("ci95_low"),
+            mean - 1.96 * var.sqrt() / n_prompts.sqrt(),
+        );
+        tight(
+            "mean_abs",
+            get("mean_abs"),
+            vals.iter().map(|v| v.abs()).sum::<f64>() / n_prompts,
+        );
+        // among the ten largest |value| of its siblings (the same parent path)
+        let parent = |p: &str| p.rfind('/').map_or(String::new(), |i| p[..i].to_string());
+        let siblings: Vec<&String> = paths.iter().filter(|q| parent(q) == parent(path)).collect();
+        let top: f64 = (0..prompts.len())
+            .filter(|&i| {
+                let mine = value(i, path).abs();
+                siblings.iter().filter(|q| value(i, q).abs() > mine).count() < 10
+            })
+            .count() as f64;
+        tight("top10_frac", get("top10_frac"), top / n_prompts);
+    }
+
+    // two shards merged are the unsharded run, row for row
+    let (s0, s1, merged) = (
+        tmp.path().join("s0"),
+        tmp.path().join("s1"),
+        tmp.path().join("m"),
+    );
+    census(&s0, &["--shard", "0/2"]);
+    census(&s1, &["--shard", "1/2"]);
+    let out = rdla(&[
+        "census",
+        "merge",
+        "--out",
+        merged.to_str().unwrap(),
+        s0.to_str().unwrap(),
+        s1.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    for t in ["prompts.parquet", "nodes.parquet", "summary.parquet"] {
+        assert_eq!(
+            parquet_columns(&merged.join(t)),
+            parquet_columns(&all.join(t)),
+            "{t}"
+        );
+    }
+
+    // a malformed record: its line named, nothing written
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{jsonl}{{\"prompt\": \"x\"\n")).unwrap();
+    let out_bad = tmp.path().join("bad_out");
+    let out = rdla(&[
+        "census",
+        "--model",
+        m,
+        "--prompts",
+        bad.to_str().unwrap(),
+        "--out",
+        out_bad.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 6"), "{err}");
+    assert!(!out_bad.exists(), "something was written");
+    // a multi-token answer: refused naming its line, or skipped and listed
+    let multi = tmp.path().join("multi.jsonl");
+    std::fs::write(
+        &multi,
+        format!(
+            "{jsonl}{}\n",
+            serde_json::json!({"prompt": "Get some", "answer": " apples and pears"})
+        ),
+    )
+    .unwrap();
+    let out_multi = tmp.path().join("multi_out");
+    let args = [
+        "census",
+        "--model",
+        m,
+        "--prompts",
+        multi.to_str().unwrap(),
+        "--out",
+        out_multi.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    let out = rdla(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 6"), "{err}");
+    assert!(!out_multi.exists());
+    let mut skip = args.to_vec();
+    skip.push("--skip-bad");
+    let out = rdla(&skip);
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipped 1 records") && err.contains("line 6"),
+        "{err}"
+    );
+    assert_eq!(
+        parquet_columns(&out_multi.join("prompts.parquet"))["prompt_index"].len(),
+        prompts.len()
+    );
+}

@@ -1,0 +1,610 @@
+//! `rdla census`: one attribution per prompt of a file, written as Parquet tables (docs/
+//! DESIGN.md §3.3): `prompts.parquet` (one row per prompt), `nodes.parquet` (one row per
+//! prompt and node: the root's children, every head and attention bias, and with depth 2
+//! every head's children summed over source positions) and `summary.parquet` (per node:
+//! mean, sample standard deviation, 95 % interval, mean |value|, and how often the node is
+//! among its siblings' ten largest). Rows are written a row group at a time, so memory does
+//! not grow with the number of prompts; `merge` joins shards into what one run would write.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdla_attrib::{Comp, MlpMode, Overview, Path as NodePath, Step};
+
+use crate::error::{Result, SessionError};
+use crate::session::{Request, Session};
+
+/// Prompts per row group (and per flush).
+const ROW_GROUP: usize = 256;
+
+/// One record of the prompts file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its number in the file (0-based; what `--shard` and `prompt_index` use).
+    pub index: usize,
+    /// Where it is, for messages: `line 12` (JSONL) or `row 12` (CSV, the header is row 0).
+    pub place: String,
+    pub prompt: String,
+    pub answer: String,
+    pub foil: Option<String>,
+}
+
+fn bad(path: &Path, place: &str, why: impl std::fmt::Display) -> SessionError {
+    SessionError::Census(format!("{}: {place}: {why}", path.display()))
+}
+
+/// The records of a JSONL (`{"prompt", "answer", "foil"?}` per line) or CSV (a header naming
+/// `prompt`, `answer` and optionally `foil`) file, by its extension. A malformed record is an
+/// error naming its line or row.
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "jsonl" | "json" | "ndjson" => read_jsonl(path),
+        "csv" => read_csv(path),
+        other => Err(SessionError::Census(format!(
+            "{}: unknown prompts format `.{other}` (use .jsonl or .csv)",
+            path.display()
+        ))),
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SessionError + '_ {
+    move |error| SessionError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let place = format!("line {}", i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(path, &place, e))?;
+        let field = |k: &str, required: bool| -> Result<Option<String>> {
+            match v.get(k) {
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                None | Some(serde_json::Value::Null) if !required => Ok(None),
+                None => Err(bad(path, &place, format!("no `{k}`"))),
+                Some(other) => Err(bad(path, &place, format!("`{k}` is not a string: {other}"))),
+            }
+        };
+        if !v.is_object() {
+            return Err(bad(path, &place, "not a JSON object"));
+        }
+        out.push(Record {
+            index: out.len(),
+            prompt: field("prompt", true)?.unwrap_or_default(),
+            answer: field("answer", true)?.unwrap_or_default(),
+            foil: field("foil", false)?.filter(|f| !f.is_empty()),
+            place,
+        });
+    }
+    Ok(out)
+}
+
+fn read_csv(path: &Path) -> Result<Vec<Record>> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| bad(path, "header", e))?;
+    let headers = r.headers().map_err(|e| bad(path, "header", e))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (Some(p), Some(a)) = (col("prompt"), col("answer")) else {
+        return Err(bad(path, "header", "needs `prompt` and `answer` columns"));
+    };
+    let f = col("foil");
+    let mut out = Vec::new();
+    for (i, row) in r.records().enumerate() {
+        let place = format!("row {}", i + 1);
+        let row = row.map_err(|e| bad(path, &place, e))?;
+        let get = |c: usize| row.get(c).map(str::to_string);
+        out.push(Record {
+            index: out.len(),
+            prompt: get(p).ok_or_else(|| bad(path, &place, "no prompt"))?,
+            answer: get(a).ok_or_else(|| bad(path, &place, "no answer"))?,
+            foil: f.and_then(get).filter(|s| !s.is_empty()),
+            place,
+        });
+    }
+    Ok(out)
+}
+
+/// What a census computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CensusOptions {
+    /// 1: the root's children, heads and attention biases; 2: also every head's children
+    /// summed over source positions.
+    pub depth: u8,
+    /// `(i, n)`: the records whose index is `i` modulo `n`.
+    pub shard: (usize, usize),
+    /// Skip records whose answer or foil is not one token (listed at the end) instead of
+    /// refusing the file.
+    pub skip_bad: bool,
+    pub bos: bool,
+    pub mlp_mode: MlpMode,
+}
+
+/// What a census did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CensusDone {
+    pub prompts: usize,
+    /// Records skipped (with `skip_bad`) and why.
+    pub skipped: Vec<(Record, String)>,
+    /// Nodes per prompt.
+    pub nodes: usize,
+}
+
+/// The census tables' files in `out`.
+pub const FILES: [&str; 3] = ["prompts.parquet", "nodes.parquet", "summary.parquet"];
+
+fn prompts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("prompt_index", DataType::UInt32, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("foil", DataType::Utf8, true),
+        Field::new("n_tokens", DataType::UInt32, false),
+        Field::new("answer_id", DataType::UInt32, false),
+        Field::new("foil_id", DataType::UInt32, true),
+        Field::new("target_value", DataType::Float32, false),
+        Field::new("prob", DataType::Float32, false),
+    ]))
+}
+
+fn nodes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("prompt_index", DataType::UInt32, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("value", DataType::Float32, false),
+    ]))
+}
+
+fn summary_schema() -> SchemaRef {
+    let f = |n: &str| Field::new(n, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("n", DataType::UInt32, false),
+        f("mean"),
+        f("std"),
+        f("ci95_low"),
+        f("ci95_high"),
+        f("mean_abs"),
+        f("top10_frac"),
+    ]))
+}
+
+fn pq(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Census(format!("writing Parquet: {e}"))
+}
+
+/// The nodes of one prompt, `(path, value)` sorted by path (the order of the rows).
+fn node_values(ov: &Overview, depth: u8) -> Vec<(String, f32)> {
+    let lay = ov.layout;
+    let labels = lay.labels();
+    let mut out: Vec<(String, f32)> = labels
+        .iter()
+        .cloned()
+        .zip(ov.components.data.iter().copied())
+        .collect();
+    let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
+    let (p_n, c_n) = (ov.head_breakdown.shape[2], ov.head_breakdown.shape[3]);
+    for l in 0..l_n {
+        let attn = NodePath::root().child(Step::Comp(Comp::Attn(l)));
+        out.push((attn.child(Step::Bias).to_string(), ov.attn_bias.data[l]));
+        for h in 0..h_n {
+            let head = attn.child(Step::Head(h));
+            out.push((head.to_string(), ov.head_dla.at(&[l, h])));
+            if depth >= 2 {
+                // the head's children summed over source positions: the components upstream
+                // of layer l, and the head's own bias
+                for (c, label) in labels.iter().enumerate().take(lay.pre(l).min(c_n)) {
+                    let s: f64 = (0..p_n)
+                        .map(|p| f64::from(ov.head_breakdown.at(&[l, h, p, c])))
+                        .sum();
+                    out.push((format!("{head}/*:{label}"), s as f32));
+                }
+                out.push((format!("{head}/bias"), ov.head_bias.at(&[l, h])));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A node's parent path (its siblings share it).
+fn parent(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+/// Per-node statistics over prompts, accumulated a prompt at a time (Welford, in f64).
+#[derive(Debug, Default)]
+struct Summary {
+    paths: Vec<String>,
+    /// Sibling groups: indices into `paths` sharing a parent.
+    groups: Vec<Vec<usize>>,
+    n: u32,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+    abs: Vec<f64>,
+    top10: Vec<u32>,
+}
+
+impl Summary {
+    fn add(&mut self, nodes: &[(String, f32)]) -> Result<()> {
+        if self.n == 0 {
+            self.paths = nodes.iter().map(|(p, _)| p.clone()).collect();
+            let k = self.paths.len();
+            (self.mean, self.m2, self.abs, self.top10) =
+                (vec![0.0; k], vec![0.0; k], vec![0.0; k], vec![0; k]);
+            let mut by_parent: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+            for (i, p) in self.paths.iter().enumerate() {
+                by_parent.entry(parent(p)).or_default().push(i);
+            }
+            self.groups = by_parent.into_values().collect();
+        } else if nodes.len() != self.paths.len()
+            || nodes.iter().zip(&self.paths).any(|((p, _), q)| p != q)
+        {
+            return Err(SessionError::Census(
+                "the prompts do not have the same nodes (a different model or depth?)".into(),
+            ));
+        }
+        self.n += 1;
+        let n = f64::from(self.n);
+        for (i, (_, v)) in nodes.iter().enumerate() {
+            let v = f64::from(*v);
+            let d = v - self.mean[i];
+            self.mean[i] += d / n;
+            self.m2[i] += d * (v - self.mean[i]);
+            self.abs[i] += v.abs();
+        }
+        for g in &self.groups {
+            let mut idx = g.clone();
+            idx.sort_by(|&a, &b| nodes[b].1.abs().total_cmp(&nodes[a].1.abs()));
+            for &i in idx.iter().take(10) {
+                self.top10[i] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, file: &Path) -> Result<()> {
+        let n = f64::from(self.n);
+        let std: Vec<f64> = self
+            .m2
+            .iter()
+            .map(|m2| {
+                if self.n > 1 {
+                    (m2 / (n - 1.0)).sqrt()
+                } else {
+                    f64::NAN
+                }
+            })
+            .collect();
+        let half: Vec<f64> = std.iter().map(|s| 1.96 * s / n.sqrt()).collect();
+        let col = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+        let batch = RecordBatch::try_new(
+            summary_schema(),
+            vec![
+                Arc::new(StringArray::from(self.paths.clone())) as ArrayRef,
+                Arc::new(UInt32Array::from(vec![self.n; self.paths.len()])) as ArrayRef,
+                col(self.mean.clone()),
+                col(std.clone()),
+                col(self.mean.iter().zip(&half).map(|(m, h)| m - h).collect()),
+                col(self.mean.iter().zip(&half).map(|(m, h)| m + h).collect()),
+                col(self.abs.iter().map(|a| a / n).collect()),
+                col(self.top10.iter().map(|&t| f64::from(t) / n).collect()),
+            ],
+        )
+        .map_err(pq)?;
+        let mut w = ArrowWriter::try_new(create(file)?, summary_schema(), None).map_err(pq)?;
+        w.write(&batch).map_err(pq)?;
+        w.close().map_err(pq)?;
+        Ok(())
+    }
+}
+
+fn create(file: &Path) -> Result<File> {
+    File::create_new(file).map_err(io(file))
+}
+
+/// `out` must be new or empty (a census never writes over files), and outside the model.
+fn prepare_out(out: &Path, protected: &[PathBuf]) -> Result<()> {
+    crate::output::check_outside(out, protected)?;
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(SessionError::Census(format!(
+                    "--out {}: the folder is not empty; a census writes {} there and never \
+                     writes over files",
+                    out.display(),
+                    FILES.join(", ")
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(out).map_err(io(out))?;
+        }
+        Err(e) => return Err(io(out)(e)),
+    }
+    Ok(())
+}
+
+/// One row of `prompts.parquet`.
+#[derive(Debug)]
+struct PromptRow {
+    index: u32,
+    prompt: String,
+    answer: String,
+    foil: Option<String>,
+    n_tokens: u32,
+    answer_id: u32,
+    foil_id: Option<u32>,
+    target_value: f32,
+    prob: f32,
+}
+
+/// Rows waiting for the next row group.
+#[derive(Debug, Default)]
+struct Rows {
+    prompts: Vec<PromptRow>,
+    nodes: (Vec<u32>, Vec<String>, Vec<f32>),
+}
+
+impl Rows {
+    fn flush(&mut self, pw: &mut ArrowWriter<File>, nw: &mut ArrowWriter<File>) -> Result<()> {
+        if self.prompts.is_empty() {
+            return Ok(());
+        }
+        let p = std::mem::take(&mut self.prompts);
+        let batch = RecordBatch::try_new(
+            prompts_schema(),
+            vec![
+                Arc::new(UInt32Array::from(
+                    p.iter().map(|r| r.index).collect::<Vec<_>>(),
+                )) as ArrayRef,
+                Arc::new(StringArray::from(
+                    p.iter().map(|r| r.prompt.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    p.iter().map(|r| r.answer.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    p.iter().map(|r| r.foil.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(
+                    p.iter().map(|r| r.n_tokens).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(
+                    p.iter().map(|r| r.answer_id).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(
+                    p.iter().map(|r| r.foil_id).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float32Array::from(
+                    p.iter().map(|r| r.target_value).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float32Array::from(
+                    p.iter().map(|r| r.prob).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .map_err(pq)?;
+        pw.write(&batch).map_err(pq)?;
+        pw.flush().map_err(pq)?;
+        let (i, path, v) = std::mem::take(&mut self.nodes);
+        let batch = RecordBatch::try_new(
+            nodes_schema(),
+            vec![
+                Arc::new(UInt32Array::from(i)) as ArrayRef,
+                Arc::new(StringArray::from(path)),
+                Arc::new(Float32Array::from(v)),
+            ],
+        )
+        .map_err(pq)?;
+        nw.write(&batch).map_err(pq)?;
+        nw.flush().map_err(pq)?;
+        Ok(())
+    }
+}
+
+/// Attribute every record of shard `opts.shard` and write the tables to `out` (new or
+/// empty). Every record is checked first (its prompt tokenizes within the context, its
+/// answer and foil are one token each): a bad one is an error naming its line and nothing is
+/// written, unless `skip_bad` (then it is listed in the result). `progress(done, total)`
+/// after each prompt; returning `false` stops there, the tables holding the prompts done.
+pub fn run(
+    session: &mut Session,
+    records: &[Record],
+    out: &Path,
+    opts: &CensusOptions,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<CensusDone> {
+    let (i, n) = opts.shard;
+    if n == 0 || i >= n {
+        return Err(SessionError::Census(format!(
+            "--shard {i}/{n}: needs 0 ≤ I < N"
+        )));
+    }
+    let request = |r: &Record| Request {
+        prompt: r.prompt.clone(),
+        answer: r.answer.clone(),
+        answer_id: None,
+        foil: r.foil.clone(),
+        bos: opts.bos,
+        mlp_mode: opts.mlp_mode,
+    };
+    let mut done = CensusDone::default();
+    let mut todo = Vec::new();
+    for r in records.iter().filter(|r| r.index % n == i) {
+        match session.check_request(&request(r)) {
+            Ok(()) => todo.push(r),
+            Err(e) if opts.skip_bad => done.skipped.push((r.clone(), e.to_string())),
+            Err(e) => {
+                return Err(SessionError::Census(format!(
+                    "{}: {e} (nothing was written; --skip-bad skips such records)",
+                    r.place
+                )));
+            }
+        }
+    }
+    prepare_out(out, &session.model().protected)?;
+    let mut pw =
+        ArrowWriter::try_new(create(&out.join(FILES[0]))?, prompts_schema(), None).map_err(pq)?;
+    let mut nw =
+        ArrowWriter::try_new(create(&out.join(FILES[1]))?, nodes_schema(), None).map_err(pq)?;
+    let mut rows = Rows::default();
+    let mut summary = Summary::default();
+    for (k, r) in todo.iter().enumerate() {
+        let c = match session.compute(&request(r)) {
+            Ok(c) => c.clone(),
+            Err(f) if opts.skip_bad => {
+                done.skipped.push(((*r).clone(), f.error.to_string()));
+                continue;
+            }
+            Err(f) => {
+                return Err(SessionError::Census(format!("{}: {}", r.place, f.error)));
+            }
+        };
+        let prob = session.answer_prob()?;
+        let nodes = node_values(&c.overview, opts.depth);
+        summary.add(&nodes)?;
+        let idx = r.index as u32;
+        rows.prompts.push(PromptRow {
+            index: idx,
+            prompt: r.prompt.clone(),
+            answer: r.answer.clone(),
+            foil: r.foil.clone(),
+            n_tokens: c.tokens.ids.len() as u32,
+            answer_id: c.target.answer(),
+            foil_id: c.target.foil(),
+            target_value: c.overview.target_value,
+            prob,
+        });
+        done.nodes = nodes.len();
+        for (path, v) in nodes {
+            rows.nodes.0.push(idx);
+            rows.nodes.1.push(path);
+            rows.nodes.2.push(v);
+        }
+        done.prompts += 1;
+        if rows.prompts.len() >= ROW_GROUP {
+            rows.flush(&mut pw, &mut nw)?;
+        }
+        if !progress(k + 1, todo.len()) {
+            break;
+        }
+    }
+    rows.flush(&mut pw, &mut nw)?;
+    pw.close().map_err(pq)?;
+    nw.close().map_err(pq)?;
+    summary.write(&out.join(FILES[2]))?;
+    Ok(done)
+}
+
+/// Read every row of a census table.
+fn read_table(file: &Path) -> Result<Vec<RecordBatch>> {
+    let f = File::open(file).map_err(io(file))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .map_err(|e| SessionError::Census(format!("{}: {e}", file.display())))?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| SessionError::Census(format!("{}: {e}", file.display())))
+}
+
+fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str, file: &Path) -> Result<&'a T> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| {
+            SessionError::Census(format!(
+                "{}: no column `{name}` of the census type",
+                file.display()
+            ))
+        })
+}
+
+/// Join census shards into `out` (new or empty): their prompts and nodes in `prompt_index`
+/// order, and the summary recomputed over all of them — what one run over every record
+/// writes.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<usize> {
+    let mut prompts: Vec<(u32, RecordBatch, usize)> = Vec::new();
+    let mut nodes: Vec<(u32, String, f32)> = Vec::new();
+    for dir in shards {
+        let pf = dir.join(FILES[0]);
+        for b in read_table(&pf)? {
+            let idx = column::<UInt32Array>(&b, "prompt_index", &pf)?;
+            for r in 0..b.num_rows() {
+                prompts.push((idx.value(r), b.clone(), r));
+            }
+        }
+        let nf = dir.join(FILES[1]);
+        for b in read_table(&nf)? {
+            let idx = column::<UInt32Array>(&b, "prompt_index", &nf)?;
+            let path = column::<StringArray>(&b, "path", &nf)?;
+            let value = column::<Float32Array>(&b, "value", &nf)?;
+            for r in 0..b.num_rows() {
+                nodes.push((idx.value(r), path.value(r).to_string(), value.value(r)));
+            }
+        }
+    }
+    prompts.sort_by_key(|p| p.0);
+    if let Some(w) = prompts.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(SessionError::Census(format!(
+            "prompt {} is in two shards: these are not shards of one census",
+            w[0].0
+        )));
+    }
+    nodes.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    prepare_out(out, &[])?;
+    let mut pw =
+        ArrowWriter::try_new(create(&out.join(FILES[0]))?, prompts_schema(), None).map_err(pq)?;
+    for chunk in prompts.chunks(ROW_GROUP) {
+        let parts: Vec<RecordBatch> = chunk.iter().map(|(_, b, r)| b.slice(*r, 1)).collect();
+        let batch = arrow_select::concat::concat_batches(&prompts_schema(), &parts).map_err(pq)?;
+        pw.write(&batch).map_err(pq)?;
+        pw.flush().map_err(pq)?;
+    }
+    pw.close().map_err(pq)?;
+    let mut nw =
+        ArrowWriter::try_new(create(&out.join(FILES[1]))?, nodes_schema(), None).map_err(pq)?;
+    let mut summary = Summary::default();
+    for group in nodes.chunk_by(|a, b| a.0 == b.0) {
+        let one: Vec<(String, f32)> = group.iter().map(|(_, p, v)| (p.clone(), *v)).collect();
+        summary.add(&one)?;
+    }
+    for chunk in nodes.chunks(ROW_GROUP * summary.paths.len().max(1)) {
+        let batch = RecordBatch::try_new(
+            nodes_schema(),
+            vec![
+                Arc::new(UInt32Array::from(
+                    chunk.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )) as ArrayRef,
+                Arc::new(StringArray::from(
+                    chunk.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float32Array::from(
+                    chunk.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .map_err(pq)?;
+        nw.write(&batch).map_err(pq)?;
+        nw.flush().map_err(pq)?;
+    }
+    nw.close().map_err(pq)?;
+    summary.write(&out.join(FILES[2]))?;
+    Ok(prompts.len())
+}

@@ -1,0 +1,158 @@
+//! `rdla census`: one model load, the same attribution over every prompt of a file, written as
+//! Parquet tables (DESIGN.md §3.3); `rdla census merge` joins shards.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use rdla_attrib::MlpMode;
+use rdla_model::device::DeviceChoice;
+use rdla_model::select_device;
+use rdla_session::census::{self, CensusOptions};
+use rdla_session::{ModelSource, Session};
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CensusArgs {
+    #[command(subcommand)]
+    pub merge: Option<MergeCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum MergeCommand {
+    /// Join census shards (`--shard I/N` runs) into what one run over every record writes.
+    Merge {
+        /// A new or empty folder for the merged tables.
+        #[arg(long)]
+        out: PathBuf,
+        /// The shards' output folders.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Model directory (or a file inside one), a GGUF file, or `default`.
+    #[arg(long, required = true)]
+    pub model: Option<String>,
+    /// The prompts: JSONL (`{"prompt", "answer", "foil"?}` per line) or CSV with those columns.
+    #[arg(long, required = true)]
+    pub prompts: Option<PathBuf>,
+    /// A new or empty folder for prompts.parquet, nodes.parquet and summary.parquet.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// 1: root children, heads and attention biases; 2: also each head's children summed
+    /// over source positions (`L{l}.attn/H{h}/*:{component}`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub depth: u8,
+    /// `I/N`: only the records whose index is I modulo N (0-based), for a job array.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Skip records whose answer or foil is not one token (listed at the end) instead of
+    /// refusing the file.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Compute device.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// MLP linearisation.
+    #[arg(long, default_value = "frozen-gate")]
+    pub mlp_mode: MlpMode,
+    #[command(flatten)]
+    pub memory: crate::common::MemoryArgs,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not I/N (e.g. 0/4)"))?;
+    let (i, n): (usize, usize) = (
+        i.trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: I is not a number"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: N is not a number"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("`{s}`: needs 0 ≤ I < N"));
+    }
+    Ok((i, n))
+}
+
+/// `12:03` (minutes and seconds).
+fn clock(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
+    if let Some(MergeCommand::Merge { out, shards }) = &a.merge {
+        let n = census::merge(shards, out)?;
+        eprintln!(
+            "merged {n} prompts from {} shards into {}",
+            shards.len(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let a = &a.run;
+    let (Some(model), Some(prompts), Some(out)) = (&a.model, &a.prompts, &a.out) else {
+        anyhow::bail!("give --model, --prompts and --out (or `census merge`)");
+    };
+    a.memory.apply();
+    // the file first: a bad record is reported before the model is loaded
+    let records = census::read_records(prompts)?;
+    let (device, info) = select_device(a.device)?;
+    let mut session = Session::open(ModelSource::parse(model), &device, info, &mut |_| true)
+        .with_context(|| format!("cannot load model {model}"))?;
+    let opts = CensusOptions {
+        depth: a.depth,
+        shard: a.shard.unwrap_or((0, 1)),
+        skip_bad: a.skip_bad,
+        bos: !a.no_bos,
+        mlp_mode: a.mlp_mode,
+    };
+    let t = Instant::now();
+    let mut last = Instant::now();
+    let mut progress = |done: usize, total: usize| {
+        if last.elapsed().as_millis() >= 500 || done == total {
+            last = Instant::now();
+            let spent = t.elapsed().as_secs_f64();
+            let eta = spent / done.max(1) as f64 * (total - done) as f64;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\rcensus: {done}/{total} prompts · {} elapsed · ETA {}   ",
+                clock(spent),
+                clock(eta)
+            );
+            if done == total {
+                let _ = writeln!(err);
+            }
+        }
+        true
+    };
+    let done = census::run(&mut session, &records, out, &opts, &mut progress)?;
+    eprintln!(
+        "census: {} prompts × {} nodes in {:.1} s → {}",
+        done.prompts,
+        done.nodes,
+        t.elapsed().as_secs_f64(),
+        out.display()
+    );
+    if !done.skipped.is_empty() {
+        eprintln!("skipped {} records:", done.skipped.len());
+        for (r, why) in &done.skipped {
+            eprintln!("  {}: {why}", r.place);
+        }
+    }
+    Ok(())
+}
