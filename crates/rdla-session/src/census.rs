@@ -38,9 +38,9 @@ fn bad(path: &Path, place: &str, why: impl std::fmt::Display) -> SessionError {
     SessionError::Census(format!("{}: {place}: {why}", path.display()))
 }
 
-/// The records of a JSONL (`{"prompt", "answer", "foil"?}` per line) or CSV (a header naming
-/// `prompt`, `answer` and optionally `foil`) file, by its extension. A malformed record is an
-/// error naming its line or row.
+/// The records of a JSONL (`{"prompt", "answer", "foil"?}` per line), CSV (a header naming
+/// `prompt`, `answer` and optionally `foil`) or Parquet (utf8 columns of those names) file, by
+/// its extension. A malformed record is an error naming its line or row.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let ext = path
         .extension()
@@ -50,8 +50,9 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     match ext.as_str() {
         "jsonl" | "json" | "ndjson" => read_jsonl(path),
         "csv" => read_csv(path),
+        "parquet" => read_parquet(path),
         other => Err(SessionError::Census(format!(
-            "{}: unknown prompts format `.{other}` (use .jsonl or .csv)",
+            "{}: unknown prompts format `.{other}` (use .jsonl, .csv or .parquet)",
             path.display()
         ))),
     }
@@ -118,6 +119,49 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
             foil: f.and_then(get).filter(|s| !s.is_empty()),
             place,
         });
+    }
+    Ok(out)
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for b in read_table(path)? {
+        let text = |name: &str, required: bool| -> Result<Option<&StringArray>> {
+            match b.column_by_name(name) {
+                None if !required => Ok(None),
+                None => Err(bad(path, "schema", format!("no `{name}` column"))),
+                Some(c) => c
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .map(Some)
+                    .ok_or_else(|| bad(path, "schema", format!("`{name}` is not a utf8 column"))),
+            }
+        };
+        let (p, a, f) = (
+            text("prompt", true)?,
+            text("answer", true)?,
+            text("foil", false)?,
+        );
+        let (Some(p), Some(a)) = (p, a) else {
+            continue;
+        };
+        for r in 0..b.num_rows() {
+            use arrow_array::Array as _;
+            let place = format!("row {}", out.len() + 1);
+            if p.is_null(r) || a.is_null(r) {
+                return Err(bad(path, &place, "a null prompt or answer"));
+            }
+            out.push(Record {
+                index: out.len(),
+                prompt: p.value(r).to_string(),
+                answer: a.value(r).to_string(),
+                foil: f
+                    .filter(|f| !f.is_null(r))
+                    .map(|f| f.value(r).to_string())
+                    .filter(|s| !s.is_empty()),
+                place,
+            });
+        }
     }
     Ok(out)
 }

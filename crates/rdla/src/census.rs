@@ -39,7 +39,8 @@ pub struct RunArgs {
     /// Model directory (or a file inside one), a GGUF file, or `default`.
     #[arg(long, required = true)]
     pub model: Option<String>,
-    /// The prompts: JSONL (`{"prompt", "answer", "foil"?}` per line) or CSV with those columns.
+    /// The prompts: JSONL (`{"prompt", "answer", "foil"?}` per line), or CSV or Parquet with
+    /// those columns.
     #[arg(long, required = true)]
     pub prompts: Option<PathBuf>,
     /// A new or empty folder for prompts.parquet, nodes.parquet and summary.parquet.

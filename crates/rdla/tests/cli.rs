@@ -1034,6 +1034,49 @@ fn census_equals_attribute_and_shards_merge() {
         );
     }
 
+    // the same prompts as a Parquet file give the same tables
+    let pq_file = tmp.path().join("p.parquet");
+    {
+        use std::sync::Arc;
+        let col =
+            |v: Vec<&str>| Arc::new(arrow_array::StringArray::from(v)) as arrow_array::ArrayRef;
+        let batch = arrow_array::RecordBatch::try_from_iter([
+            ("prompt", col(prompts.to_vec())),
+            ("answer", col(vec!["."; prompts.len()])),
+        ])
+        .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&pq_file).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let from_pq = tmp.path().join("from_parquet");
+    let out = rdla(&[
+        "census",
+        "--model",
+        m,
+        "--prompts",
+        pq_file.to_str().unwrap(),
+        "--out",
+        from_pq.to_str().unwrap(),
+        "--depth",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    assert_ok(&out);
+    for t in ["prompts.parquet", "nodes.parquet", "summary.parquet"] {
+        assert_eq!(
+            parquet_columns(&from_pq.join(t)),
+            parquet_columns(&all.join(t)),
+            "{t}"
+        );
+    }
+
     // a malformed record: its line named, nothing written
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, format!("{jsonl}{{\"prompt\": \"x\"\n")).unwrap();
