@@ -20,21 +20,7 @@ pub struct Prediction {
 /// The `k` most likely next tokens at the last position (softmax in f64 on the host), with the
 /// logits the model outputs (after a final soft-cap, where it has one).
 pub fn top_predictions(model: &Model, cache: &Cache, k: usize) -> Result<Vec<Prediction>> {
-    let cfg = &model.config;
-    let logits: Vec<f32> = to_vec(cache.last_logits.clone())?
-        .into_iter()
-        .map(|l| cfg.output_logit(l))
-        .collect();
-    if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
-        return Err(crate::error::SessionError::NonFinite {
-            what: format!("the logit of token {i} at the last position"),
-        });
-    }
-    let max = logits
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, |m, l| m.max(l));
-    let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let (logits, max, z) = output_softmax(model, cache)?;
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     Ok(idx
@@ -47,6 +33,35 @@ pub fn top_predictions(model: &Model, cache: &Cache, k: usize) -> Result<Vec<Pre
             prob: (f64::from(logits[i] - max).exp() / z) as f32,
         })
         .collect())
+}
+
+/// The logits the model outputs at the last position (after a final soft-cap), refused when
+/// one is not finite, with their maximum and the softmax normaliser `Σ exp(l − max)` (f64).
+fn output_softmax(model: &Model, cache: &Cache) -> Result<(Vec<f32>, f32, f64)> {
+    let cfg = &model.config;
+    let logits: Vec<f32> = to_vec(cache.last_logits.clone())?
+        .into_iter()
+        .map(|l| cfg.output_logit(l))
+        .collect();
+    if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
+        return Err(crate::error::SessionError::NonFinite {
+            what: format!("the logit of token {i} at the last position"),
+        });
+    }
+    // every logit is finite here, so the maximum sees them all
+    let max = logits
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, |m, l| m.max(l));
+    let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    Ok((logits, max, z))
+}
+
+/// Token `id`'s probability at the last position, as [`top_predictions`] computes it.
+pub fn token_prob(model: &Model, cache: &Cache, id: u32) -> Result<f32> {
+    let (logits, max, z) = output_softmax(model, cache)?;
+    let l = logits.get(id as usize).copied().unwrap_or(f32::NAN);
+    Ok((f64::from(l - max).exp() / z) as f32)
 }
 
 /// Wall-clock timings of one `attribute` call.

@@ -635,22 +635,11 @@ impl Session {
         self.target(req).map(|_| ())
     }
 
-    /// The answer's probability at the last position of the current computation (softmax
-    /// over the logits the model outputs, in f64).
+    /// The answer's probability at the last position of the current computation (the same
+    /// softmax as the top predictions; a non-finite logit is an error).
     pub fn answer_prob(&self) -> Result<f32> {
         let cur = self.current()?;
-        let cfg = &self.model.config;
-        let logits: Vec<f64> = rdla_model::to_vec(cur.cache.last_logits.clone())?
-            .into_iter()
-            .map(|l| f64::from(cfg.output_logit(l)))
-            .collect();
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-        let a = logits
-            .get(cur.computed.target.answer() as usize)
-            .copied()
-            .unwrap_or(f64::NAN);
-        Ok(((a - max).exp() / z) as f32)
+        crate::report::token_prob(&self.model, &cur.cache, cur.computed.target.answer())
     }
 
     /// The prompt the views are compared with, and its tokens.

@@ -94,14 +94,19 @@ impl std::fmt::Debug for Engine<'_> {
 
 impl<'a> Engine<'a> {
     pub fn new(model: &'a Model, cache: &'a Cache, target: Target, mode: MlpMode) -> Result<Self> {
-        Self::build(
-            model,
-            cache,
-            target,
-            mode,
-            MemoRef::Own(std::cell::RefCell::default()),
-            true,
-        )
+        Self::owning_memo(model, cache, target, mode, true)
+    }
+
+    /// [`Engine::build`] with a memo of its own.
+    fn owning_memo(
+        model: &'a Model,
+        cache: &'a Cache,
+        target: Target,
+        mode: MlpMode,
+        scaled: bool,
+    ) -> Result<Self> {
+        let memo = MemoRef::Own(std::cell::RefCell::default());
+        Self::build(model, cache, target, mode, memo, scaled)
     }
 
     /// An engine that memoises into `memo`, which the caller keeps for `cache` (and only
@@ -158,14 +163,7 @@ impl<'a> Engine<'a> {
     /// An engine whose root readout is `C(u)`, before the final norm's scale: over a forward
     /// pass still under way (`run_with_overview`), whose final scale is not known yet.
     fn unscaled(model: &'a Model, cache: &'a Cache, target: Target, mode: MlpMode) -> Result<Self> {
-        Self::build(
-            model,
-            cache,
-            target,
-            mode,
-            MemoRef::Own(std::cell::RefCell::default()),
-            false,
-        )
+        Self::owning_memo(model, cache, target, mode, false)
     }
 
     /// The memo this engine reads and fills.
