@@ -629,6 +629,8 @@ fn compare_with_a_second_prompt_shows_the_deltas() {
     click(&mut h, &head);
     let err = h.state().state.expand_error.clone().unwrap_or_default();
     assert!(err.contains("same number of tokens"), "{err}");
+    // and the window says so (the view went back to the root)
+    h.get_by_label_contains("same number of tokens");
 
     click(&mut h, "Stop comparing");
     let app = h.state();

@@ -73,6 +73,11 @@ pub fn show(ui: &mut Ui, state: &AppState, settings: &Settings, actions: &mut Ve
             .color(theme::OK),
         );
     }
+    // a node that could not be opened (the view went back to where it was): say why here,
+    // since the view on screen is not the one that failed
+    if let Some(e) = &state.expand_error {
+        ui.colored_label(theme::ERROR, e);
+    }
     completeness(ui, view);
     if here.is_root() {
         let ov = &view.expansion;
