@@ -14,6 +14,11 @@ pub enum ModelError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// The prompt's cache could not be put in a temporary file (`RDLA_SPILL_DIR`).
+    #[error(
+        "spilling the prompt's cache to a temporary file in {dir} (set RDLA_SPILL_DIR to choose another place): {what}"
+    )]
+    Spill { dir: PathBuf, what: String },
     #[error("{0} is not a model directory (or a file inside one): it does not exist")]
     NotFound(PathBuf),
     #[error("{dir}: no config.json found")]

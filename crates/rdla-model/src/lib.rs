@@ -15,6 +15,7 @@ pub mod model;
 mod par;
 pub mod process;
 pub mod rotary;
+pub mod spill;
 pub mod tokenizer;
 pub mod vocab;
 pub mod weights;

@@ -10,7 +10,7 @@ use crate::error::{ModelError, Result};
 use crate::model::layer::QUERY_BLOCK;
 
 const F32: u64 = 4;
-const GIB: f64 = (1u64 << 30) as f64;
+pub(crate) const GIB: f64 = (1u64 << 30) as f64;
 
 /// Bytes this process can still allocate: `MemAvailable`, lowered to the cgroup's remaining
 /// limit when there is one (Linux). `None` where neither can be read: no check is made then.
@@ -134,12 +134,34 @@ pub fn prompt_bytes(cfg: &ModelConfig, n: usize) -> u64 {
         cfg.d_head as u64,
         cfg.d_mlp as u64,
     );
-    let c = cfg.layout().n() as u64;
-    let cache = c * p * d + l * 2 * kv * p * dh + (4 + h + kv) * l * p;
+    let cache = spillable_bytes(cfg, n) / F32 + (4 + h + kv) * l * p;
     let block = QUERY_BLOCK.min(n) as u64;
     let layer = 8 * p * d + 3 * p * (h + 2 * kv) * dh + 3 * p * dm + 2 * h * block * p;
-    let overview = 3 * l * h * p * c;
+    let overview = 3 * l * h * p * cfg.layout().n() as u64;
     F32 * (cache + layer + overview)
+}
+
+/// The part of [`prompt_bytes`] that spills to a temporary file when the prompt does not fit
+/// the budget ([`crate::spill`]): the residual components `[C, P, d]`, keys and values
+/// `[L, KV, P, dh]`.
+pub fn spillable_bytes(cfg: &ModelConfig, n: usize) -> u64 {
+    let (d, l, p) = (cfg.d_model as u64, cfg.n_layers as u64, n as u64);
+    let (kv, dh) = (cfg.n_kv_heads as u64, cfg.d_head as u64);
+    let c = cfg.layout().n() as u64;
+    F32 * (c * p * d + l * 2 * kv * p * dh)
+}
+
+/// The largest prompt cache this process spilled to a temporary file.
+static SPILLED: AtomicU64 = AtomicU64::new(0);
+
+/// Record a prompt cache of `bytes` spilled to a temporary file.
+pub fn count_spill(bytes: u64) {
+    SPILLED.fetch_max(bytes, Ordering::Relaxed);
+}
+
+/// [`count_spill`]'s largest (0: no cache spilled).
+pub fn spilled_bytes() -> u64 {
+    SPILLED.load(Ordering::Relaxed)
 }
 
 /// `Err(OutOfMemory)` when `needed` bytes exceed `available` (with a 10 % margin for the
@@ -353,6 +375,9 @@ pub struct MemoryReport {
     pub streamed_bytes: u64,
     /// `--max-gpu-memory`, when set.
     pub gpu_budget_bytes: Option<u64>,
+    /// The largest prompt cache kept in a memory-mapped temporary file because it did not
+    /// fit the budget (0: none).
+    pub spilled_cache_bytes: u64,
 }
 
 /// The memory report now.
@@ -365,6 +390,7 @@ pub fn report() -> MemoryReport {
         streamed_layers: streamed_layers(),
         streamed_bytes: streamed_bytes(),
         gpu_budget_bytes: gpu_budget(),
+        spilled_cache_bytes: spilled_bytes(),
     }
 }
 

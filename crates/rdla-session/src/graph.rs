@@ -114,13 +114,14 @@ mod tests {
                     streamed_layers: 0,
                     streamed_bytes: 0,
                     gpu_budget_bytes: None,
+                    spilled_cache_bytes: 0,
                 }),
             },
         );
         let bytes = serde_json::to_vec(&doc).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            r#"{"answer_id":7,"edges":[],"expanded":2,"foil_id":3,"from":"","frontier_total":0.25,"memory":{"budget_bytes":100,"budget_explicit":true,"gpu_budget_bytes":null,"peak_bytes":200,"streamed_bytes":0,"streamed_layers":0},"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"trace_ms":2.5,"value":1.5}"#
+            r#"{"answer_id":7,"edges":[],"expanded":2,"foil_id":3,"from":"","frontier_total":0.25,"memory":{"budget_bytes":100,"budget_explicit":true,"gpu_budget_bytes":null,"peak_bytes":200,"spilled_cache_bytes":0,"streamed_bytes":0,"streamed_layers":0},"model":"m","nodes":[],"paths":[{"path":"L0.attn","value":1.5}],"residual_total":0.0,"target":"logit \" a\"","timed_out":false,"token_ids":[1,2],"token_strs":["a","b"],"trace_ms":2.5,"value":1.5}"#
         );
         assert_eq!(
             serde_json::to_value(doc).unwrap()["model"],

@@ -73,7 +73,7 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize) -> bool,
         mut observe: Option<&mut Observer<'_>>,
     ) -> Result<Cache> {
-        self.check_tokens(ids)?;
+        let spill = self.plan_prompt(ids)?;
         let cfg = &self.config;
         let w = &self.weights;
         let dev = &self.device;
@@ -92,11 +92,29 @@ impl Model {
         for a in iv.at(|s| s == Site::Embed) {
             embed = ablate_rows(embed, a.pos, None, a.mode);
         }
-        // an observer reads the components of layers not yet computed (times zero)
-        let mut comps = if observe.is_some() {
-            Tensor::<3>::zeros([n_c, n, d], dev)
-        } else {
-            Tensor::<3>::empty([n_c, n, d], dev)
+        // A cache that does not fit the budget lives in temporary files, written in place
+        // (zero-filled); in memory, an observer reads the components of layers not yet
+        // computed (times zero).
+        let mut spills = Vec::new();
+        let mut spilled = |shape: &[usize]| -> Result<Option<Tensor<4>>> {
+            if !spill {
+                return Ok(None);
+            }
+            let (t, f) = crate::spill::Spill::zeros([shape[0], shape[1], shape[2], shape[3]])?;
+            spills.push(f);
+            Ok(Some(t))
+        };
+        let comps0 = spilled(&[n_c, n, d, 1])?.map(|t| t.squeeze_dim::<3>(3));
+        let ks0 = spilled(&[n_l, kv, n, dh])?;
+        let vs0 = spilled(&[n_l, kv, n, dh])?;
+        let release = || spills.iter().for_each(crate::spill::Spill::release);
+        if spill {
+            crate::memory::count_spill(spills.iter().map(|f| f.bytes() as u64).sum());
+        }
+        let mut comps = match comps0 {
+            Some(t) => t,
+            None if observe.is_some() => Tensor::<3>::zeros([n_c, n, d], dev),
+            None => Tensor::<3>::empty([n_c, n, d], dev),
         }
         .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
         let mut x = embed;
@@ -110,8 +128,8 @@ impl Model {
         }
         let mut s1s = Tensor::<2>::empty([n_l, n], dev);
         let mut s2s = Tensor::<2>::empty([n_l, n], dev);
-        let mut ks = Tensor::<4>::empty([n_l, kv, n, dh], dev);
-        let mut vs = Tensor::<4>::empty([n_l, kv, n, dh], dev);
+        let mut ks = ks0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n, dh], dev));
+        let mut vs = vs0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n, dh], dev));
         let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
         let mut post_scales: Option<(Tensor<2>, Tensor<2>)> = None;
 
@@ -261,6 +279,7 @@ impl Model {
                     };
                     obs(l, &b, &partial)?;
                 }
+                release();
                 if !progress(l + 1, n_l) {
                     return Err(crate::error::ModelError::ComputeCancelled);
                 }
@@ -298,6 +317,7 @@ impl Model {
             post_scale: post_scales,
             last_logits,
         };
+        release();
         self.check_finite(&cache)?;
         Ok(cache)
     }

@@ -476,8 +476,18 @@ impl Model {
         Ok(())
     }
 
-    /// Check a token sequence fits the model.
+    /// Check a token sequence fits the model (and its cache the budget, spilled to a file if
+    /// need be: [`Model::plan_prompt`]).
     pub fn check_tokens(&self, ids: &[u32]) -> Result<()> {
+        self.plan_prompt(ids).map(|_| ())
+    }
+
+    /// Check a token sequence fits the model and its forward pass the budget: `Ok(false)`
+    /// when the prompt's cache is held in memory, `Ok(true)` when it must spill to a
+    /// memory-mapped temporary file ([`crate::spill`]; the CPU only) because the whole
+    /// prompt does not fit beside the model but everything except the cache does. A prompt
+    /// that does not fit even so is refused with the smaller, spilled, estimate.
+    pub fn plan_prompt(&self, ids: &[u32]) -> Result<bool> {
         if ids.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
@@ -493,8 +503,28 @@ impl Model {
                 vocab: self.config.d_vocab,
             });
         }
-        let what = || format!("a {}-token prompt on this model", ids.len());
-        let prompt = crate::memory::prompt_bytes(&self.config, ids.len());
+        let n = ids.len();
+        let prompt = crate::memory::prompt_bytes(&self.config, n);
+        let can_spill = self.on_cpu();
+        if !(can_spill && crate::spill::forced()) {
+            match self.fits(n, prompt, "") {
+                Ok(()) => return Ok(false),
+                Err(
+                    e @ (ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. }),
+                ) if !can_spill => return Err(e),
+                Err(ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let spilled = prompt - crate::memory::spillable_bytes(&self.config, n);
+        self.fits(n, spilled, " (its cache spilled to a temporary file)")
+            .map(|()| true)
+    }
+
+    /// Whether an `n`-token prompt needing `prompt` bytes fits beside the model (a streaming
+    /// model: beside two layers, the rest of the budget holding processed layers).
+    fn fits(&self, n: usize, prompt: u64, how: &str) -> Result<()> {
+        let what = || format!("a {n}-token prompt on this model{how}");
         match self.weights.layers.stream() {
             None => crate::memory::check_budget(what, prompt, self.held_bytes(), !self.on_cpu()),
             Some(stream) => {
