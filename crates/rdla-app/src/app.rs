@@ -14,7 +14,7 @@ use rdla_session::png::{PngOptions, encode_png};
 use rdla_session::{ModelSource, NodeView};
 
 use crate::dialogs::{DialogResult, Dialogs};
-use crate::panels::{details, explorer, graph, prompt, status, top_bar::TopBar};
+use crate::panels::{census, details, explorer, graph, prompt, status, top_bar::TopBar};
 use crate::settings::Settings;
 use crate::state::{Action, AppState, Pick};
 use crate::worker::{Command, WorkerHandle};
@@ -184,6 +184,42 @@ impl RdlaApp {
         .map_err(|e| e.to_string())
     }
 
+    /// The Census view's mean heatmap, titled with the model and the prompts file.
+    pub fn census_heatmap(&self) -> Option<rdla_session::Heatmap> {
+        let table = self.state.census.table.as_ref()?;
+        let model = self.state.model.as_ref().map_or("model", |m| m.name());
+        let file = std::path::Path::new(&self.state.census.file)
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        Some(table.mean_heatmap(&format!("{model} · census of {file}")))
+    }
+
+    /// Export the Census view's mean heatmap as PNG to `path`; returns the image size.
+    pub fn export_census_png_to(&self, path: &std::path::Path) -> Result<(u32, u32), String> {
+        let hm = self.census_heatmap().ok_or("no census yet")?;
+        let opts = PngOptions {
+            scale: 2.0,
+            colormap: self.settings.colormap,
+        };
+        let (bytes, dims) = encode_png(&hm, opts).map_err(|e| e.to_string())?;
+        self.write_export(path, &bytes)?;
+        Ok(dims)
+    }
+
+    fn export_census(&mut self) {
+        let model = self.state.model.as_ref().map_or("model", |m| m.name());
+        let name = format!("rdla-{}-census-mean.png", model.replace(['/', ' '], "_"));
+        let msg = match self.dialogs.save_file(&name, "png") {
+            DialogResult::Picked(p) => match self.export_census_png_to(&p) {
+                Ok((w, h)) => format!("exported {} ({w}×{h})", p.display()),
+                Err(e) => format!("export failed: {e}"),
+            },
+            DialogResult::Cancelled => return,
+            DialogResult::Unavailable(why) => why,
+        };
+        self.state.status = msg;
+    }
+
     fn export_graph(&mut self, ext: &str) {
         let model = self.state.model.as_ref().map_or("model", |m| m.name());
         let name = format!("rdla-{}-graph.{ext}", model.replace(['/', ' '], "_"));
@@ -248,8 +284,10 @@ impl RdlaApp {
             Pick::ModelFolder => self.dialogs.pick_model(),
             Pick::Gguf => self.dialogs.pick_gguf(),
             Pick::PromptText => self.dialogs.pick_text(),
+            Pick::CensusPrompts => self.dialogs.pick_prompts(),
         };
         match result {
+            DialogResult::Picked(p) if pick == Pick::CensusPrompts => Some(Action::RunCensus(p)),
             DialogResult::Picked(p) if pick == Pick::PromptText => {
                 let n_ctx = self.state.model.as_ref().map(|m| m.config.n_ctx);
                 Some(crate::panels::top_bar::read_prompt_file(&p, n_ctx))
@@ -281,6 +319,12 @@ impl RdlaApp {
                     self.worker.cancel.store(true, Ordering::SeqCst);
                     self.state.status = "loading cancelled".into();
                 }
+                Action::CancelCensus => {
+                    self.worker.census_wanted.store(0, Ordering::SeqCst);
+                    let cmds = self.state.act(Action::CancelCensus, &mut self.settings);
+                    self.send(cmds);
+                }
+                Action::ExportCensusPng => self.export_census(),
                 Action::ExportPng => self.export("png", ctx),
                 Action::ExportGraphPng => self.export_graph("png"),
                 Action::ExportGraphJson => self.export_graph("json"),
@@ -355,8 +399,21 @@ impl RdlaApp {
                 .max_size((width * 0.35).max(220.0))
                 .show(ui, |ui| details::show(ui, &self.state, &mut self.actions));
         }
+        let census_heatmap = if self.state.census.open {
+            self.census_heatmap()
+        } else {
+            None
+        };
         egui::CentralPanel::default().show(ui, |ui| {
-            if self.state.graph.open {
+            if self.state.census.open {
+                census::show(
+                    ui,
+                    &self.state,
+                    &self.settings,
+                    census_heatmap.as_ref(),
+                    &mut self.actions,
+                );
+            } else if self.state.graph.open {
                 let n_layers = self.state.model.as_ref().map_or(0, |m| m.config.n_layers);
                 graph::show(ui, &self.state, n_layers, &mut self.actions);
             } else {

@@ -17,6 +17,8 @@ pub trait Dialogs {
     fn pick_gguf(&mut self) -> DialogResult;
     /// A text file to use as the prompt.
     fn pick_text(&mut self) -> DialogResult;
+    /// A census's prompts file (JSONL, CSV or Parquet).
+    fn pick_prompts(&mut self) -> DialogResult;
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult;
 }
 
@@ -76,6 +78,17 @@ impl Dialogs for RfdDialogs {
         answered(t, picked, || format!("{NO_DIALOG}; paste the text instead"))
     }
 
+    fn pick_prompts(&mut self) -> DialogResult {
+        let t = std::time::Instant::now();
+        let picked = rfd::FileDialog::new()
+            .set_title("Open a census's prompts file")
+            .add_filter("Prompts", &["jsonl", "ndjson", "json", "csv", "parquet"])
+            .pick_file();
+        answered(t, picked, || {
+            format!("{NO_DIALOG}; type the file's path instead")
+        })
+    }
+
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult {
         let t = std::time::Instant::now();
         let picked = rfd::FileDialog::new()
@@ -105,6 +118,10 @@ impl Dialogs for ScriptedDialogs {
     }
 
     fn pick_text(&mut self) -> DialogResult {
+        DialogResult::Cancelled
+    }
+
+    fn pick_prompts(&mut self) -> DialogResult {
         DialogResult::Cancelled
     }
 

@@ -68,6 +68,22 @@ pub enum Action {
     /// Ask for a file (a model folder, a GGUF file, a prompt text) in a dialog, after the
     /// frame.
     Pick(Pick),
+    /// Show the Census view (or the heatmap explorer).
+    ShowCensus(bool),
+    /// The Census view's prompts file field was edited.
+    SetCensusFile(String),
+    /// Run a census of this prompts file (JSONL, CSV or Parquet).
+    RunCensus(std::path::PathBuf),
+    /// Stop the census in progress (it keeps the prompts done).
+    CancelCensus,
+    /// Show this node's distribution over the census's prompts.
+    CensusSelect(Path),
+    /// Open the census's prompt (its row) in the explorer, at this node.
+    OpenCensusPrompt {
+        row: usize,
+        path: Path,
+    },
+    ExportCensusPng,
 }
 
 /// What a file dialog picks.
@@ -76,6 +92,8 @@ pub enum Pick {
     ModelFolder,
     Gguf,
     PromptText,
+    /// A census's prompts file.
+    CensusPrompts,
 }
 
 /// The graph view: its settings, the trace in flight and the last one.
@@ -301,6 +319,22 @@ pub struct AppState {
     /// The contrast: the prompt every view is compared with (set once the worker computed
     /// it), the one being computed, and why the last one failed.
     pub contrast: ContrastState,
+    pub census: CensusState,
+}
+
+/// The Census view: the file, the census in flight and the last one.
+#[derive(Debug, Default)]
+pub struct CensusState {
+    pub open: bool,
+    /// The prompts file's path as typed (or picked).
+    pub file: String,
+    /// `(done, total)` of the census in flight.
+    pub running: Option<(usize, usize)>,
+    pub table: Option<std::sync::Arc<rdla_session::census::CensusTable>>,
+    /// The node whose distribution is shown.
+    pub selected: Option<Path>,
+    pub error: Option<String>,
+    id: u64,
 }
 
 /// "Compare with…": the views show this prompt's values minus another's.
@@ -351,6 +385,7 @@ impl AppState {
             && self.graph.tracing.is_none()
             && self.ablating.is_empty()
             && (self.contrast.pending.is_none() || self.computed.is_none())
+            && self.census.running.is_none()
     }
 
     pub fn current_path(&self) -> Path {
@@ -555,7 +590,60 @@ impl AppState {
                 self.dirty_since = None;
                 Vec::new()
             }
-            Action::CancelLoad
+            Action::ShowCensus(open) => {
+                self.census.open = open;
+                if open {
+                    self.graph.open = false;
+                }
+                Vec::new()
+            }
+            Action::RunCensus(file) => {
+                if self.model.is_none() || self.census.running.is_some() {
+                    return Vec::new();
+                }
+                let id = self.id();
+                self.census.id = id;
+                self.census.file = file.display().to_string();
+                self.census.running = Some((0, 0));
+                self.census.error = None;
+                vec![Command::Census {
+                    file,
+                    bos: settings.bos,
+                    mlp_mode: settings.mlp_mode,
+                    id,
+                }]
+            }
+            Action::SetCensusFile(f) => {
+                self.census.file = f;
+                Vec::new()
+            }
+            Action::CensusSelect(p) => {
+                self.census.selected = Some(p);
+                Vec::new()
+            }
+            Action::OpenCensusPrompt { row, path } => {
+                let Some(r) = self.census.table.as_ref().and_then(|t| t.prompts.get(row)) else {
+                    return Vec::new();
+                };
+                settings.prompt.clone_from(&r.prompt);
+                settings.answer.clone_from(&r.answer);
+                settings.foil = r.foil.clone().unwrap_or_default();
+                self.answer_pick = None;
+                self.census.open = false;
+                self.graph.open = false;
+                // the computation opens where the navigation is
+                self.selected = None;
+                self.nav.go(path);
+                self.compute(settings)
+            }
+            Action::CancelCensus => {
+                if self.census.running.is_some() {
+                    self.status = "stopping the census after its current prompt…".into();
+                }
+                Vec::new()
+            }
+            Action::ExportCensusPng
+            | Action::CancelLoad
             | Action::ExportPng
             | Action::ExportCsv
             | Action::CopyPath
@@ -767,6 +855,50 @@ impl AppState {
                 }
                 Vec::new()
             }
+            Event::CensusProgress { id, done, total } => {
+                if id == self.census.id && self.census.running.is_some() {
+                    self.census.running = Some((done, total));
+                }
+                Vec::new()
+            }
+            Event::Censused { id, table } => {
+                if id == self.census.id {
+                    self.census.running = None;
+                    self.status = if table.prompts.len() < table.todo {
+                        format!(
+                            "census stopped after {} of {} prompts (the view holds those)",
+                            table.prompts.len(),
+                            table.todo
+                        )
+                    } else {
+                        format!("census of {} prompts done", table.prompts.len())
+                    };
+                    // the node shown before, or the head with the largest mean |value|
+                    let keep = self
+                        .census
+                        .selected
+                        .as_ref()
+                        .is_some_and(|p| table.stat(&p.to_string()).is_some());
+                    if !keep {
+                        self.census.selected = table
+                            .stats
+                            .iter()
+                            .filter(|s| s.path.contains("/H"))
+                            .max_by(|a, b| a.mean_abs.total_cmp(&b.mean_abs))
+                            .and_then(|s| Path::parse(&s.path).ok());
+                    }
+                    self.census.table = Some(table);
+                }
+                Vec::new()
+            }
+            Event::CensusFailed { id, error } => {
+                if id == self.census.id {
+                    self.census.running = None;
+                    self.census.error = Some(error.to_string());
+                    self.status = "census failed".into();
+                }
+                Vec::new()
+            }
             Event::ExpandFailed { id, path, error } => {
                 if id == self.compute_id {
                     self.pending.remove(&path);
@@ -788,6 +920,7 @@ impl AppState {
         self.reset_computation();
         self.ablating.clear();
         self.graph.tracing = None;
+        self.census.running = None;
         self.status = "the compute worker stopped unexpectedly and was restarted".into();
     }
 }

@@ -14,6 +14,7 @@ use rdla_attrib::Path;
 use rdla_attrib::trace::{Trace, TraceOptions};
 use rdla_model::model::ablate::AblationMode;
 use rdla_model::{Device, DeviceInfo};
+use rdla_session::census::{self, CensusOptions, CensusTable};
 use rdla_session::{
     AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Session,
     SessionError, Stage, Tokens,
@@ -49,6 +50,14 @@ pub enum Command {
     /// Compare every view with this prompt (the deltas), or stop comparing (`None`).
     Contrast {
         prompt: Option<String>,
+        id: u64,
+    },
+    /// Attribute every record of a prompts file (JSONL, CSV or Parquet) with these options;
+    /// the current computation is set aside meanwhile and comes back after.
+    Census {
+        file: std::path::PathBuf,
+        bos: bool,
+        mlp_mode: rdla_attrib::MlpMode,
         id: u64,
     },
     Shutdown,
@@ -134,6 +143,20 @@ pub enum Event {
         id: u64,
         error: WorkerError,
     },
+    CensusProgress {
+        id: u64,
+        done: usize,
+        total: usize,
+    },
+    /// The census is done (or was stopped: then it holds the prompts done).
+    Censused {
+        id: u64,
+        table: Arc<CensusTable>,
+    },
+    CensusFailed {
+        id: u64,
+        error: WorkerError,
+    },
 }
 
 /// Why the worker could not do what it was asked. The session's errors stay typed (shared,
@@ -172,6 +195,8 @@ pub struct WorkerHandle {
     /// The computation the UI still wants (the id of the latest `Compute` sent; 0: none): a
     /// computation that is no longer wanted stops at its next layer.
     pub wanted: Arc<AtomicU64>,
+    /// The census the UI still wants (0: none): one no longer wanted stops after its prompt.
+    pub census_wanted: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -210,8 +235,10 @@ impl WorkerHandle {
         let (ev_tx, rx) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let wanted = Arc::new(AtomicU64::new(0));
+        let census_wanted = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             wanted: wanted.clone(),
+            census_wanted: census_wanted.clone(),
             device,
             device_info,
             session: None,
@@ -232,6 +259,7 @@ impl WorkerHandle {
             rx,
             cancel,
             wanted,
+            census_wanted,
             thread,
         }
     }
@@ -241,6 +269,7 @@ impl WorkerHandle {
         match &cmd {
             Command::Load { .. } => self.cancel.store(false, Ordering::SeqCst),
             Command::Compute { id, .. } => self.wanted.store(*id, Ordering::SeqCst),
+            Command::Census { id, .. } => self.census_wanted.store(*id, Ordering::SeqCst),
             _ => {}
         }
         self.tx.send(cmd).is_ok()
@@ -266,6 +295,8 @@ struct Worker {
     cancel: Arc<AtomicBool>,
     /// See [`WorkerHandle::wanted`].
     wanted: Arc<AtomicU64>,
+    /// See [`WorkerHandle::census_wanted`].
+    census_wanted: Arc<AtomicU64>,
     queue: VecDeque<Command>,
     /// The loaded model's vocabulary readouts are not prepared yet: done once the first
     /// computation is on screen and nothing else is asked (the first readout then does not
@@ -313,6 +344,7 @@ fn failed(cmd: &Command, error: WorkerError) -> Option<Event> {
             result: Err(error),
         },
         Command::Contrast { id, .. } => Event::ContrastFailed { id: *id, error },
+        Command::Census { id, .. } => Event::CensusFailed { id: *id, error },
         Command::Shutdown => return None,
     })
 }
@@ -415,8 +447,70 @@ impl Worker {
             Command::Trace { from, opts, id } => self.trace(from, opts, *id),
             Command::Ablate { paths, mode, id } => self.ablate(paths, *mode, *id),
             Command::Contrast { prompt, id } => self.contrast(prompt.as_deref(), *id),
+            Command::Census {
+                file,
+                bos,
+                mlp_mode,
+                id,
+            } => self.census(file, *bos, *mlp_mode, *id),
             Command::Shutdown => {}
         }
+    }
+
+    /// A census of `file`'s records, at depth 1 (the mean view's nodes), skipping the records
+    /// that cannot be attributed (listed in the result). Progress at most every 100 ms; a
+    /// census no longer wanted stops after its prompt and reports the prompts done. The
+    /// current computation is set aside and put back, whatever happens.
+    fn census(
+        &mut self,
+        file: &std::path::Path,
+        bos: bool,
+        mlp_mode: rdla_attrib::MlpMode,
+        id: u64,
+    ) {
+        let Some(mut session) = self.session.take() else {
+            self.emit(Event::CensusFailed {
+                id,
+                error: WorkerError::NoModel,
+            });
+            return;
+        };
+        let opts = CensusOptions {
+            depth: 1,
+            shard: (0, 1),
+            skip_bad: true,
+            bos,
+            mlp_mode,
+        };
+        let aside = session.set_aside();
+        let wanted = self.census_wanted.clone();
+        let mut last = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let records = census::read_records(file)?;
+            census::collect(&mut session, &records, &opts, &mut |done, total| {
+                if last.elapsed().as_millis() >= 100 || done == total {
+                    last = Instant::now();
+                    self.emit(Event::CensusProgress { id, done, total });
+                }
+                wanted.load(Ordering::SeqCst) == id
+            })
+        }));
+        session.put_back(aside);
+        self.session = Some(session);
+        self.emit(match result {
+            Ok(Ok(table)) => Event::Censused {
+                id,
+                table: Arc::new(table),
+            },
+            Ok(Err(e)) => Event::CensusFailed {
+                id,
+                error: e.into(),
+            },
+            Err(p) => Event::CensusFailed {
+                id,
+                error: WorkerError::Panic(panic_message(p.as_ref())),
+            },
+        });
     }
 
     fn load(&mut self, source: &ModelSource, id: u64) {

@@ -639,3 +639,157 @@ fn compare_with_a_second_prompt_shows_the_deltas() {
     assert!(hm.contrast.is_empty());
     assert_eq!(hm.values, plain_root.values);
 }
+
+/// The Census view: a prompts file is attributed on the worker (a multi-token answer skipped
+/// and listed); the mean heatmap's cells are each node's mean over the prompts, with the
+/// 95 % interval recomputed here; a cell shows the node's distribution and the prompts by its
+/// value; a prompt opens in the explorer at that node with the census's value; the mean view
+/// exports as PNG; and the explorer's own computation is as it was after the census.
+#[test]
+fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    assert_computed(h.state());
+    let plain_root = h.state().current_view().unwrap().heatmap.clone();
+    let prompts = [
+        "1. Get some apples.\n2. Get some oranges.\n",
+        "1. Get some oranges.\n2. Get some apples.\n",
+        "1. Get some pears.\n2. Get some apples.\n",
+        "1. Get some apples.\n2. Get some pears.\n",
+        "1. Get some oranges.\n2. Get some pears.\n",
+    ];
+    let mut jsonl: String = prompts
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({"prompt": p, "answer": "3"})))
+        .collect();
+    jsonl.push_str(&format!(
+        "{}\n",
+        serde_json::json!({"prompt": prompts[0], "answer": "3. Get"})
+    ));
+    let file = tmp.path().join("fruits.jsonl");
+    std::fs::write(&file, jsonl).unwrap();
+
+    click(&mut h, "Census…");
+    let field = h.get_by_label("Census prompts file");
+    field.focus();
+    field.type_text(file.to_str().unwrap());
+    h.step();
+    click(&mut h, "Run census");
+    let table = {
+        let app = h.state();
+        assert!(
+            app.state.census.error.is_none(),
+            "{:?}",
+            app.state.census.error
+        );
+        app.state.census.table.clone().expect("no census table")
+    };
+    assert_eq!(table.prompts.len(), prompts.len());
+    assert_eq!(table.skipped.len(), 1);
+    assert_eq!(table.skipped[0].0.place, "line 6");
+    h.get_by_label_contains("1 records skipped");
+
+    // every cell: the node's mean over the prompts, its interval mean ± 1.96·s/√n
+    let hm = h.state().census_heatmap().unwrap();
+    assert_eq!(hm.intervals.len(), hm.values.len());
+    let n = prompts.len() as f64;
+    let mut cells = 0;
+    for ((v, iv), t) in hm.values.iter().zip(&hm.intervals).zip(&hm.targets) {
+        let (Some(v), Some((lo, hi)), Some(t)) = (v, iv, t) else {
+            continue;
+        };
+        let col = table.column(&t.to_string()).unwrap();
+        assert_eq!(col.len(), prompts.len());
+        assert!(col.iter().all(|x| x.is_finite()), "{t}: {col:?}");
+        let mean = col.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = col
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0);
+        let half = 1.96 * var.sqrt() / n.sqrt();
+        let close = |a: f32, b: f64| (f64::from(a) - b).abs() <= 1e-5 * (1.0 + b.abs());
+        assert!(close(*v, mean), "{t}: mean {v} vs {mean}");
+        assert!(
+            close(*lo, mean - half) && close(*hi, mean + half),
+            "{t}: [{lo}, {hi}]"
+        );
+        cells += 1;
+    }
+    assert!(cells > 0);
+    // the first prompt is the explorer's own: its census values are the root view's
+    for (v, t) in plain_root.values.iter().zip(&plain_root.targets) {
+        let (Some(v), Some(t)) = (v, t) else { continue };
+        let census = table.column(&t.to_string()).unwrap()[0];
+        assert!(
+            (census - v).abs() <= 1e-5,
+            "{t}: census {census}, explorer {v}"
+        );
+    }
+
+    // the explorer's own computation came back after the census: a head of its prompt
+    let n_layers = h.state().state.model.as_ref().unwrap().config.n_layers;
+    let head = format!("L{}.attn/H1", n_layers - 1);
+    click(&mut h, "Back to the heatmap");
+    click(&mut h, &head);
+    {
+        let app = h.state();
+        assert_computed(app);
+        assert!(
+            app.state.expand_error.is_none(),
+            "{:?}",
+            app.state.expand_error
+        );
+        let view = app.current_view().unwrap();
+        assert_eq!(view.path.to_string(), head);
+        let k = plain_root
+            .targets
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.to_string() == head))
+            .unwrap();
+        assert!((view.expansion.value - plain_root.values[k].unwrap()).abs() <= 1e-6);
+    }
+
+    // a cell: its distribution and the prompts by its value
+    click(&mut h, "Census…");
+    click(&mut h, &head);
+    assert_eq!(
+        h.state()
+            .state
+            .census
+            .selected
+            .as_ref()
+            .map(ToString::to_string),
+        Some(head.clone())
+    );
+    h.get_by_label_contains("prompts by this node's value");
+    let sorted = table.sorted_by(&head);
+    let (row, value) = sorted[0];
+    let index = table.prompts[row].index;
+
+    // export the mean view
+    click(&mut h, "Export census PNG…");
+    let png = exported(tmp.path(), "png");
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > 200 && img.height() > 100);
+
+    // the largest prompt opens in the explorer at that node, with the census's value
+    let label = format!("#{index} ");
+    h.get_by_label_contains(&label).hover();
+    h.step();
+    h.get_by_label_contains(&label).click();
+    settle(&mut h);
+    {
+        let app = h.state();
+        assert_computed(app);
+        assert!(!app.state.census.open);
+        assert_eq!(app.settings.prompt, prompts[index as usize]);
+        let view = app.current_view().unwrap();
+        assert_eq!(view.path.to_string(), head);
+        assert!(
+            (view.expansion.value - value).abs() <= 1e-5,
+            "explorer {} vs census {value}",
+            view.expansion.value
+        );
+    }
+}

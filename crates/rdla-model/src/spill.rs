@@ -11,8 +11,8 @@
 //! The directory is `RDLA_SPILL_DIR` when set, the system's temporary directory otherwise.
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{DType, Tensor, TensorData};
 use cubecl_environment::bytes::{
@@ -51,9 +51,8 @@ pub fn set_forced(on: bool) {
 
 fn flag() -> &'static AtomicBool {
     static FORCED: OnceLock<AtomicBool> = OnceLock::new();
-    FORCED.get_or_init(|| {
-        AtomicBool::new(std::env::var("RDLA_SPILL_CACHE").is_ok_and(|v| v == "1"))
-    })
+    FORCED
+        .get_or_init(|| AtomicBool::new(std::env::var("RDLA_SPILL_CACHE").is_ok_and(|v| v == "1")))
 }
 
 impl Spill {
@@ -61,7 +60,9 @@ impl Spill {
     /// handle. The file is sparse: untouched rows take no disk space.
     pub fn zeros<const D: usize>(shape: [usize; D]) -> Result<(Tensor<D>, Spill)> {
         let n: usize = shape.iter().product();
-        let bytes = n.checked_mul(4).ok_or_else(|| spill_error("size overflows"))?;
+        let bytes = n
+            .checked_mul(4)
+            .ok_or_else(|| spill_error("size overflows"))?;
         let dir = spill_dir();
         let file = tempfile::tempfile_in(&dir)
             .map_err(|e| spill_error(format!("creating the file: {e}")))?;
@@ -104,7 +105,10 @@ impl Spill {
         #[allow(unsafe_code)]
         // SAFETY: a shared file mapping keeps its contents after `MADV_DONTNEED`: the next
         // access reads them back from the page cache or the file.
-        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 }
 
@@ -137,12 +141,13 @@ impl AllocationController for MappedController {
     ) -> std::result::Result<&mut [MaybeUninit<u8>], AccessError> {
         // SAFETY: the mapping lives as long as `self.map`; it is reached only through this
         // controller, borrowed mutably here.
-        Ok(unsafe {
-            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast(), self.map.len())
-        })
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast(), self.map.len()) })
     }
 
-    fn memory(&self, _policy: AccessPolicy) -> std::result::Result<&[MaybeUninit<u8>], AccessError> {
+    fn memory(
+        &self,
+        _policy: AccessPolicy,
+    ) -> std::result::Result<&[MaybeUninit<u8>], AccessError> {
         // SAFETY: as above, borrowed shared here.
         Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast(), self.map.len()) })
     }

@@ -34,7 +34,10 @@ fn a_cache_over_the_budget_spills_to_a_file_with_the_same_numbers() {
         &mut |_| true,
     )
     .unwrap();
-    assert!(!m.plan_prompt(&ids).unwrap(), "no budget: the cache is held");
+    assert!(
+        !m.plan_prompt(&ids).unwrap(),
+        "no budget: the cache is held"
+    );
     let held = m.run(&ids).unwrap();
     assert_eq!(memory::spilled_bytes(), 0);
 
@@ -48,22 +51,37 @@ fn a_cache_over_the_budget_spills_to_a_file_with_the_same_numbers() {
     };
     // the prompt does not fit, its cache spilled does
     memory::set_budget(beside + prompt - spillable / 2);
-    assert!(m.plan_prompt(&ids).unwrap(), "over the budget: the cache spills");
+    assert!(
+        m.plan_prompt(&ids).unwrap(),
+        "over the budget: the cache spills"
+    );
     let spilled = m.run(&ids).unwrap();
     assert!(
         memory::spilled_bytes() >= spillable,
         "{} bytes spilled, {spillable} expected",
         memory::spilled_bytes()
     );
-    same("last logits", spilled.last_logits.clone(), held.last_logits.clone());
+    same(
+        "last logits",
+        spilled.last_logits.clone(),
+        held.last_logits.clone(),
+    );
     let flat = |t: burn::tensor::Tensor<3>| t.flatten::<1>(0, 2);
     same(
         "components",
         flat(spilled.components.clone()),
         flat(held.components.clone()),
     );
-    same("keys", spilled.k.clone().flatten(0, 3), held.k.clone().flatten(0, 3));
-    same("values", spilled.v.clone().flatten(0, 3), held.v.clone().flatten(0, 3));
+    same(
+        "keys",
+        spilled.k.clone().flatten(0, 3),
+        held.k.clone().flatten(0, 3),
+    );
+    same(
+        "values",
+        spilled.v.clone().flatten(0, 3),
+        held.v.clone().flatten(0, 3),
+    );
     // a spilled cache is read like a held one (queries and patterns recomputed from it)
     let last = n - 1;
     let (a, b) = (

@@ -326,6 +326,7 @@ mod tests {
             col_targets: Vec::new(),
             range: None,
             contrast: Vec::new(),
+            intervals: Vec::new(),
             shared_targets: false,
             row_bars: bars,
             column_bars: bars,

@@ -44,6 +44,9 @@ pub struct Heatmap {
     /// cell's two values, this prompt's and the contrast prompt's, for its tooltip. Empty
     /// for a plain heatmap.
     pub contrast: Vec<Option<(f32, f32)>>,
+    /// A census's mean heatmap: each cell's 95 % interval of the mean, for its tooltip.
+    /// Empty otherwise.
+    pub intervals: Vec<Option<(f32, f32)>>,
 }
 
 impl Heatmap {
@@ -69,6 +72,7 @@ impl Heatmap {
             col_targets: Vec::new(),
             range: None,
             contrast: Vec::new(),
+            intervals: Vec::new(),
         }
     }
 
@@ -277,6 +281,7 @@ mod tests {
             col_targets: Vec::new(),
             range: None,
             contrast: Vec::new(),
+            intervals: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdla_attrib::{Comp, MlpMode, Overview, Path as NodePath, Step};
 
+use crate::Heatmap;
 use crate::error::{Result, SessionError};
 use crate::session::{Request, Session};
 
@@ -185,6 +186,8 @@ pub struct CensusOptions {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CensusDone {
     pub prompts: usize,
+    /// The records of this shard that passed the checks (what `prompts` counts towards).
+    pub todo: usize,
     /// Records skipped (with `skip_bad`) and why.
     pub skipped: Vec<(Record, String)>,
     /// Nodes per prompt.
@@ -324,32 +327,49 @@ impl Summary {
         Ok(())
     }
 
-    fn write(&self, file: &Path) -> Result<()> {
+    /// Each node's statistics, in path order.
+    fn stats(&self) -> Vec<NodeStats> {
         let n = f64::from(self.n);
-        let std: Vec<f64> = self
-            .m2
+        self.paths
             .iter()
-            .map(|m2| {
-                if self.n > 1 {
-                    (m2 / (n - 1.0)).sqrt()
+            .enumerate()
+            .map(|(i, path)| {
+                let std = if self.n > 1 {
+                    (self.m2[i] / (n - 1.0)).sqrt()
                 } else {
                     f64::NAN
+                };
+                let half = 1.96 * std / n.sqrt();
+                NodeStats {
+                    path: path.clone(),
+                    n: self.n,
+                    mean: self.mean[i],
+                    std,
+                    ci95_low: self.mean[i] - half,
+                    ci95_high: self.mean[i] + half,
+                    mean_abs: self.abs[i] / n,
+                    top10_frac: f64::from(self.top10[i]) / n,
                 }
             })
-            .collect();
-        let half: Vec<f64> = std.iter().map(|s| 1.96 * s / n.sqrt()).collect();
-        let col = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+            .collect()
+    }
+
+    fn write(&self, file: &Path) -> Result<()> {
+        let st = self.stats();
+        let col = |f: fn(&NodeStats) -> f64| {
+            Arc::new(Float64Array::from(st.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+        };
         let batch = RecordBatch::try_new(
             summary_schema(),
             vec![
                 Arc::new(StringArray::from(self.paths.clone())) as ArrayRef,
                 Arc::new(UInt32Array::from(vec![self.n; self.paths.len()])) as ArrayRef,
-                col(self.mean.clone()),
-                col(std.clone()),
-                col(self.mean.iter().zip(&half).map(|(m, h)| m - h).collect()),
-                col(self.mean.iter().zip(&half).map(|(m, h)| m + h).collect()),
-                col(self.abs.iter().map(|a| a / n).collect()),
-                col(self.top10.iter().map(|&t| f64::from(t) / n).collect()),
+                col(|s| s.mean),
+                col(|s| s.std),
+                col(|s| s.ci95_low),
+                col(|s| s.ci95_high),
+                col(|s| s.mean_abs),
+                col(|s| s.top10_frac),
             ],
         )
         .map_err(pq)?;
@@ -358,6 +378,22 @@ impl Summary {
         w.close().map_err(pq)?;
         Ok(())
     }
+}
+
+/// One node's statistics over a census's prompts (a row of `summary.parquet`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStats {
+    pub path: String,
+    pub n: u32,
+    pub mean: f64,
+    /// Sample standard deviation (NaN for one prompt).
+    pub std: f64,
+    /// The 95 % interval of the mean, `mean ± 1.96·std/√n`.
+    pub ci95_low: f64,
+    pub ci95_high: f64,
+    pub mean_abs: f64,
+    /// How often the node is among its siblings' ten largest |values|.
+    pub top10_frac: f64,
 }
 
 fn create(file: &Path) -> Result<File> {
@@ -386,18 +422,19 @@ fn prepare_out(out: &Path, protected: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// One row of `prompts.parquet`.
-#[derive(Debug)]
-struct PromptRow {
-    index: u32,
-    prompt: String,
-    answer: String,
-    foil: Option<String>,
-    n_tokens: u32,
-    answer_id: u32,
-    foil_id: Option<u32>,
-    target_value: f32,
-    prob: f32,
+/// One row of `prompts.parquet`: a prompt, its target and the answer's probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptRow {
+    /// The record's number in the file.
+    pub index: u32,
+    pub prompt: String,
+    pub answer: String,
+    pub foil: Option<String>,
+    pub n_tokens: u32,
+    pub answer_id: u32,
+    pub foil_id: Option<u32>,
+    pub target_value: f32,
+    pub prob: f32,
 }
 
 /// Rows waiting for the next row group.
@@ -464,38 +501,30 @@ impl Rows {
     }
 }
 
-/// Attribute every record of shard `opts.shard` and write the tables to `out` (new or
-/// empty). Every record is checked first (its prompt tokenizes within the context, its
-/// answer and foil are one token each): a bad one is an error naming its line and nothing is
-/// written, unless `skip_bad` (then it is listed in the result). `progress(done, total)`
-/// after each prompt; returning `false` stops there, the tables holding the prompts done.
-pub fn run(
-    session: &mut Session,
+/// Records that could not be attributed, with why.
+pub type Skipped = Vec<(Record, String)>;
+
+/// The records of shard `opts.shard` that can be attributed, and (with `skip_bad`) those that
+/// cannot, with why. Every record is checked (its prompt tokenizes within the context, its
+/// answer and foil are one token each); without `skip_bad` a bad one is an error naming its
+/// line.
+pub fn check_records(
+    session: &Session,
     records: &[Record],
-    out: &Path,
     opts: &CensusOptions,
-    progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<CensusDone> {
+) -> Result<(Vec<Record>, Skipped)> {
     let (i, n) = opts.shard;
     if n == 0 || i >= n {
         return Err(SessionError::Census(format!(
             "--shard {i}/{n}: needs 0 ≤ I < N"
         )));
     }
-    let request = |r: &Record| Request {
-        prompt: r.prompt.clone(),
-        answer: r.answer.clone(),
-        answer_id: None,
-        foil: r.foil.clone(),
-        bos: opts.bos,
-        mlp_mode: opts.mlp_mode,
-    };
-    let mut done = CensusDone::default();
     let mut todo = Vec::new();
+    let mut skipped = Vec::new();
     for r in records.iter().filter(|r| r.index % n == i) {
-        match session.check_request(&request(r)) {
-            Ok(()) => todo.push(r),
-            Err(e) if opts.skip_bad => done.skipped.push((r.clone(), e.to_string())),
+        match session.check_request(&request(r, opts)) {
+            Ok(()) => todo.push(r.clone()),
+            Err(e) if opts.skip_bad => skipped.push((r.clone(), e.to_string())),
             Err(e) => {
                 return Err(SessionError::Census(format!(
                     "{}: {e} (nothing was written; --skip-bad skips such records)",
@@ -504,18 +533,37 @@ pub fn run(
             }
         }
     }
-    prepare_out(out, &session.model().protected)?;
-    let mut pw =
-        ArrowWriter::try_new(create(&out.join(FILES[0]))?, prompts_schema(), None).map_err(pq)?;
-    let mut nw =
-        ArrowWriter::try_new(create(&out.join(FILES[1]))?, nodes_schema(), None).map_err(pq)?;
-    let mut rows = Rows::default();
-    let mut summary = Summary::default();
+    Ok((todo, skipped))
+}
+
+fn request(r: &Record, opts: &CensusOptions) -> Request {
+    Request {
+        prompt: r.prompt.clone(),
+        answer: r.answer.clone(),
+        answer_id: None,
+        foil: r.foil.clone(),
+        bos: opts.bos,
+        mlp_mode: opts.mlp_mode,
+    }
+}
+
+/// Attribute each of `todo` (checked by [`check_records`]) in turn, handing `sink` its row and
+/// its nodes. A record that fails is skipped and listed with `skip_bad`, an error naming it
+/// otherwise. `progress(done, total)` after each prompt; returning `false` stops there. Each
+/// prompt becomes the session's current computation in turn.
+pub fn attribute_each(
+    session: &mut Session,
+    todo: &[Record],
+    opts: &CensusOptions,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+    sink: &mut dyn FnMut(PromptRow, Vec<(String, f32)>) -> Result<()>,
+) -> Result<Skipped> {
+    let mut skipped = Vec::new();
     for (k, r) in todo.iter().enumerate() {
-        let c = match session.compute(&request(r)) {
+        let c = match session.compute(&request(r, opts)) {
             Ok(c) => c.clone(),
             Err(f) if opts.skip_bad => {
-                done.skipped.push(((*r).clone(), f.error.to_string()));
+                skipped.push((r.clone(), f.error.to_string()));
                 continue;
             }
             Err(f) => {
@@ -523,11 +571,8 @@ pub fn run(
             }
         };
         let prob = session.answer_prob()?;
-        let nodes = node_values(&c.overview, opts.depth);
-        summary.add(&nodes)?;
-        let idx = r.index as u32;
-        rows.prompts.push(PromptRow {
-            index: idx,
+        let row = PromptRow {
+            index: r.index as u32,
             prompt: r.prompt.clone(),
             answer: r.answer.clone(),
             foil: r.foil.clone(),
@@ -536,7 +581,43 @@ pub fn run(
             foil_id: c.target.foil(),
             target_value: c.overview.target_value,
             prob,
-        });
+        };
+        sink(row, node_values(&c.overview, opts.depth))?;
+        if !progress(k + 1, todo.len()) {
+            break;
+        }
+    }
+    Ok(skipped)
+}
+
+/// Attribute every record of shard `opts.shard` and write the tables to `out` (new or
+/// empty). Every record is checked first: a bad one is an error naming its line and nothing
+/// is written, unless `skip_bad` (then it is listed in the result). `progress(done, total)`
+/// after each prompt; returning `false` stops there, the tables holding the prompts done.
+pub fn run(
+    session: &mut Session,
+    records: &[Record],
+    out: &Path,
+    opts: &CensusOptions,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<CensusDone> {
+    let (todo, skipped) = check_records(session, records, opts)?;
+    let mut done = CensusDone {
+        todo: todo.len(),
+        skipped,
+        ..CensusDone::default()
+    };
+    prepare_out(out, &session.model().protected)?;
+    let mut pw =
+        ArrowWriter::try_new(create(&out.join(FILES[0]))?, prompts_schema(), None).map_err(pq)?;
+    let mut nw =
+        ArrowWriter::try_new(create(&out.join(FILES[1]))?, nodes_schema(), None).map_err(pq)?;
+    let mut rows = Rows::default();
+    let mut summary = Summary::default();
+    let failed = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
+        summary.add(&nodes)?;
+        let idx = row.index;
+        rows.prompts.push(row);
         done.nodes = nodes.len();
         for (path, v) in nodes {
             rows.nodes.0.push(idx);
@@ -547,15 +628,142 @@ pub fn run(
         if rows.prompts.len() >= ROW_GROUP {
             rows.flush(&mut pw, &mut nw)?;
         }
-        if !progress(k + 1, todo.len()) {
-            break;
-        }
-    }
+        Ok(())
+    })?;
+    done.skipped.extend(failed);
     rows.flush(&mut pw, &mut nw)?;
     pw.close().map_err(pq)?;
     nw.close().map_err(pq)?;
     summary.write(&out.join(FILES[2]))?;
     Ok(done)
+}
+
+/// A census held in memory (the explorer's Census view): every prompt's row, every node's
+/// value for every prompt, and the per-node statistics `summary.parquet` holds.
+#[derive(Debug, Clone, Default)]
+pub struct CensusTable {
+    pub prompts: Vec<PromptRow>,
+    /// Node paths, sorted (the columns of `values`).
+    pub paths: Vec<String>,
+    /// `prompts × paths`, row-major.
+    pub values: Vec<f32>,
+    pub stats: Vec<NodeStats>,
+    pub skipped: Vec<(Record, String)>,
+    /// The records that passed the checks (fewer prompts than this: stopped early).
+    pub todo: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+}
+
+/// [`run`] into memory: check every record, attribute them, and summarise.
+pub fn collect(
+    session: &mut Session,
+    records: &[Record],
+    opts: &CensusOptions,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<CensusTable> {
+    let (todo, skipped) = check_records(session, records, opts)?;
+    let cfg = &session.model().config;
+    let mut t = CensusTable {
+        todo: todo.len(),
+        skipped,
+        n_layers: cfg.n_layers,
+        n_heads: cfg.n_heads,
+        ..CensusTable::default()
+    };
+    let mut summary = Summary::default();
+    let failed = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
+        summary.add(&nodes)?;
+        if t.paths.is_empty() {
+            t.paths = nodes.iter().map(|(p, _)| p.clone()).collect();
+        }
+        t.values.extend(nodes.iter().map(|(_, v)| *v));
+        t.prompts.push(row);
+        Ok(())
+    })?;
+    t.skipped.extend(failed);
+    t.stats = summary.stats();
+    Ok(t)
+}
+
+impl CensusTable {
+    fn column_index(&self, path: &str) -> Option<usize> {
+        self.paths.binary_search_by(|p| p.as_str().cmp(path)).ok()
+    }
+
+    /// A node's value in every prompt, in prompt order.
+    pub fn column(&self, path: &str) -> Option<Vec<f32>> {
+        let c = self.column_index(path)?;
+        let k = self.paths.len();
+        Some(self.values.iter().skip(c).step_by(k).copied().collect())
+    }
+
+    /// A node's statistics.
+    pub fn stat(&self, path: &str) -> Option<&NodeStats> {
+        self.column_index(path).and_then(|c| self.stats.get(c))
+    }
+
+    /// The prompts (their rows in [`CensusTable::prompts`]) by a node's value, largest first.
+    pub fn sorted_by(&self, path: &str) -> Vec<(usize, f32)> {
+        let mut v: Vec<(usize, f32)> = self
+            .column(path)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    /// The mean view: rows = layers; columns = heads, the attention bias, the MLP (the root
+    /// view's layout), each cell the node's mean over the prompts with its 95 % interval
+    /// (for the tooltip), each cell's target the node's path.
+    pub fn mean_heatmap(&self, title: &str) -> Heatmap {
+        let (l_n, h_n) = (self.n_layers, self.n_heads);
+        let mut cols: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
+        cols.push("attn bias".into());
+        cols.push("MLP".into());
+        let (mut values, mut targets, mut intervals) = (Vec::new(), Vec::new(), Vec::new());
+        for l in 0..l_n {
+            let attn = NodePath::root().child(Step::Comp(Comp::Attn(l)));
+            let mut cell = |p: NodePath| {
+                let s = self.stat(&p.to_string());
+                values.push(s.map(|s| s.mean as f32));
+                intervals.push(s.map(|s| (s.ci95_low as f32, s.ci95_high as f32)));
+                targets.push(s.map(|_| p));
+            };
+            for h in 0..h_n {
+                cell(attn.child(Step::Head(h)));
+            }
+            cell(attn.child(Step::Bias));
+            cell(NodePath::root().child(Step::Comp(Comp::Mlp(l))));
+        }
+        let outside: Vec<String> = self
+            .stats
+            .iter()
+            .filter(|s| !s.path.starts_with('L'))
+            .map(|s| format!("{} {:.4}", s.path, s.mean))
+            .collect();
+        Heatmap {
+            subtitle: format!(
+                "mean over {} prompts (95 % intervals on hover){}",
+                self.prompts.len(),
+                if outside.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", outside.join(", "))
+                }
+            ),
+            row_title: "layer".into(),
+            col_title: "head".into(),
+            rows: (0..l_n).map(|l| format!("L{l}")).collect(),
+            cols,
+            values,
+            targets,
+            intervals,
+            ..Heatmap::empty(title, rdla_attrib::Units::Logit)
+        }
+    }
 }
 
 /// Read every row of a census table.

@@ -247,6 +247,10 @@ struct ContrastRun {
     memo: std::cell::RefCell<rdla_attrib::Memo>,
 }
 
+/// The current computation set aside while a census computes its prompts in turn
+/// ([`Session::set_aside`]); [`Session::put_back`] makes it current again.
+pub struct SetAside(Option<Current>);
+
 /// An open model and its current computation.
 pub struct Session {
     model: Model,
@@ -341,6 +345,19 @@ impl Session {
                 Ok(Target::Diff { answer, foil })
             }
         }
+    }
+
+    /// Set the current computation aside (nothing is current until [`Session::put_back`]):
+    /// a census computes each of its prompts as the current computation, and the explorer's
+    /// own comes back after it, its cache and views intact.
+    pub fn set_aside(&mut self) -> SetAside {
+        SetAside(self.current.take())
+    }
+
+    /// Make a computation set aside current again (whatever was computed meanwhile is
+    /// dropped).
+    pub fn put_back(&mut self, aside: SetAside) {
+        self.current = aside.0;
     }
 
     /// Run the forward pass and the overview for `req`; the result becomes the current

@@ -3,6 +3,8 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -121,9 +123,20 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
         bos: !a.no_bos,
         mlp_mode: a.mlp_mode,
     };
+    // Ctrl-C (or SIGTERM, as a job scheduler sends at its time limit) stops after the prompt
+    // being computed and keeps the tables of the prompts done; a second Ctrl-C ends at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
+            .context("installing the interrupt handler")?;
+    }
     let t = Instant::now();
     let mut last = Instant::now();
     let mut progress = |done: usize, total: usize| {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
         if last.elapsed().as_millis() >= 500 || done == total {
             last = Instant::now();
             let spent = t.elapsed().as_secs_f64();
@@ -142,6 +155,18 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
         true
     };
     let done = census::run(&mut session, &records, out, &opts, &mut progress)?;
+    if stop.load(Ordering::Relaxed) {
+        eprintln!();
+        eprintln!(
+            "census: interrupted after {} of {} prompts; the tables in {} hold those {} \
+             (prompts.parquet lists them) and the summary is over them",
+            done.prompts,
+            done.todo,
+            out.display(),
+            done.prompts
+        );
+        std::process::exit(130);
+    }
     eprintln!(
         "census: {} prompts × {} nodes in {:.1} s → {}",
         done.prompts,

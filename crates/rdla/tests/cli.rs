@@ -1135,3 +1135,84 @@ fn census_equals_attribute_and_shards_merge() {
         prompts.len()
     );
 }
+
+/// Ctrl-C during a census stops after the prompt being computed: the tables hold the prompts
+/// done (and the summary is over them), the process says so and exits with status 130.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_census_keeps_what_is_done() {
+    use std::io::Read as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let total = 4000;
+    let jsonl: String = (0..total)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": format!("Get {i} apples and some pears."), "answer": "."})
+            )
+        })
+        .collect();
+    let file = tmp.path().join("p.jsonl");
+    std::fs::write(&file, &jsonl).unwrap();
+    let out = tmp.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rdla"))
+        .args([
+            "census",
+            "--model",
+            fixture("gpt2_untied").to_str().unwrap(),
+        ])
+        .args([
+            "--prompts",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--device", "cpu"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the first progress line (after half a second of prompts), then SIGINT
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("prompts ·") {
+        let n = err.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "census ended first: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    err.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(130), "{text}");
+    let said: usize = text
+        .split("interrupted after ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no interruption message: {text}"));
+    assert!(text.contains(&format!("of {total} prompts")), "{text}");
+    assert!(0 < said && said < total, "{said} of {total}");
+    let prompts = parquet_columns(&out.join("prompts.parquet"));
+    assert_eq!(prompts["prompt_index"].len(), said);
+    // the first `said` records, in order
+    for (k, i) in prompts["prompt_index"].iter().enumerate() {
+        assert_eq!(i.as_deref(), Some(k.to_string().as_str()));
+    }
+    let summary = parquet_columns(&out.join("summary.parquet"));
+    assert!(
+        summary["n"]
+            .iter()
+            .all(|n| n.as_deref() == Some(said.to_string().as_str())),
+        "summary over {said} prompts: {:?}",
+        &summary["n"][..3]
+    );
+}

@@ -440,9 +440,15 @@ impl HeatmapView<'_> {
                     ui.label(format!("this prompt {ours:+.5}"));
                     ui.label(format!("contrast prompt {theirs:+.5}"));
                 }
-                None => {
-                    ui.label(format!("value {v:+.5} ({})", hm.units));
-                }
+                None => match hm.intervals.get(r * hm.n_cols() + c).copied().flatten() {
+                    Some((lo, hi)) => {
+                        ui.label(format!("mean {v:+.5} ({})", hm.units));
+                        ui.label(format!("95 % interval [{lo:+.5}, {hi:+.5}]"));
+                    }
+                    None => {
+                        ui.label(format!("value {v:+.5} ({})", hm.units));
+                    }
+                },
             }
             ui.label(format!("share of parent {share}"));
             if let Some(t) = target {

@@ -140,6 +140,13 @@ impl TopBar {
             if ui.button("Copy path").clicked() {
                 actions.push(Action::CopyPath);
             }
+            if ui
+                .button("Census…")
+                .on_hover_text("attribute every prompt of a file and see each node's mean")
+                .clicked()
+            {
+                actions.push(Action::ShowCensus(!state.census.open));
+            }
             ui.separator();
             egui::ComboBox::from_label("Colours")
                 .selected_text(settings.colormap.label())

@@ -509,9 +509,11 @@ impl Model {
         if !(can_spill && crate::spill::forced()) {
             match self.fits(n, prompt, "") {
                 Ok(()) => return Ok(false),
-                Err(
-                    e @ (ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. }),
-                ) if !can_spill => return Err(e),
+                Err(e @ (ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. }))
+                    if !can_spill =>
+                {
+                    return Err(e);
+                }
                 Err(ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. }) => {}
                 Err(e) => return Err(e),
             }
