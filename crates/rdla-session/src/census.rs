@@ -192,6 +192,7 @@ pub struct CensusDone {
     pub skipped: Vec<(Record, String)>,
     /// Nodes per prompt.
     pub nodes: usize,
+    pub times: CensusTimes,
 }
 
 /// The census tables' files in `out`.
@@ -547,6 +548,15 @@ fn request(r: &Record, opts: &CensusOptions) -> Request {
     }
 }
 
+/// Where a census's time went, in milliseconds: the forward passes, the attributions (the
+/// overview of each prompt), and everything (with the node tables and the writing).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CensusTimes {
+    pub forward_ms: f64,
+    pub attribution_ms: f64,
+    pub total_ms: f64,
+}
+
 /// Attribute each of `todo` (checked by [`check_records`]) in turn, handing `sink` its row and
 /// its nodes. A record that fails is skipped and listed with `skip_bad`, an error naming it
 /// otherwise. `progress(done, total)` after each prompt; returning `false` stops there. Each
@@ -557,11 +567,17 @@ pub fn attribute_each(
     opts: &CensusOptions,
     progress: &mut dyn FnMut(usize, usize) -> bool,
     sink: &mut dyn FnMut(PromptRow, Vec<(String, f32)>) -> Result<()>,
-) -> Result<Skipped> {
+) -> Result<(Skipped, CensusTimes)> {
+    let start = std::time::Instant::now();
     let mut skipped = Vec::new();
+    let mut times = CensusTimes::default();
     for (k, r) in todo.iter().enumerate() {
         let c = match session.compute(&request(r, opts)) {
-            Ok(c) => c.clone(),
+            Ok(c) => {
+                times.forward_ms += c.forward_ms;
+                times.attribution_ms += c.attribution_ms;
+                c.clone()
+            }
             Err(f) if opts.skip_bad => {
                 skipped.push((r.clone(), f.error.to_string()));
                 continue;
@@ -587,7 +603,8 @@ pub fn attribute_each(
             break;
         }
     }
-    Ok(skipped)
+    times.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((skipped, times))
 }
 
 /// Attribute every record of shard `opts.shard` and write the tables to `out` (new or
@@ -614,7 +631,7 @@ pub fn run(
         ArrowWriter::try_new(create(&out.join(FILES[1]))?, nodes_schema(), None).map_err(pq)?;
     let mut rows = Rows::default();
     let mut summary = Summary::default();
-    let failed = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
+    let (failed, times) = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
         summary.add(&nodes)?;
         let idx = row.index;
         rows.prompts.push(row);
@@ -631,6 +648,7 @@ pub fn run(
         Ok(())
     })?;
     done.skipped.extend(failed);
+    done.times = times;
     rows.flush(&mut pw, &mut nw)?;
     pw.close().map_err(pq)?;
     nw.close().map_err(pq)?;
@@ -672,7 +690,7 @@ pub fn collect(
         ..CensusTable::default()
     };
     let mut summary = Summary::default();
-    let failed = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
+    let (failed, _) = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
         summary.add(&nodes)?;
         if t.paths.is_empty() {
             t.paths = nodes.iter().map(|(p, _)| p.clone()).collect();

@@ -174,6 +174,18 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         out.display()
     );
+    let tm = done.times;
+    if done.prompts > 0 && tm.total_ms > 0.0 {
+        eprintln!(
+            "census: forward passes {:.1} s ({:.0} %), attribution {:.1} s ({:.0} %), node \
+             tables and writing {:.1} s",
+            tm.forward_ms / 1e3,
+            100.0 * tm.forward_ms / tm.total_ms,
+            tm.attribution_ms / 1e3,
+            100.0 * tm.attribution_ms / tm.total_ms,
+            (tm.total_ms - tm.forward_ms - tm.attribution_ms).max(0.0) / 1e3
+        );
+    }
     if !done.skipped.is_empty() {
         eprintln!("skipped {} records:", done.skipped.len());
         for (r, why) in &done.skipped {
