@@ -17,6 +17,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdla_attrib::{Comp, MlpMode, Overview, Path as NodePath, Step};
 
 use crate::Heatmap;
+use crate::view::{LayerCell, layer_grid};
 use crate::error::{Result, SessionError};
 use crate::session::{Request, Session};
 
@@ -737,50 +738,40 @@ impl CensusTable {
     /// view's layout), each cell the node's mean over the prompts with its 95 % interval
     /// (for the tooltip), each cell's target the node's path.
     pub fn mean_heatmap(&self, title: &str) -> Heatmap {
-        let (l_n, h_n) = (self.n_layers, self.n_heads);
-        let mut cols: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
-        cols.push("attn bias".into());
-        cols.push("MLP".into());
-        let (mut values, mut targets, mut intervals) = (Vec::new(), Vec::new(), Vec::new());
-        for l in 0..l_n {
-            let attn = NodePath::root().child(Step::Comp(Comp::Attn(l)));
-            let mut cell = |p: NodePath| {
-                let s = self.stat(&p.to_string());
-                values.push(s.map(|s| s.mean as f32));
-                intervals.push(s.map(|s| (s.ci95_low as f32, s.ci95_high as f32)));
-                targets.push(s.map(|_| p));
-            };
-            for h in 0..h_n {
-                cell(attn.child(Step::Head(h)));
+        let stat = |l: usize, c: LayerCell| self.stat(&c.path(l).to_string());
+        let mut hm = layer_grid(self.n_layers, self.n_heads, title, |l, c| {
+            stat(l, c).map(|s| s.mean as f32)
+        });
+        // a node the census does not hold leads nowhere
+        for (t, v) in hm.targets.iter_mut().zip(&hm.values) {
+            if v.is_none() {
+                *t = None;
             }
-            cell(attn.child(Step::Bias));
-            cell(NodePath::root().child(Step::Comp(Comp::Mlp(l))));
         }
+        hm.intervals = hm
+            .targets
+            .iter()
+            .map(|t| {
+                let s = self.stat(&t.as_ref()?.to_string())?;
+                Some((s.ci95_low as f32, s.ci95_high as f32))
+            })
+            .collect();
         let outside: Vec<String> = self
             .stats
             .iter()
             .filter(|s| !s.path.starts_with('L'))
             .map(|s| format!("{} {:.4}", s.path, s.mean))
             .collect();
-        Heatmap {
-            subtitle: format!(
-                "mean over {} prompts (95 % intervals on hover){}",
-                self.prompts.len(),
-                if outside.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", outside.join(", "))
-                }
-            ),
-            row_title: "layer".into(),
-            col_title: "head".into(),
-            rows: (0..l_n).map(|l| format!("L{l}")).collect(),
-            cols,
-            values,
-            targets,
-            intervals,
-            ..Heatmap::empty(title, rdla_attrib::Units::Logit)
-        }
+        hm.subtitle = format!(
+            "mean over {} prompts (95 % intervals on hover){}",
+            self.prompts.len(),
+            if outside.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", outside.join(", "))
+            }
+        );
+        hm
     }
 }
 

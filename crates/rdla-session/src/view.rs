@@ -30,22 +30,14 @@ pub fn view_title(model: &str, path: &Path, target: &str) -> String {
 /// The root view: rows = layers; columns = heads, the attention bias, the MLP.
 pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
     let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
-    let mut cols: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
-    cols.push("attn bias".into());
-    cols.push("MLP".into());
-    let mut values = Vec::new();
-    let mut targets = Vec::new();
-    for l in 0..l_n {
-        let attn = Path::root().child(Step::Comp(Comp::Attn(l)));
-        for h in 0..h_n {
-            values.push(Some(ov.head_dla.at(&[l, h])));
-            targets.push(Some(attn.child(Step::Head(h))));
-        }
-        values.push(Some(ov.attn_bias.data[l]));
-        targets.push(Some(attn.child(Step::Bias)));
-        values.push(ov.layout.index(Comp::Mlp(l)).map(|i| ov.components.data[i]));
-        targets.push(Some(Path::root().child(Step::Comp(Comp::Mlp(l)))));
-    }
+    let hm = layer_grid(l_n, h_n, title, |l, cell| match cell {
+        LayerCell::Head(h) => Some(ov.head_dla.at(&[l, h])),
+        LayerCell::Bias => Some(ov.attn_bias.data[l]),
+        LayerCell::Mlp => ov
+            .layout
+            .index(Comp::Mlp(l))
+            .map(|i| ov.components.data[i]),
+    });
     Heatmap {
         subtitle: if ov.layout.has_pos {
             format!(
@@ -58,6 +50,52 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
                 ov.target_value, ov.components.data[0]
             )
         },
+        ..hm
+    }
+}
+
+/// A cell of a layer's row in the root's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerCell {
+    Head(usize),
+    Bias,
+    Mlp,
+}
+
+impl LayerCell {
+    /// The node the cell of layer `l` stands for.
+    pub fn path(self, l: usize) -> Path {
+        let attn = Path::root().child(Step::Comp(Comp::Attn(l)));
+        match self {
+            Self::Head(h) => attn.child(Step::Head(h)),
+            Self::Bias => attn.child(Step::Bias),
+            Self::Mlp => Path::root().child(Step::Comp(Comp::Mlp(l))),
+        }
+    }
+}
+
+/// The root's layout (rows = layers; columns = heads, the attention bias, the MLP), each cell
+/// `value(layer, cell)` and leading to its node: the root view and a census's mean view.
+pub fn layer_grid(
+    l_n: usize,
+    h_n: usize,
+    title: &str,
+    mut value: impl FnMut(usize, LayerCell) -> Option<f32>,
+) -> Heatmap {
+    let mut cells: Vec<LayerCell> = (0..h_n).map(LayerCell::Head).collect();
+    cells.extend([LayerCell::Bias, LayerCell::Mlp]);
+    let mut values = Vec::new();
+    let mut targets = Vec::new();
+    for l in 0..l_n {
+        for &c in &cells {
+            values.push(value(l, c));
+            targets.push(Some(c.path(l)));
+        }
+    }
+    let mut cols: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
+    cols.push("attn bias".into());
+    cols.push("MLP".into());
+    Heatmap {
         row_title: "layer".into(),
         col_title: "head".into(),
         rows: (0..l_n).map(|l| format!("L{l}")).collect(),

@@ -105,11 +105,14 @@ pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
         bos: !a.no_bos,
         mlp_mode: a.mlp_mode,
     };
-    session.compute(&request).map_err(|f| match f.error {
-        // name the flag: `--foil: `x y` is not a single token: …`
+    // name the flag: `--foil: `x y` is not a single token: …`
+    let flagged = |e: SessionError| match e {
         SessionError::Token { which, error } => anyhow::anyhow!("--{which}: {error}"),
         e => e.into(),
-    })?;
+    };
+    // the answer and foil before the forward pass: a bad one fails at once, not after it
+    session.check_request(&request).map_err(flagged)?;
+    session.compute(&request).map_err(|f| flagged(f.error))?;
     Ok((session, load))
 }
 
