@@ -68,6 +68,13 @@ pub struct Engine<'a> {
     memo: MemoRef<'a>,
 }
 
+impl Drop for Engine<'_> {
+    /// A spilled cache's pages read by this engine leave the process's resident set.
+    fn drop(&mut self) {
+        self.cache.release_spilled();
+    }
+}
+
 /// The engine's own memo, or one kept by the caller for the same cache.
 enum MemoRef<'a> {
     Own(std::cell::RefCell<Memo>),

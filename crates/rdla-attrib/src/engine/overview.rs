@@ -45,6 +45,7 @@ impl Engine<'_> {
             let cs = start..(start + chunk).min(l_n);
             let b = self.blocks_in(&cs)?;
             chunks.push(self.overview_chunk(&b, &cs)?);
+            self.cache.release_spilled();
         }
         self.assemble(chunks, None)
     }

@@ -48,11 +48,21 @@ pub struct Cache {
     /// Logits at the last position `[V]`, before any final soft-cap (the attributed logits;
     /// [`crate::ModelConfig::output_logit`] gives what the model outputs).
     pub last_logits: Tensor<1>,
+    /// The temporary files `components`, `k` and `v` live in when the prompt did not fit the
+    /// budget (empty when they are in memory): [`crate::spill`].
+    pub spilled: Vec<crate::spill::Spill>,
 }
 
 impl Cache {
     pub fn n_pos(&self) -> usize {
         self.token_ids.len()
+    }
+
+    /// Drop the pages of a spilled cache read since the last call from the process's resident
+    /// memory (they stay in the page cache): after each computation that reads the cache, so
+    /// the budget holds for the resident set too.
+    pub fn release_spilled(&self) {
+        self.spilled.iter().for_each(crate::spill::Spill::release);
     }
 }
 

@@ -264,6 +264,7 @@ impl Model {
                 s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
                 if let Some(obs) = observe.as_mut() {
                     let partial = Cache {
+                        spilled: Vec::new(),
                         token_ids: ids.to_vec(),
                         layout,
                         components: comps.clone(),
@@ -303,7 +304,9 @@ impl Model {
         let last = xf.narrow(0, n - 1, 1); // [1, d]
         let last_logits = self.logits(last)?.squeeze_dim::<1>(0);
 
+        release();
         let cache = Cache {
+            spilled: spills,
             token_ids: ids.to_vec(),
             layout,
             components: comps,
@@ -317,7 +320,6 @@ impl Model {
             post_scale: post_scales,
             last_logits,
         };
-        release();
         self.check_finite(&cache)?;
         Ok(cache)
     }
