@@ -7,7 +7,8 @@ on each batch, and each head's DLA at the last position as one einsum per batch:
     head_dla[b, l, h] = z[b, l, last, h] · W_O[l, h] · (W_U[:, answer] − W_U[:, foil]) / scale[b]
 
 TL 2.18 with its default weight processing (fold_ln, center_writing_weights, center_unembed,
-fold_value_biases), float32, CPU, torch threads = cores. Prints the time and writes the mean
+fold_value_biases), float32, CPU, torch threads = cores, its rotary base set to the config's
+`rope_theta` (TL ignores it for Llama-family models). Prints the time and writes the mean
 head DLA (`--json`) so the numbers can be set beside rdla's summary.parquet.
 
     python3 bench/tl_census.py MODEL_DIR prompts.jsonl [--batch 32] [--json out.json]
@@ -31,6 +32,26 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 
+def honour_rope_theta(model_dir: str) -> float | None:
+    """TL 2.18 builds Llama-family rotary tables with base 10000 whatever `rope_theta` says
+    (SmolLM2: 100000; the answer logit is then off by up to 0.9): patch the config it builds
+    so the baseline computes the model's own numbers. Returns the base used."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    theta = json.loads((Path(model_dir) / "config.json").read_text()).get("rope_theta")
+    if theta is None:
+        return None
+    orig = tl_loading.convert_hf_model_config
+
+    def patched(name, **kw):
+        cfg = orig(name, **kw)
+        cfg["rotary_base"] = float(theta)
+        return cfg
+
+    tl_loading.convert_hf_model_config = patched
+    return float(theta)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -39,10 +60,13 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
     threads = tc.set_threads()
+    base = honour_rope_theta(a.model)
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(a.model)
     model = tc.load_model(a.model, tokenizer=tok)
     load_s = time.perf_counter() - t0
+    if base is not None:
+        assert model.cfg.rotary_base == base, (model.cfg.rotary_base, base)
     W_O = model.W_O.detach()  # [L, H, dh, d]
     W_U = model.W_U.detach()  # [d, V]
     L, H = model.cfg.n_layers, model.cfg.n_heads

@@ -393,7 +393,7 @@ impl RdlaApp {
                     );
                 });
             });
-        if self.state.current_view().is_some() {
+        if self.state.current_view().is_some() && !self.state.census.open {
             egui::Panel::right("details")
                 .default_size(300.0)
                 .max_size((width * 0.35).max(220.0))

@@ -330,6 +330,8 @@ pub struct CensusState {
     pub file: String,
     /// `(done, total)` of the census in flight.
     pub running: Option<(usize, usize)>,
+    /// When the census in flight started (for its time left).
+    pub started: Option<Instant>,
     pub table: Option<std::sync::Arc<rdla_session::census::CensusTable>>,
     /// The node whose distribution is shown.
     pub selected: Option<Path>,
@@ -605,6 +607,7 @@ impl AppState {
                 self.census.id = id;
                 self.census.file = file.display().to_string();
                 self.census.running = Some((0, 0));
+                self.census.started = Some(Instant::now());
                 self.census.error = None;
                 vec![Command::Census {
                     file,

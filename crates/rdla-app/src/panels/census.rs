@@ -71,10 +71,18 @@ pub fn show(
             } else {
                 0.0
             };
+            let left = c.started.filter(|_| done > 0).map(|t| {
+                let spent = t.elapsed().as_secs_f64();
+                spent / done as f64 * (total - done) as f64
+            });
+            let text = match left {
+                Some(s) => format!("{done} / {total} prompts · {:.0} s left", s.ceil()),
+                None => format!("{done} / {total} prompts"),
+            };
             ui.add(
                 egui::ProgressBar::new(frac)
-                    .desired_width(260.0)
-                    .text(format!("{done} / {total} prompts")),
+                    .desired_width(300.0)
+                    .text(text),
             );
             if ui.button("Stop census").clicked() {
                 actions.push(Action::CancelCensus);
@@ -244,7 +252,7 @@ fn prompts(ui: &mut Ui, t: &CensusTable, p: &Path, actions: &mut Vec<Action>) {
                         }
                         let r = &t.prompts[row];
                         ui.monospace(format!("{v:+.4}"));
-                        let text = format!("#{} {} → {:?}", r.index, r.prompt, r.answer);
+                        let text = format!("#{} {} → {:?}", r.index, short(&r.prompt), r.answer);
                         if ui
                             .link(text)
                             .on_hover_text(format!("open prompt #{} at {p}", r.index))
@@ -259,4 +267,18 @@ fn prompts(ui: &mut Ui, t: &CensusTable, p: &Path, actions: &mut Vec<Action>) {
                     }
                 });
         });
+}
+
+/// A prompt on one line, at most 60 characters (its end kept: the answer follows it).
+fn short(prompt: &str) -> String {
+    let one: String = prompt
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .collect();
+    let n = one.chars().count();
+    if n <= 60 {
+        one
+    } else {
+        format!("…{}", one.chars().skip(n - 59).collect::<String>())
+    }
 }

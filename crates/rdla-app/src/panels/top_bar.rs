@@ -195,11 +195,18 @@ fn computing_row(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         return;
     };
     ui.horizontal(|ui| {
-        let (fraction, _) = p.estimate();
+        // the worker computes one thing at a time: a census in flight comes first
+        let (fraction, text) = match (state.census.running, p.stage) {
+            (Some((done, total)), None) => (
+                0.0,
+                format!("waiting for the census ({done} / {total} prompts; Stop census to compute now)"),
+            ),
+            _ => (p.estimate().0, p.describe()),
+        };
         ui.add(
             egui::ProgressBar::new(fraction)
                 .desired_width(420.0)
-                .text(p.describe()),
+                .text(text),
         );
         if ui
             .button("Cancel computation")
