@@ -7,6 +7,9 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("cannot ablate: {0}")]
     BadAblation(String),
+    /// Prompts that cannot share one forward pass ([`crate::Model::run_batch`]).
+    #[error("cannot run these prompts in one forward pass: {0}")]
+    BadBatch(String),
     /// The message includes the I/O error's text, which is therefore not also the source:
     /// a chain printed in full says it once.
     #[error("{path}: {error}")]

@@ -340,3 +340,85 @@ fn grouped_query_heads_are_counted_per_query_head() {
         assert!((dla[0] - dla[1]).abs() > 1e-4, "{name}: {dla:?}");
     }
 }
+
+/// Several prompts of the same length in one forward pass (`run_batch`, what a census runs):
+/// every prompt's cache — components, keys, values, every frozen scale, the last logits — is
+/// the one its own forward pass gives, on every family (learned positions, rotary, grouped
+/// query heads, q/k norms, post-norms, local attention); prompts of different lengths are
+/// refused.
+#[test]
+fn a_batch_of_prompts_gives_each_prompt_its_own_cache() {
+    for name in TL_FIXTURES {
+        let m = load_model(name, &Device::flex());
+        let ids = Reference::load(name).token_ids();
+        let v = m.config.d_vocab as u32;
+        // three different prompts of the same length: the reference, reversed, shifted ids
+        let rev: Vec<u32> = ids.iter().rev().copied().collect();
+        let shifted: Vec<u32> = ids.iter().map(|&t| (t + 7) % v).collect();
+        let prompts = [ids.as_slice(), rev.as_slice(), shifted.as_slice()];
+        if m.streams_layers() || rdla_model::spill::forced() {
+            // CI's second pass: a streaming model, or caches forced to spill, runs prompts
+            // one at a time
+            let err = m.run_batch(&prompts).unwrap_err();
+            assert!(matches!(err, rdla_model::ModelError::BadBatch(_)), "{err}");
+            continue;
+        }
+        let batch = m.run_batch(&prompts).unwrap();
+        assert_eq!(batch.len(), 3);
+        for (p, got) in prompts.iter().zip(&batch) {
+            let want = m.run(p).unwrap();
+            assert_eq!(got.token_ids, want.token_ids);
+            let mut worst = 0.0f32;
+            let mut cmp = |what: &str, a: Vec<f32>, b: Vec<f32>| {
+                let e = max_abs_diff(&a, &b);
+                assert!(e <= TOL, "{name}: {what}: {e}");
+                worst = common::worse(worst, e);
+            };
+            cmp(
+                "components",
+                slice(got.components.clone()),
+                slice(want.components.clone()),
+            );
+            cmp("keys", slice(got.k.clone()), slice(want.k.clone()));
+            cmp("values", slice(got.v.clone()), slice(want.v.clone()));
+            cmp(
+                "ln1 scales",
+                slice(got.ln1_scale.clone()),
+                slice(want.ln1_scale.clone()),
+            );
+            cmp(
+                "ln2 scales",
+                slice(got.ln2_scale.clone()),
+                slice(want.ln2_scale.clone()),
+            );
+            cmp(
+                "final scales",
+                slice(got.final_scale.clone()),
+                slice(want.final_scale.clone()),
+            );
+            cmp(
+                "last logits",
+                slice(got.last_logits.clone()),
+                slice(want.last_logits.clone()),
+            );
+            if let (Some((gq, gk)), Some((wq, wk))) = (&got.qk_scale, &want.qk_scale) {
+                cmp("q-norm scales", slice(gq.clone()), slice(wq.clone()));
+                cmp("k-norm scales", slice(gk.clone()), slice(wk.clone()));
+            }
+            assert_eq!(got.qk_scale.is_some(), want.qk_scale.is_some());
+            if let (Some((ga, gm)), Some((wa, wm))) = (&got.post_scale, &want.post_scale) {
+                cmp(
+                    "post-attention scales",
+                    slice(ga.clone()),
+                    slice(wa.clone()),
+                );
+                cmp("post-MLP scales", slice(gm.clone()), slice(wm.clone()));
+            }
+            assert_eq!(got.post_scale.is_some(), want.post_scale.is_some());
+            assert!(worst.is_finite(), "{name}");
+        }
+    }
+    let m = load_model("llama_gqa", &Device::flex());
+    let err = m.run_batch(&[&[1, 2, 3], &[1, 2]]).unwrap_err();
+    assert!(err.to_string().contains("same number of tokens"), "{err}");
+}

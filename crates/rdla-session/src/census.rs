@@ -17,9 +17,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdla_attrib::{Comp, MlpMode, Overview, Path as NodePath, Step};
 
 use crate::Heatmap;
-use crate::view::{LayerCell, layer_grid};
 use crate::error::{Result, SessionError};
 use crate::session::{Request, Session};
+use crate::view::{LayerCell, layer_grid};
 
 /// Prompts per row group (and per flush).
 const ROW_GROUP: usize = 256;
@@ -558,10 +558,82 @@ pub struct CensusTimes {
     pub total_ms: f64,
 }
 
-/// Attribute each of `todo` (checked by [`check_records`]) in turn, handing `sink` its row and
-/// its nodes. A record that fails is skipped and listed with `skip_bad`, an error naming it
-/// otherwise. `progress(done, total)` after each prompt; returning `false` stops there. Each
-/// prompt becomes the session's current computation in turn.
+/// Records taken together: grouped by token count within a window, in batches of at most
+/// [`BATCH`] sharing one forward pass, and handed on in file order.
+const WINDOW: usize = 64;
+/// Prompts per forward pass.
+const BATCH: usize = 32;
+
+/// What one record gave: its row, its nodes and its computation's times, or why it failed.
+type Outcome = std::result::Result<(PromptRow, Vec<(String, f32)>, f64, f64), SessionError>;
+
+/// The current computation as a census row and its nodes.
+fn outcome(session: &Session, r: &Record, depth: u8) -> Outcome {
+    let c = session.computed().ok_or(SessionError::NotComputed)?;
+    let prob = session.answer_prob()?;
+    let row = PromptRow {
+        index: r.index as u32,
+        prompt: r.prompt.clone(),
+        answer: r.answer.clone(),
+        foil: r.foil.clone(),
+        n_tokens: c.tokens.ids.len() as u32,
+        answer_id: c.target.answer(),
+        foil_id: c.target.foil(),
+        target_value: c.overview.target_value,
+        prob,
+    };
+    Ok((
+        row,
+        node_values(&c.overview, depth),
+        c.forward_ms,
+        c.attribution_ms,
+    ))
+}
+
+/// The outcomes of `window`'s records: prompts of the same token count share forward passes
+/// ([`Session::compute_batch`]); a batch that cannot (a streaming model, a cache that would
+/// spill, any failure) and a lone prompt are computed one at a time.
+fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions) -> Vec<Outcome> {
+    let mut out: Vec<Option<Outcome>> = (0..window.len()).map(|_| None).collect();
+    let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (j, r) in window.iter().enumerate() {
+        let n = session
+            .tokenize(&r.prompt, opts.bos)
+            .map_or(0, |t| t.ids.len());
+        by_len.entry(n).or_default().push(j);
+    }
+    for group in by_len.values() {
+        for chunk in group.chunks(BATCH) {
+            if chunk.len() > 1 && !session.model().streams_layers() {
+                let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
+                let _ = session.compute_batch(&reqs, &mut |i, s| {
+                    let j = chunk[i];
+                    out[j] = Some(outcome(s, &window[j], opts.depth));
+                    Ok(())
+                });
+            }
+            for &j in chunk {
+                if out[j].is_none() {
+                    let r = &window[j];
+                    out[j] = Some(match session.compute(&request(r, opts)) {
+                        Ok(_) => outcome(session, r, opts.depth),
+                        Err(f) => Err(f.error),
+                    });
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or(Err(SessionError::NotComputed)))
+        .collect()
+}
+
+/// Attribute each of `todo` (checked by [`check_records`]), handing `sink` each record's row
+/// and nodes in file order. Records of the same token count share forward passes (a window
+/// of [`WINDOW`] records at a time, at most [`BATCH`] prompts per pass); every number is the
+/// one a computation of its own gives. A record that fails is skipped and listed with
+/// `skip_bad`, an error naming it otherwise. `progress(done, total)` after each record;
+/// returning `false` stops there. The session's current computation is the last one made.
 pub fn attribute_each(
     session: &mut Session,
     todo: &[Record],
@@ -572,36 +644,23 @@ pub fn attribute_each(
     let start = std::time::Instant::now();
     let mut skipped = Vec::new();
     let mut times = CensusTimes::default();
-    for (k, r) in todo.iter().enumerate() {
-        let c = match session.compute(&request(r, opts)) {
-            Ok(c) => {
-                times.forward_ms += c.forward_ms;
-                times.attribution_ms += c.attribution_ms;
-                c.clone()
+    let mut k = 0;
+    for window in todo.chunks(WINDOW) {
+        for (r, o) in window.iter().zip(compute_window(session, window, opts)) {
+            match o {
+                Ok((row, nodes, fwd, attr)) => {
+                    times.forward_ms += fwd;
+                    times.attribution_ms += attr;
+                    sink(row, nodes)?;
+                }
+                Err(e) if opts.skip_bad => skipped.push((r.clone(), e.to_string())),
+                Err(e) => return Err(SessionError::Census(format!("{}: {e}", r.place))),
             }
-            Err(f) if opts.skip_bad => {
-                skipped.push((r.clone(), f.error.to_string()));
-                continue;
+            k += 1;
+            if !progress(k, todo.len()) {
+                times.total_ms = start.elapsed().as_secs_f64() * 1e3;
+                return Ok((skipped, times));
             }
-            Err(f) => {
-                return Err(SessionError::Census(format!("{}: {}", r.place, f.error)));
-            }
-        };
-        let prob = session.answer_prob()?;
-        let row = PromptRow {
-            index: r.index as u32,
-            prompt: r.prompt.clone(),
-            answer: r.answer.clone(),
-            foil: r.foil.clone(),
-            n_tokens: c.tokens.ids.len() as u32,
-            answer_id: c.target.answer(),
-            foil_id: c.target.foil(),
-            target_value: c.overview.target_value,
-            prob,
-        };
-        sink(row, node_values(&c.overview, opts.depth))?;
-        if !progress(k + 1, todo.len()) {
-            break;
         }
     }
     times.total_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -301,7 +301,8 @@ impl Session {
     }
 
     /// Tokenise the prompt (BOS as asked) and check it fits the model.
-    fn tokenize(&self, prompt: &str, bos: bool) -> std::result::Result<Tokens, ModelError> {
+    /// A prompt's tokens as the computation would use them.
+    pub fn tokenize(&self, prompt: &str, bos: bool) -> std::result::Result<Tokens, ModelError> {
         let tok = &self.model.tokenizer;
         let ids = tok.encode_prompt_within(prompt, bos, self.model.config.n_ctx)?;
         self.model.check_tokens(&ids)?;
@@ -458,6 +459,31 @@ impl Session {
             let cancelled = rdla_model::ModelError::ComputeCancelled.into();
             return Err(fail(cancelled, Some(tokens), top));
         }
+        self.attribute_cache(req, tokens, top, target, cache, fused, forward_ms)
+    }
+
+    /// The attribution of a forward pass's `cache` for `req` (its overview and root view;
+    /// `fused`: the overview already computed during the forward pass), made the current
+    /// computation.
+    #[allow(clippy::too_many_arguments)]
+    fn attribute_cache(
+        &mut self,
+        req: &Request,
+        tokens: Tokens,
+        top: Vec<Prediction>,
+        target: Target,
+        cache: Cache,
+        fused: Option<rdla_attrib::Overview>,
+        forward_ms: f64,
+    ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
+        let fail = |error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>| {
+            Box::new(ComputeFailure {
+                error,
+                tokens,
+                top,
+                kept: false,
+            })
+        };
         let t = Instant::now();
         let memo = std::cell::RefCell::default();
         let derived = (|| -> Result<_> {
@@ -504,6 +530,47 @@ impl Session {
                 contrast: None,
             })
             .computed)
+    }
+
+    /// [`Session::compute`] for several requests whose prompts have the same number of
+    /// tokens, in one forward pass ([`rdla_model::Model::run_batch`]): each request's
+    /// computation becomes current in turn and `each(i, session)` sees it (`i`: its index in
+    /// `reqs`). Every number is the one [`Session::compute`] gives. A model that streams its
+    /// layers, prompts whose caches would spill, different token counts or a bad target are
+    /// errors before anything is computed: the caller then computes them one at a time.
+    pub fn compute_batch(
+        &mut self,
+        reqs: &[Request],
+        each: &mut dyn FnMut(usize, &mut Session) -> Result<()>,
+    ) -> Result<()> {
+        let mut tokens = Vec::with_capacity(reqs.len());
+        let mut targets = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            tokens.push(self.tokenize(&r.prompt, r.bos)?);
+            targets.push(self.target(r)?);
+        }
+        self.current = None;
+        let t = Instant::now();
+        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+        let caches = self.model.run_batch(&ids)?;
+        let mut tops = Vec::with_capacity(caches.len());
+        for c in &caches {
+            tops.push(top_predictions(&self.model, c, 10)?);
+        }
+        // the pass's time shared out among its prompts
+        let forward_ms = ms(t) / reqs.len().max(1) as f64;
+        for (i, (((req, tokens), (target, cache)), top)) in reqs
+            .iter()
+            .zip(tokens)
+            .zip(targets.into_iter().zip(caches))
+            .zip(tops)
+            .enumerate()
+        {
+            self.attribute_cache(req, tokens, top, target, cache, None, forward_ms)
+                .map_err(|f| f.error)?;
+            each(i, self)?;
+        }
+        Ok(())
     }
 
     /// `logit " the"`, or `logit " the" − " a"`.

@@ -33,10 +33,7 @@ pub fn root_heatmap(ov: &Overview, title: &str) -> Heatmap {
     let hm = layer_grid(l_n, h_n, title, |l, cell| match cell {
         LayerCell::Head(h) => Some(ov.head_dla.at(&[l, h])),
         LayerCell::Bias => Some(ov.attn_bias.data[l]),
-        LayerCell::Mlp => ov
-            .layout
-            .index(Comp::Mlp(l))
-            .map(|i| ov.components.data[i]),
+        LayerCell::Mlp => ov.layout.index(Comp::Mlp(l)).map(|i| ov.components.data[i]),
     });
     Heatmap {
         subtitle: if ov.layout.has_pos {

@@ -79,11 +79,7 @@ pub fn show(
                 Some(s) => format!("{done} / {total} prompts · {:.0} s left", s.ceil()),
                 None => format!("{done} / {total} prompts"),
             };
-            ui.add(
-                egui::ProgressBar::new(frac)
-                    .desired_width(300.0)
-                    .text(text),
-            );
+            ui.add(egui::ProgressBar::new(frac).desired_width(300.0).text(text));
             if ui.button("Stop census").clicked() {
                 actions.push(Action::CancelCensus);
             }

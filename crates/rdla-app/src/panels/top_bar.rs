@@ -199,7 +199,9 @@ fn computing_row(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         let (fraction, text) = match (state.census.running, p.stage) {
             (Some((done, total)), None) => (
                 0.0,
-                format!("waiting for the census ({done} / {total} prompts; Stop census to compute now)"),
+                format!(
+                    "waiting for the census ({done} / {total} prompts; Stop census to compute now)"
+                ),
             ),
             _ => (p.estimate().0, p.describe()),
         };

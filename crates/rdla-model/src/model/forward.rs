@@ -66,26 +66,91 @@ impl Model {
         self.forward(ids, &Interventions::default(), progress, Some(observe))
     }
 
+    /// One forward pass over several prompts of the same token count, each prompt's cache
+    /// the one [`Model::run`] gives it: the prompts are laid end to end along the position
+    /// axis (every per-position step — norms, projections, the MLP — runs once for all of
+    /// them), and attention runs per prompt (the prompts folded into the key/value-head axis,
+    /// so no prompt sees another's keys; rotary positions start at 0 in each). For many short
+    /// prompts (a census) this saves most of the per-operation overhead of one pass each. A
+    /// model that streams its layers, or prompts whose caches would spill, are refused
+    /// ([`crate::ModelError::BadBatch`]): run them one at a time.
+    pub fn run_batch(&self, prompts: &[&[u32]]) -> Result<Vec<Cache>> {
+        let bad = |why: String| Err(crate::error::ModelError::BadBatch(why));
+        let Some(first) = prompts.first() else {
+            return Ok(Vec::new());
+        };
+        let n = first.len();
+        if prompts.iter().any(|p| p.len() != n) {
+            return bad("the prompts do not have the same number of tokens".into());
+        }
+        if self.streams_layers() {
+            return bad("the model streams its layers".into());
+        }
+        for p in prompts {
+            if self.plan_prompt(p)? {
+                return bad("a prompt's cache would spill to a file".into());
+            }
+        }
+        let all: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
+        if prompts.len() > 1 {
+            // the whole batch's cache and working tensors against the budget
+            self.fits(
+                all.len(),
+                crate::memory::prompt_bytes(&self.config, all.len()),
+                &format!(" ({} prompts of {n} tokens at once)", prompts.len()),
+            )?;
+        }
+        self.forward_rows(
+            &all,
+            prompts.len(),
+            &Interventions::default(),
+            &mut |_, _| true,
+            None,
+        )
+    }
+
     fn forward(
         &self,
         ids: &[u32],
         iv: &Interventions,
         progress: &mut dyn FnMut(usize, usize) -> bool,
-        mut observe: Option<&mut Observer<'_>>,
+        observe: Option<&mut Observer<'_>>,
     ) -> Result<Cache> {
-        let spill = self.plan_prompt(ids)?;
+        let mut caches = self.forward_rows(ids, 1, iv, progress, observe)?;
+        caches
+            .pop()
+            .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
+    }
+
+    /// The forward pass over `batch` prompts of `ids.len() / batch` tokens each, laid end to
+    /// end (`batch > 1`: no interventions, no observer, no spill; checked by
+    /// [`Model::run_batch`]).
+    fn forward_rows(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        iv: &Interventions,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+        mut observe: Option<&mut Observer<'_>>,
+    ) -> Result<Vec<Cache>> {
+        let spill = if batch == 1 {
+            self.plan_prompt(ids)?
+        } else {
+            false
+        };
         let cfg = &self.config;
         let w = &self.weights;
         let dev = &self.device;
         let layout = cfg.layout();
+        let n_all = ids.len();
         let (n, h, kv, dh, d) = (
-            ids.len(),
+            n_all / batch,
             cfg.n_heads,
             cfg.n_kv_heads,
             cfg.d_head,
             cfg.d_model,
         );
-        let (n_l, n_c, g) = (cfg.n_layers, layout.n(), cfg.kv_group());
+        let (n_l, n_c) = (cfg.n_layers, layout.n());
         let rotary = self.rotary_tables(n);
 
         let mut embed = self.embed(ids)?; // [P, d]
@@ -104,32 +169,38 @@ impl Model {
             spills.push(f);
             Ok(Some(t))
         };
-        let comps0 = spilled(&[n_c, n, d, 1])?.map(|t| t.squeeze_dim::<3>(3));
-        let ks0 = spilled(&[n_l, kv, n, dh])?;
-        let vs0 = spilled(&[n_l, kv, n, dh])?;
+        let comps0 = spilled(&[n_c, n_all, d, 1])?.map(|t| t.squeeze_dim::<3>(3));
+        let ks0 = spilled(&[n_l, kv, n_all, dh])?;
+        let vs0 = spilled(&[n_l, kv, n_all, dh])?;
         let release = || spills.iter().for_each(crate::spill::Spill::release);
         if spill {
             crate::memory::count_spill(spills.iter().map(|f| f.bytes() as u64).sum());
         }
         let mut comps = match comps0 {
             Some(t) => t,
-            None if observe.is_some() => Tensor::<3>::zeros([n_c, n, d], dev),
-            None => Tensor::<3>::empty([n_c, n, d], dev),
+            None if observe.is_some() => Tensor::<3>::zeros([n_c, n_all, d], dev),
+            None => Tensor::<3>::empty([n_c, n_all, d], dev),
         }
-        .slice_assign([0..1, 0..n, 0..d], embed.clone().unsqueeze_dim::<3>(0));
+        .slice_assign([0..1, 0..n_all, 0..d], embed.clone().unsqueeze_dim::<3>(0));
         let mut x = embed;
         if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
             let mut pos = w_pos.clone().narrow(0, 0, n); // [P, d]
             for a in iv.at(|s| s == Site::Pos) {
                 pos = ablate_rows(pos, a.pos, None, a.mode);
             }
+            // each prompt's positions start at 0
+            let pos = if batch > 1 {
+                pos.repeat_dim(0, batch)
+            } else {
+                pos
+            };
             x = x + pos.clone();
-            comps = comps.slice_assign([c..c + 1, 0..n, 0..d], pos.unsqueeze_dim::<3>(0));
+            comps = comps.slice_assign([c..c + 1, 0..n_all, 0..d], pos.unsqueeze_dim::<3>(0));
         }
-        let mut s1s = Tensor::<2>::empty([n_l, n], dev);
-        let mut s2s = Tensor::<2>::empty([n_l, n], dev);
-        let mut ks = ks0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n, dh], dev));
-        let mut vs = vs0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n, dh], dev));
+        let mut s1s = Tensor::<2>::empty([n_l, n_all], dev);
+        let mut s2s = Tensor::<2>::empty([n_l, n_all], dev);
+        let mut ks = ks0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n_all, dh], dev));
+        let mut vs = vs0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n_all, dh], dev));
         let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
         let mut post_scales: Option<(Tensor<2>, Tensor<2>)> = None;
 
@@ -153,7 +224,14 @@ impl Model {
                 let layer = |t: &Tensor<4>| t.clone().squeeze_dim::<3>(0);
                 let layer3 = |t: &Tensor<3>| t.clone().squeeze_dim::<2>(0);
                 let layer2 = |t: &Tensor<2>| t.clone(); // [1, ·]
+                // each prompt's positions start at 0
                 let rotate = |t: Tensor<3>| match &rotary {
+                    Some(r) if batch > 1 => {
+                        let a = t.dims()[0];
+                        r.layer(l)
+                            .apply(t.reshape([a * batch, n, dh]), 0)
+                            .reshape([a, n_all, dh])
+                    }
                     Some(r) => r.layer(l).apply(t, 0),
                     None => t,
                 };
@@ -169,16 +247,16 @@ impl Model {
                         let (k, sk) = self.head_norm(k, layer2(kn));
                         let (qs, ks) = qk_scales.get_or_insert_with(|| {
                             (
-                                Tensor::<3>::empty([n_l, h, n], dev),
-                                Tensor::<3>::empty([n_l, kv, n], dev),
+                                Tensor::<3>::empty([n_l, h, n_all], dev),
+                                Tensor::<3>::empty([n_l, kv, n_all], dev),
                             )
                         });
                         *qs = qs
                             .clone()
-                            .slice_assign([l..l + 1, 0..h, 0..n], sq.unsqueeze_dim::<3>(0));
+                            .slice_assign([l..l + 1, 0..h, 0..n_all], sq.unsqueeze_dim::<3>(0));
                         *ks = ks
                             .clone()
-                            .slice_assign([l..l + 1, 0..kv, 0..n], sk.unsqueeze_dim::<3>(0));
+                            .slice_assign([l..l + 1, 0..kv, 0..n_all], sk.unsqueeze_dim::<3>(0));
                         (q, k)
                     }
                     None => (q, k),
@@ -187,19 +265,7 @@ impl Model {
                 let k = rotate(k);
                 let v = xh.matmul(layer(&b.w_v)) + layer3(&b.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
                 let span = cfg.attn_spans[l];
-                let mut z = Tensor::<3>::empty([h, n, dh], dev);
-                for q0 in (0..n).step_by(QUERY_BLOCK) {
-                    let bq = QUERY_BLOCK.min(n - q0);
-                    let k_end = q0 + bq; // no query of the block sees past its last position
-                    let qb = q.clone().narrow(1, q0, bq).reshape([kv, g * bq, dh]); // query heads grouped by key/value head
-                    let scores = qb.matmul(k.clone().narrow(1, 0, k_end).swap_dims(1, 2)); // [KV, g·Bq, K]
-                    let pattern = self.block_softmax(scores, span, q0, bq)?;
-                    let zb = pattern
-                        .matmul(v.clone().narrow(1, 0, k_end)) // [KV, g·Bq, dh]
-                        .reshape([h, bq, dh]);
-                    z = z.slice_assign([0..h, q0..q0 + bq, 0..dh], zb);
-                }
-                let mut z_flat = z.swap_dims(0, 1).reshape([n, h * dh]); // [P, H·dh]
+                let mut z_flat = self.attention(q, k.clone(), v.clone(), batch, span)?; // [B·P, H·dh]
                 for a in iv.at(|s| matches!(s, Site::Head { layer, .. } if layer == l)) {
                     if let Site::Head { head, .. } = a.site {
                         z_flat =
@@ -213,23 +279,24 @@ impl Model {
                     attn_out = y;
                     let (sa, _) = post_scales.get_or_insert_with(|| {
                         (
-                            Tensor::<2>::empty([n_l, n], dev),
-                            Tensor::<2>::empty([n_l, n], dev),
+                            Tensor::<2>::empty([n_l, n_all], dev),
+                            Tensor::<2>::empty([n_l, n_all], dev),
                         )
                     });
                     *sa = sa
                         .clone()
-                        .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
+                        .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
                 for a in iv.at(|s| s == Site::Attn(l)) {
                     attn_out = ablate_rows(attn_out, a.pos, None, a.mode);
                 }
                 let resid_mid = x.clone() + attn_out.clone();
                 let c = layout.attn(l);
-                comps = comps.slice_assign([c..c + 1, 0..n, 0..d], attn_out.unsqueeze_dim::<3>(0));
-                s1s = s1s.slice_assign([l..l + 1, 0..n], s1.unsqueeze_dim::<2>(0));
-                ks = ks.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], k.unsqueeze_dim::<4>(0));
-                vs = vs.slice_assign([l..l + 1, 0..kv, 0..n, 0..dh], v.unsqueeze_dim::<4>(0));
+                comps =
+                    comps.slice_assign([c..c + 1, 0..n_all, 0..d], attn_out.unsqueeze_dim::<3>(0));
+                s1s = s1s.slice_assign([l..l + 1, 0..n_all], s1.unsqueeze_dim::<2>(0));
+                ks = ks.slice_assign([l..l + 1, 0..kv, 0..n_all, 0..dh], k.unsqueeze_dim::<4>(0));
+                vs = vs.slice_assign([l..l + 1, 0..kv, 0..n_all, 0..dh], v.unsqueeze_dim::<4>(0));
 
                 // MLP: reads resid_mid, or resid_pre with a parallel residual
                 let mlp_in = if cfg.parallel_residual {
@@ -253,15 +320,16 @@ impl Model {
                     mlp_out = y;
                     *sm = sm
                         .clone()
-                        .slice_assign([l..l + 1, 0..n], s.unsqueeze_dim::<2>(0));
+                        .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
                 for a in iv.at(|s| s == Site::Mlp(l)) {
                     mlp_out = ablate_rows(mlp_out, a.pos, None, a.mode);
                 }
                 x = resid_mid + mlp_out.clone();
                 let c = layout.mlp(l);
-                comps = comps.slice_assign([c..c + 1, 0..n, 0..d], mlp_out.unsqueeze_dim::<3>(0));
-                s2s = s2s.slice_assign([l..l + 1, 0..n], s2.unsqueeze_dim::<2>(0));
+                comps =
+                    comps.slice_assign([c..c + 1, 0..n_all, 0..d], mlp_out.unsqueeze_dim::<3>(0));
+                s2s = s2s.slice_assign([l..l + 1, 0..n_all], s2.unsqueeze_dim::<2>(0));
                 if let Some(obs) = observe.as_mut() {
                     let partial = Cache {
                         spilled: Vec::new(),
@@ -301,11 +369,14 @@ impl Model {
             });
             xf = xf.slice_assign([n - 1..n, 0..d], Self::ln_affine(xn, wb));
         }
-        let last = xf.narrow(0, n - 1, 1); // [1, d]
-        let last_logits = self.logits(last)?.squeeze_dim::<1>(0);
-
         release();
-        let cache = Cache {
+        let last_logits = if batch == 1 {
+            self.logits(xf.clone().narrow(0, n - 1, 1))?
+                .squeeze_dim::<1>(0)
+        } else {
+            Tensor::zeros([1], dev) // each prompt's, from `xf`, in split_batch
+        };
+        let whole = Cache {
             spilled: spills,
             token_ids: ids.to_vec(),
             layout,
@@ -320,8 +391,105 @@ impl Model {
             post_scale: post_scales,
             last_logits,
         };
-        self.check_finite(&cache)?;
-        Ok(cache)
+        if batch > 1 {
+            return self.split_batch(&whole, &xf, batch);
+        }
+        self.check_finite(&whole)?;
+        Ok(vec![whole])
+    }
+
+    /// Attention of `batch` prompts laid end to end: queries `[H, B·P, dh]`, keys and values
+    /// `[KV, B·P, dh]` (rotated) → each head's `z` as `[B·P, H·dh]`, a block of queries at a
+    /// time. The prompts are folded into the key/value-head axis (`B·KV`, prompt major), so
+    /// each sees its own keys only; query heads are grouped by key/value head.
+    fn attention(
+        &self,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+        batch: usize,
+        span: crate::config::AttnSpan,
+    ) -> Result<Tensor<2>> {
+        let cfg = &self.config;
+        let (h, kv, dh, g) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.kv_group());
+        let n_all = q.dims()[1];
+        let n = n_all / batch;
+        let dev = &self.device;
+        let (qg, kg, vg) = if batch > 1 {
+            let per = |t: Tensor<3>, heads: usize| {
+                t.reshape([heads, batch, n, dh])
+                    .swap_dims(0, 1)
+                    .reshape([batch * heads, n, dh])
+            };
+            (
+                per(q, h).reshape([batch * kv, g, n, dh]),
+                per(k, kv),
+                per(v, kv),
+            )
+        } else {
+            (q.reshape([kv, g, n, dh]), k, v)
+        };
+        let bk = batch * kv;
+        let mut z = Tensor::<3>::empty([batch * h, n, dh], dev);
+        for q0 in (0..n).step_by(QUERY_BLOCK) {
+            let bq = QUERY_BLOCK.min(n - q0);
+            let k_end = q0 + bq; // no query of the block sees past its last position
+            let qb = qg.clone().narrow(2, q0, bq).reshape([bk, g * bq, dh]);
+            let scores = qb.matmul(kg.clone().narrow(1, 0, k_end).swap_dims(1, 2)); // [B·KV, g·Bq, K]
+            let pattern = self.block_softmax(scores, span, q0, bq)?;
+            let zb = pattern
+                .matmul(vg.clone().narrow(1, 0, k_end)) // [B·KV, g·Bq, dh]
+                .reshape([batch * h, bq, dh]);
+            z = z.slice_assign([0..batch * h, q0..q0 + bq, 0..dh], zb);
+        }
+        // [B·H, P, dh] → [B·P, H·dh]
+        Ok(z.reshape([batch, h, n, dh])
+            .swap_dims(1, 2)
+            .reshape([n_all, h * dh]))
+    }
+
+    /// The caches of `batch` prompts run end to end in `whole` (its `last_logits` unset), and
+    /// their last logits from the final residual `xf [B·P, d]`: each a view of its positions.
+    fn split_batch(&self, whole: &Cache, xf: &Tensor<2>, batch: usize) -> Result<Vec<Cache>> {
+        let n = whole.n_pos() / batch;
+        let lasts = Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(
+                (0..batch)
+                    .map(|b| (b * n + n - 1) as i64)
+                    .collect::<Vec<_>>(),
+                [batch],
+            ),
+            &self.device,
+        );
+        let logits = self.logits(xf.clone().select(0, lasts))?; // [B, V]
+        let mut caches = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let at = b * n;
+            let cache = Cache {
+                spilled: Vec::new(),
+                token_ids: whole.token_ids[at..at + n].to_vec(),
+                layout: whole.layout,
+                components: whole.components.clone().narrow(1, at, n),
+                ln1_scale: whole.ln1_scale.clone().narrow(1, at, n),
+                ln2_scale: whole.ln2_scale.clone().narrow(1, at, n),
+                final_scale: whole.final_scale.clone().narrow(0, at, n),
+                rotary: whole.rotary.clone(),
+                k: whole.k.clone().narrow(2, at, n),
+                v: whole.v.clone().narrow(2, at, n),
+                qk_scale: whole
+                    .qk_scale
+                    .as_ref()
+                    .map(|(q, k)| (q.clone().narrow(2, at, n), k.clone().narrow(2, at, n))),
+                post_scale: whole
+                    .post_scale
+                    .as_ref()
+                    .map(|(a, m)| (a.clone().narrow(1, at, n), m.clone().narrow(1, at, n))),
+                last_logits: logits.clone().narrow(0, b, 1).squeeze_dim::<1>(0),
+            };
+            self.check_finite(&cache)?;
+            caches.push(cache);
+        }
+        Ok(caches)
     }
 
     /// Every frozen norm scale and the last logits must be finite: an overflow anywhere in the
