@@ -146,6 +146,18 @@ pub struct ComputeFailure {
     pub kept: bool,
 }
 
+impl ComputeFailure {
+    /// A failure that dropped the current computation.
+    fn new(error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>) -> Box<Self> {
+        Box::new(Self {
+            error,
+            tokens,
+            top,
+            kept: false,
+        })
+    }
+}
+
 /// One node, ready to show: its expansion, its heatmap and what the view adds to it.
 #[derive(Debug, Clone)]
 pub struct NodeView {
@@ -378,14 +390,7 @@ impl Session {
         req: &Request,
         progress: &mut dyn FnMut(Stage) -> bool,
     ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
-        let fail = |error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>| {
-            Box::new(ComputeFailure {
-                error,
-                tokens,
-                top,
-                kept: false,
-            })
-        };
+        let fail = ComputeFailure::new;
         let tokens = self.tokenize(&req.prompt, req.bos).map_err(|e| {
             self.current = None;
             fail(e.into(), None, Vec::new())
@@ -476,14 +481,7 @@ impl Session {
         fused: Option<rdla_attrib::Overview>,
         forward_ms: f64,
     ) -> std::result::Result<&Computed, Box<ComputeFailure>> {
-        let fail = |error: SessionError, tokens: Option<Tokens>, top: Vec<Prediction>| {
-            Box::new(ComputeFailure {
-                error,
-                tokens,
-                top,
-                kept: false,
-            })
-        };
+        let fail = ComputeFailure::new;
         let t = Instant::now();
         let memo = std::cell::RefCell::default();
         let derived = (|| -> Result<_> {
