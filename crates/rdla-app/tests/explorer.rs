@@ -34,6 +34,14 @@ fn click(h: &mut Harness<'_, RdlaApp>, label: &str) {
     settle(h);
 }
 
+/// [`click`] without waiting for the worker afterwards.
+fn click_now(h: &mut Harness<'_, RdlaApp>, label: &str) {
+    h.get_by_label(label).hover();
+    h.step();
+    h.get_by_label(label).click();
+    h.step();
+}
+
 /// The model opened and the attribution computed, without an error.
 fn assert_computed(app: &RdlaApp) {
     assert!(app.state.load_error.is_none(), "{:?}", app.state.load_error);
@@ -772,6 +780,62 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
     let png = exported(tmp.path(), "png");
     let img = image::open(&png).unwrap();
     assert!(img.width() > 200 && img.height() > 100);
+
+    // a long census stopped once it has started keeps the prompts done and says so
+    let many = tmp.path().join("many.jsonl");
+    let line = serde_json::json!({"prompt": prompts[0], "answer": "3"}).to_string();
+    std::fs::write(&many, format!("{line}\n").repeat(20_000)).unwrap();
+    let field = h.get_by_label("Census prompts file");
+    field.focus();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    field.type_text(many.to_str().unwrap());
+    h.step();
+    click_now(&mut h, "Run census");
+    for _ in 0..5000 {
+        h.step();
+        if h.state()
+            .state
+            .census
+            .running
+            .is_some_and(|(done, _)| done > 0)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    click(&mut h, "Stop census");
+    {
+        let app = h.state();
+        let t = app
+            .state
+            .census
+            .table
+            .clone()
+            .expect("a stopped census keeps its table");
+        assert!(
+            !t.prompts.is_empty() && t.prompts.len() < 20_000,
+            "{} prompts",
+            t.prompts.len()
+        );
+        assert_eq!(t.todo, 20_000);
+        assert!(
+            app.state.status.contains("stopped after"),
+            "{}",
+            app.state.status
+        );
+    }
+    // the first census's table comes back with the first file
+    let field = h.get_by_label("Census prompts file");
+    field.focus();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    field.type_text(file.to_str().unwrap());
+    h.step();
+    click(&mut h, "Run census");
+    assert_eq!(
+        h.state().state.census.table.as_ref().unwrap().prompts.len(),
+        prompts.len()
+    );
+    click(&mut h, &head);
 
     // the largest prompt opens in the explorer at that node, with the census's value
     let label = format!("#{index} ");
