@@ -341,21 +341,29 @@ fn grouped_query_heads_are_counted_per_query_head() {
     }
 }
 
-/// Several prompts of the same length in one forward pass (`run_batch`, what a census runs):
-/// every prompt's cache — components, keys, values, every frozen scale, the last logits — is
-/// the one its own forward pass gives, on every family (learned positions, rotary, grouped
-/// query heads, q/k norms, post-norms, local attention); prompts of different lengths are
-/// refused.
+/// Several prompts in one forward pass (`run_batch`, what a census runs), of the same and of
+/// different lengths (the shorter padded at their end): every prompt's cache — components,
+/// keys, values, every frozen scale, the last logits — is the one its own forward pass gives,
+/// on every family (learned positions, rotary, grouped query heads, q/k norms, post-norms,
+/// local attention).
 #[test]
 fn a_batch_of_prompts_gives_each_prompt_its_own_cache() {
     for name in TL_FIXTURES {
         let m = load_model(name, &Device::flex());
         let ids = Reference::load(name).token_ids();
         let v = m.config.d_vocab as u32;
-        // three different prompts of the same length: the reference, reversed, shifted ids
+        // the reference, reversed, shifted ids, and two shorter ones (padded in the batch)
         let rev: Vec<u32> = ids.iter().rev().copied().collect();
         let shifted: Vec<u32> = ids.iter().map(|&t| (t + 7) % v).collect();
-        let prompts = [ids.as_slice(), rev.as_slice(), shifted.as_slice()];
+        let short = &shifted[..ids.len() / 2];
+        let one = &rev[..1];
+        let prompts = [
+            ids.as_slice(),
+            rev.as_slice(),
+            short,
+            shifted.as_slice(),
+            one,
+        ];
         if m.streams_layers() || rdla_model::spill::forced() {
             // CI's second pass: a streaming model, or caches forced to spill, runs prompts
             // one at a time
@@ -364,7 +372,7 @@ fn a_batch_of_prompts_gives_each_prompt_its_own_cache() {
             continue;
         }
         let batch = m.run_batch(&prompts).unwrap();
-        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.len(), prompts.len());
         for (p, got) in prompts.iter().zip(&batch) {
             let want = m.run(p).unwrap();
             assert_eq!(got.token_ids, want.token_ids);
@@ -418,7 +426,8 @@ fn a_batch_of_prompts_gives_each_prompt_its_own_cache() {
             assert!(worst.is_finite(), "{name}");
         }
     }
+    // an empty prompt in a batch is the same error as on its own
     let m = load_model("llama_gqa", &Device::flex());
-    let err = m.run_batch(&[&[1, 2, 3], &[1, 2]]).unwrap_err();
-    assert!(err.to_string().contains("same number of tokens"), "{err}");
+    let err = m.run_batch(&[&[], &[1, 2, 3]]).unwrap_err();
+    assert!(matches!(err, rdla_model::ModelError::EmptyPrompt), "{err}");
 }

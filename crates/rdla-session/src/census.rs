@@ -558,8 +558,8 @@ pub struct CensusTimes {
     pub total_ms: f64,
 }
 
-/// Records taken together: grouped by token count within a window, in batches of at most
-/// [`BATCH`] sharing one forward pass, and handed on in file order.
+/// Records taken together: grouped by similar token counts within a window, in batches of at
+/// most [`BATCH`] sharing one forward pass, and handed on in file order.
 const WINDOW: usize = 64;
 /// Prompts per forward pass.
 const BATCH: usize = 32;
@@ -590,36 +590,56 @@ fn outcome(session: &Session, r: &Record, depth: u8) -> Outcome {
     ))
 }
 
-/// The outcomes of `window`'s records: prompts of the same token count share forward passes
+/// `(length, record)` pairs sorted by length, in batches of at most [`BATCH`] whose lengths
+/// differ by at most a quarter of the shortest (at least 2 tokens): the padding a batch runs
+/// stays small.
+fn similar_lengths(sorted: &[(usize, usize)]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut shortest = 0;
+    for &(n, j) in sorted {
+        match out.last_mut() {
+            Some(b) if b.len() < BATCH && n <= shortest + (shortest / 4).max(2) => b.push(j),
+            _ => {
+                shortest = n;
+                out.push(vec![j]);
+            }
+        }
+    }
+    out
+}
+
+/// The outcomes of `window`'s records: prompts of similar token counts share forward passes
 /// ([`Session::compute_batch`]); a batch that cannot (a streaming model, a cache that would
 /// spill, any failure) and a lone prompt are computed one at a time.
 fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions) -> Vec<Outcome> {
     let mut out: Vec<Option<Outcome>> = (0..window.len()).map(|_| None).collect();
-    let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for (j, r) in window.iter().enumerate() {
-        let n = session
-            .tokenize(&r.prompt, opts.bos)
-            .map_or(0, |t| t.ids.len());
-        by_len.entry(n).or_default().push(j);
-    }
-    for group in by_len.values() {
-        for chunk in group.chunks(BATCH) {
-            if chunk.len() > 1 && !session.model().streams_layers() {
-                let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
-                let _ = session.compute_batch(&reqs, &mut |i, s| {
-                    let j = chunk[i];
-                    out[j] = Some(outcome(s, &window[j], opts.depth));
-                    Ok(())
+    let mut by_len: Vec<(usize, usize)> = window
+        .iter()
+        .enumerate()
+        .map(|(j, r)| {
+            let n = session
+                .tokenize(&r.prompt, opts.bos)
+                .map_or(0, |t| t.ids.len());
+            (n, j)
+        })
+        .collect();
+    by_len.sort_unstable();
+    for chunk in similar_lengths(&by_len) {
+        if chunk.len() > 1 && !session.model().streams_layers() {
+            let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
+            let _ = session.compute_batch(&reqs, &mut |i, s| {
+                let j = chunk[i];
+                out[j] = Some(outcome(s, &window[j], opts.depth));
+                Ok(())
+            });
+        }
+        for &j in &chunk {
+            if out[j].is_none() {
+                let r = &window[j];
+                out[j] = Some(match session.compute(&request(r, opts)) {
+                    Ok(_) => outcome(session, r, opts.depth),
+                    Err(f) => Err(f.error),
                 });
-            }
-            for &j in chunk {
-                if out[j].is_none() {
-                    let r = &window[j];
-                    out[j] = Some(match session.compute(&request(r, opts)) {
-                        Ok(_) => outcome(session, r, opts.depth),
-                        Err(f) => Err(f.error),
-                    });
-                }
             }
         }
     }
@@ -629,8 +649,9 @@ fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions
 }
 
 /// Attribute each of `todo` (checked by [`check_records`]), handing `sink` each record's row
-/// and nodes in file order. Records of the same token count share forward passes (a window
-/// of [`WINDOW`] records at a time, at most [`BATCH`] prompts per pass); every number is the
+/// and nodes in file order. Records of similar token counts share forward passes (a window
+/// of [`WINDOW`] records at a time, at most [`BATCH`] prompts per pass, the shorter ones
+/// padded at their end); every number is the
 /// one a computation of its own gives. A record that fails is skipped and listed with
 /// `skip_bad`, an error naming it otherwise. `progress(done, total)` after each record;
 /// returning `false` stops there. The session's current computation is the last one made.

@@ -530,12 +530,12 @@ impl Session {
             .computed)
     }
 
-    /// [`Session::compute`] for several requests whose prompts have the same number of
-    /// tokens, in one forward pass ([`rdla_model::Model::run_batch`]): each request's
-    /// computation becomes current in turn and `each(i, session)` sees it (`i`: its index in
-    /// `reqs`). Every number is the one [`Session::compute`] gives. A model that streams its
-    /// layers, prompts whose caches would spill, different token counts or a bad target are
-    /// errors before anything is computed: the caller then computes them one at a time.
+    /// [`Session::compute`] for several requests in one forward pass
+    /// ([`rdla_model::Model::run_batch`]; prompts of similar lengths waste least padding):
+    /// each request's computation becomes current in turn and `each(i, session)` sees it
+    /// (`i`: its index in `reqs`). Every number is the one [`Session::compute`] gives. A model
+    /// that streams its layers, prompts whose caches would spill or a bad target are errors
+    /// before anything is computed: the caller then computes them one at a time.
     pub fn compute_batch(
         &mut self,
         reqs: &[Request],

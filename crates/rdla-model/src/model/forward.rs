@@ -66,43 +66,51 @@ impl Model {
         self.forward(ids, &Interventions::default(), progress, Some(observe))
     }
 
-    /// One forward pass over several prompts of the same token count, each prompt's cache
-    /// the one [`Model::run`] gives it: the prompts are laid end to end along the position
-    /// axis (every per-position step — norms, projections, the MLP — runs once for all of
-    /// them), and attention runs per prompt (the prompts folded into the key/value-head axis,
-    /// so no prompt sees another's keys; rotary positions start at 0 in each). For many short
-    /// prompts (a census) this saves most of the per-operation overhead of one pass each. A
-    /// model that streams its layers, or prompts whose caches would spill, are refused
-    /// ([`crate::ModelError::BadBatch`]): run them one at a time.
+    /// One forward pass over several prompts, each prompt's cache the one [`Model::run`]
+    /// gives it: the prompts, each padded at its end to the longest (with its own last token),
+    /// are laid end to end along the position axis (every per-position step — norms,
+    /// projections, the MLP — runs once for all of them), and attention runs per prompt (the
+    /// prompts folded into the key/value-head axis, so no prompt sees another's keys; rotary
+    /// positions start at 0 in each). Padding comes after a prompt's last token, so causal
+    /// attention is its mask: no real position sees it, and each cache is cut to its prompt's
+    /// length. For many short prompts of similar lengths (a census) this saves most of the
+    /// per-operation overhead of one pass each. A model that streams its layers, or prompts
+    /// whose caches would spill, are refused ([`crate::ModelError::BadBatch`]): run them one at
+    /// a time.
     pub fn run_batch(&self, prompts: &[&[u32]]) -> Result<Vec<Cache>> {
         let bad = |why: String| Err(crate::error::ModelError::BadBatch(why));
-        let Some(first) = prompts.first() else {
+        let Some(n) = prompts.iter().map(|p| p.len()).max() else {
             return Ok(Vec::new());
         };
-        let n = first.len();
-        if prompts.iter().any(|p| p.len() != n) {
-            return bad("the prompts do not have the same number of tokens".into());
-        }
-        if self.streams_layers() {
-            return bad("the model streams its layers".into());
-        }
         for p in prompts {
             if self.plan_prompt(p)? {
                 return bad("a prompt's cache would spill to a file".into());
             }
         }
-        let all: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
+        if self.streams_layers() {
+            return bad("the model streams its layers".into());
+        }
+        let all: Vec<u32> = prompts
+            .iter()
+            .flat_map(|p| {
+                let pad = p.last().copied().unwrap_or(0);
+                p.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad, n - p.len()))
+            })
+            .collect();
         if prompts.len() > 1 {
             // the whole batch's cache and working tensors against the budget
             self.fits(
                 all.len(),
                 crate::memory::prompt_bytes(&self.config, all.len()),
-                &format!(" ({} prompts of {n} tokens at once)", prompts.len()),
+                &format!(" ({} prompts of up to {n} tokens at once)", prompts.len()),
             )?;
         }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         self.forward_rows(
             &all,
-            prompts.len(),
+            &lens,
             &Interventions::default(),
             &mut |_, _| true,
             None,
@@ -116,23 +124,24 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize) -> bool,
         observe: Option<&mut Observer<'_>>,
     ) -> Result<Cache> {
-        let mut caches = self.forward_rows(ids, 1, iv, progress, observe)?;
+        let mut caches = self.forward_rows(ids, &[ids.len()], iv, progress, observe)?;
         caches
             .pop()
             .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
     }
 
-    /// The forward pass over `batch` prompts of `ids.len() / batch` tokens each, laid end to
-    /// end (`batch > 1`: no interventions, no observer, no spill; checked by
-    /// [`Model::run_batch`]).
+    /// The forward pass over `lens.len()` prompts of `ids.len() / lens.len()` tokens each
+    /// (padded), laid end to end, the `b`-th one's first `lens[b]` tokens real (a batch: no
+    /// interventions, no observer, no spill; checked by [`Model::run_batch`]).
     fn forward_rows(
         &self,
         ids: &[u32],
-        batch: usize,
+        lens: &[usize],
         iv: &Interventions,
         progress: &mut dyn FnMut(usize, usize) -> bool,
         mut observe: Option<&mut Observer<'_>>,
     ) -> Result<Vec<Cache>> {
+        let batch = lens.len().max(1);
         let spill = if batch == 1 {
             self.plan_prompt(ids)?
         } else {
@@ -392,7 +401,7 @@ impl Model {
             last_logits,
         };
         if batch > 1 {
-            return self.split_batch(&whole, &xf, batch);
+            return self.split_batch(&whole, &xf, lens);
         }
         self.check_finite(&whole)?;
         Ok(vec![whole])
@@ -448,14 +457,17 @@ impl Model {
             .reshape([n_all, h * dh]))
     }
 
-    /// The caches of `batch` prompts run end to end in `whole` (its `last_logits` unset), and
-    /// their last logits from the final residual `xf [B·P, d]`: each a view of its positions.
-    fn split_batch(&self, whole: &Cache, xf: &Tensor<2>, batch: usize) -> Result<Vec<Cache>> {
-        let n = whole.n_pos() / batch;
+    /// The caches of the prompts of lengths `lens` run end to end in `whole`, each padded to
+    /// the same length (its `last_logits` unset), and their last logits from the final
+    /// residual `xf [B·P, d]`: each a view of its real positions.
+    fn split_batch(&self, whole: &Cache, xf: &Tensor<2>, lens: &[usize]) -> Result<Vec<Cache>> {
+        let batch = lens.len();
+        let p = whole.n_pos() / batch;
         let lasts = Tensor::<1, burn::tensor::Int>::from_data(
             burn::tensor::TensorData::new(
-                (0..batch)
-                    .map(|b| (b * n + n - 1) as i64)
+                lens.iter()
+                    .enumerate()
+                    .map(|(b, &n)| (b * p + n - 1) as i64)
                     .collect::<Vec<_>>(),
                 [batch],
             ),
@@ -463,8 +475,8 @@ impl Model {
         );
         let logits = self.logits(xf.clone().select(0, lasts))?; // [B, V]
         let mut caches = Vec::with_capacity(batch);
-        for b in 0..batch {
-            let at = b * n;
+        for (b, &n) in lens.iter().enumerate() {
+            let at = b * p;
             let cache = Cache {
                 spilled: Vec::new(),
                 token_ids: whole.token_ids[at..at + n].to_vec(),
