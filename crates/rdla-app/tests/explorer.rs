@@ -675,11 +675,31 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
         serde_json::json!({"prompt": prompts[0], "answer": "3. Get"})
     ));
     let file = tmp.path().join("fruits.jsonl");
-    std::fs::write(&file, jsonl).unwrap();
+    std::fs::write(&file, &jsonl).unwrap();
 
     click(&mut h, "Census…");
+    // a malformed record: the view says which line, and there is no table
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!("{}\n{{\"prompt\": 3}}\n", jsonl.lines().next().unwrap()),
+    )
+    .unwrap();
     let field = h.get_by_label("Census prompts file");
     field.focus();
+    field.type_text(bad.to_str().unwrap());
+    h.step();
+    click(&mut h, "Run census");
+    {
+        let app = h.state();
+        let err = app.state.census.error.clone().unwrap_or_default();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(app.state.census.table.is_none());
+    }
+    h.get_by_label_contains("line 2");
+    let field = h.get_by_label("Census prompts file");
+    field.focus();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
     field.type_text(file.to_str().unwrap());
     h.step();
     click(&mut h, "Run census");
