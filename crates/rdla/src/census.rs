@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use rdla_attrib::MlpMode;
-use rdla_model::device::DeviceChoice;
 use rdla_model::select_device;
 use rdla_session::census::{self, CensusOptions};
 use rdla_session::{ModelSource, Session};
@@ -59,15 +57,8 @@ pub struct RunArgs {
     /// refusing the file.
     #[arg(long)]
     pub skip_bad: bool,
-    /// Compute device.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    pub no_bos: bool,
-    /// MLP linearisation.
-    #[arg(long, default_value = "frozen-gate")]
-    pub mlp_mode: MlpMode,
+    #[command(flatten)]
+    pub run: crate::common::RunOptions,
     #[command(flatten)]
     pub memory: crate::common::MemoryArgs,
 }
@@ -113,15 +104,15 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
     a.memory.apply();
     // the file first: a bad record is reported before the model is loaded
     let records = census::read_records(prompts)?;
-    let (device, info) = select_device(a.device)?;
+    let (device, info) = select_device(a.run.device)?;
     let mut session = Session::open(ModelSource::parse(model), &device, info, &mut |_| true)
         .with_context(|| format!("cannot load model {model}"))?;
     let opts = CensusOptions {
         depth: a.depth,
         shard: a.shard.unwrap_or((0, 1)),
         skip_bad: a.skip_bad,
-        bos: !a.no_bos,
-        mlp_mode: a.mlp_mode,
+        bos: !a.run.no_bos,
+        mlp_mode: a.run.mlp_mode,
     };
     // Ctrl-C (or SIGTERM, as a job scheduler sends at its time limit) stops after the prompt
     // being computed and keeps the tables of the prompts done; a second Ctrl-C ends at once.

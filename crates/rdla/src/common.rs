@@ -31,6 +31,16 @@ pub struct ComputeArgs {
     /// Foil token: attribute logit(answer) − logit(foil).
     #[arg(long)]
     pub foil: Option<String>,
+    #[command(flatten)]
+    pub run: RunOptions,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+}
+
+/// How a computation runs — the device, BOS, the MLP linearisation — shared by `attribute`,
+/// `trace` and `census`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
     /// Compute device.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -40,8 +50,6 @@ pub struct ComputeArgs {
     /// MLP linearisation: `frozen-gate` (exact) or `gradient` (approximate, shows residual).
     #[arg(long, default_value = "frozen-gate")]
     pub mlp_mode: MlpMode,
-    #[command(flatten)]
-    pub memory: MemoryArgs,
 }
 
 /// `--max-memory` and `--max-gpu-memory`, shared by the explorer and the headless commands.
@@ -89,7 +97,7 @@ fn read_prompt(text: Option<&str>, file: Option<&Path>, n_ctx: usize) -> anyhow:
 pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
     a.memory.apply();
     let t_load = Instant::now();
-    let (device, info) = select_device(a.device)?;
+    let (device, info) = select_device(a.run.device)?;
     let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)
         .with_context(|| format!("cannot load model {}", a.model))?;
     let load = ms(t_load);
@@ -102,8 +110,8 @@ pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
         answer: a.answer.clone(),
         answer_id: None,
         foil: a.foil.clone(),
-        bos: !a.no_bos,
-        mlp_mode: a.mlp_mode,
+        bos: !a.run.no_bos,
+        mlp_mode: a.run.mlp_mode,
     };
     // name the flag: `--foil: `x y` is not a single token: …`
     let flagged = |e: SessionError| match e {
