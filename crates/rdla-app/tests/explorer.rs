@@ -34,6 +34,15 @@ fn click(h: &mut Harness<'_, RdlaApp>, label: &str) {
     settle(h);
 }
 
+/// Type `path` into the Census view's file field (replacing what it held).
+fn census_file(h: &mut Harness<'_, RdlaApp>, path: &std::path::Path) {
+    let field = h.get_by_label("Census prompts file");
+    field.focus();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    field.type_text(path.to_str().unwrap());
+    h.step();
+}
+
 /// [`click`] without waiting for the worker afterwards.
 fn click_now(h: &mut Harness<'_, RdlaApp>, label: &str) {
     h.get_by_label(label).hover();
@@ -685,10 +694,7 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
         format!("{}\n{{\"prompt\": 3}}\n", jsonl.lines().next().unwrap()),
     )
     .unwrap();
-    let field = h.get_by_label("Census prompts file");
-    field.focus();
-    field.type_text(bad.to_str().unwrap());
-    h.step();
+    census_file(&mut h, &bad);
     click(&mut h, "Run census");
     {
         let app = h.state();
@@ -697,11 +703,7 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
         assert!(app.state.census.table.is_none());
     }
     h.get_by_label_contains("line 2");
-    let field = h.get_by_label("Census prompts file");
-    field.focus();
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    field.type_text(file.to_str().unwrap());
-    h.step();
+    census_file(&mut h, &file);
     click(&mut h, "Run census");
     let table = {
         let app = h.state();
@@ -805,11 +807,7 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
     let many = tmp.path().join("many.jsonl");
     let line = serde_json::json!({"prompt": prompts[0], "answer": "3"}).to_string();
     std::fs::write(&many, format!("{line}\n").repeat(20_000)).unwrap();
-    let field = h.get_by_label("Census prompts file");
-    field.focus();
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    field.type_text(many.to_str().unwrap());
-    h.step();
+    census_file(&mut h, &many);
     click_now(&mut h, "Run census");
     for _ in 0..5000 {
         h.step();
@@ -845,11 +843,7 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
         );
     }
     // the first census's table comes back with the first file
-    let field = h.get_by_label("Census prompts file");
-    field.focus();
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    field.type_text(file.to_str().unwrap());
-    h.step();
+    census_file(&mut h, &file);
     click(&mut h, "Run census");
     assert_eq!(
         h.state().state.census.table.as_ref().unwrap().prompts.len(),

@@ -121,6 +121,30 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     worst
 }
 
+/// Every tensor a forward pass caches, flattened and named (the optional q/k-norm and
+/// post-norm scales when the model has them): what two caches of the same prompt compare.
+pub fn cache_tensors(c: &rdla_model::Cache) -> Vec<(&'static str, Vec<f32>)> {
+    let v = |t: rdla_model::Tensor<1>| rdla_model::to_vec(t).unwrap();
+    let mut out = vec![
+        ("components", v(c.components.clone().flatten(0, 2))),
+        ("keys", v(c.k.clone().flatten(0, 3))),
+        ("values", v(c.v.clone().flatten(0, 3))),
+        ("ln1 scales", v(c.ln1_scale.clone().flatten(0, 1))),
+        ("ln2 scales", v(c.ln2_scale.clone().flatten(0, 1))),
+        ("final scales", v(c.final_scale.clone())),
+        ("last logits", v(c.last_logits.clone())),
+    ];
+    if let Some((q, k)) = &c.qk_scale {
+        out.push(("q-norm scales", v(q.clone().flatten(0, 2))));
+        out.push(("k-norm scales", v(k.clone().flatten(0, 2))));
+    }
+    if let Some((a, m)) = &c.post_scale {
+        out.push(("post-attention scales", v(a.clone().flatten(0, 1))));
+        out.push(("post-MLP scales", v(m.clone().flatten(0, 1))));
+    }
+    out
+}
+
 /// The larger of two errors, NaN if either is NaN (unlike `f32::max`, which drops NaN).
 pub fn worse(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {

@@ -796,6 +796,39 @@ fn contrast_deltas_are_the_difference_of_two_runs_and_add_up() {
     assert!(err.contains("same number of tokens"), "{err}");
 }
 
+/// `rdla census --model model --prompts prompts --out out --device cpu` and `extra`.
+fn census_run(
+    model: &str,
+    prompts: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "census",
+        "--model",
+        model,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    rdla(&args)
+}
+
+/// The census tables in `a` are those in `b`, value for value.
+fn assert_same_tables(a: &std::path::Path, b: &std::path::Path) {
+    for t in ["prompts.parquet", "nodes.parquet", "summary.parquet"] {
+        assert_eq!(
+            parquet_columns(&a.join(t)),
+            parquet_columns(&b.join(t)),
+            "{t}"
+        );
+    }
+}
+
 /// Every column of a census table as `f64`s (numbers) or strings, by name.
 fn parquet_columns(
     file: &std::path::Path,
@@ -858,22 +891,9 @@ fn census_equals_attribute_and_shards_merge() {
     let file = tmp.path().join("p.jsonl");
     std::fs::write(&file, &jsonl).unwrap();
     let census = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "census",
-            "--model",
-            m,
-            "--prompts",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--depth",
-            "2",
-            "--device",
-            "cpu",
-        ];
+        let mut args = vec!["--depth", "2"];
         args.extend_from_slice(extra);
-        let out = rdla(&args);
-        assert_ok(&out);
+        assert_ok(&census_run(m, &file, out, &args));
     };
     let all = tmp.path().join("all");
     census(&all, &[]);
@@ -1026,13 +1046,7 @@ fn census_equals_attribute_and_shards_merge() {
         s1.to_str().unwrap(),
     ]);
     assert_ok(&out);
-    for t in ["prompts.parquet", "nodes.parquet", "summary.parquet"] {
-        assert_eq!(
-            parquet_columns(&merged.join(t)),
-            parquet_columns(&all.join(t)),
-            "{t}"
-        );
-    }
+    assert_same_tables(&merged, &all);
 
     // the same prompts as a Parquet file give the same tables
     let pq_file = tmp.path().join("p.parquet");
@@ -1055,43 +1069,14 @@ fn census_equals_attribute_and_shards_merge() {
         w.close().unwrap();
     }
     let from_pq = tmp.path().join("from_parquet");
-    let out = rdla(&[
-        "census",
-        "--model",
-        m,
-        "--prompts",
-        pq_file.to_str().unwrap(),
-        "--out",
-        from_pq.to_str().unwrap(),
-        "--depth",
-        "2",
-        "--device",
-        "cpu",
-    ]);
-    assert_ok(&out);
-    for t in ["prompts.parquet", "nodes.parquet", "summary.parquet"] {
-        assert_eq!(
-            parquet_columns(&from_pq.join(t)),
-            parquet_columns(&all.join(t)),
-            "{t}"
-        );
-    }
+    assert_ok(&census_run(m, &pq_file, &from_pq, &["--depth", "2"]));
+    assert_same_tables(&from_pq, &all);
 
     // a malformed record: its line named, nothing written
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, format!("{jsonl}{{\"prompt\": \"x\"\n")).unwrap();
     let out_bad = tmp.path().join("bad_out");
-    let out = rdla(&[
-        "census",
-        "--model",
-        m,
-        "--prompts",
-        bad.to_str().unwrap(),
-        "--out",
-        out_bad.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let out = census_run(m, &bad, &out_bad, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 6"), "{err}");
     assert!(!out_bad.exists(), "something was written");
@@ -1106,24 +1091,11 @@ fn census_equals_attribute_and_shards_merge() {
     )
     .unwrap();
     let out_multi = tmp.path().join("multi_out");
-    let args = [
-        "census",
-        "--model",
-        m,
-        "--prompts",
-        multi.to_str().unwrap(),
-        "--out",
-        out_multi.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    let out = rdla(&args);
+    let out = census_run(m, &multi, &out_multi, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 6"), "{err}");
     assert!(!out_multi.exists());
-    let mut skip = args.to_vec();
-    skip.push("--skip-bad");
-    let out = rdla(&skip);
+    let out = census_run(m, &multi, &out_multi, &["--skip-bad"]);
     assert_ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
