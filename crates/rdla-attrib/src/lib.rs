@@ -7,7 +7,7 @@ pub mod path;
 pub mod trace;
 
 pub use engine::{
-    Array, AttribError, Child, ChildLayout, Engine, Expansion, Memo, MlpMode, NodeKind, Overview,
-    ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units, run_with_overview,
+    Array, AttribError, Child, ChildLayout, Engine, Expansion, HeadTotals, Memo, MlpMode, NodeKind,
+    Overview, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units, run_with_overview,
 };
 pub use path::{Comp, Layout, Path, Side, Step, Versus};

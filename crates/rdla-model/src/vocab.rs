@@ -355,6 +355,20 @@ impl Unembedding {
         }
     }
 
+    /// `c_i · W_U` for every row of `cs` (`[n, d]`, row-major): `[n, V]` (no bias), the
+    /// stored matrix read once for all rows.
+    pub fn products(&self, cs: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Resident(w) => {
+                let [d, _] = w.dims();
+                let n = cs.len() / d.max(1);
+                let x = Tensor::<2>::from_data(TensorData::new(cs.to_vec(), [n, d]), &w.device());
+                to_vec(x.matmul(w.clone()))
+            }
+            Self::Stored(s) => s.products(cs),
+        }
+    }
+
     /// `c · W_U[:, ids]` (no bias).
     pub fn product_at(&self, c: &[f32], ids: &[u32]) -> Result<Vec<f32>> {
         match self {
@@ -630,26 +644,47 @@ impl StoredVocab {
 
     /// `c · W_U` `[V]`, a block of stored rows at a time, on every core.
     fn product(&self, c: &[f32]) -> Result<Vec<f32>> {
-        let prep = self.prepare(c);
-        let mut out = vec![0f32; self.v];
+        self.products(c)
+    }
+
+    /// `c_i · W_U` for every row `c_i` of `cs` (`[n, d]`, row-major): `[n, V]`, each block of
+    /// stored rows converted once for all of them, on every core.
+    fn products(&self, cs: &[f32]) -> Result<Vec<f32>> {
+        let d = self.d;
+        let n = cs.len() / d.max(1);
+        let preps: Vec<Prepared> = cs.chunks_exact(d).map(|c| self.prepare(c)).collect();
+        // token-major `[V, n]` while computing: each part is a range of tokens
+        let mut out_t = vec![0f32; self.v * n];
         // small blocks: a converted block is still in cache when it is multiplied
-        let block_rows = (PRODUCT_BLOCK_BYTES / (4 * self.d)).max(1);
-        par_parts(&mut out, 1, ROW_CHUNK, |first, part| {
-            let mut scratch = Vec::with_capacity(block_rows * self.d);
-            for (b, block) in part.chunks_mut(block_rows).enumerate() {
+        let block_rows = (PRODUCT_BLOCK_BYTES / (4 * d)).max(1);
+        par_parts(&mut out_t, n, ROW_CHUNK * n, |first, part| {
+            let first = first / n.max(1);
+            let mut scratch = Vec::with_capacity(block_rows * d);
+            for (b, block) in part.chunks_mut(block_rows * n).enumerate() {
                 let v0 = first + b * block_rows;
                 self.raw()
-                    .with_rows(v0..v0 + block.len(), &mut scratch, |rows| {
-                        for (j, (o, e)) in
-                            block.iter_mut().zip(rows.chunks_exact(self.d)).enumerate()
+                    .with_rows(v0..v0 + block.len() / n, &mut scratch, |rows| {
+                        for (j, (o, e)) in block.chunks_mut(n).zip(rows.chunks_exact(d)).enumerate()
                         {
-                            *o = prep.apply(e, self.kappa[v0 + j]);
+                            let kappa = self.kappa[v0 + j];
+                            for (o, prep) in o.iter_mut().zip(&preps) {
+                                *o = prep.apply(e, kappa);
+                            }
                         }
                     })?;
             }
             Ok::<(), ModelError>(())
         })?;
         self.release_pages();
+        if n == 1 {
+            return Ok(out_t);
+        }
+        let mut out = vec![0f32; self.v * n];
+        for (t, row) in out_t.chunks_exact(n).enumerate() {
+            for (i, x) in row.iter().enumerate() {
+                out[i * self.v + t] = *x;
+            }
+        }
         Ok(out)
     }
 

@@ -122,5 +122,29 @@ fn token_matrices_stay_in_the_file_and_read_rows_exactly() {
             rows.read(0..rows.rows() + 1, &mut got).is_err(),
             "{name}: past the end"
         );
+        // several readouts at once: the stored matrix is read once for all of them, and
+        // each row's product equals the dot products with the processed columns
+        let (d, v) = m.weights.w_u.dims();
+        let cs: Vec<f32> = (0..3 * d)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let got = m.weights.w_u.products(&cs).unwrap();
+        let mut cols = Vec::new();
+        m.weights.w_u.columns(0..v, &mut cols).unwrap();
+        assert_eq!(got.len(), 3 * v, "{name}: products' shape");
+        for (i, c) in cs.chunks_exact(d).enumerate() {
+            for (t, col) in cols.chunks_exact(d).enumerate() {
+                let want: f64 = c
+                    .iter()
+                    .zip(col)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                let g = f64::from(got[i * v + t]);
+                assert!(
+                    (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{name}: row {i}, token {t}: {g} vs {want}"
+                );
+            }
+        }
     }
 }

@@ -14,11 +14,11 @@ use arrow_array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rdla_attrib::{Comp, MlpMode, Overview, Path as NodePath, Step};
+use rdla_attrib::{Comp, HeadTotals, MlpMode, Path as NodePath, Step};
 
 use crate::Heatmap;
 use crate::error::{Result, SessionError};
-use crate::session::{Request, Session};
+use crate::session::{Request, Session, Totals};
 use crate::view::{LayerCell, layer_grid};
 
 /// Prompts per row group (and per flush).
@@ -240,32 +240,29 @@ fn pq(e: impl std::fmt::Display) -> SessionError {
 }
 
 /// The nodes of one prompt, `(path, value)` sorted by path (the order of the rows).
-fn node_values(ov: &Overview, depth: u8) -> Vec<(String, f32)> {
-    let lay = ov.layout;
+fn node_values(t: &HeadTotals) -> Vec<(String, f32)> {
+    let lay = t.layout;
     let labels = lay.labels();
     let mut out: Vec<(String, f32)> = labels
         .iter()
         .cloned()
-        .zip(ov.components.data.iter().copied())
+        .zip(t.components.data.iter().copied())
         .collect();
-    let (l_n, h_n) = (ov.head_dla.shape[0], ov.head_dla.shape[1]);
-    let (p_n, c_n) = (ov.head_breakdown.shape[2], ov.head_breakdown.shape[3]);
+    let (l_n, h_n) = (t.head_dla.shape[0], t.head_dla.shape[1]);
     for l in 0..l_n {
         let attn = NodePath::root().child(Step::Comp(Comp::Attn(l)));
-        out.push((attn.child(Step::Bias).to_string(), ov.attn_bias.data[l]));
+        out.push((attn.child(Step::Bias).to_string(), t.attn_bias.data[l]));
         for h in 0..h_n {
             let head = attn.child(Step::Head(h));
-            out.push((head.to_string(), ov.head_dla.at(&[l, h])));
-            if depth >= 2 {
+            out.push((head.to_string(), t.head_dla.at(&[l, h])));
+            if let Some(src) = &t.head_sources {
                 // the head's children summed over source positions: the components upstream
                 // of layer l, and the head's own bias
+                let c_n = src.shape[2];
                 for (c, label) in labels.iter().enumerate().take(lay.pre(l).min(c_n)) {
-                    let s: f64 = (0..p_n)
-                        .map(|p| f64::from(ov.head_breakdown.at(&[l, h, p, c])))
-                        .sum();
-                    out.push((format!("{head}/*:{label}"), s as f32));
+                    out.push((format!("{head}/*:{label}"), src.at(&[l, h, c])));
                 }
-                out.push((format!("{head}/bias"), ov.head_bias.at(&[l, h])));
+                out.push((format!("{head}/bias"), t.head_bias.at(&[l, h])));
             }
         }
     }
@@ -567,27 +564,20 @@ const BATCH: usize = 32;
 /// What one record gave: its row, its nodes and its computation's times, or why it failed.
 type Outcome = std::result::Result<(PromptRow, Vec<(String, f32)>, f64, f64), SessionError>;
 
-/// The current computation as a census row and its nodes.
-fn outcome(session: &Session, r: &Record, depth: u8) -> Outcome {
-    let c = session.computed().ok_or(SessionError::NotComputed)?;
-    let prob = session.answer_prob()?;
+/// A prompt's totals as a census row and its nodes.
+fn outcome(r: &Record, t: Totals) -> Outcome {
     let row = PromptRow {
         index: r.index as u32,
         prompt: r.prompt.clone(),
         answer: r.answer.clone(),
         foil: r.foil.clone(),
-        n_tokens: c.tokens.ids.len() as u32,
-        answer_id: c.target.answer(),
-        foil_id: c.target.foil(),
-        target_value: c.overview.target_value,
-        prob,
+        n_tokens: t.tokens.ids.len() as u32,
+        answer_id: t.target.answer(),
+        foil_id: t.target.foil(),
+        target_value: t.totals.target_value,
+        prob: t.prob,
     };
-    Ok((
-        row,
-        node_values(&c.overview, depth),
-        c.forward_ms,
-        c.attribution_ms,
-    ))
+    Ok((row, node_values(&t.totals), t.forward_ms, t.attribution_ms))
 }
 
 /// `(length, record)` pairs sorted by length, in batches of at most [`BATCH`] whose lengths
@@ -609,8 +599,8 @@ fn similar_lengths(sorted: &[(usize, usize)]) -> Vec<Vec<usize>> {
 }
 
 /// The outcomes of `window`'s records: prompts of similar token counts share forward passes
-/// ([`Session::compute_batch`]); a batch that cannot (a streaming model, a cache that would
-/// spill, any failure) and a lone prompt are computed one at a time.
+/// ([`Session::totals_batch`]); a batch that cannot (a streaming model, a cache that would
+/// spill, any failure) is computed one prompt at a time.
 fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions) -> Vec<Outcome> {
     let mut out: Vec<Option<Outcome>> = (0..window.len()).map(|_| None).collect();
     let mut by_len: Vec<(usize, usize)> = window
@@ -625,19 +615,20 @@ fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions
         .collect();
     by_len.sort_unstable();
     for chunk in similar_lengths(&by_len) {
-        if chunk.len() > 1 && !session.model().streams_layers() {
+        let sources = opts.depth >= 2;
+        if !session.model().streams_layers() {
             let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
-            let _ = session.compute_batch(&reqs, &mut |i, s| {
-                let j = chunk[i];
-                out[j] = Some(outcome(s, &window[j], opts.depth));
-                Ok(())
-            });
+            if let Ok(totals) = session.totals_batch(&reqs, sources) {
+                for (&j, t) in chunk.iter().zip(totals) {
+                    out[j] = Some(outcome(&window[j], t));
+                }
+            }
         }
         for &j in &chunk {
             if out[j].is_none() {
                 let r = &window[j];
                 out[j] = Some(match session.compute(&request(r, opts)) {
-                    Ok(_) => outcome(session, r, opts.depth),
+                    Ok(_) => session.totals(sources).and_then(|t| outcome(r, t)),
                     Err(f) => Err(f.error),
                 });
             }
@@ -654,7 +645,7 @@ fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions
 /// padded at their end); every number is the
 /// one a computation of its own gives. A record that fails is skipped and listed with
 /// `skip_bad`, an error naming it otherwise. `progress(done, total)` after each record;
-/// returning `false` stops there. The session's current computation is the last one made.
+/// returning `false` stops there. The session may be left without a current computation.
 pub fn attribute_each(
     session: &mut Session,
     todo: &[Record],

@@ -25,5 +25,5 @@ pub use info::{ModelFacts, ModelInfo};
 pub use report::{Prediction, Timings, top_predictions};
 pub use session::{
     AblationReport, AttentionRow, ComputeFailure, Computed, ModelSource, NodeView, Request,
-    Session, SoftCapped, Stage, Tokens, ms,
+    Session, SoftCapped, Stage, Tokens, Totals, ms,
 };

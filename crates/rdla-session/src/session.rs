@@ -22,6 +22,19 @@ pub fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// What a census keeps of one prompt ([`Session::totals_batch`]).
+#[derive(Debug, Clone)]
+pub struct Totals {
+    pub tokens: Tokens,
+    pub target: Target,
+    /// The answer's probability.
+    pub prob: f32,
+    pub totals: rdla_attrib::HeadTotals,
+    /// The prompt's share of its forward pass, and its attribution.
+    pub forward_ms: f64,
+    pub attribution_ms: f64,
+}
+
 /// Which model to open.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ModelSource {
@@ -530,17 +543,14 @@ impl Session {
             .computed)
     }
 
-    /// [`Session::compute`] for several requests in one forward pass
+    /// What a census keeps of several requests computed in one forward pass
     /// ([`rdla_model::Model::run_batch`]; prompts of similar lengths waste least padding):
-    /// each request's computation becomes current in turn and `each(i, session)` sees it
-    /// (`i`: its index in `reqs`). Every number is the one [`Session::compute`] gives. A model
-    /// that streams its layers, prompts whose caches would spill or a bad target are errors
-    /// before anything is computed: the caller then computes them one at a time.
-    pub fn compute_batch(
-        &mut self,
-        reqs: &[Request],
-        each: &mut dyn FnMut(usize, &mut Session) -> Result<()>,
-    ) -> Result<()> {
+    /// each prompt's [`HeadTotals`] (with `sources`, each head's children summed over
+    /// positions), answer probability and times, in the order of `reqs`. Every number is the
+    /// one [`Session::compute`] gives for that prompt. A model that streams its layers,
+    /// prompts whose caches would spill or a bad target are errors before anything is
+    /// computed: the caller then computes them one at a time. Leaves no current computation.
+    pub fn totals_batch(&mut self, reqs: &[Request], sources: bool) -> Result<Vec<Totals>> {
         let mut tokens = Vec::with_capacity(reqs.len());
         let mut targets = Vec::with_capacity(reqs.len());
         for r in reqs {
@@ -551,24 +561,43 @@ impl Session {
         let t = Instant::now();
         let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
         let caches = self.model.run_batch(&ids)?;
-        let mut tops = Vec::with_capacity(caches.len());
-        for c in &caches {
-            tops.push(top_predictions(&self.model, c, 10)?);
-        }
         // the pass's time shared out among its prompts
         let forward_ms = ms(t) / reqs.len().max(1) as f64;
-        for (i, (((req, tokens), (target, cache)), top)) in reqs
-            .iter()
-            .zip(tokens)
-            .zip(targets.into_iter().zip(caches))
-            .zip(tops)
-            .enumerate()
+        let mut out = Vec::with_capacity(reqs.len());
+        for ((req, tokens), (target, cache)) in
+            reqs.iter().zip(tokens).zip(targets.into_iter().zip(caches))
         {
-            self.attribute_cache(req, tokens, top, target, cache, None, forward_ms)
-                .map_err(|f| f.error)?;
-            each(i, self)?;
+            let t = Instant::now();
+            let engine = Engine::new(&self.model, &cache, target, req.mlp_mode)?;
+            let totals = engine.head_totals(sources)?;
+            let prob = crate::report::token_prob(&self.model, &cache, target.answer())?;
+            out.push(Totals {
+                tokens,
+                target,
+                prob,
+                totals,
+                forward_ms,
+                attribution_ms: ms(t),
+            });
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// [`Session::totals_batch`] of the current computation (the same formulas over its
+    /// cache, so the same numbers).
+    pub fn totals(&self, sources: bool) -> Result<Totals> {
+        let cur = self.current()?;
+        let c = &cur.computed;
+        let t = Instant::now();
+        let totals = self.engine()?.head_totals(sources)?;
+        Ok(Totals {
+            tokens: c.tokens.clone(),
+            target: c.target,
+            prob: self.answer_prob()?,
+            totals,
+            forward_ms: c.forward_ms,
+            attribution_ms: c.attribution_ms + ms(t),
+        })
     }
 
     /// `logit " the"`, or `logit " the" − " a"`.

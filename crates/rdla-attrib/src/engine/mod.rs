@@ -27,8 +27,8 @@ pub(crate) use expand::Resolved;
 pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
 pub use overview::run_with_overview;
 pub use types::{
-    Array, AttribError, Child, ChildLayout, CompLabel, Expansion, MlpMode, NodeKind, Overview,
-    Result, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units,
+    Array, AttribError, Child, ChildLayout, CompLabel, Expansion, HeadTotals, MlpMode, NodeKind,
+    Overview, Result, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units,
 };
 
 /// `m [n, d] · r [d] -> [n]`.

@@ -11,7 +11,7 @@ use rdla_model::model::Blocks;
 
 use rdla_model::{Cache, Model};
 
-use super::{Array, AttribError, Engine, MlpMode, Overview, Result, Target};
+use super::{Array, AttribError, Engine, HeadTotals, MlpMode, Overview, Result, Target};
 
 /// Values of the head breakdown computed at once: layers are taken in chunks of at most this
 /// many `H·P·C` values (all of them for small models and prompts; a few layers at a time for
@@ -50,42 +50,115 @@ impl Engine<'_> {
         self.assemble(chunks, None)
     }
 
-    /// The overview's part from layers `cs` (their blocks `b`), read along the engine's root
-    /// readout.
-    pub(super) fn overview_chunk(&self, b: &Blocks, cs: &Range<usize>) -> Result<OverviewChunk> {
-        let cfg = &self.model.config;
-        let (h_n, d, c_n) = (cfg.n_heads, cfg.d_model, self.layout.n());
-        let per_layer = (h_n * self.n_pos() * c_n).max(1);
+    /// The root readout once per layer of a chunk of `n`: `[n, d]`.
+    fn root_rows(&self, n: usize) -> Tensor<2> {
+        let d = self.model.config.d_model;
+        self.r_root.clone().unsqueeze_dim::<2>(0).expand([n, d])
+    }
+
+    /// The heads' part of the overview from layers `cs` (their blocks `b`), read along the
+    /// engine's root readout: the attention biases `[Lc]`, head values and value biases
+    /// `[Lc, H]` each, and the head breakdown `[Lc, H, P, C]`.
+    fn heads_chunk(&self, b: &Blocks, cs: &Range<usize>) -> Result<HeadsChunk> {
+        let h_n = self.model.config.n_heads;
         let q = self.last;
-        let r_c = self
-            .r_root
-            .clone()
-            .unsqueeze_dim::<2>(0)
-            .expand([cs.len(), d]); // [Lc, d]
-        let r_attn = self.post_readout(b, cs, q, r_c.clone(), false); // [Lc, d]
+        let r_c = self.root_rows(cs.len()); // [Lc, d]
+        let r_attn = self.post_readout(b, cs, q, r_c, false); // [Lc, d]
         let attn_bias = (b.b_o.clone() * r_attn.clone())
             .sum_dim(1)
             .squeeze_dim::<1>(1);
-
-        // heads
         let (ov, bias_per_unit) = self.ov_readouts(b, r_attn); // [Lc, H, d], [Lc, H]
         let a_q = self.pattern_rows_in(Some(b), cs.clone(), q)?; // [Lc, H, P]
         let hb = self.source_values(cs, ov, a_q.clone()); // [Lc, H, P, C]
         let head_bias = bias_per_unit * a_q.sum_dim(2).squeeze_dim::<2>(2); // [Lc, H]
         let head_dla =
             hb.clone().sum_dim(3).sum_dim(2).reshape([cs.len(), h_n]) + head_bias.clone();
+        Ok(HeadsChunk {
+            attn_bias,
+            head_dla,
+            head_bias,
+            breakdown: hb,
+        })
+    }
 
+    /// The overview's part from layers `cs` (their blocks `b`), read along the engine's root
+    /// readout.
+    pub(super) fn overview_chunk(&self, b: &Blocks, cs: &Range<usize>) -> Result<OverviewChunk> {
+        let cfg = &self.model.config;
+        let (h_n, c_n) = (cfg.n_heads, self.layout.n());
+        let per_layer = (h_n * self.n_pos() * c_n).max(1);
+        let q = self.last;
+        let heads = self.heads_chunk(b, cs)?;
         // MLPs at q
+        let r_c = self.root_rows(cs.len()); // [Lc, d]
         let parts = self.mlp_parts(b, cs, q, r_c)?;
         let r_mlp = self.mlp_input_readout(b, cs, q, &parts)?; // [Lc, d]
         Ok(OverviewChunk {
             layers: cs.clone(),
-            attn_bias,
-            head_dla,
-            head_bias,
-            breakdown: hb.reshape([cs.len() * per_layer]),
+            attn_bias: heads.attn_bias,
+            head_dla: heads.head_dla,
+            head_bias: heads.head_bias,
+            breakdown: heads.breakdown.reshape([cs.len() * per_layer]),
             mlp_breakdown: self.comp_values(c_n, q, r_mlp) * self.mlp_input_mask(cs), // [Lc, C]
             mlp_bias: self.mlp_remainder(b, &parts)?,
+        })
+    }
+
+    /// The root's children and every head's value, and with `sources` each head's children
+    /// summed over source positions (what a census keeps): the overview's head formulas
+    /// without its MLP breakdown, over chunks of layers, with one read-back.
+    pub fn head_totals(&self, sources: bool) -> Result<HeadTotals> {
+        let cfg = &self.model.config;
+        let (l_n, h_n, c_n, p_n) = (cfg.n_layers, cfg.n_heads, self.layout.n(), self.n_pos());
+        let per_layer = (h_n * p_n * c_n).max(1);
+        let chunk = (CHUNK_VALUES / per_layer)
+            .min(self.model.layer_chunk())
+            .clamp(1, l_n);
+        let (mut attn_bias, mut head_dla, mut head_bias, mut totals) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for start in (0..l_n).step_by(chunk) {
+            let cs = start..(start + chunk).min(l_n);
+            let b = self.blocks_in(&cs)?;
+            let heads = self.heads_chunk(&b, &cs)?;
+            attn_bias.push(heads.attn_bias);
+            head_dla.push(heads.head_dla.reshape([cs.len() * h_n]));
+            head_bias.push(heads.head_bias.reshape([cs.len() * h_n]));
+            if sources {
+                totals.push(heads.breakdown.sum_dim(2).reshape([cs.len() * h_n * c_n]));
+            }
+            self.cache.release_spilled();
+        }
+        let components = super::rows_dot(self.comps_at(c_n, self.last), self.r_root.clone());
+        let mut shapes = vec![vec![c_n], vec![l_n], vec![l_n, h_n], vec![l_n, h_n]];
+        let mut parts = vec![
+            components,
+            Tensor::cat(attn_bias, 0),
+            Tensor::cat(head_dla, 0),
+            Tensor::cat(head_bias, 0),
+        ];
+        if sources {
+            shapes.push(vec![l_n, h_n, c_n]);
+            parts.push(Tensor::cat(totals, 0));
+        }
+        let flat = rdla_model::to_vec(Tensor::cat(parts, 0))?;
+        let mut off = 0;
+        let mut arrays = Vec::with_capacity(shapes.len());
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            let data = flat.get(off..off + n).ok_or(AttribError::Empty)?.to_vec();
+            arrays.push(Array::new(shape, data));
+            off += n;
+        }
+        let mut arrays = arrays.into_iter();
+        let mut next = || arrays.next().ok_or(AttribError::Empty);
+        Ok(HeadTotals {
+            layout: self.layout,
+            target_value: self.root_value()?,
+            components: next()?,
+            attn_bias: next()?,
+            head_dla: next()?,
+            head_bias: next()?,
+            head_sources: if sources { Some(next()?) } else { None },
         })
     }
 
@@ -166,6 +239,17 @@ impl Engine<'_> {
             mlp_bias: next()?,
         })
     }
+}
+
+/// The heads' part of a chunk of layers (see [`Engine::heads_chunk`]).
+struct HeadsChunk {
+    /// `[Lc]`
+    attn_bias: Tensor<1>,
+    /// `[Lc, H]` each
+    head_dla: Tensor<2>,
+    head_bias: Tensor<2>,
+    /// `[Lc, H, P, C]`
+    breakdown: Tensor<4>,
 }
 
 /// One chunk of layers' part of the overview (see [`Engine::overview_chunk`]).

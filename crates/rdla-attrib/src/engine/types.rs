@@ -289,6 +289,26 @@ pub struct TokenReadout {
     pub down: Vec<TokenValue>,
 }
 
+/// The root's children and each head's total per source component: what a census keeps of
+/// a prompt ([`crate::Engine::head_totals`]), without the overview's MLP breakdown and
+/// per-position tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadTotals {
+    pub layout: Layout,
+    pub target_value: f32,
+    /// Root children `[C]`.
+    pub components: Array,
+    /// `[L]`.
+    pub attn_bias: Array,
+    /// `[L, H]`.
+    pub head_dla: Array,
+    /// `[L, H]`.
+    pub head_bias: Array,
+    /// Each head's children summed over source positions, `[L, H, C]` (zero for components
+    /// not upstream of the layer), when asked for.
+    pub head_sources: Option<Array>,
+}
+
 /// The vectorised overview at the last position (exported through `Array::to_json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Overview {

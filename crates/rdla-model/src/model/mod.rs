@@ -601,12 +601,8 @@ impl Model {
         match &self.weights.w_u {
             Unembedding::Resident(w_u) => Ok(x.matmul(w_u.clone()) + b_u),
             u @ Unembedding::Stored(_) => {
-                let [n, d] = x.dims();
-                let host = to_vec(x)?;
-                let mut out = Vec::new();
-                for row in host.chunks_exact(d) {
-                    out.extend(u.product(row)?);
-                }
+                let [n, _] = x.dims();
+                let out = u.products(&to_vec(x)?)?;
                 let v = out.len() / n.max(1);
                 Ok(Tensor::<2>::from_data(TensorData::new(out, [n, v]), &self.device) + b_u)
             }
