@@ -170,7 +170,8 @@ impl RdlaApp {
         let computed = self.state.computed.as_ref().ok_or("nothing computed")?;
         if ext == "json" {
             // the CLI's document: tokens, target label and ids, the trace's time
-            let context = rdla_session::graph::GraphContext::of(model.name(), computed, g.trace_ms);
+            let context = rdla_session::graph::GraphContext::of(model.name(), computed, g.trace_ms)
+                .verified(g.verified());
             let v = rdla_session::graph::json(&shown, context);
             return serde_json::to_vec(&v).map_err(|e| e.to_string());
         }
@@ -180,6 +181,9 @@ impl RdlaApp {
             model.config.n_layers,
             model.name(),
             &computed.target_label,
+            g.verified()
+                .map(rdla_session::verify::Verification::stamp)
+                .as_deref(),
         )
         .map_err(|e| e.to_string())
     }

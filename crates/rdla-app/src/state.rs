@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rdla_attrib::Path;
 use rdla_attrib::trace::{Trace, TraceOptions};
 use rdla_model::model::ablate::AblationMode;
+use rdla_session::verify::Verification;
 use rdla_session::{
     AblationReport, Computed, ModelInfo, ModelSource, NodeView, Prediction, Request, Stage, Tokens,
 };
@@ -59,6 +60,8 @@ pub enum Action {
     /// Ablate these nodes' sites together in the real forward pass (the causal check: one
     /// node from its details, or the top sites of the traced graph).
     Ablate(Vec<Path>, AblationMode),
+    /// Verify the traced graph: ablate each of its largest sites alone, then together.
+    Verify(AblationMode),
     /// Compare every view with this prompt (the same target), or stop comparing (`None`).
     Compare(Option<String>),
     /// The graph view's controls changed.
@@ -109,6 +112,17 @@ pub struct GraphState {
     pub trace_ms: f64,
     pub error: Option<String>,
     trace_id: u64,
+    /// `(done, total)` ablated forward passes of the verification in flight.
+    pub verifying: Option<(usize, usize)>,
+    /// The trace's verification (or why it failed).
+    pub verification: Option<Result<Verification, String>>,
+}
+
+impl GraphState {
+    /// The trace's verification, once there is one.
+    pub fn verified(&self) -> Option<&Verification> {
+        self.verification.as_ref()?.as_ref().ok()
+    }
 }
 
 /// The graph view's controls: how to trace, how much of the graph to draw, how many sites
@@ -125,6 +139,8 @@ pub struct GraphOptions {
     pub neurons: bool,
     /// How many of the largest traced sites the graph's causal check ablates together.
     pub ablate_top: usize,
+    /// How many of the largest traced sites the verification ablates, each alone.
+    pub verify_top: usize,
 }
 
 impl Default for GraphOptions {
@@ -135,6 +151,7 @@ impl Default for GraphOptions {
             max_nodes: 60,
             neurons: false,
             ablate_top: 3,
+            verify_top: 10,
         }
     }
 }
@@ -153,6 +170,7 @@ impl GraphOptions {
             max_nodes: self.max_nodes.clamp(2, 500),
             neurons: self.neurons,
             ablate_top: self.ablate_top.clamp(1, 20),
+            verify_top: self.verify_top.clamp(1, 200),
         }
     }
 }
@@ -167,6 +185,8 @@ impl Default for GraphState {
             trace_ms: 0.0,
             error: None,
             trace_id: 0,
+            verifying: None,
+            verification: None,
         }
     }
 }
@@ -385,6 +405,7 @@ impl AppState {
             && self.pending.is_empty()
             && self.dirty_since.is_none()
             && self.graph.tracing.is_none()
+            && self.graph.verifying.is_none()
             && self.ablating.is_empty()
             && (self.contrast.pending.is_none() || self.computed.is_none())
             && self.census.running.is_none()
@@ -570,6 +591,23 @@ impl AppState {
                 self.graph.options = o.clamped();
                 Vec::new()
             }
+            Action::Verify(mode) => {
+                let Some(trace) = &self.graph.trace else {
+                    return Vec::new();
+                };
+                if self.computed.is_none() || self.graph.verifying.is_some() {
+                    return Vec::new();
+                }
+                let k = self.graph.options.verify_top;
+                self.graph.verifying = Some((0, k + 1));
+                self.graph.verification = None;
+                vec![Command::Verify {
+                    trace: Box::new(trace.clone()),
+                    k,
+                    mode,
+                    id: self.graph.trace_id,
+                }]
+            }
             Action::Ablate(paths, mode) => {
                 if self.computed.is_none()
                     || paths.is_empty()
@@ -697,6 +735,8 @@ impl AppState {
         self.pending.clear();
         self.ablations.clear();
         self.graph.trace = None;
+        self.graph.verifying = None;
+        self.graph.verification = None;
     }
 
     /// Apply a worker event; returns the commands it triggers.
@@ -830,6 +870,7 @@ impl AppState {
                 if id == self.graph.trace_id {
                     self.graph.tracing = None;
                     self.graph.trace = Some(*trace);
+                    self.graph.verification = None;
                     self.graph.trace_ms = ms;
                 }
                 Vec::new()
@@ -839,6 +880,23 @@ impl AppState {
                     self.graph.tracing = None;
                     self.status = format!("trace failed: {error}");
                     self.graph.error = Some(error.to_string());
+                }
+                Vec::new()
+            }
+            Event::VerifyProgress { id, done, total } => {
+                if id == self.graph.trace_id && self.graph.verifying.is_some() {
+                    self.graph.verifying = Some((done, total));
+                }
+                Vec::new()
+            }
+            Event::Verified { id, result } => {
+                if id == self.graph.trace_id {
+                    self.graph.verifying = None;
+                    match &result {
+                        Ok(v) => self.status = v.stamp(),
+                        Err(e) => self.status = format!("verification failed: {e}"),
+                    }
+                    self.graph.verification = Some(result.map(|v| *v).map_err(|e| e.to_string()));
                 }
                 Vec::new()
             }
@@ -923,6 +981,7 @@ impl AppState {
         self.reset_computation();
         self.ablating.clear();
         self.graph.tracing = None;
+        self.graph.verifying = None;
         self.census.running = None;
         self.status = "the compute worker stopped unexpectedly and was restarted".into();
     }

@@ -41,6 +41,13 @@ pub enum Command {
         opts: TraceOptions,
         id: u64,
     },
+    /// Verify a trace: its `k` largest sites ablated alone, then together.
+    Verify {
+        trace: Box<Trace>,
+        k: usize,
+        mode: AblationMode,
+        id: u64,
+    },
     /// Ablate the sites of `paths` together in the real forward pass.
     Ablate {
         paths: Vec<Path>,
@@ -124,6 +131,16 @@ pub enum Event {
     TraceFailed {
         id: u64,
         error: WorkerError,
+    },
+    /// `done` of `total` ablated forward passes of a verification.
+    VerifyProgress {
+        id: u64,
+        done: usize,
+        total: usize,
+    },
+    Verified {
+        id: u64,
+        result: Result<Box<rdla_session::verify::Verification>, WorkerError>,
     },
     Ablated {
         id: u64,
@@ -337,6 +354,10 @@ fn failed(cmd: &Command, error: WorkerError) -> Option<Event> {
             error,
         },
         Command::Trace { id, .. } => Event::TraceFailed { id: *id, error },
+        Command::Verify { id, .. } => Event::Verified {
+            id: *id,
+            result: Err(error),
+        },
         Command::Ablate { paths, mode, id } => Event::Ablated {
             id: *id,
             paths: paths.clone(),
@@ -446,6 +467,7 @@ impl Worker {
             Command::Expand { path, id } => self.expand(path, *id),
             Command::Trace { from, opts, id } => self.trace(from, opts, *id),
             Command::Ablate { paths, mode, id } => self.ablate(paths, *mode, *id),
+            Command::Verify { trace, k, mode, id } => self.verify(trace, *k, *mode, *id),
             Command::Contrast { prompt, id } => self.contrast(prompt.as_deref(), *id),
             Command::Census {
                 file,
@@ -677,6 +699,25 @@ impl Worker {
                 id,
                 error: e.into(),
             },
+        });
+    }
+
+    fn verify(&self, trace: &Trace, k: usize, mode: AblationMode, id: u64) {
+        let Some(s) = &self.session else {
+            return self.emit(Event::Verified {
+                id,
+                result: Err(WorkerError::NoModel),
+            });
+        };
+        let (events, wake) = (&self.events, &self.wake);
+        let result = s.verify(trace, k, mode, &mut |done, total| {
+            let _ = events.send(Event::VerifyProgress { id, done, total });
+            wake();
+            true
+        });
+        self.emit(Event::Verified {
+            id,
+            result: result.map(Box::new).map_err(WorkerError::from),
         });
     }
 

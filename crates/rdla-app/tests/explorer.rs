@@ -419,6 +419,36 @@ fn clicks_into_a_score_its_sides_a_neuron_the_graph_and_a_causal_check() {
     assert_eq!(r.paths.len(), 3);
     assert!((r.clean - r.ablated - r.change).abs() < 1e-5 && r.change.abs() > 1.0);
     h.get_by_label_contains("real change");
+    // the verification: each of the ten largest sites ablated alone, then together; the
+    // first three are the causal check's sites, and together they are its real change
+    let png_before = h.state().graph_bytes("png").unwrap();
+    click(&mut h, "Verify (zero)");
+    let v = h.state().state.graph.verified().cloned().expect("verified");
+    let n_sites = trace.nodes.iter().filter(|n| n.id != trace.from).count();
+    assert_eq!(v.sites.len(), n_sites.min(10));
+    let first: Vec<_> = v.sites.iter().take(3).map(|s| s.site.clone()).collect();
+    assert_eq!(first, key.0);
+    for s in &v.sites {
+        let node = trace.nodes.iter().find(|n| n.id == s.site).unwrap();
+        assert_eq!(s.attributed, node.value);
+        assert!(s.effect.is_finite());
+    }
+    assert!((v.target - r.clean).abs() < 1e-6);
+    // in the panel, and in the status bar
+    assert_eq!(h.get_all_by_label(&v.stamp()).count(), 2);
+    // stamped into both exports
+    let doc: serde_json::Value =
+        serde_json::from_slice(&h.state().graph_bytes("json").unwrap()).unwrap();
+    assert_eq!(
+        doc["verification"]["sites"].as_array().map(Vec::len),
+        Some(v.sites.len())
+    );
+    assert_eq!(doc["verification"]["spearman"].as_f64(), v.spearman);
+    let height = |png: &[u8]| image::load_from_memory(png).unwrap().height();
+    assert_eq!(
+        height(&h.state().graph_bytes("png").unwrap()),
+        height(&png_before) + 40
+    );
     click(&mut h, "site L0.mlp");
     assert!(!h.state().state.graph.open);
     assert_eq!(h.state().current_path().to_string(), "L0.mlp");

@@ -195,8 +195,12 @@ pub fn png(
     n_layers: usize,
     model: &str,
     target: &str,
+    stamp: Option<&str>,
 ) -> Result<Vec<u8>, crate::png::PngError> {
     let g = layout(trace, tokens, n_layers, crate::png::PNG_FIT);
-    crate::png::encode_graph_png(&g, &title(model, trace, target), &summary(trace), 2.0)
+    let summary = summary(trace);
+    let mut caption = vec![summary.as_str()];
+    caption.extend(stamp);
+    crate::png::encode_graph_png(&g, &title(model, trace, target), &caption, 2.0)
         .map(|(bytes, _)| bytes)
 }

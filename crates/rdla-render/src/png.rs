@@ -435,15 +435,16 @@ pub fn encode_png(hm: &Heatmap, opts: PngOptions) -> Result<(Vec<u8>, (u32, u32)
 }
 
 /// Render an attribution graph (laid out by [`crate::graph::layout`], the window's layout) to
-/// PNG bytes, with a title and the summary line.
+/// PNG bytes, with a title and caption lines (the summary; the verification once verified).
 pub fn encode_graph_png(
     g: &crate::graph::GraphLayout,
     title: &str,
-    summary: &str,
+    caption: &[&str],
     scale: f32,
 ) -> Result<(Vec<u8>, (u32, u32)), PngError> {
     let scale = scale.max(0.5);
-    let header = 50.0;
+    // the title, then one line per caption line
+    let header = 30.0 + 20.0 * caption.len().max(1) as f32;
     let (w, h) = (g.size.0, g.size.1 + header);
     let mut cv = Canvas {
         img: RgbImage::from_pixel(
@@ -455,7 +456,16 @@ pub fn encode_graph_png(
         scale,
     };
     cv.text(title, TITLE_PT, (10.0, 8.0), (0.0, 0.0), INK, false);
-    cv.text(summary, SUBTITLE_PT, (10.0, 30.0), (0.0, 0.0), WEAK, false);
+    for (i, line) in caption.iter().enumerate() {
+        cv.text(
+            line,
+            SUBTITLE_PT,
+            (10.0, 30.0 + 20.0 * i as f32),
+            (0.0, 0.0),
+            WEAK,
+            false,
+        );
+    }
     let shift = |(x, y): (f32, f32)| (x, y + header);
     for (y, label) in &g.rows {
         cv.label(label, (60.0, y + header), (1.0, 0.5));

@@ -43,6 +43,12 @@ pub enum SessionError {
     )]
     PromptFileTooLarge { path: PathBuf, limit: u64 },
     #[error(
+        "nothing to verify: the trace has no site that can be ablated (trace further, or from another node)"
+    )]
+    NothingToVerify,
+    #[error("stopped before the verification was complete")]
+    VerifyStopped,
+    #[error(
         "`{path}` explains an attention score, in score units: the causal check compares the target's real change (logit units) with a node's attributed logit contribution, so it cannot check this node; ablate its site from a path in logit units instead"
     )]
     AblateInScoreUnits { path: rdla_attrib::Path },

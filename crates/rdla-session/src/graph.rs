@@ -19,6 +19,8 @@ pub struct GraphContext<'a> {
     pub trace_ms: f64,
     /// The process's memory budget and peak when the trace was exported (`None`: left out).
     pub memory: Option<rdla_model::memory::MemoryReport>,
+    /// The trace's verification, stamped into the document when there is one.
+    pub verification: Option<&'a crate::verify::Verification>,
 }
 
 impl<'a> GraphContext<'a> {
@@ -32,13 +34,22 @@ impl<'a> GraphContext<'a> {
             target: computed.target,
             trace_ms,
             memory: Some(rdla_model::memory::report()),
+            verification: None,
+        }
+    }
+
+    /// The same context with the trace's verification.
+    pub fn verified(self, v: Option<&'a crate::verify::Verification>) -> Self {
+        Self {
+            verification: v,
+            ..self
         }
     }
 }
 
 /// The graph's JSON document (DESIGN.md §3, tracing): the trace's fields and `model`,
-/// `token_ids`, `token_strs`, `target`, `answer_id`, `foil_id`, `trace_ms`, `memory`, in key
-/// order.
+/// `token_ids`, `token_strs`, `target`, `answer_id`, `foil_id`, `trace_ms`, `memory` and, once
+/// verified, `verification`, in key order.
 pub fn json<'a>(trace: &'a Trace, context: GraphContext<'a>) -> GraphJson<'a> {
     GraphJson { trace, context }
 }
@@ -69,6 +80,12 @@ impl serde::Serialize for GraphJson<'_> {
             map.insert(
                 "memory".into(),
                 serde_json::to_value(m).map_err(S::Error::custom)?,
+            );
+        }
+        if let Some(ver) = c.verification {
+            map.insert(
+                "verification".into(),
+                serde_json::to_value(ver).map_err(S::Error::custom)?,
             );
         }
         v.serialize(s)
@@ -116,6 +133,7 @@ mod tests {
                     gpu_budget_bytes: None,
                     spilled_cache_bytes: 0,
                 }),
+                verification: None,
             },
         );
         let bytes = serde_json::to_vec(&doc).unwrap();

@@ -13,6 +13,7 @@ pub mod input;
 pub mod output;
 pub mod report;
 pub mod session;
+pub mod verify;
 pub mod view;
 
 /// Rendering lives in `rdla-render`; its modules are re-exported under their old names.

@@ -976,6 +976,70 @@ impl Session {
         })
     }
 
+    /// Verify `trace` (over the current computation, DESIGN.md §3 verified circuits): each
+    /// of its `k` largest sites (by |traced value|; the node traced from and nodes that are
+    /// not model sites passed over) ablated alone, exactly as [`Session::ablate`] does for
+    /// one path, then all of them together. `progress(done, total)` after each ablated
+    /// forward pass; returning `false` stops with [`SessionError::VerifyStopped`].
+    pub fn verify(
+        &self,
+        trace: &Trace,
+        k: usize,
+        mode: AblationMode,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<crate::verify::Verification> {
+        let t = Instant::now();
+        let engine = self.engine()?;
+        let mut chosen = Vec::new();
+        let mut passed_over = Vec::new();
+        for n in crate::verify::candidates(trace) {
+            if chosen.len() == k {
+                break;
+            }
+            let in_scores =
+                n.id.steps()
+                    .iter()
+                    .any(|s| matches!(s, rdla_attrib::Step::Score { .. }));
+            if in_scores || engine.ablation_site(&n.id).is_err() {
+                passed_over.push(n.id.clone());
+            } else {
+                chosen.push(n);
+            }
+        }
+        if chosen.is_empty() {
+            return Err(SessionError::NothingToVerify);
+        }
+        let total = chosen.len() + 1;
+        let mut sites = Vec::with_capacity(chosen.len());
+        for (i, n) in chosen.iter().enumerate() {
+            let r = self.ablate(std::slice::from_ref(&n.id), mode, false)?;
+            sites.push(crate::verify::VerifiedSite {
+                site: n.id.clone(),
+                label: format!("{}@{}", n.site, n.position),
+                attributed: n.value,
+                effect: r.change,
+            });
+            if !progress(i + 1, total) {
+                return Err(SessionError::VerifyStopped);
+            }
+        }
+        let paths: Vec<Path> = chosen.iter().map(|n| n.id.clone()).collect();
+        let all = self.ablate(&paths, mode, false)?;
+        progress(total, total);
+        let attributed: Vec<f32> = sites.iter().map(|s| s.attributed).collect();
+        let effects: Vec<f32> = sites.iter().map(|s| s.effect).collect();
+        Ok(crate::verify::Verification {
+            ablation: mode,
+            spearman: crate::verify::spearman(&attributed, &effects),
+            explained: (all.clean != 0.0).then(|| f64::from(all.change) / f64::from(all.clean)),
+            target: all.clean,
+            together: all.change,
+            sites,
+            passed_over,
+            verify_ms: ms(t),
+        })
+    }
+
     /// [`rdla_attrib::Engine::trace`] over the current computation, from `start`.
     pub fn trace(
         &self,
@@ -988,16 +1052,25 @@ impl Session {
 
     /// The trace's JSON (DESIGN.md §3, tracing): the trace itself plus the tokens, the
     /// target and the time it took ([`crate::graph::json`], the window's export too).
-    pub fn trace_json(&self, trace: &Trace, trace_ms: f64) -> Result<serde_json::Value> {
+    pub fn trace_json(
+        &self,
+        trace: &Trace,
+        trace_ms: f64,
+        verification: Option<&crate::verify::Verification>,
+    ) -> Result<serde_json::Value> {
         let c = &self.current()?.computed;
         Ok(serde_json::to_value(crate::graph::json(
             trace,
-            crate::graph::GraphContext::of(&self.model.name, c, trace_ms),
+            crate::graph::GraphContext::of(&self.model.name, c, trace_ms).verified(verification),
         ))?)
     }
 
-    /// The trace's graph as a PNG (the window's layout).
-    pub fn trace_png(&self, trace: &Trace) -> Result<Vec<u8>> {
+    /// The trace's graph as a PNG (the window's layout), its verification in the caption.
+    pub fn trace_png(
+        &self,
+        trace: &Trace,
+        verification: Option<&crate::verify::Verification>,
+    ) -> Result<Vec<u8>> {
         let c = &self.current()?.computed;
         Ok(crate::graph::png(
             trace,
@@ -1005,6 +1078,9 @@ impl Session {
             self.model.config.n_layers,
             &self.model.name,
             &c.target_label,
+            verification
+                .map(crate::verify::Verification::stamp)
+                .as_deref(),
         )?)
     }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use rdla_attrib::Path;
 use rdla_attrib::trace::TraceOptions;
+use rdla_model::model::ablate::AblationMode;
 use rdla_session::ms;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +41,14 @@ pub struct TraceArgs {
     /// Write the graph as a PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Verify the trace: ablate each of the K largest traced sites alone in the real forward
+    /// pass, then all K together, and set the real changes beside the attributed values
+    /// (Spearman's ρ, the share of the target the K explain together).
+    #[arg(long, value_name = "K")]
+    pub verify: Option<usize>,
+    /// What a verified site becomes: `zero`, or `mean` (its mean over the prompt's positions).
+    #[arg(long, default_value = "zero", requires = "verify")]
+    pub ablation: AblationMode,
 }
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
@@ -51,6 +60,10 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&a.threshold),
         "--threshold {}: a fraction of the traced value, from 0 to 1",
         a.threshold
+    );
+    anyhow::ensure!(
+        a.verify != Some(0),
+        "--verify 0 would verify nothing; give the number of sites to ablate (e.g. 10)"
     );
     anyhow::ensure!(
         a.max_nodes > 0,
@@ -69,17 +82,22 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let trace = session.trace(from, &opts, &mut |_, _| true)?;
     let trace_ms = ms(t);
+    let verification = match a.verify {
+        Some(k) => Some(session.verify(&trace, k, a.ablation, &mut |_, _| true)?),
+        None => None,
+    };
+    let ver = verification.as_ref();
     if let Some(png) = &a.png {
-        session.write_output(png, &session.trace_png(&trace)?)?;
+        session.write_output(png, &session.trace_png(&trace, ver)?)?;
     }
     match a.json.as_deref() {
         Some("-") => {
             let mut out = std::io::stdout().lock();
-            serde_json::to_writer(&mut out, &session.trace_json(&trace, trace_ms)?)?;
+            serde_json::to_writer(&mut out, &session.trace_json(&trace, trace_ms, ver)?)?;
             writeln!(out)?;
         }
         Some(file) => {
-            let text = serde_json::to_vec(&session.trace_json(&trace, trace_ms)?)?;
+            let text = serde_json::to_vec(&session.trace_json(&trace, trace_ms, ver)?)?;
             session.write_output(std::path::Path::new(file), &text)?;
         }
         None if stdout_taken => {}
@@ -96,6 +114,33 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
                     out,
                     "  {:>10.5}  {}@{}  ({})",
                     n.value, n.site, n.position, n.id
+                )?;
+            }
+            if let Some(v) = ver {
+                writeln!(out, "{}", v.stamp())?;
+                writeln!(out, "  attributed      effect  site")?;
+                for s in &v.sites {
+                    writeln!(
+                        out,
+                        "  {:>10.5}  {:>10.5}  {}  ({}){}",
+                        s.attributed,
+                        s.effect,
+                        s.label,
+                        s.site,
+                        match s.agreement(v.target) {
+                            rdla_session::verify::Agreement::Agrees => "",
+                            rdla_session::verify::Agreement::Magnitude => "  ← magnitude",
+                            rdla_session::verify::Agreement::Sign => "  ← sign",
+                        }
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "  all {} together: target {:+.5} → {:+.5} ({} ms)",
+                    v.sites.len(),
+                    v.target,
+                    v.target - v.together,
+                    v.verify_ms.round()
                 )?;
             }
         }

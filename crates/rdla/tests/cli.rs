@@ -1188,3 +1188,98 @@ fn an_interrupted_census_keeps_what_is_done() {
         &summary["n"][..3]
     );
 }
+
+/// `trace --verify K`: every verified site's `effect` is the real change `attribute --ablate
+/// SITE` reports for it alone, `attributed` is that site's traced value in the graph,
+/// `spearman` is the rank correlation of the two (recomputed here), and `explained` is the
+/// change with the K sites ablated together (`attribute` with K `--ablate`s) over the target.
+/// The verification is stamped into the PNG (a caption line taller) and the JSON.
+#[test]
+fn a_verified_trace_matches_each_ablation() {
+    let m = common::fixture("gpt2_untied");
+    let m = m.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["trace", "--model", m];
+        args.extend_from_slice(&common::TARGET);
+        args.extend_from_slice(&["--budget", "40", "--json", "-"]);
+        args.extend_from_slice(extra);
+        let out = rdla(&args);
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let png_v = tmp.path().join("v.png");
+    let png_plain = tmp.path().join("plain.png");
+    let t = trace(&["--verify", "4", "--png", png_v.to_str().unwrap()]);
+    let plain = trace(&["--png", png_plain.to_str().unwrap()]);
+    assert!(plain.get("verification").is_none());
+    let v = &t["verification"];
+    assert_eq!(v["ablation"], "zero");
+    let sites = v["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 4, "{v}");
+    let ablate = |paths: &[&str]| -> serde_json::Value {
+        let mut args = vec!["attribute", "--model", m];
+        args.extend_from_slice(&common::TARGET);
+        for p in paths {
+            args.extend_from_slice(&["--ablate", p]);
+        }
+        args.extend_from_slice(&["--json", "-"]);
+        let out = rdla(&args);
+        assert_ok(&out);
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["ablation"].clone()
+    };
+    let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    let nodes = t["nodes"].as_array().unwrap();
+    let mut previous = f64::INFINITY;
+    let (mut attributed, mut effects) = (Vec::new(), Vec::new());
+    for s in sites {
+        let site = s["site"].as_str().unwrap();
+        let alone = ablate(&[site]);
+        assert_eq!(f(&s["effect"]), f(&alone["change"]), "{site}: effect");
+        let node = nodes
+            .iter()
+            .find(|n| n["id"] == s["site"])
+            .unwrap_or_else(|| panic!("{site} is not a graph node"));
+        assert_eq!(f(&s["attributed"]), f(&node["value"]), "{site}: attributed");
+        assert_ne!(s["site"], t["from"], "the node traced from is not a site");
+        // largest |attributed| first
+        assert!(f(&s["attributed"]).abs() <= previous);
+        previous = f(&s["attributed"]).abs();
+        attributed.push(f(&s["attributed"]));
+        effects.push(f(&s["effect"]));
+    }
+    // Spearman's ρ from the ranks (no ties among these values)
+    let ranks = |x: &[f64]| -> Vec<f64> {
+        x.iter()
+            .map(|a| 1.0 + x.iter().filter(|b| *b < a).count() as f64)
+            .collect()
+    };
+    let (ra, rb) = (ranks(&attributed), ranks(&effects));
+    let n = ra.len() as f64;
+    let d2: f64 = ra.iter().zip(&rb).map(|(a, b)| (a - b).powi(2)).sum();
+    let rho = 1.0 - 6.0 * d2 / (n * (n * n - 1.0));
+    assert!(
+        (f(&v["spearman"]) - rho).abs() < 1e-9,
+        "{} vs {rho}",
+        v["spearman"]
+    );
+    let all: Vec<&str> = sites.iter().map(|s| s["site"].as_str().unwrap()).collect();
+    let together = ablate(&all);
+    let explained = f(&together["change"]) / f(&together["clean"]);
+    assert!(
+        (f(&v["explained"]) - explained).abs() < 1e-6,
+        "{} vs {explained}",
+        v["explained"]
+    );
+    // the PNG carries the verification as a second caption line
+    let height = |p: &std::path::Path| image::image_dimensions(p).unwrap().1;
+    assert_eq!(height(&png_v), height(&png_plain) + 40);
+    // nothing to verify is refused
+    let mut args = vec!["trace", "--model", m];
+    args.extend_from_slice(&common::TARGET);
+    args.extend_from_slice(&["--verify", "0"]);
+    let out = rdla(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--verify 0"));
+}

@@ -82,6 +82,7 @@ pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Ac
     let shown = trace.pruned(o.threshold, o.max_nodes);
     ui.add(egui::Label::new(graph::summary(trace)).wrap());
     causal_check(ui, state, trace, actions);
+    verification(ui, state, actions);
     ui.label(format!(
         "showing {} sites and {} edges (threshold {:.1}% of |value|) · click a site to open it",
         shown.nodes.len(),
@@ -237,4 +238,119 @@ fn causal_check(
             None => {}
         }
     }
+}
+
+/// The graph's verification: its largest sites ablated each alone, then together (see
+/// [`rdla_session::verify`]): a scatter of the real effects against the attributed values,
+/// each site coloured by agreement, Spearman's ρ, the share of the target the sites explain
+/// together, and the sites where the linear story breaks.
+fn verification(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    use rdla_session::verify::Agreement;
+    let mut o = state.graph.options;
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Verify the top");
+        if ui
+            .add(egui::DragValue::new(&mut o.verify_top).range(1..=200))
+            .on_hover_text("how many of the largest traced sites to ablate, each alone")
+            .changed()
+        {
+            actions.push(Action::GraphOptions(o));
+        }
+        ui.label("sites:");
+        let busy = state.graph.verifying.is_some();
+        for (mode, label) in [
+            (AblationMode::Zero, "Verify (zero)"),
+            (AblationMode::Mean, "Verify (mean)"),
+        ] {
+            if ui
+                .add_enabled(!busy, egui::Button::new(label))
+                .on_hover_text(
+                    "ablate each site alone in the real forward pass, then all of them \
+                     together, and compare the real changes of the target with the values \
+                     the trace attributed",
+                )
+                .clicked()
+            {
+                actions.push(Action::Verify(mode));
+            }
+        }
+        if let Some((done, total)) = state.graph.verifying {
+            ui.add(
+                egui::ProgressBar::new(done as f32 / total.max(1) as f32)
+                    .desired_width(160.0)
+                    .text(format!("{done} / {total} forward passes")),
+            );
+        }
+    });
+    let v = match &state.graph.verification {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            ui.colored_label(theme::ERROR, e);
+            return;
+        }
+        None => return,
+    };
+    let color = |a: Agreement| match a {
+        Agreement::Agrees => theme::OK,
+        Agreement::Magnitude => theme::WARN,
+        Agreement::Sign => theme::ERROR,
+    };
+    ui.label(v.stamp());
+    ui.horizontal(|ui| {
+        let lim = v
+            .sites
+            .iter()
+            .flat_map(|s| [s.attributed.abs(), s.effect.abs()])
+            .fold(1e-6f32, f32::max) as f64
+            * 1.1;
+        egui_plot::Plot::new("verification")
+            .width(260.0)
+            .height(200.0)
+            .data_aspect(1.0)
+            .x_axis_label("attributed")
+            .y_axis_label("real effect")
+            .include_x(-lim)
+            .include_x(lim)
+            .include_y(-lim)
+            .include_y(lim)
+            .show(ui, |plot| {
+                plot.line(
+                    egui_plot::Line::new("effect = attributed", vec![[-lim, -lim], [lim, lim]])
+                        .color(theme::AXIS),
+                );
+                for s in &v.sites {
+                    plot.points(
+                        egui_plot::Points::new(
+                            s.label.clone(),
+                            vec![[f64::from(s.attributed), f64::from(s.effect)]],
+                        )
+                        .radius(4.0)
+                        .color(color(s.agreement(v.target))),
+                    );
+                }
+            });
+        ui.vertical(|ui| {
+            let breaks: Vec<_> = v.breaks().collect();
+            if breaks.is_empty() {
+                ui.label("every site's real effect agrees with its attributed value");
+            } else {
+                ui.label("where the linear story breaks:");
+                for (s, a) in breaks {
+                    ui.colored_label(
+                        color(a),
+                        format!(
+                            "{}: attributed {:+.3}, real {:+.3} ({})",
+                            s.label,
+                            s.attributed,
+                            s.effect,
+                            match a {
+                                Agreement::Sign => "opposite sign",
+                                _ => "magnitude",
+                            }
+                        ),
+                    );
+                }
+            }
+        });
+    });
 }
