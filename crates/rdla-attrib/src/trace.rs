@@ -200,6 +200,17 @@ impl std::fmt::Display for GraphSite {
     }
 }
 
+/// The inverse of `Display`.
+impl std::str::FromStr for GraphSite {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "logit" => Ok(Self::Logit),
+            _ => s.parse().map(Self::Model),
+        }
+    }
+}
+
 impl Serialize for GraphSite {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(self)

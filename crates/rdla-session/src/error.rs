@@ -42,6 +42,14 @@ pub enum SessionError {
         path.display()
     )]
     PromptFileTooLarge { path: PathBuf, limit: u64 },
+    /// A result file (`.rdla`) that cannot be read or written.
+    #[error("{}: {why}", path.display())]
+    ResultFile { path: PathBuf, why: String },
+    /// A result file's model is not the model at hand.
+    #[error(
+        "this is not the model the result was saved from: {0}; open the model it names (its files' sha256 are in the result's manifest.json)"
+    )]
+    OtherModel(String),
     #[error(
         "nothing to verify: the trace has no site that can be ablated (trace further, or from another node)"
     )]

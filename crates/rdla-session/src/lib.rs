@@ -12,6 +12,7 @@ pub mod info;
 pub mod input;
 pub mod output;
 pub mod report;
+pub mod saved;
 pub mod session;
 pub mod verify;
 pub mod view;

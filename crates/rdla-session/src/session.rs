@@ -1084,6 +1084,129 @@ impl Session {
         )?)
     }
 
+    /// What the user explored of the current computation, with its provenance, as a result
+    /// file's contents ([`crate::saved`]): the root and every node of `paths` expanded (with
+    /// every ancestor, so each can be reopened by walking down), and a trace with its
+    /// verification. The model's files are hashed (sha256) here.
+    pub fn saved(
+        &self,
+        paths: &[Path],
+        trace: Option<(&Trace, f64)>,
+        verification: Option<&crate::verify::Verification>,
+    ) -> Result<crate::saved::Saved> {
+        use crate::saved::{FORMAT, Manifest, ModelRef, Saved, TraceSummary, VerificationSummary};
+        let cur = self.current()?;
+        let c = &cur.computed;
+        let engine = self.engine()?;
+        let mut wanted: Vec<Path> = vec![Path::root()];
+        for p in paths {
+            for q in p.prefixes() {
+                if !wanted.contains(&q) {
+                    wanted.push(q);
+                }
+            }
+        }
+        let expansions = wanted
+            .iter()
+            .map(|p| engine.expand(p).map_err(SessionError::from))
+            .collect::<Result<Vec<_>>>()?;
+        let manifest = Manifest {
+            format: FORMAT,
+            rdla_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: ModelRef {
+                name: self.model.name.clone(),
+                files: crate::saved::model_files(&self.model)?,
+                config: serde_json::to_value(&self.model.config)?,
+            },
+            prompt: c.request.prompt.clone(),
+            token_ids: c.tokens.ids.clone(),
+            token_strs: c.tokens.strs.clone(),
+            bos: c.request.bos,
+            answer: c.request.answer.clone(),
+            answer_id: c.target.answer(),
+            foil: c.request.foil.clone().filter(|f| !f.is_empty()),
+            foil_id: c.target.foil(),
+            target_label: c.target_label.clone(),
+            target_value: c.overview.target_value,
+            mlp_mode: match c.request.mlp_mode {
+                MlpMode::FrozenGate => "frozen_gate".into(),
+                MlpMode::Gradient => "gradient".into(),
+            },
+            device: self.device.to_string(),
+            trace: trace.map(|(t, trace_ms)| TraceSummary {
+                from: t.from.to_string(),
+                value: t.value,
+                expanded: t.expanded,
+                frontier_total: t.frontier_total,
+                residual_total: t.residual_total,
+                timed_out: t.timed_out,
+                trace_ms,
+            }),
+            verification: verification.map(|v| VerificationSummary {
+                ablation: match v.ablation {
+                    AblationMode::Zero => "zero".into(),
+                    AblationMode::Mean => "mean".into(),
+                },
+                spearman: v.spearman,
+                explained: v.explained,
+                target: v.target,
+                together: v.together,
+                stamp: v.stamp(),
+            }),
+        };
+        Ok(Saved::collect(
+            manifest,
+            &expansions,
+            trace.map(|(t, _)| t),
+            verification,
+        ))
+    }
+
+    /// Recompute every node of a result file on this model and compare: `Ok(None)` when each
+    /// agrees to `tolerance` (relative to `1 + |saved value|`), else the first that does not
+    /// (`path`, saved, recomputed). A model whose files are not the saved ones (sha256) is
+    /// refused before anything is computed; so is a prompt that no longer gives the saved
+    /// tokens.
+    pub fn check_saved(
+        &mut self,
+        saved: &crate::saved::Saved,
+        tolerance: f32,
+    ) -> Result<Option<(Path, f32, f32)>> {
+        let m = &saved.manifest;
+        let here = crate::saved::model_files(&self.model)?;
+        if let Some(why) = crate::saved::model_difference(&m.model.files, &here) {
+            return Err(SessionError::OtherModel(why));
+        }
+        let req = Request {
+            prompt: m.prompt.clone(),
+            answer: m.answer.clone(),
+            answer_id: Some(m.answer_id),
+            foil: m.foil.clone(),
+            bos: m.bos,
+            mlp_mode: m
+                .mlp_mode
+                .parse()
+                .map_err(|e: String| SessionError::OtherModel(format!("mlp mode: {e}")))?,
+        };
+        self.compute(&req).map_err(|f| f.error)?;
+        let c = self.current()?;
+        if c.computed.tokens.ids != m.token_ids || c.computed.target.foil() != m.foil_id {
+            return Err(SessionError::OtherModel(
+                "the prompt no longer gives the saved token ids and target".into(),
+            ));
+        }
+        let engine = self.engine()?;
+        for n in &saved.nodes {
+            let got = engine.value(&n.path)?;
+            // a NaN on either side is a mismatch
+            let agrees = (got - n.value).abs() <= tolerance * (1.0 + n.value.abs());
+            if !agrees {
+                return Ok(Some((n.path.clone(), n.value, got)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Write an export, refusing any path inside the model's folder (links resolved).
     pub fn write_output(&self, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         crate::output::write_outside(path, &self.model.protected, bytes)

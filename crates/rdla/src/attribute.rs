@@ -25,6 +25,11 @@ pub struct AttributeArgs {
     /// Write the current view as a heatmap PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Save the result (the root, the --path node and its ancestors, with the model's sha256
+    /// and the prompt) as an `.rdla` file: `rdla explore FILE` reopens it without the model,
+    /// `rdla verify FILE --model M` recomputes it.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
     /// Causal check: ablate this node's site in the real forward pass and report the target's
     /// real change beside the node's value (repeat to ablate several sites together).
     #[arg(long, value_name = "PATH")]
@@ -49,6 +54,7 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         ("--json", a.json.as_deref().map(std::path::Path::new)),
         ("--csv", a.csv.as_deref()),
         ("--png", a.png.as_deref()),
+        ("--save", a.save.as_deref()),
     ])?;
     let (session, load) = crate::common::open_and_compute(&a.compute)?;
     let path = a.path.clone().unwrap_or_default();
@@ -71,6 +77,10 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
     }
     if let Some(csv) = &a.csv {
         session.write_output(csv, session.csv(node)?.as_bytes())?;
+    }
+    if let Some(file) = &a.save {
+        let paths: Vec<Path> = a.path.iter().cloned().collect();
+        crate::common::save_result(&session, file, &session.saved(&paths, None, None)?)?;
     }
     let report = || -> anyhow::Result<serde_json::Value> {
         let mut r = session.report(node, load, a.full_breakdown)?;

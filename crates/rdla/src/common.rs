@@ -156,3 +156,25 @@ pub fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> anyhow::Result<bool> 
     }
     Ok(!dashes.is_empty())
 }
+
+/// Write a result file, and say on standard error what it holds and its size.
+pub fn save_result(
+    session: &Session,
+    file: &Path,
+    saved: &rdla_session::saved::Saved,
+) -> anyhow::Result<()> {
+    let bytes = saved.to_bytes()?;
+    session.write_output(file, &bytes)?;
+    eprintln!(
+        "saved {} nodes{} to {} ({} bytes)",
+        saved.nodes.len(),
+        if saved.sites.is_empty() {
+            String::new()
+        } else {
+            format!(", a graph of {} sites", saved.sites.len())
+        },
+        file.display(),
+        bytes.len()
+    );
+    Ok(())
+}

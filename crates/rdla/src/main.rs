@@ -7,6 +7,7 @@ mod bench;
 mod census;
 mod common;
 mod trace;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Attribute every prompt of a file (JSONL or CSV) and write Parquet tables; `merge` joins shards.
     Census(census::CensusArgs),
+    /// Recompute every node of a result file (`.rdla`) on its model; exit 1 naming the first mismatch.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(b)) => bench::run(&b),
         Some(Command::Trace(t)) => trace::run(&t),
         Some(Command::Census(c)) => census::run(&c),
+        Some(Command::Verify(v)) => verify::run(&v),
         Some(Command::Explore(e)) => explore(e),
         None => explore(cli.explore),
     };

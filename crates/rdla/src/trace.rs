@@ -46,6 +46,10 @@ pub struct TraceArgs {
     /// (Spearman's ρ, the share of the target the K explain together).
     #[arg(long, value_name = "K")]
     pub verify: Option<usize>,
+    /// Save the trace (its paths, graph and verification, the root's children, the model's
+    /// sha256 and the prompt) as an `.rdla` file.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
     /// What a verified site becomes: `zero`, or `mean` (its mean over the prompt's positions).
     #[arg(long, default_value = "zero", requires = "verify")]
     pub ablation: AblationMode,
@@ -55,6 +59,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     let stdout_taken = crate::common::check_outputs(&[
         ("--json", a.json.as_deref().map(std::path::Path::new)),
         ("--png", a.png.as_deref()),
+        ("--save", a.save.as_deref()),
     ])?;
     anyhow::ensure!(
         (0.0..=1.0).contains(&a.threshold),
@@ -89,6 +94,10 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     let ver = verification.as_ref();
     if let Some(png) = &a.png {
         session.write_output(png, &session.trace_png(&trace, ver)?)?;
+    }
+    if let Some(file) = &a.save {
+        let saved = session.saved(std::slice::from_ref(from), Some((&trace, trace_ms)), ver)?;
+        crate::common::save_result(&session, file, &saved)?;
     }
     match a.json.as_deref() {
         Some("-") => {

@@ -857,6 +857,8 @@ fn parquet_columns(
                     Some(format!("{:?}", a.value(r)))
                 } else if let Some(a) = any.downcast_ref::<arrow_array::Float64Array>() {
                     Some(format!("{:?}", a.value(r)))
+                } else if let Some(a) = any.downcast_ref::<arrow_array::BooleanArray>() {
+                    Some(a.value(r).to_string())
                 } else {
                     panic!("unexpected column type {:?}", field.data_type())
                 };
@@ -1282,4 +1284,133 @@ fn a_verified_trace_matches_each_ablation() {
     let out = rdla(&args);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--verify 0"));
+}
+
+/// Result files: `trace --verify --save` writes a zip of `manifest.json` and Parquet tables
+/// that a plain zip and Parquet reader opens (the nodes with their values and parents, the
+/// graph, the verification); `rdla verify` recomputes every node and agrees, on the model or an
+/// identical copy of its files; one tampered value fails naming that node; another model, or
+/// the same folder with one weight byte changed, is refused before computing.
+#[test]
+fn a_saved_result_verifies_and_tampering_is_caught() {
+    use std::io::Read as _;
+    let m = common::fixture("gpt2_untied");
+    let m = m.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("r.rdla");
+    let mut args = vec!["trace", "--model", m];
+    args.extend_from_slice(&common::TARGET);
+    args.extend_from_slice(&["--budget", "30", "--verify", "3", "--json", "-"]);
+    args.extend_from_slice(&["--save", file.to_str().unwrap()]);
+    let out = rdla(&args);
+    assert_ok(&out);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // the archive, read with a plain zip reader and a plain Parquet reader
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&file).unwrap()).unwrap();
+    let mut entry = |name: &str| {
+        let mut b = Vec::new();
+        zip.by_name(name).unwrap().read_to_end(&mut b).unwrap();
+        b
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&entry("manifest.json")).unwrap();
+    assert_eq!(manifest["format"], 1);
+    assert_eq!(manifest["token_ids"], t["token_ids"]);
+    assert_eq!(manifest["answer_id"], t["answer_id"]);
+    let files = manifest["model"]["files"].as_array().unwrap();
+    assert!(
+        files.iter().any(|f| f["name"] == "model.safetensors"
+            && f["sha256"].as_str().is_some_and(|h| h.len() == 64))
+    );
+    let table = |name: &str, bytes: Vec<u8>| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        parquet_columns(&p)
+    };
+    let nodes = table("nodes.parquet", entry("nodes.parquet"));
+    let value_of = |path: &str| -> f64 {
+        let k = nodes["path"]
+            .iter()
+            .position(|p| p.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("{path} not saved"));
+        nodes["value"][k].as_deref().unwrap().parse().unwrap()
+    };
+    // the root (the target) and every traced path, with its parent
+    assert!((value_of("") - t["value"].as_f64().unwrap()).abs() < 1e-6);
+    for p in t["paths"].as_array().unwrap() {
+        let path = p["path"].as_str().unwrap();
+        assert!(
+            (value_of(path) - p["value"].as_f64().unwrap()).abs() < 1e-6,
+            "{path}"
+        );
+        let k = nodes["path"]
+            .iter()
+            .position(|x| x.as_deref() == Some(path))
+            .unwrap();
+        let parent = nodes["parent"][k].clone().unwrap();
+        assert!(path.starts_with(&parent), "{path} under {parent}");
+    }
+    let sites = table("sites.parquet", entry("sites.parquet"));
+    assert_eq!(sites["id"].len(), t["nodes"].as_array().unwrap().len());
+    let ver = table("verification.parquet", entry("verification.parquet"));
+    let vsites = t["verification"]["sites"].as_array().unwrap();
+    assert_eq!(ver["site"].len(), vsites.len());
+    for (k, s) in vsites.iter().enumerate() {
+        assert_eq!(ver["site"][k].as_deref(), s["site"].as_str());
+    }
+
+    let verify = |file: &std::path::Path, model: &str| {
+        rdla(&[
+            "verify",
+            file.to_str().unwrap(),
+            "--model",
+            model,
+            "--device",
+            "cpu",
+        ])
+    };
+    let out = verify(&file, m);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agree"));
+    // the same files in another folder are the same model
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(m).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    assert_ok(&verify(&file, copy.to_str().unwrap()));
+    // one value changed: that node is named
+    let mut saved = rdla_session::saved::Saved::open(&file).unwrap();
+    let k = saved
+        .nodes
+        .iter()
+        .position(|n| !n.path.is_root() && n.value.abs() > 0.01)
+        .unwrap();
+    saved.nodes[k].value += 0.5;
+    let victim = saved.nodes[k].path.to_string();
+    let tampered = tmp.path().join("tampered.rdla");
+    std::fs::write(&tampered, saved.to_bytes().unwrap()).unwrap();
+    let out = verify(&tampered, m);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("`{victim}` does not match")), "{err}");
+    // another model, or one weight byte changed: refused before computing
+    let out = verify(&file, common::fixture("gpt2_tied").to_str().unwrap());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the model"));
+    let w = copy.join("model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&w, bytes).unwrap();
+    let out = verify(&file, copy.to_str().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("model.safetensors differs"),
+        "{err}"
+    );
+    // not a result file
+    let out = verify(&copy.join("config.json"), m);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an rdla result file"));
 }

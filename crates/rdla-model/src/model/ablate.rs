@@ -56,6 +56,68 @@ impl std::fmt::Display for Site {
     }
 }
 
+#[cfg(test)]
+mod site_tests {
+    use super::Site;
+
+    #[test]
+    fn a_site_reads_back_what_it_prints() {
+        for s in [
+            Site::Embed,
+            Site::Pos,
+            Site::Attn(3),
+            Site::Mlp(0),
+            Site::Head { layer: 11, head: 7 },
+            Site::Neuron {
+                layer: 2,
+                neuron: 3071,
+            },
+        ] {
+            assert_eq!(s.to_string().parse::<Site>(), Ok(s));
+        }
+        for bad in [
+            "", "L", "L1", "L1.", "L1.H", "L1.Hx", "Lx.attn", "L1.att", "mlp",
+        ] {
+            assert!(bad.parse::<Site>().is_err(), "{bad}");
+        }
+    }
+}
+
+/// The inverse of `Display`: `embed`, `pos`, `L{l}.attn`, `L{l}.mlp`, `L{l}.H{h}`, `L{l}.N{n}`.
+impl std::str::FromStr for Site {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{s}` is not a model site (embed, pos, L3.attn, L3.mlp, L3.H1, L3.N7)");
+        match s {
+            "embed" => return Ok(Self::Embed),
+            "pos" => return Ok(Self::Pos),
+            _ => {}
+        }
+        let (layer, what) = s
+            .strip_prefix('L')
+            .and_then(|r| r.split_once('.'))
+            .ok_or_else(bad)?;
+        let layer: usize = layer.parse().map_err(|_| bad())?;
+        let num = |r: &str| r.parse::<usize>().map_err(|_| bad());
+        match what {
+            "attn" => Ok(Self::Attn(layer)),
+            "mlp" => Ok(Self::Mlp(layer)),
+            _ => match what.split_at_checked(1) {
+                Some(("H", h)) => Ok(Self::Head {
+                    layer,
+                    head: num(h)?,
+                }),
+                Some(("N", n)) => Ok(Self::Neuron {
+                    layer,
+                    neuron: num(n)?,
+                }),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
 /// What an ablated site is replaced with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

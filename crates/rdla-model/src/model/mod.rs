@@ -107,6 +107,8 @@ pub struct Model {
     /// What rdla must never write into: the model's folder (or its file, for a single-file
     /// model).
     pub protected: Vec<PathBuf>,
+    /// The weight files read.
+    pub files: Vec<PathBuf>,
     /// The quantised copy of `W_U` that narrows vocabulary readouts on the CPU, built on
     /// first use.
     vocab_sketch: OnceLock<VocabSketch>,
@@ -440,6 +442,7 @@ impl Model {
                 .map(|m| m.len())
                 .sum(),
             protected: protected_paths(Some(dir), &paths),
+            files: paths,
             config,
             processing,
             tokenizer,
