@@ -241,6 +241,121 @@ impl RdlaApp {
         self.state.status = msg;
     }
 
+    /// Open a result file read-only (shown instead of the explorer), or say why not.
+    pub fn open_result(&mut self, file: &std::path::Path) {
+        let t = std::time::Instant::now();
+        match rdla_session::saved::Saved::open(file) {
+            Ok(saved) => {
+                self.state.status = format!(
+                    "opened {} ({} nodes{}) in {:.0} ms",
+                    file.display(),
+                    saved.nodes.len(),
+                    if saved.sites.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", a graph of {} sites", saved.sites.len())
+                    },
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                self.state.result = Some(crate::state::ResultState {
+                    file: file.to_path_buf(),
+                    saved,
+                    at: rdla_attrib::Path::root(),
+                    graph: false,
+                    note: None,
+                });
+            }
+            Err(e) => self.state.status = format!("cannot open the result: {e}"),
+        }
+    }
+
+    /// Ask where to save what was explored, then have the worker write it.
+    fn save_result(&mut self) {
+        if self.state.computed.is_none() || self.state.saving {
+            return;
+        }
+        let name = self.export_name("rdla");
+        match self.dialogs.save_file(&name, "rdla") {
+            DialogResult::Picked(file) => {
+                let mut paths: Vec<rdla_attrib::Path> = self.state.views.keys().cloned().collect();
+                paths.sort_by_key(ToString::to_string);
+                let g = &self.state.graph;
+                // the graph as shown (pruned), so its export reopens the same
+                let trace = g.trace.as_ref().map(|t| {
+                    (
+                        Box::new(t.pruned(g.options.threshold, g.options.max_nodes)),
+                        g.trace_ms,
+                    )
+                });
+                let verification = g.verified().cloned().map(Box::new);
+                self.state.saving = true;
+                self.state.status = format!("saving {}…", file.display());
+                self.send(vec![crate::worker::Command::SaveResult {
+                    file,
+                    paths,
+                    trace,
+                    verification,
+                }]);
+            }
+            DialogResult::Cancelled => {}
+            DialogResult::Unavailable(why) => self.state.status = why,
+        }
+    }
+
+    /// The open result's PNG: the heatmap shown (`png`) or its graph (`graph.png`), drawn as
+    /// the live session drew them.
+    pub fn result_bytes(&self, what: &str) -> Result<Vec<u8>, String> {
+        let r = self.state.result.as_ref().ok_or("no result open")?;
+        if what == "graph.png" {
+            let trace = r.saved.trace().ok_or("the result holds no graph")?;
+            let stamp = r.saved.verification().map(|v| v.stamp());
+            let m = &r.saved.manifest;
+            return rdla_session::graph::png(
+                &trace,
+                &m.token_strs,
+                r.n_layers(),
+                &m.model.name,
+                &m.target_label,
+                stamp.as_deref(),
+            )
+            .map_err(|e| e.to_string());
+        }
+        let hm = r
+            .saved
+            .view(&r.at)
+            .ok_or("this node's heatmap is not in the file")?;
+        let opts = PngOptions {
+            scale: 2.0,
+            colormap: self.settings.colormap,
+        };
+        encode_png(hm, opts)
+            .map(|(b, _)| b)
+            .map_err(|e| e.to_string())
+    }
+
+    fn export_result(&mut self, what: &str) {
+        let Some(r) = &self.state.result else {
+            return;
+        };
+        let stem = r.file.file_stem().map_or_else(
+            || "result".to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let name = format!("{stem}.{what}");
+        let msg = match self.dialogs.save_file(&name, "png") {
+            DialogResult::Picked(p) => match self
+                .result_bytes(what)
+                .and_then(|b| self.write_export(&p, &b))
+            {
+                Ok(()) => format!("wrote {}", p.display()),
+                Err(e) => format!("export failed: {e}"),
+            },
+            DialogResult::Cancelled => return,
+            DialogResult::Unavailable(why) => why,
+        };
+        self.state.status = msg;
+    }
+
     /// Write an export, never into the model's folder (links resolved).
     fn write_export(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
         let protected = self
@@ -289,9 +404,11 @@ impl RdlaApp {
             Pick::Gguf => self.dialogs.pick_gguf(),
             Pick::PromptText => self.dialogs.pick_text(),
             Pick::CensusPrompts => self.dialogs.pick_prompts(),
+            Pick::ResultFile => self.dialogs.pick_result(),
         };
         match result {
             DialogResult::Picked(p) if pick == Pick::CensusPrompts => Some(Action::RunCensus(p)),
+            DialogResult::Picked(p) if pick == Pick::ResultFile => Some(Action::OpenResult(p)),
             DialogResult::Picked(p) if pick == Pick::PromptText => {
                 let n_ctx = self.state.model.as_ref().map(|m| m.config.n_ctx);
                 Some(crate::panels::top_bar::read_prompt_file(&p, n_ctx))
@@ -331,6 +448,10 @@ impl RdlaApp {
                 Action::ExportCensusPng => self.export_census(),
                 Action::ExportPng => self.export("png", ctx),
                 Action::ExportGraphPng => self.export_graph("png"),
+                Action::OpenResult(p) => self.open_result(&p),
+                Action::SaveResult => self.save_result(),
+                Action::ExportResultPng => self.export_result("png"),
+                Action::ExportResultGraphPng => self.export_result("graph.png"),
                 Action::ExportGraphJson => self.export_graph("json"),
                 Action::ExportCsv => self.export("csv", ctx),
                 Action::CopyPath => {
@@ -383,21 +504,27 @@ impl RdlaApp {
             .show(ui, |ui| status::show(ui, &self.state, &self.device_info));
         // the side panels never take more than their share of the window, whatever the prompt
         let width = ctx.content_rect().width();
-        egui::Panel::left("prompt")
-            .default_size(340.0)
-            .max_size((width * 0.4).max(240.0))
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    prompt::show(
-                        ui,
-                        &self.state,
-                        &mut self.settings,
-                        &mut self.actions,
-                        self.device_info.is_gpu(),
-                    );
+        // a result file open read-only has its own prompt and tokens, shown in its view
+        if self.state.result.is_none() {
+            egui::Panel::left("prompt")
+                .default_size(340.0)
+                .max_size((width * 0.4).max(240.0))
+                .show(ui, |ui| {
+                    egui::ScrollArea::vertical().show(ui, |ui| {
+                        prompt::show(
+                            ui,
+                            &self.state,
+                            &mut self.settings,
+                            &mut self.actions,
+                            self.device_info.is_gpu(),
+                        );
+                    });
                 });
-            });
-        if self.state.current_view().is_some() && !self.state.census.open {
+        }
+        if self.state.current_view().is_some()
+            && !self.state.census.open
+            && self.state.result.is_none()
+        {
             egui::Panel::right("details")
                 .default_size(300.0)
                 .max_size((width * 0.35).max(220.0))
@@ -409,7 +536,11 @@ impl RdlaApp {
             None
         };
         egui::CentralPanel::default().show(ui, |ui| {
-            if self.state.census.open {
+            if let Some(r) = &self.state.result {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    crate::panels::result::show(ui, &self.settings, r, &mut self.actions);
+                });
+            } else if self.state.census.open {
                 census::show(
                     ui,
                     &self.state,

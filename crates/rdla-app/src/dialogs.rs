@@ -19,6 +19,8 @@ pub trait Dialogs {
     fn pick_text(&mut self) -> DialogResult;
     /// A census's prompts file (JSONL, CSV or Parquet).
     fn pick_prompts(&mut self) -> DialogResult;
+    /// A result file (`.rdla`).
+    fn pick_result(&mut self) -> DialogResult;
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult;
 }
 
@@ -89,6 +91,17 @@ impl Dialogs for RfdDialogs {
         })
     }
 
+    fn pick_result(&mut self) -> DialogResult {
+        let t = std::time::Instant::now();
+        let picked = rfd::FileDialog::new()
+            .set_title("Open a result file")
+            .add_filter("rdla result", &["rdla"])
+            .pick_file();
+        answered(t, picked, || {
+            format!("{NO_DIALOG}; open it with `rdla explore FILE.rdla` instead")
+        })
+    }
+
     fn save_file(&mut self, default_name: &str, extension: &str) -> DialogResult {
         let t = std::time::Instant::now();
         let picked = rfd::FileDialog::new()
@@ -123,6 +136,11 @@ impl Dialogs for ScriptedDialogs {
 
     fn pick_prompts(&mut self) -> DialogResult {
         DialogResult::Cancelled
+    }
+
+    /// The scripted `model` path stands for the picked result file too.
+    fn pick_result(&mut self) -> DialogResult {
+        self.pick_model()
     }
 
     fn save_file(&mut self, default_name: &str, _extension: &str) -> DialogResult {

@@ -31,6 +31,8 @@ pub struct StartOptions {
     pub model: Option<String>,
     pub prompt: Option<String>,
     pub answer: Option<String>,
+    /// A result file (`.rdla`) to show at start, read-only.
+    pub result: Option<std::path::PathBuf>,
 }
 
 impl StartOptions {
@@ -156,14 +158,18 @@ pub fn create_app(
     let (device, info) = device_for(cc.wgpu_render_state.as_ref());
     let ctx = cc.egui_ctx.clone();
     let source = opts.source().unwrap_or(ModelSource::Default);
-    RdlaApp::new(
+    let mut app = RdlaApp::new(
         settings,
         device,
         info,
         move || ctx.request_repaint(),
         dialogs,
         source,
-    )
+    );
+    if let Some(file) = &opts.result {
+        app.open_result(file);
+    }
+    app
 }
 
 /// The name eframe keeps the settings under.

@@ -87,6 +87,52 @@ pub enum Action {
         path: Path,
     },
     ExportCensusPng,
+    /// Open a result file (`.rdla`), read-only, without its model.
+    OpenResult(std::path::PathBuf),
+    /// Go to this node of the open result file.
+    ResultGo(Path),
+    /// Show the open result's graph (or its heatmaps).
+    ResultGraph(bool),
+    /// Close the result file and go back to the explorer.
+    CloseResult,
+    ExportResultPng,
+    ExportResultGraphPng,
+    /// Save what was explored of the current computation as a result file.
+    SaveResult,
+}
+
+/// A result file open in the explorer (read-only, without its model).
+#[derive(Debug, Clone)]
+pub struct ResultState {
+    pub file: std::path::PathBuf,
+    pub saved: rdla_session::saved::Saved,
+    /// The node shown.
+    pub at: Path,
+    /// The graph is shown instead of the heatmaps.
+    pub graph: bool,
+    /// Why the last click went nowhere (a node that is not in the file).
+    pub note: Option<String>,
+}
+
+impl ResultState {
+    /// The saved model's number of layers (from its config).
+    pub fn n_layers(&self) -> usize {
+        self.saved.manifest.model.config["n_layers"]
+            .as_u64()
+            .map_or(0, |n| n as usize)
+    }
+
+    /// Go to `path`: shown if it is in the file, else a note saying it is not.
+    pub fn go(&mut self, path: Path) {
+        if self.saved.view(&path).is_some() || self.saved.node(&path).is_some() {
+            self.at = path;
+            self.note = None;
+        } else {
+            self.note = Some(format!(
+                "{path}: not in this file: open the model to compute it"
+            ));
+        }
+    }
 }
 
 /// What a file dialog picks.
@@ -97,6 +143,8 @@ pub enum Pick {
     PromptText,
     /// A census's prompts file.
     CensusPrompts,
+    /// A result file (`.rdla`).
+    ResultFile,
 }
 
 /// The graph view: its settings, the trace in flight and the last one.
@@ -340,6 +388,10 @@ pub struct AppState {
     /// it), the one being computed, and why the last one failed.
     pub contrast: ContrastState,
     pub census: CensusState,
+    /// A result file open read-only (shown instead of the explorer while `Some`).
+    pub result: Option<ResultState>,
+    /// A result being saved by the worker.
+    pub saving: bool,
 }
 
 /// The Census view: the file, the census in flight and the last one.
@@ -409,6 +461,7 @@ impl AppState {
             && self.ablating.is_empty()
             && (self.contrast.pending.is_none() || self.computed.is_none())
             && self.census.running.is_none()
+            && !self.saving
     }
 
     pub fn current_path(&self) -> Path {
@@ -630,6 +683,22 @@ impl AppState {
                 self.dirty_since = None;
                 Vec::new()
             }
+            Action::ResultGo(path) => {
+                if let Some(r) = &mut self.result {
+                    r.go(path);
+                }
+                Vec::new()
+            }
+            Action::ResultGraph(on) => {
+                if let Some(r) = &mut self.result {
+                    r.graph = on;
+                }
+                Vec::new()
+            }
+            Action::CloseResult => {
+                self.result = None;
+                Vec::new()
+            }
             Action::ShowCensus(open) => {
                 self.census.open = open;
                 if open {
@@ -690,6 +759,10 @@ impl AppState {
             | Action::CopyPath
             | Action::ExportGraphPng
             | Action::ExportGraphJson
+            | Action::OpenResult(_)
+            | Action::SaveResult
+            | Action::ExportResultPng
+            | Action::ExportResultGraphPng
             | Action::Pick(_) => Vec::new(),
         }
     }
@@ -883,6 +956,16 @@ impl AppState {
                 }
                 Vec::new()
             }
+            Event::ResultSaved { file, result } => {
+                self.saving = false;
+                self.status = match result {
+                    Ok((nodes, bytes)) => {
+                        format!("saved {nodes} nodes to {} ({bytes} bytes)", file.display())
+                    }
+                    Err(e) => format!("saving the result failed: {e}"),
+                };
+                Vec::new()
+            }
             Event::VerifyProgress { id, done, total } => {
                 if id == self.graph.trace_id && self.graph.verifying.is_some() {
                     self.graph.verifying = Some((done, total));
@@ -983,6 +1066,7 @@ impl AppState {
         self.graph.tracing = None;
         self.graph.verifying = None;
         self.census.running = None;
+        self.saving = false;
         self.status = "the compute worker stopped unexpectedly and was restarted".into();
     }
 }

@@ -41,6 +41,14 @@ pub enum Command {
         opts: TraceOptions,
         id: u64,
     },
+    /// Save what was explored of the current computation (the views at `paths`, a trace and
+    /// its verification) as a result file.
+    SaveResult {
+        file: std::path::PathBuf,
+        paths: Vec<Path>,
+        trace: Option<(Box<Trace>, f64)>,
+        verification: Option<Box<rdla_session::verify::Verification>>,
+    },
     /// Verify a trace: its `k` largest sites ablated alone, then together.
     Verify {
         trace: Box<Trace>,
@@ -131,6 +139,11 @@ pub enum Event {
     TraceFailed {
         id: u64,
         error: WorkerError,
+    },
+    /// A result file written: its nodes and bytes.
+    ResultSaved {
+        file: std::path::PathBuf,
+        result: Result<(usize, usize), WorkerError>,
     },
     /// `done` of `total` ablated forward passes of a verification.
     VerifyProgress {
@@ -354,6 +367,10 @@ fn failed(cmd: &Command, error: WorkerError) -> Option<Event> {
             error,
         },
         Command::Trace { id, .. } => Event::TraceFailed { id: *id, error },
+        Command::SaveResult { file, .. } => Event::ResultSaved {
+            file: file.clone(),
+            result: Err(error),
+        },
         Command::Verify { id, .. } => Event::Verified {
             id: *id,
             result: Err(error),
@@ -468,6 +485,12 @@ impl Worker {
             Command::Trace { from, opts, id } => self.trace(from, opts, *id),
             Command::Ablate { paths, mode, id } => self.ablate(paths, *mode, *id),
             Command::Verify { trace, k, mode, id } => self.verify(trace, *k, *mode, *id),
+            Command::SaveResult {
+                file,
+                paths,
+                trace,
+                verification,
+            } => self.save_result(file, paths, trace.as_ref(), verification.as_deref()),
             Command::Contrast { prompt, id } => self.contrast(prompt.as_deref(), *id),
             Command::Census {
                 file,
@@ -699,6 +722,29 @@ impl Worker {
                 id,
                 error: e.into(),
             },
+        });
+    }
+
+    fn save_result(
+        &self,
+        file: &std::path::Path,
+        paths: &[Path],
+        trace: Option<&(Box<Trace>, f64)>,
+        verification: Option<&rdla_session::verify::Verification>,
+    ) {
+        let result = match &self.session {
+            Some(s) => (|| {
+                let saved = s.saved(paths, trace.map(|(t, ms)| (t.as_ref(), *ms)), verification)?;
+                let bytes = saved.to_bytes()?;
+                s.write_output(file, &bytes)?;
+                Ok::<_, rdla_session::SessionError>((saved.nodes.len(), bytes.len()))
+            })()
+            .map_err(WorkerError::from),
+            None => Err(WorkerError::NoModel),
+        };
+        self.emit(Event::ResultSaved {
+            file: file.to_path_buf(),
+            result,
         });
     }
 

@@ -194,6 +194,7 @@ fn a_multi_token_answer_is_rejected_with_its_pieces() {
         model: None,
         prompt: None,
         answer: Some(" Get some".into()),
+        result: None,
     };
     let h = harness(tmp.path().to_path_buf(), opts);
     let err = h.state().state.compute_error.clone().unwrap_or_default();
@@ -259,6 +260,7 @@ fn rotary_models_show_their_own_components() {
         model: Some(fixture("neox_parallel")),
         prompt: Some("When Mary and John went to the store, Mary gave a book to".into()),
         answer: Some(" John".into()),
+        result: None,
     };
     let mut h = harness(tmp.path().to_path_buf(), opts);
     {
@@ -286,6 +288,7 @@ fn rotary_models_show_their_own_components() {
         model: Some(fixture("llama_gqa")),
         prompt: Some("1. Get some apples.\n2. Get some oranges.\n".into()),
         answer: Some("3".into()),
+        result: None,
     };
     let mut h = harness(tmp.path().to_path_buf(), opts);
     let app = h.state();
@@ -466,6 +469,7 @@ fn newer_families_open_and_drill_down() {
             model: Some(fixture(name)),
             prompt: Some(r.str("prompt")),
             answer: Some(r.str("answer")),
+            result: None,
         };
         let mut h = harness(tmp.path().to_path_buf(), opts);
         {
@@ -529,6 +533,7 @@ fn long_prompts_show_a_window_of_positions() {
         model: Some(fixture("llama_gqa")),
         prompt: Some(prompt),
         answer: Some("3".into()),
+        result: None,
     };
     let mut h = harness(tmp.path().to_path_buf(), opts);
     assert!(h.state().state.compute_error.is_none());
@@ -900,4 +905,75 @@ fn a_census_shows_means_and_opens_a_prompt_at_a_node() {
             view.expansion.value
         );
     }
+}
+
+/// A result saved from the explorer reopens without the model, read-only: its root heatmap
+/// and its graph (verification stamped) export the same PNG bytes as the live session did;
+/// a saved node opens from its cell and its breadcrumbs lead back; a node that is not in the
+/// file says so.
+#[test]
+fn a_saved_result_reopens_without_the_model_and_exports_the_same_pngs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path().to_path_buf(), StartOptions::default());
+    let last = h.state().state.model.as_ref().unwrap().config.n_layers - 1;
+    let head = format!("L{last}.attn/H1");
+    click(&mut h, &head);
+    click(&mut h, "crumb root");
+    click(&mut h, "Trace graph from here");
+    click(&mut h, "Verify (zero)");
+    assert!(h.state().state.graph.verified().is_some());
+    let live_graph = h.state().graph_bytes("png").unwrap();
+    let live_root = tmp.path().join("live-root.png");
+    h.state().export_png_to(&live_root, 1.0, None).unwrap();
+    let live_root = std::fs::read(&live_root).unwrap();
+    click(&mut h, "Save result…");
+    let file = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "rdla"))
+        .expect("a result file was written");
+    assert!(
+        h.state().state.status.starts_with("saved"),
+        "{}",
+        h.state().state.status
+    );
+    drop(h);
+
+    // reopened: no model needed for any of this
+    let opts = StartOptions {
+        result: Some(file.clone()),
+        ..StartOptions::default()
+    };
+    let mut r = harness(tmp.path().to_path_buf(), opts);
+    assert!(
+        r.state().state.result.is_some(),
+        "{}",
+        r.state().state.status
+    );
+    assert_eq!(r.state().result_bytes("png").unwrap(), live_root);
+    click(&mut r, "Show the graph");
+    assert_eq!(r.state().result_bytes("graph.png").unwrap(), live_graph);
+    click(&mut r, "Show the heatmap");
+    // the head was opened live, so it is in the file: its cell leads there, the crumbs back
+    click(&mut r, &head);
+    assert_eq!(
+        r.state().state.result.as_ref().unwrap().at.to_string(),
+        head
+    );
+    click(&mut r, "saved crumb root");
+    assert!(r.state().state.result.as_ref().unwrap().at.is_root());
+    // a head that was never opened is not in the file
+    assert_ne!(last, 0);
+    click(&mut r, "L0.attn/H0");
+    let res = r.state().state.result.as_ref().unwrap();
+    assert!(res.at.is_root());
+    assert!(
+        res.note
+            .as_deref()
+            .is_some_and(|n| n.contains("not in this file")),
+        "{:?}",
+        res.note
+    );
+    click(&mut r, "Close result");
+    assert!(r.state().state.result.is_none());
 }

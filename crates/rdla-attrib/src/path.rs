@@ -70,6 +70,14 @@ macro_rules! serialize_as_display {
 
 serialize_as_display!(Step, Side, Path);
 
+/// A path is read as the path grammar spells it.
+impl<'de> serde::Deserialize<'de> for Path {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Path::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

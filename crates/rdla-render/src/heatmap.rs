@@ -4,8 +4,9 @@
 
 use rdla_attrib::{Path, Units};
 
-/// A labelled grid of attribution values.
-#[derive(Debug, Clone, PartialEq)]
+/// A labelled grid of attribution values. Its serde form leaves out the cells (`values`,
+/// `targets`): a result file keeps them in a Parquet table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Heatmap {
     pub title: String,
     pub subtitle: String,
@@ -14,8 +15,10 @@ pub struct Heatmap {
     pub rows: Vec<String>,
     pub cols: Vec<String>,
     /// Row-major `rows × cols`.
+    #[serde(skip)]
     pub values: Vec<Option<f32>>,
     /// Where clicking each cell leads (`None`: not expandable / absent).
+    #[serde(skip)]
     pub targets: Vec<Option<Path>>,
     /// Several cells lead to the same path (a score's table: every cell of a row leads to its
     /// query-side component); their accessible labels then name the cell too.

@@ -12,7 +12,10 @@
 //! - `sites.parquet` and `edges.parquet`: the trace's graph (`id`, `label`, `layer`,
 //!   `position`, `value`; `from`, `to`, `value`);
 //! - `verification.parquet`: the trace's verification (`site`, `label`, `attributed`,
-//!   `effect`), its summary in the manifest.
+//!   `effect`), its summary in the manifest;
+//! - the explorer's heatmap of every expanded node, as the live session drew it: its cells in
+//!   `heatmaps.parquet` (`path`, `row`, `col`, `value`, `target`) and its labels, titles and
+//!   strip in `views.json`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -140,6 +143,15 @@ pub struct Saved {
     pub sites: Vec<GraphNode>,
     pub edges: Vec<GraphEdge>,
     pub verification: Vec<VerifiedSite>,
+    /// The heatmap of each expanded node, as the session drew it.
+    pub views: Vec<(Path, crate::Heatmap)>,
+}
+
+/// One entry of `views.json`: a heatmap without its cells.
+#[derive(Debug, Serialize, Deserialize)]
+struct ViewEntry {
+    path: Path,
+    heatmap: crate::Heatmap,
 }
 
 fn bad(file: &FsPath, why: impl std::fmt::Display) -> SessionError {
@@ -166,10 +178,11 @@ impl Saved {
     /// and of a trace (its top paths, graph and verification).
     pub fn collect(
         manifest: Manifest,
-        expansions: &[Expansion],
+        views: &[(Expansion, crate::Heatmap)],
         trace: Option<&Trace>,
         verification: Option<&Verification>,
     ) -> Self {
+        let expansions: Vec<&Expansion> = views.iter().map(|(e, _)| e).collect();
         let mut nodes: BTreeMap<String, SavedNode> = BTreeMap::new();
         let mut tables = Vec::new();
         let mut readouts = Vec::new();
@@ -184,7 +197,7 @@ impl Saved {
                 }
             }
         };
-        for ex in expansions {
+        for ex in expansions.iter().copied() {
             let u = units(ex.units).to_string();
             add(SavedNode {
                 path: ex.path.clone(),
@@ -254,7 +267,51 @@ impl Saved {
             sites: trace.map(|t| t.nodes.clone()).unwrap_or_default(),
             edges: trace.map(|t| t.edges.clone()).unwrap_or_default(),
             verification: verification.map(|v| v.sites.clone()).unwrap_or_default(),
+            views: views
+                .iter()
+                .map(|(e, h)| (e.path.clone(), h.clone()))
+                .collect(),
         }
+    }
+
+    /// The heatmap saved for `path`.
+    pub fn view(&self, path: &Path) -> Option<&crate::Heatmap> {
+        self.views.iter().find(|(p, _)| p == path).map(|(_, h)| h)
+    }
+
+    /// The saved trace: its numbers and graph (its top paths are nodes of the file).
+    pub fn trace(&self) -> Option<Trace> {
+        let t = self.manifest.trace.as_ref()?;
+        Some(Trace {
+            from: Path::parse(&t.from).ok()?,
+            value: t.value,
+            expanded: t.expanded,
+            frontier_total: t.frontier_total,
+            residual_total: t.residual_total,
+            paths: Vec::new(),
+            nodes: self.sites.clone(),
+            edges: self.edges.clone(),
+            timed_out: t.timed_out,
+        })
+    }
+
+    /// The saved verification.
+    pub fn verification(&self) -> Option<Verification> {
+        let v = self.manifest.verification.as_ref()?;
+        Some(Verification {
+            ablation: if v.ablation == "mean" {
+                rdla_model::model::ablate::AblationMode::Mean
+            } else {
+                rdla_model::model::ablate::AblationMode::Zero
+            },
+            sites: self.verification.clone(),
+            spearman: v.spearman,
+            explained: v.explained,
+            target: v.target,
+            together: v.together,
+            passed_over: Vec::new(),
+            verify_ms: 0.0,
+        })
     }
 
     /// The node saved at `path`.
@@ -284,8 +341,53 @@ impl Saved {
         for (name, batch) in self.tables()? {
             put(name, &parquet_bytes(&batch)?)?;
         }
+        let entries: Vec<ViewEntry> = self
+            .views
+            .iter()
+            .map(|(p, h)| ViewEntry {
+                path: p.clone(),
+                heatmap: h.clone(),
+            })
+            .collect();
+        put("views.json", &serde_json::to_vec(&entries)?)?;
+        put("heatmaps.parquet", &parquet_bytes(&self.heatmap_cells()?)?)?;
         let cursor = zip.finish().map_err(|e| bad(here, e))?;
         Ok(cursor.into_inner())
+    }
+
+    /// Every cell of every saved heatmap, row-major: `path`, `row`, `col`, `value` (null: an
+    /// absent cell), `target` (null: nowhere).
+    fn heatmap_cells(&self) -> Result<RecordBatch> {
+        let (mut path, mut row, mut col, mut value, mut target) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (p, h) in &self.views {
+            let n = h.cols.len().max(1);
+            for (i, v) in h.values.iter().enumerate() {
+                path.push(p.to_string());
+                row.push((i / n) as u32);
+                col.push((i % n) as u32);
+                value.push(*v);
+                target.push(h.targets.get(i).cloned().flatten().map(|t| t.to_string()));
+            }
+        }
+        let schema = Schema::new(vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("row", DataType::UInt32, false),
+            Field::new("col", DataType::UInt32, false),
+            Field::new("value", DataType::Float32, true),
+            Field::new("target", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(path)),
+                Arc::new(UInt32Array::from(row)),
+                Arc::new(UInt32Array::from(col)),
+                Arc::new(Float32Array::from(value)),
+                Arc::new(StringArray::from(target)),
+            ],
+        )
+        .map_err(pq)
     }
 
     /// The Parquet tables, by file name (`verification.parquet` only when there is one; the
@@ -475,6 +577,12 @@ impl Saved {
                 ),
             ));
         }
+        let entries: Vec<ViewEntry> = match entry("views.json")? {
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| bad(file, format!("views.json: {e}")))?
+            }
+            None => Vec::new(),
+        };
         let mut table = |name: &str, required: bool| -> Result<Vec<RecordBatch>> {
             match entry(name)? {
                 Some(b) => read_parquet(b).map_err(|e| bad(file, format!("{name}: {e}"))),
@@ -489,6 +597,17 @@ impl Saved {
         let sites = t.sites(&table("sites.parquet", false)?)?;
         let edges = t.edges(&table("edges.parquet", false)?)?;
         let verification = t.verification(&table("verification.parquet", false)?)?;
+        let mut views: Vec<(Path, crate::Heatmap)> = entries
+            .into_iter()
+            .map(|e| {
+                let mut h = e.heatmap;
+                let n = h.rows.len() * h.cols.len();
+                h.values = vec![None; n];
+                h.targets = vec![None; n];
+                (e.path, h)
+            })
+            .collect();
+        t.fill_views(&table("heatmaps.parquet", false)?, &mut views)?;
         Ok(Self {
             manifest,
             nodes,
@@ -497,6 +616,7 @@ impl Saved {
             sites,
             edges,
             verification,
+            views,
         })
     }
 }
@@ -702,6 +822,46 @@ impl<'a> Tables<'a> {
             }
         }
         Ok(out)
+    }
+
+    fn fill_views(
+        &self,
+        batches: &[RecordBatch],
+        views: &mut [(Path, crate::Heatmap)],
+    ) -> Result<()> {
+        for b in batches {
+            let (p, r, c, v, t) = (
+                self.req(b, "path")?,
+                self.u32s(b, "row")?,
+                self.u32s(b, "col")?,
+                self.f32s(b, "value")?,
+                self.strs(b, "target")?,
+            );
+            let mut k = 0;
+            for i in 0..p.len() {
+                let path = self.path(&p[i])?;
+                if views.get(k).is_none_or(|(q, _)| *q != path) {
+                    k = views.iter().position(|(q, _)| *q == path).ok_or_else(|| {
+                        bad(
+                            self.file,
+                            format!("cells of `{path}`, a view not in views.json"),
+                        )
+                    })?;
+                }
+                let h = &mut views[k].1;
+                let (row, col) = (r[i] as usize, c[i] as usize);
+                if row >= h.rows.len() || col >= h.cols.len() {
+                    return Err(bad(
+                        self.file,
+                        format!("a cell ({row}, {col}) outside `{path}`'s heatmap"),
+                    ));
+                }
+                let at = row * h.cols.len() + col;
+                h.values[at] = v[i];
+                h.targets[at] = t[i].as_deref().map(|s| self.path(s)).transpose()?;
+            }
+        }
+        Ok(())
     }
 
     fn verification(&self, batches: &[RecordBatch]) -> Result<Vec<VerifiedSite>> {

@@ -1097,7 +1097,6 @@ impl Session {
         use crate::saved::{FORMAT, Manifest, ModelRef, Saved, TraceSummary, VerificationSummary};
         let cur = self.current()?;
         let c = &cur.computed;
-        let engine = self.engine()?;
         let mut wanted: Vec<Path> = vec![Path::root()];
         for p in paths {
             for q in p.prefixes() {
@@ -1106,9 +1105,9 @@ impl Session {
                 }
             }
         }
-        let expansions = wanted
+        let views = wanted
             .iter()
-            .map(|p| engine.expand(p).map_err(SessionError::from))
+            .map(|p| self.view(p).map(|v| (v.expansion, v.heatmap)))
             .collect::<Result<Vec<_>>>()?;
         let manifest = Manifest {
             format: FORMAT,
@@ -1156,7 +1155,7 @@ impl Session {
         };
         Ok(Saved::collect(
             manifest,
-            &expansions,
+            &views,
             trace.map(|(t, _)| t),
             verification,
         ))

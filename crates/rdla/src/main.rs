@@ -28,8 +28,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Open the desktop explorer (the default).
-    Explore(ExploreArgs),
+    /// Open the desktop explorer (the default); with a result file (`.rdla`), show it read-only
+    /// without its model.
+    Explore(ExploreCommand),
     /// Compute an attribution headlessly and write JSON / CSV / PNG.
     Attribute(attribute::AttributeArgs),
     /// Trace the exact tree best-first and write the attribution graph (JSON / PNG).
@@ -40,6 +41,14 @@ enum Command {
     Census(census::CensusArgs),
     /// Recompute every node of a result file (`.rdla`) on its model; exit 1 naming the first mismatch.
     Verify(verify::VerifyArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ExploreCommand {
+    /// A result file (`.rdla`, from `--save` or *Save result…*) to open read-only.
+    result: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    args: ExploreArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -104,8 +113,8 @@ fn main() -> ExitCode {
         Some(Command::Trace(t)) => trace::run(&t),
         Some(Command::Census(c)) => census::run(&c),
         Some(Command::Verify(v)) => verify::run(&v),
-        Some(Command::Explore(e)) => explore(e),
-        None => explore(cli.explore),
+        Some(Command::Explore(e)) => explore(e.args, e.result),
+        None => explore(cli.explore, None),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,11 +143,25 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn explore(args: ExploreArgs) -> anyhow::Result<()> {
+fn explore(args: ExploreArgs, result: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     args.memory.apply();
+    if let Some(file) = &result {
+        // a bad file is a clear error here, before any window opens
+        let t = std::time::Instant::now();
+        let saved = rdla_session::saved::Saved::open(file)?;
+        eprintln!(
+            "{}: {} nodes, {} views, {} graph sites; read in {:.0} ms",
+            file.display(),
+            saved.nodes.len(),
+            saved.views.len(),
+            saved.sites.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     rdla_app::run(rdla_app::StartOptions {
         model: args.model,
         prompt: args.prompt,
         answer: args.answer,
+        result,
     })
 }

@@ -1409,8 +1409,11 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
         !out.status.success() && err.contains("model.safetensors differs"),
         "{err}"
     );
-    // not a result file
+    // not a result file: refused by verify, and by explore before any window opens
     let out = verify(&copy.join("config.json"), m);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an rdla result file"));
+    let out = rdla(&["explore", copy.join("config.json").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an rdla result file"));
 }

@@ -5,6 +5,7 @@
 
 use egui::{Align2, Color32, FontId, Pos2, Sense, Stroke, Ui, Vec2};
 use rdla_attrib::Path;
+use rdla_attrib::trace::Trace;
 
 use rdla_session::graph::{self, sign_color};
 use rdla_session::heatmap::max_abs;
@@ -89,11 +90,22 @@ pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Ac
         shown.edges.len(),
         100.0 * o.threshold
     ));
+    if let Some(site) = draw(ui, &shown, &state.tokens().strs, n_layers) {
+        actions.push(Action::Navigate(site));
+        actions.push(Action::ShowGraph(false));
+    }
+}
+
+/// Draw `shown` (a pruned trace) over the rest of the panel: layers bottom to top, positions
+/// left to right, hover values; the site clicked, if one was.
+pub fn draw(ui: &mut Ui, shown: &Trace, tokens: &[String], n_layers: usize) -> Option<Path> {
+    let trace = shown;
+    let mut clicked = None;
     // the visible part of the panel (a wide controls row must not widen the drawing)
     let visible = ui.clip_rect().right() - ui.cursor().left();
     let avail = ui.available_size();
     let size = (avail.x.min(visible).max(300.0), avail.y.max(240.0));
-    let layout = graph::layout(&shown, &state.tokens().strs, n_layers, size);
+    let layout = graph::layout(shown, tokens, n_layers, size);
     let (rect, _) = ui.allocate_exact_size(Vec2::new(size.0, size.1), Sense::hover());
     let o = rect.min;
     let painter = ui.painter_at(rect);
@@ -156,8 +168,7 @@ pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Ac
             egui::WidgetInfo::labeled(egui::Role::Button, true, format!("site {}", n.id))
         });
         if resp.clicked() {
-            actions.push(Action::Navigate(n.id.clone()));
-            actions.push(Action::ShowGraph(false));
+            clicked = Some(n.id.clone());
         }
         resp.on_hover_text(format!(
             "{} · value {:+.5} ({:.1}% of {:+.4})\n{}",
@@ -168,6 +179,7 @@ pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Ac
             n.id
         ));
     }
+    clicked
 }
 
 /// The graph's causal check: ablate its `k` largest sites (by |value| along the traced paths,
@@ -245,7 +257,6 @@ fn causal_check(
 /// each site coloured by agreement, Spearman's ρ, the share of the target the sites explain
 /// together, and the sites where the linear story breaks.
 fn verification(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
-    use rdla_session::verify::Agreement;
     let mut o = state.graph.options;
     ui.horizontal_wrapped(|ui| {
         ui.label("Verify the top");
@@ -290,6 +301,14 @@ fn verification(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         }
         None => return,
     };
+    verification_plot(ui, v);
+}
+
+/// A verification's stamp, its scatter of real effects against attributed values (each site
+/// coloured by agreement, the diagonal where they are equal) and the sites where the linear
+/// story breaks.
+pub fn verification_plot(ui: &mut Ui, v: &rdla_session::verify::Verification) {
+    use rdla_session::verify::Agreement;
     let color = |a: Agreement| match a {
         Agreement::Agrees => theme::OK,
         Agreement::Magnitude => theme::WARN,

@@ -7,5 +7,6 @@ pub mod explorer;
 pub mod graph;
 pub mod heatmap;
 pub mod prompt;
+pub mod result;
 pub mod status;
 pub mod top_bar;

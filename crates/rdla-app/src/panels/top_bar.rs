@@ -141,6 +141,26 @@ impl TopBar {
                 actions.push(Action::CopyPath);
             }
             if ui
+                .add_enabled(
+                    state.computed.is_some() && !state.saving,
+                    egui::Button::new("Save result…"),
+                )
+                .on_hover_text(
+                    "save what you explored (nodes, graph, verification) with the model's \
+                     sha256 and the prompt, to reopen without the model or re-check with it",
+                )
+                .clicked()
+            {
+                actions.push(Action::SaveResult);
+            }
+            if ui
+                .button("Open result…")
+                .on_hover_text("open a saved result file (.rdla), read-only, without its model")
+                .clicked()
+            {
+                actions.push(Action::Pick(Pick::ResultFile));
+            }
+            if ui
                 .button("Census…")
                 .on_hover_text("attribute every prompt of a file and see each node's mean")
                 .clicked()

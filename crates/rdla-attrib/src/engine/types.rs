@@ -232,7 +232,7 @@ impl Expansion {
 }
 
 /// The units of a node's numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Units {
     /// Logit units (the target's logit or logit difference).
