@@ -227,11 +227,18 @@ impl RdlaApp {
     fn export_graph(&mut self, ext: &str) {
         let model = self.state.model.as_ref().map_or("model", |m| m.name());
         let name = format!("rdla-{}-graph.{ext}", model.replace(['/', ' '], "_"));
-        let msg = match self.dialogs.save_file(&name, ext) {
-            DialogResult::Picked(p) => match self
-                .graph_bytes(ext)
-                .and_then(|b| self.write_export(&p, &b))
-            {
+        self.export_bytes(&name, ext, |app| app.graph_bytes(ext));
+    }
+
+    /// Ask where to write `name` (a `ext` file), then write what `bytes` gives, and say so.
+    fn export_bytes(
+        &mut self,
+        name: &str,
+        ext: &str,
+        bytes: impl FnOnce(&Self) -> Result<Vec<u8>, String>,
+    ) {
+        let msg = match self.dialogs.save_file(name, ext) {
+            DialogResult::Picked(p) => match bytes(self).and_then(|b| self.write_export(&p, &b)) {
                 Ok(()) => format!("wrote {}", p.display()),
                 Err(e) => format!("export failed: {e}"),
             },
@@ -342,18 +349,7 @@ impl RdlaApp {
             |s| s.to_string_lossy().into_owned(),
         );
         let name = format!("{stem}.{what}");
-        let msg = match self.dialogs.save_file(&name, "png") {
-            DialogResult::Picked(p) => match self
-                .result_bytes(what)
-                .and_then(|b| self.write_export(&p, &b))
-            {
-                Ok(()) => format!("wrote {}", p.display()),
-                Err(e) => format!("export failed: {e}"),
-            },
-            DialogResult::Cancelled => return,
-            DialogResult::Unavailable(why) => why,
-        };
-        self.state.status = msg;
+        self.export_bytes(&name, "png", |app| app.result_bytes(what));
     }
 
     /// Write an export, never into the model's folder (links resolved).

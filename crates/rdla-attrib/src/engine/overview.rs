@@ -29,14 +29,10 @@ impl Engine<'_> {
     /// [`Engine::overview`] with the head breakdown computed `chunk_values` values at a time
     /// (at least one layer): the same numbers whatever the chunking (tested).
     pub fn overview_in_chunks(&self, chunk_values: usize) -> Result<Overview> {
-        let cfg = &self.model.config;
-        let (l_n, h_n, c_n, p_n) = (cfg.n_layers, cfg.n_heads, self.layout.n(), self.n_pos());
+        let l_n = self.model.config.n_layers;
         // a chunk of layers at a time: each chunk's blocks are fetched once (a view when the
         // layers are resident, read where they lie when they stream)
-        let per_layer = (h_n * p_n * c_n).max(1);
-        let chunk = (chunk_values / per_layer)
-            .min(self.model.layer_chunk())
-            .clamp(1, l_n);
+        let chunk = self.layers_per_chunk(chunk_values);
         // last chunk first: a streaming model still holds the layers its forward pass read
         // last (the chunks are put back in order when assembled)
         let starts: Vec<usize> = (0..l_n).step_by(chunk).collect();
@@ -48,6 +44,16 @@ impl Engine<'_> {
             self.cache.release_spilled();
         }
         self.assemble(chunks, None)
+    }
+
+    /// Layers whose `H·P·C` head breakdown fit in `chunk_values` values (at least one, at
+    /// most what the model holds at once).
+    fn layers_per_chunk(&self, chunk_values: usize) -> usize {
+        let cfg = &self.model.config;
+        let per_layer = (cfg.n_heads * self.n_pos() * self.layout.n()).max(1);
+        (chunk_values / per_layer)
+            .min(self.model.layer_chunk())
+            .clamp(1, cfg.n_layers)
     }
 
     /// The root readout once per layer of a chunk of `n`: `[n, d]`.
@@ -109,11 +115,8 @@ impl Engine<'_> {
     /// without its MLP breakdown, over chunks of layers, with one read-back.
     pub fn head_totals(&self, sources: bool) -> Result<HeadTotals> {
         let cfg = &self.model.config;
-        let (l_n, h_n, c_n, p_n) = (cfg.n_layers, cfg.n_heads, self.layout.n(), self.n_pos());
-        let per_layer = (h_n * p_n * c_n).max(1);
-        let chunk = (CHUNK_VALUES / per_layer)
-            .min(self.model.layer_chunk())
-            .clamp(1, l_n);
+        let (l_n, h_n, c_n) = (cfg.n_layers, cfg.n_heads, self.layout.n());
+        let chunk = self.layers_per_chunk(CHUNK_VALUES);
         let (mut attn_bias, mut head_dla, mut head_bias, mut totals) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for start in (0..l_n).step_by(chunk) {
