@@ -299,11 +299,7 @@ impl Saved {
     pub fn verification(&self) -> Option<Verification> {
         let v = self.manifest.verification.as_ref()?;
         Some(Verification {
-            ablation: if v.ablation == "mean" {
-                rdla_model::model::ablate::AblationMode::Mean
-            } else {
-                rdla_model::model::ablate::AblationMode::Zero
-            },
+            ablation: v.ablation.parse().ok()?,
             sites: self.verification.clone(),
             spearman: v.spearman,
             explained: v.explained,
@@ -969,6 +965,93 @@ pub fn model_difference(saved: &[ModelFile], files: &[ModelFile]) -> Option<Stri
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A small result: a root with two children, one table cell, no trace.
+    fn small() -> Saved {
+        let root = Path::root();
+        let child = |s: &str, v: f32| SavedNode {
+            path: Path::parse(s).unwrap_or_else(|e| panic!("{e}")),
+            value: v,
+            parent: Some(root.clone()),
+            expanded: false,
+            bias: None,
+            residual: None,
+            units: "logit".into(),
+        };
+        Saved {
+            manifest: Manifest {
+                format: FORMAT,
+                rdla_version: "0".into(),
+                model: ModelRef {
+                    name: "m".into(),
+                    files: vec![ModelFile {
+                        name: "w".into(),
+                        bytes: 1,
+                        sha256: "00".repeat(32),
+                    }],
+                    config: serde_json::json!({"n_layers": 1}),
+                },
+                prompt: "p".into(),
+                token_ids: vec![1, 2],
+                token_strs: vec!["a".into(), "b".into()],
+                bos: true,
+                answer: "x".into(),
+                answer_id: 3,
+                foil: None,
+                foil_id: None,
+                target_label: "logit \"x\"".into(),
+                target_value: 1.5,
+                mlp_mode: "frozen_gate".into(),
+                device: "cpu".into(),
+                trace: None,
+                verification: None,
+            },
+            nodes: vec![
+                SavedNode {
+                    path: root.clone(),
+                    value: 1.5,
+                    parent: None,
+                    expanded: true,
+                    bias: Some(0.0),
+                    residual: Some(0.0),
+                    units: "logit".into(),
+                },
+                child("embed", 1.0),
+                child("L0.attn", 0.5),
+            ],
+            tables: Vec::new(),
+            readouts: Vec::new(),
+            sites: Vec::new(),
+            edges: Vec::new(),
+            verification: Vec::new(),
+            views: Vec::new(),
+        }
+    }
+
+    /// Written and read back, a result is what it was; a truncated file, or one of another
+    /// format, is an error naming the file (never a panic).
+    #[test]
+    fn a_result_round_trips_and_a_damaged_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let r = small();
+        let bytes = r.to_bytes().unwrap_or_else(|e| panic!("{e}"));
+        let f = dir.path().join("r.rdla");
+        std::fs::write(&f, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Saved::open(&f).unwrap_or_else(|e| panic!("{e}")), r);
+        for cut in [bytes.len() / 2, bytes.len() - 10, 30] {
+            std::fs::write(&f, &bytes[..cut]).unwrap_or_else(|e| panic!("{e}"));
+            let e = Saved::open(&f).expect_err("a truncated result");
+            assert!(e.to_string().contains("r.rdla"), "{e}");
+        }
+        let mut later = small();
+        later.manifest.format = FORMAT + 1;
+        std::fs::write(&f, later.to_bytes().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = Saved::open(&f).expect_err("another format");
+        assert!(e.to_string().contains("format 2"), "{e}");
+    }
+
     #[test]
     fn sha256_of_known_bytes() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
