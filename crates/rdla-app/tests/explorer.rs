@@ -670,6 +670,21 @@ fn compare_with_a_second_prompt_shows_the_deltas() {
         assert!((ex.value - (both.value - both.contrast_value)).abs() <= 1e-5);
     }
 
+    // the graph's verification by activation patching: each site takes the compared run's
+    // value (the CLI test checks the patched values themselves)
+    click(&mut h, "crumb root");
+    click(&mut h, "Trace graph from here");
+    click(&mut h, "Verify (patch)");
+    {
+        let v = h.state().state.graph.verified().cloned().expect("verified");
+        assert_eq!(v.ablation, rdla_model::model::ablate::AblationMode::Patch);
+        assert!(!v.sites.is_empty());
+        assert!(v.sites.iter().all(|s| s.effect.is_finite()));
+        assert!(v.sites.iter().any(|s| s.effect.abs() > 1e-3));
+    }
+    click(&mut h, "Back to the heatmap");
+    click(&mut h, &head);
+
     // a prompt of another length: the root compares, the head says why it cannot
     click(&mut h, "crumb root");
     let field = h.get_by_label("Contrast prompt");

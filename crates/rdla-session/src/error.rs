@@ -54,6 +54,14 @@ pub enum SessionError {
         "nothing to verify: the trace has no site that can be ablated (trace further, or from another node)"
     )]
     NothingToVerify,
+    #[error(
+        "patching takes each site's value from the contrast prompt's run: give a contrast prompt (--contrast-prompt, or Compare with… in the explorer)"
+    )]
+    PatchWithoutContrast,
+    #[error(
+        "patching needs the contrast prompt to have this prompt's token count ({this}); it has {other}"
+    )]
+    PatchLengths { this: usize, other: usize },
     #[error("stopped before the verification was complete")]
     VerifyStopped,
     #[error(

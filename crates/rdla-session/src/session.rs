@@ -919,6 +919,26 @@ impl Session {
     ) -> Result<AblationReport> {
         let cur = self.current()?;
         let engine = self.engine()?;
+        // activation patching reads each site's value in the contrast prompt's run
+        let other = match (mode, &cur.contrast) {
+            (AblationMode::Patch, None) => return Err(SessionError::PatchWithoutContrast),
+            (AblationMode::Patch, Some(k)) => {
+                if k.tokens.ids.len() != cur.computed.tokens.ids.len() {
+                    return Err(SessionError::PatchLengths {
+                        this: cur.computed.tokens.ids.len(),
+                        other: k.tokens.ids.len(),
+                    });
+                }
+                Some(Engine::with_memo(
+                    &self.model,
+                    &k.cache,
+                    cur.computed.target,
+                    cur.computed.request.mlp_mode,
+                    &k.memo,
+                )?)
+            }
+            _ => None,
+        };
         let mut ablations = Vec::new();
         let mut values = Vec::new();
         for p in paths {
@@ -935,6 +955,7 @@ impl Session {
                 site: at.site,
                 pos: at.pos,
                 mode,
+                patch: other.as_ref().map(|e| e.site_value(at)).transpose()?,
             });
             values.push(engine.value(p)?);
         }
@@ -1142,10 +1163,7 @@ impl Session {
                 trace_ms,
             }),
             verification: verification.map(|v| VerificationSummary {
-                ablation: match v.ablation {
-                    AblationMode::Zero => "zero".into(),
-                    AblationMode::Mean => "mean".into(),
-                },
+                ablation: v.ablation.name().into(),
                 spearman: v.spearman,
                 explained: v.explained,
                 target: v.target,

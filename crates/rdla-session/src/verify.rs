@@ -102,10 +102,7 @@ impl Verification {
         let breaks = self.breaks().count();
         format!(
             "verified by {} ablation of {} site{}: {rho}, together {share} of the target; {}",
-            match self.ablation {
-                AblationMode::Zero => "zero",
-                AblationMode::Mean => "mean",
-            },
+            self.ablation.name(),
             self.sites.len(),
             if self.sites.len() == 1 { "" } else { "s" },
             match breaks {

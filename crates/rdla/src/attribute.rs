@@ -34,7 +34,8 @@ pub struct AttributeArgs {
     /// real change beside the node's value (repeat to ablate several sites together).
     #[arg(long, value_name = "PATH")]
     pub ablate: Vec<Path>,
-    /// What an ablated site becomes: `zero`, or `mean` (its mean over the prompt's positions).
+    /// What an ablated site becomes: `zero`, `mean` (its mean over the prompt's positions), or
+    /// `patch` (its value in the --contrast-prompt's run: activation patching).
     #[arg(long, default_value = "zero", requires = "ablate")]
     pub ablation: AblationMode,
     /// Write `head_breakdown` even above its size limit (long prompts on large models).
@@ -56,7 +57,15 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         ("--png", a.png.as_deref()),
         ("--save", a.save.as_deref()),
     ])?;
-    let (session, load) = crate::common::open_and_compute(&a.compute)?;
+    let (mut session, load) = crate::common::open_and_compute(&a.compute)?;
+    if a.ablation == AblationMode::Patch {
+        anyhow::ensure!(
+            a.contrast_prompt.is_some(),
+            "--ablation patch takes each site's value from another prompt's run: give --contrast-prompt"
+        );
+        session.set_contrast(a.contrast_prompt.as_deref())?;
+    }
+    let session = session;
     let path = a.path.clone().unwrap_or_default();
     let view = session.view(&path)?;
     let node = a.path.is_some().then_some(&view.expansion);

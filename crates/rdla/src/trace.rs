@@ -50,9 +50,13 @@ pub struct TraceArgs {
     /// sha256 and the prompt) as an `.rdla` file.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
-    /// What a verified site becomes: `zero`, or `mean` (its mean over the prompt's positions).
+    /// What a verified site becomes: `zero`, `mean` (its mean over the prompt's positions), or
+    /// `patch` (its value in the --contrast-prompt's run: activation patching).
     #[arg(long, default_value = "zero", requires = "verify")]
     pub ablation: AblationMode,
+    /// The prompt whose activations `--ablation patch` puts in place (the same token count).
+    #[arg(long, value_name = "TEXT")]
+    pub contrast_prompt: Option<String>,
 }
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
@@ -74,7 +78,15 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         a.max_nodes > 0,
         "--max-nodes 0 would draw an empty graph; give at least 1"
     );
-    let (session, _) = crate::common::open_and_compute(&a.compute)?;
+    anyhow::ensure!(
+        a.ablation != AblationMode::Patch || a.contrast_prompt.is_some(),
+        "--ablation patch takes each site's value from another prompt's run: give --contrast-prompt"
+    );
+    let (mut session, _) = crate::common::open_and_compute(&a.compute)?;
+    if a.contrast_prompt.is_some() {
+        session.set_contrast(a.contrast_prompt.as_deref())?;
+    }
+    let session = session;
     let from = &a.from;
     let opts = TraceOptions {
         budget: a.budget,

@@ -1417,3 +1417,103 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an rdla result file"));
 }
+
+/// Activation patching (`--ablation patch`): a site takes its value from the contrast
+/// prompt's run. Patching the one token embedding where two prompts differ turns the run into
+/// the contrast prompt's own run (its target exactly); patching every verified site with the
+/// prompt's own values changes nothing; without a contrast prompt, or with one of another
+/// length, it is a clear error.
+#[test]
+fn activation_patching_takes_the_other_runs_values() {
+    let m = common::fixture("gpt2_untied");
+    let m = m.to_str().unwrap();
+    let (a, b) = ("Get some apples.", "Get some pears.");
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = rdla(args);
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let base = |p: &'static str| {
+        vec![
+            "attribute",
+            "--model",
+            m,
+            "--prompt",
+            p,
+            "--answer",
+            ".",
+            "--device",
+            "cpu",
+            "--json",
+            "-",
+        ]
+    };
+    let ja = run(&base(a));
+    let jb = run(&base(b));
+    let (ia, ib) = (
+        ja["token_ids"].as_array().unwrap().clone(),
+        jb["token_ids"].as_array().unwrap().clone(),
+    );
+    assert_eq!(
+        ia.len(),
+        ib.len(),
+        "the two prompts need the same token count"
+    );
+    let differ: Vec<usize> = (0..ia.len()).filter(|&i| ia[i] != ib[i]).collect();
+    assert_eq!(differ.len(), 1, "{ia:?} vs {ib:?}");
+    let site = format!("L0.attn/H0/{}:embed", differ[0]);
+    let mut args = base(a);
+    args.extend_from_slice(&[
+        "--ablate",
+        &site,
+        "--ablation",
+        "patch",
+        "--contrast-prompt",
+        b,
+    ]);
+    let j = run(&args);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let ablated = f(&j["ablation"]["ablated"]);
+    let target_b = f(&jb["target_value"]);
+    assert!(
+        (ablated - target_b).abs() <= 1e-4 * (1.0 + target_b.abs()),
+        "{ablated} vs {target_b}"
+    );
+    assert!((f(&j["ablation"]["clean"]) - f(&ja["target_value"])).abs() < 1e-5);
+    assert!(
+        (ablated - f(&ja["target_value"])).abs() > 1e-3,
+        "the patch changed nothing"
+    );
+
+    // the prompt's own values in place of its own: no change at any verified site
+    let mut args = vec!["trace", "--model", m];
+    args.extend_from_slice(&common::TARGET);
+    args.extend_from_slice(&["--budget", "30", "--verify", "6", "--ablation", "patch"]);
+    args.extend_from_slice(&["--contrast-prompt", "Get some apples.", "--json", "-"]);
+    let t = run(&args);
+    let v = &t["verification"];
+    assert_eq!(v["ablation"], "patch");
+    let sites = v["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 6);
+    for s in sites {
+        assert!(f(&s["effect"]).abs() < 1e-5, "{s}");
+    }
+    assert!(f(&v["explained"]).abs() < 1e-5, "{v}");
+
+    // no contrast prompt; one of another length
+    let mut args = base(a);
+    args.extend_from_slice(&["--ablate", &site, "--ablation", "patch"]);
+    let out = rdla(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --contrast-prompt"));
+    let mut args = base(a);
+    args.extend_from_slice(&["--ablate", &site, "--ablation", "patch"]);
+    args.extend_from_slice(&["--contrast-prompt", "Get some apples and some pears."]);
+    let out = rdla(&args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token count"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -269,17 +269,25 @@ fn verification(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         }
         ui.label("sites:");
         let busy = state.graph.verifying.is_some();
+        let compared = state.contrast.active.is_some();
         for (mode, label) in [
             (AblationMode::Zero, "Verify (zero)"),
             (AblationMode::Mean, "Verify (mean)"),
+            (AblationMode::Patch, "Verify (patch)"),
         ] {
+            let possible = mode != AblationMode::Patch || compared;
             if ui
-                .add_enabled(!busy, egui::Button::new(label))
-                .on_hover_text(
+                .add_enabled(!busy && possible, egui::Button::new(label))
+                .on_hover_text(if mode == AblationMode::Patch {
+                    "put each site's value from the compared prompt's run in its place \
+                     (activation patching), alone and then all together, and compare the real \
+                     changes of the target with the values the trace attributed"
+                } else {
                     "ablate each site alone in the real forward pass, then all of them \
                      together, and compare the real changes of the target with the values \
-                     the trace attributed",
-                )
+                     the trace attributed"
+                })
+                .on_disabled_hover_text("patching needs a prompt to compare with (Compare with…)")
                 .clicked()
             {
                 actions.push(Action::Verify(mode));

@@ -284,4 +284,47 @@ impl Engine<'_> {
             None => Err(AttribError::NotASite { path: path.clone() }),
         }
     }
+
+    /// What the model computes at a site in this engine's run — what an ablation of it
+    /// replaces: the component it writes at its position (`d` values; an attention layer's
+    /// and an MLP's output after any post-norm), a head's `z` there (`d_head`), a neuron's
+    /// activation (one). Activation patching puts another prompt's value in its place.
+    pub fn site_value(&self, at: SiteAt) -> Result<Vec<f32>> {
+        use rdla_model::model::ablate::Site;
+        let comp = |c: Option<usize>| -> Result<Vec<f32>> {
+            let c = c.ok_or(AttribError::Empty)?;
+            let d = self.model.config.d_model;
+            let row = self
+                .cache
+                .components
+                .clone()
+                .narrow(0, c, 1)
+                .narrow(1, at.pos, 1)
+                .reshape([d]);
+            Ok(rdla_model::to_vec(row)?)
+        };
+        let lay = self.layout;
+        match at.site {
+            Site::Embed => comp(lay.index(crate::path::Comp::Embed)),
+            Site::Pos => comp(lay.index(crate::path::Comp::Pos)),
+            Site::Attn(l) => comp(lay.index(crate::path::Comp::Attn(l))),
+            Site::Mlp(l) => comp(lay.index(crate::path::Comp::Mlp(l))),
+            Site::Head { layer, head } => {
+                let dh = self.model.config.d_head;
+                let z = self.z_at(&(layer..layer + 1), at.pos)?; // [1, H, dh]
+                Ok(rdla_model::to_vec(z.narrow(1, head, 1).reshape([dh]))?)
+            }
+            Site::Neuron { layer, neuron } => {
+                let ls = layer..layer + 1;
+                let b = self.blocks_in(&ls)?;
+                let r = Tensor::<2>::zeros([1, self.model.config.d_model], self.device());
+                let parts = self.mlp_parts(&b, &ls, at.pos, r)?;
+                let a = self
+                    .mlp_activations(&parts)
+                    .narrow(1, neuron, 1)
+                    .reshape([1]);
+                Ok(rdla_model::to_vec(a)?)
+            }
+        }
+    }
 }

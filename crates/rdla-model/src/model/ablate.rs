@@ -127,6 +127,20 @@ pub enum AblationMode {
     Zero,
     /// Its mean over the prompt's positions.
     Mean,
+    /// Its value in another prompt's run at the same position (activation patching): the
+    /// ablation then carries that value ([`Ablation::patch`]).
+    Patch,
+}
+
+impl AblationMode {
+    /// The command-line and JSON spelling: `zero`, `mean`, `patch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Zero => "zero",
+            Self::Mean => "mean",
+            Self::Patch => "patch",
+        }
+    }
 }
 
 impl std::str::FromStr for AblationMode {
@@ -135,17 +149,35 @@ impl std::str::FromStr for AblationMode {
         match s {
             "zero" => Ok(Self::Zero),
             "mean" => Ok(Self::Mean),
-            o => Err(format!("unknown ablation `{o}` (expected zero or mean)")),
+            "patch" => Ok(Self::Patch),
+            o => Err(format!(
+                "unknown ablation `{o}` (expected zero, mean or patch)"
+            )),
         }
     }
 }
 
 /// One ablated site at one position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ablation {
     pub site: Site,
     pub pos: usize,
     pub mode: AblationMode,
+    /// With [`AblationMode::Patch`]: the site's value there in the other run (`d` values for
+    /// an embedding, an attention layer or an MLP, `d_head` for a head's `z`, one for a
+    /// neuron's activation).
+    pub patch: Option<Vec<f32>>,
+}
+
+impl Ablation {
+    /// How many values the site has at a position.
+    pub fn width(&self, d_model: usize, d_head: usize) -> usize {
+        match self.site {
+            Site::Embed | Site::Pos | Site::Attn(_) | Site::Mlp(_) => d_model,
+            Site::Head { .. } => d_head,
+            Site::Neuron { .. } => 1,
+        }
+    }
 }
 
 /// Everything changed in a forward pass.
@@ -168,19 +200,24 @@ impl Interventions {
     }
 }
 
-/// Replace row `pos` of `x [P, n]` (columns `cols`, all when `None`) by zero or the column mean.
+/// Replace row `a.pos` of `x [P, n]` (columns `cols`, all when `None`) by zero, the column
+/// mean, or the ablation's patch.
 pub(crate) fn ablate_rows(
     x: Tensor<2>,
-    pos: usize,
     cols: Option<std::ops::Range<usize>>,
-    mode: AblationMode,
+    a: &Ablation,
 ) -> Tensor<2> {
     let [p, n] = x.dims();
     let (c0, cn) = cols.map_or((0, n), |c| (c.start, c.len()));
-    let replacement = match mode {
-        AblationMode::Zero => Tensor::zeros([1, cn], &x.device()),
-        AblationMode::Mean => x.clone().narrow(1, c0, cn).mean_dim(0),
+    let replacement = match (a.mode, &a.patch) {
+        (AblationMode::Mean, _) => x.clone().narrow(1, c0, cn).mean_dim(0),
+        // checked by `Model::run_ablated`: a patch of the site's width
+        (AblationMode::Patch, Some(v)) if v.len() == cn => Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(v.clone(), [1, cn]),
+            &x.device(),
+        ),
+        _ => Tensor::zeros([1, cn], &x.device()),
     };
-    debug_assert!(pos < p);
-    x.slice_assign([pos..pos + 1, c0..c0 + cn], replacement)
+    debug_assert!(a.pos < p);
+    x.slice_assign([a.pos..a.pos + 1, c0..c0 + cn], replacement)
 }

@@ -41,6 +41,7 @@ impl Model {
     /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
     /// the logits at the last position `[V]`.
     pub fn run_ablated(&self, ids: &[u32], iv: &Interventions) -> Result<Tensor<1>> {
+        let (d, dh) = (self.config.d_model, self.config.d_head);
         for a in &iv.ablations {
             if a.pos >= ids.len() {
                 return Err(crate::error::ModelError::BadAblation(format!(
@@ -48,6 +49,19 @@ impl Model {
                     a.pos,
                     ids.len()
                 )));
+            }
+            let width = a.width(d, dh);
+            match (a.mode, &a.patch) {
+                (crate::model::ablate::AblationMode::Patch, Some(v)) if v.len() == width => {}
+                (crate::model::ablate::AblationMode::Patch, got) => {
+                    return Err(crate::error::ModelError::BadAblation(format!(
+                        "patching {} at {} needs its {width} values from the other run (got {})",
+                        a.site,
+                        a.pos,
+                        got.as_ref().map_or(0, Vec::len)
+                    )));
+                }
+                _ => {}
             }
         }
         Ok(self.forward(ids, iv, &mut |_, _| true, None)?.last_logits)
@@ -164,7 +178,7 @@ impl Model {
 
         let mut embed = self.embed(ids)?; // [P, d]
         for a in iv.at(|s| s == Site::Embed) {
-            embed = ablate_rows(embed, a.pos, None, a.mode);
+            embed = ablate_rows(embed, None, a);
         }
         // A cache that does not fit the budget lives in temporary files, written in place
         // (zero-filled); in memory, an observer reads the components of layers not yet
@@ -195,7 +209,7 @@ impl Model {
         if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
             let mut pos = w_pos.clone().narrow(0, 0, n); // [P, d]
             for a in iv.at(|s| s == Site::Pos) {
-                pos = ablate_rows(pos, a.pos, None, a.mode);
+                pos = ablate_rows(pos, None, a);
             }
             // each prompt's positions start at 0
             let pos = if batch > 1 {
@@ -277,8 +291,7 @@ impl Model {
                 let mut z_flat = self.attention(q, k.clone(), v.clone(), batch, span)?; // [B·P, H·dh]
                 for a in iv.at(|s| matches!(s, Site::Head { layer, .. } if layer == l)) {
                     if let Site::Head { head, .. } = a.site {
-                        z_flat =
-                            ablate_rows(z_flat, a.pos, Some(head * dh..(head + 1) * dh), a.mode);
+                        z_flat = ablate_rows(z_flat, Some(head * dh..(head + 1) * dh), a);
                     }
                 }
                 let w_o = layer(&b.w_o).reshape([h * dh, d]);
@@ -297,7 +310,7 @@ impl Model {
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
                 for a in iv.at(|s| s == Site::Attn(l)) {
-                    attn_out = ablate_rows(attn_out, a.pos, None, a.mode);
+                    attn_out = ablate_rows(attn_out, None, a);
                 }
                 let resid_mid = x.clone() + attn_out.clone();
                 let c = layout.attn(l);
@@ -319,7 +332,7 @@ impl Model {
                 let mut post = self.mlp_post(pre, lin)?;
                 for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
                     if let Site::Neuron { neuron, .. } = a.site {
-                        post = ablate_rows(post, a.pos, Some(neuron..neuron + 1), a.mode);
+                        post = ablate_rows(post, Some(neuron..neuron + 1), a);
                     }
                 }
                 let m = b.mlp()?;
@@ -332,7 +345,7 @@ impl Model {
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
                 for a in iv.at(|s| s == Site::Mlp(l)) {
-                    mlp_out = ablate_rows(mlp_out, a.pos, None, a.mode);
+                    mlp_out = ablate_rows(mlp_out, None, a);
                 }
                 x = resid_mid + mlp_out.clone();
                 let c = layout.mlp(l);
