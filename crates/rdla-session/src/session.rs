@@ -967,8 +967,9 @@ impl Session {
         } else {
             None
         };
-        let logits = self.model.run_ablated(
-            &cur.cache.token_ids,
+        // the layers below the earliest ablated one are the clean run's
+        let logits = self.model.run_ablated_from(
+            &cur.cache,
             &Interventions {
                 ablations,
                 final_scale,

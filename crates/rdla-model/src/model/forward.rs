@@ -41,13 +41,18 @@ impl Model {
     /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
     /// the logits at the last position `[V]`.
     pub fn run_ablated(&self, ids: &[u32], iv: &Interventions) -> Result<Tensor<1>> {
+        self.check_interventions(ids.len(), iv)?;
+        Ok(self.forward(ids, iv, &mut |_, _| true, None)?.last_logits)
+    }
+
+    /// Every ablation within the prompt's `n` positions, and every patch of its site's width.
+    fn check_interventions(&self, n: usize, iv: &Interventions) -> Result<()> {
         let (d, dh) = (self.config.d_model, self.config.d_head);
         for a in &iv.ablations {
-            if a.pos >= ids.len() {
+            if a.pos >= n {
                 return Err(crate::error::ModelError::BadAblation(format!(
                     "position {} is past the prompt's {} tokens",
-                    a.pos,
-                    ids.len()
+                    a.pos, n
                 )));
             }
             let width = a.width(d, dh);
@@ -64,7 +69,49 @@ impl Model {
                 _ => {}
             }
         }
-        Ok(self.forward(ids, iv, &mut |_, _| true, None)?.last_logits)
+        Ok(())
+    }
+
+    /// [`Model::run_ablated`] of the prompt of `clean` (its cache) resumed at the earliest
+    /// layer an ablation touches: the layers below it are the clean run's (their output is
+    /// the sum of the cached components upstream of that layer), so only the layers from it
+    /// on are recomputed. The logits at the last position `[V]`.
+    pub fn run_ablated_from(&self, clean: &Cache, iv: &Interventions) -> Result<Tensor<1>> {
+        use crate::model::ablate::Site;
+        let first = iv
+            .ablations
+            .iter()
+            .map(|a| match a.site {
+                Site::Embed | Site::Pos => 0,
+                Site::Attn(l) | Site::Mlp(l) | Site::Head { layer: l, .. } => l,
+                Site::Neuron { layer, .. } => layer,
+            })
+            .min()
+            .unwrap_or(0);
+        let ids = &clean.token_ids;
+        if first == 0 {
+            return self.run_ablated(ids, iv);
+        }
+        self.check_interventions(ids.len(), iv)?;
+        let upstream = clean.layout.pre(first);
+        let resid = clean
+            .components
+            .clone()
+            .narrow(0, 0, upstream)
+            .sum_dim(0)
+            .squeeze_dim::<2>(0); // [P, d]
+        let mut caches = self.forward_rows(
+            ids,
+            &[ids.len()],
+            iv,
+            &mut |_, _| true,
+            None,
+            Some((first, resid)),
+        )?;
+        caches
+            .pop()
+            .map(|c| c.last_logits)
+            .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
     }
 
     /// [`Model::run_with_progress`], handing `observe` each layer's blocks and the cache as it
@@ -128,6 +175,7 @@ impl Model {
             &Interventions::default(),
             &mut |_, _| true,
             None,
+            None,
         )
     }
 
@@ -138,7 +186,7 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize) -> bool,
         observe: Option<&mut Observer<'_>>,
     ) -> Result<Cache> {
-        let mut caches = self.forward_rows(ids, &[ids.len()], iv, progress, observe)?;
+        let mut caches = self.forward_rows(ids, &[ids.len()], iv, progress, observe, None)?;
         caches
             .pop()
             .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
@@ -154,13 +202,10 @@ impl Model {
         iv: &Interventions,
         progress: &mut dyn FnMut(usize, usize) -> bool,
         mut observe: Option<&mut Observer<'_>>,
+        start: Option<(usize, Tensor<2>)>,
     ) -> Result<Vec<Cache>> {
         let batch = lens.len().max(1);
-        let spill = if batch == 1 {
-            self.plan_prompt(ids)?
-        } else {
-            false
-        };
+        let spill = batch == 1 && self.plan_prompt(ids)?;
         let cfg = &self.config;
         let w = &self.weights;
         let dev = &self.device;
@@ -220,6 +265,11 @@ impl Model {
             x = x + pos.clone();
             comps = comps.slice_assign([c..c + 1, 0..n_all, 0..d], pos.unsqueeze_dim::<3>(0));
         }
+        // a pass resumed at a layer starts from the residual stream entering it
+        let first = start.as_ref().map_or(0, |(l0, _)| *l0);
+        if let Some((_, resid)) = start {
+            x = resid;
+        }
         let mut s1s = Tensor::<2>::empty([n_l, n_all], dev);
         let mut s2s = Tensor::<2>::empty([n_l, n_all], dev);
         let mut ks = ks0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n_all, dh], dev));
@@ -232,7 +282,7 @@ impl Model {
         let stream = w.layers.stream();
         let state = std::thread::scope(|scope| -> Result<_> {
             let mut next: Option<std::thread::ScopedJoinHandle<'_, Result<Blocks>>> = None;
-            for l in 0..n_l {
+            for l in first..n_l {
                 let b = match next.take() {
                     Some(h) => h.join().map_err(|_| {
                         crate::error::ModelError::Device(format!("reading layer {l} panicked"))
