@@ -130,10 +130,7 @@ impl RdlaApp {
         columns: Option<std::ops::Range<usize>>,
     ) -> Result<(u32, u32), String> {
         let view = self.current_view().ok_or("nothing to export yet")?;
-        let opts = PngOptions {
-            scale: (2.0 * pixels_per_point).max(2.0),
-            colormap: self.settings.colormap,
-        };
+        let opts = self.png_options(pixels_per_point);
         let windowed;
         let hm = match columns {
             Some(r) => {
@@ -250,30 +247,31 @@ impl RdlaApp {
 
     /// Open a result file read-only (shown instead of the explorer), or say why not.
     pub fn open_result(&mut self, file: &std::path::Path) {
-        let t = std::time::Instant::now();
         match rdla_session::saved::Saved::open(file) {
-            Ok(saved) => {
-                self.state.status = format!(
-                    "opened {} ({} nodes{}) in {:.0} ms",
-                    file.display(),
-                    saved.nodes.len(),
-                    if saved.sites.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", a graph of {} sites", saved.sites.len())
-                    },
-                    t.elapsed().as_secs_f64() * 1e3
-                );
-                self.state.result = Some(crate::state::ResultState {
-                    file: file.to_path_buf(),
-                    saved,
-                    at: rdla_attrib::Path::root(),
-                    graph: false,
-                    note: None,
-                });
-            }
+            Ok(saved) => self.show_result(file, saved),
             Err(e) => self.state.status = format!("cannot open the result: {e}"),
         }
+    }
+
+    /// Show a result file's contents read-only, instead of the explorer.
+    pub fn show_result(&mut self, file: &std::path::Path, saved: rdla_session::saved::Saved) {
+        self.state.status = format!(
+            "opened {} ({} nodes{})",
+            file.display(),
+            saved.nodes.len(),
+            if saved.sites.is_empty() {
+                String::new()
+            } else {
+                format!(", a graph of {} sites", saved.sites.len())
+            }
+        );
+        self.state.result = Some(crate::state::ResultState {
+            file: file.to_path_buf(),
+            saved,
+            at: rdla_attrib::Path::root(),
+            graph: false,
+            note: None,
+        });
     }
 
     /// Ask where to save what was explored, then have the worker write it.
@@ -309,9 +307,9 @@ impl RdlaApp {
         }
     }
 
-    /// The open result's PNG: the heatmap shown (`png`) or its graph (`graph.png`), drawn as
-    /// the live session drew them.
-    pub fn result_bytes(&self, what: &str) -> Result<Vec<u8>, String> {
+    /// The open result's PNG: the heatmap shown (`png`, at `pixels_per_point` as the live
+    /// export) or its graph (`graph.png`), drawn as the live session drew them.
+    pub fn result_bytes(&self, what: &str, pixels_per_point: f32) -> Result<Vec<u8>, String> {
         let r = self.state.result.as_ref().ok_or("no result open")?;
         if what == "graph.png" {
             let trace = r.saved.trace().ok_or("the result holds no graph")?;
@@ -331,16 +329,21 @@ impl RdlaApp {
             .saved
             .view(&r.at)
             .ok_or("this node's heatmap is not in the file")?;
-        let opts = PngOptions {
-            scale: 2.0,
-            colormap: self.settings.colormap,
-        };
-        encode_png(hm, opts)
+        encode_png(hm, self.png_options(pixels_per_point))
             .map(|(b, _)| b)
             .map_err(|e| e.to_string())
     }
 
-    fn export_result(&mut self, what: &str) {
+    /// How a heatmap PNG is drawn: twice the screen's pixels (at least 2), in the colours
+    /// chosen.
+    fn png_options(&self, pixels_per_point: f32) -> PngOptions {
+        PngOptions {
+            scale: (2.0 * pixels_per_point).max(2.0),
+            colormap: self.settings.colormap,
+        }
+    }
+
+    fn export_result(&mut self, what: &str, pixels_per_point: f32) {
         let Some(r) = &self.state.result else {
             return;
         };
@@ -349,7 +352,7 @@ impl RdlaApp {
             |s| s.to_string_lossy().into_owned(),
         );
         let name = format!("{stem}.{what}");
-        self.export_bytes(&name, "png", |app| app.result_bytes(what));
+        self.export_bytes(&name, "png", |app| app.result_bytes(what, pixels_per_point));
     }
 
     /// Write an export, never into the model's folder (links resolved).
@@ -446,8 +449,10 @@ impl RdlaApp {
                 Action::ExportGraphPng => self.export_graph("png"),
                 Action::OpenResult(p) => self.open_result(&p),
                 Action::SaveResult => self.save_result(),
-                Action::ExportResultPng => self.export_result("png"),
-                Action::ExportResultGraphPng => self.export_result("graph.png"),
+                Action::ExportResultPng => self.export_result("png", ctx.pixels_per_point()),
+                Action::ExportResultGraphPng => {
+                    self.export_result("graph.png", ctx.pixels_per_point());
+                }
                 Action::ExportGraphJson => self.export_graph("json"),
                 Action::ExportCsv => self.export("csv", ctx),
                 Action::CopyPath => {

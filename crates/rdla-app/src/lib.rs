@@ -31,8 +31,9 @@ pub struct StartOptions {
     pub model: Option<String>,
     pub prompt: Option<String>,
     pub answer: Option<String>,
-    /// A result file (`.rdla`) to show at start, read-only.
-    pub result: Option<std::path::PathBuf>,
+    /// A result file (`.rdla`) to show at start, read-only, and its contents (read once, by
+    /// whoever checked it).
+    pub result: Option<(std::path::PathBuf, rdla_session::saved::Saved)>,
 }
 
 impl StartOptions {
@@ -166,8 +167,8 @@ pub fn create_app(
         dialogs,
         source,
     );
-    if let Some(file) = &opts.result {
-        app.open_result(file);
+    if let Some((file, saved)) = &opts.result {
+        app.show_result(file, saved.clone());
     }
     app
 }

@@ -735,9 +735,8 @@ impl Worker {
         let result = match &self.session {
             Some(s) => (|| {
                 let saved = s.saved(paths, trace.map(|(t, ms)| (t.as_ref(), *ms)), verification)?;
-                let bytes = saved.to_bytes()?;
-                s.write_output(file, &bytes)?;
-                Ok::<_, rdla_session::SessionError>((saved.nodes.len(), bytes.len()))
+                let bytes = s.write_result(file, &saved)?;
+                Ok::<_, rdla_session::SessionError>((saved.nodes.len(), bytes))
             })()
             .map_err(WorkerError::from),
             None => Err(WorkerError::NoModel),

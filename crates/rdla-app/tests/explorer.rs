@@ -956,7 +956,10 @@ fn a_saved_result_reopens_without_the_model_and_exports_the_same_pngs() {
 
     // reopened: no model needed for any of this
     let opts = StartOptions {
-        result: Some(file.clone()),
+        result: Some((
+            file.clone(),
+            rdla_session::saved::Saved::open(&file).unwrap(),
+        )),
         ..StartOptions::default()
     };
     let mut r = harness(tmp.path().to_path_buf(), opts);
@@ -965,9 +968,12 @@ fn a_saved_result_reopens_without_the_model_and_exports_the_same_pngs() {
         "{}",
         r.state().state.status
     );
-    assert_eq!(r.state().result_bytes("png").unwrap(), live_root);
+    assert_eq!(r.state().result_bytes("png", 1.0).unwrap(), live_root);
     click(&mut r, "Show the graph");
-    assert_eq!(r.state().result_bytes("graph.png").unwrap(), live_graph);
+    assert_eq!(
+        r.state().result_bytes("graph.png", 1.0).unwrap(),
+        live_graph
+    );
     click(&mut r, "Show the heatmap");
     // the head was opened live, so it is in the file: its cell leads there, the crumbs back
     click(&mut r, &head);

@@ -47,6 +47,13 @@ pub struct ModelFile {
     pub sha256: String,
 }
 
+impl ModelFile {
+    /// The first 12 hex digits of its sha256 (for messages).
+    pub fn short_hash(&self) -> &str {
+        self.sha256.get(..12).unwrap_or(&self.sha256)
+    }
+}
+
 /// The model a result was computed on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRef {
@@ -58,7 +65,7 @@ pub struct ModelRef {
 /// A saved trace's numbers (its graph is in `sites` and `edges`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceSummary {
-    pub from: String,
+    pub from: Path,
     pub value: f32,
     pub expanded: usize,
     pub frontier_total: f64,
@@ -182,7 +189,6 @@ impl Saved {
         trace: Option<&Trace>,
         verification: Option<&Verification>,
     ) -> Self {
-        let expansions: Vec<&Expansion> = views.iter().map(|(e, _)| e).collect();
         let mut nodes: BTreeMap<String, SavedNode> = BTreeMap::new();
         let mut tables = Vec::new();
         let mut readouts = Vec::new();
@@ -197,7 +203,7 @@ impl Saved {
                 }
             }
         };
-        for ex in expansions.iter().copied() {
+        for ex in views.iter().map(|(e, _)| e) {
             let u = units(ex.units).to_string();
             add(SavedNode {
                 path: ex.path.clone(),
@@ -283,7 +289,7 @@ impl Saved {
     pub fn trace(&self) -> Option<Trace> {
         let t = self.manifest.trace.as_ref()?;
         Some(Trace {
-            from: Path::parse(&t.from).ok()?,
+            from: t.from.clone(),
             value: t.value,
             expanded: t.expanded,
             frontier_total: t.frontier_total,
@@ -313,14 +319,6 @@ impl Saved {
     /// The node saved at `path`.
     pub fn node(&self, path: &Path) -> Option<&SavedNode> {
         self.nodes.iter().find(|n| &n.path == path)
-    }
-
-    /// The saved children of `path` (empty when it was not expanded).
-    pub fn children(&self, path: &Path) -> Vec<&SavedNode> {
-        self.nodes
-            .iter()
-            .filter(|n| n.parent.as_ref() == Some(path))
-            .collect()
     }
 
     /// The archive's bytes.
@@ -950,8 +948,8 @@ pub fn model_difference(saved: &[ModelFile], files: &[ModelFile]) -> Option<Stri
                 return Some(format!(
                     "{} differs (sha256 {} here, {} in the file)",
                     s.name,
-                    &f.sha256[..12.min(f.sha256.len())],
-                    &s.sha256[..12.min(s.sha256.len())]
+                    f.short_hash(),
+                    s.short_hash()
                 ));
             }
             Some(_) => {}

@@ -17,6 +17,18 @@ use crate::report::{Prediction, Timings, top_predictions};
 use crate::view::{node_heatmap, root_heatmap, view_title};
 use crate::{Heatmap, ModelInfo};
 
+/// The model site a path's node is, for a causal check. Below a score the values are in
+/// score units: the target's change in logit units is no check of them, so those are refused.
+fn ablatable_site(engine: &Engine<'_>, p: &Path) -> Result<rdla_attrib::SiteAt> {
+    if p.steps()
+        .iter()
+        .any(|s| matches!(s, rdla_attrib::Step::Score { .. }))
+    {
+        return Err(SessionError::AblateInScoreUnits { path: p.clone() });
+    }
+    Ok(engine.ablation_site(p)?)
+}
+
 /// Milliseconds since `t`.
 pub fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -583,20 +595,17 @@ impl Session {
         Ok(out)
     }
 
-    /// [`Session::totals_batch`] of the current computation (the same formulas over its
-    /// cache, so the same numbers).
+    /// [`Session::totals_batch`] of the current computation, from the overview it already
+    /// holds (no layer is read again: a model whose layers stream would read each twice).
     pub fn totals(&self, sources: bool) -> Result<Totals> {
-        let cur = self.current()?;
-        let c = &cur.computed;
-        let t = Instant::now();
-        let totals = self.engine()?.head_totals(sources)?;
+        let c = &self.current()?.computed;
         Ok(Totals {
             tokens: c.tokens.clone(),
             target: c.target,
             prob: self.answer_prob()?,
-            totals,
+            totals: rdla_attrib::HeadTotals::of(&c.overview, sources),
             forward_ms: c.forward_ms,
-            attribution_ms: c.attribution_ms + ms(t),
+            attribution_ms: c.attribution_ms,
         })
     }
 
@@ -942,15 +951,7 @@ impl Session {
         let mut ablations = Vec::new();
         let mut values = Vec::new();
         for p in paths {
-            // below a score the values are in score units: the target's change in logit units
-            // is no check of them
-            if p.steps()
-                .iter()
-                .any(|s| matches!(s, rdla_attrib::Step::Score { .. }))
-            {
-                return Err(SessionError::AblateInScoreUnits { path: p.clone() });
-            }
-            let at = engine.ablation_site(p)?;
+            let at = ablatable_site(&engine, p)?;
             ablations.push(Ablation {
                 site: at.site,
                 pos: at.pos,
@@ -1018,11 +1019,7 @@ impl Session {
             if chosen.len() == k {
                 break;
             }
-            let in_scores =
-                n.id.steps()
-                    .iter()
-                    .any(|s| matches!(s, rdla_attrib::Step::Score { .. }));
-            if in_scores || engine.ablation_site(&n.id).is_err() {
+            if ablatable_site(&engine, &n.id).is_err() {
                 passed_over.push(n.id.clone());
             } else {
                 chosen.push(n);
@@ -1155,7 +1152,7 @@ impl Session {
             },
             device: self.device.to_string(),
             trace: trace.map(|(t, trace_ms)| TraceSummary {
-                from: t.from.to_string(),
+                from: t.from.clone(),
                 value: t.value,
                 expanded: t.expanded,
                 frontier_total: t.frontier_total,
@@ -1223,6 +1220,17 @@ impl Session {
             }
         }
         Ok(None)
+    }
+
+    /// Write a result file (through [`Session::write_output`]); its size in bytes.
+    pub fn write_result(
+        &self,
+        path: &std::path::Path,
+        saved: &crate::saved::Saved,
+    ) -> Result<usize> {
+        let bytes = saved.to_bytes()?;
+        self.write_output(path, &bytes)?;
+        Ok(bytes.len())
     }
 
     /// Write an export, refusing any path inside the model's folder (links resolved).

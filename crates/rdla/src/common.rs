@@ -163,8 +163,7 @@ pub fn save_result(
     file: &Path,
     saved: &rdla_session::saved::Saved,
 ) -> anyhow::Result<()> {
-    let bytes = saved.to_bytes()?;
-    session.write_output(file, &bytes)?;
+    let bytes = session.write_result(file, saved)?;
     eprintln!(
         "saved {} nodes{} to {} ({} bytes)",
         saved.nodes.len(),
@@ -174,7 +173,7 @@ pub fn save_result(
             format!(", a graph of {} sites", saved.sites.len())
         },
         file.display(),
-        bytes.len()
+        bytes
     );
     Ok(())
 }

@@ -145,19 +145,23 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn explore(args: ExploreArgs, result: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     args.memory.apply();
-    if let Some(file) = &result {
-        // a bad file is a clear error here, before any window opens
-        let t = std::time::Instant::now();
-        let saved = rdla_session::saved::Saved::open(file)?;
-        eprintln!(
-            "{}: {} nodes, {} views, {} graph sites; read in {:.0} ms",
-            file.display(),
-            saved.nodes.len(),
-            saved.views.len(),
-            saved.sites.len(),
-            t.elapsed().as_secs_f64() * 1e3
-        );
-    }
+    // a bad file is a clear error here, before any window opens
+    let result = match result {
+        Some(file) => {
+            let t = std::time::Instant::now();
+            let saved = rdla_session::saved::Saved::open(&file)?;
+            eprintln!(
+                "{}: {} nodes, {} views, {} graph sites; read in {:.0} ms",
+                file.display(),
+                saved.nodes.len(),
+                saved.views.len(),
+                saved.sites.len(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            Some((file, saved))
+        }
+        None => None,
+    };
     rdla_app::run(rdla_app::StartOptions {
         model: args.model,
         prompt: args.prompt,

@@ -96,16 +96,15 @@ pub fn show(ui: &mut Ui, state: &AppState, n_layers: usize, actions: &mut Vec<Ac
     }
 }
 
-/// Draw `shown` (a pruned trace) over the rest of the panel: layers bottom to top, positions
+/// Draw `trace` (pruned as shown) over the rest of the panel: layers bottom to top, positions
 /// left to right, hover values; the site clicked, if one was.
-pub fn draw(ui: &mut Ui, shown: &Trace, tokens: &[String], n_layers: usize) -> Option<Path> {
-    let trace = shown;
+pub fn draw(ui: &mut Ui, trace: &Trace, tokens: &[String], n_layers: usize) -> Option<Path> {
     let mut clicked = None;
     // the visible part of the panel (a wide controls row must not widen the drawing)
     let visible = ui.clip_rect().right() - ui.cursor().left();
     let avail = ui.available_size();
     let size = (avail.x.min(visible).max(300.0), avail.y.max(240.0));
-    let layout = graph::layout(shown, tokens, n_layers, size);
+    let layout = graph::layout(trace, tokens, n_layers, size);
     let (rect, _) = ui.allocate_exact_size(Vec2::new(size.0, size.1), Sense::hover());
     let o = rect.min;
     let painter = ui.painter_at(rect);

@@ -28,15 +28,10 @@ pub fn show(ui: &mut Ui, settings: &Settings, r: &ResultState, actions: &mut Vec
         m.model
             .files
             .iter()
-            .map(|f| format!(
-                "{} ({} bytes, sha256 {}…)",
-                f.name,
-                f.bytes,
-                &f.sha256[..12.min(f.sha256.len())]
-            ))
+            .map(|f| format!("{} ({} bytes, sha256 {}…)", f.name, f.bytes, f.short_hash()))
             .collect::<Vec<_>>()
             .join(", "),
-        clip(&m.prompt, 60),
+        rdla_session::png::clip(&m.prompt, 60),
         m.token_ids.len(),
         m.target_label,
         m.target_value,
@@ -178,14 +173,5 @@ fn graph(ui: &mut Ui, r: &ResultState, actions: &mut Vec<Action>) {
     {
         actions.push(Action::ResultGraph(false));
         actions.push(Action::ResultGo(go));
-    }
-}
-
-/// At most `n` characters of `s`.
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
     }
 }

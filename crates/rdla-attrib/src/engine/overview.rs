@@ -132,27 +132,16 @@ impl Engine<'_> {
             self.cache.release_spilled();
         }
         let components = super::rows_dot(self.comps_at(c_n, self.last), self.r_root.clone());
-        let mut shapes = vec![vec![c_n], vec![l_n], vec![l_n, h_n], vec![l_n, h_n]];
         let mut parts = vec![
-            components,
-            Tensor::cat(attn_bias, 0),
-            Tensor::cat(head_dla, 0),
-            Tensor::cat(head_bias, 0),
+            (components, vec![c_n]),
+            (Tensor::cat(attn_bias, 0), vec![l_n]),
+            (Tensor::cat(head_dla, 0), vec![l_n, h_n]),
+            (Tensor::cat(head_bias, 0), vec![l_n, h_n]),
         ];
         if sources {
-            shapes.push(vec![l_n, h_n, c_n]);
-            parts.push(Tensor::cat(totals, 0));
+            parts.push((Tensor::cat(totals, 0), vec![l_n, h_n, c_n]));
         }
-        let flat = rdla_model::to_vec(Tensor::cat(parts, 0))?;
-        let mut off = 0;
-        let mut arrays = Vec::with_capacity(shapes.len());
-        for shape in shapes {
-            let n: usize = shape.iter().product();
-            let data = flat.get(off..off + n).ok_or(AttribError::Empty)?.to_vec();
-            arrays.push(Array::new(shape, data));
-            off += n;
-        }
-        let mut arrays = arrays.into_iter();
+        let mut arrays = read_back(parts)?.into_iter();
         let mut next = || arrays.next().ok_or(AttribError::Empty);
         Ok(HeadTotals {
             layout: self.layout,
@@ -214,19 +203,8 @@ impl Engine<'_> {
             (mlp_breakdown.reshape([l_n * c_n]), vec![l_n, c_n]),
             (mlp_bias, vec![l_n]),
         ];
-        let shapes: Vec<Vec<usize>> = parts.iter().map(|(_, s)| s.clone()).collect();
-        let flat = rdla_model::to_vec(Tensor::cat(parts.into_iter().map(|(t, _)| t).collect(), 0))?;
-        let mut off = 0;
-        let mut arrays = shapes.into_iter().map(|shape| {
-            let n: usize = shape.iter().product();
-            let a = flat
-                .get(off..off + n)
-                .map(|s| Array::new(shape, s.to_vec()))
-                .ok_or(AttribError::Empty);
-            off += n;
-            a
-        });
-        let mut next = || arrays.next().unwrap_or(Err(AttribError::Empty));
+        let mut arrays = read_back(parts.into())?.into_iter();
+        let mut next = || arrays.next().ok_or(AttribError::Empty);
         if breakdown.len() != l_n * per_layer {
             return Err(AttribError::Empty);
         }
@@ -242,6 +220,25 @@ impl Engine<'_> {
             mlp_bias: next()?,
         })
     }
+}
+
+/// Flat tensors read back to the host in one transfer, each as an array of its shape.
+fn read_back(parts: Vec<(Tensor<1>, Vec<usize>)>) -> Result<Vec<Array>> {
+    let shapes: Vec<Vec<usize>> = parts.iter().map(|(_, s)| s.clone()).collect();
+    let flat = rdla_model::to_vec(Tensor::cat(parts.into_iter().map(|(t, _)| t).collect(), 0))?;
+    let mut off = 0;
+    shapes
+        .into_iter()
+        .map(|shape| {
+            let n: usize = shape.iter().product();
+            let a = flat
+                .get(off..off + n)
+                .map(|s| Array::new(shape, s.to_vec()))
+                .ok_or(AttribError::Empty);
+            off += n;
+            a
+        })
+        .collect()
 }
 
 /// The heads' part of a chunk of layers (see [`Engine::heads_chunk`]).

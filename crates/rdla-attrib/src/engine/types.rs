@@ -309,6 +309,37 @@ pub struct HeadTotals {
     pub head_sources: Option<Array>,
 }
 
+impl HeadTotals {
+    /// The totals of an overview already computed: its head breakdown summed over source
+    /// positions (in f64). The same numbers as [`crate::Engine::head_totals`] to float
+    /// rounding, without reading the layers again.
+    pub fn of(ov: &Overview, sources: bool) -> Self {
+        let [l_n, h_n, p_n, c_n] = match ov.head_breakdown.shape[..] {
+            [l, h, p, c] => [l, h, p, c],
+            _ => [0; 4],
+        };
+        let head_sources =
+            sources.then(|| {
+                let mut v = Vec::with_capacity(l_n * h_n * c_n);
+                for block in ov.head_breakdown.data.chunks_exact((p_n * c_n).max(1)) {
+                    v.extend((0..c_n).map(|c| {
+                        (0..p_n).map(|p| f64::from(block[p * c_n + c])).sum::<f64>() as f32
+                    }));
+                }
+                Array::new(vec![l_n, h_n, c_n], v)
+            });
+        Self {
+            layout: ov.layout,
+            target_value: ov.target_value,
+            components: ov.components.clone(),
+            attn_bias: ov.attn_bias.clone(),
+            head_dla: ov.head_dla.clone(),
+            head_bias: ov.head_bias.clone(),
+            head_sources,
+        }
+    }
+}
+
 /// The vectorised overview at the last position (exported through `Array::to_json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Overview {

@@ -25,7 +25,7 @@ impl Model {
     /// place on the CPU backend), rather than collected per layer and stacked at the end,
     /// which would hold two copies of the cache at once.
     pub fn run(&self, ids: &[u32]) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), &mut |_, _| true, None)
+        self.forward(ids, &Interventions::default(), &mut |_, _| true, None, None)
     }
 
     /// [`Model::run`], telling `progress` `(layers done, layers)` after each layer; when it
@@ -35,14 +35,16 @@ impl Model {
         ids: &[u32],
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), progress, None)
+        self.forward(ids, &Interventions::default(), progress, None, None)
     }
 
     /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
     /// the logits at the last position `[V]`.
     pub fn run_ablated(&self, ids: &[u32], iv: &Interventions) -> Result<Tensor<1>> {
         self.check_interventions(ids.len(), iv)?;
-        Ok(self.forward(ids, iv, &mut |_, _| true, None)?.last_logits)
+        Ok(self
+            .forward(ids, iv, &mut |_, _| true, None, None)?
+            .last_logits)
     }
 
     /// Every ablation within the prompt's `n` positions, and every patch of its site's width.
@@ -100,18 +102,9 @@ impl Model {
             .narrow(0, 0, upstream)
             .sum_dim(0)
             .squeeze_dim::<2>(0); // [P, d]
-        let mut caches = self.forward_rows(
-            ids,
-            &[ids.len()],
-            iv,
-            &mut |_, _| true,
-            None,
-            Some((first, resid)),
-        )?;
-        caches
-            .pop()
-            .map(|c| c.last_logits)
-            .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
+        Ok(self
+            .forward(ids, iv, &mut |_, _| true, None, Some((first, resid)))?
+            .last_logits)
     }
 
     /// [`Model::run_with_progress`], handing `observe` each layer's blocks and the cache as it
@@ -124,7 +117,13 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize) -> bool,
         observe: &mut Observer<'_>,
     ) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), progress, Some(observe))
+        self.forward(
+            ids,
+            &Interventions::default(),
+            progress,
+            Some(observe),
+            None,
+        )
     }
 
     /// One forward pass over several prompts, each prompt's cache the one [`Model::run`]
@@ -179,14 +178,17 @@ impl Model {
         )
     }
 
+    /// One prompt's forward pass ([`Model::forward_rows`] of a batch of one), resumed at
+    /// `start` when given.
     fn forward(
         &self,
         ids: &[u32],
         iv: &Interventions,
         progress: &mut dyn FnMut(usize, usize) -> bool,
         observe: Option<&mut Observer<'_>>,
+        start: Option<(usize, Tensor<2>)>,
     ) -> Result<Cache> {
-        let mut caches = self.forward_rows(ids, &[ids.len()], iv, progress, observe, None)?;
+        let mut caches = self.forward_rows(ids, &[ids.len()], iv, progress, observe, start)?;
         caches
             .pop()
             .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
@@ -194,7 +196,9 @@ impl Model {
 
     /// The forward pass over `lens.len()` prompts of `ids.len() / lens.len()` tokens each
     /// (padded), laid end to end, the `b`-th one's first `lens[b]` tokens real (a batch: no
-    /// interventions, no observer, no spill; checked by [`Model::run_batch`]).
+    /// interventions, no observer, no spill; checked by [`Model::run_batch`]). With `start =
+    /// (l0, resid)` the pass begins at layer `l0` from the residual stream `resid [P, d]`
+    /// entering it; the returned cache then holds nothing of the layers below `l0`.
     fn forward_rows(
         &self,
         ids: &[u32],
