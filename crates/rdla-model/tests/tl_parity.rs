@@ -462,3 +462,105 @@ fn an_ablated_pass_resumed_at_its_first_layer_equals_the_whole_pass() {
         }
     }
 }
+
+/// Ablated runs that share a forward pass (copies of the prompt laid end to end, each with its
+/// own interventions, resumed at the earliest layer any of them ablates) give each run's logits
+/// as its own whole ablated pass does, on every family: zero, mean (over the run's own
+/// positions) and patched sites at several layers and positions, several sites in one run, a
+/// held final scale, and an embedding ablation beside late ones. The runs come back in the
+/// order asked, with progress after each pass.
+#[test]
+fn ablated_runs_sharing_a_pass_equal_each_run_alone() {
+    use rdla_model::model::ablate::{Ablation, AblationMode, Interventions, Site};
+    for name in TL_FIXTURES {
+        let m = load_model(name, &Device::flex());
+        let ids = Reference::load(name).token_ids();
+        let clean = m.run(&ids).unwrap();
+        let (last, p, d) = (m.config.n_layers - 1, ids.len() - 1, m.config.d_model);
+        let copies = m.ablation_copies(ids.len()).unwrap();
+        if !m.streams_layers() && !rdla_model::spill::forced() {
+            assert!(copies > 1, "{name}: {copies} copies a pass");
+        }
+        let ab = |site, pos, mode| Ablation {
+            site,
+            pos,
+            mode,
+            patch: None,
+        };
+        let patch: Vec<f32> = (0..d).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let held = rdla_model::to_vec(clean.final_scale.clone()).unwrap()[p];
+        let runs: Vec<Interventions> = [
+            vec![ab(Site::Mlp(last), p, AblationMode::Zero)],
+            vec![ab(
+                Site::Head { layer: 1, head: 1 },
+                p - 1,
+                AblationMode::Mean,
+            )],
+            vec![ab(Site::Embed, 1, AblationMode::Zero)],
+            vec![Ablation {
+                patch: Some(patch),
+                ..ab(Site::Attn(1), 2, AblationMode::Patch)
+            }],
+            vec![ab(
+                Site::Neuron {
+                    layer: 0,
+                    neuron: 5,
+                },
+                p,
+                AblationMode::Mean,
+            )],
+            vec![
+                ab(Site::Attn(last), p, AblationMode::Mean),
+                ab(Site::Head { layer: 1, head: 0 }, 1, AblationMode::Zero),
+            ],
+            vec![ab(Site::Mlp(0), 0, AblationMode::Mean)],
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ablations)| Interventions {
+            ablations,
+            final_scale: (i == 5).then_some(held),
+        })
+        .collect();
+        let base = rdla_model::to_vec(clean.last_logits.clone()).unwrap();
+        let alone: Vec<Vec<f32>> = runs
+            .iter()
+            .map(|iv| rdla_model::to_vec(m.run_ablated(&ids, iv).unwrap()).unwrap())
+            .collect();
+        // as many copies a pass as the model takes, and passes of three (runs grouped by the
+        // layer they resume at: an embedding's pass from the start, later ones resumed)
+        for per_pass in [copies, 3] {
+            let mut seen = Vec::new();
+            let shared = m
+                .run_ablated_in_passes(&clean, &runs, per_pass, &mut |done, total| {
+                    seen.push((done, total));
+                    true
+                })
+                .unwrap();
+            assert_eq!(shared.len(), runs.len(), "{name}");
+            let passes: Vec<(usize, usize)> = (1..=runs.len().div_ceil(per_pass))
+                .map(|k| ((k * per_pass).min(runs.len()), runs.len()))
+                .collect();
+            assert_eq!(seen, passes, "{name}: one progress call a pass");
+            for ((iv, alone), got) in runs.iter().zip(&alone).zip(shared) {
+                let got = rdla_model::to_vec(got).unwrap();
+                let scale = alone.iter().fold(1f32, |a, v| a.max(v.abs()));
+                let diff = max_abs_diff(alone, &got);
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{name} {per_pass} {:?}: {diff}",
+                    iv.ablations
+                );
+                assert!(max_abs_diff(&base, &got) > 0.0, "{name} {:?}", iv.ablations);
+            }
+        }
+        // stopping after the first pass
+        let err = m
+            .run_ablated_many(&clean, &runs, &mut |_, _| false)
+            .unwrap_err();
+        assert!(
+            matches!(err, rdla_model::ModelError::ComputeCancelled),
+            "{name}: {err}"
+        );
+    }
+}

@@ -194,23 +194,73 @@ impl Interventions {
         self.ablations.is_empty() && self.final_scale.is_none()
     }
 
-    /// The ablations of `site`-kind sites selected by `pick`.
-    pub(crate) fn at(&self, pick: impl Fn(Site) -> bool) -> impl Iterator<Item = &Ablation> {
-        self.ablations.iter().filter(move |a| pick(a.site))
+    /// The earliest layer an ablation touches (0 for an embedding, or with no ablation): an
+    /// ablated pass can resume there from the clean run's residual stream.
+    pub fn first_layer(&self) -> usize {
+        self.ablations
+            .iter()
+            .map(|a| match a.site {
+                Site::Embed | Site::Pos => 0,
+                Site::Attn(l) | Site::Mlp(l) | Site::Head { layer: l, .. } => l,
+                Site::Neuron { layer, .. } => layer,
+            })
+            .min()
+            .unwrap_or(0)
     }
 }
 
-/// Replace row `a.pos` of `x [P, n]` (columns `cols`, all when `None`) by zero, the column
-/// mean, or the ablation's patch.
+/// The interventions of one forward pass over `copies.len()` runs laid end to end along the
+/// position axis, `n` rows each: the `b`-th run's are `copies[b]` (none at all when `copies`
+/// is empty, as in a batch of prompts).
+pub(crate) struct PassInterventions<'a> {
+    pub copies: &'a [&'a Interventions],
+    pub n: usize,
+}
+
+impl PassInterventions<'_> {
+    /// `x [B·n, ·]` with every ablation of a site `pick` accepts replaced in its own run's
+    /// rows; `pick` gives the columns the site occupies (`None`: all of them).
+    pub fn apply(
+        &self,
+        mut x: Tensor<2>,
+        pick: impl Fn(Site) -> Option<Option<std::ops::Range<usize>>>,
+    ) -> Tensor<2> {
+        for (b, iv) in self.copies.iter().enumerate() {
+            for a in &iv.ablations {
+                if let Some(cols) = pick(a.site) {
+                    x = ablate_rows(x, b * self.n..(b + 1) * self.n, cols, a);
+                }
+            }
+        }
+        x
+    }
+
+    /// `(row of the run's last position, the scale to hold)` for every run that holds the
+    /// final norm's scale.
+    pub fn final_scales(&self) -> impl Iterator<Item = (usize, f32)> + '_ {
+        self.copies
+            .iter()
+            .enumerate()
+            .filter_map(|(b, iv)| iv.final_scale.map(|s| ((b + 1) * self.n - 1, s)))
+    }
+}
+
+/// Replace row `rows.start + a.pos` of `x [B·P, n]` (columns `cols`, all when `None`) by
+/// zero, the column's mean over `rows` (the run's own positions), or the ablation's patch.
 pub(crate) fn ablate_rows(
     x: Tensor<2>,
+    rows: std::ops::Range<usize>,
     cols: Option<std::ops::Range<usize>>,
     a: &Ablation,
 ) -> Tensor<2> {
     let [p, n] = x.dims();
     let (c0, cn) = cols.map_or((0, n), |c| (c.start, c.len()));
     let replacement = match (a.mode, &a.patch) {
-        (AblationMode::Mean, _) => x.clone().narrow(1, c0, cn).mean_dim(0),
+        (AblationMode::Mean, _) => x
+            .clone()
+            .narrow(0, rows.start, rows.len())
+            .narrow(1, c0, cn)
+            .mean_dim(0),
         // checked by `Model::run_ablated`: a patch of the site's width
         (AblationMode::Patch, Some(v)) if v.len() == cn => Tensor::<2>::from_data(
             burn::tensor::TensorData::new(v.clone(), [1, cn]),
@@ -218,6 +268,7 @@ pub(crate) fn ablate_rows(
         ),
         _ => Tensor::zeros([1, cn], &x.device()),
     };
-    debug_assert!(a.pos < p);
-    x.slice_assign([a.pos..a.pos + 1, c0..c0 + cn], replacement)
+    let r = rows.start + a.pos;
+    debug_assert!(r < rows.end && rows.end <= p);
+    x.slice_assign([r..r + 1, c0..c0 + cn], replacement)
 }

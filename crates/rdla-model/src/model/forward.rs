@@ -11,9 +11,14 @@ use burn::tensor::Tensor;
 
 use crate::error::Result;
 use crate::layout::Comp;
-use crate::model::ablate::{Interventions, Site, ablate_rows};
+use crate::model::ablate::{Interventions, PassInterventions, Site};
 use crate::model::layer::QUERY_BLOCK;
 use crate::model::{Blocks, Cache, Model};
+
+/// A pass of ablated runs holds about this many rows (copies of the prompt) at once.
+const ABLATION_ROWS: usize = 1024;
+/// … and at most this many copies.
+const ABLATION_COPIES: usize = 16;
 
 /// Sees each layer's blocks and the cache so far, as the forward pass finishes the layer.
 pub type Observer<'a> = dyn FnMut(usize, &Blocks, &Cache) -> Result<()> + 'a;
@@ -79,32 +84,115 @@ impl Model {
     /// the sum of the cached components upstream of that layer), so only the layers from it
     /// on are recomputed. The logits at the last position `[V]`.
     pub fn run_ablated_from(&self, clean: &Cache, iv: &Interventions) -> Result<Tensor<1>> {
-        use crate::model::ablate::Site;
-        let first = iv
-            .ablations
-            .iter()
-            .map(|a| match a.site {
-                Site::Embed | Site::Pos => 0,
-                Site::Attn(l) | Site::Mlp(l) | Site::Head { layer: l, .. } => l,
-                Site::Neuron { layer, .. } => layer,
-            })
-            .min()
-            .unwrap_or(0);
+        let first = iv.first_layer();
         let ids = &clean.token_ids;
         if first == 0 {
             return self.run_ablated(ids, iv);
         }
         self.check_interventions(ids.len(), iv)?;
-        let upstream = clean.layout.pre(first);
-        let resid = clean
+        Ok(self
+            .forward(
+                ids,
+                iv,
+                &mut |_, _| true,
+                None,
+                Some((first, Self::entering(clean, first))),
+            )?
+            .last_logits)
+    }
+
+    /// The clean run's residual stream entering layer `l` `[P, d]`: the sum of the cached
+    /// components upstream of it.
+    fn entering(clean: &Cache, l: usize) -> Tensor<2> {
+        clean
             .components
             .clone()
-            .narrow(0, 0, upstream)
+            .narrow(0, 0, clean.layout.pre(l))
             .sum_dim(0)
-            .squeeze_dim::<2>(0); // [P, d]
-        Ok(self
-            .forward(ids, iv, &mut |_, _| true, None, Some((first, resid)))?
-            .last_logits)
+            .squeeze_dim::<2>(0)
+    }
+
+    /// Several ablated runs of the prompt of `clean` (its cache): each run's logits at the
+    /// last position `[V]`, as [`Model::run_ablated_from`] gives them, in the order of `ivs`.
+    /// Runs that resume at nearby layers share one forward pass: up to
+    /// [`Model::ablation_copies`] copies of the prompt laid end to end (as [`Model::run_batch`]
+    /// lays prompts, each copy attending to itself only), each with its own interventions, the
+    /// pass resumed at the earliest layer any of them ablates (the others' layers between are
+    /// the clean run's, recomputed). `progress(runs done, runs)` after each pass; `false` stops
+    /// with [`crate::ModelError::ComputeCancelled`].
+    pub fn run_ablated_many(
+        &self,
+        clean: &Cache,
+        ivs: &[Interventions],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Tensor<1>>> {
+        let copies = self.ablation_copies(clean.n_pos())?;
+        self.run_ablated_in_passes(clean, ivs, copies, progress)
+    }
+
+    /// [`Model::run_ablated_many`] with at most `copies` runs a pass.
+    pub fn run_ablated_in_passes(
+        &self,
+        clean: &Cache,
+        ivs: &[Interventions],
+        copies: usize,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Tensor<1>>> {
+        let n = clean.n_pos();
+        for iv in ivs {
+            self.check_interventions(n, iv)?;
+        }
+        let copies = copies.max(1);
+        let mut order: Vec<usize> = (0..ivs.len()).collect();
+        order.sort_by_key(|&i| (ivs[i].first_layer(), i));
+        let mut out: Vec<Option<Tensor<1>>> = vec![None; ivs.len()];
+        let mut done = 0;
+        for group in order.chunks(copies) {
+            let runs: Vec<&Interventions> = group.iter().map(|&i| &ivs[i]).collect();
+            let logits = if let [iv] = runs[..] {
+                vec![self.run_ablated_from(clean, iv)?]
+            } else {
+                let b = runs.len();
+                let first = runs.iter().map(|iv| iv.first_layer()).min().unwrap_or(0);
+                let ids: Vec<u32> = clean.token_ids.repeat(b);
+                let start =
+                    (first > 0).then(|| (first, Self::entering(clean, first).repeat_dim(0, b)));
+                self.forward_rows(&ids, &vec![n; b], &runs, &mut |_, _| true, None, start)?
+                    .into_iter()
+                    .map(|c| c.last_logits)
+                    .collect()
+            };
+            for (&i, l) in group.iter().zip(logits) {
+                out[i] = Some(l);
+            }
+            done += group.len();
+            if !progress(done, ivs.len()) {
+                return Err(crate::error::ModelError::ComputeCancelled);
+            }
+        }
+        out.into_iter()
+            .map(|l| {
+                l.ok_or_else(|| {
+                    crate::error::ModelError::Device("an ablated run gave no logits".into())
+                })
+            })
+            .collect()
+    }
+
+    /// How many ablated runs of an `n`-token prompt share a forward pass: enough copies for
+    /// [`ABLATION_ROWS`] rows (at most [`ABLATION_COPIES`]) when the copies' cache and working
+    /// tensors fit the budget beside the model; one at a time on a model that streams its
+    /// layers or for a prompt that spills its cache.
+    pub fn ablation_copies(&self, n: usize) -> Result<usize> {
+        let want = (ABLATION_ROWS / n.max(1)).clamp(1, ABLATION_COPIES);
+        if want == 1 || self.streams_layers() || (self.on_cpu() && crate::spill::forced()) {
+            return Ok(1);
+        }
+        let fits = |b: usize| {
+            self.fits(b * n, crate::memory::prompt_bytes(&self.config, b * n), "")
+                .is_ok()
+        };
+        Ok((1..=want).rev().find(|&b| fits(b)).unwrap_or(1))
     }
 
     /// [`Model::run_with_progress`], handing `observe` each layer's blocks and the cache as it
@@ -168,14 +256,7 @@ impl Model {
             )?;
         }
         let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        self.forward_rows(
-            &all,
-            &lens,
-            &Interventions::default(),
-            &mut |_, _| true,
-            None,
-            None,
-        )
+        self.forward_rows(&all, &lens, &[], &mut |_, _| true, None, None)
     }
 
     /// One prompt's forward pass ([`Model::forward_rows`] of a batch of one), resumed at
@@ -188,22 +269,23 @@ impl Model {
         observe: Option<&mut Observer<'_>>,
         start: Option<(usize, Tensor<2>)>,
     ) -> Result<Cache> {
-        let mut caches = self.forward_rows(ids, &[ids.len()], iv, progress, observe, start)?;
+        let mut caches = self.forward_rows(ids, &[ids.len()], &[iv], progress, observe, start)?;
         caches
             .pop()
             .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))
     }
 
     /// The forward pass over `lens.len()` prompts of `ids.len() / lens.len()` tokens each
-    /// (padded), laid end to end, the `b`-th one's first `lens[b]` tokens real (a batch: no
-    /// interventions, no observer, no spill; checked by [`Model::run_batch`]). With `start =
-    /// (l0, resid)` the pass begins at layer `l0` from the residual stream `resid [P, d]`
-    /// entering it; the returned cache then holds nothing of the layers below `l0`.
+    /// (padded), laid end to end, the `b`-th one's first `lens[b]` tokens real, with
+    /// interventions `ivs[b]` (none when `ivs` is empty; a batch has no observer and no spill:
+    /// checked by [`Model::run_batch`] and [`Model::run_ablated_many`]). With `start = (l0,
+    /// resid)` the pass begins at layer `l0` from the residual stream `resid [B·P, d]`
+    /// entering it; the returned caches then hold nothing of the layers below `l0`.
     fn forward_rows(
         &self,
         ids: &[u32],
         lens: &[usize],
-        iv: &Interventions,
+        ivs: &[&Interventions],
         progress: &mut dyn FnMut(usize, usize) -> bool,
         mut observe: Option<&mut Observer<'_>>,
         start: Option<(usize, Tensor<2>)>,
@@ -224,11 +306,10 @@ impl Model {
         );
         let (n_l, n_c) = (cfg.n_layers, layout.n());
         let rotary = self.rotary_tables(n);
+        let iv = PassInterventions { copies: ivs, n };
+        let whole = |site: Site, s: Site| (s == site).then_some(None);
 
-        let mut embed = self.embed(ids)?; // [P, d]
-        for a in iv.at(|s| s == Site::Embed) {
-            embed = ablate_rows(embed, None, a);
-        }
+        let embed = iv.apply(self.embed(ids)?, |s| whole(Site::Embed, s)); // [P, d]
         // A cache that does not fit the budget lives in temporary files, written in place
         // (zero-filled); in memory, an observer reads the components of layers not yet
         // computed (times zero).
@@ -256,26 +337,33 @@ impl Model {
         .slice_assign([0..1, 0..n_all, 0..d], embed.clone().unsqueeze_dim::<3>(0));
         let mut x = embed;
         if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
-            let mut pos = w_pos.clone().narrow(0, 0, n); // [P, d]
-            for a in iv.at(|s| s == Site::Pos) {
-                pos = ablate_rows(pos, None, a);
-            }
+            let pos = w_pos.clone().narrow(0, 0, n); // [P, d]
             // each prompt's positions start at 0
             let pos = if batch > 1 {
                 pos.repeat_dim(0, batch)
             } else {
                 pos
             };
+            let pos = iv.apply(pos, |s| whole(Site::Pos, s));
             x = x + pos.clone();
             comps = comps.slice_assign([c..c + 1, 0..n_all, 0..d], pos.unsqueeze_dim::<3>(0));
         }
         // a pass resumed at a layer starts from the residual stream entering it
         let first = start.as_ref().map_or(0, |(l0, _)| *l0);
+        // (and holds no scale of the layers below: zero, not unset)
+        let resumed = start.is_some();
+        let scales = || {
+            if resumed {
+                Tensor::<2>::zeros([n_l, n_all], dev)
+            } else {
+                Tensor::<2>::empty([n_l, n_all], dev)
+            }
+        };
+        let mut s1s = scales();
+        let mut s2s = scales();
         if let Some((_, resid)) = start {
             x = resid;
         }
-        let mut s1s = Tensor::<2>::empty([n_l, n_all], dev);
-        let mut s2s = Tensor::<2>::empty([n_l, n_all], dev);
         let mut ks = ks0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n_all, dh], dev));
         let mut vs = vs0.unwrap_or_else(|| Tensor::<4>::empty([n_l, kv, n_all, dh], dev));
         let mut qk_scales: Option<(Tensor<3>, Tensor<3>)> = None;
@@ -342,12 +430,15 @@ impl Model {
                 let k = rotate(k);
                 let v = xh.matmul(layer(&b.w_v)) + layer3(&b.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
                 let span = cfg.attn_spans[l];
-                let mut z_flat = self.attention(q, k.clone(), v.clone(), batch, span)?; // [B·P, H·dh]
-                for a in iv.at(|s| matches!(s, Site::Head { layer, .. } if layer == l)) {
-                    if let Site::Head { head, .. } = a.site {
-                        z_flat = ablate_rows(z_flat, Some(head * dh..(head + 1) * dh), a);
-                    }
-                }
+                let z_flat = iv.apply(
+                    self.attention(q, k.clone(), v.clone(), batch, span)?, // [B·P, H·dh]
+                    |s| match s {
+                        Site::Head { layer, head } if layer == l => {
+                            Some(Some(head * dh..(head + 1) * dh))
+                        }
+                        _ => None,
+                    },
+                );
                 let w_o = layer(&b.w_o).reshape([h * dh, d]);
                 let mut attn_out = z_flat.matmul(w_o) + layer2(&b.b_o); // [P, d]
                 if let Some((pa, _)) = &b.post_norm {
@@ -363,9 +454,7 @@ impl Model {
                         .clone()
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
-                for a in iv.at(|s| s == Site::Attn(l)) {
-                    attn_out = ablate_rows(attn_out, None, a);
-                }
+                let attn_out = iv.apply(attn_out, |s| whole(Site::Attn(l), s));
                 let resid_mid = x.clone() + attn_out.clone();
                 let c = layout.attn(l);
                 comps =
@@ -383,12 +472,10 @@ impl Model {
                 let (xn2, s2) = self.norm(mlp_in, Self::layer_ln(&b.ln2, 0));
                 let (pre, lin) = self.mlp_pre_activations(&b, xn2.unsqueeze_dim::<3>(0))?;
                 let (pre, lin) = (pre.squeeze_dim::<2>(0), lin.map(|t| t.squeeze_dim::<2>(0)));
-                let mut post = self.mlp_post(pre, lin)?;
-                for a in iv.at(|s| matches!(s, Site::Neuron { layer, .. } if layer == l)) {
-                    if let Site::Neuron { neuron, .. } = a.site {
-                        post = ablate_rows(post, Some(neuron..neuron + 1), a);
-                    }
-                }
+                let post = iv.apply(self.mlp_post(pre, lin)?, |s| match s {
+                    Site::Neuron { layer, neuron } if layer == l => Some(Some(neuron..neuron + 1)),
+                    _ => None,
+                });
                 let m = b.mlp()?;
                 let mut mlp_out = post.matmul(layer3(&m.w_out)) + layer2(&m.b_out); // [P, d]
                 if let (Some((_, pm)), Some((_, sm))) = (&b.post_norm, &mut post_scales) {
@@ -398,9 +485,7 @@ impl Model {
                         .clone()
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
-                for a in iv.at(|s| s == Site::Mlp(l)) {
-                    mlp_out = ablate_rows(mlp_out, None, a);
-                }
+                let mlp_out = iv.apply(mlp_out, |s| whole(Site::Mlp(l), s));
                 x = resid_mid + mlp_out.clone();
                 let c = layout.mlp(l);
                 comps =
@@ -434,16 +519,16 @@ impl Model {
         let (x, comps, s1s, s2s, ks, vs, qk_scales, post_scales) = state;
 
         let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
-        if let Some(s) = iv.final_scale {
-            // the last position normalised by the clean run's scale
-            let xn = self.centred(x.narrow(0, n - 1, 1)).div_scalar(s);
+        for (r, s) in iv.final_scales() {
+            // the run's last position normalised by the clean run's scale
+            let xn = self.centred(x.clone().narrow(0, r, 1)).div_scalar(s);
             let wb = w.ln_f.as_ref().map(|(wf, bf)| {
                 (
                     wf.clone().unsqueeze_dim::<2>(0),
                     bf.clone().unsqueeze_dim::<2>(0),
                 )
             });
-            xf = xf.slice_assign([n - 1..n, 0..d], Self::ln_affine(xn, wb));
+            xf = xf.slice_assign([r..r + 1, 0..d], Self::ln_affine(xn, wb));
         }
         release();
         let last_logits = if batch == 1 {
