@@ -27,5 +27,5 @@ pub use info::{ModelFacts, ModelInfo};
 pub use report::{Prediction, Timings, top_predictions};
 pub use session::{
     AblationReport, AttentionRow, ComputeFailure, Computed, ModelSource, NodeView, Request,
-    Session, SoftCapped, Stage, Tokens, Totals, ms,
+    SavedCheck, Session, SoftCapped, Stage, Tokens, Totals, ms,
 };

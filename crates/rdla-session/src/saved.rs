@@ -5,7 +5,9 @@
 //! tables any Arrow reader opens:
 //!
 //! - `nodes.parquet`: `path`, `value`, `parent` (null for the root), `expanded` (its children
-//!   are in the file too), `bias` and `residual` (expanded nodes), `units`;
+//!   are in the file too), `bias` and `residual` (expanded nodes), `units`, and `contrast`, the
+//!   node's value in the contrast prompt's run when the session was comparing two prompts
+//!   (the manifest's `contrast_prompt`; null otherwise);
 //! - `tables.parquet`: opened QK tables, `path`, `row`, `col`, `value`;
 //! - `readouts.parquet`: vocabulary readouts, `path`, `direction` (`up`/`down`), `rank`,
 //!   `token_id`, `token`, `value`;
@@ -102,6 +104,12 @@ pub struct Manifest {
     pub target_label: String,
     pub target_value: f32,
     pub mlp_mode: String,
+    /// The prompt the session compared with when it saved: each saved node then carries its
+    /// value in that prompt's run too (`contrast`), the saved heatmaps are the differences the
+    /// explorer drew (this prompt minus that one), and a verification by patching took its
+    /// values from that prompt's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_prompt: Option<String>,
     pub device: String,
     pub trace: Option<TraceSummary>,
     pub verification: Option<VerificationSummary>,
@@ -118,6 +126,8 @@ pub struct SavedNode {
     pub bias: Option<f32>,
     pub residual: Option<f32>,
     pub units: String,
+    /// Its value in the contrast prompt's run, when saved while comparing.
+    pub contrast: Option<f32>,
 }
 
 /// One cell of a saved QK table.
@@ -213,6 +223,7 @@ impl Saved {
                 bias: Some(ex.bias),
                 residual: Some(ex.residual),
                 units: u.clone(),
+                contrast: None,
             });
             for c in ex.children.iter().chain(ex.neurons.iter().flatten()) {
                 add(SavedNode {
@@ -223,6 +234,7 @@ impl Saved {
                     bias: None,
                     residual: None,
                     units: u.clone(),
+                    contrast: None,
                 });
             }
             if let Some(t) = &ex.table {
@@ -262,6 +274,7 @@ impl Saved {
                     bias: None,
                     residual: None,
                     units: "logit".into(),
+                    contrast: None,
                 });
             }
         }
@@ -408,6 +421,7 @@ impl Saved {
                     field("bias", DataType::Float32, true),
                     field("residual", DataType::Float32, true),
                     field("units", DataType::Utf8, false),
+                    field("contrast", DataType::Float32, true),
                 ],
                 vec![
                     s(n.iter().map(|x| x.path.to_string()).collect()),
@@ -421,6 +435,7 @@ impl Saved {
                     of(n.iter().map(|x| x.bias).collect()),
                     of(n.iter().map(|x| x.residual).collect()),
                     s(n.iter().map(|x| x.units.clone()).collect()),
+                    of(n.iter().map(|x| x.contrast).collect()),
                 ],
             )?,
         )];
@@ -713,6 +728,11 @@ impl<'a> Tables<'a> {
                 self.f32s(b, "residual")?,
                 self.req(b, "units")?,
             );
+            // (absent from files written before contrast values were kept)
+            let contrast = match b.column_by_name("contrast") {
+                Some(_) => self.f32s(b, "contrast")?,
+                None => vec![None; paths.len()],
+            };
             for i in 0..paths.len() {
                 out.push(SavedNode {
                     path: self.path(&paths[i])?,
@@ -722,6 +742,7 @@ impl<'a> Tables<'a> {
                     bias: bias[i],
                     residual: residual[i],
                     units: units[i].clone(),
+                    contrast: contrast[i],
                 });
             }
         }
@@ -976,6 +997,7 @@ mod tests {
             bias: None,
             residual: None,
             units: "logit".into(),
+            contrast: None,
         };
         Saved {
             manifest: Manifest {
@@ -1001,6 +1023,7 @@ mod tests {
                 target_label: "logit \"x\"".into(),
                 target_value: 1.5,
                 mlp_mode: "frozen_gate".into(),
+                contrast_prompt: None,
                 device: "cpu".into(),
                 trace: None,
                 verification: None,
@@ -1014,6 +1037,7 @@ mod tests {
                     bias: Some(0.0),
                     residual: Some(0.0),
                     units: "logit".into(),
+                    contrast: None,
                 },
                 child("embed", 1.0),
                 child("L0.attn", 0.5),

@@ -226,6 +226,17 @@ pub struct AblationReport {
     pub change: f32,
 }
 
+/// What [`Session::check_saved`] recomputed, and the first value that differs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SavedCheck {
+    /// Saved nodes recomputed.
+    pub nodes: usize,
+    /// Ablated runs of the saved verification rerun (its sites alone, then together).
+    pub ablations: usize,
+    /// The first value that differs: what it is, its saved value, its value now.
+    pub mismatch: Option<(String, f32, f32)>,
+}
+
 /// One query row of a head's attention pattern.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
@@ -926,6 +937,22 @@ impl Session {
         mode: AblationMode,
         freeze_final: bool,
     ) -> Result<AblationReport> {
+        self.ablate_many(&[paths.to_vec()], mode, freeze_final, &mut |_, _| true)?
+            .pop()
+            .ok_or_else(|| ModelError::Device("an ablated run gave no result".into()).into())
+    }
+
+    /// [`Session::ablate`] of each set of paths, every set its own ablated run; runs that
+    /// start at nearby layers share a forward pass ([`rdla_model::Model::run_ablated_many`]).
+    /// `progress(runs done, runs)` after each pass; returning `false` stops with
+    /// [`SessionError::VerifyStopped`].
+    pub fn ablate_many(
+        &self,
+        sets: &[Vec<Path>],
+        mode: AblationMode,
+        freeze_final: bool,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<AblationReport>> {
         let cur = self.current()?;
         let engine = self.engine()?;
         // activation patching reads each site's value in the contrast prompt's run
@@ -938,28 +965,10 @@ impl Session {
                         other: k.tokens.ids.len(),
                     });
                 }
-                Some(Engine::with_memo(
-                    &self.model,
-                    &k.cache,
-                    cur.computed.target,
-                    cur.computed.request.mlp_mode,
-                    &k.memo,
-                )?)
+                self.contrast_engine()?
             }
             _ => None,
         };
-        let mut ablations = Vec::new();
-        let mut values = Vec::new();
-        for p in paths {
-            let at = ablatable_site(&engine, p)?;
-            ablations.push(Ablation {
-                site: at.site,
-                pos: at.pos,
-                mode,
-                patch: other.as_ref().map(|e| e.site_value(at)).transpose()?,
-            });
-            values.push(engine.value(p)?);
-        }
         let last = cur.cache.n_pos() - 1;
         let final_scale = if freeze_final {
             rdla_model::to_vec(cur.cache.final_scale.clone())?
@@ -968,14 +977,42 @@ impl Session {
         } else {
             None
         };
-        // the layers below the earliest ablated one are the clean run's
-        let logits = self.model.run_ablated_from(
-            &cur.cache,
-            &Interventions {
+        let mut runs = Vec::with_capacity(sets.len());
+        let mut values = Vec::with_capacity(sets.len());
+        for paths in sets {
+            let mut ablations = Vec::with_capacity(paths.len());
+            let mut vals = Vec::with_capacity(paths.len());
+            for p in paths {
+                let at = ablatable_site(&engine, p)?;
+                ablations.push(Ablation {
+                    site: at.site,
+                    pos: at.pos,
+                    mode,
+                    patch: other.as_ref().map(|e| e.site_value(at)).transpose()?,
+                });
+                vals.push(engine.value(p)?);
+            }
+            runs.push(Interventions {
                 ablations,
                 final_scale,
-            },
-        )?;
+            });
+            values.push(vals);
+        }
+        // the layers below each run's earliest ablated one are the clean run's
+        let mut stopped = false;
+        let logits = self
+            .model
+            .run_ablated_many(&cur.cache, &runs, &mut |done, total| {
+                stopped = !progress(done, total);
+                !stopped
+            })
+            .map_err(|e| {
+                if stopped {
+                    SessionError::VerifyStopped
+                } else {
+                    e.into()
+                }
+            })?;
         let read = |t: rdla_model::Tensor<1>| -> Result<f32> {
             rdla_model::to_vec(t)?
                 .first()
@@ -985,25 +1022,46 @@ impl Session {
                 })
         };
         let clean = read(engine.target_of(&cur.cache.last_logits))?;
-        let ablated = read(engine.target_of(&logits))?;
-        let sum: f32 = values.iter().sum();
-        Ok(AblationReport {
-            paths: paths.to_vec(),
-            mode,
-            final_scale_frozen: freeze_final,
-            node_values: values,
-            node_sum: sum,
-            clean,
-            ablated,
-            change: clean - ablated,
-        })
+        sets.iter()
+            .zip(values)
+            .zip(logits)
+            .map(|((paths, node_values), l)| {
+                let ablated = read(engine.target_of(&l))?;
+                Ok(AblationReport {
+                    paths: paths.clone(),
+                    mode,
+                    final_scale_frozen: freeze_final,
+                    node_sum: node_values.iter().sum(),
+                    node_values,
+                    clean,
+                    ablated,
+                    change: clean - ablated,
+                })
+            })
+            .collect()
+    }
+
+    /// The engine over the contrast prompt's run, when one is set.
+    fn contrast_engine(&self) -> Result<Option<Engine<'_>>> {
+        let cur = self.current()?;
+        let Some(k) = &cur.contrast else {
+            return Ok(None);
+        };
+        Ok(Some(Engine::with_memo(
+            &self.model,
+            &k.cache,
+            cur.computed.target,
+            cur.computed.request.mlp_mode,
+            &k.memo,
+        )?))
     }
 
     /// Verify `trace` (over the current computation, DESIGN.md §3 verified circuits): each
     /// of its `k` largest sites (by |traced value|; the node traced from and nodes that are
     /// not model sites passed over) ablated alone, exactly as [`Session::ablate`] does for
-    /// one path, then all of them together. `progress(done, total)` after each ablated
-    /// forward pass; returning `false` stops with [`SessionError::VerifyStopped`].
+    /// one path, then all of them together; the runs share forward passes
+    /// ([`Session::ablate_many`]). `progress(runs done, runs)` after each pass; returning
+    /// `false` stops with [`SessionError::VerifyStopped`].
     pub fn verify(
         &self,
         trace: &Trace,
@@ -1028,23 +1086,21 @@ impl Session {
         if chosen.is_empty() {
             return Err(SessionError::NothingToVerify);
         }
-        let total = chosen.len() + 1;
-        let mut sites = Vec::with_capacity(chosen.len());
-        for (i, n) in chosen.iter().enumerate() {
-            let r = self.ablate(std::slice::from_ref(&n.id), mode, false)?;
-            sites.push(crate::verify::VerifiedSite {
+        let paths: Vec<Path> = chosen.iter().map(|n| n.id.clone()).collect();
+        let mut sets: Vec<Vec<Path>> = paths.iter().map(|p| vec![p.clone()]).collect();
+        sets.push(paths);
+        let mut reports = self.ablate_many(&sets, mode, false, progress)?;
+        let all = reports.pop().ok_or(SessionError::NothingToVerify)?;
+        let sites: Vec<crate::verify::VerifiedSite> = chosen
+            .iter()
+            .zip(reports)
+            .map(|(n, r)| crate::verify::VerifiedSite {
                 site: n.id.clone(),
                 label: format!("{}@{}", n.site, n.position),
                 attributed: n.value,
                 effect: r.change,
-            });
-            if !progress(i + 1, total) {
-                return Err(SessionError::VerifyStopped);
-            }
-        }
-        let paths: Vec<Path> = chosen.iter().map(|n| n.id.clone()).collect();
-        let all = self.ablate(&paths, mode, false)?;
-        progress(total, total);
+            })
+            .collect();
         let attributed: Vec<f32> = sites.iter().map(|s| s.attributed).collect();
         let effects: Vec<f32> = sites.iter().map(|s| s.effect).collect();
         Ok(crate::verify::Verification {
@@ -1124,9 +1180,19 @@ impl Session {
                 }
             }
         }
+        // while comparing, the heatmaps are the differences drawn, the nodes this prompt's
+        // values (their contrast values beside them, below)
         let views = wanted
             .iter()
-            .map(|p| self.view(p).map(|v| (v.expansion, v.heatmap)))
+            .map(|p| {
+                let v = self.view(p)?;
+                let ex = match (&v.contrast, p.is_root()) {
+                    (None, _) => v.expansion,
+                    (Some(_), true) => c.root.clone(),
+                    (Some(_), false) => self.engine()?.expand(p)?,
+                };
+                Ok((ex, v.heatmap))
+            })
             .collect::<Result<Vec<_>>>()?;
         let manifest = Manifest {
             format: FORMAT,
@@ -1150,6 +1216,7 @@ impl Session {
                 MlpMode::FrozenGate => "frozen_gate".into(),
                 MlpMode::Gradient => "gradient".into(),
             },
+            contrast_prompt: self.contrast_prompt().map(|(p, _)| p.to_string()),
             device: self.device.to_string(),
             trace: trace.map(|(t, trace_ms)| TraceSummary {
                 from: t.from.clone(),
@@ -1169,24 +1236,26 @@ impl Session {
                 stamp: v.stamp(),
             }),
         };
-        Ok(Saved::collect(
-            manifest,
-            &views,
-            trace.map(|(t, _)| t),
-            verification,
-        ))
+        let mut saved = Saved::collect(manifest, &views, trace.map(|(t, _)| t), verification);
+        if let Some(other) = self.contrast_engine()? {
+            for n in &mut saved.nodes {
+                n.contrast = Some(other.value(&n.path)?);
+            }
+        }
+        Ok(saved)
     }
 
-    /// Recompute every node of a result file on this model and compare: `Ok(None)` when each
-    /// agrees to `tolerance` (relative to `1 + |saved value|`), else the first that does not
-    /// (`path`, saved, recomputed). A model whose files are not the saved ones (sha256) is
-    /// refused before anything is computed; so is a prompt that no longer gives the saved
-    /// tokens.
+    /// Recompute a result file on this model (`rdla verify`): refused when the model's files
+    /// are not the saved ones (sha256); otherwise the saved request is computed again and
+    /// every saved node's value compared (within `tolerance × (1 + |saved|)`), then the saved
+    /// verification's ablated runs are rerun (each site alone, all together; a patching one
+    /// from its saved contrast prompt) and their effects compared the same way. The first
+    /// value that differs ends the check.
     pub fn check_saved(
         &mut self,
         saved: &crate::saved::Saved,
         tolerance: f32,
-    ) -> Result<Option<(Path, f32, f32)>> {
+    ) -> Result<SavedCheck> {
         let m = &saved.manifest;
         let here = crate::saved::model_files(&self.model)?;
         if let Some(why) = crate::saved::model_difference(&m.model.files, &here) {
@@ -1210,16 +1279,84 @@ impl Session {
                 "the prompt no longer gives the saved token ids and target".into(),
             ));
         }
-        let engine = self.engine()?;
-        for n in &saved.nodes {
-            let got = engine.value(&n.path)?;
-            // a NaN on either side is a mismatch
-            let agrees = (got - n.value).abs() <= tolerance * (1.0 + n.value.abs());
-            if !agrees {
-                return Ok(Some((n.path.clone(), n.value, got)));
+        // saved while comparing: the nodes are differences, and patches come from that run
+        self.set_contrast(m.contrast_prompt.as_deref())?;
+        let check = self.check_current(saved, tolerance);
+        self.set_contrast(None)?;
+        check
+    }
+
+    /// [`Session::check_saved`] once the saved request (and contrast prompt) is computed.
+    fn check_current(&self, saved: &crate::saved::Saved, tolerance: f32) -> Result<SavedCheck> {
+        let m = &saved.manifest;
+        // a NaN on either side is a mismatch
+        let differs =
+            |was: f32, now: f32| (now - was).abs() > tolerance * (1.0 + was.abs()) || now.is_nan();
+        let mut check = SavedCheck::default();
+        {
+            let engine = self.engine()?;
+            let other = self.contrast_engine()?;
+            for n in &saved.nodes {
+                let name = if n.path.is_root() {
+                    "(root)".to_string()
+                } else {
+                    n.path.to_string()
+                };
+                check.nodes += 1;
+                let got = engine.value(&n.path)?;
+                if differs(n.value, got) {
+                    check.mismatch = Some((format!("node `{name}`"), n.value, got));
+                    return Ok(check);
+                }
+                if let Some(was) = n.contrast {
+                    // (a NaN when the file names no contrast prompt)
+                    let now = match &other {
+                        Some(o) => o.value(&n.path)?,
+                        None => f32::NAN,
+                    };
+                    if differs(was, now) {
+                        let what = format!("node `{name}` in the contrast prompt's run");
+                        check.mismatch = Some((what, was, now));
+                        return Ok(check);
+                    }
+                }
             }
         }
-        Ok(None)
+        let Some(v) = m
+            .verification
+            .as_ref()
+            .filter(|_| !saved.verification.is_empty())
+        else {
+            return Ok(check);
+        };
+        let mode: AblationMode = v
+            .ablation
+            .parse()
+            .map_err(|e: String| SessionError::OtherModel(format!("verification: {e}")))?;
+        let paths: Vec<Path> = saved.verification.iter().map(|s| s.site.clone()).collect();
+        let mut sets: Vec<Vec<Path>> = paths.iter().map(|p| vec![p.clone()]).collect();
+        sets.push(paths);
+        let reports = self.ablate_many(&sets, mode, false, &mut |_, _| true)?;
+        check.ablations = reports.len();
+        let saved_effects = saved
+            .verification
+            .iter()
+            .map(|s| (format!("`{}` ({})", s.site, s.label), s.effect))
+            .chain(std::iter::once((
+                format!("all {} sites together", saved.verification.len()),
+                v.together,
+            )));
+        for ((what, was), r) in saved_effects.zip(&reports) {
+            if differs(was, r.change) {
+                check.mismatch = Some((
+                    format!("the verification's {} ablation of {what}", mode.name()),
+                    was,
+                    r.change,
+                ));
+                return Ok(check);
+            }
+        }
+        Ok(check)
     }
 
     /// Write a result file (through [`Session::write_output`]); its size in bytes.

@@ -1,6 +1,7 @@
 //! `rdla verify FILE.rdla --model M`: recompute every node a result file holds on the model
-//! it names and exit 1 naming the first that differs; a model whose files are not the saved
-//! ones (sha256) is refused before anything is computed.
+//! it names, rerun its verification's ablations, and exit 1 naming the first value that
+//! differs; a model whose files are not the saved ones (sha256) is refused before anything is
+//! computed.
 
 use std::path::PathBuf;
 
@@ -39,27 +40,25 @@ pub fn run(a: &VerifyArgs) -> anyhow::Result<()> {
     let mut session = Session::open(ModelSource::parse(&a.model), &device, info, &mut |_| true)
         .with_context(|| format!("cannot load model {}", a.model))?;
     let t = std::time::Instant::now();
-    match session.check_saved(&saved, a.tolerance)? {
-        None => {
-            println!(
-                "{}: all {} nodes agree (tolerance {:e}) on {} in {:.1} s",
-                a.file.display(),
-                saved.nodes.len(),
-                a.tolerance,
-                saved.manifest.model.name,
-                t.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
-        Some((path, was, now)) => anyhow::bail!(
-            "{}: node `{}` does not match: saved {was}, recomputed {now} (Δ {:+e})",
+    let check = session.check_saved(&saved, a.tolerance)?;
+    if let Some((what, was, now)) = check.mismatch {
+        anyhow::bail!(
+            "{}: {what} does not match: saved {was}, recomputed {now} (Δ {:+e})",
             a.file.display(),
-            if path.is_root() {
-                "(root)".to_string()
-            } else {
-                path.to_string()
-            },
             now - was
-        ),
+        );
     }
+    let ablations = match check.ablations {
+        0 => String::new(),
+        k => format!(" and the verification's {k} ablated runs"),
+    };
+    println!(
+        "{}: all {} nodes{ablations} agree (tolerance {:e}) on {} in {:.1} s",
+        a.file.display(),
+        check.nodes,
+        a.tolerance,
+        saved.manifest.model.name,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

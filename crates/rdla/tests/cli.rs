@@ -1370,7 +1370,10 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
     };
     let out = verify(&file, m);
     assert_ok(&out);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("agree"));
+    // every node, and the verification's runs: each site alone, then all together
+    let said = String::from_utf8_lossy(&out.stdout);
+    let runs = format!("the verification's {} ablated runs agree", vsites.len() + 1);
+    assert!(said.contains(&runs), "{said}");
     // the same files in another folder are the same model
     let copy = tmp.path().join("copy");
     std::fs::create_dir(&copy).unwrap();
@@ -1394,6 +1397,65 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("`{victim}` does not match")), "{err}");
+    // one verification effect changed (a site's, or all together): that run is named
+    for which in [1, vsites.len()] {
+        let mut saved = rdla_session::saved::Saved::open(&file).unwrap();
+        let what = if which < vsites.len() {
+            saved.verification[which].effect += 0.5;
+            let s = &saved.verification[which];
+            format!("zero ablation of `{}` ({})", s.site, s.label)
+        } else {
+            let v = saved.manifest.verification.as_mut().unwrap();
+            v.together += 0.5;
+            format!("zero ablation of all {} sites together", vsites.len())
+        };
+        std::fs::write(&tampered, saved.to_bytes().unwrap()).unwrap();
+        let out = verify(&tampered, m);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{what} does not match")), "{err}");
+    }
+    // saved while comparing with another prompt: the nodes are the differences, and a
+    // verification by patching is rerun from that prompt
+    let patched = tmp.path().join("patched.rdla");
+    let mut args = vec!["trace", "--model", m];
+    args.extend_from_slice(&common::TARGET);
+    args.extend_from_slice(&["--budget", "30", "--verify", "3", "--ablation", "patch"]);
+    args.extend_from_slice(&["--contrast-prompt", "Get some pears."]);
+    args.extend_from_slice(&["--save", patched.to_str().unwrap()]);
+    assert_ok(&rdla(&args));
+    let saved = rdla_session::saved::Saved::open(&patched).unwrap();
+    assert_eq!(
+        saved.manifest.contrast_prompt.as_deref(),
+        Some("Get some pears.")
+    );
+    assert!(saved.verification.iter().any(|s| s.effect.abs() > 1e-3));
+    // each node with its value in both runs
+    assert!(saved.nodes.iter().all(|n| n.contrast.is_some()));
+    let out = verify(&patched, m);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("ablated runs agree"), "{said}");
+    // the prompt itself as its contrast: not the contrast values saved
+    let mut other = saved.clone();
+    other.manifest.contrast_prompt = Some("Get some apples.".into());
+    std::fs::write(&tampered, other.to_bytes().unwrap()).unwrap();
+    let out = verify(&tampered, m);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in the contrast prompt's run does not match"),
+        "{err}"
+    );
+    // one patched effect changed
+    let mut other = saved;
+    other.verification[0].effect += 0.5;
+    std::fs::write(&tampered, other.to_bytes().unwrap()).unwrap();
+    let out = verify(&tampered, m);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("patch ablation of `"),
+        "{err}"
+    );
     // another model, or one weight byte changed: refused before computing
     let out = verify(&file, common::fixture("gpt2_tied").to_str().unwrap());
     assert!(!out.status.success());

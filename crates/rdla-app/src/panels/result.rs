@@ -38,6 +38,12 @@ pub fn show(ui: &mut Ui, settings: &Settings, r: &ResultState, actions: &mut Vec
         m.device,
         m.rdla_version
     ));
+    if let Some(other) = &m.contrast_prompt {
+        ui.label(format!(
+            "saved while comparing with {:?}: every value is this prompt's minus that one's",
+            rdla_session::png::clip(other, 60)
+        ));
+    }
     ui.horizontal_wrapped(|ui| {
         ui.label("tokens:");
         for (i, t) in m.token_strs.iter().enumerate().take(TOKENS_SHOWN) {
