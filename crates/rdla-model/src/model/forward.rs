@@ -183,8 +183,13 @@ impl Model {
     /// [`ABLATION_ROWS`] rows (at most [`ABLATION_COPIES`]) when the copies' cache and working
     /// tensors fit the budget beside the model; one at a time on a model that streams its
     /// layers or for a prompt that spills its cache.
+    /// `RDLA_ABLATION_COPIES=K` caps the copies a pass (1: one run a pass, for comparison).
     pub fn ablation_copies(&self, n: usize) -> Result<usize> {
-        let want = (ABLATION_ROWS / n.max(1)).clamp(1, ABLATION_COPIES);
+        let cap = std::env::var("RDLA_ABLATION_COPIES")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(ABLATION_COPIES);
+        let want = (ABLATION_ROWS / n.max(1)).clamp(1, cap.clamp(1, ABLATION_COPIES));
         if want == 1 || self.streams_layers() || (self.on_cpu() && crate::spill::forced()) {
             return Ok(1);
         }
