@@ -51,6 +51,7 @@ mod quote;
 mod sniff;
 mod tokenizer;
 mod types;
+pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

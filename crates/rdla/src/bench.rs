@@ -55,6 +55,29 @@ pub enum BenchPreset {
     Llama3_70b,
 }
 
+/// How a preset is written (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BenchFormat {
+    /// bf16 safetensors with `config.json` and a tokenizer (a Hugging Face folder).
+    #[default]
+    Safetensors,
+    /// One GGUF file in llama.cpp's Q4_K_M mix (Q4_K; Q6_K for the output and for `attn_v` /
+    /// `ffn_down` in every other layer), random quantised blocks.
+    #[value(name = "gguf-q4km")]
+    GgufQ4km,
+}
+
+impl BenchPreset {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama3_8b => "llama3-8b",
+            Self::Qwen3_8b => "qwen3-8b",
+            Self::Llama3_70b => "llama3-70b",
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Architecture of the generated checkpoint.
@@ -65,6 +88,10 @@ pub struct BenchArgs {
     /// `--existing --max-memory` runs).
     #[arg(long, value_enum, conflicts_with_all = ["shape", "kv_heads"])]
     pub preset: Option<BenchPreset>,
+    /// How the preset is written: bf16 safetensors, or a Q4_K_M GGUF file (llama3-8b 4.9 GB,
+    /// qwen3-8b 5.0 GB, llama3-70b 42.5 GB).
+    #[arg(long, value_enum, default_value = "safetensors", requires = "preset")]
+    pub format: BenchFormat,
     /// Shape: n_layer,n_head,n_embd,vocab (default: GPT-2 small, or TinyStories-1M for gpt-neo).
     #[arg(long)]
     pub shape: Option<String>,
@@ -415,12 +442,11 @@ pub fn generate_llama(
 /// Write [`BenchPreset`]'s shape in bf16 with random weights (every norm weight random too),
 /// with its `config.json` (Llama-3.1's llama3 rope scaling, Qwen3's q/k norms).
 pub fn generate_preset(dir: &FsPath, preset: BenchPreset) -> anyhow::Result<()> {
-    let (l, h, kv, d, dm, v, qwen) = match preset {
-        BenchPreset::Llama3_8b => (32, 32, 8, 4096, 14_336, 128_256, false),
-        BenchPreset::Qwen3_8b => (36, 32, 8, 4096, 12_288, 151_936, true),
-        BenchPreset::Llama3_70b => (80, 64, 8, 8192, 28_672, 128_256, false),
-    };
-    let dh = 128;
+    let s = crate::bench_gguf::LlamaShape::of(preset);
+    let (l, h, kv, d, dm, v, qwen) = (
+        s.layers, s.heads, s.kv_heads, s.d, s.d_mlp, s.vocab, s.qwen3,
+    );
+    let dh = s.head_dim;
     let mut w = llama_layout(
         (l, h, kv, d, v),
         (dh, dm),
@@ -723,6 +749,18 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 /// Write the checkpoint `a` asks for (a preset, or an architecture and shape) into `dir`.
 fn generate(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
     if let Some(preset) = a.preset {
+        if a.format == BenchFormat::GgufQ4km {
+            std::fs::create_dir_all(dir)?;
+            let name = format!("{}-q4km", preset.name());
+            let bytes = crate::bench_gguf::write_q4km(
+                &dir.join(format!("{name}.gguf")),
+                &crate::bench_gguf::LlamaShape::of(preset),
+                &format!("{name} (random weights)"),
+                0x5EED_6767_0000_0001,
+            )?;
+            eprintln!("{name}.gguf: {bytes} bytes");
+            return Ok(());
+        }
         return generate_preset(dir, preset);
     }
     let [n_layer, n_head, d, vocab] = parse_shape(a)?;

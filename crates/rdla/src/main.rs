@@ -4,6 +4,7 @@
 
 mod attribute;
 mod bench;
+mod bench_gguf;
 mod census;
 mod common;
 mod trace;

@@ -60,9 +60,7 @@ pub struct Kv {
 }
 
 pub fn string_bytes(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u64).to_le_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
+    rdla_gguf::write::string_bytes(s)
 }
 
 /// A value of GGUF type `ty`, encoded as `payload`.
@@ -208,46 +206,7 @@ impl Gguf {
 
 /// `v` encoded as GGUF type id and payload.
 fn encode(v: &rdla_gguf::MetaValue) -> (u32, Vec<u8>) {
-    use rdla_gguf::{MetaArray, MetaValue};
-    fn array<T>(ty: u32, v: &[T], enc: impl Fn(&T) -> Vec<u8>) -> Vec<u8> {
-        let mut p = ty.to_le_bytes().to_vec();
-        p.extend_from_slice(&(v.len() as u64).to_le_bytes());
-        for x in v {
-            p.extend(enc(x));
-        }
-        p
-    }
-    match v {
-        MetaValue::U8(x) => (0, vec![*x]),
-        MetaValue::I8(x) => (1, x.to_le_bytes().to_vec()),
-        MetaValue::U16(x) => (2, x.to_le_bytes().to_vec()),
-        MetaValue::I16(x) => (3, x.to_le_bytes().to_vec()),
-        MetaValue::U32(x) => (4, x.to_le_bytes().to_vec()),
-        MetaValue::I32(x) => (5, x.to_le_bytes().to_vec()),
-        MetaValue::F32(x) => (6, x.to_le_bytes().to_vec()),
-        MetaValue::Bool(x) => (7, vec![u8::from(*x)]),
-        MetaValue::String(x) => (8, string_bytes(x)),
-        MetaValue::U64(x) => (10, x.to_le_bytes().to_vec()),
-        MetaValue::I64(x) => (11, x.to_le_bytes().to_vec()),
-        MetaValue::F64(x) => (12, x.to_le_bytes().to_vec()),
-        MetaValue::Array(a) => (
-            9,
-            match a {
-                MetaArray::U8(v) => array(0, v, |x| vec![*x]),
-                MetaArray::I8(v) => array(1, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::U16(v) => array(2, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::I16(v) => array(3, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::U32(v) => array(4, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::I32(v) => array(5, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::F32(v) => array(6, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::Bool(v) => array(7, v, |x| vec![u8::from(*x)]),
-                MetaArray::String(v) => array(8, v, |x| string_bytes(x)),
-                MetaArray::U64(v) => array(10, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::I64(v) => array(11, v, |x| x.to_le_bytes().to_vec()),
-                MetaArray::F64(v) => array(12, v, |x| x.to_le_bytes().to_vec()),
-            },
-        ),
-    }
+    rdla_gguf::write::encode_value(v)
 }
 
 /// The file `f` written again with its metadata as `edit` leaves it (keys in sorted order)
