@@ -843,10 +843,23 @@ impl AppState {
                 }
                 Vec::new()
             }
-            Event::Computed { id, result, root } => {
+            Event::Computed {
+                id,
+                result,
+                root,
+                info,
+            } => {
                 if id != self.compute_id {
                     return Vec::new();
                 }
+                let streams = |m: &ModelInfo| m.facts.streamed_layer_cache.is_some();
+                if self.model.as_ref().is_some_and(|m| !streams(m)) && streams(&info) {
+                    self.status = format!(
+                        "this prompt does not fit beside the model's layers: they stream now ({})",
+                        info.facts.memory_line()
+                    );
+                }
+                self.model = Some(*info);
                 self.computing = false;
                 self.progress = None;
                 self.compute_error = None;

@@ -100,6 +100,9 @@ pub enum Event {
         result: Box<Computed>,
         /// The root's view.
         root: Box<NodeView>,
+        /// The model as it is now (a resident model may have switched to streaming its
+        /// layers for this prompt).
+        info: Box<ModelInfo>,
     },
     /// The forward pass failed or the target did not resolve; `tokens`/`top` are filled when
     /// the prompt itself was fine; `kept`: the previous computation is still current (only
@@ -633,6 +636,7 @@ impl Worker {
                         id,
                         result: computed,
                         root: Box::new(root),
+                        info: Box::new(session.info()),
                     },
                     Err(e) => Event::ComputeFailed {
                         id,

@@ -431,6 +431,11 @@ impl Session {
             self.current = None;
             fail(e.into(), None, Vec::new())
         })?;
+        // a prompt that fits only with the layers streamed switches the model to streaming
+        if let Err(e) = self.model.plan_prompt_or_stream(&tokens.ids) {
+            self.current = None;
+            return Err(fail(e.into(), Some(tokens), Vec::new()));
+        }
         // Same prompt (only the target edited): the answer and foil are checked before the
         // forward pass, so a bad one fails at once (it took a whole forward pass, 15–25 s on
         // a long prompt) and the previous computation, its top predictions included, stays.

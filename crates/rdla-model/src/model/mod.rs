@@ -480,9 +480,79 @@ impl Model {
     }
 
     /// Check a token sequence fits the model (and its cache the budget, spilled to a file if
-    /// need be: [`Model::plan_prompt`]).
+    /// need be: [`Model::plan_prompt`]; or, on a resident model, with its layers streamed:
+    /// [`Model::plan_prompt_or_stream`]).
     pub fn check_tokens(&self, ids: &[u32]) -> Result<()> {
-        self.plan_prompt(ids).map(|_| ())
+        match self.plan_prompt(ids) {
+            Err(ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. })
+                if self.can_stream_for(ids.len()) =>
+            {
+                Ok(())
+            }
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// [`Model::plan_prompt`], except that a resident model whose prompt does not fit beside
+    /// its layers (not even with its cache spilled), and would with them streamed, drops its
+    /// layers and streams them from then on ([`Model::stream_from_now`]) instead of refusing
+    /// the prompt.
+    pub fn plan_prompt_or_stream(&mut self, ids: &[u32]) -> Result<bool> {
+        match self.plan_prompt(ids) {
+            Err(e @ (ModelError::OverBudget { .. } | ModelError::OutOfMemory { .. })) => {
+                if !self.can_stream_for(ids.len()) {
+                    return Err(e);
+                }
+                self.stream_from_now()?;
+                self.plan_prompt(ids)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether this resident model, its layers streamed, would fit an `n`-token prompt (its
+    /// cache held, or spilled on the CPU) within the budget; `false` for a model that streams
+    /// already or has no files to read its layers from.
+    fn can_stream_for(&self, n: usize) -> bool {
+        if self.streams_layers() || self.files.is_empty() {
+            return false;
+        }
+        let (cfg, in_place, gpu) = (&self.config, self.tokens_in_place(), !self.on_cpu());
+        let prompt = crate::memory::prompt_bytes(cfg, n);
+        let fits = |p: u64| {
+            crate::memory::check_budget(
+                String::new,
+                p + 2 * crate::memory::block_bytes(cfg),
+                crate::memory::global_bytes(cfg, in_place),
+                gpu,
+            )
+            .is_ok()
+        };
+        fits(prompt) || (!gpu && fits(prompt - crate::memory::spillable_bytes(cfg, n)))
+    }
+
+    /// Stream this model's layers from now on: the resident processed layers are dropped and
+    /// each is read again where it lies in the checkpoint (processed exactly as at loading)
+    /// when it is used, within the budget, as if the model had been opened too large to hold
+    /// ([`LayerSource::Streamed`]). A model that streams already is left as it is.
+    pub fn stream_from_now(&mut self) -> Result<()> {
+        if self.streams_layers() {
+            return Ok(());
+        }
+        let store = match locate_model(&self.dir)? {
+            ModelLocation::Gguf(file) => WeightStore::open_gguf(rdla_gguf::GgufFile::open(&file)?)?,
+            ModelLocation::Folder(dir) => WeightStore::open_dir(&dir)?,
+        };
+        let (in_place, gpu) = (self.tokens_in_place(), !self.on_cpu());
+        let capacity = crate::memory::layer_capacity(&self.config, in_place, 0, gpu);
+        self.weights.layers = Arc::new(LayerSource::Streamed(Box::new(LayerStream::new(
+            Arc::new(store),
+            self.config.clone(),
+            self.processing,
+            self.device.clone(),
+            capacity,
+        ))));
+        Ok(())
     }
 
     /// Check a token sequence fits the model and its forward pass the budget: `Ok(false)`
