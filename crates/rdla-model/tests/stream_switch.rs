@@ -15,13 +15,16 @@ fn a_prompt_that_fits_only_streamed_switches_a_resident_model_to_streaming() {
         let ids = common::Reference::load(name).token_ids()[..3].to_vec();
         memory::clear_budget();
         spill::set_forced(false);
-        let mut m = Model::load(
-            &common::fixture(name),
-            &Device::flex(),
-            Processing::default(),
-            &mut |_| true,
-        )
-        .unwrap();
+        let load = || {
+            Model::load(
+                &common::fixture(name),
+                &Device::flex(),
+                Processing::default(),
+                &mut |_| true,
+            )
+            .unwrap()
+        };
+        let mut m = load();
         let resident = m.run(&ids).unwrap();
         let (cfg, n) = (m.config.clone(), ids.len());
         let (prompt, spillable) = (
@@ -84,13 +87,7 @@ fn a_prompt_that_fits_only_streamed_switches_a_resident_model_to_streaming() {
 
         // a budget too small even streamed: refused, and the model is left as it is
         memory::clear_budget();
-        let mut m = Model::load(
-            &common::fixture(name),
-            &Device::flex(),
-            Processing::default(),
-            &mut |_| true,
-        )
-        .unwrap();
+        let mut m = load();
         memory::set_budget(memory::global_bytes(&cfg, in_place));
         assert!(m.check_tokens(&ids).is_err());
         let err = m.plan_prompt_or_stream(&ids).unwrap_err();

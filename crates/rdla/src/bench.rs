@@ -140,16 +140,27 @@ pub struct BenchArgs {
     pub memory: crate::common::MemoryArgs,
 }
 
-/// xorshift64* + Box–Muller: deterministic normal samples without a dependency.
-struct Rng(u64);
+/// xorshift64* + Box–Muller: deterministic random bits and normal samples without a
+/// dependency.
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn normal(&mut self) -> f32 {
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// `out` filled with random bytes.
+    pub(crate) fn fill(&mut self, out: &mut [u8]) {
+        for c in out.chunks_mut(8) {
+            let b = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&b[..c.len()]);
+        }
+    }
+    pub(crate) fn normal(&mut self) -> f32 {
         let (u, v) = (self.next_f64().max(1e-300), self.next_f64());
         ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
     }

@@ -15,6 +15,8 @@ use anyhow::Context;
 use rdla_gguf::write::{GgufWriter, TensorSpec};
 use rdla_gguf::{GgmlType, MetaArray, MetaValue};
 
+use crate::bench::Rng;
+
 /// A Llama-family decoder's shape.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlamaShape {
@@ -54,32 +56,6 @@ impl LlamaShape {
     }
 }
 
-/// xorshift64*: random block bytes without a dependency.
-struct Bits(u64);
-
-impl Bits {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for c in out.chunks_mut(8) {
-            let b = self.next().to_le_bytes();
-            c.copy_from_slice(&b[..c.len()]);
-        }
-    }
-
-    /// A standard normal sample (Box–Muller).
-    fn normal(&mut self) -> f32 {
-        let u = ((self.next() >> 11) as f64 / (1u64 << 53) as f64).max(1e-300);
-        let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 fn f16_bytes(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_le_bytes()
 }
@@ -87,11 +63,11 @@ fn f16_bytes(x: f32) -> [u8; 2] {
 /// `rows × cols` values as random blocks of `ty` (Q4_K or Q6_K) whose values spread about
 /// `1/√cols`. Q4_K (144 bytes per 256 values): a value is `d·sc·q − dmin·m` with 6-bit `sc`,
 /// `m` and 4-bit `q`; Q6_K (210 bytes): `d·scale·(q − 32)` with 6-bit `q` and 8-bit `scale`.
-fn random_blocks(ty: GgmlType, rows: usize, cols: usize, bits: &mut Bits) -> Vec<u8> {
+fn random_blocks(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     let (block, size) = ty.block_layout();
     let std = (cols as f32).powf(-0.5);
     let mut out = vec![0u8; rows * cols / block * size];
-    bits.fill(&mut out);
+    rng.fill(&mut out);
     for b in out.chunks_exact_mut(size) {
         match ty {
             GgmlType::Q4_K => {
@@ -288,13 +264,13 @@ pub fn write_q4km(path: &FsPath, s: &LlamaShape, name: &str, seed: u64) -> anyho
     let specs: Vec<TensorSpec> = all.iter().map(|(t, _)| t.clone()).collect();
     let mut w = GgufWriter::create(path, &metadata(s, name), specs)
         .with_context(|| format!("writing {}", path.display()))?;
-    let mut bits = Bits(seed | 1);
+    let mut rng = Rng(seed | 1);
     let result = (|| -> anyhow::Result<()> {
         for (t, fill) in &all {
             let data = match fill {
-                Fill::Blocks { rows, cols } => random_blocks(t.ty, *rows, *cols, &mut bits),
+                Fill::Blocks { rows, cols } => random_blocks(t.ty, *rows, *cols, &mut rng),
                 Fill::Norm(n) => (0..*n)
-                    .flat_map(|_| (1.0 + 0.1 * bits.normal()).to_le_bytes())
+                    .flat_map(|_| (1.0 + 0.1 * rng.normal()).to_le_bytes())
                     .collect(),
                 Fill::Values(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             };

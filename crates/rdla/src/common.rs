@@ -120,7 +120,15 @@ pub fn open_and_compute(a: &ComputeArgs) -> anyhow::Result<(Session, f64)> {
     };
     // the answer and foil before the forward pass: a bad one fails at once, not after it
     session.check_request(&request).map_err(flagged)?;
+    let resident = !session.model().streams_layers();
     session.compute(&request).map_err(|f| flagged(f.error))?;
+    if resident && session.model().streams_layers() {
+        eprintln!(
+            "note: this prompt does not fit the memory budget beside the model's layers; they \
+             stream from the checkpoint now ({})",
+            session.info().facts.memory_line()
+        );
+    }
     Ok((session, load))
 }
 
