@@ -564,3 +564,61 @@ fn ablated_runs_sharing_a_pass_equal_each_run_alone() {
         );
     }
 }
+
+/// A model that fits opens without reading its blocks: the first forward pass reads them
+/// layer by layer as it goes (progress after each, cancellable in between), and a pass
+/// stopped half-way leaves what it read for the next, which completes it. Every cached
+/// tensor of the pass after a cancelled one equals an uninterrupted first pass's to the bit,
+/// on every family; an expansion-style request for a range before any pass reads them all.
+#[test]
+fn a_model_that_fits_reads_its_blocks_with_the_first_forward_pass() {
+    use rdla_model::model::LayerSource;
+    for name in TL_FIXTURES {
+        let fresh = load_model(name, &Device::flex());
+        let deferred = |m: &rdla_model::Model| match &*m.weights.layers {
+            LayerSource::Deferred(d) => Some(d.is_read()),
+            _ => None,
+        };
+        if fresh.streams_layers() {
+            // CI's second pass streams every model (RDLA_LAYER_CACHE): nothing is deferred
+            assert!(rdla_model::memory::forced_layer_cache().is_some(), "{name}");
+            continue;
+        }
+        assert_eq!(
+            deferred(&fresh),
+            Some(false),
+            "{name}: blocks read at opening"
+        );
+        let ids = Reference::load(name).token_ids();
+        let whole = fresh.run(&ids).unwrap();
+        assert_eq!(deferred(&fresh), Some(true), "{name}");
+
+        let m = load_model(name, &Device::flex());
+        let err = m
+            .run_with_progress(&ids, &mut |done, _| done < 1)
+            .unwrap_err();
+        assert!(
+            matches!(err, rdla_model::ModelError::ComputeCancelled),
+            "{name}: {err}"
+        );
+        assert_eq!(deferred(&m), Some(false), "{name}: read on after the stop");
+        let again = m.run(&ids).unwrap();
+        assert_eq!(deferred(&m), Some(true), "{name}");
+        let (a, b) = (
+            rdla_testutil::cache_tensors(&whole),
+            rdla_testutil::cache_tensors(&again),
+        );
+        for ((what, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{name} {what}"
+            );
+        }
+        // a range asked before any forward pass: every block read at once
+        let m = load_model(name, &Device::flex());
+        let n = m.config.n_layers;
+        let blocks = m.blocks(&(0..n)).unwrap();
+        assert_eq!(blocks.w_q.dims()[0], n, "{name}");
+        assert_eq!(deferred(&m), Some(true), "{name}");
+    }
+}

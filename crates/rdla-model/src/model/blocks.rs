@@ -351,8 +351,130 @@ impl LayerStacks {
 pub enum LayerSource {
     /// Every layer, held.
     Resident(Box<Blocks>),
+    /// Every layer held once it is read: all of them, when a layer is first used (a model
+    /// that fits opens without reading its blocks).
+    Deferred(Box<Deferred>),
     /// Read from the checkpoint when used.
     Streamed(Box<LayerStream>),
+}
+
+/// The blocks of a model that fits its budget, read when they are first used: the forward
+/// pass takes layer after layer, and each is read where it lies, processed exactly as at
+/// loading and appended to the stacks as it goes (so the first forward pass shows its
+/// progress and can be cancelled layer by layer); once the last is in, the stacks are
+/// uploaded and held like [`LayerSource::Resident`]'s. Anything else that asks first (a range
+/// of layers, a layer out of order) has the rest read at once.
+pub struct Deferred {
+    store: Arc<WeightStore>,
+    config: ModelConfig,
+    processing: Processing,
+    device: Device,
+    filling: Mutex<Filling>,
+    held: std::sync::OnceLock<Blocks>,
+}
+
+/// The stacks read so far.
+struct Filling {
+    stacks: Option<LayerStacks>,
+    /// The next layer to read.
+    next: usize,
+    /// Block 0, read (and the other blocks' tensors checked) when the model was opened.
+    first: Option<CanonLayer>,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("read", &self.held.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deferred {
+    pub(crate) fn new(
+        store: Arc<WeightStore>,
+        config: ModelConfig,
+        processing: Processing,
+        device: Device,
+        first: CanonLayer,
+    ) -> Self {
+        let n = config.n_layers;
+        Self {
+            store,
+            config,
+            processing,
+            device,
+            filling: Mutex::new(Filling {
+                stacks: Some(LayerStacks::new(n)),
+                next: 0,
+                first: Some(first),
+            }),
+            held: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether every block has been read.
+    pub fn is_read(&self) -> bool {
+        self.held.get().is_some()
+    }
+
+    fn filling(&self) -> std::sync::MutexGuard<'_, Filling> {
+        self.filling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Read layer `f.next` (block 0 as read at opening), processed, onto the stacks; the
+    /// stacks uploaded and held once the last is in. Returns the processed layer.
+    fn read_next(&self, f: &mut Filling) -> Result<CanonLayer> {
+        let l = f.next;
+        let mut layer = match (l, f.first.take()) {
+            (0, Some(b)) => b,
+            _ => arch::read_layer(&self.config, &self.store, l, true)?.0,
+        };
+        process::process_layer(&mut layer, self.processing, self.config.norm);
+        let stacks = f
+            .stacks
+            .as_mut()
+            .ok_or_else(|| ModelError::Device("the model's blocks were read already".into()))?;
+        stacks.push(layer.clone());
+        f.next += 1;
+        if f.next == self.config.n_layers
+            && let Some(done) = f.stacks.take()
+        {
+            let _ = self.held.set(done.upload(&self.device));
+        }
+        Ok(layer)
+    }
+
+    /// Every layer's processed blocks: held, or the rest read now.
+    pub fn blocks(&self) -> Result<&Blocks> {
+        if let Some(b) = self.held.get() {
+            return Ok(b);
+        }
+        let mut f = self.filling();
+        while self.held.get().is_none() && f.next < self.config.n_layers {
+            self.read_next(&mut f)?;
+        }
+        self.held
+            .get()
+            .ok_or_else(|| ModelError::Device("the model's blocks were not kept".into()))
+    }
+
+    /// Layers `ls`: the next one to read alone (read now, as the forward pass asks for it),
+    /// else a view of every layer's blocks.
+    fn range(&self, ls: &Range<usize>) -> Result<Blocks> {
+        if self.held.get().is_none() && ls.len() == 1 {
+            let mut f = self.filling();
+            if f.next == ls.start && self.held.get().is_none() {
+                let layer = self.read_next(&mut f)?;
+                let mut one = LayerStacks::new(1);
+                one.push(layer);
+                return Ok(one.upload(&self.device));
+            }
+        }
+        Ok(self.blocks()?.narrow(ls))
+    }
 }
 
 /// The least-recently-used processed layers, most recent last.
@@ -495,6 +617,7 @@ impl LayerSource {
     pub fn blocks(&self, ls: &Range<usize>, part: Part) -> Result<Blocks> {
         match self {
             Self::Resident(b) => Ok(b.narrow(ls)),
+            Self::Deferred(d) => d.range(ls),
             Self::Streamed(s) => {
                 let parts = ls
                     .clone()
@@ -512,7 +635,7 @@ impl LayerSource {
     /// The stream, when the layers stream.
     pub fn stream(&self) -> Option<&LayerStream> {
         match self {
-            Self::Resident(_) => None,
+            Self::Resident(_) | Self::Deferred(_) => None,
             Self::Streamed(s) => Some(s),
         }
     }

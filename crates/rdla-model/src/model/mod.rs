@@ -21,11 +21,9 @@ use crate::tokenizer::Tokenizer;
 use crate::vocab::{Extremes, StoredVocab, Unembedding, VocabProcessing, VocabSketch};
 use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
-pub use blocks::{Blocks, LayerSource, LayerStream, MlpBlocks, Part};
+pub use blocks::{Blocks, Deferred, LayerSource, LayerStream, MlpBlocks, Part};
 pub use cache::Cache;
 pub use forward::Observer;
-
-use blocks::LayerStacks;
 
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
 #[derive(Debug, Clone)]
@@ -371,18 +369,19 @@ impl Model {
         }
         let processing = processing.for_config(&config);
         let norm = config.norm;
-        let mut stacks = LayerStacks::new(config.n_layers);
+        // no block is read now: a model that fits reads them all when a layer is first used
+        // (`LayerSource::Deferred`), one that does not reads each when it is used
         let mut canon = arch::load_streaming(
             &config,
             &store,
             progress,
-            &mut |mut layer| {
-                process::process_layer(&mut layer, processing, norm);
-                stacks.push(layer);
-                Ok(())
+            &mut |_| {
+                Err(ModelError::Device(
+                    "a block was read while opening the model".into(),
+                ))
             },
             leave,
-            stream,
+            true,
         )?;
         let vocab_proc = VocabProcessing {
             embed_scale: canon.embed_scale,
@@ -414,9 +413,9 @@ impl Model {
         };
         process::process_globals(&mut canon, processing, norm);
         let (description, paths) = (store.description.clone(), store.paths.clone());
+        // block 0 is read (and kept), the others' tensors checked from the header
+        let first = arch::read_layer_checking_others(&config, &store)?;
         let layers = if stream {
-            // block 0 is read (and kept), the others' tensors checked from the header
-            let first = arch::read_layer_checking_others(&config, &store)?;
             let capacity = crate::memory::layer_capacity(&config, in_place, 0, gpu);
             let stream = LayerStream::new(
                 Arc::new(store),
@@ -428,8 +427,13 @@ impl Model {
             stream.insert(0, stream.prepare(first));
             LayerSource::Streamed(Box::new(stream))
         } else {
-            debug_assert_eq!(stacks.count, config.n_layers);
-            LayerSource::Resident(Box::new(stacks.upload(device)))
+            LayerSource::Deferred(Box::new(Deferred::new(
+                Arc::new(store),
+                config.clone(),
+                processing,
+                device.clone(),
+                first,
+            )))
         };
         let weights = Weights::upload(canon, layers, stored, device);
         Ok(Self {
