@@ -1,5 +1,5 @@
 //! `rdla bench`: generate a random checkpoint of a given shape (GPT-2, GPT-Neo or Llama;
-//! never committed) and time load + processing, the cached forward pass, the overview and a
+//! never committed) and time opening, the first forward pass (which reads a model's blocks), the cached forward pass, the overview and a
 //! depth-2 drill-down at several prompt lengths. `bench/compare.sh` runs it side by side
 //! with TransformerLens on the same folder (`--dir`, `--generate-only`, `--existing`).
 
@@ -827,7 +827,17 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
         "# rdla bench: {} {n_layer}L {n_head}H d{d} V{vocab} on {info}",
         facts.architecture
     );
-    println!("load + processing: {load:.0} ms");
+    println!("open: {load:.0} ms");
+    // a model that fits reads its blocks with its first forward pass: timed here, apart
+    let first_forward = if model.streams_layers() {
+        None
+    } else {
+        let t = Instant::now();
+        to_vec(model.run(&[0])?.last_logits)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!("first forward pass (reads and processes the blocks), 1 token: {ms:.0} ms");
+        Some(ms)
+    };
     println!("{}", facts.memory_line());
     println!(
         "| tokens | forward (ms) | overview (ms) | depth-2 drill-down (ms) | qk node (ms) | MLP + neurons (ms) | trace (ms) | peak RSS (MiB) |"
@@ -968,6 +978,8 @@ fn bench_dir(a: &BenchArgs, dir: &FsPath) -> anyhow::Result<()> {
             "load_ms": load,
             "load_min_ms": load_min,
             "load_ms_all": loads,
+            // opening reads no block of a model that fits: its first forward pass does
+            "first_forward_ms": first_forward,
             "peak_rss_after_load_mib": rss_after_load,
             "peak_rss_mib": peak_rss_mib(),
             "lengths": rows,
