@@ -75,6 +75,9 @@ pub fn top_indices(values: &[f32], k: usize, key: impl Fn(f32) -> f32) -> Vec<us
 
 /// Weights per sketch row: an `i8` per weight plus the row's scale and error norm.
 const SKETCH_LEVELS: f32 = 127.0;
+/// `1.5·2²³`: `(y + ROUND) − ROUND` is `y` rounded to the nearest integer (ties to even) for
+/// `|y| < 2²²`.
+const ROUND: f32 = 12_582_912.0;
 
 /// When the bounds leave more candidates than this share of the vocabulary, the sketch does
 /// not pay and the full product is used.
@@ -127,10 +130,16 @@ impl VocabSketch {
                     for (j, col) in block.chunks_exact(d).enumerate() {
                         let max = col.iter().fold(0f32, |m, x| m.max(x.abs()));
                         let s = if max > 0.0 { max / SKETCH_LEVELS } else { 1.0 };
+                        let inv = 1.0 / s;
                         let row = &mut part[(j0 + j) * d..(j0 + j + 1) * d];
                         let mut e2 = 0f64;
                         for (qi, &x) in row.iter_mut().zip(col) {
-                            let r = (x / s).round().clamp(-SKETCH_LEVELS, SKETCH_LEVELS);
+                            // to the nearest level (ties to even) by adding and removing
+                            // 1.5·2²³: plain arithmetic the compiler vectorises, where
+                            // `round` is a library call per value (|x·inv| ≤ 127 here); the
+                            // error bound below is of the level chosen, whichever it is
+                            let r =
+                                ((x * inv + ROUND) - ROUND).clamp(-SKETCH_LEVELS, SKETCH_LEVELS);
                             *qi = r as i8;
                             let e = f64::from(x) - f64::from(s) * f64::from(r);
                             e2 += e * e;
