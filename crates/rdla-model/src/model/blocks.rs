@@ -425,8 +425,9 @@ impl Deferred {
     }
 
     /// Read layer `f.next` (block 0 as read at opening), processed, onto the stacks; the
-    /// stacks uploaded and held once the last is in. Returns the processed layer.
-    fn read_next(&self, f: &mut Filling) -> Result<CanonLayer> {
+    /// stacks uploaded and held once the last is in. With `keep`, also returns a copy of the
+    /// processed layer (for the forward pass that asked for it).
+    fn read_next(&self, f: &mut Filling, keep: bool) -> Result<Option<CanonLayer>> {
         let l = f.next;
         let mut layer = match (l, f.first.take()) {
             (0, Some(b)) => b,
@@ -437,14 +438,15 @@ impl Deferred {
             .stacks
             .as_mut()
             .ok_or_else(|| ModelError::Device("the model's blocks were read already".into()))?;
-        stacks.push(layer.clone());
+        let kept = keep.then(|| layer.clone());
+        stacks.push(layer);
         f.next += 1;
         if f.next == self.config.n_layers
             && let Some(done) = f.stacks.take()
         {
             let _ = self.held.set(done.upload(&self.device));
         }
-        Ok(layer)
+        Ok(kept)
     }
 
     /// Every layer's processed blocks: held, or the rest read now.
@@ -454,7 +456,7 @@ impl Deferred {
         }
         let mut f = self.filling();
         while self.held.get().is_none() && f.next < self.config.n_layers {
-            self.read_next(&mut f)?;
+            self.read_next(&mut f, false)?;
         }
         self.held
             .get()
@@ -466,8 +468,10 @@ impl Deferred {
     fn range(&self, ls: &Range<usize>) -> Result<Blocks> {
         if self.held.get().is_none() && ls.len() == 1 {
             let mut f = self.filling();
-            if f.next == ls.start && self.held.get().is_none() {
-                let layer = self.read_next(&mut f)?;
+            if f.next == ls.start
+                && self.held.get().is_none()
+                && let Some(layer) = self.read_next(&mut f, true)?
+            {
                 let mut one = LayerStacks::new(1);
                 one.push(layer);
                 return Ok(one.upload(&self.device));

@@ -30,7 +30,7 @@ impl Model {
     /// place on the CPU backend), rather than collected per layer and stacked at the end,
     /// which would hold two copies of the cache at once.
     pub fn run(&self, ids: &[u32]) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), &mut |_, _| true, None, None)
+        self.forward(ids, &Interventions::default(), &mut |_, _| true, None)
     }
 
     /// [`Model::run`], telling `progress` `(layers done, layers)` after each layer; when it
@@ -40,16 +40,14 @@ impl Model {
         ids: &[u32],
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Cache> {
-        self.forward(ids, &Interventions::default(), progress, None, None)
+        self.forward(ids, &Interventions::default(), progress, None)
     }
 
     /// The real forward pass with `iv` applied (ablated sites recompute everything downstream):
     /// the logits at the last position `[V]`.
     pub fn run_ablated(&self, ids: &[u32], iv: &Interventions) -> Result<Tensor<1>> {
         self.check_interventions(ids.len(), iv)?;
-        Ok(self
-            .forward(ids, iv, &mut |_, _| true, None, None)?
-            .last_logits)
+        Ok(self.forward(ids, iv, &mut |_, _| true, None)?.last_logits)
     }
 
     /// Every ablation within the prompt's `n` positions, and every patch of its site's width.
@@ -84,21 +82,9 @@ impl Model {
     /// the sum of the cached components upstream of that layer), so only the layers from it
     /// on are recomputed. The logits at the last position `[V]`.
     pub fn run_ablated_from(&self, clean: &Cache, iv: &Interventions) -> Result<Tensor<1>> {
-        let first = iv.first_layer();
-        let ids = &clean.token_ids;
-        if first == 0 {
-            return self.run_ablated(ids, iv);
-        }
-        self.check_interventions(ids.len(), iv)?;
-        Ok(self
-            .forward(
-                ids,
-                iv,
-                &mut |_, _| true,
-                None,
-                Some((first, Self::entering(clean, first))),
-            )?
-            .last_logits)
+        self.run_ablated_in_passes(clean, std::slice::from_ref(iv), 1, &mut |_, _| true)?
+            .pop()
+            .ok_or_else(|| crate::error::ModelError::Device("an ablated run gave no logits".into()))
     }
 
     /// The clean run's residual stream entering layer `l` `[P, d]`: the sum of the cached
@@ -149,20 +135,17 @@ impl Model {
         let mut done = 0;
         for group in order.chunks(copies) {
             let runs: Vec<&Interventions> = group.iter().map(|&i| &ivs[i]).collect();
-            let logits = if let [iv] = runs[..] {
-                vec![self.run_ablated_from(clean, iv)?]
-            } else {
-                let b = runs.len();
-                let first = runs.iter().map(|iv| iv.first_layer()).min().unwrap_or(0);
-                let ids: Vec<u32> = clean.token_ids.repeat(b);
-                let start =
-                    (first > 0).then(|| (first, Self::entering(clean, first).repeat_dim(0, b)));
-                self.forward_rows(&ids, &vec![n; b], &runs, &mut |_, _| true, None, start)?
-                    .into_iter()
-                    .map(|c| c.last_logits)
-                    .collect()
+            let b = runs.len();
+            let first = runs.iter().map(|iv| iv.first_layer()).min().unwrap_or(0);
+            let ids: Vec<u32> = clean.token_ids.repeat(b);
+            let entering = |l| match b {
+                1 => Self::entering(clean, l),
+                _ => Self::entering(clean, l).repeat_dim(0, b),
             };
-            for (&i, l) in group.iter().zip(logits) {
+            let start = (first > 0).then(|| (first, entering(first)));
+            let caches =
+                self.forward_rows(&ids, &vec![n; b], &runs, &mut |_, _| true, None, start)?;
+            for (&i, l) in group.iter().zip(caches.into_iter().map(|c| c.last_logits)) {
                 out[i] = Some(l);
             }
             done += group.len();
@@ -210,13 +193,7 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize) -> bool,
         observe: &mut Observer<'_>,
     ) -> Result<Cache> {
-        self.forward(
-            ids,
-            &Interventions::default(),
-            progress,
-            Some(observe),
-            None,
-        )
+        self.forward(ids, &Interventions::default(), progress, Some(observe))
     }
 
     /// One forward pass over several prompts, each prompt's cache the one [`Model::run`]
@@ -264,17 +241,15 @@ impl Model {
         self.forward_rows(&all, &lens, &[], &mut |_, _| true, None, None)
     }
 
-    /// One prompt's forward pass ([`Model::forward_rows`] of a batch of one), resumed at
-    /// `start` when given.
+    /// One prompt's forward pass ([`Model::forward_rows`] of a batch of one).
     fn forward(
         &self,
         ids: &[u32],
         iv: &Interventions,
         progress: &mut dyn FnMut(usize, usize) -> bool,
         observe: Option<&mut Observer<'_>>,
-        start: Option<(usize, Tensor<2>)>,
     ) -> Result<Cache> {
-        let mut caches = self.forward_rows(ids, &[ids.len()], &[iv], progress, observe, start)?;
+        let mut caches = self.forward_rows(ids, &[ids.len()], &[iv], progress, observe, None)?;
         caches
             .pop()
             .ok_or_else(|| crate::error::ModelError::Device("a forward pass gave no cache".into()))

@@ -521,18 +521,22 @@ impl Model {
         if self.streams_layers() || self.files.is_empty() {
             return false;
         }
-        let (cfg, in_place, gpu) = (&self.config, self.tokens_in_place(), !self.on_cpu());
-        let prompt = crate::memory::prompt_bytes(cfg, n);
-        let fits = |p: u64| {
-            crate::memory::check_budget(
-                String::new,
-                p + 2 * crate::memory::block_bytes(cfg),
-                crate::memory::global_bytes(cfg, in_place),
-                gpu,
-            )
-            .is_ok()
-        };
-        fits(prompt) || (!gpu && fits(prompt - crate::memory::spillable_bytes(cfg, n)))
+        let prompt = crate::memory::prompt_bytes(&self.config, n);
+        let fits = |p: u64| self.check_streamed(String::new, p).is_ok();
+        fits(prompt)
+            || (self.on_cpu() && fits(prompt - crate::memory::spillable_bytes(&self.config, n)))
+    }
+
+    /// Whether a prompt needing `prompt` bytes fits the budget beside this model with its
+    /// layers streamed: the model-wide tensors held, two layers (one in use, the next being
+    /// read) and the prompt's cache.
+    fn check_streamed(&self, what: impl Fn() -> String, prompt: u64) -> Result<()> {
+        crate::memory::check_budget(
+            what,
+            prompt + 2 * crate::memory::block_bytes(&self.config),
+            crate::memory::global_bytes(&self.config, self.tokens_in_place()),
+            !self.on_cpu(),
+        )
     }
 
     /// Stream this model's layers from now on: the resident processed layers are dropped and
@@ -607,18 +611,11 @@ impl Model {
         match self.weights.layers.stream() {
             None => crate::memory::check_budget(what, prompt, self.held_bytes(), !self.on_cpu()),
             Some(stream) => {
-                // the prompt's cache and two layers (one in use, the next being read); the
-                // rest of the budget holds processed layers
-                let in_place = self.tokens_in_place();
-                crate::memory::check_budget(
-                    || format!("{} with its layers streamed", what()),
-                    prompt + 2 * crate::memory::block_bytes(&self.config),
-                    crate::memory::global_bytes(&self.config, in_place),
-                    !self.on_cpu(),
-                )?;
+                // the rest of the budget holds processed layers
+                self.check_streamed(|| format!("{} with its layers streamed", what()), prompt)?;
                 stream.set_capacity(crate::memory::layer_capacity(
                     &self.config,
-                    in_place,
+                    self.tokens_in_place(),
                     prompt,
                     !self.on_cpu(),
                 ));
