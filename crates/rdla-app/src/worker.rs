@@ -148,7 +148,7 @@ pub enum Event {
         file: std::path::PathBuf,
         result: Result<(usize, usize), WorkerError>,
     },
-    /// `done` of `total` ablated forward passes of a verification.
+    /// `done` of `total` ablated runs of a verification (after each forward pass).
     VerifyProgress {
         id: u64,
         done: usize,

@@ -784,8 +784,14 @@ impl Session {
         Some((k.prompt.as_str(), &k.tokens))
     }
 
-    /// [`Session::view`] while a contrast prompt is set: the deltas.
-    fn contrast_view(&self, path: &Path, cur: &Current, k: &ContrastRun) -> Result<NodeView> {
+    /// [`Session::view`] while a contrast prompt is set: the deltas; beside it, this prompt's
+    /// own expansion of the node.
+    fn contrast_view(
+        &self,
+        path: &Path,
+        cur: &Current,
+        k: &ContrastRun,
+    ) -> Result<(NodeView, Expansion)> {
         let t = Instant::now();
         let c = &cur.computed;
         let title = format!(
@@ -793,13 +799,14 @@ impl Session {
             view_title(&self.model.name, path, &c.target_label),
             clip(&printable(&k.prompt), 40)
         );
-        let (node, mut heatmap, ours, theirs) = if path.is_root() {
+        let (node, mut heatmap, ours, theirs, own) = if path.is_root() {
             let delta = crate::contrast::overview_delta(&c.overview, &k.overview)?;
             (
                 crate::NodeContrast::of(&c.root, &k.root)?,
                 root_heatmap(&delta, &title),
                 root_heatmap(&c.overview, &title),
                 root_heatmap(&k.overview, &title),
+                c.root.clone(),
             )
         } else {
             self.validate(path)?;
@@ -822,6 +829,7 @@ impl Session {
                 node_heatmap(&node.delta, path, strs, layout, &title),
                 node_heatmap(&a, path, strs, layout, &title),
                 node_heatmap(&b, path, &k.tokens.strs, layout, &title),
+                a,
             )
         };
         heatmap.contrast = crate::contrast::cell_pairs(&ours, &theirs);
@@ -829,14 +837,15 @@ impl Session {
             "Δ {:+.4} = {:.4} (this prompt) − {:.4} (contrast) · {}",
             node.delta.value, node.value, node.contrast_value, heatmap.subtitle
         );
-        Ok(NodeView {
+        let view = NodeView {
             path: path.clone(),
             expansion: node.delta.clone(),
             heatmap,
             attention: None,
             contrast: Some(Box::new(node)),
             ms: ms(t),
-        })
+        };
+        Ok((view, own))
     }
 
     /// Check that `path` names a node.
@@ -850,7 +859,7 @@ impl Session {
         let t = Instant::now();
         let cur = self.current()?;
         if let Some(k) = &cur.contrast {
-            return self.contrast_view(path, cur, k);
+            return self.contrast_view(path, cur, k).map(|(v, _)| v);
         }
         let c = &cur.computed;
         let title = view_title(&self.model.name, path, &c.target_label);
@@ -1091,9 +1100,8 @@ impl Session {
         if chosen.is_empty() {
             return Err(SessionError::NothingToVerify);
         }
-        let paths: Vec<Path> = chosen.iter().map(|n| n.id.clone()).collect();
-        let mut sets: Vec<Vec<Path>> = paths.iter().map(|p| vec![p.clone()]).collect();
-        sets.push(paths);
+        let sets =
+            crate::verify::alone_then_together(chosen.iter().map(|n| n.id.clone()).collect());
         let mut reports = self.ablate_many(&sets, mode, false, progress)?;
         let all = reports.pop().ok_or(SessionError::NothingToVerify)?;
         let sites: Vec<crate::verify::VerifiedSite> = chosen
@@ -1189,14 +1197,11 @@ impl Session {
         // values (their contrast values beside them, below)
         let views = wanted
             .iter()
-            .map(|p| {
-                let v = self.view(p)?;
-                let ex = match (&v.contrast, p.is_root()) {
-                    (None, _) => v.expansion,
-                    (Some(_), true) => c.root.clone(),
-                    (Some(_), false) => self.engine()?.expand(p)?,
-                };
-                Ok((ex, v.heatmap))
+            .map(|p| match &cur.contrast {
+                Some(k) => self
+                    .contrast_view(p, cur, k)
+                    .map(|(v, own)| (own, v.heatmap)),
+                None => self.view(p).map(|v| (v.expansion, v.heatmap)),
             })
             .collect::<Result<Vec<_>>>()?;
         let manifest = Manifest {
@@ -1338,9 +1343,9 @@ impl Session {
             .ablation
             .parse()
             .map_err(|e: String| SessionError::OtherModel(format!("verification: {e}")))?;
-        let paths: Vec<Path> = saved.verification.iter().map(|s| s.site.clone()).collect();
-        let mut sets: Vec<Vec<Path>> = paths.iter().map(|p| vec![p.clone()]).collect();
-        sets.push(paths);
+        let sets = crate::verify::alone_then_together(
+            saved.verification.iter().map(|s| s.site.clone()).collect(),
+        );
         let reports = self.ablate_many(&sets, mode, false, &mut |_, _| true)?;
         check.ablations = reports.len();
         let saved_effects = saved

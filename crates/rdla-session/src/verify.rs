@@ -114,6 +114,14 @@ impl Verification {
     }
 }
 
+/// The ablated runs of a verification: each of `paths` alone, then all of them together
+/// (the last set).
+pub(crate) fn alone_then_together(paths: Vec<Path>) -> Vec<Vec<Path>> {
+    let mut sets: Vec<Vec<Path>> = paths.iter().map(|p| vec![p.clone()]).collect();
+    sets.push(paths);
+    sets
+}
+
 /// The sites a verification of `trace` ablates, largest |value| first: the graph's nodes
 /// except the one traced from.
 pub fn candidates(trace: &Trace) -> Vec<&rdla_attrib::trace::GraphNode> {
