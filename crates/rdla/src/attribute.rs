@@ -57,12 +57,9 @@ pub fn run(a: &AttributeArgs) -> anyhow::Result<()> {
         ("--png", a.png.as_deref()),
         ("--save", a.save.as_deref()),
     ])?;
+    crate::common::check_patch(a.ablation, a.contrast_prompt.as_deref())?;
     let (mut session, load) = crate::common::open_and_compute(&a.compute)?;
     if a.ablation == AblationMode::Patch {
-        anyhow::ensure!(
-            a.contrast_prompt.is_some(),
-            "--ablation patch takes each site's value from another prompt's run: give --contrast-prompt"
-        );
         session.set_contrast(a.contrast_prompt.as_deref())?;
     }
     let session = session;

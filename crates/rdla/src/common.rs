@@ -185,3 +185,16 @@ pub fn save_result(
     );
     Ok(())
 }
+
+/// `--ablation patch` takes each site's value from the contrast prompt's run: refused without
+/// `--contrast-prompt`, before anything is computed.
+pub fn check_patch(
+    mode: rdla_model::model::ablate::AblationMode,
+    contrast_prompt: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        mode != rdla_model::model::ablate::AblationMode::Patch || contrast_prompt.is_some(),
+        "--ablation patch takes each site's value from another prompt's run: give --contrast-prompt"
+    );
+    Ok(())
+}

@@ -40,7 +40,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Attribute every prompt of a file (JSONL or CSV) and write Parquet tables; `merge` joins shards.
     Census(census::CensusArgs),
-    /// Recompute every node of a result file (`.rdla`) on its model; exit 1 naming the first mismatch.
+    /// Recompute every node of a result file (`.rdla`) on its model and rerun its verification;
+    /// exit 1 naming the first mismatch.
     Verify(verify::VerifyArgs),
 }
 

@@ -78,10 +78,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         a.max_nodes > 0,
         "--max-nodes 0 would draw an empty graph; give at least 1"
     );
-    anyhow::ensure!(
-        a.ablation != AblationMode::Patch || a.contrast_prompt.is_some(),
-        "--ablation patch takes each site's value from another prompt's run: give --contrast-prompt"
-    );
+    crate::common::check_patch(a.ablation, a.contrast_prompt.as_deref())?;
     let (mut session, _) = crate::common::open_and_compute(&a.compute)?;
     if a.contrast_prompt.is_some() {
         session.set_contrast(a.contrast_prompt.as_deref())?;
