@@ -8,6 +8,7 @@ pub mod trace;
 
 pub use engine::{
     Array, AttribError, Child, ChildLayout, Engine, Expansion, HeadTotals, Memo, MlpMode, NodeKind,
-    Overview, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units, run_with_overview,
+    Overview, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units, head_totals_batch,
+    run_with_overview,
 };
 pub use path::{Comp, Layout, Path, Side, Step, Versus};

@@ -157,3 +157,85 @@ fn gguf_attributions_equal_the_dequantised_checkpoints() {
         eprintln!("{name}: GGUF vs dequantised safetensors, attributions within {worst:.2e}");
     }
 }
+
+/// A census's head totals of a whole batch at once (`head_totals_batch`, over one forward
+/// pass of several prompts) equal each prompt's own engine over its own forward pass —
+/// every root child, attention bias, head value, head bias and every head's summed sources —
+/// on every family, for prompts of equal lengths (computed together) and of mixed lengths
+/// (padded, computed prompt by prompt), with logit and logit-difference targets mixed.
+#[test]
+fn head_totals_of_a_batch_equal_each_prompts_own() {
+    for name in TL_FIXTURES {
+        let model = load_model(name, &Device::flex());
+        if model.streams_layers() || rdla_model::spill::forced() {
+            continue; // a batch is refused there (tested in rdla-model's tl_parity)
+        }
+        let r = Reference::load(name);
+        let ids = r.token_ids();
+        let v = model.config.d_vocab as u32;
+        let rev: Vec<u32> = ids.iter().rev().copied().collect();
+        let shifted: Vec<u32> = ids.iter().map(|&t| (t + 7) % v).collect();
+        let short: Vec<u32> = shifted[..ids.len() / 2].to_vec();
+        let (answer, foil) = (r.u32("answer_id"), r.u32("foil_id"));
+        let targets = [
+            Target::Logit { answer },
+            Target::Diff { answer, foil },
+            Target::Diff {
+                answer: foil,
+                foil: (answer + 1) % v,
+            },
+        ];
+        for (prompts, what) in [
+            (vec![&ids, &rev, &shifted], "equal lengths"),
+            (vec![&ids, &short, &rev], "mixed lengths"),
+        ] {
+            let slices: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+            let run = model.run_batch_whole(&slices).unwrap();
+            assert_eq!(run.equal_lengths(), what == "equal lengths", "{name}");
+            for sources in [false, true] {
+                let got = rdla_attrib::head_totals_batch(&model, &run, &targets, sources).unwrap();
+                assert_eq!(got.len(), prompts.len());
+                for ((p, &t), g) in prompts.iter().zip(&targets).zip(&got) {
+                    let cache = model.run(p).unwrap();
+                    let want = Engine::new(&model, &cache, t, MlpMode::FrozenGate)
+                        .unwrap()
+                        .head_totals(sources)
+                        .unwrap();
+                    let scale = want
+                        .head_dla
+                        .data
+                        .iter()
+                        .chain(&want.components.data)
+                        .fold(1.0f32, |m, x| m.max(x.abs()));
+                    let tol = TOL * scale;
+                    let check = |part: &str, a: &[f32], b: &[f32]| {
+                        assert_eq!(a.len(), b.len(), "{name} {what}: {part}");
+                        let e = max_abs_diff(a, b);
+                        assert!(
+                            e <= tol,
+                            "{name} {what}: {part} differs by {e} (scale {scale})"
+                        );
+                    };
+                    assert!(
+                        (g.target_value - want.target_value).abs() <= tol,
+                        "{name} {what}: target {} vs {}",
+                        g.target_value,
+                        want.target_value
+                    );
+                    check("root children", &g.components.data, &want.components.data);
+                    check("attention biases", &g.attn_bias.data, &want.attn_bias.data);
+                    check("head values", &g.head_dla.data, &want.head_dla.data);
+                    check("head biases", &g.head_bias.data, &want.head_bias.data);
+                    match (&g.head_sources, &want.head_sources) {
+                        (Some(a), Some(b)) => {
+                            assert_eq!(a.shape, b.shape, "{name}");
+                            check("summed sources", &a.data, &b.data);
+                        }
+                        (None, None) => assert!(!sources),
+                        _ => panic!("{name} {what}: sources kept in one and not the other"),
+                    }
+                }
+            }
+        }
+    }
+}

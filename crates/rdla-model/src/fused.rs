@@ -165,13 +165,35 @@ pub fn activation<const D: usize>(
     })
 }
 
+/// `a ⊙ b` element-wise (equal shapes), in place in `a`'s buffer, on every core.
+pub fn times<const D: usize>(a: Tensor<D>, b: Tensor<D>, device: &Device) -> Result<Tensor<D>> {
+    if a.dims() != b.dims() {
+        return Err(ModelError::Device(format!(
+            "times: shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let other: TensorData = b.into_data();
+    let ys = other
+        .as_slice::<f32>()
+        .map_err(|e| ModelError::Device(format!("{e:?}")))?;
+    in_place(a, device, |buf| {
+        let row = 1024.min(buf.len()).max(1);
+        par_rows(buf, row, |r, xs| {
+            let ys = &ys[r * row..r * row + xs.len()];
+            xs.iter_mut().zip(ys).for_each(|(x, y)| *x *= y);
+        });
+    })
+}
+
 #[cfg(test)]
 mod tests {
 
     use burn::tensor::activation::softmax;
     use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-    use super::{PAR_MIN, activation, exp, softmax_block};
+    use super::{PAR_MIN, activation, exp, softmax_block, times};
     use crate::act;
     use crate::config::{Activation, AttnSpan};
 
@@ -190,6 +212,27 @@ mod tests {
 
     fn max_abs_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
         (a - b).abs().max().into_scalar()
+    }
+
+    /// `times` is the element-wise product to the bit, on the multi-threaded path and on a
+    /// length that is not a whole number of its rows; shapes that differ are refused.
+    #[test]
+    fn times_is_the_elementwise_product() {
+        let dev = Device::flex();
+        let (a, b) = (3, PAR_MIN / 3 + 1001);
+        let t = |seed_range: f32| {
+            Tensor::<3>::from_data(
+                TensorData::new(values(2 * a * b, seed_range), [2, a, b]),
+                &dev,
+            )
+        };
+        let (x, y) = (t(3.0), t(5.0).flip([2]));
+        let want = x.clone() * y.clone();
+        let got = times(x, y, &dev).unwrap();
+        assert_eq!(max_abs_diff(got.clone(), want.clone()), 0.0);
+        assert!(max_abs_diff(got, Tensor::zeros([2, a, b], &dev)) > 0.0);
+        let small = Tensor::<3>::ones([1, 2, 3], &dev);
+        assert!(times(small.clone(), small.reshape([1, 3, 2]), &dev).is_err());
     }
 
     /// The fused kernel equals the tensor expression the GPU path uses, on the multi-threaded

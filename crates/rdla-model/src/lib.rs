@@ -26,7 +26,7 @@ pub use config::{Activation, AttnSpan, ModelConfig};
 pub use device::{DeviceChoice, DeviceInfo, select_device};
 pub use error::{ModelError, Result};
 pub use layout::{Comp, Layout};
-pub use model::{Cache, Model, to_vec};
+pub use model::{BatchRun, Cache, Model, to_vec};
 pub use process::Processing;
 pub use tokenizer::Tokenizer;
 pub use weights::{HostTensor, LoadProgress, WeightStore};

@@ -456,6 +456,45 @@ const ROW_CHUNK: usize = 1024;
 /// Bytes of `f32` rows converted per block of a full product (about an L2 cache).
 const PRODUCT_BLOCK_BYTES: usize = 256 << 10;
 
+/// `out [m, n] = rows [m, d] · aᵀ` for `a [n, d]`, all row-major (one thread: the caller
+/// splits the vocabulary over the cores). The rows of `a` are the product's left operand, so
+/// each one's values are the same bits however many are multiplied at once (as in the
+/// forward pass's products): a prompt's logits do not depend on its batch.
+#[allow(unsafe_code)] // `gemm`'s kernel is reached through raw pointers only
+fn block_product(rows: &[f32], a: &[f32], out: &mut [f32], d: usize, n: usize) {
+    let m = out.len() / n.max(1);
+    if m == 0 || rows.len() < m * d || a.len() < n * d {
+        return;
+    }
+    // SAFETY: `out` holds `m × n` values (token `t`, prompt `i` at `t·n + i`), `rows` at least
+    // `m × d` (token `t`'s row at `t·d`) and `a` at least `n × d` (prompt `i`'s at `i·d`), all
+    // checked above; `gemm` reads and writes only within those bounds, and nothing else
+    // aliases them.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            d,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+            false,
+            a.as_ptr(),
+            1,
+            d as isize,
+            rows.as_ptr(),
+            d as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `c` prepared for products with raw stored columns: `c·u_j = (c ⊙ w)·e_j − κ_j Σc − c·μ`.
 struct Prepared {
     a: Vec<f32>,
@@ -661,11 +700,21 @@ impl StoredVocab {
     fn products(&self, cs: &[f32]) -> Result<Vec<f32>> {
         let d = self.d;
         let n = cs.len() / d.max(1);
+        if n == 1 {
+            // one row runs as two (the matrix product takes another path for a single row),
+            // so a row's values are the same bits alone as beside others
+            let two = [cs, cs].concat();
+            let mut out = self.products(&two)?;
+            out.truncate(self.v);
+            return Ok(out);
+        }
         let preps: Vec<Prepared> = cs.chunks_exact(d).map(|c| self.prepare(c)).collect();
         // token-major `[V, n]` while computing: each part is a range of tokens
         let mut out_t = vec![0f32; self.v * n];
         // small blocks: a converted block is still in cache when it is multiplied
         let block_rows = (PRODUCT_BLOCK_BYTES / (4 * d)).max(1);
+        // each converted block times all of them as one matrix product
+        let a: Vec<f32> = preps.iter().flat_map(|p| p.a.iter().copied()).collect(); // [n, d]
         par_parts(&mut out_t, n, ROW_CHUNK * n, |first, part| {
             let first = first / n.max(1);
             let mut scratch = Vec::with_capacity(block_rows * d);
@@ -673,11 +722,11 @@ impl StoredVocab {
                 let v0 = first + b * block_rows;
                 self.raw()
                     .with_rows(v0..v0 + block.len() / n, &mut scratch, |rows| {
-                        for (j, (o, e)) in block.chunks_mut(n).zip(rows.chunks_exact(d)).enumerate()
-                        {
+                        block_product(rows, &a, block, d, n);
+                        for (j, o) in block.chunks_mut(n).enumerate() {
                             let kappa = self.kappa[v0 + j];
                             for (o, prep) in o.iter_mut().zip(&preps) {
-                                *o = prep.apply(e, kappa);
+                                *o -= kappa * prep.sum + prep.dot_mu;
                             }
                         }
                     })?;
@@ -685,9 +734,6 @@ impl StoredVocab {
             Ok::<(), ModelError>(())
         })?;
         self.release_pages();
-        if n == 1 {
-            return Ok(out_t);
-        }
         let mut out = vec![0f32; self.v * n];
         for (t, row) in out_t.chunks_exact(n).enumerate() {
             for (i, x) in row.iter().enumerate() {

@@ -239,35 +239,94 @@ fn pq(e: impl std::fmt::Display) -> SessionError {
     SessionError::Census(format!("writing Parquet: {e}"))
 }
 
-/// The nodes of one prompt, `(path, value)` sorted by path (the order of the rows).
-fn node_values(t: &HeadTotals) -> Vec<(String, f32)> {
+/// The nodes a census keeps of a prompt, in their natural order (root children, then per
+/// layer its attention bias and heads, each head followed by its summed sources and bias).
+fn natural_paths(t: &HeadTotals) -> Vec<String> {
     let lay = t.layout;
     let labels = lay.labels();
-    let mut out: Vec<(String, f32)> = labels
-        .iter()
-        .cloned()
-        .zip(t.components.data.iter().copied())
-        .collect();
+    let mut out: Vec<String> = labels.clone();
     let (l_n, h_n) = (t.head_dla.shape[0], t.head_dla.shape[1]);
     for l in 0..l_n {
         let attn = NodePath::root().child(Step::Comp(Comp::Attn(l)));
-        out.push((attn.child(Step::Bias).to_string(), t.attn_bias.data[l]));
+        out.push(attn.child(Step::Bias).to_string());
         for h in 0..h_n {
             let head = attn.child(Step::Head(h));
-            out.push((head.to_string(), t.head_dla.at(&[l, h])));
+            out.push(head.to_string());
+            if let Some(src) = &t.head_sources {
+                let c_n = src.shape[2];
+                for label in labels.iter().take(lay.pre(l).min(c_n)) {
+                    out.push(format!("{head}/*:{label}"));
+                }
+                out.push(format!("{head}/bias"));
+            }
+        }
+    }
+    out
+}
+
+/// The values of [`natural_paths`], in that order.
+fn natural_values(t: &HeadTotals) -> Vec<f32> {
+    let lay = t.layout;
+    let mut out: Vec<f32> = t.components.data.clone();
+    let (l_n, h_n) = (t.head_dla.shape[0], t.head_dla.shape[1]);
+    for l in 0..l_n {
+        out.push(t.attn_bias.data[l]);
+        for h in 0..h_n {
+            out.push(t.head_dla.at(&[l, h]));
             if let Some(src) = &t.head_sources {
                 // the head's children summed over source positions: the components upstream
                 // of layer l, and the head's own bias
                 let c_n = src.shape[2];
-                for (c, label) in labels.iter().enumerate().take(lay.pre(l).min(c_n)) {
-                    out.push((format!("{head}/*:{label}"), src.at(&[l, h, c])));
-                }
-                out.push((format!("{head}/bias"), t.head_bias.at(&[l, h])));
+                out.extend((0..lay.pre(l).min(c_n)).map(|c| src.at(&[l, h, c])));
+                out.push(t.head_bias.at(&[l, h]));
             }
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The nodes of a prompt: paths sorted (the order of the rows), shared by every prompt of
+/// the same shape, and the prompt's values in that order.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    pub paths: Arc<[String]>,
+    pub values: Vec<f32>,
+}
+
+/// The sorted paths of one shape of [`HeadTotals`] and where each comes from in the natural
+/// order: built once per census, not per prompt.
+#[derive(Debug, Default)]
+struct NodeOrder {
+    /// `(components, layers, heads, sources)` of the shape it was built for.
+    shape: Option<(usize, usize, usize, bool)>,
+    paths: Option<Arc<[String]>>,
+    from: Vec<usize>,
+}
+
+impl NodeOrder {
+    fn nodes(&mut self, t: &HeadTotals) -> Nodes {
+        let shape = (
+            t.components.data.len(),
+            t.head_dla.shape[0],
+            t.head_dla.shape.get(1).copied().unwrap_or(0),
+            t.head_sources.is_some(),
+        );
+        let paths = match &self.paths {
+            Some(p) if self.shape == Some(shape) => p.clone(),
+            _ => {
+                let natural = natural_paths(t);
+                let mut from: Vec<usize> = (0..natural.len()).collect();
+                from.sort_by(|&a, &b| natural[a].cmp(&natural[b]));
+                let sorted: Arc<[String]> = from.iter().map(|&i| natural[i].clone()).collect();
+                (self.shape, self.from) = (Some(shape), from);
+                self.paths = Some(sorted.clone());
+                sorted
+            }
+        };
+        let natural = natural_values(t);
+        let values = self.from.iter().map(|&i| natural[i]).collect();
+        Nodes { paths, values }
+    }
 }
 
 /// A node's parent path (its siblings share it).
@@ -278,7 +337,7 @@ fn parent(path: &str) -> &str {
 /// Per-node statistics over prompts, accumulated a prompt at a time (Welford, in f64).
 #[derive(Debug, Default)]
 struct Summary {
-    paths: Vec<String>,
+    paths: Arc<[String]>,
     /// Sibling groups: indices into `paths` sharing a parent.
     groups: Vec<Vec<usize>>,
     n: u32,
@@ -289,9 +348,9 @@ struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, nodes: &[(String, f32)]) -> Result<()> {
+    fn add(&mut self, nodes: &Nodes) -> Result<()> {
         if self.n == 0 {
-            self.paths = nodes.iter().map(|(p, _)| p.clone()).collect();
+            self.paths = nodes.paths.clone();
             let k = self.paths.len();
             (self.mean, self.m2, self.abs, self.top10) =
                 (vec![0.0; k], vec![0.0; k], vec![0.0; k], vec![0; k]);
@@ -300,16 +359,15 @@ impl Summary {
                 by_parent.entry(parent(p)).or_default().push(i);
             }
             self.groups = by_parent.into_values().collect();
-        } else if nodes.len() != self.paths.len()
-            || nodes.iter().zip(&self.paths).any(|((p, _), q)| p != q)
-        {
+        } else if !Arc::ptr_eq(&nodes.paths, &self.paths) && nodes.paths[..] != self.paths[..] {
             return Err(SessionError::Census(
                 "the prompts do not have the same nodes (a different model or depth?)".into(),
             ));
         }
         self.n += 1;
         let n = f64::from(self.n);
-        for (i, (_, v)) in nodes.iter().enumerate() {
+        let values = &nodes.values;
+        for (i, v) in values.iter().enumerate() {
             let v = f64::from(*v);
             let d = v - self.mean[i];
             self.mean[i] += d / n;
@@ -318,7 +376,7 @@ impl Summary {
         }
         for g in &self.groups {
             let mut idx = g.clone();
-            idx.sort_by(|&a, &b| nodes[b].1.abs().total_cmp(&nodes[a].1.abs()));
+            idx.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
             for &i in idx.iter().take(10) {
                 self.top10[i] += 1;
             }
@@ -361,7 +419,7 @@ impl Summary {
         let batch = RecordBatch::try_new(
             summary_schema(),
             vec![
-                Arc::new(StringArray::from(self.paths.clone())) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(self.paths.iter())) as ArrayRef,
                 Arc::new(UInt32Array::from(vec![self.n; self.paths.len()])) as ArrayRef,
                 col(|s| s.mean),
                 col(|s| s.std),
@@ -440,7 +498,8 @@ pub struct PromptRow {
 #[derive(Debug, Default)]
 struct Rows {
     prompts: Vec<PromptRow>,
-    nodes: (Vec<u32>, Vec<String>, Vec<f32>),
+    /// Each prompt's index and nodes.
+    nodes: Vec<(u32, Nodes)>,
 }
 
 impl Rows {
@@ -484,20 +543,34 @@ impl Rows {
         .map_err(pq)?;
         pw.write(&batch).map_err(pq)?;
         pw.flush().map_err(pq)?;
-        let (i, path, v) = std::mem::take(&mut self.nodes);
-        let batch = RecordBatch::try_new(
-            nodes_schema(),
-            vec![
-                Arc::new(UInt32Array::from(i)) as ArrayRef,
-                Arc::new(StringArray::from(path)),
-                Arc::new(Float32Array::from(v)),
-            ],
-        )
-        .map_err(pq)?;
-        nw.write(&batch).map_err(pq)?;
+        let nodes = std::mem::take(&mut self.nodes);
+        nw.write(&nodes_batch(&nodes)?).map_err(pq)?;
         nw.flush().map_err(pq)?;
         Ok(())
     }
+}
+
+/// The rows of `nodes.parquet` for prompts `(index, nodes)`: a row per prompt and node.
+fn nodes_batch(nodes: &[(u32, Nodes)]) -> Result<RecordBatch> {
+    let rows = |n: &Nodes| n.values.len();
+    let idx: Vec<u32> = nodes
+        .iter()
+        .flat_map(|(i, n)| std::iter::repeat_n(*i, rows(n)))
+        .collect();
+    let paths = StringArray::from_iter_values(nodes.iter().flat_map(|(_, n)| n.paths.iter()));
+    let values: Vec<f32> = nodes
+        .iter()
+        .flat_map(|(_, n)| n.values.iter().copied())
+        .collect();
+    RecordBatch::try_new(
+        nodes_schema(),
+        vec![
+            Arc::new(UInt32Array::from(idx)) as ArrayRef,
+            Arc::new(paths),
+            Arc::new(Float32Array::from(values)),
+        ],
+    )
+    .map_err(pq)
 }
 
 /// Records that could not be attributed, with why.
@@ -555,17 +628,17 @@ pub struct CensusTimes {
     pub total_ms: f64,
 }
 
-/// Records taken together: grouped by similar token counts within a window, in batches of at
-/// most [`BATCH`] sharing one forward pass, and handed on in file order.
-const WINDOW: usize = 64;
+/// Records taken together: grouped by token count within a window, in batches of at most
+/// [`BATCH`] sharing one forward pass, and handed on in file order.
+const WINDOW: usize = 256;
 /// Prompts per forward pass.
 const BATCH: usize = 32;
 
 /// What one record gave: its row, its nodes and its computation's times, or why it failed.
-type Outcome = std::result::Result<(PromptRow, Vec<(String, f32)>, f64, f64), SessionError>;
+type Outcome = std::result::Result<(PromptRow, Nodes, f64, f64), SessionError>;
 
 /// A prompt's totals as a census row and its nodes.
-fn outcome(r: &Record, t: Totals) -> Outcome {
+fn outcome(r: &Record, t: Totals, order: &mut NodeOrder) -> Outcome {
     let row = PromptRow {
         index: r.index as u32,
         prompt: r.prompt.clone(),
@@ -577,50 +650,75 @@ fn outcome(r: &Record, t: Totals) -> Outcome {
         target_value: t.totals.target_value,
         prob: t.prob,
     };
-    Ok((row, node_values(&t.totals), t.forward_ms, t.attribution_ms))
+    Ok((row, order.nodes(&t.totals), t.forward_ms, t.attribution_ms))
 }
 
-/// `(length, record)` pairs sorted by length, in batches of at most [`BATCH`] whose lengths
-/// differ by at most a quarter of the shortest (at least 2 tokens): the padding a batch runs
-/// stays small.
-fn similar_lengths(sorted: &[(usize, usize)]) -> Vec<Vec<usize>> {
+/// `(length, record)` pairs sorted by length, in batches of at most [`BATCH`]: the records of
+/// one length in batches of nearly equal sizes (no padding) when there are at least `BATCH / 4` of
+/// them, the rest in batches whose lengths differ by at most a quarter of the shortest (at
+/// least 2 tokens; the shorter ones padded at their end).
+fn batches_by_length(sorted: &[(usize, usize)]) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut rest: Vec<(usize, usize)> = Vec::new();
+    for same in sorted.chunk_by(|a, b| a.0 == b.0) {
+        if same.len() < BATCH / 4 {
+            rest.extend_from_slice(same);
+            continue;
+        }
+        let k = same.len().div_ceil(BATCH);
+        let size = same.len().div_ceil(k);
+        out.extend(
+            same.chunks(size)
+                .map(|c| c.iter().map(|&(_, j)| j).collect()),
+        );
+    }
+    let mut mixed: Vec<Vec<usize>> = Vec::new();
     let mut shortest = 0;
-    for &(n, j) in sorted {
-        match out.last_mut() {
+    for &(n, j) in &rest {
+        match mixed.last_mut() {
             Some(b) if b.len() < BATCH && n <= shortest + (shortest / 4).max(2) => b.push(j),
             _ => {
                 shortest = n;
-                out.push(vec![j]);
+                mixed.push(vec![j]);
             }
         }
     }
+    out.extend(mixed);
     out
 }
 
-/// The outcomes of `window`'s records: prompts of similar token counts share forward passes
-/// ([`Session::totals_batch`]); a batch that cannot (a streaming model, a cache that would
-/// spill, any failure) is computed one prompt at a time.
-fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions) -> Vec<Outcome> {
+/// The outcomes of `window`'s records: prompts of equal or similar token counts share
+/// forward passes ([`Session::totals_batch`]); a batch that cannot (a streaming model, a cache
+/// that would spill, any failure) is computed one prompt at a time. `go()` between batches;
+/// `None` when it returns `false`.
+fn compute_window(
+    session: &mut Session,
+    window: &[Record],
+    opts: &CensusOptions,
+    order: &mut NodeOrder,
+    go: &mut dyn FnMut() -> bool,
+) -> Option<Vec<Outcome>> {
     let mut out: Vec<Option<Outcome>> = (0..window.len()).map(|_| None).collect();
-    let mut by_len: Vec<(usize, usize)> = window
+    // by length, then by tokens (prompts of one template together)
+    let mut keyed: Vec<(usize, Vec<u32>, usize)> = window
         .iter()
         .enumerate()
         .map(|(j, r)| {
-            let n = session
+            let ids = session
                 .tokenize(&r.prompt, opts.bos)
-                .map_or(0, |t| t.ids.len());
-            (n, j)
+                .map_or_else(|_| Vec::new(), |t| t.ids);
+            (ids.len(), ids, j)
         })
         .collect();
-    by_len.sort_unstable();
-    for chunk in similar_lengths(&by_len) {
-        let sources = opts.depth >= 2;
+    keyed.sort_unstable();
+    let by_len: Vec<(usize, usize)> = keyed.into_iter().map(|(n, _, j)| (n, j)).collect();
+    let sources = opts.depth >= 2;
+    for chunk in batches_by_length(&by_len) {
         if !session.model().streams_layers() {
             let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
             if let Ok(totals) = session.totals_batch(&reqs, sources) {
                 for (&j, t) in chunk.iter().zip(totals) {
-                    out[j] = Some(outcome(&window[j], t));
+                    out[j] = Some(outcome(&window[j], t, order));
                 }
             }
         }
@@ -628,37 +726,51 @@ fn compute_window(session: &mut Session, window: &[Record], opts: &CensusOptions
             if out[j].is_none() {
                 let r = &window[j];
                 out[j] = Some(match session.compute(&request(r, opts)) {
-                    Ok(_) => session.totals(sources).and_then(|t| outcome(r, t)),
+                    Ok(_) => session.totals(sources).and_then(|t| outcome(r, t, order)),
                     Err(f) => Err(f.error),
                 });
             }
         }
+        if !go() {
+            return None;
+        }
     }
-    out.into_iter()
-        .map(|o| o.unwrap_or(Err(SessionError::NotComputed)))
-        .collect()
+    Some(
+        out.into_iter()
+            .map(|o| o.unwrap_or(Err(SessionError::NotComputed)))
+            .collect(),
+    )
 }
 
 /// Attribute each of `todo` (checked by [`check_records`]), handing `sink` each record's row
-/// and nodes in file order. Records of similar token counts share forward passes (a window
-/// of [`WINDOW`] records at a time, at most [`BATCH`] prompts per pass, the shorter ones
-/// padded at their end); every number is the
-/// one a computation of its own gives. A record that fails is skipped and listed with
-/// `skip_bad`, an error naming it otherwise. `progress(done, total)` after each record;
-/// returning `false` stops there. The session may be left without a current computation.
+/// and nodes in file order. Records of equal (or else similar) token counts share forward
+/// passes (a window of [`WINDOW`] records at a time, at most [`BATCH`] prompts per pass, the
+/// shorter ones of a mixed batch padded at their end); every number is the one a computation
+/// of its own gives. A record that fails is skipped and listed with `skip_bad`, an error
+/// naming it otherwise. `progress(done, total)` after each record and between batches;
+/// returning `false` stops there (the records of a window are handed on together, in file
+/// order, once all of them are computed). The session may be left without a current
+/// computation.
 pub fn attribute_each(
     session: &mut Session,
     todo: &[Record],
     opts: &CensusOptions,
     progress: &mut dyn FnMut(usize, usize) -> bool,
-    sink: &mut dyn FnMut(PromptRow, Vec<(String, f32)>) -> Result<()>,
+    sink: &mut dyn FnMut(PromptRow, Nodes) -> Result<()>,
 ) -> Result<(Skipped, CensusTimes)> {
     let start = std::time::Instant::now();
     let mut skipped = Vec::new();
     let mut times = CensusTimes::default();
+    let mut order = NodeOrder::default();
     let mut k = 0;
     for window in todo.chunks(WINDOW) {
-        for (r, o) in window.iter().zip(compute_window(session, window, opts)) {
+        // between batches, the progress so far (a stop leaves the window unwritten)
+        let mut go = || progress(k, todo.len());
+        let Some(outcomes) = compute_window(session, window, opts, &mut order, &mut go) else {
+            times.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            return Ok((skipped, times));
+        };
+        for (r, o) in window.iter().zip(outcomes) {
             match o {
                 Ok((row, nodes, fwd, attr)) => {
                     times.forward_ms += fwd;
@@ -705,14 +817,9 @@ pub fn run(
     let mut summary = Summary::default();
     let (failed, times) = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
         summary.add(&nodes)?;
-        let idx = row.index;
+        done.nodes = nodes.values.len();
+        rows.nodes.push((row.index, nodes));
         rows.prompts.push(row);
-        done.nodes = nodes.len();
-        for (path, v) in nodes {
-            rows.nodes.0.push(idx);
-            rows.nodes.1.push(path);
-            rows.nodes.2.push(v);
-        }
         done.prompts += 1;
         if rows.prompts.len() >= ROW_GROUP {
             rows.flush(&mut pw, &mut nw)?;
@@ -765,9 +872,9 @@ pub fn collect(
     let (failed, _) = attribute_each(session, &todo, opts, progress, &mut |row, nodes| {
         summary.add(&nodes)?;
         if t.paths.is_empty() {
-            t.paths = nodes.iter().map(|(p, _)| p.clone()).collect();
+            t.paths = nodes.paths.to_vec();
         }
-        t.values.extend(nodes.iter().map(|(_, v)| *v));
+        t.values.extend(nodes.values);
         t.prompts.push(row);
         Ok(())
     })?;
@@ -914,8 +1021,10 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<usize> {
         ArrowWriter::try_new(create(&out.join(FILES[1]))?, nodes_schema(), None).map_err(pq)?;
     let mut summary = Summary::default();
     for group in nodes.chunk_by(|a, b| a.0 == b.0) {
-        let one: Vec<(String, f32)> = group.iter().map(|(_, p, v)| (p.clone(), *v)).collect();
-        summary.add(&one)?;
+        summary.add(&Nodes {
+            paths: group.iter().map(|(_, p, _)| p.clone()).collect(),
+            values: group.iter().map(|(_, _, v)| *v).collect(),
+        })?;
     }
     for chunk in nodes.chunks(ROW_GROUP * summary.paths.len().max(1)) {
         let batch = RecordBatch::try_new(
@@ -939,4 +1048,44 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<usize> {
     nw.close().map_err(pq)?;
     summary.write(&out.join(FILES[2]))?;
     Ok(prompts.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BATCH, batches_by_length};
+
+    /// Records of one length fill batches of nearly equal sizes; lengths with few records share
+    /// batches of similar lengths; every record is in exactly one batch, none over `BATCH`.
+    #[test]
+    fn batches_group_equal_lengths_then_similar_ones() {
+        // 70 records of 16 tokens, 3 of 17, 2 of 18, 40 of 30, 1 of 100
+        let mut sorted: Vec<(usize, usize)> = Vec::new();
+        for (n, count) in [(16, 70), (17, 3), (18, 2), (30, 40), (100, 1)] {
+            for _ in 0..count {
+                sorted.push((n, sorted.len()));
+            }
+        }
+        let batches = batches_by_length(&sorted);
+        let len_of = |j: usize| sorted[j].0;
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..sorted.len()).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= BATCH));
+        let sizes = |n: usize| -> Vec<usize> {
+            batches
+                .iter()
+                .filter(|b| b.iter().all(|&j| len_of(j) == n))
+                .map(Vec::len)
+                .collect()
+        };
+        assert_eq!(sizes(16), vec![24, 24, 22]);
+        assert_eq!(sizes(30), vec![20, 20]);
+        // the few of 17 and 18 together, padded; the one of 100 alone
+        assert!(batches.iter().any(|b| {
+            let mut l: Vec<usize> = b.iter().map(|&j| len_of(j)).collect();
+            l.sort_unstable();
+            l == vec![17, 17, 17, 18, 18]
+        }));
+        assert!(batches.iter().any(|b| b.len() == 1 && len_of(b[0]) == 100));
+    }
 }

@@ -38,11 +38,13 @@ pub fn top_predictions(model: &Model, cache: &Cache, k: usize) -> Result<Vec<Pre
 /// The logits the model outputs at the last position (after a final soft-cap), refused when
 /// one is not finite, with their maximum and the softmax normaliser `Σ exp(l − max)` (f64).
 fn output_softmax(model: &Model, cache: &Cache) -> Result<(Vec<f32>, f32, f64)> {
+    softmax_of(model, &to_vec(cache.last_logits.clone())?)
+}
+
+/// [`output_softmax`] of last-position logits `[V]` already read back.
+fn softmax_of(model: &Model, last_logits: &[f32]) -> Result<(Vec<f32>, f32, f64)> {
     let cfg = &model.config;
-    let logits: Vec<f32> = to_vec(cache.last_logits.clone())?
-        .into_iter()
-        .map(|l| cfg.output_logit(l))
-        .collect();
+    let logits: Vec<f32> = last_logits.iter().map(|&l| cfg.output_logit(l)).collect();
     if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
         return Err(crate::error::SessionError::NonFinite {
             what: format!("the logit of token {i} at the last position"),
@@ -59,7 +61,12 @@ fn output_softmax(model: &Model, cache: &Cache) -> Result<(Vec<f32>, f32, f64)> 
 
 /// Token `id`'s probability at the last position, as [`top_predictions`] computes it.
 pub fn token_prob(model: &Model, cache: &Cache, id: u32) -> Result<f32> {
-    let (logits, max, z) = output_softmax(model, cache)?;
+    prob_of(model, &to_vec(cache.last_logits.clone())?, id)
+}
+
+/// [`token_prob`] from last-position logits `[V]` already read back.
+pub fn prob_of(model: &Model, last_logits: &[f32], id: u32) -> Result<f32> {
+    let (logits, max, z) = softmax_of(model, last_logits)?;
     let l = logits.get(id as usize).copied().unwrap_or(f32::NAN);
     Ok((f64::from(l - max).exp() / z) as f32)
 }

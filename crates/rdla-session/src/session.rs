@@ -588,26 +588,33 @@ impl Session {
         self.current = None;
         let t = Instant::now();
         let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
-        let caches = self.model.run_batch(&ids)?;
-        // the pass's time shared out among its prompts
+        let run = self.model.run_batch_whole(&ids)?;
+        // the pass's time shared out among its prompts, and the attribution's
         let forward_ms = ms(t) / reqs.len().max(1) as f64;
+        let t = Instant::now();
+        let totals = rdla_attrib::head_totals_batch(&self.model, &run, &targets, sources)?;
+        let logits = rdla_model::to_vec(run.last_logits.clone())?;
+        let v = self.model.config.d_vocab;
         let mut out = Vec::with_capacity(reqs.len());
-        for ((req, tokens), (target, cache)) in
-            reqs.iter().zip(tokens).zip(targets.into_iter().zip(caches))
+        for (b, ((tokens, target), totals)) in
+            tokens.into_iter().zip(targets).zip(totals).enumerate()
         {
-            let t = Instant::now();
-            let engine = Engine::new(&self.model, &cache, target, req.mlp_mode)?;
-            let totals = engine.head_totals(sources)?;
-            let prob = crate::report::token_prob(&self.model, &cache, target.answer())?;
+            let last = logits
+                .get(b * v..(b + 1) * v)
+                .ok_or(SessionError::NotComputed)?;
+            let prob = crate::report::prob_of(&self.model, last, target.answer())?;
             out.push(Totals {
                 tokens,
                 target,
                 prob,
                 totals,
                 forward_ms,
-                attribution_ms: ms(t),
+                attribution_ms: 0.0,
             });
         }
+        let attribution_ms = ms(t) / out.len().max(1) as f64;
+        out.iter_mut()
+            .for_each(|o| o.attribution_ms = attribution_ms);
         Ok(out)
     }
 

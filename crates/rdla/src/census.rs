@@ -122,6 +122,16 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
             .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
             .context("installing the interrupt handler")?;
     }
+    // the blocks a lazy opening left on disk, read before the census's clock starts (as
+    // loading, like the layers a streaming model reads as it goes are not)
+    let t = Instant::now();
+    session.model().read_layers()?;
+    if !session.model().streams_layers() {
+        eprintln!(
+            "census: the model's layers read in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let t = Instant::now();
     let mut last = Instant::now();
     let mut progress = |done: usize, total: usize| {
@@ -131,13 +141,16 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
         if last.elapsed().as_millis() >= 500 || done == total {
             last = Instant::now();
             let spent = t.elapsed().as_secs_f64();
-            let eta = spent / done.max(1) as f64 * (total - done) as f64;
+            // no estimate before the first prompts are done
+            let eta = match done {
+                0 => "–:––".to_string(),
+                _ => clock(spent / done as f64 * (total - done) as f64),
+            };
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
-                "\rcensus: {done}/{total} prompts · {} elapsed · ETA {}   ",
+                "\rcensus: {done}/{total} prompts · {} elapsed · ETA {eta}   ",
                 clock(spent),
-                clock(eta)
             );
             if done == total {
                 let _ = writeln!(err);

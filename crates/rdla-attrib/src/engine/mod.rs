@@ -13,6 +13,7 @@
 //! - [`expand`]: walking a path and expanding the node it names;
 //! - [`overview`]: the whole tree's first levels at the last position, in one pass.
 
+mod batch;
 mod expand;
 mod node;
 mod nodes;
@@ -23,6 +24,7 @@ pub mod types;
 use burn::tensor::{Int, Tensor, TensorData};
 use rdla_model::{Cache, Layout, Model};
 
+pub use batch::head_totals_batch;
 pub(crate) use expand::Resolved;
 pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
 pub use overview::run_with_overview;

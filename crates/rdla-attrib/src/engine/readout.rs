@@ -270,16 +270,7 @@ impl Engine<'_> {
         ls: &Range<usize>,
         n: impl Fn(&rdla_model::Layout, usize) -> usize,
     ) -> Tensor<3> {
-        let c_n = self.layout.n();
-        let lay = self.layout;
-        let mask: Vec<f32> = ls
-            .clone()
-            .flat_map(|l| {
-                let up = n(&lay, l);
-                (0..c_n).map(move |c| if c < up { 1.0 } else { 0.0 })
-            })
-            .collect();
-        Tensor::<2>::from_data(TensorData::new(mask, [ls.len(), c_n]), self.device())
+        rdla_model::model::cache::upstream_mask(&self.layout, ls, n, self.device())
             .unsqueeze_dim::<3>(1)
     }
 

@@ -66,6 +66,25 @@ impl Cache {
     }
 }
 
+/// `[Lb, C]`: 1 where component `c` is among the first `upstream(layout, l)` of layer `l`
+/// (upstream of what the layer reads), else 0.
+pub fn upstream_mask(
+    layout: &Layout,
+    ls: &Range<usize>,
+    upstream: impl Fn(&Layout, usize) -> usize,
+    device: &burn::tensor::Device,
+) -> Tensor<2> {
+    let c_n = layout.n();
+    let up: Vec<f32> = ls
+        .clone()
+        .flat_map(|l| {
+            let m = upstream(layout, l);
+            (0..c_n).map(move |c| if c < m { 1.0 } else { 0.0 })
+        })
+        .collect();
+    Tensor::<2>::from_data(TensorData::new(up, [ls.len(), c_n]), device)
+}
+
 impl Model {
     /// The attention patterns of layers `ls` at destination `q`, `A[l, :, q, :]`: `[Lb, H, P]`
     /// (0 for keys a layer does not see). Each layer's row is a one-query block of the forward
@@ -106,6 +125,86 @@ impl Model {
         } else {
             Tensor::cat(vec![a, Tensor::zeros([lb, h, n - q - 1], &self.device)], 2)
         })
+    }
+
+    /// The attention pattern rows of layers `ls` (their blocks `w`) at the last position of
+    /// every prompt of a batch of equal-length prompts ([`BatchRun::equal_lengths`]), all
+    /// prompts at once: `[Lb, B, H, n]`, each prompt's row the one
+    /// [`Model::pattern_rows_in`] gives at its last position from its own cache (the same
+    /// formulas: the upstream components normalised with the frozen scale, the norm affine,
+    /// `W_Q`, the frozen q-norm, rotary at position `n − 1`, the span-masked softmax).
+    pub fn last_pattern_rows(
+        &self,
+        w: &Blocks,
+        run: &super::forward::BatchRun,
+        ls: Range<usize>,
+    ) -> crate::Result<Tensor<4>> {
+        if !run.equal_lengths() {
+            return Err(crate::ModelError::BadBatch(
+                "the prompts' lengths differ".into(),
+            ));
+        }
+        let cache = &run.cache;
+        let (batch, n) = (run.lens.len(), run.stride);
+        let (lb, h, kv, d, dh) = (
+            ls.len(),
+            self.config.n_heads,
+            self.config.n_kv_heads,
+            self.config.d_model,
+            self.config.d_head,
+        );
+        let (g, q, c_n) = (h / kv, n - 1, cache.layout.n());
+        let rows = Tensor::<1, burn::tensor::Int>::from_data(
+            TensorData::new(
+                (0..batch).map(|b| (b * n + q) as i64).collect::<Vec<_>>(),
+                [batch],
+            ),
+            &self.device,
+        );
+        // each layer's input at each prompt's last position: its upstream components, summed
+        let up = upstream_mask(&cache.layout, &ls, |lay, l| lay.pre(l), &self.device); // [Lb, C]
+        let comps = cache.components.clone().select(1, rows.clone()); // [C, B, d]
+        let x = up
+            .matmul(comps.reshape([c_n, batch * d]))
+            .reshape([lb, batch, d]);
+        let s1 = layers(&cache.ln1_scale, &ls).select(1, rows.clone()); // [Lb, B]
+        let mut xn = self.centred(x) / s1.unsqueeze_dim::<3>(2);
+        if let Some((wl, bl)) = &w.ln1 {
+            xn = xn * wl.clone().unsqueeze_dim::<3>(1) + bl.clone().unsqueeze_dim::<3>(1);
+        }
+        let mut qv = xn.unsqueeze_dim::<4>(1).matmul(w.w_q.clone()) // [Lb, H, B, dh]
+            + w.b_q.clone().unsqueeze_dim::<4>(2);
+        if let (Some((wq, _)), Some((sq, _))) = (&w.qk_norm, &cache.qk_scale) {
+            let s = layers(sq, &ls).select(2, rows); // [Lb, H, B]
+            qv = qv / s.unsqueeze_dim::<4>(3) * wq.clone().reshape([lb, 1, 1, dh]);
+        }
+        if let Some(rot) = &cache.rotary {
+            let rotated: Vec<Tensor<4>> = ls
+                .clone()
+                .enumerate()
+                .map(|(i, l)| {
+                    let ql = qv.clone().narrow(0, i, 1).reshape([h * batch, 1, dh]);
+                    rot.layer(l).apply(ql, q).reshape([1, h, batch, dh])
+                })
+                .collect();
+            qv = Tensor::cat(rotated, 0);
+        }
+        // scores against each prompt's own keys: [Lb, KV, B, g, n]
+        let qv = qv.reshape([lb, kv, g, batch, dh]).swap_dims(2, 3);
+        let keys = layers(&cache.k, &ls).reshape([lb, kv, batch, n, dh]);
+        let scores = qv.matmul(keys.swap_dims(3, 4));
+        let pattern = ls
+            .clone()
+            .enumerate()
+            .map(|(i, l)| {
+                let s = scores.clone().narrow(0, i, 1).reshape([kv * batch, g, n]);
+                self.block_softmax(s, self.config.attn_spans[l], q, 1)
+                    .map(|a| a.reshape([1, kv, batch, g, n]))
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(pattern, 0)
+            .swap_dims(1, 2) // [Lb, B, KV, g, n]
+            .reshape([lb, batch, h, n]))
     }
 
     /// Raw scores `q̂ · k̂` (unscaled) of layers `ls` from destination `q` to keys `0..=q`:
@@ -168,16 +267,7 @@ impl Model {
         upstream: impl Fn(&crate::layout::Layout, usize) -> usize,
         scale: &Tensor<2>,
     ) -> Tensor<2> {
-        let layout = cache.layout;
-        let c_n = layout.n();
-        let up: Vec<f32> = ls
-            .clone()
-            .flat_map(|l| {
-                let m = upstream(&layout, l);
-                (0..c_n).map(move |c| if c < m { 1.0 } else { 0.0 })
-            })
-            .collect();
-        let up = Tensor::<2>::from_data(TensorData::new(up, [ls.len(), c_n]), &self.device);
+        let up = upstream_mask(&cache.layout, ls, upstream, &self.device);
         let comps = cache.components.clone().narrow(1, q, 1).squeeze_dim::<2>(1); // [C, d]
         let x = up.matmul(comps); // [Lb, d]
         self.centred(x) / layers(scale, ls).narrow(1, q, 1)

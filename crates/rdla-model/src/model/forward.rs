@@ -208,9 +208,21 @@ impl Model {
     /// whose caches would spill, are refused ([`crate::ModelError::BadBatch`]): run them one at
     /// a time.
     pub fn run_batch(&self, prompts: &[&[u32]]) -> Result<Vec<Cache>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run = self.run_batch_whole(prompts)?;
+        self.split_batch(&run)
+    }
+
+    /// [`Model::run_batch`] before its cache is split: the prompts' cache as one, each
+    /// prompt's positions `b·stride .. b·stride + lens[b]` (padding after), and the logits at
+    /// each prompt's last position `[B, V]`. What a computation over the whole batch at
+    /// once reads ([`crate::Model::last_pattern_rows`]).
+    pub fn run_batch_whole(&self, prompts: &[&[u32]]) -> Result<BatchRun> {
         let bad = |why: String| Err(crate::error::ModelError::BadBatch(why));
         let Some(n) = prompts.iter().map(|p| p.len()).max() else {
-            return Ok(Vec::new());
+            return bad("no prompts".into());
         };
         for p in prompts {
             if self.plan_prompt(p)? {
@@ -238,7 +250,26 @@ impl Model {
             )?;
         }
         let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        self.forward_rows(&all, &lens, &[], &mut |_, _| true, None, None)
+        let (cache, xf) = self.forward_whole(&all, &lens, &[], &mut |_, _| true, None, None)?;
+        let lasts = Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(
+                lens.iter()
+                    .enumerate()
+                    .map(|(b, &l)| (b * n + l - 1) as i64)
+                    .collect::<Vec<_>>(),
+                [lens.len()],
+            ),
+            &self.device,
+        );
+        let last_logits = self.logits(xf.select(0, lasts))?; // [B, V]
+        let run = BatchRun {
+            cache,
+            lens,
+            stride: n,
+            last_logits,
+        };
+        self.check_finite(&run.cache)?;
+        Ok(run)
     }
 
     /// One prompt's forward pass ([`Model::forward_rows`] of a batch of one).
@@ -267,9 +298,48 @@ impl Model {
         lens: &[usize],
         ivs: &[&Interventions],
         progress: &mut dyn FnMut(usize, usize) -> bool,
-        mut observe: Option<&mut Observer<'_>>,
+        observe: Option<&mut Observer<'_>>,
         start: Option<(usize, Tensor<2>)>,
     ) -> Result<Vec<Cache>> {
+        let (mut whole, xf) = self.forward_whole(ids, lens, ivs, progress, observe, start)?;
+        if lens.len() > 1 {
+            let n = ids.len() / lens.len();
+            let lasts = Tensor::<1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(
+                    lens.iter()
+                        .enumerate()
+                        .map(|(b, &m)| (b * n + m - 1) as i64)
+                        .collect::<Vec<_>>(),
+                    [lens.len()],
+                ),
+                &self.device,
+            );
+            let last_logits = self.logits(xf.select(0, lasts))?;
+            return self.split_batch(&BatchRun {
+                cache: whole,
+                lens: lens.to_vec(),
+                stride: n,
+                last_logits,
+            });
+        }
+        whole.last_logits = self
+            .logits(xf.narrow(0, ids.len() - 1, 1))?
+            .squeeze_dim::<1>(0);
+        self.check_finite(&whole)?;
+        Ok(vec![whole])
+    }
+
+    /// [`Model::forward_rows`] before a batch's cache is split: the cache of every row (its
+    /// `last_logits` unset) and the final residual, normalised, `[B·P, d]`.
+    fn forward_whole(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+        ivs: &[&Interventions],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+        mut observe: Option<&mut Observer<'_>>,
+        start: Option<(usize, Tensor<2>)>,
+    ) -> Result<(Cache, Tensor<2>)> {
         let batch = lens.len().max(1);
         let spill = batch == 1 && self.plan_prompt(ids)?;
         let cfg = &self.config;
@@ -384,8 +454,14 @@ impl Model {
                 // attention: queries, keys and values for every position, then blocks of queries
                 let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&b.ln1, 0));
                 let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
-                let q = xh.clone().matmul(layer(&b.w_q)) + layer3(&b.b_q).unsqueeze_dim::<3>(1); // [H, P, dh]
-                let k = xh.clone().matmul(layer(&b.w_k)) + layer3(&b.b_k).unsqueeze_dim::<3>(1); // [KV, P, dh]
+                let q = self.plus_bias(
+                    xh.clone().matmul(layer(&b.w_q)),
+                    layer3(&b.b_q).unsqueeze_dim::<3>(1),
+                ); // [H, P, dh]
+                let k = self.plus_bias(
+                    xh.clone().matmul(layer(&b.w_k)),
+                    layer3(&b.b_k).unsqueeze_dim::<3>(1),
+                ); // [KV, P, dh]
                 let (q, k) = match &b.qk_norm {
                     Some((qn, kn)) => {
                         let (q, sq) = self.head_norm(q, layer2(qn));
@@ -408,7 +484,10 @@ impl Model {
                 };
                 let q = rotate(q);
                 let k = rotate(k);
-                let v = xh.matmul(layer(&b.w_v)) + layer3(&b.b_v).unsqueeze_dim::<3>(1); // [KV, P, dh]
+                let v = self.plus_bias(
+                    xh.matmul(layer(&b.w_v)),
+                    layer3(&b.b_v).unsqueeze_dim::<3>(1),
+                ); // [KV, P, dh]
                 let span = cfg.attn_spans[l];
                 let z_flat = iv.apply(
                     self.attention(q, k.clone(), v.clone(), batch, span)?, // [B·P, H·dh]
@@ -420,7 +499,7 @@ impl Model {
                     },
                 );
                 let w_o = layer(&b.w_o).reshape([h * dh, d]);
-                let mut attn_out = z_flat.matmul(w_o) + layer2(&b.b_o); // [P, d]
+                let mut attn_out = self.plus_bias(z_flat.matmul(w_o), layer2(&b.b_o)); // [P, d]
                 if let Some((pa, _)) = &b.post_norm {
                     let (y, s) = self.post_norm(attn_out, layer2(pa));
                     attn_out = y;
@@ -457,7 +536,7 @@ impl Model {
                     _ => None,
                 });
                 let m = b.mlp()?;
-                let mut mlp_out = post.matmul(layer3(&m.w_out)) + layer2(&m.b_out); // [P, d]
+                let mut mlp_out = self.plus_bias(post.matmul(layer3(&m.w_out)), layer2(&m.b_out)); // [P, d]
                 if let (Some((_, pm)), Some((_, sm))) = (&b.post_norm, &mut post_scales) {
                     let (y, s) = self.post_norm(mlp_out, layer2(pm));
                     mlp_out = y;
@@ -511,12 +590,7 @@ impl Model {
             xf = xf.slice_assign([r..r + 1, 0..d], Self::ln_affine(xn, wb));
         }
         release();
-        let last_logits = if batch == 1 {
-            self.logits(xf.clone().narrow(0, n - 1, 1))?
-                .squeeze_dim::<1>(0)
-        } else {
-            Tensor::zeros([1], dev) // each prompt's, from `xf`, in split_batch
-        };
+        let last_logits = Tensor::zeros([1], dev); // set by the caller, from `xf`
         let whole = Cache {
             spilled: spills,
             token_ids: ids.to_vec(),
@@ -532,11 +606,7 @@ impl Model {
             post_scale: post_scales,
             last_logits,
         };
-        if batch > 1 {
-            return self.split_batch(&whole, &xf, lens);
-        }
-        self.check_finite(&whole)?;
-        Ok(vec![whole])
+        Ok((whole, xf))
     }
 
     /// Attention of `batch` prompts laid end to end: queries `[H, B·P, dh]`, keys and values
@@ -589,23 +659,12 @@ impl Model {
             .reshape([n_all, h * dh]))
     }
 
-    /// The caches of the prompts of lengths `lens` run end to end in `whole`, each padded to
-    /// the same length (its `last_logits` unset), and their last logits from the final
-    /// residual `xf [B·P, d]`: each a view of its real positions.
-    fn split_batch(&self, whole: &Cache, xf: &Tensor<2>, lens: &[usize]) -> Result<Vec<Cache>> {
+    /// Each prompt's cache from a batch run: a view of its real positions, with its last
+    /// logits.
+    pub fn split_batch(&self, run: &BatchRun) -> Result<Vec<Cache>> {
+        let (whole, lens, p) = (&run.cache, &run.lens, run.stride);
         let batch = lens.len();
-        let p = whole.n_pos() / batch;
-        let lasts = Tensor::<1, burn::tensor::Int>::from_data(
-            burn::tensor::TensorData::new(
-                lens.iter()
-                    .enumerate()
-                    .map(|(b, &n)| (b * p + n - 1) as i64)
-                    .collect::<Vec<_>>(),
-                [batch],
-            ),
-            &self.device,
-        );
-        let logits = self.logits(xf.clone().select(0, lasts))?; // [B, V]
+        let logits = &run.last_logits;
         let mut caches = Vec::with_capacity(batch);
         for (b, &n) in lens.iter().enumerate() {
             let at = b * p;
@@ -685,5 +744,24 @@ impl Model {
             return Err(bad(format!("the logit of token {i} at the last position")));
         }
         Ok(())
+    }
+}
+
+/// A batch of prompts run as one forward pass ([`Model::run_batch_whole`]).
+#[derive(Debug)]
+pub struct BatchRun {
+    /// Every row's cache: prompt `b` at positions `b·stride .. b·stride + lens[b]`, padded to
+    /// `stride` after its end (`last_logits` unset: see below).
+    pub cache: Cache,
+    pub lens: Vec<usize>,
+    pub stride: usize,
+    /// The logits at each prompt's last position `[B, V]`.
+    pub last_logits: Tensor<2>,
+}
+
+impl BatchRun {
+    /// Whether every prompt has the same length (no padding).
+    pub fn equal_lengths(&self) -> bool {
+        self.lens.iter().all(|&n| n == self.stride)
     }
 }

@@ -42,6 +42,9 @@ pub(crate) fn layers<const D: usize>(t: &Tensor<D>, ls: &Range<usize>) -> Tensor
     t.clone().narrow(0, ls.start, ls.len())
 }
 
+/// Biases of up to this many values are checked for being all zero before they are added.
+const ZERO_CHECK_MAX: usize = 1 << 16;
+
 impl Model {
     /// `C(x)`: `x` minus its mean over the last axis for LayerNorm models, the identity for
     /// RMSNorm — what every norm does before dividing by its scale, and what the attribution
@@ -169,11 +172,30 @@ impl Model {
         xn: Tensor<3>,
     ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
         let m = b.mlp()?;
-        let lin = xn.clone().matmul(m.w_in.clone()) + m.b_in.clone().unsqueeze_dim::<3>(1); // [Lb, n, d_mlp]
+        let lin = self.plus_bias(
+            xn.clone().matmul(m.w_in.clone()),
+            m.b_in.clone().unsqueeze_dim::<3>(1),
+        ); // [Lb, n, d_mlp]
         Ok(match &m.w_gate {
             Some(w_gate) => (xn.matmul(w_gate.clone()), Some(lin)),
             None => (lin, None),
         })
+    }
+
+    /// `x + b` (`b` broadcast), or `x` itself when `b` is all zeros on the CPU: the biases
+    /// most models have none of are zero tensors, and adding one is a pass over `x` for
+    /// nothing. Exact either way (`x + 0 = x`).
+    pub(crate) fn plus_bias<const D: usize>(&self, x: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+        if self.on_cpu()
+            && b.dims().iter().product::<usize>() <= ZERO_CHECK_MAX
+            && b.clone()
+                .into_data()
+                .as_slice::<f32>()
+                .is_ok_and(|v| v.iter().all(|&x| x == 0.0))
+        {
+            return x;
+        }
+        x + b
     }
 
     /// `act(z)` (⊙ the linear path in a gated MLP).
@@ -185,6 +207,7 @@ impl Model {
             act::apply(a, pre)
         };
         Ok(match lin {
+            Some(lin) if self.on_cpu() => fused::times(act, lin, &self.device)?,
             Some(lin) => act * lin,
             None => act,
         })

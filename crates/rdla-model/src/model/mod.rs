@@ -23,7 +23,7 @@ use crate::weights::{HostTensor, ProgressFn, WeightStore};
 
 pub use blocks::{Blocks, Deferred, LayerSource, LayerStream, MlpBlocks, Part};
 pub use cache::Cache;
-pub use forward::Observer;
+pub use forward::{BatchRun, Observer};
 
 /// Processed weights, stacked over layers (TransformerLens layout with a leading layer axis).
 #[derive(Debug, Clone)]
@@ -634,6 +634,17 @@ impl Model {
     /// read without its MLP (most of its bytes), and [`Blocks::mlp`] may be absent.
     pub fn attention_blocks(&self, ls: &std::ops::Range<usize>) -> Result<Blocks> {
         self.weights.layers.blocks(ls, Part::Attention)
+    }
+
+    /// Read every layer's blocks now if the model holds its layers and has not read them
+    /// yet (opening is lazy: the first forward pass reads them otherwise). For work that
+    /// times its forward passes (a census, a benchmark): the reading is the model's loading.
+    /// Nothing for a model whose layers stream.
+    pub fn read_layers(&self) -> Result<()> {
+        if let LayerSource::Deferred(d) = &*self.weights.layers {
+            d.blocks()?;
+        }
+        Ok(())
     }
 
     /// Whether the layers stream from the checkpoint (they did not fit the memory budget).
