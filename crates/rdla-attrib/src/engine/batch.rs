@@ -156,11 +156,36 @@ impl<'a> Batch<'a> {
             )
             .swap_dims(0, 1);
         let bias_per_unit = wo_r
+            .clone()
             .matmul(w.b_v.clone().unsqueeze_dim::<4>(3)) // [L, KV, g·B, 1]
             .reshape([l_n, h_n, bn])
             .swap_dims(1, 2);
         let a = model.last_pattern_rows(&w, self.run, 0..l_n)?; // [L, B, H, n]
-        let head_bias = bias_per_unit * a.clone().sum_dim(3).reshape([l_n, bn, h_n]); // [L, B, H]
+        let head_bias = (bias_per_unit * a.clone().sum_dim(3).reshape([l_n, bn, h_n])) // [L, B, H]
+            .swap_dims(0, 1); // [B, L, H]
+        if !sources {
+            // each head's own value `z · W_O r`, `z = Σ_p A[q,p] v[p]` from the cached values
+            // (as `Engine::head_values`; its children are not asked for)
+            let z = a
+                .reshape([l_n, bn, kv, g, n])
+                .swap_dims(1, 2) // [L, KV, B, g, n]
+                .matmul(cache.v.clone().reshape([l_n, kv, bn, n, dh])); // [L, KV, B, g, dh]
+            let wo_r = wo_r.reshape([l_n, kv, g, bn, dh]).swap_dims(2, 3); // [L, KV, B, g, dh]
+            let head_dla = (z * wo_r)
+                .sum_dim(4)
+                .reshape([l_n, kv, bn, g])
+                .permute([2, 0, 1, 3])
+                .reshape([bn, l_n * h_n]);
+            return self.assemble(
+                vec![
+                    components,
+                    attn_bias.transpose(),
+                    head_dla,
+                    head_bias.reshape([bn, l_n * h_n]),
+                ],
+                false,
+            );
+        }
         // A / s1 per source position, as a column per prompt and head: [B, L·H, n, 1]
         let s1 = cache.ln1_scale.clone().reshape([l_n, bn, 1, n]);
         let weight = (a / s1).swap_dims(0, 1).reshape([bn, l_n * h_n, n, 1]);
@@ -215,19 +240,30 @@ impl<'a> Batch<'a> {
             per_head.push(Tensor::cat(rows, 1).reshape([k, l_n, h_n, c_n]) * mask.clone());
         }
         let per_head = Tensor::cat(per_head, 0); // [B, L, H, C]
-        let head_bias = head_bias.swap_dims(0, 1); // [B, L, H]
         let head_dla = per_head.clone().sum_dim(3).reshape([bn, l_n, h_n]) + head_bias.clone();
+        self.assemble(
+            vec![
+                components,
+                attn_bias.transpose(),
+                head_dla.reshape([bn, l_n * h_n]),
+                head_bias.reshape([bn, l_n * h_n]),
+                per_head.reshape([bn, l_n * h_n * c_n]),
+            ],
+            true,
+        )
+    }
 
-        // one read-back: every part `[B, ·]`, side by side
-        let mut parts = vec![
-            components,
-            attn_bias.transpose(),
-            head_dla.reshape([bn, l_n * h_n]),
-            head_bias.reshape([bn, l_n * h_n]),
-        ];
-        if sources {
-            parts.push(per_head.reshape([bn, l_n * h_n * c_n]));
-        }
+    /// Every prompt's totals from the parts `[B, ·]` (root children, attention biases, head
+    /// values, head biases, and with `sources` the summed sources), read back at once.
+    fn assemble(&self, parts: Vec<Tensor<2>>, sources: bool) -> Result<Vec<HeadTotals>> {
+        let cfg = &self.model.config;
+        let cache = &self.run.cache;
+        let (bn, l_n, h_n, c_n) = (
+            self.run.lens.len(),
+            cfg.n_layers,
+            cfg.n_heads,
+            cache.layout.n(),
+        );
         let width: usize = parts.iter().map(|t| t.dims()[1]).sum();
         let all = rdla_model::to_vec(Tensor::cat(parts, 1))?;
         let values = self.target_values()?;
