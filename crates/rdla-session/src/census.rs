@@ -689,15 +689,17 @@ fn batches_by_length(sorted: &[(usize, usize)]) -> Vec<Vec<usize>> {
 
 /// The outcomes of `window`'s records: prompts of equal or similar token counts share
 /// forward passes ([`Session::totals_batch`]); a batch that cannot (a streaming model, a cache
-/// that would spill, any failure) is computed one prompt at a time. `go()` between batches;
-/// `None` when it returns `false`.
+/// that would spill, any failure) is computed one prompt at a time. The batches go in the
+/// order of their first record, so the records done make a prefix of the window early on.
+/// `go()` between batches; when it returns `false` the rest is not computed (`None`s), and
+/// the second value is `true`.
 fn compute_window(
     session: &mut Session,
     window: &[Record],
     opts: &CensusOptions,
     order: &mut NodeOrder,
     go: &mut dyn FnMut() -> bool,
-) -> Option<Vec<Outcome>> {
+) -> (Vec<Option<Outcome>>, bool) {
     let mut out: Vec<Option<Outcome>> = (0..window.len()).map(|_| None).collect();
     // by length, then by tokens (prompts of one template together)
     let mut keyed: Vec<(usize, Vec<u32>, usize)> = window
@@ -713,7 +715,9 @@ fn compute_window(
     keyed.sort_unstable();
     let by_len: Vec<(usize, usize)> = keyed.into_iter().map(|(n, _, j)| (n, j)).collect();
     let sources = opts.depth >= 2;
-    for chunk in batches_by_length(&by_len) {
+    let mut batches = batches_by_length(&by_len);
+    batches.sort_by_key(|b| b.iter().min().copied());
+    for chunk in batches {
         if !session.model().streams_layers() {
             let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
             if let Ok(totals) = session.totals_batch(&reqs, sources) {
@@ -732,14 +736,10 @@ fn compute_window(
             }
         }
         if !go() {
-            return None;
+            return (out, true);
         }
     }
-    Some(
-        out.into_iter()
-            .map(|o| o.unwrap_or(Err(SessionError::NotComputed)))
-            .collect(),
-    )
+    (out, false)
 }
 
 /// Attribute each of `todo` (checked by [`check_records`]), handing `sink` each record's row
@@ -748,9 +748,9 @@ fn compute_window(
 /// shorter ones of a mixed batch padded at their end); every number is the one a computation
 /// of its own gives. A record that fails is skipped and listed with `skip_bad`, an error
 /// naming it otherwise. `progress(done, total)` after each record and between batches;
-/// returning `false` stops there (the records of a window are handed on together, in file
-/// order, once all of them are computed). The session may be left without a current
-/// computation.
+/// returning `false` stops there: the records of a window are handed on in file order once
+/// all of them are computed, and after a stop between batches, those computed before the
+/// first that is not. The session may be left without a current computation.
 pub fn attribute_each(
     session: &mut Session,
     todo: &[Record],
@@ -763,14 +763,22 @@ pub fn attribute_each(
     let mut times = CensusTimes::default();
     let mut order = NodeOrder::default();
     let mut k = 0;
-    for window in todo.chunks(WINDOW) {
-        // between batches, the progress so far (a stop leaves the window unwritten)
+    // one record at a time where nothing is batched (layers streamed), so a stop comes
+    // after the prompt being computed
+    let window_len = if session.model().streams_layers() {
+        1
+    } else {
+        WINDOW
+    };
+    for window in todo.chunks(window_len) {
+        // between batches, the progress so far
         let mut go = || progress(k, todo.len());
-        let Some(outcomes) = compute_window(session, window, opts, &mut order, &mut go) else {
-            times.total_ms = start.elapsed().as_secs_f64() * 1e3;
-            return Ok((skipped, times));
-        };
+        let (outcomes, stopped) = compute_window(session, window, opts, &mut order, &mut go);
         for (r, o) in window.iter().zip(outcomes) {
+            let Some(o) = o else {
+                // stopped: the records done before the first that is not
+                break;
+            };
             match o {
                 Ok((row, nodes, fwd, attr)) => {
                     times.forward_ms += fwd;
@@ -781,10 +789,15 @@ pub fn attribute_each(
                 Err(e) => return Err(SessionError::Census(format!("{}: {e}", r.place))),
             }
             k += 1;
-            if !progress(k, todo.len()) {
+            if !stopped && !progress(k, todo.len()) {
                 times.total_ms = start.elapsed().as_secs_f64() * 1e3;
                 return Ok((skipped, times));
             }
+        }
+        if stopped {
+            progress(k, todo.len());
+            times.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            return Ok((skipped, times));
         }
     }
     times.total_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -251,6 +251,15 @@ impl Model {
         }
         let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         let (cache, xf) = self.forward_whole(&all, &lens, &[], &mut |_, _| true, None, None)?;
+        let run = self.batch_run(cache, &xf, lens)?;
+        self.check_finite(&run.cache)?;
+        Ok(run)
+    }
+
+    /// A batch's run from its cache and final residual `xf [B·P, d]`: the logits at each
+    /// prompt's last position (`lens[b]` real tokens of `P` each).
+    fn batch_run(&self, cache: Cache, xf: &Tensor<2>, lens: Vec<usize>) -> Result<BatchRun> {
+        let n = cache.n_pos() / lens.len().max(1);
         let lasts = Tensor::<1, burn::tensor::Int>::from_data(
             burn::tensor::TensorData::new(
                 lens.iter()
@@ -261,15 +270,13 @@ impl Model {
             ),
             &self.device,
         );
-        let last_logits = self.logits(xf.select(0, lasts))?; // [B, V]
-        let run = BatchRun {
+        let last_logits = self.logits(xf.clone().select(0, lasts))?; // [B, V]
+        Ok(BatchRun {
             cache,
             lens,
             stride: n,
             last_logits,
-        };
-        self.check_finite(&run.cache)?;
-        Ok(run)
+        })
     }
 
     /// One prompt's forward pass ([`Model::forward_rows`] of a batch of one).
@@ -303,24 +310,7 @@ impl Model {
     ) -> Result<Vec<Cache>> {
         let (mut whole, xf) = self.forward_whole(ids, lens, ivs, progress, observe, start)?;
         if lens.len() > 1 {
-            let n = ids.len() / lens.len();
-            let lasts = Tensor::<1, burn::tensor::Int>::from_data(
-                burn::tensor::TensorData::new(
-                    lens.iter()
-                        .enumerate()
-                        .map(|(b, &m)| (b * n + m - 1) as i64)
-                        .collect::<Vec<_>>(),
-                    [lens.len()],
-                ),
-                &self.device,
-            );
-            let last_logits = self.logits(xf.select(0, lasts))?;
-            return self.split_batch(&BatchRun {
-                cache: whole,
-                lens: lens.to_vec(),
-                stride: n,
-                last_logits,
-            });
+            return self.split_batch(&self.batch_run(whole, &xf, lens.to_vec())?);
         }
         whole.last_logits = self
             .logits(xf.narrow(0, ids.len() - 1, 1))?
