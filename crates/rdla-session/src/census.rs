@@ -240,49 +240,36 @@ fn pq(e: impl std::fmt::Display) -> SessionError {
 }
 
 /// The nodes a census keeps of a prompt, in their natural order (root children, then per
-/// layer its attention bias and heads, each head followed by its summed sources and bias).
-fn natural_paths(t: &HeadTotals) -> Vec<String> {
+/// layer its attention bias and heads, each head followed by its summed sources and bias):
+/// `visit(path, value)` for each, the path only with `paths` (built once per census).
+fn visit_nodes(t: &HeadTotals, paths: bool, visit: &mut dyn FnMut(Option<String>, f32)) {
     let lay = t.layout;
     let labels = lay.labels();
-    let mut out: Vec<String> = labels.clone();
+    let name = |f: &dyn Fn() -> String| paths.then(f);
+    for (label, &v) in labels.iter().zip(&t.components.data) {
+        visit(name(&|| label.clone()), v);
+    }
     let (l_n, h_n) = (t.head_dla.shape[0], t.head_dla.shape[1]);
     for l in 0..l_n {
         let attn = NodePath::root().child(Step::Comp(Comp::Attn(l)));
-        out.push(attn.child(Step::Bias).to_string());
+        visit(
+            name(&|| attn.child(Step::Bias).to_string()),
+            t.attn_bias.data[l],
+        );
         for h in 0..h_n {
             let head = attn.child(Step::Head(h));
-            out.push(head.to_string());
-            if let Some(src) = &t.head_sources {
-                let c_n = src.shape[2];
-                for label in labels.iter().take(lay.pre(l).min(c_n)) {
-                    out.push(format!("{head}/*:{label}"));
-                }
-                out.push(format!("{head}/bias"));
-            }
-        }
-    }
-    out
-}
-
-/// The values of [`natural_paths`], in that order.
-fn natural_values(t: &HeadTotals) -> Vec<f32> {
-    let lay = t.layout;
-    let mut out: Vec<f32> = t.components.data.clone();
-    let (l_n, h_n) = (t.head_dla.shape[0], t.head_dla.shape[1]);
-    for l in 0..l_n {
-        out.push(t.attn_bias.data[l]);
-        for h in 0..h_n {
-            out.push(t.head_dla.at(&[l, h]));
+            visit(name(&|| head.to_string()), t.head_dla.at(&[l, h]));
             if let Some(src) = &t.head_sources {
                 // the head's children summed over source positions: the components upstream
                 // of layer l, and the head's own bias
                 let c_n = src.shape[2];
-                out.extend((0..lay.pre(l).min(c_n)).map(|c| src.at(&[l, h, c])));
-                out.push(t.head_bias.at(&[l, h]));
+                for (c, label) in labels.iter().enumerate().take(lay.pre(l).min(c_n)) {
+                    visit(name(&|| format!("{head}/*:{label}")), src.at(&[l, h, c]));
+                }
+                visit(name(&|| format!("{head}/bias")), t.head_bias.at(&[l, h]));
             }
         }
     }
-    out
 }
 
 /// The nodes of a prompt: paths sorted (the order of the rows), shared by every prompt of
@@ -311,19 +298,23 @@ impl NodeOrder {
             t.head_dla.shape.get(1).copied().unwrap_or(0),
             t.head_sources.is_some(),
         );
-        let paths = match &self.paths {
-            Some(p) if self.shape == Some(shape) => p.clone(),
-            _ => {
-                let natural = natural_paths(t);
-                let mut from: Vec<usize> = (0..natural.len()).collect();
-                from.sort_by(|&a, &b| natural[a].cmp(&natural[b]));
-                let sorted: Arc<[String]> = from.iter().map(|&i| natural[i].clone()).collect();
+        let known = self.paths.clone().filter(|_| self.shape == Some(shape));
+        let (mut names, mut natural) = (Vec::new(), Vec::new());
+        visit_nodes(t, known.is_none(), &mut |path, v| {
+            names.extend(path);
+            natural.push(v);
+        });
+        let paths = match known {
+            Some(p) => p,
+            None => {
+                let mut from: Vec<usize> = (0..names.len()).collect();
+                from.sort_by(|&a, &b| names[a].cmp(&names[b]));
+                let sorted: Arc<[String]> = from.iter().map(|&i| names[i].clone()).collect();
                 (self.shape, self.from) = (Some(shape), from);
                 self.paths = Some(sorted.clone());
                 sorted
             }
         };
-        let natural = natural_values(t);
         let values = self.from.iter().map(|&i| natural[i]).collect();
         Nodes { paths, values }
     }

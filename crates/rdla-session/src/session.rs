@@ -595,27 +595,30 @@ impl Session {
         let totals = rdla_attrib::head_totals_batch(&self.model, &run, &targets, sources)?;
         let logits = rdla_model::to_vec(run.last_logits.clone())?;
         let v = self.model.config.d_vocab;
-        let mut out = Vec::with_capacity(reqs.len());
-        for (b, ((tokens, target), totals)) in
-            tokens.into_iter().zip(targets).zip(totals).enumerate()
-        {
-            let last = logits
-                .get(b * v..(b + 1) * v)
-                .ok_or(SessionError::NotComputed)?;
-            let prob = crate::report::prob_of(&self.model, last, target.answer())?;
-            out.push(Totals {
+        let probs = targets
+            .iter()
+            .enumerate()
+            .map(|(b, target)| {
+                let last = logits
+                    .get(b * v..(b + 1) * v)
+                    .ok_or(SessionError::NotComputed)?;
+                crate::report::prob_of(&self.model, last, target.answer())
+            })
+            .collect::<Result<Vec<f32>>>()?;
+        let attribution_ms = ms(t) / reqs.len().max(1) as f64;
+        Ok(tokens
+            .into_iter()
+            .zip(targets)
+            .zip(totals.into_iter().zip(probs))
+            .map(|((tokens, target), (totals, prob))| Totals {
                 tokens,
                 target,
                 prob,
                 totals,
                 forward_ms,
-                attribution_ms: 0.0,
-            });
-        }
-        let attribution_ms = ms(t) / out.len().max(1) as f64;
-        out.iter_mut()
-            .for_each(|o| o.attribution_ms = attribution_ms);
-        Ok(out)
+                attribution_ms,
+            })
+            .collect())
     }
 
     /// [`Session::totals_batch`] of the current computation, from the overview it already

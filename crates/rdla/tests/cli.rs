@@ -1432,12 +1432,16 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
         .unwrap();
     saved.nodes[k].value += 0.5;
     let victim = saved.nodes[k].path.to_string();
+    // a changed result, saved and verified: refused, naming what differs
     let tampered = tmp.path().join("tampered.rdla");
-    std::fs::write(&tampered, saved.to_bytes().unwrap()).unwrap();
-    let out = verify(&tampered, m);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("`{victim}` does not match")), "{err}");
+    let refused_naming = |saved: &rdla_session::saved::Saved, what: &str| {
+        std::fs::write(&tampered, saved.to_bytes().unwrap()).unwrap();
+        let out = verify(&tampered, m);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "{err}");
+    };
+    refused_naming(&saved, &format!("`{victim}` does not match"));
     // one verification effect changed (a site's, or all together): that run is named
     for which in [1, vsites.len()] {
         let mut saved = rdla_session::saved::Saved::open(&file).unwrap();
@@ -1450,11 +1454,7 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
             v.together += 0.5;
             format!("zero ablation of all {} sites together", vsites.len())
         };
-        std::fs::write(&tampered, saved.to_bytes().unwrap()).unwrap();
-        let out = verify(&tampered, m);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{what} does not match")), "{err}");
+        refused_naming(&saved, &format!("{what} does not match"));
     }
     // saved while comparing with another prompt: the nodes are the differences, and a
     // verification by patching is rerun from that prompt
@@ -1480,23 +1480,11 @@ fn a_saved_result_verifies_and_tampering_is_caught() {
     // the prompt itself as its contrast: not the contrast values saved
     let mut other = saved.clone();
     other.manifest.contrast_prompt = Some("Get some apples.".into());
-    std::fs::write(&tampered, other.to_bytes().unwrap()).unwrap();
-    let out = verify(&tampered, m);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("in the contrast prompt's run does not match"),
-        "{err}"
-    );
+    refused_naming(&other, "in the contrast prompt's run does not match");
     // one patched effect changed
     let mut other = saved;
     other.verification[0].effect += 0.5;
-    std::fs::write(&tampered, other.to_bytes().unwrap()).unwrap();
-    let out = verify(&tampered, m);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("patch ablation of `"),
-        "{err}"
-    );
+    refused_naming(&other, "patch ablation of `");
     // another model, or one weight byte changed: refused before computing
     let out = verify(&file, common::fixture("gpt2_tied").to_str().unwrap());
     assert!(!out.status.success());

@@ -72,16 +72,11 @@ fn ints(v: impl Iterator<Item = usize>, model: &Model) -> Tensor<1, Int> {
 impl<'a> Batch<'a> {
     fn new(model: &'a Model, run: &'a BatchRun, targets: &'a [Target]) -> Result<Self> {
         let (bn, n, d) = (run.lens.len(), run.stride, model.config.d_model);
-        let vocab = model.config.d_vocab;
         // every answer and foil column once per prompt; a zero column for the missing foils
         let mut ids = Vec::with_capacity(2 * bn);
         let (mut ans, mut foil) = (Vec::with_capacity(bn), Vec::with_capacity(bn));
         for t in targets {
-            for id in [Some(t.answer()), t.foil()].into_iter().flatten() {
-                if id as usize >= vocab {
-                    return Err(AttribError::BadTarget { id, vocab });
-                }
-            }
+            t.check(model.config.d_vocab)?;
             ans.push(ids.len());
             ids.push(t.answer());
             foil.push(t.foil().map(|f| {

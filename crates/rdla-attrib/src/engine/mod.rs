@@ -143,12 +143,7 @@ impl<'a> Engine<'a> {
         if !model.processing.fold_ln {
             return Err(AttribError::NotFolded);
         }
-        let vocab = model.config.d_vocab;
-        for id in [Some(target.answer()), target.foil()].into_iter().flatten() {
-            if id as usize >= vocab {
-                return Err(AttribError::BadTarget { id, vocab });
-            }
-        }
+        target.check(model.config.d_vocab)?;
         let last = cache.n_pos() - 1;
         let u = Self::unembed_direction(model, target)?;
         let s = cache.final_scale.clone().narrow(0, last, 1);

@@ -27,6 +27,18 @@ impl Target {
             Self::Diff { foil, .. } => Some(foil),
         }
     }
+
+    /// The answer and the foil must be tokens of a vocabulary of `vocab`.
+    pub fn check(self, vocab: usize) -> Result<(), AttribError> {
+        match [Some(self.answer()), self.foil()]
+            .into_iter()
+            .flatten()
+            .find(|&id| id as usize >= vocab)
+        {
+            Some(id) => Err(AttribError::BadTarget { id, vocab }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How an MLP is linearised.

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::layout::Layout;
 use crate::model::layer::layers;
@@ -146,49 +146,15 @@ impl Model {
         }
         let cache = &run.cache;
         let (batch, n) = (run.lens.len(), run.stride);
-        let (lb, h, kv, d, dh) = (
+        let (lb, h, kv, dh) = (
             ls.len(),
             self.config.n_heads,
             self.config.n_kv_heads,
-            self.config.d_model,
             self.config.d_head,
         );
-        let (g, q, c_n) = (h / kv, n - 1, cache.layout.n());
-        let rows = Tensor::<1, burn::tensor::Int>::from_data(
-            TensorData::new(
-                (0..batch).map(|b| (b * n + q) as i64).collect::<Vec<_>>(),
-                [batch],
-            ),
-            &self.device,
-        );
-        // each layer's input at each prompt's last position: its upstream components, summed
-        let up = upstream_mask(&cache.layout, &ls, |lay, l| lay.pre(l), &self.device); // [Lb, C]
-        let comps = cache.components.clone().select(1, rows.clone()); // [C, B, d]
-        let x = up
-            .matmul(comps.reshape([c_n, batch * d]))
-            .reshape([lb, batch, d]);
-        let s1 = layers(&cache.ln1_scale, &ls).select(1, rows.clone()); // [Lb, B]
-        let mut xn = self.centred(x) / s1.unsqueeze_dim::<3>(2);
-        if let Some((wl, bl)) = &w.ln1 {
-            xn = xn * wl.clone().unsqueeze_dim::<3>(1) + bl.clone().unsqueeze_dim::<3>(1);
-        }
-        let mut qv = xn.unsqueeze_dim::<4>(1).matmul(w.w_q.clone()) // [Lb, H, B, dh]
-            + w.b_q.clone().unsqueeze_dim::<4>(2);
-        if let (Some((wq, _)), Some((sq, _))) = (&w.qk_norm, &cache.qk_scale) {
-            let s = layers(sq, &ls).select(2, rows); // [Lb, H, B]
-            qv = qv / s.unsqueeze_dim::<4>(3) * wq.clone().reshape([lb, 1, 1, dh]);
-        }
-        if let Some(rot) = &cache.rotary {
-            let rotated: Vec<Tensor<4>> = ls
-                .clone()
-                .enumerate()
-                .map(|(i, l)| {
-                    let ql = qv.clone().narrow(0, i, 1).reshape([h * batch, 1, dh]);
-                    rot.layer(l).apply(ql, q).reshape([1, h, batch, dh])
-                })
-                .collect();
-            qv = Tensor::cat(rotated, 0);
-        }
+        let (g, q) = (h / kv, n - 1);
+        let rows = self.rows(&(0..batch).map(|b| b * n + q).collect::<Vec<_>>());
+        let qv = self.queries_at(w, cache, &ls, rows, q); // [Lb, H, B, dh]
         // scores against each prompt's own keys: [Lb, KV, B, g, n]
         let qv = qv.reshape([lb, kv, g, batch, dh]).swap_dims(2, 3);
         let keys = layers(&cache.k, &ls).reshape([lb, kv, batch, n, dh]);
@@ -267,10 +233,32 @@ impl Model {
         upstream: impl Fn(&crate::layout::Layout, usize) -> usize,
         scale: &Tensor<2>,
     ) -> Tensor<2> {
-        let up = upstream_mask(&cache.layout, ls, upstream, &self.device);
-        let comps = cache.components.clone().narrow(1, q, 1).squeeze_dim::<2>(1); // [C, d]
-        let x = up.matmul(comps); // [Lb, d]
-        self.centred(x) / layers(scale, ls).narrow(1, q, 1)
+        self.normed_inputs_rows(cache, ls, self.rows(&[q]), upstream, scale)
+            .reshape([ls.len(), self.config.d_model])
+    }
+
+    /// [`Model::normed_inputs_at`] at each of the cache's rows `rows [R]`: `[Lb, R, d]`.
+    fn normed_inputs_rows(
+        &self,
+        cache: &Cache,
+        ls: &Range<usize>,
+        rows: Tensor<1, Int>,
+        upstream: impl Fn(&crate::layout::Layout, usize) -> usize,
+        scale: &Tensor<2>,
+    ) -> Tensor<3> {
+        let (r, c_n, d) = (rows.dims()[0], cache.layout.n(), self.config.d_model);
+        let up = upstream_mask(&cache.layout, ls, upstream, &self.device); // [Lb, C]
+        let comps = cache.components.clone().select(1, rows.clone()); // [C, R, d]
+        let x = up
+            .matmul(comps.reshape([c_n, r * d]))
+            .reshape([ls.len(), r, d]);
+        self.centred(x) / layers(scale, ls).select(1, rows).unsqueeze_dim::<3>(2)
+    }
+
+    /// Cache rows as an index tensor.
+    fn rows(&self, rows: &[usize]) -> Tensor<1, Int> {
+        let v: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        Tensor::from_data(TensorData::new(v, [rows.len()]), &self.device)
     }
 
     /// The MLP inputs of layers `ls` at `q`, normalised with the frozen scale: `[Lb, d]`.
@@ -287,36 +275,56 @@ impl Model {
 
     /// [`Model::q_at`] with layers `ls`'s blocks `w` already fetched.
     pub fn q_in(&self, w: &Blocks, cache: &Cache, ls: Range<usize>, q: usize) -> Tensor<3> {
-        let (lb, h, d, dh) = (
+        let (lb, h, dh) = (ls.len(), self.config.n_heads, self.config.d_head);
+        self.queries_at(w, cache, &ls, self.rows(&[q]), q)
+            .reshape([lb, h, dh])
+    }
+
+    /// The queries of layers `ls` (their blocks `w`) at the cache's rows `rows [R]`, each at
+    /// sequence position `pos`, as the scores use them: the upstream components normalised
+    /// with the frozen scale, the norm affine, `W_Q` and `b_Q`, the frozen q-norm, rotary at
+    /// `pos`. `[Lb, H, R, dh]`.
+    fn queries_at(
+        &self,
+        w: &Blocks,
+        cache: &Cache,
+        ls: &Range<usize>,
+        rows: Tensor<1, Int>,
+        pos: usize,
+    ) -> Tensor<4> {
+        let (lb, h, dh, r) = (
             ls.len(),
             self.config.n_heads,
-            self.config.d_model,
             self.config.d_head,
+            rows.dims()[0],
         );
-        let xn = Self::ln_affine(
-            self.normed_inputs_at(cache, &ls, q, |lay, l| lay.pre(l), &cache.ln1_scale),
-            w.ln1.clone(),
-        );
-        let mut qv = xn
-            .reshape([lb, 1, 1, d])
-            .matmul(w.w_q.clone()) // [Lb, H, 1, dh]
-            .reshape([lb, h, dh])
-            + w.b_q.clone();
+        let mut xn = self.normed_inputs_rows(
+            cache,
+            ls,
+            rows.clone(),
+            |lay, l| lay.pre(l),
+            &cache.ln1_scale,
+        ); // [Lb, R, d]
+        if let Some((wl, bl)) = &w.ln1 {
+            xn = xn * wl.clone().unsqueeze_dim::<3>(1) + bl.clone().unsqueeze_dim::<3>(1);
+        }
+        let mut qv = xn.unsqueeze_dim::<4>(1).matmul(w.w_q.clone()) // [Lb, H, R, dh]
+            + w.b_q.clone().unsqueeze_dim::<4>(2);
         if let (Some((wq, _)), Some((sq, _))) = (&w.qk_norm, &cache.qk_scale) {
-            let s = layers(sq, &ls).narrow(2, q, 1); // [Lb, H, 1]
-            qv = qv / s * wq.clone().reshape([lb, 1, dh]);
+            let s = layers(sq, ls).select(2, rows); // [Lb, H, R]
+            qv = qv / s.unsqueeze_dim::<4>(3) * wq.clone().reshape([lb, 1, 1, dh]);
         }
         match &cache.rotary {
             Some(rot) => {
-                let rows: Vec<Tensor<3>> = ls
+                let rotated: Vec<Tensor<4>> = ls
                     .clone()
                     .enumerate()
                     .map(|(i, l)| {
-                        let ql = qv.clone().narrow(0, i, 1).reshape([h, 1, dh]);
-                        rot.layer(l).apply(ql, q).reshape([1, h, dh])
+                        let ql = qv.clone().narrow(0, i, 1).reshape([h * r, 1, dh]);
+                        rot.layer(l).apply(ql, pos).reshape([1, h, r, dh])
                     })
                     .collect();
-                Tensor::cat(rows, 0)
+                Tensor::cat(rotated, 0)
             }
             None => qv,
         }
