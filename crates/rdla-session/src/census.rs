@@ -610,13 +610,30 @@ fn request(r: &Record, opts: &CensusOptions) -> Request {
     }
 }
 
-/// Where a census's time went, in milliseconds: the forward passes, the attributions (the
-/// overview of each prompt), and everything (with the node tables and the writing).
+/// Where a census's time went, in milliseconds: the forward passes and the attributions (the
+/// overview of each prompt) as the threads computing them spent it (`at_once` batches at a
+/// time, so these add up to about `at_once` times `computing_ms`), the time the prompts were
+/// being computed, and everything (with the node tables and the writing).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CensusTimes {
     pub forward_ms: f64,
     pub attribution_ms: f64,
+    pub computing_ms: f64,
     pub total_ms: f64,
+    pub at_once: usize,
+}
+
+/// How many batches a census computes at once, each on a thread of its own: as many as
+/// there are threads to multiply matrices on a CPU (a forward pass leaves a core idle through
+/// each of its many small operations: two batches fill each other's gaps), one on a GPU.
+/// Each group of batches must also fit the memory budget together ([`Model::batches_fit`]),
+/// else they go one at a time.
+fn at_once(model: &rdla_model::Model) -> usize {
+    if model.on_cpu() {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    }
 }
 
 /// Records taken together: grouped by token count within a window, in batches of at most
@@ -689,6 +706,7 @@ fn compute_window(
     window: &[Record],
     opts: &CensusOptions,
     order: &mut NodeOrder,
+    times: &mut CensusTimes,
     go: &mut dyn FnMut() -> bool,
 ) -> (Vec<Option<Outcome>>, bool) {
     let mut out: Vec<Option<Outcome>> = (0..window.len()).map(|_| None).collect();
@@ -705,19 +723,41 @@ fn compute_window(
         .collect();
     keyed.sort_unstable();
     let by_len: Vec<(usize, usize)> = keyed.into_iter().map(|(n, _, j)| (n, j)).collect();
+    let mut len_of = vec![0; window.len()];
+    for &(n, j) in &by_len {
+        len_of[j] = n;
+    }
     let sources = opts.depth >= 2;
     let mut batches = batches_by_length(&by_len);
     batches.sort_by_key(|b| b.iter().min().copied());
-    for chunk in batches {
+    for group in batches.chunks(times.at_once.max(1)) {
+        let t = std::time::Instant::now();
         if !session.model().streams_layers() {
-            let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
-            if let Ok(totals) = session.totals_batch(&reqs, sources) {
-                for (&j, t) in chunk.iter().zip(totals) {
-                    out[j] = Some(outcome(&window[j], t, order));
+            use rayon::prelude::*;
+            let model = session.model();
+            let one = |chunk: &Vec<usize>| {
+                let reqs: Vec<Request> = chunk.iter().map(|&j| request(&window[j], opts)).collect();
+                crate::session::totals_of(model, &reqs, sources)
+            };
+            // each batch's rows: its prompts times the longest
+            let rows: Vec<usize> = group
+                .iter()
+                .map(|c| c.len() * c.iter().map(|&j| len_of[j]).max().unwrap_or(0))
+                .collect();
+            let done: Vec<Result<Vec<Totals>>> = if group.len() > 1 && model.batches_fit(&rows) {
+                group.par_iter().map(one).collect()
+            } else {
+                group.iter().map(one).collect()
+            };
+            for (chunk, totals) in group.iter().zip(done) {
+                if let Ok(totals) = totals {
+                    for (&j, t) in chunk.iter().zip(totals) {
+                        out[j] = Some(outcome(&window[j], t, order));
+                    }
                 }
             }
         }
-        for &j in &chunk {
+        for &j in group.iter().flatten() {
             if out[j].is_none() {
                 let r = &window[j];
                 out[j] = Some(match session.compute(&request(r, opts)) {
@@ -726,6 +766,7 @@ fn compute_window(
                 });
             }
         }
+        times.computing_ms += t.elapsed().as_secs_f64() * 1e3;
         if !go() {
             return (out, true);
         }
@@ -751,7 +792,10 @@ pub fn attribute_each(
 ) -> Result<(Skipped, CensusTimes)> {
     let start = std::time::Instant::now();
     let mut skipped = Vec::new();
-    let mut times = CensusTimes::default();
+    let mut times = CensusTimes {
+        at_once: at_once(session.model()),
+        ..CensusTimes::default()
+    };
     let mut order = NodeOrder::default();
     let mut k = 0;
     // one record at a time where nothing is batched (layers streamed), so a stop comes
@@ -764,7 +808,8 @@ pub fn attribute_each(
     for window in todo.chunks(window_len) {
         // between batches, the progress so far
         let mut go = || progress(k, todo.len());
-        let (outcomes, stopped) = compute_window(session, window, opts, &mut order, &mut go);
+        let (outcomes, stopped) =
+            compute_window(session, window, opts, &mut order, &mut times, &mut go);
         for (r, o) in window.iter().zip(outcomes) {
             let Some(o) = o else {
                 // stopped: the records done before the first that is not

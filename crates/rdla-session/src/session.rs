@@ -351,49 +351,12 @@ impl Session {
     /// Tokenise the prompt (BOS as asked) and check it fits the model.
     /// A prompt's tokens as the computation would use them.
     pub fn tokenize(&self, prompt: &str, bos: bool) -> std::result::Result<Tokens, ModelError> {
-        let tok = &self.model.tokenizer;
-        let ids = tok.encode_prompt_within(prompt, bos, self.model.config.n_ctx)?;
-        self.model.check_tokens(&ids)?;
-        Ok(Tokens {
-            strs: ids.iter().map(|&i| tok.token_str(i)).collect(),
-            ids,
-            has_bos: bos,
-        })
+        tokens_of(&self.model, prompt, bos)
     }
 
     /// The target a request names: the answer (and foil) must each be one token, and differ.
     fn target(&self, req: &Request) -> Result<Target> {
-        let tok = &self.model.tokenizer;
-        let answer = match req.answer_id {
-            Some(id) if id as usize >= self.model.config.d_vocab => {
-                return Err(SessionError::Attrib(rdla_attrib::AttribError::BadTarget {
-                    id,
-                    vocab: self.model.config.d_vocab,
-                }));
-            }
-            Some(id) => id,
-            None => tok
-                .single_token(&req.answer)
-                .map_err(|error| SessionError::Token {
-                    which: "answer",
-                    error,
-                })?,
-        };
-        match req.foil.as_deref().filter(|f| !f.is_empty()) {
-            None => Ok(Target::Logit { answer }),
-            Some(f) => {
-                let foil = tok.single_token(f).map_err(|error| SessionError::Token {
-                    which: "foil",
-                    error,
-                })?;
-                if foil == answer {
-                    return Err(SessionError::SameFoil {
-                        token: req.answer.clone(),
-                    });
-                }
-                Ok(Target::Diff { answer, foil })
-            }
-        }
+        target_of(&self.model, req)
     }
 
     /// Set the current computation aside (nothing is current until [`Session::put_back`]):
@@ -579,46 +542,8 @@ impl Session {
     /// prompts whose caches would spill or a bad target are errors before anything is
     /// computed: the caller then computes them one at a time. Leaves no current computation.
     pub fn totals_batch(&mut self, reqs: &[Request], sources: bool) -> Result<Vec<Totals>> {
-        let mut tokens = Vec::with_capacity(reqs.len());
-        let mut targets = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            tokens.push(self.tokenize(&r.prompt, r.bos)?);
-            targets.push(self.target(r)?);
-        }
         self.current = None;
-        let t = Instant::now();
-        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
-        let run = self.model.run_batch_whole(&ids)?;
-        // the pass's time shared out among its prompts, and the attribution's
-        let forward_ms = ms(t) / reqs.len().max(1) as f64;
-        let t = Instant::now();
-        let totals = rdla_attrib::head_totals_batch(&self.model, &run, &targets, sources)?;
-        let logits = rdla_model::to_vec(run.last_logits.clone())?;
-        let v = self.model.config.d_vocab;
-        let probs = targets
-            .iter()
-            .enumerate()
-            .map(|(b, target)| {
-                let last = logits
-                    .get(b * v..(b + 1) * v)
-                    .ok_or(SessionError::NotComputed)?;
-                crate::report::prob_of(&self.model, last, target.answer())
-            })
-            .collect::<Result<Vec<f32>>>()?;
-        let attribution_ms = ms(t) / reqs.len().max(1) as f64;
-        Ok(tokens
-            .into_iter()
-            .zip(targets)
-            .zip(totals.into_iter().zip(probs))
-            .map(|((tokens, target), (totals, prob))| Totals {
-                tokens,
-                target,
-                prob,
-                totals,
-                forward_ms,
-                attribution_ms,
-            })
-            .collect())
+        totals_of(&self.model, reqs, sources)
     }
 
     /// [`Session::totals_batch`] of the current computation, from the overview it already
@@ -1394,4 +1319,100 @@ impl Session {
     pub fn write_output(&self, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         crate::output::write_outside(path, &self.model.protected, bytes)
     }
+}
+
+/// A prompt's tokens as the computation would use them (BOS as asked), checked against the
+/// model's context.
+pub fn tokens_of(
+    model: &Model,
+    prompt: &str,
+    bos: bool,
+) -> std::result::Result<Tokens, ModelError> {
+    let tok = &model.tokenizer;
+    let ids = tok.encode_prompt_within(prompt, bos, model.config.n_ctx)?;
+    model.check_tokens(&ids)?;
+    Ok(Tokens {
+        strs: ids.iter().map(|&i| tok.token_str(i)).collect(),
+        ids,
+        has_bos: bos,
+    })
+}
+
+/// The target a request names: the answer (and foil) must each be one token, and differ.
+fn target_of(model: &Model, req: &Request) -> Result<Target> {
+    let tok = &model.tokenizer;
+    let answer = match req.answer_id {
+        Some(id) if id as usize >= model.config.d_vocab => {
+            return Err(SessionError::Attrib(rdla_attrib::AttribError::BadTarget {
+                id,
+                vocab: model.config.d_vocab,
+            }));
+        }
+        Some(id) => id,
+        None => tok
+            .single_token(&req.answer)
+            .map_err(|error| SessionError::Token {
+                which: "answer",
+                error,
+            })?,
+    };
+    match req.foil.as_deref().filter(|f| !f.is_empty()) {
+        None => Ok(Target::Logit { answer }),
+        Some(f) => {
+            let foil = tok.single_token(f).map_err(|error| SessionError::Token {
+                which: "foil",
+                error,
+            })?;
+            if foil == answer {
+                return Err(SessionError::SameFoil {
+                    token: req.answer.clone(),
+                });
+            }
+            Ok(Target::Diff { answer, foil })
+        }
+    }
+}
+
+/// [`Session::totals_batch`] of a model, without a session: several batches may be computed at
+/// once, on threads of their own.
+pub fn totals_of(model: &Model, reqs: &[Request], sources: bool) -> Result<Vec<Totals>> {
+    let mut tokens = Vec::with_capacity(reqs.len());
+    let mut targets = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        tokens.push(tokens_of(model, &r.prompt, r.bos)?);
+        targets.push(target_of(model, r)?);
+    }
+    let t = Instant::now();
+    let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+    let run = model.run_batch_whole(&ids)?;
+    // the pass's time shared out among its prompts, and the attribution's
+    let forward_ms = ms(t) / reqs.len().max(1) as f64;
+    let t = Instant::now();
+    let totals = rdla_attrib::head_totals_batch(model, &run, &targets, sources)?;
+    let logits = rdla_model::to_vec(run.last_logits.clone())?;
+    let v = model.config.d_vocab;
+    let probs = targets
+        .iter()
+        .enumerate()
+        .map(|(b, target)| {
+            let last = logits
+                .get(b * v..(b + 1) * v)
+                .ok_or(SessionError::NotComputed)?;
+            crate::report::prob_of(model, last, target.answer())
+        })
+        .collect::<Result<Vec<f32>>>()?;
+    let attribution_ms = ms(t) / reqs.len().max(1) as f64;
+    Ok(tokens
+        .into_iter()
+        .zip(targets)
+        .zip(totals.into_iter().zip(probs))
+        .map(|((tokens, target), (totals, prob))| Totals {
+            tokens,
+            target,
+            prob,
+            totals,
+            forward_ms,
+            attribution_ms,
+        })
+        .collect())
 }

@@ -180,14 +180,18 @@ pub fn run(a: &CensusArgs) -> anyhow::Result<()> {
     );
     let tm = done.times;
     if done.prompts > 0 && tm.total_ms > 0.0 {
+        let threads = (tm.forward_ms + tm.attribution_ms).max(1e-9);
         eprintln!(
-            "census: forward passes {:.1} s ({:.0} %), attribution {:.1} s ({:.0} %), node \
-             tables and writing {:.1} s",
-            tm.forward_ms / 1e3,
-            100.0 * tm.forward_ms / tm.total_ms,
-            tm.attribution_ms / 1e3,
-            100.0 * tm.attribution_ms / tm.total_ms,
-            (tm.total_ms - tm.forward_ms - tm.attribution_ms).max(0.0) / 1e3
+            "census: computing {:.1} s ({} at a time; of the threads' time, forward passes \
+             {:.0} %, attribution {:.0} %), node tables and writing {:.1} s",
+            tm.computing_ms / 1e3,
+            match tm.at_once {
+                0 | 1 => "one batch".to_string(),
+                k => format!("{k} batches"),
+            },
+            100.0 * tm.forward_ms / threads,
+            100.0 * tm.attribution_ms / threads,
+            (tm.total_ms - tm.computing_ms).max(0.0) / 1e3
         );
     }
     if !done.skipped.is_empty() {

@@ -256,6 +256,18 @@ impl Model {
         Ok(run)
     }
 
+    /// Whether batches of `rows[i]` rows each (prompts times their padded length) can run at
+    /// once, each on a thread of its own ([`Model::run_batch_whole`] is `&self`): the
+    /// model's layers resident (not streamed), and the batches' caches and working tensors
+    /// together within the budget beside it.
+    pub fn batches_fit(&self, rows: &[usize]) -> bool {
+        let bytes = rows
+            .iter()
+            .map(|&r| crate::memory::prompt_bytes(&self.config, r))
+            .sum();
+        !self.streams_layers() && self.fits(rows.iter().sum(), bytes, "").is_ok()
+    }
+
     /// A batch's run from its cache and final residual `xf [B·P, d]`: the logits at each
     /// prompt's last position (`lens[b]` real tokens of `P` each).
     fn batch_run(&self, cache: Cache, xf: &Tensor<2>, lens: Vec<usize>) -> Result<BatchRun> {
