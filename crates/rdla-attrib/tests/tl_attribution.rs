@@ -161,8 +161,9 @@ fn gguf_attributions_equal_the_dequantised_checkpoints() {
 /// A census's head totals of a whole batch at once (`head_totals_batch`, over one forward
 /// pass of several prompts) equal each prompt's own engine over its own forward pass —
 /// every root child, attention bias, head value, head bias and every head's summed sources —
-/// on every family, for prompts of equal lengths (computed together) and of mixed lengths
-/// (padded, computed prompt by prompt), with logit and logit-difference targets mixed.
+/// on every family, for prompts of equal lengths (computed together; the last layer at the
+/// last positions only), of mixed lengths (padded, computed prompt by prompt) and sharing
+/// their opening tokens (run once), with logit and logit-difference targets mixed.
 #[test]
 fn head_totals_of_a_batch_equal_each_prompts_own() {
     for name in TL_FIXTURES {
@@ -185,13 +186,22 @@ fn head_totals_of_a_batch_equal_each_prompts_own() {
                 foil: (answer + 1) % v,
             },
         ];
+        // the reference's first half, then the others' second halves: a shared opening
+        let k = ids.len() / 2;
+        let opened =
+            |rest: &[u32]| -> Vec<u32> { ids[..k].iter().chain(&rest[k..]).copied().collect() };
+        let (o_rev, o_shifted) = (opened(&rev), opened(&shifted));
         for (prompts, what) in [
             (vec![&ids, &rev, &shifted], "equal lengths"),
             (vec![&ids, &short, &rev], "mixed lengths"),
+            (vec![&o_rev, &ids, &o_shifted], "a shared opening"),
         ] {
             let slices: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
-            let run = model.run_batch_whole(&slices).unwrap();
-            assert_eq!(run.equal_lengths(), what == "equal lengths", "{name}");
+            let run = model.run_batch_whole(&slices, true).unwrap();
+            assert_eq!(run.equal_lengths(), what != "mixed lengths", "{name}");
+            // prompts of equal lengths skip the last layer's other positions where they can
+            let can = !model.config.qk_norm && !model.config.post_norms;
+            assert_eq!(run.whole, !(can && run.equal_lengths()), "{name} {what}");
             for sources in [false, true] {
                 let got = rdla_attrib::head_totals_batch(&model, &run, &targets, sources).unwrap();
                 assert_eq!(got.len(), prompts.len());

@@ -187,13 +187,103 @@ pub fn times<const D: usize>(a: Tensor<D>, b: Tensor<D>, device: &Device) -> Res
     })
 }
 
+/// Rotary embedding in place (`rotate_half` layout, as [`crate::rotary`]'s tensor
+/// expression): each row of `x [a, b, dh]` is at position `first + (row mod b)`; the pairs
+/// `(i, i + dim/2)` of its first `dim` channels are rotated by that position's `cos`/`sin`
+/// (tables `[n, dim/2]`, row-major). The same products and sums as the expression, so the
+/// same bits.
+pub fn rotate(
+    x: Tensor<3>,
+    dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+    first: usize,
+    device: &Device,
+) -> Result<Tensor<3>> {
+    let [_, b, dh] = x.dims();
+    let half = dim / 2;
+    if dim > dh || (first + b) * half > cos.len().min(sin.len()) {
+        return Err(ModelError::Device(format!(
+            "rotate: {b} positions from {first} need more of the tables ({} values) or a \
+             head wider than {dh}",
+            cos.len()
+        )));
+    }
+    in_place(x, device, |buf| {
+        par_rows(buf, dh, |r0, rows| {
+            for (i, row) in rows.chunks_exact_mut(dh.max(1)).enumerate() {
+                let at = (first + (r0 + i) % b.max(1)) * half;
+                let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
+                let (x1, x2) = row[..dim].split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (x1[j], x2[j]);
+                    x1[j] = a * c[j] - b * s[j];
+                    x2[j] = b * c[j] + a * s[j];
+                }
+            }
+        });
+    })
+}
+
+/// A norm over the last axis of `x [rows, d]`, in place: each row centred (a LayerNorm's
+/// `centre`; RMSNorm does not), divided by its scale `sqrt(mean(x²) + eps)`, then times
+/// `w` plus `b` where given (`[d]` each). Returns the normalised rows and the scales `[rows]`.
+pub fn norm(
+    x: Tensor<2>,
+    centre: bool,
+    eps: f32,
+    wb: Option<(&[f32], &[f32])>,
+    device: &Device,
+) -> Result<(Tensor<2>, Tensor<1>)> {
+    let [rows, d] = x.dims();
+    if wb.is_some_and(|(w, b)| w.len() != d || b.len() != d) {
+        return Err(ModelError::Device(format!(
+            "norm: weights of a width other than {d}"
+        )));
+    }
+    let mut scales = vec![0.0f32; rows];
+    let mut data: TensorData = x.into_data();
+    let buf = data
+        .as_mut_slice::<f32>()
+        .map_err(|e| ModelError::Device(format!("{e:?}")))?;
+    let d1 = d.max(1);
+    let per_row = |row: &mut [f32]| -> f32 {
+        if centre {
+            let mean = lanes(row, 0.0, |a, x| a + x, |a, b| a + b) / d as f32;
+            row.iter_mut().for_each(|x| *x -= mean);
+        }
+        let ss = lanes(row, 0.0, |a, x| a + x * x, |a, b| a + b);
+        let scale = (ss / d as f32 + eps).sqrt();
+        match wb {
+            Some((w, b)) => row
+                .iter_mut()
+                .zip(w.iter().zip(b))
+                .for_each(|(x, (w, b))| *x = *x / scale * w + b),
+            None => row.iter_mut().for_each(|x| *x /= scale),
+        }
+        scale
+    };
+    let done: std::result::Result<Vec<Vec<f32>>, std::convert::Infallible> =
+        par_parts(buf, d1, PAR_MIN, |_, part| {
+            Ok(part.chunks_exact_mut(d1).map(per_row).collect())
+        });
+    let Ok(parts) = done;
+    for (s, v) in scales.iter_mut().zip(parts.into_iter().flatten()) {
+        *s = v;
+    }
+    Ok((
+        Tensor::from_data(data, device),
+        Tensor::from_data(TensorData::new(scales, [rows]), device),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
 
     use burn::tensor::activation::softmax;
     use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-    use super::{PAR_MIN, activation, exp, softmax_block, times};
+    use super::{PAR_MIN, activation, exp, norm, rotate, softmax_block, times};
     use crate::act;
     use crate::config::{Activation, AttnSpan};
 
@@ -282,6 +372,76 @@ mod tests {
                 assert!((sum - 1.0).abs() < 1e-5, "{span:?}: row {i} sums to {sum}");
             }
         }
+    }
+
+    /// The fused rotation is the tensor expression's to the bit: rows at positions from
+    /// `first` (the prompt's `b` positions repeated over `a` heads), a rotary width below the
+    /// head's (the rest untouched), on the multi-threaded path; tables too short are refused.
+    #[test]
+    fn rotate_is_the_tensor_expression() {
+        let dev = Device::flex();
+        let (a, b, dh, dim, first) = (5, 300, 64, 48, 7);
+        assert!(a * b * dh > PAR_MIN);
+        let (n, half) = (first + b, dim / 2);
+        let cos = values(n * half, 1.0);
+        let sin: Vec<f32> = cos.iter().rev().map(|c| 0.5 - c).collect();
+        let x: Tensor<3> =
+            Tensor::from_data(TensorData::new(values(a * b * dh, 3.0), [a, b, dh]), &dev);
+        let table = |v: &[f32]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [n, half]), &dev)
+                .narrow(0, first, b)
+                .unsqueeze_dim::<3>(0)
+        };
+        let (c, s) = (table(&cos), table(&sin));
+        let (x1, x2) = (
+            x.clone().narrow(2, 0, half),
+            x.clone().narrow(2, half, half),
+        );
+        let want = Tensor::cat(
+            vec![
+                x1.clone() * c.clone() - x2.clone() * s.clone(),
+                x2 * c + x1 * s,
+                x.clone().narrow(2, dim, dh - dim),
+            ],
+            2,
+        );
+        let got = rotate(x.clone(), dim, &cos, &sin, first, &dev).unwrap();
+        assert_eq!(max_abs_diff(got.clone(), want), 0.0);
+        assert!(max_abs_diff(got, x.clone()) > 0.0);
+        assert!(rotate(x, dim, &cos[..half * b], &sin, first, &dev).is_err());
+    }
+
+    /// The fused norm equals the tensor expression (centred or not, with and without weight
+    /// and bias) to float rounding, its scales too, on the multi-threaded path; weights of
+    /// another width are refused.
+    #[test]
+    fn norm_matches_the_tensor_expression() {
+        let dev = Device::flex();
+        let (rows, d, eps) = (100, 576, 1e-5f32);
+        assert!(rows * d > PAR_MIN);
+        let x: Tensor<2> =
+            Tensor::from_data(TensorData::new(values(rows * d, 4.0), [rows, d]), &dev);
+        let w = values(d, 2.0);
+        let b: Vec<f32> = w.iter().rev().map(|v| v * 0.5 + 0.1).collect();
+        let row = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [d]), &dev);
+        for centre in [false, true] {
+            for wb in [None, Some((w.as_slice(), b.as_slice()))] {
+                let xc = match centre {
+                    true => x.clone() - x.clone().mean_dim(1),
+                    false => x.clone(),
+                };
+                let scale = xc.clone().square().mean_dim(1).add_scalar(eps).sqrt(); // [rows, 1]
+                let mut want = xc / scale.clone();
+                if let Some((w, b)) = wb {
+                    want = want * row(w).unsqueeze_dim::<2>(0) + row(b).unsqueeze_dim::<2>(0);
+                }
+                let (got, s) = norm(x.clone(), centre, eps, wb, &dev).unwrap();
+                let e: f32 = (got - want).abs().max().into_scalar();
+                let es: f32 = (s - scale.squeeze_dim::<1>(1)).abs().max().into_scalar();
+                assert!(e < 1e-5 && es < 1e-5, "centre {centre}: {e} {es}");
+            }
+        }
+        assert!(norm(x, false, eps, Some((&w[1..], &b)), &dev).is_err());
     }
 
     #[test]

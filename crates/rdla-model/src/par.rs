@@ -10,14 +10,18 @@ pub(crate) fn threads() -> usize {
 
 /// Run `f(first, part)` over `out` cut into one part per core, each a whole number of `unit`
 /// elements (`first`: the part's offset, in elements); below `min` elements the calling
-/// thread does all of it. The calling thread takes the first part. The results come back in
-/// order, or the first error; a panic in a part is resumed on the caller.
+/// thread does all of it. The parts are tasks of the shared thread pool (the one the matrix
+/// products run on): the calling thread takes what no idle thread does, so a caller that is
+/// itself one of several computations at once (a census's batches) is not slowed by threads
+/// competing for its cores. The results come back in order, or the first error; a panic in
+/// a part is resumed on the caller.
 pub(crate) fn par_parts<T: Send, R: Send, E: Send>(
     out: &mut [T],
     unit: usize,
     min: usize,
     f: impl Fn(usize, &mut [T]) -> Result<R, E> + Sync,
 ) -> Result<Vec<R>, E> {
+    use rayon::prelude::*;
     let unit = unit.max(1);
     let units = out.len() / unit;
     let n = threads().min(units).max(1);
@@ -25,20 +29,8 @@ pub(crate) fn par_parts<T: Send, R: Send, E: Send>(
         return f(0, out).map(|r| vec![r]);
     }
     let per = units.div_ceil(n) * unit;
-    std::thread::scope(|s| {
-        let mut parts = out.chunks_mut(per).enumerate();
-        let first = parts.next();
-        let f = &f;
-        let handles: Vec<_> = parts
-            .map(|(i, part)| s.spawn(move || f(i * per, part)))
-            .collect();
-        let mut results = Vec::with_capacity(handles.len() + 1);
-        if let Some((_, part)) = first {
-            results.push(f(0, part));
-        }
-        for h in handles {
-            results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        results.into_iter().collect()
-    })
+    out.par_chunks_mut(per)
+        .enumerate()
+        .map(|(i, part)| f(i * per, part))
+        .collect()
 }

@@ -47,23 +47,32 @@ pub struct RotaryTables {
     /// `[n, dim/2]` each.
     cos: Tensor<2>,
     sin: Tensor<2>,
+    /// The same on the host, for the CPU's fused kernel.
+    host: std::sync::Arc<(Vec<f32>, Vec<f32>)>,
 }
 
 impl RotaryTables {
     pub fn new(r: &Rotary, n: usize, device: &Device) -> Self {
         let (cos, sin) = r.tables(n);
         let half = r.dim / 2;
-        let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [n, half]), device);
+        let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [n, half]), device);
         Self {
             dim: r.dim,
-            cos: t(cos),
-            sin: t(sin),
+            cos: t(&cos),
+            sin: t(&sin),
+            host: std::sync::Arc::new((cos, sin)),
         }
     }
 
     /// Rotate `x [heads, P', dh]`, whose positions are `first .. first + P'`.
     pub fn apply(&self, x: Tensor<3>, first: usize) -> Tensor<3> {
         let n = x.dims()[1];
+        if x.device() == Device::flex() && self.dim <= x.dims()[2] {
+            let (cos, sin) = &*self.host;
+            if let Ok(t) = crate::fused::rotate(x.clone(), self.dim, cos, sin, first, &x.device()) {
+                return t;
+            }
+        }
         let cos = self.cos.clone().narrow(0, first, n).unsqueeze_dim::<3>(0);
         let sin = self.sin.clone().narrow(0, first, n).unsqueeze_dim::<3>(0);
         rotate(x, self.dim, &cos, &sin)

@@ -342,7 +342,8 @@ fn grouped_query_heads_are_counted_per_query_head() {
 }
 
 /// Several prompts in one forward pass (`run_batch`, what a census runs), of the same and of
-/// different lengths (the shorter padded at their end): every prompt's cache — components,
+/// different lengths (the shorter padded at their end), and prompts that share their opening
+/// tokens (run once, and again from the run kept of it): every prompt's cache — components,
 /// keys, values, every frozen scale, the last logits — is the one its own forward pass gives,
 /// on every family (learned positions, rotary, grouped query heads, q/k norms, post-norms,
 /// local attention).
@@ -357,21 +358,45 @@ fn a_batch_of_prompts_gives_each_prompt_its_own_cache() {
         let shifted: Vec<u32> = ids.iter().map(|&t| (t + 7) % v).collect();
         let short = &shifted[..ids.len() / 2];
         let one = &rev[..1];
-        let prompts = [
-            ids.as_slice(),
-            rev.as_slice(),
-            short,
-            shifted.as_slice(),
-            one,
+        // the reference's first half, then each of the others' second halves (and a shorter
+        // one): a shared opening
+        let k = ids.len() / 2;
+        let opened =
+            |rest: &[u32]| -> Vec<u32> { ids[..k].iter().chain(&rest[k..]).copied().collect() };
+        let (o_rev, o_shifted) = (opened(&rev), opened(&shifted));
+        let o_short = &ids[..k + 1];
+        let sets: [Vec<&[u32]>; 3] = [
+            vec![
+                ids.as_slice(),
+                rev.as_slice(),
+                short,
+                shifted.as_slice(),
+                one,
+            ],
+            vec![ids.as_slice(), &o_rev, &o_shifted, o_short],
+            vec![&o_shifted, &o_rev, ids.as_slice()],
         ];
+        for prompts in &sets {
+            check_batch(&m, name, prompts);
+        }
+    }
+    // an empty prompt in a batch is the same error as on its own
+    let m = load_model("llama_gqa", &Device::flex());
+    let err = m.run_batch(&[&[], &[1, 2, 3]]).unwrap_err();
+    assert!(matches!(err, rdla_model::ModelError::EmptyPrompt), "{err}");
+}
+
+/// `prompts` run as one batch give each its own cache (see above).
+fn check_batch(m: &rdla_model::Model, name: &str, prompts: &[&[u32]]) {
+    {
         if m.streams_layers() || rdla_model::spill::forced() {
             // CI's second pass: a streaming model, or caches forced to spill, runs prompts
             // one at a time
-            let err = m.run_batch(&prompts).unwrap_err();
+            let err = m.run_batch(prompts).unwrap_err();
             assert!(matches!(err, rdla_model::ModelError::BadBatch(_)), "{err}");
-            continue;
+            return;
         }
-        let batch = m.run_batch(&prompts).unwrap();
+        let batch = m.run_batch(prompts).unwrap();
         assert_eq!(batch.len(), prompts.len());
         for (p, got) in prompts.iter().zip(&batch) {
             let want = m.run(p).unwrap();
@@ -392,10 +417,6 @@ fn a_batch_of_prompts_gives_each_prompt_its_own_cache() {
             assert!(worst.is_finite(), "{name}");
         }
     }
-    // an empty prompt in a batch is the same error as on its own
-    let m = load_model("llama_gqa", &Device::flex());
-    let err = m.run_batch(&[&[], &[1, 2, 3]]).unwrap_err();
-    assert!(matches!(err, rdla_model::ModelError::EmptyPrompt), "{err}");
 }
 
 /// An ablated pass resumed at the earliest ablated layer (the layers below it the clean

@@ -7,6 +7,8 @@
 //! position, an MLP's pre-activation at a position) is recomputed from it on demand, batched,
 //! in [`crate::model::cache`].
 
+use std::sync::Arc;
+
 use burn::tensor::Tensor;
 
 use crate::error::Result;
@@ -19,6 +21,11 @@ use crate::model::{Blocks, Cache, Model};
 const ABLATION_ROWS: usize = 1024;
 /// … and at most this many copies.
 const ABLATION_COPIES: usize = 16;
+
+/// How many runs of batches' openings [`Model::run_batch_whole`] keeps.
+pub(crate) const PREFIX_RUNS: usize = 16;
+/// … each of at most this many tokens.
+const PREFIX_MAX: usize = 256;
 
 /// Sees each layer's blocks and the cache so far, as the forward pass finishes the layer.
 pub type Observer<'a> = dyn FnMut(usize, &Blocks, &Cache) -> Result<()> + 'a;
@@ -211,7 +218,7 @@ impl Model {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let run = self.run_batch_whole(prompts)?;
+        let run = self.run_batch_whole(prompts, false)?;
         self.split_batch(&run)
     }
 
@@ -219,7 +226,14 @@ impl Model {
     /// prompt's positions `b·stride .. b·stride + lens[b]` (padding after), and the logits at
     /// each prompt's last position `[B, V]`. What a computation over the whole batch at
     /// once reads ([`crate::Model::last_pattern_rows`]).
-    pub fn run_batch_whole(&self, prompts: &[&[u32]]) -> Result<BatchRun> {
+    ///
+    /// The tokens every prompt starts with are run once ([`Model::opening`]). With
+    /// `at_last`, a batch of prompts of equal lengths on a model without per-head norms or
+    /// post-norms computes its last layer's queries, outputs and MLP at each prompt's last
+    /// position only (its keys and values, and its input norm's scales, at every position):
+    /// all that the totals at the last position read, nothing the cache of a position before
+    /// it would need. The run says so ([`BatchRun::whole`] is then `false`) and is not split.
+    pub fn run_batch_whole(&self, prompts: &[&[u32]], at_last: bool) -> Result<BatchRun> {
         let bad = |why: String| Err(crate::error::ModelError::BadBatch(why));
         let Some(n) = prompts.iter().map(|p| p.len()).max() else {
             return bad("no prompts".into());
@@ -250,8 +264,25 @@ impl Model {
             )?;
         }
         let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        let (cache, xf) = self.forward_whole(&all, &lens, &[], &mut |_, _| true, None, None)?;
-        let run = self.batch_run(cache, &xf, lens)?;
+        let prefix = self.opening(prompts)?;
+        let last_layer_at_last = at_last
+            && lens.iter().all(|&l| l == n)
+            && !self.config.qk_norm
+            && !self.config.post_norms;
+        let (cache, xf) = self.forward_whole(
+            &all,
+            &lens,
+            &[],
+            &mut |_, _| true,
+            None,
+            None,
+            Plan {
+                prefix: prefix.as_deref(),
+                last_layer_at_last,
+            },
+        )?;
+        let mut run = self.batch_run(cache, &xf, lens)?;
+        run.whole = !last_layer_at_last;
         self.check_finite(&run.cache)?;
         Ok(run)
     }
@@ -268,15 +299,63 @@ impl Model {
         !self.streams_layers() && self.fits(rows.iter().sum(), bytes, "").is_ok()
     }
 
-    /// A batch's run from its cache and final residual `xf [B·P, d]`: the logits at each
-    /// prompt's last position (`lens[b]` real tokens of `P` each).
+    /// The run of the tokens every prompt of a batch starts with (all but the last of the
+    /// shortest at most), when there are several prompts: from the most recent runs
+    /// ([`PREFIX_RUNS`]) or run now and kept. Causal attention makes these positions'
+    /// activations the same in every prompt that starts with them, so the batch's pass
+    /// computes only the rest of each prompt ([`Model::forward_whole`]).
+    fn opening(&self, prompts: &[&[u32]]) -> Result<Option<Arc<Cache>>> {
+        let (Some(first), true) = (prompts.first(), prompts.len() > 1) else {
+            return Ok(None);
+        };
+        let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+        let p = (0..shortest.saturating_sub(1).min(PREFIX_MAX))
+            .take_while(|&i| prompts.iter().all(|q| q[i] == first[i]))
+            .count();
+        if p == 0 {
+            return Ok(None);
+        }
+        let key = &first[..p];
+        let kept = |runs: &mut Vec<(Vec<u32>, Arc<Cache>)>| {
+            let i = runs.iter().position(|(k, _)| k == key)?;
+            let hit = runs.remove(i);
+            let run = hit.1.clone();
+            runs.push(hit);
+            Some(run)
+        };
+        if let Some(run) = self.prefix_runs.lock().ok().as_deref_mut().and_then(kept) {
+            return Ok(Some(run));
+        }
+        let (cache, _) = self.forward_whole(
+            key,
+            &[p],
+            &[],
+            &mut |_, _| true,
+            None,
+            None,
+            Plan::default(),
+        )?;
+        let run = Arc::new(cache);
+        if let Ok(mut runs) = self.prefix_runs.lock() {
+            if runs.len() >= PREFIX_RUNS {
+                runs.remove(0);
+            }
+            runs.push((key.to_vec(), run.clone()));
+        }
+        Ok(Some(run))
+    }
+
+    /// A batch's run from its cache and final residual `xf [B·P', d]` (`P'` rows of each
+    /// prompt: its last `P'` positions): the logits at each prompt's last position (`lens[b]`
+    /// real tokens of `P` each).
     fn batch_run(&self, cache: Cache, xf: &Tensor<2>, lens: Vec<usize>) -> Result<BatchRun> {
         let n = cache.n_pos() / lens.len().max(1);
+        let rows = xf.dims()[0] / lens.len().max(1);
         let lasts = Tensor::<1, burn::tensor::Int>::from_data(
             burn::tensor::TensorData::new(
                 lens.iter()
                     .enumerate()
-                    .map(|(b, &l)| (b * n + l - 1) as i64)
+                    .map(|(b, &l)| (b * rows + l + rows - n - 1) as i64)
                     .collect::<Vec<_>>(),
                 [lens.len()],
             ),
@@ -288,6 +367,7 @@ impl Model {
             lens,
             stride: n,
             last_logits,
+            whole: true,
         })
     }
 
@@ -320,7 +400,8 @@ impl Model {
         observe: Option<&mut Observer<'_>>,
         start: Option<(usize, Tensor<2>)>,
     ) -> Result<Vec<Cache>> {
-        let (mut whole, xf) = self.forward_whole(ids, lens, ivs, progress, observe, start)?;
+        let (mut whole, xf) =
+            self.forward_whole(ids, lens, ivs, progress, observe, start, Plan::default())?;
         if lens.len() > 1 {
             return self.split_batch(&self.batch_run(whole, &xf, lens.to_vec())?);
         }
@@ -332,7 +413,12 @@ impl Model {
     }
 
     /// [`Model::forward_rows`] before a batch's cache is split: the cache of every row (its
-    /// `last_logits` unset) and the final residual, normalised, `[B·P, d]`.
+    /// `last_logits` unset) and the final residual, normalised, `[B·P', d]`. With a
+    /// `prefix` (the run of the `p` tokens every prompt starts with: [`Model::opening`]),
+    /// only each prompt's last `P' = P − p` positions are computed, against the prefix's
+    /// keys and values, and the prefix's rows of the cache are its run's (no interventions,
+    /// no resumed pass, no observer then).
+    #[allow(clippy::too_many_arguments)]
     fn forward_whole(
         &self,
         ids: &[u32],
@@ -341,7 +427,28 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize) -> bool,
         mut observe: Option<&mut Observer<'_>>,
         start: Option<(usize, Tensor<2>)>,
+        plan: Plan<'_>,
     ) -> Result<(Cache, Tensor<2>)> {
+        let prefix = plan.prefix;
+        // the last layer at each prompt's last position only (its keys and values at all)
+        let at_last_only = plan.last_layer_at_last;
+        if at_last_only
+            && (lens.iter().any(|&l| l * lens.len().max(1) != ids.len())
+                || self.config.qk_norm
+                || self.config.post_norms)
+        {
+            return Err(crate::error::ModelError::BadBatch(
+                "the last layer at the last positions only, for prompts of unequal lengths or \
+                 a model with per-head norms or post-norms"
+                    .into(),
+            ));
+        }
+        let shortcut = prefix.is_some() || plan.last_layer_at_last;
+        if shortcut && (!ivs.is_empty() || start.is_some() || observe.is_some()) {
+            return Err(crate::error::ModelError::BadBatch(
+                "a batch's shortcuts with interventions, a resumed pass or an observer".into(),
+            ));
+        }
         let batch = lens.len().max(1);
         let spill = batch == 1 && self.plan_prompt(ids)?;
         let cfg = &self.config;
@@ -360,8 +467,31 @@ impl Model {
         let rotary = self.rotary_tables(n);
         let iv = PassInterventions { copies: ivs, n };
         let whole = |site: Site, s: Site| (s == site).then_some(None);
+        // positions `p0..n` of each prompt are computed (`nq` of them), the first `p0` are the
+        // prefix's
+        let p0 = prefix.map_or(0, Cache::n_pos);
+        let nq = n - p0;
+        let own: Vec<u32> = if p0 == 0 {
+            ids.to_vec()
+        } else {
+            ids.chunks(n)
+                .flat_map(|c| c[p0..].iter().copied())
+                .collect()
+        };
+        // component `c`'s rows in the prefix's run `[p0, d]`
+        let comp_rows =
+            |c: usize| move |pc: &Cache| pc.components.clone().narrow(0, c, 1).squeeze_dim::<2>(0);
+        // layer `l`'s rows of a `[L, ·]` entry of the prefix's run
+        let at = |t: &Tensor<2>, l: usize| t.clone().narrow(0, l, 1).squeeze_dim::<1>(0);
+        let at3 = |t: &Tensor<3>, l: usize| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
+        let at4 = |t: &Tensor<4>, l: usize| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
+        // a post-norm's scales (`i`: 0 attention, 1 MLP) at layer `l` in the prefix's run
+        let post_of = |c: &Cache, i: usize, l: usize| match &c.post_scale {
+            Some((a, m)) => at(if i == 0 { a } else { m }, l),
+            None => Tensor::zeros([p0], dev),
+        };
 
-        let embed = iv.apply(self.embed(ids)?, |s| whole(Site::Embed, s)); // [P, d]
+        let embed = iv.apply(self.embed(&own)?, |s| whole(Site::Embed, s)); // [B·P', d]
         // A cache that does not fit the budget lives in temporary files, written in place
         // (zero-filled); in memory, an observer reads the components of layers not yet
         // computed (times zero).
@@ -386,10 +516,13 @@ impl Model {
             None if observe.is_some() => Tensor::<3>::zeros([n_c, n_all, d], dev),
             None => Tensor::<3>::empty([n_c, n_all, d], dev),
         }
-        .slice_assign([0..1, 0..n_all, 0..d], embed.clone().unsqueeze_dim::<3>(0));
+        .slice_assign(
+            [0..1, 0..n_all, 0..d],
+            whole_rows(embed.clone(), prefix, comp_rows(0), 0, batch).unsqueeze_dim::<3>(0),
+        );
         let mut x = embed;
         if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
-            let pos = w_pos.clone().narrow(0, 0, n); // [P, d]
+            let pos = w_pos.clone().narrow(0, p0, nq); // [P', d]
             // each prompt's positions start at 0
             let pos = if batch > 1 {
                 pos.repeat_dim(0, batch)
@@ -398,7 +531,10 @@ impl Model {
             };
             let pos = iv.apply(pos, |s| whole(Site::Pos, s));
             x = x + pos.clone();
-            comps = comps.slice_assign([c..c + 1, 0..n_all, 0..d], pos.unsqueeze_dim::<3>(0));
+            comps = comps.slice_assign(
+                [c..c + 1, 0..n_all, 0..d],
+                whole_rows(pos, prefix, comp_rows(c), 0, batch).unsqueeze_dim::<3>(0),
+            );
         }
         // a pass resumed at a layer starts from the residual stream entering it
         let first = start.as_ref().map_or(0, |(l0, _)| *l0);
@@ -442,22 +578,53 @@ impl Model {
                 let layer3 = |t: &Tensor<3>| t.clone().squeeze_dim::<2>(0);
                 let layer2 = |t: &Tensor<2>| t.clone(); // [1, ·]
                 // each prompt's positions start at 0
-                let rotate = |t: Tensor<3>| match &rotary {
+                // (`m` positions of each prompt from `first`)
+                let rotate_from = |t: Tensor<3>, m: usize, first: usize| match &rotary {
                     Some(r) if batch > 1 => {
                         let a = t.dims()[0];
                         r.layer(l)
-                            .apply(t.reshape([a * batch, n, dh]), 0)
-                            .reshape([a, n_all, dh])
+                            .apply(t.reshape([a * batch, m, dh]), first)
+                            .reshape([a, batch * m, dh])
                     }
-                    Some(r) => r.layer(l).apply(t, 0),
+                    Some(r) => r.layer(l).apply(t, first),
                     None => t,
+                };
+                let rotate = |t: Tensor<3>| rotate_from(t, nq, p0);
+                // the last layer's queries, outputs and MLP at each prompt's last position
+                let last = at_last_only && l + 1 == n_l;
+                // each prompt's last row of `t [B·P', ·]`
+                let last_rows = |t: Tensor<2>| {
+                    let w = t.dims()[1];
+                    match last {
+                        true => t
+                            .reshape([batch, nq, w])
+                            .narrow(1, nq - 1, 1)
+                            .reshape([batch, w]),
+                        false => t,
+                    }
+                };
+                // rows computed at each prompt's last position only, in rows of whole prompts
+                // (zero elsewhere)
+                let placed = |t: Tensor<2>, pre: &dyn Fn(&Cache) -> Tensor<2>| {
+                    if last {
+                        let w = t.dims()[1];
+                        Tensor::<3>::zeros([batch, n, w], dev)
+                            .slice_assign([0..batch, n - 1..n, 0..w], t.reshape([batch, 1, w]))
+                            .reshape([n_all, w])
+                    } else {
+                        whole_rows(t, prefix, pre, 0, batch)
+                    }
+                };
+                let placed1 = |t: Tensor<1>, pre: &dyn Fn(&Cache) -> Tensor<1>| {
+                    placed(t.unsqueeze_dim::<2>(1), &|c| pre(c).unsqueeze_dim::<2>(1))
+                        .squeeze_dim::<1>(1)
                 };
 
                 // attention: queries, keys and values for every position, then blocks of queries
                 let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&b.ln1, 0));
-                let xh = xn.unsqueeze_dim::<3>(0); // [1, P, d]
+                let xh = xn.clone().unsqueeze_dim::<3>(0); // [1, P, d]
                 let q = self.plus_bias(
-                    xh.clone().matmul(layer(&b.w_q)),
+                    last_rows(xn).unsqueeze_dim::<3>(0).matmul(layer(&b.w_q)),
                     layer3(&b.b_q).unsqueeze_dim::<3>(1),
                 ); // [H, P, dh]
                 let k = self.plus_bias(
@@ -468,6 +635,12 @@ impl Model {
                     Some((qn, kn)) => {
                         let (q, sq) = self.head_norm(q, layer2(qn));
                         let (k, sk) = self.head_norm(k, layer2(kn));
+                        let pre_qk = |c: &Cache, i: usize| match &c.qk_scale {
+                            Some((qs, ks)) => at3(if i == 0 { qs } else { ks }, l),
+                            None => Tensor::zeros([if i == 0 { h } else { kv }, p0], dev),
+                        };
+                        let sq = whole_rows(sq, prefix, |c| pre_qk(c, 0), 1, batch);
+                        let sk = whole_rows(sk, prefix, |c| pre_qk(c, 1), 1, batch);
                         let (qs, ks) = qk_scales.get_or_insert_with(|| {
                             (
                                 Tensor::<3>::empty([n_l, h, n_all], dev),
@@ -484,15 +657,20 @@ impl Model {
                     }
                     None => (q, k),
                 };
-                let q = rotate(q);
-                let k = rotate(k);
+                let q = match last {
+                    true => rotate_from(q, 1, n - 1),
+                    false => rotate(q),
+                };
+                // the keys and values of whole prompts `[KV, B·P, dh]`
+                let k = whole_rows(rotate(k), prefix, |c| at4(&c.k, l), 1, batch);
                 let v = self.plus_bias(
                     xh.matmul(layer(&b.w_v)),
                     layer3(&b.b_v).unsqueeze_dim::<3>(1),
-                ); // [KV, P, dh]
+                ); // [KV, P', dh]
+                let v = whole_rows(v, prefix, |c| at4(&c.v, l), 1, batch);
                 let span = cfg.attn_spans[l];
                 let z_flat = iv.apply(
-                    self.attention(q, k.clone(), v.clone(), batch, span)?, // [B·P, H·dh]
+                    self.attention(q, k.clone(), v.clone(), batch, span)?, // [B·P', H·dh]
                     |s| match s {
                         Site::Head { layer, head } if layer == l => {
                             Some(Some(head * dh..(head + 1) * dh))
@@ -505,6 +683,7 @@ impl Model {
                 if let Some((pa, _)) = &b.post_norm {
                     let (y, s) = self.post_norm(attn_out, layer2(pa));
                     attn_out = y;
+                    let s = whole_rows(s, prefix, |c| post_of(c, 0, l), 0, batch);
                     let (sa, _) = post_scales.get_or_insert_with(|| {
                         (
                             Tensor::<2>::empty([n_l, n_all], dev),
@@ -516,10 +695,14 @@ impl Model {
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
                 }
                 let attn_out = iv.apply(attn_out, |s| whole(Site::Attn(l), s));
+                x = last_rows(x);
                 let resid_mid = x.clone() + attn_out.clone();
                 let c = layout.attn(l);
-                comps =
-                    comps.slice_assign([c..c + 1, 0..n_all, 0..d], attn_out.unsqueeze_dim::<3>(0));
+                comps = comps.slice_assign(
+                    [c..c + 1, 0..n_all, 0..d],
+                    placed(attn_out, &comp_rows(c)).unsqueeze_dim::<3>(0),
+                );
+                let s1 = whole_rows(s1, prefix, |c| at(&c.ln1_scale, l), 0, batch);
                 s1s = s1s.slice_assign([l..l + 1, 0..n_all], s1.unsqueeze_dim::<2>(0));
                 ks = ks.slice_assign([l..l + 1, 0..kv, 0..n_all, 0..dh], k.unsqueeze_dim::<4>(0));
                 vs = vs.slice_assign([l..l + 1, 0..kv, 0..n_all, 0..dh], v.unsqueeze_dim::<4>(0));
@@ -542,6 +725,7 @@ impl Model {
                 if let (Some((_, pm)), Some((_, sm))) = (&b.post_norm, &mut post_scales) {
                     let (y, s) = self.post_norm(mlp_out, layer2(pm));
                     mlp_out = y;
+                    let s = whole_rows(s, prefix, |c| post_of(c, 1, l), 0, batch);
                     *sm = sm
                         .clone()
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
@@ -549,8 +733,11 @@ impl Model {
                 let mlp_out = iv.apply(mlp_out, |s| whole(Site::Mlp(l), s));
                 x = resid_mid + mlp_out.clone();
                 let c = layout.mlp(l);
-                comps =
-                    comps.slice_assign([c..c + 1, 0..n_all, 0..d], mlp_out.unsqueeze_dim::<3>(0));
+                comps = comps.slice_assign(
+                    [c..c + 1, 0..n_all, 0..d],
+                    placed(mlp_out, &comp_rows(c)).unsqueeze_dim::<3>(0),
+                );
+                let s2 = placed1(s2, &|c| at(&c.ln2_scale, l));
                 s2s = s2s.slice_assign([l..l + 1, 0..n_all], s2.unsqueeze_dim::<2>(0));
                 if let Some(obs) = observe.as_mut() {
                     let partial = Cache {
@@ -580,6 +767,14 @@ impl Model {
         let (x, comps, s1s, s2s, ks, vs, qk_scales, post_scales) = state;
 
         let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
+        let sf = if at_last_only {
+            // each prompt's last position (the rest unset: zero)
+            Tensor::<2>::zeros([batch, n], dev)
+                .slice_assign([0..batch, n - 1..n], sf.reshape([batch, 1]))
+                .reshape([n_all])
+        } else {
+            whole_rows(sf, prefix, |c| c.final_scale.clone(), 0, batch)
+        };
         for (r, s) in iv.final_scales() {
             // the run's last position normalised by the clean run's scale
             let xn = self.centred(x.clone().narrow(0, r, 1)).div_scalar(s);
@@ -611,10 +806,11 @@ impl Model {
         Ok((whole, xf))
     }
 
-    /// Attention of `batch` prompts laid end to end: queries `[H, B·P, dh]`, keys and values
-    /// `[KV, B·P, dh]` (rotated) → each head's `z` as `[B·P, H·dh]`, a block of queries at a
-    /// time. The prompts are folded into the key/value-head axis (`B·KV`, prompt major), so
-    /// each sees its own keys only; query heads are grouped by key/value head.
+    /// Attention of `batch` prompts laid end to end: queries `[H, B·P', dh]` at each
+    /// prompt's last `P'` positions, keys and values `[KV, B·P, dh]` at all its `P` (rotated)
+    /// → each head's `z` as `[B·P', H·dh]`, a block of queries at a time. The prompts are
+    /// folded into the key/value-head axis (`B·KV`, prompt major), so each sees its own keys
+    /// only; query heads are grouped by key/value head.
     fn attention(
         &self,
         q: Tensor<3>,
@@ -625,45 +821,53 @@ impl Model {
     ) -> Result<Tensor<2>> {
         let cfg = &self.config;
         let (h, kv, dh, g) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.kv_group());
-        let n_all = q.dims()[1];
-        let n = n_all / batch;
+        let rows = q.dims()[1];
+        let (nq, n) = (rows / batch, k.dims()[1] / batch);
+        let skip = n - nq; // the first query's position
         let dev = &self.device;
         let (qg, kg, vg) = if batch > 1 {
-            let per = |t: Tensor<3>, heads: usize| {
-                t.reshape([heads, batch, n, dh])
+            let per = |t: Tensor<3>, heads: usize, m: usize| {
+                t.reshape([heads, batch, m, dh])
                     .swap_dims(0, 1)
-                    .reshape([batch * heads, n, dh])
+                    .reshape([batch * heads, m, dh])
             };
             (
-                per(q, h).reshape([batch * kv, g, n, dh]),
-                per(k, kv),
-                per(v, kv),
+                per(q, h, nq).reshape([batch * kv, g, nq, dh]),
+                per(k, kv, n),
+                per(v, kv, n),
             )
         } else {
-            (q.reshape([kv, g, n, dh]), k, v)
+            (q.reshape([kv, g, nq, dh]), k, v)
         };
         let bk = batch * kv;
-        let mut z = Tensor::<3>::empty([batch * h, n, dh], dev);
-        for q0 in (0..n).step_by(QUERY_BLOCK) {
-            let bq = QUERY_BLOCK.min(n - q0);
-            let k_end = q0 + bq; // no query of the block sees past its last position
+        let mut z = Tensor::<3>::empty([batch * h, nq, dh], dev);
+        for q0 in (0..nq).step_by(QUERY_BLOCK) {
+            let bq = QUERY_BLOCK.min(nq - q0);
+            let k_end = skip + q0 + bq; // no query of the block sees past its last position
             let qb = qg.clone().narrow(2, q0, bq).reshape([bk, g * bq, dh]);
             let scores = qb.matmul(kg.clone().narrow(1, 0, k_end).swap_dims(1, 2)); // [B·KV, g·Bq, K]
-            let pattern = self.block_softmax(scores, span, q0, bq)?;
+            let pattern = self.block_softmax(scores, span, skip + q0, bq)?;
             let zb = pattern
                 .matmul(vg.clone().narrow(1, 0, k_end)) // [B·KV, g·Bq, dh]
                 .reshape([batch * h, bq, dh]);
             z = z.slice_assign([0..batch * h, q0..q0 + bq, 0..dh], zb);
         }
-        // [B·H, P, dh] → [B·P, H·dh]
-        Ok(z.reshape([batch, h, n, dh])
+        // [B·H, P', dh] → [B·P', H·dh]
+        Ok(z.reshape([batch, h, nq, dh])
             .swap_dims(1, 2)
-            .reshape([n_all, h * dh]))
+            .reshape([rows, h * dh]))
     }
 
     /// Each prompt's cache from a batch run: a view of its real positions, with its last
     /// logits.
     pub fn split_batch(&self, run: &BatchRun) -> Result<Vec<Cache>> {
+        if !run.whole {
+            return Err(crate::error::ModelError::BadBatch(
+                "a batch run whose last layer is at the last positions only has no caches of \
+                 single prompts"
+                    .into(),
+            ));
+        }
         let (whole, lens, p) = (&run.cache, &run.lens, run.stride);
         let batch = lens.len();
         let logits = &run.last_logits;
@@ -749,6 +953,37 @@ impl Model {
     }
 }
 
+/// What a batch's pass may skip ([`Model::run_batch_whole`]): the positions every prompt
+/// starts with, run once beforehand (`prefix`), and, in the last layer, every position but
+/// each prompt's last after its keys and values (`last_layer_at_last`; prompts of equal
+/// lengths only).
+#[derive(Default, Clone, Copy)]
+struct Plan<'a> {
+    prefix: Option<&'a Cache>,
+    last_layer_at_last: bool,
+}
+
+/// `t`'s rows along `axis` (`batch` prompts' computed rows laid end to end) with, before
+/// each prompt's own, the rows `pre` takes from the run of the prefix they share (the same
+/// for every prompt): rows of whole prompts. `t` itself without a prefix.
+fn whole_rows<const D: usize>(
+    t: Tensor<D>,
+    prefix: Option<&Cache>,
+    pre: impl Fn(&Cache) -> Tensor<D>,
+    axis: usize,
+    batch: usize,
+) -> Tensor<D> {
+    let Some(pc) = prefix else {
+        return t;
+    };
+    let pre = pre(pc);
+    let each = t.dims()[axis] / batch.max(1);
+    let parts = (0..batch)
+        .flat_map(|b| [pre.clone(), t.clone().narrow(axis, b * each, each)])
+        .collect();
+    Tensor::cat(parts, axis)
+}
+
 /// A batch of prompts run as one forward pass ([`Model::run_batch_whole`]).
 #[derive(Debug)]
 pub struct BatchRun {
@@ -759,6 +994,10 @@ pub struct BatchRun {
     pub stride: usize,
     /// The logits at each prompt's last position `[B, V]`.
     pub last_logits: Tensor<2>,
+    /// Whether the cache holds every position of every layer; `false`: the last layer's
+    /// outputs (and its MLP's input scales, and the final norm's) at each prompt's last
+    /// position only, zero elsewhere ([`Model::run_batch_whole`] with `at_last`).
+    pub whole: bool,
 }
 
 impl BatchRun {

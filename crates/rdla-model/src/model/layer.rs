@@ -85,6 +85,27 @@ impl Model {
         x: Tensor<2>,
         wb: Option<(Tensor<1>, Tensor<1>)>,
     ) -> (Tensor<2>, Tensor<1>) {
+        if self.on_cpu() {
+            // one pass over each row instead of seven over the whole
+            let host = |t: &Tensor<1>| t.clone().into_data().try_to_vec::<f32>().ok();
+            let wb_host = match &wb {
+                Some((w, b)) => host(w).zip(host(b)).map(Some),
+                None => Some(None),
+            };
+            if let Some(wbh) = wb_host {
+                let centre = self.config.norm == Norm::LayerNorm;
+                let wbs = wbh.as_ref().map(|(w, b)| (w.as_slice(), b.as_slice()));
+                if let Ok(r) = fused::norm(
+                    x.clone(),
+                    centre,
+                    self.config.ln_eps as f32,
+                    wbs,
+                    &self.device,
+                ) {
+                    return r;
+                }
+            }
+        }
         let xc = self.centred(x);
         let scale = self.rms(xc.clone()); // [P, 1]
         let xn = Self::ln_affine(

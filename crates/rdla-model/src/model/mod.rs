@@ -110,6 +110,10 @@ pub struct Model {
     /// The quantised copy of `W_U` that narrows vocabulary readouts on the CPU, built on
     /// first use.
     vocab_sketch: OnceLock<VocabSketch>,
+    /// The runs of the tokens recent batches started with ([`Model::run_batch_whole`] runs
+    /// a batch's common opening once, and the rest of each prompt against its keys and
+    /// values): the most recent [`forward::PREFIX_RUNS`], by their tokens.
+    prefix_runs: std::sync::Mutex<Vec<(Vec<u32>, Arc<Cache>)>>,
 }
 
 /// Whether `path` is a GGUF file: by its magic bytes, so Ollama's blobs (`sha256-…`, no
@@ -453,6 +457,7 @@ impl Model {
             weights,
             device: device.clone(),
             vocab_sketch: OnceLock::new(),
+            prefix_runs: std::sync::Mutex::new(Vec::new()),
         })
     }
 
