@@ -22,10 +22,10 @@ const ABLATION_ROWS: usize = 1024;
 /// … and at most this many copies.
 const ABLATION_COPIES: usize = 16;
 
-/// How many runs of batches' openings [`Model::run_batch_whole`] keeps.
+/// How many runs of batches' openings [`Model::run_batch_whole`] keeps …
 pub(crate) const PREFIX_RUNS: usize = 16;
-/// … each of at most this many tokens.
-const PREFIX_MAX: usize = 256;
+/// … their caches together within this many bytes.
+const PREFIX_BYTES: u64 = 64 << 20;
 
 /// Sees each layer's blocks and the cache so far, as the forward pass finishes the layer.
 pub type Observer<'a> = dyn FnMut(usize, &Blocks, &Cache) -> Result<()> + 'a;
@@ -309,7 +309,7 @@ impl Model {
             return Ok(None);
         };
         let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
-        let p = (0..shortest.saturating_sub(1).min(PREFIX_MAX))
+        let p = (0..shortest.saturating_sub(1))
             .take_while(|&i| prompts.iter().all(|q| q[i] == first[i]))
             .count();
         if p == 0 {
@@ -336,8 +336,14 @@ impl Model {
             Plan::default(),
         )?;
         let run = Arc::new(cache);
-        if let Ok(mut runs) = self.prefix_runs.lock() {
-            if runs.len() >= PREFIX_RUNS {
+        let bytes = |n: usize| crate::memory::spillable_bytes(&self.config, n);
+        if let Ok(mut runs) = self.prefix_runs.lock()
+            && bytes(p) <= PREFIX_BYTES
+        {
+            // the oldest go first
+            while runs.len() >= PREFIX_RUNS
+                || runs.iter().map(|(k, _)| bytes(k.len())).sum::<u64>() + bytes(p) > PREFIX_BYTES
+            {
                 runs.remove(0);
             }
             runs.push((key.to_vec(), run.clone()));
@@ -432,23 +438,8 @@ impl Model {
         let prefix = plan.prefix;
         // the last layer at each prompt's last position only (its keys and values at all)
         let at_last_only = plan.last_layer_at_last;
-        if at_last_only
-            && (lens.iter().any(|&l| l * lens.len().max(1) != ids.len())
-                || self.config.qk_norm
-                || self.config.post_norms)
-        {
-            return Err(crate::error::ModelError::BadBatch(
-                "the last layer at the last positions only, for prompts of unequal lengths or \
-                 a model with per-head norms or post-norms"
-                    .into(),
-            ));
-        }
-        let shortcut = prefix.is_some() || plan.last_layer_at_last;
-        if shortcut && (!ivs.is_empty() || start.is_some() || observe.is_some()) {
-            return Err(crate::error::ModelError::BadBatch(
-                "a batch's shortcuts with interventions, a resumed pass or an observer".into(),
-            ));
-        }
+        let plain = ivs.is_empty() && start.is_none() && observe.is_none();
+        self.check_plan(plan, ids.len(), lens, plain)?;
         let batch = lens.len().max(1);
         let spill = batch == 1 && self.plan_prompt(ids)?;
         let cfg = &self.config;
@@ -471,46 +462,25 @@ impl Model {
         // prefix's
         let p0 = prefix.map_or(0, Cache::n_pos);
         let nq = n - p0;
-        let own: Vec<u32> = if p0 == 0 {
-            ids.to_vec()
-        } else {
-            ids.chunks(n)
-                .flat_map(|c| c[p0..].iter().copied())
-                .collect()
+        let at_rows = Rows {
+            prefix,
+            batch,
+            n,
+            p0,
+            dev,
         };
-        // component `c`'s rows in the prefix's run `[p0, d]`
-        let comp_rows =
-            |c: usize| move |pc: &Cache| pc.components.clone().narrow(0, c, 1).squeeze_dim::<2>(0);
-        // layer `l`'s rows of a `[L, ·]` entry of the prefix's run
-        let at = |t: &Tensor<2>, l: usize| t.clone().narrow(0, l, 1).squeeze_dim::<1>(0);
-        let at3 = |t: &Tensor<3>, l: usize| t.clone().narrow(0, l, 1).squeeze_dim::<2>(0);
-        let at4 = |t: &Tensor<4>, l: usize| t.clone().narrow(0, l, 1).squeeze_dim::<3>(0);
-        // a post-norm's scales (`i`: 0 attention, 1 MLP) at layer `l` in the prefix's run
-        let post_of = |c: &Cache, i: usize, l: usize| match &c.post_scale {
-            Some((a, m)) => at(if i == 0 { a } else { m }, l),
-            None => Tensor::zeros([p0], dev),
-        };
+        let own = at_rows.own(ids);
+        let comp_rows = Rows::comp;
 
         let embed = iv.apply(self.embed(&own)?, |s| whole(Site::Embed, s)); // [B·P', d]
         // A cache that does not fit the budget lives in temporary files, written in place
         // (zero-filled); in memory, an observer reads the components of layers not yet
         // computed (times zero).
-        let mut spills = Vec::new();
-        let mut spilled = |shape: &[usize]| -> Result<Option<Tensor<4>>> {
-            if !spill {
-                return Ok(None);
-            }
-            let (t, f) = crate::spill::Spill::zeros([shape[0], shape[1], shape[2], shape[3]])?;
-            spills.push(f);
-            Ok(Some(t))
+        let (comps0, ks0, vs0, spills) = match spill {
+            true => Self::spilled_cache([n_c, n_all, d], [n_l, kv, n_all, dh])?,
+            false => (None, None, None, Vec::new()),
         };
-        let comps0 = spilled(&[n_c, n_all, d, 1])?.map(|t| t.squeeze_dim::<3>(3));
-        let ks0 = spilled(&[n_l, kv, n_all, dh])?;
-        let vs0 = spilled(&[n_l, kv, n_all, dh])?;
         let release = || spills.iter().for_each(crate::spill::Spill::release);
-        if spill {
-            crate::memory::count_spill(spills.iter().map(|f| f.bytes() as u64).sum());
-        }
         let mut comps = match comps0 {
             Some(t) => t,
             None if observe.is_some() => Tensor::<3>::zeros([n_c, n_all, d], dev),
@@ -518,22 +488,20 @@ impl Model {
         }
         .slice_assign(
             [0..1, 0..n_all, 0..d],
-            whole_rows(embed.clone(), prefix, comp_rows(0), 0, batch).unsqueeze_dim::<3>(0),
+            at_rows
+                .whole(embed.clone(), comp_rows(0), 0)
+                .unsqueeze_dim::<3>(0),
         );
         let mut x = embed;
         if let (Some(w_pos), Some(c)) = (&w.w_pos, layout.index(Comp::Pos)) {
             let pos = w_pos.clone().narrow(0, p0, nq); // [P', d]
             // each prompt's positions start at 0
-            let pos = if batch > 1 {
-                pos.repeat_dim(0, batch)
-            } else {
-                pos
-            };
+            let pos = pos.repeat_dim(0, batch);
             let pos = iv.apply(pos, |s| whole(Site::Pos, s));
             x = x + pos.clone();
             comps = comps.slice_assign(
                 [c..c + 1, 0..n_all, 0..d],
-                whole_rows(pos, prefix, comp_rows(c), 0, batch).unsqueeze_dim::<3>(0),
+                at_rows.whole(pos, comp_rows(c), 0).unsqueeze_dim::<3>(0),
             );
         }
         // a pass resumed at a layer starts from the residual stream entering it
@@ -578,47 +546,11 @@ impl Model {
                 let layer3 = |t: &Tensor<3>| t.clone().squeeze_dim::<2>(0);
                 let layer2 = |t: &Tensor<2>| t.clone(); // [1, ·]
                 // each prompt's positions start at 0
-                // (`m` positions of each prompt from `first`)
-                let rotate_from = |t: Tensor<3>, m: usize, first: usize| match &rotary {
-                    Some(r) if batch > 1 => {
-                        let a = t.dims()[0];
-                        r.layer(l)
-                            .apply(t.reshape([a * batch, m, dh]), first)
-                            .reshape([a, batch * m, dh])
-                    }
-                    Some(r) => r.layer(l).apply(t, first),
-                    None => t,
-                };
+                let rotate_from = |t, m, first| at_rows.rotate(rotary.as_ref(), l, t, m, first);
                 let rotate = |t: Tensor<3>| rotate_from(t, nq, p0);
                 // the last layer's queries, outputs and MLP at each prompt's last position
                 let last = at_last_only && l + 1 == n_l;
-                // each prompt's last row of `t [B·P', ·]`
-                let last_rows = |t: Tensor<2>| {
-                    let w = t.dims()[1];
-                    match last {
-                        true => t
-                            .reshape([batch, nq, w])
-                            .narrow(1, nq - 1, 1)
-                            .reshape([batch, w]),
-                        false => t,
-                    }
-                };
-                // rows computed at each prompt's last position only, in rows of whole prompts
-                // (zero elsewhere)
-                let placed = |t: Tensor<2>, pre: &dyn Fn(&Cache) -> Tensor<2>| {
-                    if last {
-                        let w = t.dims()[1];
-                        Tensor::<3>::zeros([batch, n, w], dev)
-                            .slice_assign([0..batch, n - 1..n, 0..w], t.reshape([batch, 1, w]))
-                            .reshape([n_all, w])
-                    } else {
-                        whole_rows(t, prefix, pre, 0, batch)
-                    }
-                };
-                let placed1 = |t: Tensor<1>, pre: &dyn Fn(&Cache) -> Tensor<1>| {
-                    placed(t.unsqueeze_dim::<2>(1), &|c| pre(c).unsqueeze_dim::<2>(1))
-                        .squeeze_dim::<1>(1)
-                };
+                let last_rows = |t: Tensor<2>| at_rows.last_rows(t, last);
 
                 // attention: queries, keys and values for every position, then blocks of queries
                 let (xn, s1) = self.norm(x.clone(), Self::layer_ln(&b.ln1, 0));
@@ -635,24 +567,7 @@ impl Model {
                     Some((qn, kn)) => {
                         let (q, sq) = self.head_norm(q, layer2(qn));
                         let (k, sk) = self.head_norm(k, layer2(kn));
-                        let pre_qk = |c: &Cache, i: usize| match &c.qk_scale {
-                            Some((qs, ks)) => at3(if i == 0 { qs } else { ks }, l),
-                            None => Tensor::zeros([if i == 0 { h } else { kv }, p0], dev),
-                        };
-                        let sq = whole_rows(sq, prefix, |c| pre_qk(c, 0), 1, batch);
-                        let sk = whole_rows(sk, prefix, |c| pre_qk(c, 1), 1, batch);
-                        let (qs, ks) = qk_scales.get_or_insert_with(|| {
-                            (
-                                Tensor::<3>::empty([n_l, h, n_all], dev),
-                                Tensor::<3>::empty([n_l, kv, n_all], dev),
-                            )
-                        });
-                        *qs = qs
-                            .clone()
-                            .slice_assign([l..l + 1, 0..h, 0..n_all], sq.unsqueeze_dim::<3>(0));
-                        *ks = ks
-                            .clone()
-                            .slice_assign([l..l + 1, 0..kv, 0..n_all], sk.unsqueeze_dim::<3>(0));
+                        at_rows.keep_qk_scales(&mut qk_scales, (sq, sk), l, n_l);
                         (q, k)
                     }
                     None => (q, k),
@@ -662,12 +577,12 @@ impl Model {
                     false => rotate(q),
                 };
                 // the keys and values of whole prompts `[KV, B·P, dh]`
-                let k = whole_rows(rotate(k), prefix, |c| at4(&c.k, l), 1, batch);
+                let k = at_rows.whole(rotate(k), |c| at(&c.k, l), 1);
                 let v = self.plus_bias(
                     xh.matmul(layer(&b.w_v)),
                     layer3(&b.b_v).unsqueeze_dim::<3>(1),
                 ); // [KV, P', dh]
-                let v = whole_rows(v, prefix, |c| at4(&c.v, l), 1, batch);
+                let v = at_rows.whole(v, |c| at(&c.v, l), 1);
                 let span = cfg.attn_spans[l];
                 let z_flat = iv.apply(
                     self.attention(q, k.clone(), v.clone(), batch, span)?, // [B·P', H·dh]
@@ -683,7 +598,7 @@ impl Model {
                 if let Some((pa, _)) = &b.post_norm {
                     let (y, s) = self.post_norm(attn_out, layer2(pa));
                     attn_out = y;
-                    let s = whole_rows(s, prefix, |c| post_of(c, 0, l), 0, batch);
+                    let s = at_rows.whole(s, |c| at_rows.post(c, 0, l), 0);
                     let (sa, _) = post_scales.get_or_insert_with(|| {
                         (
                             Tensor::<2>::empty([n_l, n_all], dev),
@@ -700,9 +615,11 @@ impl Model {
                 let c = layout.attn(l);
                 comps = comps.slice_assign(
                     [c..c + 1, 0..n_all, 0..d],
-                    placed(attn_out, &comp_rows(c)).unsqueeze_dim::<3>(0),
+                    at_rows
+                        .placed(attn_out, last, comp_rows(c))
+                        .unsqueeze_dim::<3>(0),
                 );
-                let s1 = whole_rows(s1, prefix, |c| at(&c.ln1_scale, l), 0, batch);
+                let s1 = at_rows.whole(s1, |c| at(&c.ln1_scale, l), 0);
                 s1s = s1s.slice_assign([l..l + 1, 0..n_all], s1.unsqueeze_dim::<2>(0));
                 ks = ks.slice_assign([l..l + 1, 0..kv, 0..n_all, 0..dh], k.unsqueeze_dim::<4>(0));
                 vs = vs.slice_assign([l..l + 1, 0..kv, 0..n_all, 0..dh], v.unsqueeze_dim::<4>(0));
@@ -725,7 +642,7 @@ impl Model {
                 if let (Some((_, pm)), Some((_, sm))) = (&b.post_norm, &mut post_scales) {
                     let (y, s) = self.post_norm(mlp_out, layer2(pm));
                     mlp_out = y;
-                    let s = whole_rows(s, prefix, |c| post_of(c, 1, l), 0, batch);
+                    let s = at_rows.whole(s, |c| at_rows.post(c, 1, l), 0);
                     *sm = sm
                         .clone()
                         .slice_assign([l..l + 1, 0..n_all], s.unsqueeze_dim::<2>(0));
@@ -735,9 +652,11 @@ impl Model {
                 let c = layout.mlp(l);
                 comps = comps.slice_assign(
                     [c..c + 1, 0..n_all, 0..d],
-                    placed(mlp_out, &comp_rows(c)).unsqueeze_dim::<3>(0),
+                    at_rows
+                        .placed(mlp_out, last, comp_rows(c))
+                        .unsqueeze_dim::<3>(0),
                 );
-                let s2 = placed1(s2, &|c| at(&c.ln2_scale, l));
+                let s2 = at_rows.placed1(s2, last, |c| at(&c.ln2_scale, l));
                 s2s = s2s.slice_assign([l..l + 1, 0..n_all], s2.unsqueeze_dim::<2>(0));
                 if let Some(obs) = observe.as_mut() {
                     let partial = Cache {
@@ -766,26 +685,8 @@ impl Model {
         })?;
         let (x, comps, s1s, s2s, ks, vs, qk_scales, post_scales) = state;
 
-        let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
-        let sf = if at_last_only {
-            // each prompt's last position (the rest unset: zero)
-            Tensor::<2>::zeros([batch, n], dev)
-                .slice_assign([0..batch, n - 1..n], sf.reshape([batch, 1]))
-                .reshape([n_all])
-        } else {
-            whole_rows(sf, prefix, |c| c.final_scale.clone(), 0, batch)
-        };
-        for (r, s) in iv.final_scales() {
-            // the run's last position normalised by the clean run's scale
-            let xn = self.centred(x.clone().narrow(0, r, 1)).div_scalar(s);
-            let wb = w.ln_f.as_ref().map(|(wf, bf)| {
-                (
-                    wf.clone().unsqueeze_dim::<2>(0),
-                    bf.clone().unsqueeze_dim::<2>(0),
-                )
-            });
-            xf = xf.slice_assign([r..r + 1, 0..d], Self::ln_affine(xn, wb));
-        }
+        let (xf, sf) = self.final_norm(&x, &iv);
+        let sf = at_rows.placed1(sf, at_last_only, |c| c.final_scale.clone());
         release();
         let last_logits = Tensor::zeros([1], dev); // set by the caller, from `xf`
         let whole = Cache {
@@ -804,6 +705,67 @@ impl Model {
             last_logits,
         };
         Ok((whole, xf))
+    }
+
+    /// A cache in temporary files (zero-filled, written in place): the components `comps`
+    /// and the keys and values `kv`, and the files.
+    #[allow(clippy::type_complexity)]
+    fn spilled_cache(
+        comps: [usize; 3],
+        kv: [usize; 4],
+    ) -> Result<(
+        Option<Tensor<3>>,
+        Option<Tensor<4>>,
+        Option<Tensor<4>>,
+        Vec<crate::spill::Spill>,
+    )> {
+        let (c, fc) = crate::spill::Spill::zeros([comps[0], comps[1], comps[2], 1])?;
+        let (k, fk) = crate::spill::Spill::zeros(kv)?;
+        let (v, fv) = crate::spill::Spill::zeros(kv)?;
+        let spills = vec![fc, fk, fv];
+        crate::memory::count_spill(spills.iter().map(|f| f.bytes() as u64).sum());
+        Ok((Some(c.squeeze_dim::<3>(3)), Some(k), Some(v), spills))
+    }
+
+    /// A [`Plan`]'s shortcuts are for a plain pass (no interventions, no resumed pass, no
+    /// observer: `plain`), the last layer's for `n_all` rows of prompts of equal lengths on a
+    /// model without per-head norms or post-norms.
+    fn check_plan(&self, plan: Plan<'_>, n_all: usize, lens: &[usize], plain: bool) -> Result<()> {
+        let bad = |why: &str| Err(crate::error::ModelError::BadBatch(why.into()));
+        if plan.last_layer_at_last
+            && (lens.iter().any(|&l| l * lens.len().max(1) != n_all)
+                || self.config.qk_norm
+                || self.config.post_norms)
+        {
+            return bad(
+                "the last layer at the last positions only, for prompts of unequal lengths or a \
+                 model with per-head norms or post-norms",
+            );
+        }
+        if (plan.prefix.is_some() || plan.last_layer_at_last) && !plain {
+            return bad("a batch's shortcuts with interventions, a resumed pass or an observer");
+        }
+        Ok(())
+    }
+
+    /// The norm of the final residual `x`, with the rows whose runs hold the final norm's
+    /// scale (an intervention) normalised by that scale instead.
+    fn final_norm(&self, x: &Tensor<2>, iv: &PassInterventions<'_>) -> (Tensor<2>, Tensor<1>) {
+        let w = &self.weights;
+        let d = self.config.d_model;
+        let (mut xf, sf) = self.norm(x.clone(), w.ln_f.clone());
+        for (r, s) in iv.final_scales() {
+            // the run's last position normalised by the clean run's scale
+            let xn = self.centred(x.clone().narrow(0, r, 1)).div_scalar(s);
+            let wb = w.ln_f.as_ref().map(|(wf, bf)| {
+                (
+                    wf.clone().unsqueeze_dim::<2>(0),
+                    bf.clone().unsqueeze_dim::<2>(0),
+                )
+            });
+            xf = xf.slice_assign([r..r + 1, 0..d], Self::ln_affine(xn, wb));
+        }
+        (xf, sf)
     }
 
     /// Attention of `batch` prompts laid end to end: queries `[H, B·P', dh]` at each
@@ -961,6 +923,142 @@ impl Model {
 struct Plan<'a> {
     prefix: Option<&'a Cache>,
     last_layer_at_last: bool,
+}
+
+/// Where a batch's computed rows go among the rows of whole prompts: `batch` prompts of `n`
+/// positions, each computed from position `p0` on, the positions before it the run of the
+/// `prefix` they share ([`Plan`]).
+struct Rows<'a> {
+    prefix: Option<&'a Cache>,
+    batch: usize,
+    n: usize,
+    p0: usize,
+    dev: &'a burn::tensor::Device,
+}
+
+impl Rows<'_> {
+    /// `t` (computed rows along `axis`) with the prefix's rows `pre` takes from its run before
+    /// each prompt's own ([`whole_rows`]).
+    fn whole<const D: usize>(
+        &self,
+        t: Tensor<D>,
+        pre: impl Fn(&Cache) -> Tensor<D>,
+        axis: usize,
+    ) -> Tensor<D> {
+        whole_rows(t, self.prefix, pre, axis, self.batch)
+    }
+
+    /// The computed positions' tokens of `ids` (whole prompts laid end to end).
+    fn own(&self, ids: &[u32]) -> Vec<u32> {
+        match self.p0 {
+            0 => ids.to_vec(),
+            p0 => ids
+                .chunks(self.n)
+                .flat_map(|c| c[p0..].iter().copied())
+                .collect(),
+        }
+    }
+
+    /// `t [a, B·m, dh]` rotated by layer `l`'s rotary tables (none: `t`), each prompt's `m`
+    /// rows at positions from `first`.
+    fn rotate(
+        &self,
+        rotary: Option<&crate::rotary::LayerRotary>,
+        l: usize,
+        t: Tensor<3>,
+        m: usize,
+        first: usize,
+    ) -> Tensor<3> {
+        let [a, _, dh] = t.dims();
+        match rotary {
+            Some(r) if self.batch > 1 => r
+                .layer(l)
+                .apply(t.reshape([a * self.batch, m, dh]), first)
+                .reshape([a, self.batch * m, dh]),
+            Some(r) => r.layer(l).apply(t, first),
+            None => t,
+        }
+    }
+
+    /// Layer `l`'s per-head norm scales of queries and keys `([H, B·P'], [KV, B·P'])`, with
+    /// the prefix's, written into the pass's `[L, H or KV, B·P]` (created at the first).
+    fn keep_qk_scales(
+        &self,
+        kept: &mut Option<(Tensor<3>, Tensor<3>)>,
+        (sq, sk): (Tensor<2>, Tensor<2>),
+        l: usize,
+        n_l: usize,
+    ) {
+        let (h, kv, rows) = (sq.dims()[0], sk.dims()[0], self.batch * self.n);
+        let pre = |c: &Cache, i: usize| match &c.qk_scale {
+            Some((qs, ks)) => at(if i == 0 { qs } else { ks }, l),
+            None => Tensor::zeros([if i == 0 { h } else { kv }, self.p0], self.dev),
+        };
+        let sq = self.whole(sq, |c| pre(c, 0), 1);
+        let sk = self.whole(sk, |c| pre(c, 1), 1);
+        let (qs, ks) = kept.get_or_insert_with(|| {
+            (
+                Tensor::<3>::empty([n_l, h, rows], self.dev),
+                Tensor::<3>::empty([n_l, kv, rows], self.dev),
+            )
+        });
+        *qs = qs
+            .clone()
+            .slice_assign([l..l + 1, 0..h, 0..rows], sq.unsqueeze_dim::<3>(0));
+        *ks = ks
+            .clone()
+            .slice_assign([l..l + 1, 0..kv, 0..rows], sk.unsqueeze_dim::<3>(0));
+    }
+
+    /// Component `c`'s rows in a prefix's run `[p0, d]`.
+    fn comp(c: usize) -> impl Fn(&Cache) -> Tensor<2> {
+        move |pc| pc.components.clone().narrow(0, c, 1).squeeze_dim::<2>(0)
+    }
+
+    /// A post-norm's scales (`i`: 0 attention, 1 MLP) at layer `l` in a prefix's run.
+    fn post(&self, c: &Cache, i: usize, l: usize) -> Tensor<1> {
+        match &c.post_scale {
+            Some((a, m)) => at(if i == 0 { a } else { m }, l),
+            None => Tensor::zeros([self.p0], self.dev),
+        }
+    }
+
+    /// Each prompt's last computed row of `t [B·P', w]` (`[B, w]`) when `last`; else `t`.
+    fn last_rows(&self, t: Tensor<2>, last: bool) -> Tensor<2> {
+        let (w, nq) = (t.dims()[1], self.n - self.p0);
+        match last {
+            true => t
+                .reshape([self.batch, nq, w])
+                .narrow(1, nq - 1, 1)
+                .reshape([self.batch, w]),
+            false => t,
+        }
+    }
+
+    /// `t`'s rows among the rows of whole prompts `[B·P, w]`: with `last`, one row a prompt
+    /// at its last position (zero elsewhere: not computed); else [`Rows::whole`].
+    fn placed(&self, t: Tensor<2>, last: bool, pre: impl Fn(&Cache) -> Tensor<2>) -> Tensor<2> {
+        if !last {
+            return self.whole(t, pre, 0);
+        }
+        let (w, b, n) = (t.dims()[1], self.batch, self.n);
+        Tensor::<3>::zeros([b, n, w], self.dev)
+            .slice_assign([0..b, n - 1..n, 0..w], t.reshape([b, 1, w]))
+            .reshape([b * n, w])
+    }
+
+    /// [`Rows::placed`] of one value a row.
+    fn placed1(&self, t: Tensor<1>, last: bool, pre: impl Fn(&Cache) -> Tensor<1>) -> Tensor<1> {
+        self.placed(t.unsqueeze_dim::<2>(1), last, |c| {
+            pre(c).unsqueeze_dim::<2>(1)
+        })
+        .squeeze_dim::<1>(1)
+    }
+}
+
+/// Layer `l` of a tensor stacked over layers, without its layer axis.
+fn at<const D: usize, const E: usize>(t: &Tensor<D>, l: usize) -> Tensor<E> {
+    t.clone().narrow(0, l, 1).squeeze_dim::<E>(0)
 }
 
 /// `t`'s rows along `axis` (`batch` prompts' computed rows laid end to end) with, before

@@ -112,7 +112,8 @@ pub struct Model {
     vocab_sketch: OnceLock<VocabSketch>,
     /// The runs of the tokens recent batches started with ([`Model::run_batch_whole`] runs
     /// a batch's common opening once, and the rest of each prompt against its keys and
-    /// values): the most recent [`forward::PREFIX_RUNS`], by their tokens.
+    /// values): the most recent [`forward::PREFIX_RUNS`] (their caches within 64 MiB), by
+    /// their tokens.
     prefix_runs: std::sync::Mutex<Vec<(Vec<u32>, Arc<Cache>)>>,
 }
 
