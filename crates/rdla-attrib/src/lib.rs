@@ -9,6 +9,6 @@ pub mod trace;
 pub use engine::{
     Array, AttribError, Child, ChildLayout, Engine, Expansion, HeadTotals, Memo, MlpMode, NodeKind,
     Overview, ScoreTable, Site, SiteAt, Target, TokenReadout, TokenValue, Units, head_totals_batch,
-    run_with_overview,
+    run_with_overview, takes_whole,
 };
 pub use path::{Comp, Layout, Path, Side, Step, Versus};

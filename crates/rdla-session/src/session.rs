@@ -1384,7 +1384,9 @@ pub fn totals_of(model: &Model, reqs: &[Request], sources: bool) -> Result<Vec<T
     }
     let t = Instant::now();
     let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
-    let run = model.run_batch_whole(&ids, true)?;
+    // the last layer at the last positions only where the totals take the batch whole
+    let longest = ids.iter().map(|p| p.len()).max().unwrap_or(0);
+    let run = model.run_batch_whole(&ids, rdla_attrib::takes_whole(model, longest))?;
     // the pass's time shared out among its prompts, and the attribution's
     let forward_ms = ms(t) / reqs.len().max(1) as f64;
     let t = Instant::now();

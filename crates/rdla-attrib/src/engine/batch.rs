@@ -35,8 +35,7 @@ pub fn head_totals_batch(
     if targets.len() != bn {
         return Err(AttribError::Empty);
     }
-    let per_prompt = run.cache.layout.n() * run.stride * cfg.n_layers * cfg.n_heads;
-    if !run.equal_lengths() || per_prompt > BATCH_VALUES {
+    if !run.equal_lengths() || !takes_whole(model, run.stride) {
         return model
             .split_batch(run)?
             .iter()
@@ -49,7 +48,18 @@ pub fn head_totals_batch(
     if !model.processing.fold_ln {
         return Err(AttribError::NotFolded);
     }
+    let per_prompt = run.cache.layout.n() * run.stride * cfg.n_layers * cfg.n_heads;
     Batch::new(model, run, targets)?.totals(sources, (BATCH_VALUES / per_prompt).max(1))
+}
+
+/// Whether [`head_totals_batch`] computes a batch of equal-length prompts of `n` tokens
+/// together (their source values within [`BATCH_VALUES`] a prompt), rather than each with
+/// its own engine over its own cache: only then may the batch's run skip what the totals do
+/// not read (`Model::run_batch_whole` with `at_last`; such a run has no single prompts'
+/// caches).
+pub fn takes_whole(model: &Model, n: usize) -> bool {
+    let cfg = &model.config;
+    cfg.layout().n() * n * cfg.n_layers * cfg.n_heads <= BATCH_VALUES
 }
 
 /// One batch's shared pieces.

@@ -24,7 +24,7 @@ pub mod types;
 use burn::tensor::{Int, Tensor, TensorData};
 use rdla_model::{Cache, Layout, Model};
 
-pub use batch::head_totals_batch;
+pub use batch::{head_totals_batch, takes_whole};
 pub(crate) use expand::Resolved;
 pub use expand::{NEURONS_LISTED, TOKENS_LISTED};
 pub use overview::run_with_overview;
