@@ -200,6 +200,9 @@ fn head_totals_of_a_batch_equal_each_prompts_own() {
             let run = model.run_batch_whole(&slices, true).unwrap();
             assert_eq!(run.equal_lengths(), what != "mixed lengths", "{name}");
             // prompts of equal lengths skip the last layer's other positions where they can
+            // (computed together: short prompts are; a prompt of 2^25 tokens would not be)
+            assert!(rdla_attrib::takes_whole(&model, ids.len()), "{name}");
+            assert!(!rdla_attrib::takes_whole(&model, 1 << 25), "{name}");
             let can = !model.config.qk_norm && !model.config.post_norms;
             assert_eq!(run.whole, !(can && run.equal_lengths()), "{name} {what}");
             for sources in [false, true] {
