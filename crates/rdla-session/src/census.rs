@@ -696,7 +696,7 @@ fn batches_by_length(sorted: &[(usize, usize)]) -> Vec<Vec<usize>> {
 }
 
 /// The outcomes of `window`'s records: prompts of equal or similar token counts share
-/// forward passes ([`Session::totals_batch`]); a batch that cannot (a streaming model, a cache
+/// forward passes ([`crate::session::totals_of`]); a batch that cannot (a streaming model, a cache
 /// that would spill, any failure) is computed one prompt at a time. The batches go in the
 /// order of their first record, so the records done make a prefix of the window early on.
 /// `go()` between batches; when it returns `false` the rest is not computed (`None`s), and

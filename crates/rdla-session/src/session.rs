@@ -34,7 +34,7 @@ pub fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// What a census keeps of one prompt ([`Session::totals_batch`]).
+/// What a census keeps of one prompt ([`totals_of`]).
 #[derive(Debug, Clone)]
 pub struct Totals {
     pub tokens: Tokens,
@@ -534,19 +534,7 @@ impl Session {
             .computed)
     }
 
-    /// What a census keeps of several requests computed in one forward pass
-    /// ([`rdla_model::Model::run_batch`]; prompts of similar lengths waste least padding):
-    /// each prompt's [`HeadTotals`] (with `sources`, each head's children summed over
-    /// positions), answer probability and times, in the order of `reqs`. Every number is the
-    /// one [`Session::compute`] gives for that prompt. A model that streams its layers,
-    /// prompts whose caches would spill or a bad target are errors before anything is
-    /// computed: the caller then computes them one at a time. Leaves no current computation.
-    pub fn totals_batch(&mut self, reqs: &[Request], sources: bool) -> Result<Vec<Totals>> {
-        self.current = None;
-        totals_of(&self.model, reqs, sources)
-    }
-
-    /// [`Session::totals_batch`] of the current computation, from the overview it already
+    /// What [`totals_of`] gives, for the current computation, from the overview it already
     /// holds (no layer is read again: a model whose layers stream would read each twice).
     pub fn totals(&self, sources: bool) -> Result<Totals> {
         let c = &self.current()?.computed;
@@ -1373,8 +1361,14 @@ fn target_of(model: &Model, req: &Request) -> Result<Target> {
     }
 }
 
-/// [`Session::totals_batch`] of a model, without a session: several batches may be computed at
-/// once, on threads of their own.
+/// What a census keeps of several requests computed in one forward pass
+/// ([`rdla_model::Model::run_batch_whole`]; prompts of similar lengths waste least padding):
+/// each prompt's [`HeadTotals`] (with `sources`, each head's children summed over positions),
+/// answer probability and times, in the order of `reqs`. Every number is the one
+/// [`Session::compute`] gives for that prompt. A model that streams its layers, prompts whose
+/// caches would spill or a bad target are errors before anything is computed: the caller then
+/// computes them one at a time. Of the model alone (no session's state), so several batches
+/// may be computed at once, on threads of their own.
 pub fn totals_of(model: &Model, reqs: &[Request], sources: bool) -> Result<Vec<Totals>> {
     let mut tokens = Vec::with_capacity(reqs.len());
     let mut targets = Vec::with_capacity(reqs.len());
