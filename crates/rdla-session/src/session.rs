@@ -1363,7 +1363,7 @@ fn target_of(model: &Model, req: &Request) -> Result<Target> {
 
 /// What a census keeps of several requests computed in one forward pass
 /// ([`rdla_model::Model::run_batch_whole`]; prompts of similar lengths waste least padding):
-/// each prompt's [`HeadTotals`] (with `sources`, each head's children summed over positions),
+/// each prompt's [`rdla_attrib::HeadTotals`] (with `sources`, each head's children summed over positions),
 /// answer probability and times, in the order of `reqs`. Every number is the one
 /// [`Session::compute`] gives for that prompt. A model that streams its layers, prompts whose
 /// caches would spill or a bad target are errors before anything is computed: the caller then
