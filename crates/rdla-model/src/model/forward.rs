@@ -265,10 +265,7 @@ impl Model {
         }
         let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         let prefix = self.opening(prompts)?;
-        let last_layer_at_last = at_last
-            && lens.iter().all(|&l| l == n)
-            && !self.config.qk_norm
-            && !self.config.post_norms;
+        let last_layer_at_last = at_last && self.can_cut_last_layer(all.len(), &lens);
         let (cache, xf) = self.forward_whole(
             &all,
             &lens,
@@ -727,16 +724,22 @@ impl Model {
         Ok((Some(c.squeeze_dim::<3>(3)), Some(k), Some(v), spills))
     }
 
+    /// Whether a batch of prompts of lengths `lens` laid end to end in `n_all` rows may have
+    /// its last layer computed at each prompt's last position only: prompts of equal
+    /// lengths (no padding), on a model without per-head norms or post-norms (their scales
+    /// are kept at every position).
+    fn can_cut_last_layer(&self, n_all: usize, lens: &[usize]) -> bool {
+        lens.iter().all(|&l| l * lens.len().max(1) == n_all)
+            && !self.config.qk_norm
+            && !self.config.post_norms
+    }
+
     /// A [`Plan`]'s shortcuts are for a plain pass (no interventions, no resumed pass, no
     /// observer: `plain`), the last layer's for `n_all` rows of prompts of equal lengths on a
     /// model without per-head norms or post-norms.
     fn check_plan(&self, plan: Plan<'_>, n_all: usize, lens: &[usize], plain: bool) -> Result<()> {
         let bad = |why: &str| Err(crate::error::ModelError::BadBatch(why.into()));
-        if plan.last_layer_at_last
-            && (lens.iter().any(|&l| l * lens.len().max(1) != n_all)
-                || self.config.qk_norm
-                || self.config.post_norms)
-        {
+        if plan.last_layer_at_last && !self.can_cut_last_layer(n_all, lens) {
             return bad(
                 "the last layer at the last positions only, for prompts of unequal lengths or a \
                  model with per-head norms or post-norms",
@@ -937,15 +940,24 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// `t` (computed rows along `axis`) with the prefix's rows `pre` takes from its run before
-    /// each prompt's own ([`whole_rows`]).
+    /// `t`'s rows along `axis` (`batch` prompts' computed rows laid end to end) with, before
+    /// each prompt's own, the rows `pre` takes from the run of the prefix they share (the
+    /// same for every prompt): rows of whole prompts. `t` itself without a prefix.
     fn whole<const D: usize>(
         &self,
         t: Tensor<D>,
         pre: impl Fn(&Cache) -> Tensor<D>,
         axis: usize,
     ) -> Tensor<D> {
-        whole_rows(t, self.prefix, pre, axis, self.batch)
+        let Some(pc) = self.prefix else {
+            return t;
+        };
+        let pre = pre(pc);
+        let each = t.dims()[axis] / self.batch.max(1);
+        let parts = (0..self.batch)
+            .flat_map(|b| [pre.clone(), t.clone().narrow(axis, b * each, each)])
+            .collect();
+        Tensor::cat(parts, axis)
     }
 
     /// The computed positions' tokens of `ids` (whole prompts laid end to end).
@@ -1059,27 +1071,6 @@ impl Rows<'_> {
 /// Layer `l` of a tensor stacked over layers, without its layer axis.
 fn at<const D: usize, const E: usize>(t: &Tensor<D>, l: usize) -> Tensor<E> {
     t.clone().narrow(0, l, 1).squeeze_dim::<E>(0)
-}
-
-/// `t`'s rows along `axis` (`batch` prompts' computed rows laid end to end) with, before
-/// each prompt's own, the rows `pre` takes from the run of the prefix they share (the same
-/// for every prompt): rows of whole prompts. `t` itself without a prefix.
-fn whole_rows<const D: usize>(
-    t: Tensor<D>,
-    prefix: Option<&Cache>,
-    pre: impl Fn(&Cache) -> Tensor<D>,
-    axis: usize,
-    batch: usize,
-) -> Tensor<D> {
-    let Some(pc) = prefix else {
-        return t;
-    };
-    let pre = pre(pc);
-    let each = t.dims()[axis] / batch.max(1);
-    let parts = (0..batch)
-        .flat_map(|b| [pre.clone(), t.clone().narrow(axis, b * each, each)])
-        .collect();
-    Tensor::cat(parts, axis)
 }
 
 /// A batch of prompts run as one forward pass ([`Model::run_batch_whole`]).
