@@ -30,7 +30,6 @@ pub fn head_totals_batch(
     targets: &[Target],
     sources: bool,
 ) -> Result<Vec<HeadTotals>> {
-    let cfg = &model.config;
     let bn = run.lens.len();
     if targets.len() != bn {
         return Err(AttribError::Empty);
@@ -48,8 +47,8 @@ pub fn head_totals_batch(
     if !model.processing.fold_ln {
         return Err(AttribError::NotFolded);
     }
-    let per_prompt = run.cache.layout.n() * run.stride * cfg.n_layers * cfg.n_heads;
-    Batch::new(model, run, targets)?.totals(sources, (BATCH_VALUES / per_prompt).max(1))
+    let chunk = (BATCH_VALUES / source_values(model, run.stride).max(1)).max(1);
+    Batch::new(model, run, targets)?.totals(sources, chunk)
 }
 
 /// Whether [`head_totals_batch`] computes a batch of equal-length prompts of `n` tokens
@@ -58,8 +57,13 @@ pub fn head_totals_batch(
 /// not read (`Model::run_batch_whole` with `at_last`; such a run has no single prompts'
 /// caches).
 pub fn takes_whole(model: &Model, n: usize) -> bool {
+    source_values(model, n) <= BATCH_VALUES
+}
+
+/// A prompt of `n` tokens' source values (`C · n · L · H`).
+fn source_values(model: &Model, n: usize) -> usize {
     let cfg = &model.config;
-    cfg.layout().n() * n * cfg.n_layers * cfg.n_heads <= BATCH_VALUES
+    cfg.layout().n() * n * cfg.n_layers * cfg.n_heads
 }
 
 /// One batch's shared pieces.
